@@ -1,1 +1,32 @@
-//! capture-core
+//! Traffic capture for service-mesh sidecars.
+//!
+//! A [`CaptureSpec`] says which connections of a pod go to its sidecar proxy. [`plan`] turns
+//! it into netfilter rules for one address family ([`RuleSet`], plain data), and [`Restore`]
+//! renders those as the `iptables-restore` payload istio-iptables would write, byte for byte.
+//! [`IstioConfig`] maps istio-iptables' flags onto a spec.
+//!
+//! ```text
+//! istio flags ─> IstioConfig ─> CaptureSpec ─plan(family)─> RuleSet ─Restore─> iptables-restore text
+//! ```
+
+mod error;
+pub mod istio;
+mod plan;
+pub mod render;
+pub mod rules;
+mod spec;
+mod types;
+
+pub use error::{Field, SpecError, ValueError};
+pub use istio::{Detected, IstioConfig, NoUsableAddress, Warning, detect_ipv6, parse_resolv_conf};
+pub use plan::plan;
+pub use render::Restore;
+pub use rules::{RuleSet, TableName};
+pub use spec::{
+    CaptureSpec, DNS_PORT, DNS_PROXY_PORT, DnsCapture, InboundCapture, InboundPorts, InterceptMode,
+    Interfaces, MAX_OWNER_GROUPS, OutboundCapture, OutboundCidrs, OwnerGroups, ProxyOwner, ProxyPorts,
+    TPROXY_OUTBOUND_MARK,
+};
+pub use types::{
+    Cidr, Family, Iface, Mark, Nameserver, Owner, Port, PortRange, RouteTable, passthrough_source,
+};

@@ -1,1 +1,8 @@
-fn main() {}
+//! `capture-init`: a drop-in replacement for istio-iptables in sidecar init containers.
+
+mod cli;
+mod run;
+
+fn main() -> std::process::ExitCode {
+    run::main(std::env::args_os())
+}

@@ -1,0 +1,671 @@
+//! istio-iptables' command line: the same flags, short names, defaults and environment
+//! variables, with Istio's precedence (command line > override variable such as
+//! `ISTIO_META_DNS_CAPTURE` > the variable named after the flag > default).
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use capture_core::istio::detect_ipv6;
+use capture_core::{
+    CaptureSpec, Detected, Field, IstioConfig, Owner, SpecError, ValueError, Warning, parse_resolv_conf,
+};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+const ABOUT: &str =
+    "Redirect a pod's TCP traffic to its sidecar proxy (drop-in replacement for istio-iptables)";
+
+const LONG_ABOUT: &str = "\
+capture-init installs the netfilter rules that send a pod's traffic through its sidecar proxy. \
+It takes istio-iptables' flags, environment variables and defaults, and writes the same rules \
+byte for byte, so it can replace istio-iptables in an istio-init container unchanged.
+
+Outbound TCP connections from the application are redirected to the proxy's outbound port \
+(-p, 15001); inbound connections to the pod go to its inbound port (-z, 15006). Traffic of the \
+proxy's own user and group (-u, -g; 1337) is never redirected, so the proxy's upstream \
+connections do not loop back into it.
+
+With --dry-run the IPv4 iptables-restore payload is printed, followed by the IPv6 payload when \
+IPv6 is on, and nothing on the host is changed. A dry run reads nothing from the host when it \
+is given --ipv6 on|off, and --resolv-conf when --redirect-dns is used.
+
+Lists are comma-separated; empty items are ignored (\"15090,,15021\" is \"15090,15021\").";
+
+const AFTER_LONG_HELP: &str = "\
+ENVIRONMENT:
+  Each flag marked [env: NAME] can be set by that variable; a flag on the command line wins.
+  ISTIO_META_DNS_CAPTURE, INVALID_DROP and ISTIO_DUAL_STACK override REDIRECT_DNS, DROP_INVALID
+  and DUAL_STACK, as in Istio.
+  ISTIO_OUTBOUND_OWNER_GROUPS          groups whose traffic is captured (default *; at most 64)
+  ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE  groups never captured (only with the default *)
+  ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR    the host loopback range (default 127.0.0.1/32)
+  ENVOY_USER                           user whose uid -u defaults to (default istio-proxy, else 1337)
+
+EXIT STATUS:
+  0    success
+  1    invalid input, or the rules could not be applied (nothing is left half-applied)
+  126  --run-validation found that redirection does not work
+
+EXAMPLES:
+  The rules Istio's injector asks for, printed rather than applied:
+    capture-init -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x \"\" -b '*' -d 15090,15021,15020 --dry-run --ipv6 off";
+
+/// Whether IPv6 rules are installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ipv6Mode {
+    /// Decide as istio-iptables does: from the pod's first usable address (any IPv6 address with
+    /// --dual-stack).
+    Auto,
+    /// Install IPv6 rules.
+    On,
+    /// Install IPv4 rules only.
+    Off,
+}
+
+/// Which iptables implementation to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IptablesVersion {
+    /// iptables-legacy (x_tables).
+    Legacy,
+    /// iptables-nft (nf_tables).
+    Nft,
+}
+
+/// Parses Go's strconv.ParseBool spellings.
+fn go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err("not a boolean (true or false)".into()),
+    }
+}
+
+/// Parses a Go duration: `300ms`, `5s`, `1m30s`, `1.5h`.
+fn go_duration(s: &str) -> Result<Duration, String> {
+    const BAD: &str = "not a duration (such as 5s, 500ms or 1m30s)";
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(BAD.into());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or(BAD)?;
+        let value: f64 = rest[..number_len].parse().map_err(|_| BAD)?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(BAD.into()),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| BAD.into())
+}
+
+/// The command line, flag for flag with istio-iptables.
+#[derive(Debug, Parser)]
+#[command(name = "capture-init", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+#[command(max_term_width = 100, args_override_self = true)]
+pub struct Args {
+    /// Port the proxy receives captured outbound traffic on.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'p',
+        long = "envoy-port",
+        value_name = "PORT",
+        default_value = "15001",
+        help_heading = "Proxy"
+    )]
+    pub envoy_port: String,
+    /// Port the proxy receives captured inbound traffic on.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'z',
+        long,
+        env = "INBOUND_CAPTURE_PORT",
+        value_name = "PORT",
+        default_value = "15006",
+        help_heading = "Proxy"
+    )]
+    pub inbound_capture_port: String,
+    /// Tunnel (HBONE) port; inbound traffic to it is never captured.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'e',
+        long,
+        env = "INBOUND_TUNNEL_PORT",
+        value_name = "PORT",
+        default_value = "15008",
+        help_heading = "Proxy"
+    )]
+    pub inbound_tunnel_port: String,
+    /// Users whose traffic is never captured (comma list of uids or names). Default: the uid of
+    /// $ENVOY_USER (istio-proxy), or 1337.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'u',
+        long,
+        env = "PROXY_UID",
+        value_name = "UIDS",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Proxy"
+    )]
+    pub proxy_uid: String,
+    /// Groups whose traffic is never captured (comma list of gids or names). Default: the same
+    /// list as --proxy-uid.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'g',
+        long,
+        env = "PROXY_GID",
+        value_name = "GIDS",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Proxy"
+    )]
+    pub proxy_gid: String,
+
+    /// How inbound traffic is captured: REDIRECT (nat) or TPROXY (mangle, keeps the client's
+    /// address). Anything else is treated as REDIRECT, with a warning.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'm',
+        long = "istio-inbound-interception-mode",
+        env = "ISTIO_INBOUND_INTERCEPTION_MODE",
+        value_name = "MODE",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Inbound"
+    )]
+    pub interception_mode: String,
+    /// Inbound ports to capture: '*' for all, or a list. Empty: no inbound capture.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'b',
+        long = "istio-inbound-ports",
+        env = "ISTIO_INBOUND_PORTS",
+        value_name = "PORTS",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Inbound"
+    )]
+    pub inbound_ports: String,
+    /// Inbound ports never captured; only used with -b '*'.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'd',
+        long = "istio-local-exclude-ports",
+        env = "ISTIO_LOCAL_EXCLUDE_PORTS",
+        value_name = "PORTS",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Inbound"
+    )]
+    pub local_exclude_ports: String,
+    /// Firewall mark of TPROXY-diverted packets.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 't',
+        long = "istio-inbound-tproxy-mark",
+        env = "ISTIO_INBOUND_TPROXY_MARK",
+        value_name = "MARK",
+        default_value = "1337",
+        help_heading = "Inbound"
+    )]
+    pub tproxy_mark: String,
+    /// Policy-routing table of TPROXY-diverted packets.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'r',
+        long = "istio-inbound-tproxy-route-table",
+        env = "ISTIO_INBOUND_TPROXY_ROUTE_TABLE",
+        value_name = "TABLE",
+        default_value = "133",
+        help_heading = "Inbound"
+    )]
+    pub tproxy_route_table: String,
+
+    /// Outbound destinations to capture: '*' for all, or a list of CIDRs. Empty: none by address.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'i',
+        long = "istio-service-cidr",
+        env = "ISTIO_SERVICE_CIDR",
+        value_name = "CIDRS",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Outbound"
+    )]
+    pub service_cidr: String,
+    /// Outbound destinations never captured (CIDRs; '*' is refused).
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'x',
+        long = "istio-service-exclude-cidr",
+        env = "ISTIO_SERVICE_EXCLUDE_CIDR",
+        value_name = "CIDRS",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Outbound"
+    )]
+    pub service_exclude_cidr: String,
+    /// Outbound TCP ports always captured, whatever the destination address.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'q',
+        long = "istio-outbound-ports",
+        env = "ISTIO_OUTBOUND_PORTS",
+        value_name = "PORTS",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Outbound"
+    )]
+    pub outbound_ports: String,
+    /// Outbound TCP and UDP ports never captured.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'o',
+        long = "istio-local-outbound-ports-exclude",
+        env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+        value_name = "PORTS",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Outbound"
+    )]
+    pub local_outbound_ports_exclude: String,
+    /// Interfaces whose traffic is never captured, in either direction.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'c',
+        long = "istio-exclude-interfaces",
+        env = "ISTIO_EXCLUDE_INTERFACES",
+        value_name = "IFACES",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Outbound"
+    )]
+    pub exclude_interfaces: String,
+    /// Virtual interfaces (KubeVirt) whose incoming traffic is captured as outbound.
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'k',
+        long = "kube-virt-interfaces",
+        env = "KUBE_VIRT_INTERFACES",
+        value_name = "IFACES",
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Outbound"
+    )]
+    pub kube_virt_interfaces: String,
+
+    /// Capture DNS to the agent's resolver on port 15053 (only the pod's nameservers unless
+    /// --capture-all-dns). Overridden by ISTIO_META_DNS_CAPTURE.
+    #[arg(long, env = "REDIRECT_DNS", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "DNS")]
+    pub redirect_dns: bool,
+    /// With --redirect-dns, capture all port-53 traffic, whatever the server.
+    #[arg(long, env = "CAPTURE_ALL_DNS", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "DNS")]
+    pub capture_all_dns: bool,
+    /// resolv.conf to read nameservers from for --redirect-dns.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/etc/resolv.conf",
+        help_heading = "DNS"
+    )]
+    pub resolv_conf: PathBuf,
+
+    /// Drop packets conntrack considers INVALID. Overridden by INVALID_DROP.
+    #[arg(long, env = "DROP_INVALID", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Families and options")]
+    pub drop_invalid: bool,
+    /// With --ipv6 auto, turn IPv6 on when the pod has any IPv6 address. Overridden by
+    /// ISTIO_DUAL_STACK.
+    #[arg(long, env = "DUAL_STACK", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Families and options")]
+    pub dual_stack: bool,
+    /// Install IPv6 rules: auto (detect from the pod's addresses, as Istio), on or off.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        help_heading = "Families and options"
+    )]
+    pub ipv6: Ipv6Mode,
+
+    /// Print the iptables-restore payloads instead of applying them; change nothing.
+    #[arg(allow_hyphen_values = true, short = 'n', long, env = "DRY_RUN", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    pub dry_run: bool,
+    /// Remove the rules this configuration creates, and nothing else.
+    #[arg(long, env = "CLEANUP_ONLY", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    pub cleanup_only: bool,
+    /// Replace existing capture rules that differ from this configuration.
+    #[arg(long, env = "RECONCILE", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    pub reconcile: bool,
+    /// Apply even when the rules already look right (fails if the chains exist).
+    #[arg(long, env = "FORCE_APPLY", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    pub force_apply: bool,
+    /// Use iptables-legacy or iptables-nft instead of detecting which one the node uses.
+    #[arg(long, env = "FORCE_IPTABLES_VERSION", value_enum, help_heading = "Operation")]
+    pub force_iptables_version: Option<IptablesVersion>,
+    /// Program nftables directly (not supported yet: use iptables-nft).
+    #[arg(long, env = "NATIVE_NFTABLES", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    pub native_nftables: bool,
+    /// Network namespace the rules are for (CNI mode).
+    #[arg(
+        long,
+        env = "NETWORK_NAMESPACE",
+        value_name = "PATH",
+        help_heading = "Operation"
+    )]
+    pub network_namespace: Option<PathBuf>,
+    /// Running from the CNI plugin: use a pod-scoped xtables lock.
+    #[arg(long, env = "CNI_MODE", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    pub cni_mode: bool,
+
+    /// After applying (or instead, with --skip-rule-apply), prove that redirection works; exit
+    /// 126 if it does not.
+    #[arg(long, env = "RUN_VALIDATION", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Validation")]
+    pub run_validation: bool,
+    /// Do not install rules (with --run-validation: only validate).
+    #[arg(long, env = "SKIP_RULE_APPLY", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Validation")]
+    pub skip_rule_apply: bool,
+    /// Original destination port the validation probe connects to.
+    #[arg(
+        long,
+        env = "IPTABLES_PROBE_PORT",
+        value_name = "PORT",
+        default_value = "15002",
+        help_heading = "Validation"
+    )]
+    pub iptables_probe_port: String,
+    /// How long validation may take (Go duration: 5s, 500ms).
+    #[arg(long, env = "PROBE_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = go_duration, help_heading = "Validation")]
+    pub probe_timeout: Duration,
+
+    /// Accepted for compatibility with pilot-agent's logging flags; ignored.
+    #[arg(long = "log_output_level", hide = true)]
+    pub log_output_level: Option<String>,
+    /// Accepted for compatibility with pilot-agent's logging flags; ignored.
+    #[arg(long = "log_as_json", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+    pub log_as_json: Option<bool>,
+}
+
+/// A command-line problem, printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// clap rejected the arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// A value that parses but is not acceptable.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// An override variable that is not a boolean.
+    #[error("invalid value {value:?} for {var}: not a boolean (true or false)")]
+    EnvBool {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// A file that had to be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// IPv6 detection found nothing to decide from.
+    #[error("{0}; pass --ipv6 on or --ipv6 off")]
+    Detect(#[from] capture_core::istio::NoUsableAddress),
+    /// The pod's addresses could not be listed.
+    #[error("cannot list the pod's addresses: {0}")]
+    Addresses(nix::Error),
+    /// Requested behaviour that this build does not have.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// What the command line asks for, fully resolved.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The parsed flags.
+    pub args: Args,
+    /// The capture to install.
+    pub spec: CaptureSpec,
+    /// Things accepted but probably not meant.
+    pub warnings: Vec<Warning>,
+}
+
+/// Result of reading the command line: run, or print help/version and exit 0.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Go ahead.
+    Run(Box<Invocation>),
+    /// `--help` or `--version`: print this and exit 0.
+    Info(String),
+}
+
+/// Reads argv and the environment into an invocation.
+///
+/// # Errors
+/// A [`CliError`] naming the bad flag (or variable) and value.
+pub fn parse<I, T>(argv: I) -> Result<Parsed, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    // pilot-agent runs it as a subcommand: `pilot-agent istio-iptables …`.
+    if argv.get(1).is_some_and(|a| a == "istio-iptables") {
+        argv.remove(1);
+    }
+    let matches = match Args::command().try_get_matches_from(argv) {
+        Ok(m) => m,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            return Ok(Parsed::Info(e.render().to_string()));
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            return Err(CliError::Usage(first.trim_start_matches("error: ").to_owned()));
+        }
+    };
+    let mut args = Args::from_arg_matches(&matches).map_err(|e| CliError::Usage(e.to_string()))?;
+    apply_override(
+        &matches,
+        "redirect_dns",
+        "ISTIO_META_DNS_CAPTURE",
+        &mut args.redirect_dns,
+    )?;
+    apply_override(&matches, "drop_invalid", "INVALID_DROP", &mut args.drop_invalid)?;
+    apply_override(&matches, "dual_stack", "ISTIO_DUAL_STACK", &mut args.dual_stack)?;
+    if args.native_nftables {
+        return Err(CliError::Unsupported(
+            "--native-nftables is not supported yet; the iptables backend drives nf_tables through iptables-nft",
+        ));
+    }
+
+    let cfg = istio_config(&args)?;
+    let (detected, resolv_warnings) = detect(&args)?;
+    let (spec, mut warnings) = cfg.to_spec(&detected)?;
+    warnings.extend(resolv_warnings);
+    let probe_port = &args.iptables_probe_port;
+    probe_port
+        .parse::<capture_core::Port>()
+        .map_err(|reason| SpecError::new(Field::ProbePort, probe_port, reason))?;
+    Ok(Parsed::Run(Box::new(Invocation { args, spec, warnings })))
+}
+
+/// Istio's override variables win over the flag's own variable, but not over the command line.
+fn apply_override(
+    matches: &ArgMatches,
+    id: &str,
+    var: &'static str,
+    value: &mut bool,
+) -> Result<(), CliError> {
+    if matches.value_source(id) == Some(ValueSource::CommandLine) {
+        return Ok(());
+    }
+    match std::env::var(var) {
+        Ok(text) if !text.is_empty() => {
+            *value = go_bool(&text).map_err(|_| CliError::EnvBool { var, value: text })?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// The flags as istio-iptables' configuration, with user and group names checked.
+fn istio_config(args: &Args) -> Result<IstioConfig, CliError> {
+    let proxy_uid = if args.proxy_uid.is_empty() {
+        default_proxy_uid()
+    } else {
+        args.proxy_uid.clone()
+    };
+    check_names(Field::ProxyUid, &proxy_uid)?;
+    if !args.proxy_gid.is_empty() {
+        check_names(Field::ProxyGid, &args.proxy_gid)?;
+    }
+    Ok(IstioConfig {
+        envoy_port: args.envoy_port.clone(),
+        inbound_capture_port: args.inbound_capture_port.clone(),
+        inbound_tunnel_port: args.inbound_tunnel_port.clone(),
+        proxy_uid,
+        proxy_gid: args.proxy_gid.clone(),
+        interception_mode: args.interception_mode.clone(),
+        inbound_ports: args.inbound_ports.clone(),
+        local_exclude_ports: args.local_exclude_ports.clone(),
+        exclude_interfaces: args.exclude_interfaces.clone(),
+        service_cidr: args.service_cidr.clone(),
+        service_exclude_cidr: args.service_exclude_cidr.clone(),
+        outbound_ports: args.outbound_ports.clone(),
+        local_outbound_ports_exclude: args.local_outbound_ports_exclude.clone(),
+        kube_virt_interfaces: args.kube_virt_interfaces.clone(),
+        tproxy_mark: args.tproxy_mark.clone(),
+        tproxy_route_table: args.tproxy_route_table.clone(),
+        redirect_dns: args.redirect_dns,
+        capture_all_dns: args.capture_all_dns,
+        drop_invalid: args.drop_invalid,
+        owner_groups_include: env_or("ISTIO_OUTBOUND_OWNER_GROUPS", "*"),
+        owner_groups_exclude: env_or("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", ""),
+        ipv4_loopback_cidr: env_or("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/32"),
+    })
+}
+
+/// istio-iptables' default proxy uid: the uid of $ENVOY_USER, or 1337 if there is no such user.
+fn default_proxy_uid() -> String {
+    let user = env_or("ENVOY_USER", "istio-proxy");
+    match nix::unistd::User::from_name(&user) {
+        Ok(Some(u)) => u.uid.to_string(),
+        _ => "1337".to_owned(),
+    }
+}
+
+/// Names in -u and -g must exist: iptables resolves them when the rules load, and a name it
+/// cannot resolve would fail the whole restore later.
+fn check_names(field: Field, list: &str) -> Result<(), SpecError> {
+    for item in list.split(',').filter(|i| !i.is_empty()) {
+        let Ok(Owner::Name(name)) = item.parse::<Owner>() else {
+            continue;
+        };
+        let known = match field {
+            Field::ProxyUid => nix::unistd::User::from_name(&name).ok().flatten().is_some(),
+            _ => nix::unistd::Group::from_name(&name).ok().flatten().is_some(),
+        };
+        if !known {
+            let reason = if field == Field::ProxyUid {
+                ValueError::NoSuchUser
+            } else {
+                ValueError::NoSuchGroup
+            };
+            return Err(SpecError::new(field, name, reason));
+        }
+    }
+    Ok(())
+}
+
+/// What Istio learns from the pod: the IP families and, for DNS capture, the nameservers.
+fn detect(args: &Args) -> Result<(Detected, Vec<Warning>), CliError> {
+    let ipv6 = match args.ipv6 {
+        Ipv6Mode::On => true,
+        Ipv6Mode::Off => false,
+        Ipv6Mode::Auto => {
+            let addrs: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+                .map_err(CliError::Addresses)?
+                .filter_map(|ifa| ifa.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .collect();
+            detect_ipv6(&addrs, args.dual_stack)?
+        }
+    };
+    let (nameservers, warnings) = if args.redirect_dns && !args.capture_all_dns {
+        let path = &args.resolv_conf;
+        let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        parse_resolv_conf(&text)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok((Detected { ipv6, nameservers }, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(go_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(go_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(go_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(go_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "5", "s", "5x", "-1s", "1..5s"] {
+            assert!(go_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bools() {
+        assert_eq!(go_bool("True"), Ok(true));
+        assert_eq!(go_bool("0"), Ok(false));
+        assert!(go_bool("yes").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+}

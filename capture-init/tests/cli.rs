@@ -1,0 +1,534 @@
+//! The real `capture-init` binary, with real argv and environment, through `--dry-run`,
+//! compared with istio-iptables' goldens; and its answers to bad input.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn golden(name: &str) -> String {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../testdata/istio/iptables/{name}.golden"));
+    let log = std::fs::read_to_string(path).unwrap();
+    // The call log minus the iptables-save calls is the restore payloads, IPv4 then IPv6.
+    log.lines()
+        .filter(|l| !matches!(*l, "iptables-save" | "ip6tables-save"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A resolv.conf for the cases that capture DNS per nameserver; removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("capture-init-test-{}-{tag}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs the binary with exactly these arguments and variables (the test's own environment is
+/// not passed on, so a stray PROXY_UID on the machine cannot change the result).
+fn capture_init(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_capture-init"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("capture-init runs")
+}
+
+#[track_caller]
+fn assert_same(name: &str, expected: &str, actual: &str) {
+    if expected != actual {
+        let diff = similar::TextDiff::from_lines(expected, actual);
+        panic!(
+            "{name}: dry run differs from Istio's golden\n{}",
+            diff.unified_diff().header("istio", "capture-init")
+        );
+    }
+}
+
+struct Case {
+    name: &'static str,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    ipv6: bool,
+    resolv_conf: Option<&'static str>,
+}
+
+const fn case(name: &'static str, args: &'static [&'static str], ipv6: bool) -> Case {
+    Case {
+        name,
+        args,
+        env: &[],
+        ipv6,
+        resolv_conf: None,
+    }
+}
+
+/// upstream's case table as istio-iptables command lines; the base is `-u 1337 -g 1337`.
+const CASES: &[Case] = &[
+    case("ipv6-empty-inbound-ports", &[], true),
+    Case {
+        resolv_conf: Some("nameserver 127.0.0.53\n"),
+        ..case(
+            "ip-range",
+            &[
+                "-x",
+                "1.1.0.0/16",
+                "-i",
+                "9.9.0.0/16",
+                "--redirect-dns",
+                "-u",
+                "3,4",
+                "-g",
+                "1,2",
+            ],
+            false,
+        )
+    },
+    Case {
+        resolv_conf: Some("nameserver 127.0.0.53\n"),
+        ..case(
+            "tproxy",
+            &[
+                "-m",
+                "TPROXY",
+                "-b",
+                "*",
+                "-x",
+                "1.1.0.0/16",
+                "-i",
+                "9.9.0.0/16",
+                "--redirect-dns",
+                "-c",
+                "not-istio-nic",
+            ],
+            true,
+        )
+    },
+    case("ipv6-inbound-ports", &["-b", "4000,5000"], true),
+    case(
+        "ipv6-virt-interfaces",
+        &["-b", "4000,5000", "-k", "eth0,eth1"],
+        true,
+    ),
+    case(
+        "ipv6-ipnets",
+        &[
+            "-b",
+            "4000,5000",
+            "-d",
+            "6000,7000,",
+            "-k",
+            "eth0,eth1",
+            "-x",
+            "2001:db8::/32",
+            "-i",
+            "2001:db8::/32",
+        ],
+        true,
+    ),
+    case(
+        "ipv6-uid-gid",
+        &[
+            "-b",
+            "4000,5000",
+            "-d",
+            "6000,7000",
+            "-k",
+            "eth0,eth1",
+            "-u",
+            "3,4",
+            "-g",
+            "1,2",
+            "-x",
+            "2001:db8::/32",
+            "-i",
+            "2001:db8::/32",
+        ],
+        true,
+    ),
+    case("ipv6-outbound-ports", &["-q", "32000,31000"], true),
+    case("empty", &[], false),
+    case("kube-virt-interfaces", &["-k", "eth1,eth2", "-i", "*"], false),
+    case("ipnets", &["-i", "10.0.0.0/8"], false),
+    case(
+        "ipnets-with-kube-virt-interfaces",
+        &["-k", "eth1,eth2", "-i", "10.0.0.0/8"],
+        false,
+    ),
+    case("inbound-ports-include", &["-b", "32000,31000"], false),
+    case("inbound-ports-wildcard", &["-b", "*"], false),
+    case(
+        "inbound-ports-tproxy",
+        &["-b", "32000,31000", "-m", "TPROXY"],
+        false,
+    ),
+    case(
+        "inbound-ports-wildcard-tproxy",
+        &["-b", "*", "-m", "TPROXY"],
+        false,
+    ),
+    Case {
+        resolv_conf: Some(
+            "search svc.cluster.local\nnameserver 127.0.0.53\nnameserver ::127.0.0.53\noptions ndots:5\n",
+        ),
+        ..case("dns-uid-gid", &["--redirect-dns", "-u", "3,4", "-g", "1,2"], true)
+    },
+    Case {
+        resolv_conf: Some("search svc.cluster.local\n"),
+        ..case(
+            "ipv6-dns-uid-gid",
+            &["--redirect-dns", "-u", "3,4", "-g", "1,2"],
+            true,
+        )
+    },
+    Case {
+        env: &[("ISTIO_OUTBOUND_OWNER_GROUPS", "java,202")],
+        ..case("outbound-owner-groups", &[], false)
+    },
+    Case {
+        env: &[("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "888,ftp")],
+        ..case("outbound-owner-groups-exclude", &[], false)
+    },
+    Case {
+        env: &[("ISTIO_OUTBOUND_OWNER_GROUPS", "java,202")],
+        resolv_conf: Some(""),
+        ..case("ipv6-dns-outbound-owner-groups", &["--redirect-dns"], true)
+    },
+    Case {
+        env: &[("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "888,ftp")],
+        resolv_conf: Some(""),
+        ..case(
+            "ipv6-dns-outbound-owner-groups-exclude",
+            &["--redirect-dns"],
+            true,
+        )
+    },
+    case("outbound-ports-include", &["-q", "32000,31000"], false),
+    Case {
+        resolv_conf: Some("nameserver 127.0.0.53\n"),
+        ..case(
+            "loopback-outbound-iprange",
+            &["-i", "127.1.2.3/32", "--redirect-dns", "-u", "3,4", "-g", "1,2"],
+            false,
+        )
+    },
+    case("basic-exclude-nic", &["-c", "not-istio-nic"], false),
+    case("drop-invalid", &["--drop-invalid"], false),
+    Case {
+        env: &[("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/8")],
+        ..case("host-ipv4-loopback-cidr", &[], false)
+    },
+];
+
+#[test]
+fn every_golden_through_the_binary() {
+    assert_eq!(CASES.len(), 27);
+    for case in CASES {
+        let resolv = case.resolv_conf.map(|text| TempFile::new(case.name, text));
+        let mut args = vec![
+            "-u",
+            "1337",
+            "-g",
+            "1337",
+            "--dry-run",
+            "--ipv6",
+            if case.ipv6 { "on" } else { "off" },
+        ];
+        if let Some(file) = &resolv {
+            args.extend(["--resolv-conf", file.0.to_str().unwrap()]);
+        }
+        args.extend(case.args);
+        let out = capture_init(&args, case.env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {:?} failed: {stderr}", case.name, args);
+        assert_same(
+            case.name,
+            &golden(case.name),
+            &String::from_utf8(out.stdout).unwrap(),
+        );
+    }
+}
+
+const SIDECAR: &[&str] = &[
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+    "--dry-run",
+];
+
+fn sidecar_payload(v6: bool) -> String {
+    let v4 = include_str!("../../testdata/sidecar.v4.restore");
+    if v6 {
+        format!(
+            "{v4}{}",
+            v4.replace("127.0.0.6/32", "::6/128")
+                .replace("127.0.0.1/32", "::1/128")
+        )
+    } else {
+        v4.to_owned()
+    }
+}
+
+#[test]
+fn default_sidecar_command() {
+    for (ipv6, v6) in [("off", false), ("on", true)] {
+        let args: Vec<&str> = SIDECAR.iter().copied().chain(["--ipv6", ipv6]).collect();
+        let out = capture_init(&args, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stderr.is_empty(),
+            "no warnings: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same(
+            "sidecar",
+            &sidecar_payload(v6),
+            &String::from_utf8(out.stdout).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn pilot_agent_subcommand_form_and_log_flags() {
+    let args: Vec<&str> = ["istio-iptables"]
+        .into_iter()
+        .chain(SIDECAR.iter().copied())
+        .chain(["--ipv6", "off", "--log_output_level=default:info"])
+        .collect();
+    let out = capture_init(&args, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_same(
+        "sidecar",
+        &sidecar_payload(false),
+        &String::from_utf8(out.stdout).unwrap(),
+    );
+}
+
+#[test]
+fn environment_precedence() {
+    let dry = ["--dry-run", "--ipv6", "off", "-u", "1337"];
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let all: Vec<&str> = dry.iter().copied().chain(args.iter().copied()).collect();
+        let out = capture_init(&all, env);
+        assert!(
+            out.status.success(),
+            "{args:?} {env:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The variable named after the flag sets it; the command line beats it.
+    assert_eq!(run(&[], &[("ISTIO_INBOUND_PORTS", "*")]), run(&["-b", "*"], &[]));
+    assert_eq!(
+        run(&["-b", "80"], &[("ISTIO_INBOUND_PORTS", "*")]),
+        run(&["-b", "80"], &[])
+    );
+    // ISTIO_META_DNS_CAPTURE beats REDIRECT_DNS but not --redirect-dns=false.
+    let dns = run(
+        &["--capture-all-dns"],
+        &[("REDIRECT_DNS", "false"), ("ISTIO_META_DNS_CAPTURE", "true")],
+    );
+    assert!(dns.contains("ISTIO_OUTPUT_DNS"), "{dns}");
+    let off = run(
+        &["--capture-all-dns", "--redirect-dns=false"],
+        &[("ISTIO_META_DNS_CAPTURE", "true")],
+    );
+    assert!(!off.contains("ISTIO_OUTPUT_DNS"), "{off}");
+    // INVALID_DROP beats DROP_INVALID.
+    let drop = run(&[], &[("DROP_INVALID", "false"), ("INVALID_DROP", "true")]);
+    assert!(drop.contains("-j ISTIO_DROP"), "{drop}");
+    // -g defaults to -u's list.
+    assert!(run(&["-u", "7"], &[]).contains("--gid-owner 7 "));
+}
+
+#[test]
+fn accepted_quirks() {
+    let base = ["--dry-run", "--ipv6", "off", "-u", "1337", "-b", "*"];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        capture_init(&args, &[])
+    };
+    // Empty list items are dropped, as Istio does.
+    let out = run(&["-d", "15090,,15021"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(run(&["-d", "15090,15021"]).stdout).unwrap()
+    );
+    // Host bits are kept, as Go's netip.ParsePrefix keeps them.
+    let out = run(&["-i", "10.0.0.1/8"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("-A ISTIO_OUTPUT -d 10.0.0.1/8 -j ISTIO_REDIRECT\n")
+    );
+    // Any mode but TPROXY is REDIRECT, with a warning.
+    let out = run(&["-m", "FOO"]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, run(&["-m", "REDIRECT"]).stdout);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("warning") && stderr.contains("\"FOO\"") && stderr.contains("REDIRECT"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_input_exits_1_naming_flag_and_value() {
+    let groups_65 = (0..65).map(|g| g.to_string()).collect::<Vec<_>>().join(",");
+    type BadInput<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<BadInput> = vec![
+        (vec!["-b", "70000"], vec![], "-b/--istio-inbound-ports", "70000"),
+        (
+            vec!["-b", "*", "-d", "-1"],
+            vec![],
+            "-d/--istio-local-exclude-ports",
+            "-1",
+        ),
+        (vec!["-p", "abc"], vec![], "-p/--envoy-port", "abc"),
+        (vec!["-z", "0"], vec![], "-z/--inbound-capture-port", "0"),
+        (
+            vec!["-q", "80,99999"],
+            vec![],
+            "-q/--istio-outbound-ports",
+            "99999",
+        ),
+        (
+            vec!["-o", "1-2"],
+            vec![],
+            "-o/--istio-local-outbound-ports-exclude",
+            "1-2",
+        ),
+        (
+            vec!["-x", "10.0.0.0/33"],
+            vec![],
+            "-x/--istio-service-exclude-cidr",
+            "10.0.0.0/33",
+        ),
+        (vec!["-i", "::/129"], vec![], "-i/--istio-service-cidr", "::/129"),
+        (
+            vec!["-i", "10.0.0.256/8"],
+            vec![],
+            "-i/--istio-service-cidr",
+            "10.0.0.256/8",
+        ),
+        (vec!["-x", "*"], vec![], "-x/--istio-service-exclude-cidr", "*"),
+        (vec!["-u", "bad user"], vec![], "-u/--proxy-uid", "bad user"),
+        (
+            vec!["-u", "no-such-user-here"],
+            vec![],
+            "-u/--proxy-uid",
+            "no-such-user-here",
+        ),
+        (
+            vec!["-g", "no-such-group-here"],
+            vec![],
+            "-g/--proxy-gid",
+            "no-such-group-here",
+        ),
+        (vec!["-t", "0"], vec![], "-t/--istio-inbound-tproxy-mark", "0"),
+        (
+            vec!["-r", "254"],
+            vec![],
+            "-r/--istio-inbound-tproxy-route-table",
+            "254",
+        ),
+        (vec!["-c", "a/b"], vec![], "-c/--istio-exclude-interfaces", "a/b"),
+        (
+            vec![],
+            vec![("ISTIO_OUTBOUND_OWNER_GROUPS", groups_65.as_str())],
+            "ISTIO_OUTBOUND_OWNER_GROUPS",
+            "65 groups",
+        ),
+        (
+            vec![],
+            vec![("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "10.0.0.1/32")],
+            "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+            "10.0.0.1/32",
+        ),
+        (
+            vec![],
+            vec![("ISTIO_SERVICE_CIDR", "nope")],
+            "-i/--istio-service-cidr",
+            "nope",
+        ),
+        (
+            vec![],
+            vec![("ISTIO_META_DNS_CAPTURE", "maybe")],
+            "ISTIO_META_DNS_CAPTURE",
+            "maybe",
+        ),
+        (vec!["--probe-timeout", "soon"], vec![], "--probe-timeout", "soon"),
+        (
+            vec!["--iptables-probe-port", "0"],
+            vec![],
+            "--iptables-probe-port",
+            "0",
+        ),
+        (
+            vec!["--force-iptables-version", "both"],
+            vec![],
+            "--force-iptables-version",
+            "both",
+        ),
+    ];
+    for (extra, env, flag, value) in cases {
+        let args: Vec<&str> = ["--dry-run", "--ipv6", "off", "-u", "1337"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let out = capture_init(&args, &env);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?} {env:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: no payload on bad input");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(value),
+            "{args:?}: {stderr:?} names {flag} and {value}"
+        );
+    }
+}
+
+#[test]
+fn help_reads_like_a_man_page() {
+    let out = capture_init(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for section in [
+        "Usage:",
+        "ENVIRONMENT:",
+        "EXIT STATUS:",
+        "EXAMPLES:",
+        "--istio-inbound-ports",
+        "[env: ISTIO_INBOUND_PORTS=",
+    ] {
+        assert!(help.contains(section), "--help lacks {section:?}");
+    }
+}
