@@ -9,16 +9,20 @@
 //! istio flags ─> IstioConfig ─> CaptureSpec ─plan(family)─> RuleSet ─Restore─> iptables-restore text
 //! ```
 
+pub mod apply;
 mod error;
 pub mod istio;
+pub mod original_dst;
 mod plan;
 pub mod render;
 pub mod rules;
 mod spec;
 mod types;
 
+pub use apply::{ApplyError, ApplyOptions, Change, Flavor, Iptables, State, SystemExec};
 pub use error::{Field, SpecError, ValueError};
 pub use istio::{Detected, IstioConfig, NoUsableAddress, Warning, detect_ipv6, parse_resolv_conf};
+pub use original_dst::original_dst;
 pub use plan::plan;
 pub use render::Restore;
 pub use rules::{RuleSet, TableName};

@@ -3,6 +3,7 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use crate::rules::{CtState, Entry, Match, OwnerMatch, Position, Proto, Rule, RuleSet, Table, Target};
+use crate::types::{Cidr, Family};
 
 /// The `iptables-restore --noflush` payload for a rule set: for each table, `* table`, a `-N`
 /// line per chain of ours, the rule operations in order, then `COMMIT`.
@@ -140,6 +141,126 @@ impl Display for TargetSpec<'_> {
             Target::RestoreMark => f.write_str("-j CONNMARK --restore-mark"),
             Target::CtZone(zone) => write!(f, "-j CT --zone {zone}"),
         }
+    }
+}
+
+/// A rule as `iptables-save` prints it once the kernel holds it: address, interface and
+/// protocol options first, implicit `-m tcp`/`-m udp` before port options, host bits masked,
+/// owner names resolved to ids, marks in hex, and targets with all their options. Comparing
+/// this with `iptables-save` output tells whether the kernel holds exactly our rules; it was
+/// checked against iptables 1.8.9, legacy and nft alike.
+#[derive(Clone, Copy)]
+pub struct Saved<'a> {
+    /// The rule.
+    pub rule: &'a Rule,
+    /// Its family (TPROXY's implicit `--on-ip` differs).
+    pub family: Family,
+    /// Resolves an owner name to its id, as iptables does when it loads the rule.
+    pub resolve: &'a dyn Fn(&OwnerMatch) -> Option<u32>,
+}
+
+impl fmt::Debug for Saved<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Saved")
+            .field("rule", self.rule)
+            .field("family", &self.family)
+            .finish_non_exhaustive()
+    }
+}
+
+fn network(cidr: &Cidr) -> Cidr {
+    Cidr::new(cidr.network_addr(), cidr.prefix()).expect("prefix of a valid network")
+}
+
+impl Display for Saved<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let Rule { matches, target } = self.rule;
+        let mut words: Vec<String> = Vec::new();
+        // iptables-save prints the IP header options in a fixed order, then the match modules.
+        for m in matches {
+            match m {
+                Match::Src(n) => words.push(format!("{}-s {}", n.bang(), network(&n.value))),
+                Match::SrcServer(s) => words.push(format!("-s {}", Cidr::host(s.addr()))),
+                _ => {}
+            }
+        }
+        for m in matches {
+            match m {
+                Match::Dst(n) => words.push(format!("{}-d {}", n.bang(), network(&n.value))),
+                Match::DstServer(s) => words.push(format!("-d {}", Cidr::host(s.addr()))),
+                _ => {}
+            }
+        }
+        for m in matches {
+            if let Match::InIface(i) = m {
+                words.push(format!("-i {i}"));
+            }
+        }
+        for m in matches {
+            if let Match::OutIface(i) = m {
+                words.push(format!("-o {i}"));
+            }
+        }
+        let mut proto = None;
+        for m in matches {
+            if let Match::Proto(p) = m {
+                proto = Some(*p);
+                words.push(MatchSpec(m).to_string());
+            }
+        }
+        let mut in_port_module = false;
+        for m in matches {
+            let is_port = matches!(m, Match::DstPort(_) | Match::SrcPort(_));
+            if is_port && !in_port_module {
+                words.push(match proto {
+                    Some(Proto::Udp) => "-m udp".to_owned(),
+                    _ => "-m tcp".to_owned(),
+                });
+            }
+            in_port_module = is_port;
+            match m {
+                Match::Src(_)
+                | Match::SrcServer(_)
+                | Match::Dst(_)
+                | Match::DstServer(_)
+                | Match::InIface(_)
+                | Match::OutIface(_)
+                | Match::Proto(_) => {}
+                Match::Owner(n) => {
+                    let (option, owner) = match &n.value {
+                        OwnerMatch::Uid(o) => ("--uid-owner", o),
+                        OwnerMatch::Gid(o) => ("--gid-owner", o),
+                    };
+                    let id = owner.id().or_else(|| (self.resolve)(&n.value));
+                    let shown = id.map_or_else(|| owner.to_string(), |id| id.to_string());
+                    words.push(format!("-m owner {}{option} {shown}", n.bang()));
+                }
+                Match::Mark(n) => words.push(format!("-m mark {}--mark {:#x}", n.bang(), n.value.get())),
+                Match::Connmark(mark) => words.push(format!("-m connmark --mark {:#x}", mark.get())),
+                other => words.push(MatchSpec(other).to_string()),
+            }
+        }
+        let target = match target {
+            Target::Redirect { to, abbreviated: _ } => format!("-j REDIRECT --to-ports {to}"),
+            Target::Tproxy { mark, on_port } => {
+                let on_ip = match self.family {
+                    Family::V4 => "0.0.0.0",
+                    Family::V6 => "::",
+                };
+                format!(
+                    "-j TPROXY --on-port {on_port} --on-ip {on_ip} --tproxy-mark {:#x}/0xffffffff",
+                    mark.get()
+                )
+            }
+            Target::SetMark(mark) => format!("-j MARK --set-xmark {:#x}/0xffffffff", mark.get()),
+            Target::SaveMark => "-j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff".to_owned(),
+            Target::RestoreMark => {
+                "-j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff".to_owned()
+            }
+            other => TargetSpec(other).to_string(),
+        };
+        words.push(target);
+        f.write_str(&words.join(" "))
     }
 }
 

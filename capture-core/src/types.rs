@@ -201,19 +201,29 @@ impl Cidr {
         Family::of(&self.addr)
     }
 
+    /// The network address: the address with its host bits cleared (`10.0.0.1/8` → `10.0.0.0`).
+    pub fn network_addr(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        }
+    }
+
     /// Whether `addr` lies inside this network (host bits of `self` are ignored).
     pub fn contains(&self, addr: &IpAddr) -> bool {
-        match (self.addr, addr) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(*a) & mask
+        Family::of(addr) == self.family()
+            && Self {
+                addr: *addr,
+                prefix: self.prefix,
             }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(*a) & mask
-            }
-            _ => false,
-        }
+            .network_addr()
+                == self.network_addr()
     }
 
     /// Whether this network overlaps the loopback range of its family (127.0.0.0/8 or ::1).

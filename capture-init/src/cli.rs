@@ -455,12 +455,12 @@ pub struct Invocation {
 #[derive(Debug)]
 pub enum Parsed {
     /// Go ahead.
-    Run(Box<Invocation>),
+    Run(Box<Args>),
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
 }
 
-/// Reads argv and the environment into an invocation.
+/// Reads argv and the environment into flags, applying Istio's precedence. Reads nothing else.
 ///
 /// # Errors
 /// A [`CliError`] naming the bad flag (or variable) and value.
@@ -505,15 +505,24 @@ where
         ));
     }
 
-    let cfg = istio_config(&args)?;
-    let (detected, resolv_warnings) = detect(&args)?;
-    let (spec, mut warnings) = cfg.to_spec(&detected)?;
-    warnings.extend(resolv_warnings);
     let probe_port = &args.iptables_probe_port;
     probe_port
         .parse::<capture_core::Port>()
         .map_err(|reason| SpecError::new(Field::ProbePort, probe_port, reason))?;
-    Ok(Parsed::Run(Box::new(Invocation { args, spec, warnings })))
+    Ok(Parsed::Run(Box::new(args)))
+}
+
+/// Completes the flags with what Istio detects from the pod (run inside the pod's network
+/// namespace) and builds the capture.
+///
+/// # Errors
+/// A [`CliError`] naming the bad flag and value, or what could not be detected.
+pub fn resolve(args: Args) -> Result<Invocation, CliError> {
+    let cfg = istio_config(&args)?;
+    let (detected, resolv_warnings) = detect(&args)?;
+    let (spec, mut warnings) = cfg.to_spec(&detected)?;
+    warnings.extend(resolv_warnings);
+    Ok(Invocation { args, spec, warnings })
 }
 
 /// Istio's override variables win over the flag's own variable, but not over the command line.

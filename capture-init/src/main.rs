@@ -2,6 +2,7 @@
 
 mod cli;
 mod run;
+mod validate;
 
 fn main() -> std::process::ExitCode {
     run::main(std::env::args_os())

@@ -2,32 +2,76 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
+use std::os::fd::AsFd as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use capture_core::{Restore, plan};
+use capture_core::{ApplyOptions, Change, Flavor, Iptables, Restore, SystemExec, plan};
 
-use crate::cli::{self, Invocation, Parsed};
+use crate::cli::{self, Args, Invocation, IptablesVersion, Parsed};
+use crate::validate;
 
-/// Runs the command and returns its exit status: 0 success, 1 error.
+/// Exit status when validation finds that redirection does not work (Istio's).
+const VALIDATION_FAILED: u8 = 126;
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("capture-init: {message}");
+    ExitCode::from(1)
+}
+
+/// Runs the command and returns its exit status: 0 success, 1 error, 126 validation failure.
 pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
-    match cli::parse(argv) {
+    let args = match cli::parse(argv) {
         Ok(Parsed::Info(text)) => {
             print!("{text}");
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
-        Ok(Parsed::Run(invocation)) => run(&invocation),
-        Err(e) => {
-            eprintln!("capture-init: {e}");
-            ExitCode::from(1)
-        }
+        Ok(Parsed::Run(args)) => args,
+        Err(e) => return fail(e),
+    };
+    if let Some(path) = &args.network_namespace
+        && !args.dry_run
+        && let Err(e) = enter_netns(path)
+    {
+        return fail(format_args!(
+            "cannot enter network namespace {}: {e}",
+            path.display()
+        ));
     }
+    let invocation = match cli::resolve(*args) {
+        Ok(invocation) => invocation,
+        Err(e) => return fail(e),
+    };
+    for warning in &invocation.warnings {
+        eprintln!("capture-init: warning: {warning}");
+    }
+    run(&invocation)
+}
+
+/// Moves this (still single-threaded) process into the network namespace at `path`.
+fn enter_netns(path: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+    Ok(())
+}
+
+/// In CNI mode every pod gets its own xtables lock file, so that concurrent pod setups never
+/// queue on the node's `/run/xtables.lock` (Kuma's idea; Istio's pod-scoped lock).
+fn pod_lock_file(args: &Args) -> Option<PathBuf> {
+    if !args.cni_mode {
+        return None;
+    }
+    let netns = std::fs::metadata("/proc/self/ns/net").ok()?;
+    Some(std::env::temp_dir().join(format!("capture-xtables-{}-{}.lock", netns.dev(), netns.ino())))
 }
 
 fn run(invocation: &Invocation) -> ExitCode {
-    let Invocation { args, spec, warnings } = invocation;
-    for warning in warnings {
-        eprintln!("capture-init: warning: {warning}");
-    }
+    let Invocation {
+        args,
+        spec,
+        warnings: _,
+    } = invocation;
     if args.dry_run {
         let mut out = std::io::stdout().lock();
         for family in spec.families() {
@@ -37,6 +81,54 @@ fn run(invocation: &Invocation) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    eprintln!("capture-init: applying rules is not available in this build; use --dry-run");
-    ExitCode::from(1)
+    let exec = SystemExec {
+        lock_file: pod_lock_file(args),
+    };
+    let backend = match args.force_iptables_version {
+        Some(IptablesVersion::Legacy) => Iptables::new(exec, Flavor::Legacy),
+        Some(IptablesVersion::Nft) => Iptables::new(exec, Flavor::Nft),
+        None => match Iptables::detect(exec) {
+            Ok(backend) => backend,
+            Err(e) => return fail(e),
+        },
+    };
+    if args.cleanup_only {
+        return match backend.cleanup(spec) {
+            Ok(()) => {
+                eprintln!("capture-init: capture removed ({})", backend.flavor().as_str());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    if !args.skip_rule_apply {
+        let options = ApplyOptions {
+            reconcile: args.reconcile,
+            force: args.force_apply,
+        };
+        match backend.apply(spec, options) {
+            Ok(changes) => {
+                for (family, change) in changes {
+                    let what = match change {
+                        Change::Applied => "applied",
+                        Change::Unchanged => "already in place, nothing changed",
+                        Change::Reconciled => "reconciled",
+                    };
+                    eprintln!(
+                        "capture-init: {family} capture {what} ({})",
+                        backend.flavor().as_str()
+                    );
+                }
+            }
+            Err(e) => return fail(e),
+        }
+    }
+    if args.run_validation {
+        if let Err(e) = validate::run(spec, args) {
+            eprintln!("capture-init: {e}");
+            return ExitCode::from(VALIDATION_FAILED);
+        }
+        eprintln!("capture-init: validation passed");
+    }
+    ExitCode::SUCCESS
 }
