@@ -11,6 +11,7 @@
 
 mod error;
 pub mod istio;
+pub mod netlink;
 mod plan;
 pub mod render;
 pub mod rules;
