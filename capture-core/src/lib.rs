@@ -12,6 +12,7 @@
 pub mod apply;
 mod error;
 pub mod istio;
+pub mod netlink;
 pub mod original_dst;
 mod plan;
 pub mod render;
