@@ -17,10 +17,11 @@ use std::io::{self, Write as _};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use crate::netlink::{self, TproxyRoutes};
 use crate::plan::plan;
 use crate::render::{Restore, Saved};
 use crate::rules::{ChainName, OwnChain, OwnerMatch, RuleSet, TableName};
-use crate::spec::CaptureSpec;
+use crate::spec::{CaptureSpec, InboundPorts};
 use crate::types::{Family, Owner};
 
 /// Which iptables implementation holds the rules.
@@ -167,6 +168,9 @@ pub enum ApplyError {
         /// The families whose changes were undone.
         rolled_back: Vec<Family>,
     },
+    /// Kernel state beyond rules (addresses, policy routing) could not be changed.
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
     /// Applying failed and so did putting things back.
     #[error("{source}; rolling back also failed, capture may be partly applied: {rollback}")]
     RollbackFailed {
@@ -768,6 +772,69 @@ impl<E: Exec> Iptables<E> {
         }
         Ok(())
     }
+}
+
+/// What `spec` needs besides rules: `::6` on `lo` with IPv6 (the inbound passthrough source),
+/// and for TPROXY the `fwmark` rule and `local` route per family.
+fn tproxy_routes(spec: &CaptureSpec) -> Option<TproxyRoutes> {
+    let (mark, table) = spec.tproxy()?;
+    (spec.inbound.ports != InboundPorts::Off).then_some(TproxyRoutes { mark, table })
+}
+
+/// Installs everything `spec` needs in the calling thread's network namespace: kernel state
+/// through netlink first (harmless without the rules), then the rules. If the rules fail, the
+/// netlink state this call added is removed again.
+///
+/// # Errors
+/// As [`Iptables::apply`], or [`ApplyError::Netlink`].
+pub fn install<E: Exec>(
+    backend: &Iptables<E>,
+    spec: &CaptureSpec,
+    options: ApplyOptions,
+) -> Result<Vec<(Family, Change)>, ApplyError> {
+    let mut added_address = false;
+    let mut added_routes = Vec::new();
+    if spec.ipv6 && !netlink::ipv6_passthrough_address_present()? {
+        netlink::ensure_ipv6_passthrough_address()?;
+        added_address = true;
+    }
+    if let Some(routes) = tproxy_routes(spec) {
+        for &family in spec.families() {
+            if !netlink::tproxy_routes_present(&routes, family)? {
+                netlink::ensure_tproxy_routes(&routes, family)?;
+                added_routes.push(family);
+            }
+        }
+    }
+    backend.apply(spec, options).inspect_err(|_| {
+        // Best effort: the rules error is the one worth reporting.
+        if let Some(routes) = tproxy_routes(spec) {
+            for family in &added_routes {
+                let _ = netlink::remove_tproxy_routes(&routes, *family);
+            }
+        }
+        if added_address {
+            let _ = netlink::remove_ipv6_passthrough_address();
+        }
+    })
+}
+
+/// Removes everything `spec` installs: the rules in both families, the TPROXY routing, and
+/// `::6` when `spec` uses IPv6. Succeeds when nothing is there.
+///
+/// # Errors
+/// As [`Iptables::cleanup`], or [`ApplyError::Netlink`].
+pub fn uninstall<E: Exec>(backend: &Iptables<E>, spec: &CaptureSpec) -> Result<(), ApplyError> {
+    backend.cleanup(spec)?;
+    if let Some(routes) = tproxy_routes(spec) {
+        for family in [Family::V4, Family::V6] {
+            netlink::remove_tproxy_routes(&routes, family)?;
+        }
+    }
+    if spec.ipv6 {
+        netlink::remove_ipv6_passthrough_address()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub mod rules;
 mod spec;
 mod types;
 
-pub use apply::{ApplyError, ApplyOptions, Change, Flavor, Iptables, State, SystemExec};
+pub use apply::{ApplyError, ApplyOptions, Change, Flavor, Iptables, State, SystemExec, install, uninstall};
 pub use error::{Field, SpecError, ValueError};
 pub use istio::{Detected, IstioConfig, NoUsableAddress, Warning, detect_ipv6, parse_resolv_conf};
 pub use original_dst::original_dst;

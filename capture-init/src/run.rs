@@ -93,7 +93,7 @@ fn run(invocation: &Invocation) -> ExitCode {
         },
     };
     if args.cleanup_only {
-        return match backend.cleanup(spec) {
+        return match capture_core::uninstall(&backend, spec) {
             Ok(()) => {
                 eprintln!("capture-init: capture removed ({})", backend.flavor().as_str());
                 ExitCode::SUCCESS
@@ -106,7 +106,7 @@ fn run(invocation: &Invocation) -> ExitCode {
             reconcile: args.reconcile,
             force: args.force_apply,
         };
-        match backend.apply(spec, options) {
+        match capture_core::install(&backend, spec, options) {
             Ok(changes) => {
                 for (family, change) in changes {
                     let what = match change {
