@@ -1,1 +1,5 @@
 //! capture-core
+
+pub mod original_dst;
+
+pub use original_dst::original_dst;
