@@ -1,1 +1,93 @@
-//! helpers
+//! Helpers for end-to-end tests that move real packets between network namespaces.
+//!
+//! Every test builds its own world and tears it down on `Drop`, also when it panics:
+//!
+//! | Helper                       | What it is                                                              |
+//! |------------------------------|-------------------------------------------------------------------------|
+//! | [`require_root`]             | skip locally without root, fail in CI (`CI` set)                        |
+//! | [`NetNs`]                    | a named netns `capture-test-<pid>-<n>` under `/run/netns`, `lo` up       |
+//! | [`Topology`]                 | a pod netns and a peer netns joined by a veth pair, no other routes     |
+//! | [`Listener`]                 | a TCP listener that records peer, local and original destination        |
+//! | [`connect_as`]               | a client connection from a netns as a given uid/gid                     |
+//! | [`iptables_restore`]         | `iptables-restore --noflush` in a netns, legacy or nft, v4 or v6        |
+//! | [`iptables_save_normalized`] | `iptables-save` without counters and comments, for comparisons          |
+//!
+//! Nothing here touches the root network namespace: addresses, routes, links and rules are only ever
+//! created inside namespaces made by [`NetNs::new`].
+
+mod client;
+mod iptables;
+mod listener;
+mod netns;
+mod topology;
+
+use std::process::Command;
+
+pub use client::{connect_as, connect_as_from};
+pub use iptables::{Flavor, iptables_restore, iptables_save_normalized};
+pub use listener::{Accepted, Listener};
+pub use netns::{NETNS_PREFIX, NetNs};
+pub use topology::{Family, Topology};
+
+#[cfg(test)]
+mod tests;
+
+/// The uid (and gid) of the sidecar proxy, whose traffic the default rules never capture.
+pub const PROXY_UID: u32 = 1337;
+/// An ordinary application uid (and gid), whose outbound traffic is captured.
+pub const APP_UID: u32 = 1000;
+/// The proxy port that captured outbound traffic is redirected to (`istio-iptables -p`).
+pub const OUTBOUND_PORT: u16 = 15001;
+/// The proxy port that captured inbound traffic is redirected to (`istio-iptables -z`).
+pub const INBOUND_PORT: u16 = 15006;
+
+/// Returns whether the test may run privileged steps.
+///
+/// Without root it prints a skip message and returns `false`, so the test can return early. With the
+/// environment variable `CI` set it panics instead: privileged tests must run in CI, and a skip there would
+/// hide that they did not.
+///
+/// # Panics
+///
+/// When not running as root and `CI` is set.
+///
+/// # Examples
+///
+/// ```no_run
+/// #[test]
+/// fn moves_packets() {
+///     if !capture_e2e::require_root() {
+///         return;
+///     }
+///     // ...
+/// }
+/// ```
+#[must_use]
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("<unnamed>").to_owned();
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: needs root, and CI is set so it may not skip; run the tests as root (sudo -E)"
+    );
+    eprintln!("skipping {test}: needs root (run as root, e.g. `sudo -E cargo test -p capture-e2e`)");
+    false
+}
+
+/// Runs `cmd`, panics with its stderr unless it exits 0, and returns its stdout.
+///
+/// # Panics
+///
+/// When the program cannot be started or exits with a non-zero status.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{cmd:?} printed non-UTF-8: {e}"))
+}

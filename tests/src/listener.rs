@@ -1,0 +1,198 @@
+//! TCP listeners that stand in for the proxy and for applications.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
+
+use crate::NetNs;
+use crate::client::assume_identity;
+
+/// How often the accept loop looks at the stop flag.
+const ACCEPT_TICK: Duration = Duration::from_millis(50);
+
+/// What a [`Listener`] saw about one accepted connection.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The client's address, as the listener sees it.
+    pub peer: SocketAddr,
+    /// The accepted socket's local address. After `REDIRECT` this is the proxy port, not the original
+    /// destination.
+    pub local: SocketAddr,
+    /// [`capture_core::original_dst()`] on the accepted socket.
+    pub original_dst: io::Result<SocketAddr>,
+}
+
+/// A TCP listener in a namespace that records every connection and answers with a token.
+///
+/// It stands in for the sidecar proxy (on `0.0.0.0:15001`, `[::]:15006`, …) or for an application (on
+/// `peer:80`, `pod:8080`, …). For each connection it records an [`Accepted`] first and then writes its
+/// token and closes, so once a client has read the token the record is there. The token tells the
+/// client which listener it reached.
+///
+/// The accept loop runs on its own thread, which is stopped and joined on `Drop`.
+#[derive(Debug)]
+pub struct Listener {
+    token: String,
+    local: SocketAddr,
+    accepted: Arc<Mutex<Vec<Accepted>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Binds `addr` in `ns` as root and starts accepting.
+    ///
+    /// An IPv6 wildcard (`[::]`) accepts IPv4 too unless `net.ipv6.bindv6only` is set in `ns`.
+    ///
+    /// # Panics
+    ///
+    /// When `bind` or `listen` fails.
+    #[must_use]
+    pub fn spawn(ns: &NetNs, addr: SocketAddr, token: &str) -> Listener {
+        Listener::spawn_as(ns, 0, 0, addr, token)
+    }
+
+    /// Binds `addr` in `ns` with a socket created as `uid`/`gid`, and starts accepting.
+    ///
+    /// The socket's owner is what the `owner` match sees for traffic the listener sends; ports below
+    /// 1024 need uid 0.
+    ///
+    /// # Panics
+    ///
+    /// When the credentials cannot be set, or `bind` or `listen` fails.
+    #[must_use]
+    pub fn spawn_as(ns: &NetNs, uid: u32, gid: u32, addr: SocketAddr, token: &str) -> Listener {
+        let listener = ns
+            .run(|| {
+                if (uid, gid) != (0, 0) {
+                    assume_identity(uid, gid)?;
+                }
+                TcpListener::bind(addr)
+            })
+            .unwrap_or_else(|e| panic!("cannot listen on {addr} in {} as {uid}:{gid}: {e}", ns.name()));
+        // accept(2) honours SO_RCVTIMEO, which lets the loop notice the stop flag without polling.
+        let tick = TimeVal::new(
+            0,
+            ACCEPT_TICK
+                .as_micros()
+                .try_into()
+                .expect("a tick below one second"),
+        );
+        setsockopt(&listener, sockopt::ReceiveTimeout, &tick).expect("set SO_RCVTIMEO on the listener");
+        let local = listener
+            .local_addr()
+            .expect("a bound listener has a local address");
+
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = thread::Builder::new()
+            .name(format!("listen-{token}"))
+            .spawn({
+                let (accepted, stop, token) = (Arc::clone(&accepted), Arc::clone(&stop), token.to_owned());
+                move || accept_loop(&listener, &token, &accepted, &stop)
+            })
+            .expect("spawn the accept thread");
+        Listener {
+            token: token.to_owned(),
+            local,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The token this listener replies with.
+    #[must_use]
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The bound address (with the real port if 0 was asked for).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Removes and returns the connections recorded so far, oldest first.
+    #[must_use]
+    pub fn take_accepted(&self) -> Vec<Accepted> {
+        std::mem::take(&mut *self.accepted.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Returns the one connection recorded so far.
+    ///
+    /// # Panics
+    ///
+    /// When there was not exactly one.
+    #[must_use]
+    pub fn take_one(&self) -> Accepted {
+        let mut all = self.take_accepted();
+        assert_eq!(
+            all.len(),
+            1,
+            "listener {:?} expected one connection, got {all:#?}",
+            self.token
+        );
+        all.pop().expect("length checked")
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let Self {
+            token,
+            local: _,
+            accepted: _,
+            stop,
+            thread,
+        } = self;
+        stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = thread.take()
+            && thread.join().is_err()
+        {
+            eprintln!("capture-e2e: the accept thread of listener {token:?} panicked");
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, token: &str, accepted: &Mutex<Vec<Accepted>>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                if let Err(e) = serve(stream, peer, token, accepted) {
+                    eprintln!("capture-e2e: listener {token:?}: serving {peer} failed: {e}");
+                }
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e) => {
+                eprintln!("capture-e2e: listener {token:?}: accept failed: {e}");
+                thread::sleep(ACCEPT_TICK);
+            }
+        }
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    token: &str,
+    accepted: &Mutex<Vec<Accepted>>,
+) -> io::Result<()> {
+    let record = Accepted {
+        peer,
+        local: stream.local_addr()?,
+        original_dst: capture_core::original_dst(&stream),
+    };
+    accepted
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(record);
+    stream.set_write_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(token.as_bytes())
+}

@@ -1,0 +1,191 @@
+//! Named network namespaces owned by one test.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{self, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::{panic, thread};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+
+use crate::run_ok;
+
+/// Every namespace the harness creates is named `capture-test-<pid>-<n>`, so leaks can be found with
+/// `ip netns ls | grep capture-test`.
+pub const NETNS_PREFIX: &str = "capture-test";
+
+/// Where `ip netns` keeps its named namespaces; the harness uses the same place so `ip -n` works.
+const NETNS_DIR: &str = "/run/netns";
+
+static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
+
+/// A named network namespace, created for one test and removed on `Drop`.
+///
+/// It is made the way `ip netns add` makes one: a helper thread calls `unshare(CLONE_NEWNET)`, and the new
+/// namespace is bind-mounted onto `/run/netns/<name>`. So `ip -n <name> …` and `ip netns exec <name> …`
+/// work on it, and a leaked one shows up in `ip netns ls`. Only the helper thread ever enters the new
+/// namespace; the test's own thread stays where it is.
+///
+/// `lo` is up in a new namespace.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+    path: PathBuf,
+    /// Keeps the namespace open for [`NetNs::run`] and [`NetNs::command`] even if the mount goes away.
+    fd: OwnedFd,
+}
+
+impl NetNs {
+    /// Creates a namespace named `capture-test-<pid>-<n>` and brings `lo` up in it.
+    ///
+    /// # Panics
+    ///
+    /// When the namespace cannot be created or mounted (this needs root), or `ip link set lo up` fails.
+    #[must_use]
+    pub fn new() -> NetNs {
+        let n = NEXT_NETNS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{NETNS_PREFIX}-{}-{n}", process::id());
+        let path = Path::new(NETNS_DIR).join(&name);
+
+        let fd = thread::Builder::new()
+            .name(format!("unshare-{name}"))
+            .spawn(|| -> io::Result<OwnedFd> {
+                unshare(CloneFlags::CLONE_NEWNET)?;
+                Ok(File::open("/proc/thread-self/ns/net")?.into())
+            })
+            .expect("spawn the unshare thread")
+            .join()
+            .expect("the unshare thread does not panic")
+            .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET) failed: {e}; needs root (CAP_SYS_ADMIN)"));
+
+        fs::create_dir_all(NETNS_DIR).unwrap_or_else(|e| panic!("cannot create {NETNS_DIR}: {e}"));
+        // create_new: a file left by a crashed run whose pid was reused must not be silently shared.
+        File::create_new(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot create {}: {e}; a leaked namespace? see tests/README.md",
+                path.display()
+            )
+        });
+        let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        if let Err(e) = mount(
+            Some(source.as_str()),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            let _ = fs::remove_file(&path);
+            panic!("cannot bind-mount the new netns onto {}: {e}", path.display());
+        }
+
+        // From here on Drop cleans up, also when bringing up lo panics.
+        let ns = NetNs { name, path, fd };
+        run_ok(ns.command("ip").args(["link", "set", "lo", "up"]));
+        ns
+    }
+
+    /// The namespace's name, as `ip netns` shows it.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bind mount that names the namespace: `/run/netns/<name>`.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace, and returns its result.
+    ///
+    /// Sockets created by `f` belong to this namespace for their whole life, whichever thread uses them
+    /// later. A panic in `f` is resumed on the calling thread.
+    ///
+    /// # Panics
+    ///
+    /// When the thread cannot be spawned or cannot enter the namespace, or when `f` panics.
+    pub fn run<F, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        let fd = self.fd.as_fd();
+        thread::scope(|scope| {
+            thread::Builder::new()
+                .name(format!("in-{}", self.name))
+                .spawn_scoped(scope, move || {
+                    enter(fd).unwrap_or_else(|e| panic!("setns into {} failed: {e}", self.name));
+                    f()
+                })
+                .expect("spawn a thread for the netns")
+                .join()
+        })
+        .unwrap_or_else(|payload| panic::resume_unwind(payload))
+    }
+
+    /// Returns a [`Command`] for `program` that enters this namespace just before `exec`.
+    ///
+    /// Unlike `ip netns exec`, it does not remount `/sys` or read `/etc/netns`; it only switches the
+    /// network namespace.
+    ///
+    /// # Panics
+    ///
+    /// When the namespace descriptor cannot be duplicated for the child.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let fd = self.fd.try_clone().expect("dup the netns descriptor");
+        let mut cmd = Command::new(program);
+        // SAFETY: the hook runs in the forked child before exec. It only calls setns(2), which is
+        // async-signal-safe, and builds an io::Error from errno, which does not allocate.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs `ip <args>` in this namespace and returns its stdout.
+    ///
+    /// # Panics
+    ///
+    /// When `ip` fails; the panic message carries its stderr.
+    pub fn ip(&self, args: &[&str]) -> String {
+        run_ok(self.command("ip").args(args))
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        NetNs::new()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let Self { name, path, fd: _ } = self;
+        // MNT_DETACH, like `ip netns del`: a process still inside keeps the namespace alive, not the name.
+        // Drop must not panic (that would abort during unwinding), so problems are only reported.
+        if let Err(e) = umount2(path.as_path(), MntFlags::MNT_DETACH) {
+            eprintln!("capture-e2e: cannot unmount netns {name}: {e}; see tests/README.md");
+        }
+        if let Err(e) = fs::remove_file(&path) {
+            eprintln!(
+                "capture-e2e: cannot remove {}: {e}; see tests/README.md",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Moves the calling thread into the network namespace `fd`.
+pub(crate) fn enter(fd: impl AsFd) -> nix::Result<()> {
+    setns(fd, CloneFlags::CLONE_NEWNET)
+}

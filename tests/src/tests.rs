@@ -1,0 +1,98 @@
+//! Privileged end-to-end tests. Each test builds its own namespaces, so they run in parallel.
+//!
+//! Until capture-core renders rules, the rules under test are the hand-written default sidecar payload of
+//! `istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020`
+//! (istio-capture.md §2.1).
+
+mod direct;
+mod harness;
+mod inbound;
+mod original_dst;
+mod outbound;
+
+use crate::{Family, Flavor, NetNs, iptables_restore};
+
+/// The IPv4 restore payload of the default sidecar, as istio-iptables emits it.
+const DEFAULT_SIDECAR_V4: &str = "\
+* nat
+-N ISTIO_INBOUND
+-N ISTIO_REDIRECT
+-N ISTIO_IN_REDIRECT
+-N ISTIO_OUTPUT
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+COMMIT
+";
+
+/// The default sidecar payload for `family`; IPv6 swaps in `::6/128` and `::1/128` as istio-iptables does.
+fn default_sidecar_payload(family: Family) -> String {
+    match family {
+        Family::V4 => DEFAULT_SIDECAR_V4.to_owned(),
+        Family::V6 => DEFAULT_SIDECAR_V4
+            .replace("127.0.0.6/32", "::6/128")
+            .replace("127.0.0.1/32", "::1/128"),
+    }
+}
+
+/// Applies the default sidecar rules for both families in `pod`, as istio-iptables does on a dual-stack
+/// pod: v4 payload, v6 payload, then `::6/128` on `lo` (the source of inbound passthrough).
+fn capture_default_sidecar(pod: &NetNs, flavor: Flavor) {
+    for family in [Family::V4, Family::V6] {
+        iptables_restore(pod, flavor, family, &default_sidecar_payload(family));
+    }
+    pod.ip(&["-6", "addr", "add", "::6/128", "dev", "lo", "nodad"]);
+}
+
+/// Instantiates `fn $test(Flavor, Family)` as four tests, `$test::{legacy,nft}_{v4,v6}`.
+macro_rules! flavor_family_tests {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use crate::{Family, Flavor};
+
+            #[test]
+            fn legacy_v4() {
+                super::$test(Flavor::Legacy, Family::V4);
+            }
+
+            #[test]
+            fn legacy_v6() {
+                super::$test(Flavor::Legacy, Family::V6);
+            }
+
+            #[test]
+            fn nft_v4() {
+                super::$test(Flavor::Nft, Family::V4);
+            }
+
+            #[test]
+            fn nft_v6() {
+                super::$test(Flavor::Nft, Family::V6);
+            }
+        }
+    )+};
+}
+use flavor_family_tests;
+
+#[test]
+fn v6_payload_substitutes_loopback_addresses() {
+    let v6 = default_sidecar_payload(Family::V6);
+    assert!(!v6.contains("127.0.0."), "{v6}");
+    assert_eq!(v6.matches("::1/128").count(), 3, "{v6}");
+    assert_eq!(v6.matches("-s ::6/128").count(), 1, "{v6}");
+}
