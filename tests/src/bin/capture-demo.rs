@@ -116,7 +116,8 @@ fn demo(bin: &PathBuf) -> Result<(), String> {
     let pod_status = Listener::spawn(&topo.pod, any(Family::V6, 15021), "pod app :15021");
     let listeners = [&outbound, &inbound, &peer_app, &pod_app, &pod_status];
 
-    let cases: Vec<(String, Box<dyn Fn() -> std::io::Result<(String, SocketAddr)>>)> = vec![
+    type Connect<'a> = Box<dyn Fn() -> std::io::Result<(String, SocketAddr)> + 'a>;
+    let cases: Vec<(String, Connect)> = vec![
         (
             format!("app   (uid {APP_UID}) in pod  -> {peer4}:80"),
             Box::new(|| connect_as(&topo.pod, APP_UID, APP_UID, SocketAddr::new(peer4, 80))),
