@@ -107,7 +107,12 @@ impl Exec for SystemExec {
         }
         let mut child = cmd.spawn()?;
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes())?;
+            match pipe.write_all(text.as_bytes()) {
+                // The program quit without reading all of its input (a restore that fails early):
+                // its exit status and stderr say why, so wait for them.
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(e),
+                _ => {}
+            }
         }
         let out = child.wait_with_output()?;
         Ok(Output {
@@ -726,10 +731,24 @@ impl<E: Exec> Iptables<E> {
     }
 
     /// Puts every table a failed apply may have touched back as it was saved beforehand.
+    ///
+    /// A family whose rules read back unchanged is left alone: the restore that failed usually
+    /// committed nothing, and running the same program again to "undo" it would most likely fail
+    /// the same way and report a partial capture that is not there. When nothing needed undoing,
+    /// the original error is returned as it is.
     fn roll_back(&self, error: ApplyError, done: &[(Family, &RuleSet, &SavedState)]) -> ApplyError {
+        let mut rolled_back = Vec::new();
         for (family, rules, saved) in done {
             let mut touched: BTreeSet<TableName> = rules.tables.iter().map(|t| t.name).collect();
             touched.extend(saved.own_chains().into_iter().map(|(t, _)| t));
+            let unchanged = self.save(*family).is_ok_and(|now| {
+                touched.iter().all(|name| {
+                    now.tables.get(name).map(|t| &t.chains) == saved.tables.get(name).map(|t| &t.chains)
+                })
+            });
+            if unchanged {
+                continue;
+            }
             let mut text = String::new();
             for name in touched {
                 match saved.tables.get(&name) {
@@ -745,10 +764,14 @@ impl<E: Exec> Iptables<E> {
                     rollback: Box::new(rollback),
                 };
             }
+            rolled_back.push(*family);
+        }
+        if rolled_back.is_empty() {
+            return error;
         }
         ApplyError::RolledBack {
             source: Box::new(error),
-            rolled_back: done.iter().map(|(f, _, _)| *f).collect(),
+            rolled_back,
         }
     }
 
@@ -933,6 +956,125 @@ COMMIT
             "{payload}"
         );
         assert_eq!(payload.matches("COMMIT").count(), 1);
+    }
+
+    /// Two families' rules behind a fake [`Exec`]: `*-save` prints a family's rules, a
+    /// `--noflush` restore installs `SAVED_SIDECAR`, a plain restore puts back its input, and
+    /// `failing` fails without changing anything. Every call is logged.
+    struct FakeKernel {
+        rules: std::cell::RefCell<BTreeMap<bool, String>>,
+        failing: &'static str,
+        calls: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl FakeKernel {
+        fn failing(program: &'static str) -> Self {
+            Self {
+                rules: std::cell::RefCell::default(),
+                failing: program,
+                calls: std::cell::RefCell::default(),
+            }
+        }
+    }
+
+    impl Exec for &FakeKernel {
+        fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
+            self.calls
+                .borrow_mut()
+                .push(format!("{program} {}", args.join(" ")).trim_end().to_owned());
+            let output = |success: bool, stdout: String| Output {
+                success,
+                code: Some(if success { 0 } else { 1 }),
+                stdout,
+                stderr: if success {
+                    String::new()
+                } else {
+                    "injected".to_owned()
+                },
+            };
+            if program == self.failing {
+                return Ok(output(false, String::new()));
+            }
+            let mut rules = self.rules.borrow_mut();
+            let current = rules.entry(program.starts_with("ip6")).or_default();
+            if program.ends_with("-save") {
+                return Ok(output(true, current.clone()));
+            }
+            *current = if args.contains(&"--noflush") {
+                SAVED_SIDECAR.to_owned()
+            } else {
+                stdin.unwrap_or_default().to_owned()
+            };
+            Ok(output(true, String::new()))
+        }
+    }
+
+    #[test]
+    fn failure_in_ipv6_rolls_back_ipv4_only() {
+        let kernel = FakeKernel::failing("ip6tables-legacy-restore");
+        let mut spec = CaptureSpec::sidecar();
+        spec.ipv6 = true;
+        let err = Iptables::new(&kernel, Flavor::Legacy)
+            .apply(&spec, ApplyOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(&err, ApplyError::RolledBack { rolled_back, .. } if rolled_back == &[Family::V4]),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("; nothing was left applied (changes to IPv4 were rolled back)"),
+            "{err}"
+        );
+        // IPv6 read back unchanged, so the failing program is not run again to "undo" it.
+        assert_eq!(
+            *kernel.calls.borrow(),
+            [
+                "iptables-legacy-save",
+                "ip6tables-legacy-save",
+                "iptables-legacy-restore --noflush --wait 30",
+                "ip6tables-legacy-restore --noflush --wait 30",
+                "iptables-legacy-save",
+                "iptables-legacy-restore --wait 30",
+                "ip6tables-legacy-save",
+            ]
+        );
+        assert_eq!(kernel.rules.borrow()[&false], "*nat\nCOMMIT\n");
+    }
+
+    #[test]
+    fn failure_that_changed_nothing_is_reported_as_is() {
+        let kernel = FakeKernel::failing("iptables-nft-restore");
+        let err = Iptables::new(&kernel, Flavor::Nft)
+            .apply(&CaptureSpec::sidecar(), ApplyOptions::default())
+            .unwrap_err();
+        assert!(matches!(err, ApplyError::Exec { code: Some(1), .. }), "{err:?}");
+        assert_eq!(
+            *kernel.calls.borrow(),
+            [
+                "iptables-nft-save",
+                "iptables-nft-restore --noflush",
+                "iptables-nft-save"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_program_that_stops_reading_reports_its_exit_status() {
+        // Far more than a pipe holds, so the write fails with EPIPE once `sh` has exited.
+        let input = "x".repeat(1 << 20);
+        let out = SystemExec::default()
+            .run("sh", &["-c", "echo boom >&2; exit 3"], Some(&input))
+            .expect("a broken stdin pipe is not an error of its own");
+        assert_eq!(
+            out,
+            Output {
+                success: false,
+                code: Some(3),
+                stdout: String::new(),
+                stderr: "boom\n".to_owned(),
+            }
+        );
     }
 
     #[test]

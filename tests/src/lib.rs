@@ -7,7 +7,8 @@
 //! | [`require_root`]             | skip locally without root, fail in CI (`CI` set)                        |
 //! | [`NetNs`]                    | a named netns `capture-test-<pid>-<n>` under `/run/netns`, `lo` up       |
 //! | [`Topology`]                 | a pod netns and a peer netns joined by a veth pair, no other routes     |
-//! | [`Listener`]                 | a TCP listener that records peer, local and original destination        |
+//! | [`Listener`]                 | a TCP listener that records peer, local and original destination;       |
+//! |                              | `spawn_transparent` for the inbound proxy of TPROXY mode                |
 //! | [`connect_as`]               | a client connection from a netns as a given uid/gid                     |
 //! | [`iptables_restore`]         | `iptables-restore --noflush` in a netns, legacy or nft, v4 or v6        |
 //! | [`iptables_save_normalized`] | `iptables-save` without counters and comments, for comparisons          |

@@ -2,12 +2,15 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket, sockopt,
+};
 use nix::sys::time::TimeVal;
 
 use crate::NetNs;
@@ -76,6 +79,31 @@ impl Listener {
                 TcpListener::bind(addr)
             })
             .unwrap_or_else(|e| panic!("cannot listen on {addr} in {} as {uid}:{gid}: {e}", ns.name()));
+        Listener::start(listener, token)
+    }
+
+    /// Binds `addr` in `ns` as root with `IP_TRANSPARENT` (`IPV6_TRANSPARENT` for IPv6) set before
+    /// `bind`, and starts accepting: the inbound proxy of `TPROXY` mode.
+    ///
+    /// The `TPROXY` target only hands connections to transparent sockets. A connection it delivers keeps
+    /// the client's address as [`Accepted::peer`], and its original destination is the accepted socket's
+    /// own [`Accepted::local`] (there is no NAT). Setting the option needs `CAP_NET_ADMIN`, which is why
+    /// the socket is root's, as a proxy granted `NET_ADMIN` would hold it; the owner plays no part in how
+    /// inbound traffic is captured.
+    ///
+    /// # Panics
+    ///
+    /// When the socket cannot be made transparent, or `bind` or `listen` fails.
+    #[must_use]
+    pub fn spawn_transparent(ns: &NetNs, addr: SocketAddr, token: &str) -> Listener {
+        let listener = ns
+            .run(|| transparent_listener(addr))
+            .unwrap_or_else(|e| panic!("cannot listen transparently on {addr} in {}: {e}", ns.name()));
+        Listener::start(listener, token)
+    }
+
+    /// Starts the accept loop on a bound, listening socket.
+    fn start(listener: TcpListener, token: &str) -> Listener {
         // accept(2) honours SO_RCVTIMEO, which lets the loop notice the stop flag without polling.
         let tick = TimeVal::new(
             0,
@@ -159,6 +187,39 @@ impl Drop for Listener {
             eprintln!("capture-e2e: the accept thread of listener {token:?} panicked");
         }
     }
+}
+
+/// A listening socket on `addr` with `IP_TRANSPARENT` / `IPV6_TRANSPARENT` set before `bind`.
+fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if addr.is_ipv4() {
+        setsockopt(&fd, sockopt::IpTransparent, &true)?;
+    } else {
+        // nix has no IPV6_TRANSPARENT option type.
+        let on: libc::c_int = 1;
+        // SAFETY: `fd` is an open socket; the option value is a live c_int and its size is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_IPV6,
+                libc::IPV6_TRANSPARENT,
+                (&raw const on).cast(),
+                libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("a small size"),
+            )
+        };
+        if rc == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    listen(&fd, Backlog::new(128)?)?;
+    Ok(TcpListener::from(fd))
 }
 
 fn accept_loop(listener: &TcpListener, token: &str, accepted: &Mutex<Vec<Accepted>>, stop: &AtomicBool) {

@@ -1,0 +1,976 @@
+//! Issue 3's end-to-end scenarios, against the real `capture-init` binary.
+//!
+//! Each test builds its own [`Topology`] (a pod and a peer network namespace joined by a veth pair, no
+//! route anywhere else), runs `capture-init` for the pod and proves with real TCP connections where the
+//! traffic lands. The proxy's listeners run as uid 1337 in the pod, as the sidecar does; applications
+//! listen on the peer (`:80`, `:81`, `:82`) and in the pod (`:8080`, `:8082`, `:15021`).
+//!
+//! `capture-init` is started both ways a pod's namespace can be given to it: with
+//! `--network-namespace /run/netns/<pod>` from the test's own namespace ([`Via::Flag`]), and already
+//! inside the pod's namespace ([`Via::Enter`]). Every scenario that depends on the iptables flavor runs
+//! once with `--force-iptables-version legacy` and once with `nft`.
+//!
+//! The base command is the injector's default sidecar command:
+//! `-p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020`.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+
+use capture_e2e::{
+    APP_UID, Accepted, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, Topology,
+    connect_as, connect_as_from, iptables_save_normalized, require_root, run_ok,
+};
+
+/// The binary under test.
+const CAPTURE_INIT: &str = env!("CARGO_BIN_EXE_capture-init");
+
+/// The injector's default sidecar command, as flag and value.
+const SIDECAR: [(&str, &str); 8] = [
+    ("-p", "15001"),
+    ("-z", "15006"),
+    ("-u", "1337"),
+    ("-m", "REDIRECT"),
+    ("-i", "*"),
+    ("-x", ""),
+    ("-b", "*"),
+    ("-d", "15090,15021,15020"),
+];
+
+/// Who connects: uid and gid.
+type Identity = (u32, u32);
+/// The application: captured.
+const APP: Identity = (APP_UID, APP_UID);
+/// The proxy: never captured outbound.
+const PROXY: Identity = (PROXY_UID, PROXY_UID);
+/// Root, for the peer's clients.
+const ROOT: Identity = (0, 0);
+
+/// How `capture-init` is pointed at the pod's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// `--network-namespace /run/netns/<pod>`, started from the test's namespace (CNI mode's way).
+    Flag,
+    /// Started inside the pod's namespace (the init container's way).
+    Enter,
+}
+
+/// One `capture-init` invocation for a pod: the default sidecar command plus changes.
+#[derive(Debug, Clone)]
+struct CaptureInit<'a> {
+    pod: &'a NetNs,
+    via: Via,
+    args: Vec<(String, Option<String>)>,
+    /// A directory put first in `PATH`.
+    path_first: Option<PathBuf>,
+}
+
+impl<'a> CaptureInit<'a> {
+    /// The default sidecar command for `pod` in `flavor`, with `--dual-stack` for [`Family::V6`] (the
+    /// pod has both families' addresses, so that is what turns IPv6 on).
+    fn sidecar(pod: &'a NetNs, flavor: Flavor, family: Family) -> Self {
+        let mut args: Vec<(String, Option<String>)> = SIDECAR
+            .iter()
+            .map(|(flag, value)| ((*flag).to_owned(), Some((*value).to_owned())))
+            .collect();
+        args.push((
+            "--force-iptables-version".to_owned(),
+            Some(flavor_name(flavor).to_owned()),
+        ));
+        let init = Self {
+            pod,
+            via: Via::Flag,
+            args,
+            path_first: None,
+        };
+        match family {
+            Family::V4 => init,
+            Family::V6 => init.switch("--dual-stack"),
+        }
+    }
+
+    /// Sets `flag` to `value`, replacing the base command's value if it has one.
+    fn set(mut self, flag: &str, value: &str) -> Self {
+        let value = Some(value.to_owned());
+        match self.args.iter_mut().find(|(f, _)| f == flag) {
+            Some((_, v)) => *v = value,
+            None => self.args.push((flag.to_owned(), value)),
+        }
+        self
+    }
+
+    /// Adds a switch such as `--reconcile`.
+    fn switch(mut self, flag: &str) -> Self {
+        self.args.push((flag.to_owned(), None));
+        self
+    }
+
+    fn via(mut self, via: Via) -> Self {
+        self.via = via;
+        self
+    }
+
+    fn path_first(mut self, dir: &Path) -> Self {
+        self.path_first = Some(dir.to_owned());
+        self
+    }
+
+    /// Runs the binary with a clean environment (only `PATH`), so nothing on the machine changes the
+    /// result.
+    fn run(&self) -> Run {
+        let mut cmd = match self.via {
+            Via::Flag => {
+                let mut cmd = Command::new(CAPTURE_INIT);
+                cmd.arg("--network-namespace").arg(self.pod.path());
+                cmd
+            }
+            Via::Enter => self.pod.command(CAPTURE_INIT),
+        };
+        for (flag, value) in &self.args {
+            cmd.arg(flag);
+            if let Some(value) = value {
+                cmd.arg(value);
+            }
+        }
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        let path = match &self.path_first {
+            Some(dir) => {
+                std::env::join_paths(std::iter::once(dir.clone()).chain(std::env::split_paths(&path)))
+                    .expect("PATH entries without ':'")
+            }
+            None => path,
+        };
+        cmd.env_clear().env("PATH", path);
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {CAPTURE_INIT}: {e}"));
+        Run {
+            command: format!("{cmd:?}"),
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// How a `capture-init` run ended.
+#[derive(Debug)]
+struct Run {
+    command: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Asserts the exit code.
+    #[track_caller]
+    fn code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "{} ended with {}\nstdout:\n{}stderr:\n{}",
+            self.command,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts exit code 0.
+    #[track_caller]
+    fn ok(&self) -> &Self {
+        self.code(0)
+    }
+
+    /// Asserts that stderr contains `text`.
+    #[track_caller]
+    fn says(&self, text: &str) -> &Self {
+        assert!(
+            self.stderr.contains(text),
+            "{}: stderr lacks {text:?}:\n{}",
+            self.command,
+            self.stderr
+        );
+        self
+    }
+}
+
+fn flavor_name(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::Legacy => "legacy",
+        Flavor::Nft => "nft",
+    }
+}
+
+/// The `iptables` program of a flavor and family, e.g. `ip6tables-nft`.
+fn iptables(flavor: Flavor, family: Family) -> String {
+    let base = match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    };
+    format!("{base}-{}", flavor_name(flavor))
+}
+
+/// `-6` for IPv6 `ip` commands.
+fn ip_family(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "-4",
+        Family::V6 => "-6",
+    }
+}
+
+/// Both families' normalized saves.
+fn saves(pod: &NetNs, flavor: Flavor) -> [String; 2] {
+    [Family::V4, Family::V6].map(|family| iptables_save_normalized(pod, flavor, family))
+}
+
+/// The `-A` lines of a save.
+fn rules(save: &str) -> Vec<&str> {
+    save.lines().filter(|l| l.starts_with("-A ")).collect()
+}
+
+#[track_caller]
+fn assert_no_istio(pod: &NetNs, flavor: Flavor) {
+    for family in [Family::V4, Family::V6] {
+        let save = iptables_save_normalized(pod, flavor, family);
+        assert!(!save.contains("ISTIO"), "{family:?} rules left behind:\n{save}");
+    }
+}
+
+/// The inbound passthrough source: `127.0.0.6` or `::6`.
+fn passthrough(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => Ipv4Addr::new(127, 0, 0, 6).into(),
+        Family::V6 => Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6).into(),
+    }
+}
+
+/// Whether `::6` is on the pod's `lo`.
+fn has_ipv6_passthrough(pod: &NetNs) -> bool {
+    pod.ip(&["-6", "addr", "show", "dev", "lo"])
+        .contains("inet6 ::6/128")
+}
+
+/// An address in the pod's subnet that nobody holds: `10.<n>.0.3` or `fd00:<n>::3`. Captured traffic to
+/// it still reaches the proxy, since the redirect happens before anything is sent.
+fn nobody(topo: &Topology, family: Family, port: u16) -> SocketAddr {
+    let ip = match topo.peer_ip(family) {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, 3))
+        }
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[7] = 3;
+            IpAddr::V6(Ipv6Addr::from(segments))
+        }
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// The peer's address as a host CIDR for `-x`.
+fn peer_cidr(topo: &Topology, family: Family) -> String {
+    match family {
+        Family::V4 => format!("{}/32", topo.peer_ip(family)),
+        Family::V6 => format!("{}/128", topo.peer_ip(family)),
+    }
+}
+
+/// The proxy's outbound listener, `:15001` as uid 1337.
+fn outbound_proxy(topo: &Topology, family: Family) -> Listener {
+    let addr = SocketAddr::new(family.unspecified(), OUTBOUND_PORT);
+    Listener::spawn_as(&topo.pod, PROXY_UID, PROXY_UID, addr, "outbound-proxy")
+}
+
+/// The proxy's inbound listener, `:15006` as uid 1337.
+fn inbound_proxy(topo: &Topology, family: Family) -> Listener {
+    let addr = SocketAddr::new(family.unspecified(), INBOUND_PORT);
+    Listener::spawn_as(&topo.pod, PROXY_UID, PROXY_UID, addr, "inbound-proxy")
+}
+
+/// An application listening on the peer's `port`.
+fn peer_app(topo: &Topology, family: Family, port: u16) -> Listener {
+    Listener::spawn(
+        &topo.peer,
+        topo.peer_addr(family, port),
+        &format!("peer-app:{port}"),
+    )
+}
+
+/// An application listening on the pod's `port`.
+fn pod_app(topo: &Topology, family: Family, port: u16) -> Listener {
+    Listener::spawn(&topo.pod, topo.pod_addr(family, port), &format!("pod-app:{port}"))
+}
+
+/// Connects from `ns` as `who` to `dst` and asserts that the connection landed on `on` and nowhere
+/// else, with `dst` as its original destination; returns what `on` saw.
+#[track_caller]
+fn assert_lands(ns: &NetNs, who: Identity, dst: SocketAddr, on: &Listener) -> Accepted {
+    let (uid, gid) = who;
+    let (reply, client) =
+        connect_as(ns, uid, gid, dst).unwrap_or_else(|e| panic!("{uid}:{gid} in {} → {dst}: {e}", ns.name()));
+    assert_eq!(
+        reply,
+        on.token(),
+        "{uid}:{gid} → {dst} reached {reply:?}, expected {:?}",
+        on.token()
+    );
+    let seen = on.take_one();
+    assert_eq!(
+        *seen
+            .original_dst
+            .as_ref()
+            .expect("original_dst of the accepted socket"),
+        dst,
+        "{uid}:{gid} → {dst}: original destination"
+    );
+    assert_eq!(
+        seen.peer, client,
+        "{uid}:{gid} → {dst}: the listener sees the client"
+    );
+    seen
+}
+
+/// Instantiates `fn $test(Flavor)` as `$test::{legacy,nft}`.
+macro_rules! flavor_tests {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn legacy() {
+                super::$test(capture_e2e::Flavor::Legacy);
+            }
+
+            #[test]
+            fn nft() {
+                super::$test(capture_e2e::Flavor::Nft);
+            }
+        }
+    )+};
+}
+
+/// Instantiates `fn $test(Flavor, Family)` as `$test::{legacy,nft}_{v4,v6}`.
+macro_rules! flavor_family_tests {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use capture_e2e::{Family, Flavor};
+
+            #[test]
+            fn legacy_v4() {
+                super::$test(Flavor::Legacy, Family::V4);
+            }
+
+            #[test]
+            fn legacy_v6() {
+                super::$test(Flavor::Legacy, Family::V6);
+            }
+
+            #[test]
+            fn nft_v4() {
+                super::$test(Flavor::Nft, Family::V4);
+            }
+
+            #[test]
+            fn nft_v6() {
+                super::$test(Flavor::Nft, Family::V6);
+            }
+        }
+    )+};
+}
+
+// ── 1. Outbound ──────────────────────────────────────────────────────────────────────────────────
+
+flavor_family_tests!(
+    outbound_app_is_captured_proxy_is_not,
+    outbound_excluded_port_goes_direct,
+    outbound_excluded_cidr_goes_direct,
+    outbound_ports_captured_without_cidrs,
+    outbound_excluded_cidr_wins_over_captured_port,
+);
+
+/// The app (uid 1000) → peer:80 lands on :15001, which learns peer:80; the proxy's uid and the proxy's
+/// gid each go straight to the peer.
+fn outbound_app_is_captured_proxy_is_not(flavor: Flavor, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let outbound = outbound_proxy(&topo, family);
+    let app = peer_app(&topo, family, 80);
+    CaptureInit::sidecar(&topo.pod, flavor, family).run().ok();
+
+    let dst = topo.peer_addr(family, 80);
+    assert_lands(&topo.pod, APP, dst, &outbound);
+    assert_lands(&topo.pod, PROXY, dst, &app);
+    assert_lands(&topo.pod, (PROXY_UID, APP_UID), dst, &app);
+    assert_lands(&topo.pod, (APP_UID, PROXY_UID), dst, &app);
+}
+
+/// `-o 81`: the app → peer:81 goes straight to the peer; peer:80 is still captured.
+fn outbound_excluded_port_goes_direct(flavor: Flavor, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let outbound = outbound_proxy(&topo, family);
+    let app81 = peer_app(&topo, family, 81);
+    CaptureInit::sidecar(&topo.pod, flavor, family)
+        .set("-o", "81")
+        .run()
+        .ok();
+
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 81), &app81);
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &outbound);
+}
+
+/// `-x <peer>/32` (`/128`): the app → peer:80 goes straight to the peer; another address of the subnet
+/// is still captured.
+fn outbound_excluded_cidr_goes_direct(flavor: Flavor, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let outbound = outbound_proxy(&topo, family);
+    let app = peer_app(&topo, family, 80);
+    CaptureInit::sidecar(&topo.pod, flavor, family)
+        .set("-x", &peer_cidr(&topo, family))
+        .run()
+        .ok();
+
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &app);
+    assert_lands(&topo.pod, APP, nobody(&topo, family, 80), &outbound);
+}
+
+/// `-i "" -q 82`: no destination is captured by address, but port 82 is captured wherever it goes.
+fn outbound_ports_captured_without_cidrs(flavor: Flavor, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let outbound = outbound_proxy(&topo, family);
+    let app = peer_app(&topo, family, 80);
+    CaptureInit::sidecar(&topo.pod, flavor, family)
+        .set("-i", "")
+        .set("-q", "82")
+        .run()
+        .ok();
+
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 82), &outbound);
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &app);
+}
+
+/// `-x <peer>/32 -q 82`: peer:82 goes DIRECT. istio-iptables appends the `-x` RETURN rules to
+/// ISTIO_OUTPUT before the `-q` redirect rules, so an excluded CIDR wins over a captured port; we keep
+/// Istio's order. Port 82 to any other address is still captured.
+fn outbound_excluded_cidr_wins_over_captured_port(flavor: Flavor, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let outbound = outbound_proxy(&topo, family);
+    let app82 = peer_app(&topo, family, 82);
+    CaptureInit::sidecar(&topo.pod, flavor, family)
+        .set("-x", &peer_cidr(&topo, family))
+        .set("-q", "82")
+        .run()
+        .ok();
+
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 82), &app82);
+    assert_lands(&topo.pod, APP, nobody(&topo, family, 82), &outbound);
+}
+
+// ── 2. Inbound ───────────────────────────────────────────────────────────────────────────────────
+
+flavor_family_tests!(
+    inbound_is_captured_except_excluded_ports,
+    inbound_only_listed_ports
+);
+
+/// The peer → pod:8080 lands on :15006, which learns pod:8080; `-d` port 15021 reaches the app
+/// directly. capture-init runs inside the pod's namespace here.
+fn inbound_is_captured_except_excluded_ports(flavor: Flavor, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let inbound = inbound_proxy(&topo, family);
+    let app = pod_app(&topo, family, 8080);
+    let health = pod_app(&topo, family, 15021);
+    CaptureInit::sidecar(&topo.pod, flavor, family)
+        .via(Via::Enter)
+        .run()
+        .ok();
+
+    let seen = assert_lands(&topo.peer, ROOT, topo.pod_addr(family, 8080), &inbound);
+    // REDIRECT in nat PREROUTING sends to the incoming interface's address.
+    assert_eq!(seen.local, topo.pod_addr(family, INBOUND_PORT));
+    assert_eq!(seen.peer.ip(), topo.peer_ip(family));
+    assert_lands(&topo.peer, ROOT, topo.pod_addr(family, 15021), &health);
+    assert!(app.take_accepted().is_empty());
+}
+
+/// `-b 8080`: only pod:8080 is captured; pod:8082 reaches the app directly.
+fn inbound_only_listed_ports(flavor: Flavor, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let inbound = inbound_proxy(&topo, family);
+    let app8082 = pod_app(&topo, family, 8082);
+    CaptureInit::sidecar(&topo.pod, flavor, family)
+        .set("-b", "8080")
+        .via(Via::Enter)
+        .run()
+        .ok();
+
+    assert_lands(&topo.peer, ROOT, topo.pod_addr(family, 8080), &inbound);
+    assert_lands(&topo.peer, ROOT, topo.pod_addr(family, 8082), &app8082);
+}
+
+// ── 3. Loopback ──────────────────────────────────────────────────────────────────────────────────
+
+flavor_family_tests!(loopback);
+
+/// Inside the pod: the app → 127.0.0.1 (`::1`) and → its own pod IP are not captured; the proxy →
+/// pod:8080 from 127.0.0.6 (`::6`) is inbound passthrough and reaches the app; the proxy → pod:8080
+/// from its pod IP hairpins to :15006 with pod:8080 as original destination.
+fn loopback(flavor: Flavor, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let outbound = outbound_proxy(&topo, family);
+    let inbound = inbound_proxy(&topo, family);
+    let app = pod_app(&topo, family, 8080);
+    let local_app = Listener::spawn(
+        &topo.pod,
+        SocketAddr::new(family.loopback(), 9000),
+        "local-app:9000",
+    );
+    CaptureInit::sidecar(&topo.pod, flavor, family)
+        .via(Via::Enter)
+        .run()
+        .ok();
+
+    let pod8080 = topo.pod_addr(family, 8080);
+    assert_lands(
+        &topo.pod,
+        APP,
+        SocketAddr::new(family.loopback(), 9000),
+        &local_app,
+    );
+    assert_lands(&topo.pod, APP, pod8080, &app);
+
+    let (reply, client) = connect_as_from(&topo.pod, PROXY_UID, PROXY_UID, passthrough(family), pod8080)
+        .expect("the proxy connects from the passthrough address");
+    assert_eq!(reply, app.token());
+    assert_eq!(app.take_one().peer, client);
+    assert_eq!(client.ip(), passthrough(family));
+
+    assert_lands(&topo.pod, PROXY, pod8080, &inbound);
+    assert!(outbound.take_accepted().is_empty());
+}
+
+// ── 4. IPv6 detection and TPROXY ────────────────────────────────────────────────────────────────
+
+flavor_tests!(ipv6_follows_dual_stack_and_ipv6_flag);
+
+/// The pod has IPv4 and IPv6 addresses, IPv4 first. Without `--dual-stack` only IPv4 is captured, as
+/// Istio decides from the first address; `--dual-stack --ipv6 off` still leaves IPv6 alone;
+/// `--dual-stack` adds IPv6 (and `::6` on `lo`) without touching IPv4.
+fn ipv6_follows_dual_stack_and_ipv6_flag(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let v4_only = CaptureInit::sidecar(&topo.pod, flavor, Family::V4);
+    v4_only.run().ok().says("IPv4 capture applied");
+    let [v4, v6] = saves(&topo.pod, flavor);
+    assert!(v4.contains("-A ISTIO_OUTPUT"), "{v4}");
+    assert!(!v6.contains("ISTIO"), "IPv6 rules without --dual-stack:\n{v6}");
+    assert!(!has_ipv6_passthrough(&topo.pod));
+
+    let run = v4_only.clone().switch("--dual-stack").set("--ipv6", "off").run();
+    run.ok().says("IPv4 capture already in place, nothing changed");
+    assert!(!run.stderr.contains("IPv6"), "{}", run.stderr);
+    assert_eq!(saves(&topo.pod, flavor), [v4.clone(), v6]);
+
+    CaptureInit::sidecar(&topo.pod, flavor, Family::V6)
+        .run()
+        .ok()
+        .says("IPv4 capture already in place, nothing changed")
+        .says("IPv6 capture applied");
+    let [v4_after, v6_after] = saves(&topo.pod, flavor);
+    assert_eq!(v4_after, v4);
+    assert!(
+        v6_after.contains("-A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN"),
+        "{v6_after}"
+    );
+    assert!(has_ipv6_passthrough(&topo.pod));
+}
+
+flavor_family_tests!(tproxy);
+
+/// `-m TPROXY`: the peer → pod:8080 reaches the transparent inbound proxy, which sees the peer's own
+/// address as client and pod:8080 as its local address and original destination; excluded ports and
+/// outbound capture work as before. capture-init installs the `fwmark` rule and the `local` route in
+/// table 133 and `--cleanup-only` removes them with the rules.
+fn tproxy(flavor: Flavor, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let inbound = Listener::spawn_transparent(
+        &topo.pod,
+        SocketAddr::new(family.unspecified(), INBOUND_PORT),
+        "inbound-proxy",
+    );
+    let outbound = outbound_proxy(&topo, family);
+    let app = pod_app(&topo, family, 8080);
+    let health = pod_app(&topo, family, 15021);
+    let init = CaptureInit::sidecar(&topo.pod, flavor, family).set("-m", "TPROXY");
+    init.run().ok();
+
+    let f = ip_family(family);
+    let rules = topo.pod.ip(&[f, "rule", "show"]);
+    assert!(rules.contains("fwmark 0x539 lookup 133"), "{rules}");
+    let table = topo.pod.ip(&[f, "route", "show", "table", "133"]);
+    assert!(table.contains("local default dev lo"), "{table}");
+
+    let pod8080 = topo.pod_addr(family, 8080);
+    let seen = assert_lands(&topo.peer, ROOT, pod8080, &inbound);
+    assert_eq!(
+        seen.peer.ip(),
+        topo.peer_ip(family),
+        "TPROXY keeps the client's address"
+    );
+    assert_eq!(
+        seen.local, pod8080,
+        "TPROXY delivers without rewriting the destination"
+    );
+    assert!(app.take_accepted().is_empty());
+    assert_lands(&topo.peer, ROOT, topo.pod_addr(family, 15021), &health);
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &outbound);
+
+    init.clone().switch("--cleanup-only").run().ok();
+    assert_no_istio(&topo.pod, flavor);
+    let rules = topo.pod.ip(&[f, "rule", "show"]);
+    assert!(!rules.contains("lookup 133"), "{rules}");
+    let table = topo.pod.ip(&[f, "route", "show", "table", "133"]);
+    assert!(table.trim().is_empty(), "{table}");
+}
+
+// ── 6. State: idempotence, drift, reconcile, cleanup ────────────────────────────────────────────
+
+flavor_tests!(
+    second_run_changes_nothing,
+    drift_fails_and_reconcile_restores,
+    cleanup_removes_everything
+);
+
+/// Running the same command twice leaves identical rules in both families; the second run says so.
+fn second_run_changes_nothing(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
+    init.run()
+        .ok()
+        .says("IPv4 capture applied")
+        .says("IPv6 capture applied");
+    let fresh = saves(&topo.pod, flavor);
+    init.run()
+        .ok()
+        .says("IPv4 capture already in place, nothing changed")
+        .says("IPv6 capture already in place, nothing changed");
+    assert_eq!(saves(&topo.pod, flavor), fresh);
+}
+
+/// A chain changed behind capture-init's back makes a plain run fail naming the difference (and change
+/// nothing); `--reconcile` puts back exactly the fresh rules, in both families.
+fn drift_fails_and_reconcile_restores(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
+    init.run().ok();
+    let fresh = saves(&topo.pod, flavor);
+
+    run_ok(topo.pod.command(iptables(flavor, Family::V4)).args([
+        "-t",
+        "nat",
+        "-R",
+        "ISTIO_INBOUND",
+        "2",
+        "-p",
+        "tcp",
+        "--dport",
+        "15091",
+        "-j",
+        "RETURN",
+    ]));
+    run_ok(topo.pod.command(iptables(flavor, Family::V6)).args([
+        "-t",
+        "nat",
+        "-D",
+        "OUTPUT",
+        "-j",
+        "ISTIO_OUTPUT",
+    ]));
+    let tampered = saves(&topo.pod, flavor);
+    assert_ne!(tampered, fresh);
+
+    init.run().code(1).says(
+        "nat ISTIO_INBOUND has 5 rules where 5 are expected; rule 2 is '-p tcp -m tcp --dport 15091 -j RETURN' \
+         instead of '-p tcp -m tcp --dport 15090 -j RETURN'",
+    );
+    assert_eq!(
+        saves(&topo.pod, flavor),
+        tampered,
+        "a refused run changes nothing"
+    );
+
+    init.clone()
+        .switch("--reconcile")
+        .run()
+        .ok()
+        .says("IPv4 capture reconciled")
+        .says("IPv6 capture reconciled");
+    assert_eq!(saves(&topo.pod, flavor), fresh);
+}
+
+/// `--cleanup-only` removes every rule in both families and `::6`, after which the app reaches the peer
+/// directly; a second cleanup finds nothing to do and succeeds.
+fn cleanup_removes_everything(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let outbound = outbound_proxy(&topo, Family::V4);
+    let app = peer_app(&topo, Family::V4, 80);
+    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
+    init.run().ok();
+    let dst = topo.peer_addr(Family::V4, 80);
+    assert_lands(&topo.pod, APP, dst, &outbound);
+
+    let cleanup = init.clone().switch("--cleanup-only");
+    cleanup.run().ok().says("capture removed");
+    assert_no_istio(&topo.pod, flavor);
+    assert!(!has_ipv6_passthrough(&topo.pod));
+    assert_lands(&topo.pod, APP, dst, &app);
+
+    cleanup.via(Via::Enter).run().ok();
+    assert_no_istio(&topo.pod, flavor);
+}
+
+// ── 7. Rollback ─────────────────────────────────────────────────────────────────────────────────
+
+/// A directory under the temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("capture-e2e-{}-{tag}-{n}", std::process::id()));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Self(path)
+    }
+
+    /// Writes an executable script.
+    fn script(&self, name: &str, text: &str) {
+        let path = self.0.join(name);
+        fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod the script");
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.0) {
+            eprintln!("cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+flavor_tests!(failure_between_families_rolls_back);
+
+/// IPv4 is applied for real, then `ip6tables-<flavor>-restore` (a script first in `PATH`) fails: the
+/// run exits 1 saying it rolled back, and neither family nor `lo` keeps anything of the capture.
+fn failure_between_families_rolls_back(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let fake = TempDir::new("fake-ip6tables");
+    fake.script(
+        &format!("{}-restore", iptables(flavor, Family::V6)),
+        "#!/bin/sh\necho 'ip6tables-restore: line 2 failed (injected)' >&2\nexit 1\n",
+    );
+    let before = saves(&topo.pod, flavor);
+
+    let run = CaptureInit::sidecar(&topo.pod, flavor, Family::V6)
+        .path_first(&fake.0)
+        .run();
+    run.code(1)
+        .says("line 2 failed (injected)")
+        .says("changes to IPv4 were rolled back");
+    assert_no_istio(&topo.pod, flavor);
+    // Legacy keeps the nat table it instantiated, empty; no rule may remain.
+    let after = saves(&topo.pod, flavor);
+    assert_eq!(
+        after.each_ref().map(|s| rules(s)),
+        before.each_ref().map(|s| rules(s))
+    );
+    assert!(!has_ipv6_passthrough(&topo.pod));
+}
+
+// ── 8. Validation ───────────────────────────────────────────────────────────────────────────────
+
+/// Gives the pod a default route via the peer for each family capture covers, so the outbound probe
+/// (to a documentation address) has somewhere to go; it cannot leave the peer.
+fn default_route_via_peer(topo: &Topology, family: Family) {
+    let families: &[Family] = match family {
+        Family::V4 => &[Family::V4],
+        Family::V6 => &[Family::V4, Family::V6],
+    };
+    for &f in families {
+        topo.pod.ip(&[
+            ip_family(f),
+            "route",
+            "add",
+            "default",
+            "via",
+            &topo.peer_ip(f).to_string(),
+        ]);
+    }
+}
+
+flavor_family_tests!(validation_passes_with_rules);
+
+/// `--run-validation` after applying: both probes (hairpin and outbound) pass in every family.
+fn validation_passes_with_rules(flavor: Flavor, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    default_route_via_peer(&topo, family);
+    let run = CaptureInit::sidecar(&topo.pod, flavor, family)
+        .switch("--run-validation")
+        .run();
+    run.ok().says("validation passed");
+    assert!(!run.stderr.contains("not validated"), "{}", run.stderr);
+}
+
+mod validation_fails_without_rules {
+    use capture_e2e::Family;
+
+    #[test]
+    fn v4() {
+        super::validation_fails_without_rules(Family::V4);
+    }
+
+    #[test]
+    fn dual_stack() {
+        super::validation_fails_without_rules(Family::V6);
+    }
+}
+
+/// `--skip-rule-apply --run-validation` with no rules in place exits 126.
+fn validation_fails_without_rules(family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    default_route_via_peer(&topo, family);
+    CaptureInit::sidecar(&topo.pod, Flavor::Nft, family)
+        .switch("--skip-rule-apply")
+        .switch("--run-validation")
+        .set("--probe-timeout", "500ms")
+        .run()
+        .code(126)
+        .says("iptables validation failed");
+    assert_no_istio(&topo.pod, Flavor::Nft);
+}
+
+// ── 9. Many pods at once ────────────────────────────────────────────────────────────────────────
+
+/// The default sidecar's IPv4 rules as `iptables-save` shows them (both flavors), normalized.
+const SIDECAR_SAVE_V4: &str = "\
+*nat
+:PREROUTING ACCEPT
+:INPUT ACCEPT
+:OUTPUT ACCEPT
+:POSTROUTING ACCEPT
+:ISTIO_INBOUND -
+:ISTIO_IN_REDIRECT -
+:ISTIO_OUTPUT -
+:ISTIO_REDIRECT -
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN
+-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN
+-A ISTIO_INBOUND -p tcp -m tcp --dport 15021 -j RETURN
+-A ISTIO_INBOUND -p tcp -m tcp --dport 15020 -j RETURN
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+COMMIT
+";
+
+/// 20 pods set up at the same time, alternating flavors and the two ways of entering the namespace,
+/// each end with exactly the default sidecar's rules in both families.
+#[test]
+fn twenty_pods_in_parallel() {
+    if !require_root() {
+        return;
+    }
+    let v6 = SIDECAR_SAVE_V4
+        .replace("127.0.0.6/32", "::6/128")
+        .replace("127.0.0.1/32", "::1/128");
+    let expected = [SIDECAR_SAVE_V4.to_owned(), v6];
+    thread::scope(|scope| {
+        let pods: Vec<_> = (0..20)
+            .map(|i| {
+                let expected = &expected;
+                scope.spawn(move || {
+                    let flavor = if i % 2 == 0 { Flavor::Legacy } else { Flavor::Nft };
+                    let via = if i % 4 < 2 { Via::Flag } else { Via::Enter };
+                    let topo = Topology::new();
+                    CaptureInit::sidecar(&topo.pod, flavor, Family::V6)
+                        .via(via)
+                        .run()
+                        .ok();
+                    // A fresh namespace has no other table, so this is the whole save.
+                    assert_eq!(
+                        &saves(&topo.pod, flavor),
+                        expected,
+                        "pod {i} ({flavor:?}, {via:?})"
+                    );
+                })
+            })
+            .collect();
+        for (i, pod) in pods.into_iter().enumerate() {
+            if let Err(panic) = pod.join() {
+                eprintln!("pod {i} failed");
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+}
