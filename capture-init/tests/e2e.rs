@@ -21,6 +21,7 @@ use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 
+use capture_e2e::flavor_family_tests;
 use capture_e2e::{
     APP_UID, Accepted, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, Topology,
     connect_as, connect_as_from, iptables_save_normalized, require_root, run_ok,
@@ -349,35 +350,6 @@ macro_rules! flavor_tests {
             #[test]
             fn nft() {
                 super::$test(capture_e2e::Flavor::Nft);
-            }
-        }
-    )+};
-}
-
-/// Instantiates `fn $test(Flavor, Family)` as `$test::{legacy,nft}_{v4,v6}`.
-macro_rules! flavor_family_tests {
-    ($($test:ident),+ $(,)?) => {$(
-        mod $test {
-            use capture_e2e::{Family, Flavor};
-
-            #[test]
-            fn legacy_v4() {
-                super::$test(Flavor::Legacy, Family::V4);
-            }
-
-            #[test]
-            fn legacy_v6() {
-                super::$test(Flavor::Legacy, Family::V6);
-            }
-
-            #[test]
-            fn nft_v4() {
-                super::$test(Flavor::Nft, Family::V4);
-            }
-
-            #[test]
-            fn nft_v6() {
-                super::$test(Flavor::Nft, Family::V6);
             }
         }
     )+};

@@ -92,3 +92,33 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{cmd:?} printed non-UTF-8: {e}"))
 }
+
+/// Instantiates `fn $test(Flavor, Family)` as four tests, `$test::{legacy,nft}_{v4,v6}`.
+#[macro_export]
+macro_rules! flavor_family_tests {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use $crate::{Family, Flavor};
+
+            #[test]
+            fn legacy_v4() {
+                super::$test(Flavor::Legacy, Family::V4);
+            }
+
+            #[test]
+            fn legacy_v6() {
+                super::$test(Flavor::Legacy, Family::V6);
+            }
+
+            #[test]
+            fn nft_v4() {
+                super::$test(Flavor::Nft, Family::V4);
+            }
+
+            #[test]
+            fn nft_v6() {
+                super::$test(Flavor::Nft, Family::V6);
+            }
+        }
+    )+};
+}

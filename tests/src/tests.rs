@@ -59,36 +59,6 @@ fn capture_default_sidecar(pod: &NetNs, flavor: Flavor) {
     pod.ip(&["-6", "addr", "add", "::6/128", "dev", "lo", "nodad"]);
 }
 
-/// Instantiates `fn $test(Flavor, Family)` as four tests, `$test::{legacy,nft}_{v4,v6}`.
-macro_rules! flavor_family_tests {
-    ($($test:ident),+ $(,)?) => {$(
-        mod $test {
-            use crate::{Family, Flavor};
-
-            #[test]
-            fn legacy_v4() {
-                super::$test(Flavor::Legacy, Family::V4);
-            }
-
-            #[test]
-            fn legacy_v6() {
-                super::$test(Flavor::Legacy, Family::V6);
-            }
-
-            #[test]
-            fn nft_v4() {
-                super::$test(Flavor::Nft, Family::V4);
-            }
-
-            #[test]
-            fn nft_v6() {
-                super::$test(Flavor::Nft, Family::V6);
-            }
-        }
-    )+};
-}
-use flavor_family_tests;
-
 #[test]
 fn v6_payload_substitutes_loopback_addresses() {
     let v6 = default_sidecar_payload(Family::V6);

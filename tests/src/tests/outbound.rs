@@ -2,7 +2,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::{capture_default_sidecar, flavor_family_tests};
+use super::capture_default_sidecar;
+use crate::flavor_family_tests;
 use crate::{
     APP_UID, Family, Flavor, Listener, OUTBOUND_PORT, PROXY_UID, Topology, connect_as, require_root,
 };
