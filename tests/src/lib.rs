@@ -17,6 +17,7 @@
 //! created inside namespaces made by [`NetNs::new`].
 
 mod client;
+pub mod cni;
 mod iptables;
 mod listener;
 mod netns;

@@ -4,6 +4,7 @@
 //! `istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020`
 //! (istio-capture.md §2.1).
 
+mod cni_chain;
 mod direct;
 mod harness;
 mod inbound;
