@@ -125,8 +125,17 @@ pub fn decode(input: &[u8], command: Command) -> Result<Request, Failure> {
 }
 
 impl NetConf {
+    /// Decodes the configuration; an error names the field's path (`capture.proxy_uid: …`).
     fn deserialize_from(raw: &Value) -> Result<Self, serde_json::Error> {
-        serde::Deserialize::deserialize(raw)
+        serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                inner
+            } else {
+                decode_error(&format!("{path}: {inner}"))
+            }
+        })
     }
 }
 
@@ -300,6 +309,9 @@ pub fn handle(env: &Env, input: &[u8]) -> Result<Option<Value>, Failure> {
 fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Error> {
     check_prev_result(conf.prev_result.as_ref(), version)?;
     let result = add_result(conf.prev_result.as_ref(), version);
+    // The settings are checked for every pod, so a broken configuration shows at once rather
+    // than at the first injected pod.
+    PodCapture::new(&conf.capture, &Default::default())?.to_spec(&capture_core::Detected::default())?;
     let pod = Pod::new(&env.args, conf);
     if let Some(skip) = skip_reason(conf, &pod) {
         log::info!("pod {} skipped: {skip}", pod.display_name());
