@@ -2,10 +2,14 @@
 //! negotiation, `prevResult` pass-through, and the error object and code for each kind of
 //! bad input. None of these reach a network namespace, so they run without root.
 
-mod common;
+#[path = "common/cni.rs"]
+mod cni;
+#[path = "common/tempdir.rs"]
+mod tempdir;
 
-use common::{Reply, TempDir, cni_env, invoke};
+use cni::{Reply, cni_env, invoke};
 use serde_json::{Value, json};
+use tempdir::TempDir;
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 

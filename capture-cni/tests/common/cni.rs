@@ -1,40 +1,12 @@
-//! Helpers shared by the integration tests: running the real binary as a runtime would, and
-//! scratch directories.
+//! Running the real plugin binary as a runtime would.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
 
 /// The plugin binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_capture-cni");
-
-/// A directory removed on `Drop`.
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    #[must_use]
-    pub fn new(tag: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("capture-cni-test-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// What one plugin invocation printed and how it exited.
 #[derive(Debug)]
