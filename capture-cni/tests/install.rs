@@ -332,3 +332,29 @@ fn install_without_a_network_configuration_fails_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no valid .conf or .conflist"), "{stderr}");
 }
+
+/// The DaemonSet's ConfigMap holds settings the plugin accepts.
+#[test]
+fn deploy_plugin_config_is_valid() {
+    let yaml = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/capture-cni-daemonset.yaml"),
+    )
+    .unwrap();
+    let block: String = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("plugin.json: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let settings: Value = serde_json::from_str(&block).unwrap_or_else(|e| panic!("{e}: {block}"));
+    let entry = install::plugin_entry(settings.as_object().unwrap());
+    let mut conf = entry.clone();
+    conf["cniVersion"] = "1.0.0".into();
+    let conf: capture_cni::conf::NetConf = serde_json::from_value(conf).unwrap();
+    assert_eq!(conf.exclude_namespaces, ["kube-system"]);
+    capture_cni::pod::PodCapture::new(&conf.capture, &Default::default())
+        .unwrap()
+        .to_spec(&capture_core::Detected::default())
+        .unwrap();
+}
