@@ -368,13 +368,25 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), Error> {
         Err(e) => return Err(e.into_error(path)),
     };
     // DEL must not be blocked by settings ADD would have refused: fall back to the
-    // configuration alone, which names the same chains.
-    let capture = PodCapture::new(&conf.capture, pod.annotations)
-        .and_then(|c| c.to_spec(&capture_core::Detected::default()).map(|_| c))
-        .or_else(|e| {
+    // configuration alone, which names the same chains; if even that is invalid, ADD never
+    // applied anything.
+    let usable = |annotations| {
+        PodCapture::new(&conf.capture, annotations)
+            .and_then(|c| c.to_spec(&capture_core::Detected::default()).map(|_| c))
+    };
+    let capture = match usable(pod.annotations) {
+        Ok(capture) => capture,
+        Err(e) => {
             log::warn!("{e}; removing capture as the configuration alone describes it");
-            PodCapture::new(&conf.capture, &Default::default())
-        })?;
+            match usable(&Default::default()) {
+                Ok(capture) => capture,
+                Err(e) => {
+                    log::warn!("{e}; ADD cannot have applied anything, nothing to remove");
+                    return Ok(());
+                }
+            }
+        }
+    };
     capture::del(&ns, conf, &capture)?;
     log::info!("pod {}: capture removed", pod.display_name());
     Ok(())

@@ -232,6 +232,11 @@ fn bad_input_changes_nothing_in_the_namespace() {
     let mut no_netns = cni_env("ADD", "", POD_ARGS);
     no_netns.retain(|(k, _)| *k != "CNI_NETNS");
     invoke(&no_netns, &request(Flavor::Nft, run.path(), json!({}), None)).error(4);
+    // Settings ADD would refuse do not block DEL.
+    let broken = request(Flavor::Nft, run.path(), json!({}), None)
+        .replace("\"dual_stack\":true", "\"interception_mode\":\"NAT\"");
+    assert!(broken.contains("NAT"));
+    call("DEL", topo.pod.path(), &broken).ok();
     assert_eq!(
         saves(&topo.pod, Flavor::Nft) + &saves(&topo.pod, Flavor::Legacy),
         before
