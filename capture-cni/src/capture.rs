@@ -1,0 +1,228 @@
+//! Applying, checking and removing capture inside a pod's network namespace, with the same
+//! iptables backend as capture-init.
+
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+
+use capture_core::netlink::{self, TproxyRoutes};
+use capture_core::{
+    ApplyError, ApplyOptions, CaptureSpec, Change, Detected, Family, Flavor, InboundPorts, Iptables, State,
+    SystemExec,
+};
+
+use crate::conf::{CaptureConf, IptablesFlavor, Ipv6Mode, NetConf};
+use crate::error::{Error, family_name};
+use crate::log;
+use crate::netns::{NetNs, NsId};
+use crate::pod::PodCapture;
+
+/// The lock file `iptables` uses for the namespace `id` (`XTABLES_LOCKFILE`), so that ADDs for
+/// different pods never queue on the node's `/run/xtables.lock` (Kuma's idea, Istio's
+/// pod-scoped lock).
+pub fn lock_file(run_dir: &Path, id: NsId) -> PathBuf {
+    run_dir.join(format!("xtables-{}-{}.lock", id.dev, id.ino))
+}
+
+fn exec_for(conf: &NetConf, id: NsId) -> Result<SystemExec, Error> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&conf.run_dir)
+        .map_err(|source| Error::Io {
+            op: "create directory",
+            path: conf.run_dir.clone(),
+            source,
+        })?;
+    Ok(SystemExec {
+        lock_file: Some(lock_file(&conf.run_dir, id)),
+    })
+}
+
+/// The backend the configuration asks for, in the calling thread's namespace.
+///
+/// # Errors
+/// With `iptables_flavor: "auto"`, when neither flavor works.
+pub fn backend(flavor: IptablesFlavor, exec: SystemExec) -> Result<Iptables<SystemExec>, ApplyError> {
+    match flavor {
+        IptablesFlavor::Auto => Iptables::detect(exec),
+        IptablesFlavor::Legacy => Ok(Iptables::new(exec, Flavor::Legacy)),
+        IptablesFlavor::Nft => Ok(Iptables::new(exec, Flavor::Nft)),
+    }
+}
+
+/// The addresses of the calling thread's namespace.
+fn addresses() -> Result<Vec<IpAddr>, Error> {
+    Ok(nix::ifaddrs::getifaddrs()
+        .map_err(Error::Addresses)?
+        .filter_map(|ifa| ifa.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .collect())
+}
+
+/// Whether the pod gets IPv6 capture, decided from its addresses as Istio does unless the
+/// configuration says.
+fn ipv6(conf: &CaptureConf) -> Result<bool, Error> {
+    match conf.ipv6 {
+        Ipv6Mode::On => Ok(true),
+        Ipv6Mode::Off => Ok(false),
+        Ipv6Mode::Auto => {
+            capture_core::detect_ipv6(&addresses()?, conf.dual_stack).map_err(Error::NoUsableAddress)
+        }
+    }
+}
+
+/// The pod's spec, in the calling thread's (the pod's) namespace.
+fn pod_spec(conf: &CaptureConf, capture: &PodCapture) -> Result<CaptureSpec, Error> {
+    let detected = Detected {
+        ipv6: ipv6(conf)?,
+        nameservers: Vec::new(),
+    };
+    let (spec, warnings) = capture.to_spec(&detected)?;
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    Ok(spec)
+}
+
+/// `ADD`: installs the pod's capture. Rules already exactly in place are left as they are;
+/// different capture rules make it fail without changing anything.
+///
+/// # Errors
+/// Entering the namespace, reading the pod's addresses, or applying.
+pub fn add(
+    ns: &NetNs,
+    conf: &NetConf,
+    capture: &PodCapture,
+) -> Result<(Flavor, Vec<(Family, Change)>), Error> {
+    let exec = exec_for(conf, ns.id())?;
+    ns.run(|| {
+        let spec = pod_spec(&conf.capture, capture)?;
+        let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
+        let changes =
+            capture_core::install(&backend, &spec, ApplyOptions::default()).map_err(Error::Apply)?;
+        Ok((backend.flavor(), changes))
+    })
+}
+
+/// `DEL`: removes the pod's capture (rules in both families, TPROXY routing, `::6`) and the
+/// namespace's lock file. Succeeds when nothing is there.
+///
+/// # Errors
+/// Entering the namespace or removing the rules.
+pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error> {
+    let exec = exec_for(conf, ns.id())?;
+    ns.run(|| {
+        // The pod's addresses decide only whether ::6 is removed; without them, leave it.
+        let detected = Detected {
+            ipv6: ipv6(&conf.capture).unwrap_or(false),
+            nameservers: Vec::new(),
+        };
+        let (spec, _) = capture.to_spec(&detected)?;
+        let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
+        capture_core::uninstall(&backend, &spec).map_err(Error::Apply)
+    })?;
+    remove_lock_file(&lock_file(&conf.run_dir, ns.id()));
+    Ok(())
+}
+
+fn remove_lock_file(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
+    }
+}
+
+/// `CHECK`: compares the pod's rules and routes with what the configuration asks for.
+///
+/// # Errors
+/// [`Error::CheckFailed`] listing every difference; entering the namespace or reading the rules.
+pub fn check(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error> {
+    let exec = exec_for(conf, ns.id())?;
+    ns.run(|| {
+        let spec = pod_spec(&conf.capture, capture)?;
+        let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
+        let flavor = backend.flavor().as_str();
+        let mut differences = Vec::new();
+        for &family in spec.families() {
+            let name = family_name(family);
+            match backend.state(&spec, family).map_err(Error::Apply)? {
+                State::Equal => {}
+                State::Absent => differences.push(format!("{name} capture rules are missing ({flavor})")),
+                State::Differs(details) => {
+                    differences.extend(details.into_iter().map(|d| format!("{name}: {d}")))
+                }
+            }
+        }
+        let netlink_err = |e: netlink::NetlinkError| Error::Apply(ApplyError::Netlink(e));
+        if let Some((mark, table)) = spec.tproxy()
+            && spec.inbound.ports != InboundPorts::Off
+        {
+            let routes = TproxyRoutes { mark, table };
+            for &family in spec.families() {
+                if !netlink::tproxy_routes_present(&routes, family).map_err(netlink_err)? {
+                    differences.push(format!(
+                        "{} TPROXY policy routing ({routes}) is missing",
+                        family_name(family)
+                    ));
+                }
+            }
+        }
+        if spec.ipv6 && !netlink::ipv6_passthrough_address_present().map_err(netlink_err)? {
+            differences.push("::6/128 is missing on lo".into());
+        }
+        if differences.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::CheckFailed { differences })
+        }
+    })
+}
+
+/// `STATUS`: whether the configured backend works on this node, tried in a scratch network
+/// namespace so the node's own (possibly very large) rule set is never read.
+///
+/// # Errors
+/// [`Error::Unavailable`] when no usable iptables is found.
+pub fn status(conf: &NetConf) -> Result<Flavor, Error> {
+    let flavor = conf.capture.iptables_flavor;
+    crate::netns::run_in_scratch_netns(move || {
+        let backend = backend(flavor, SystemExec::default()).map_err(Error::Unavailable)?;
+        // A forced flavor is not probed by `backend`; make sure it can read rules.
+        backend.save(Family::V4).map_err(Error::Unavailable)?;
+        Ok(backend.flavor())
+    })
+}
+
+/// `GC`: removes lock files no `iptables` holds. They are the only node-side state; the rules
+/// themselves live and die with each pod's namespace.
+pub fn collect_lock_files(run_dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_lock = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("xtables-") && n.ends_with(".lock"));
+        if !is_lock {
+            continue;
+        }
+        let Ok(file) = fs::File::open(&path) else { continue };
+        // iptables holds an flock while it works; a file nobody holds is idle.
+        if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok() {
+            remove_lock_file(&path);
+            removed += 1;
+        }
+    }
+    removed
+}

@@ -1,0 +1,418 @@
+//! The network configuration read from stdin: the spec's fields, and this plugin's own.
+//!
+//! ```json
+//! {
+//!   "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "capture-cni",
+//!   "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+//!   "exclude_namespaces": ["kube-system"],
+//!   "pod_selection": "injected",
+//!   "plugin_log_level": "info",
+//!   "log_file": "/var/log/capture-cni.log",
+//!   "run_dir": "/run/capture-cni",
+//!   "capture": {"backend": "iptables", "iptables_flavor": "auto", "proxy_uid": 1337, "…": "…"}
+//! }
+//! ```
+//!
+//! Every plugin field is optional; the defaults are Istio's CNI defaults
+//! (see [`CaptureConf`]). Unknown top-level keys are ignored (runtimes add their own, such as
+//! `runtimeConfig` and `args`); unknown keys inside `capture` are rejected, so a typo is an
+//! error rather than a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The capability through which containerd passes a pod's annotations.
+pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
+
+/// Where lock files live unless `run_dir` says otherwise.
+pub const DEFAULT_RUN_DIR: &str = "/run/capture-cni";
+
+/// One plugin invocation's configuration (stdin), minus `cniVersion`, which is checked before
+/// this is decoded.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NetConf {
+    /// The network's name.
+    pub name: String,
+    /// The plugin's binary name (`capture-cni`).
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// The previous plugin's result, kept as raw JSON so that it is passed on unchanged.
+    #[serde(rename = "prevResult", default)]
+    pub prev_result: Option<Value>,
+    /// What the runtime passes for the capabilities the plugin declares.
+    #[serde(rename = "runtimeConfig", default)]
+    pub runtime_config: RuntimeConfig,
+    /// Pods in these namespaces are never captured (Istio's `exclude_namespaces`).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub exclude_namespaces: Vec<String>,
+    /// Which pods are captured.
+    #[serde(default)]
+    pub pod_selection: PodSelection,
+    /// How much is logged (Istio's `plugin_log_level`).
+    #[serde(default)]
+    pub plugin_log_level: LogLevel,
+    /// A file that log lines are appended to, besides stderr.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    /// Where per-namespace xtables lock files are kept (`/run/capture-cni`).
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    /// The capture applied to every selected pod, before annotations.
+    #[serde(default)]
+    pub capture: CaptureConf,
+    /// GC: the attachments still in use (spec 1.1.0 spelling).
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    pub valid_attachments: Option<Vec<Attachment>>,
+    /// GC: the same list under the key the spec-v1.1.0 text used; libcni sends both.
+    #[serde(rename = "cni.dev/attachments", default)]
+    pub attachments: Option<Vec<Attachment>>,
+}
+
+fn default_run_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_RUN_DIR)
+}
+
+fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The runtime-supplied part of the configuration that this plugin reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RuntimeConfig {
+    /// The pod's annotations (containerd's `io.kubernetes.cri.pod-annotations` capability).
+    #[serde(
+        rename = "io.kubernetes.cri.pod-annotations",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// A container attachment named in a GC request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Attachment {
+    /// The container.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// Its interface.
+    pub ifname: String,
+}
+
+/// Which pods the plugin captures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodSelection {
+    /// Istio's rules: a Kubernetes pod (name and namespace in `CNI_ARGS`), not in an excluded
+    /// namespace, not annotated `sidecar.istio.io/inject: "false"`, and carrying the
+    /// injector's `sidecar.istio.io/status` annotation.
+    #[default]
+    Injected,
+    /// Every container the plugin runs for, except those in excluded namespaces or annotated
+    /// `sidecar.istio.io/inject: "false"`. For runtimes that pass no pod annotations (podman)
+    /// or no Kubernetes identity.
+    All,
+}
+
+/// How much is logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Nothing.
+    None,
+    /// Failures only.
+    Error,
+    /// Failures and surprises.
+    Warn,
+    /// One line per command (the default).
+    #[default]
+    Info,
+    /// Everything, including the configuration used.
+    Debug,
+}
+
+impl LogLevel {
+    /// The level's name as it is logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+        }
+    }
+}
+
+/// The backend that applies capture.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// `iptables-restore`, as capture-init and istio-iptables use it.
+    #[default]
+    Iptables,
+}
+
+/// Which iptables implementation to drive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IptablesFlavor {
+    /// Detect, as capture-init does: the flavor holding rules in the pod wins, else the
+    /// node's `iptables` alternative, else nft.
+    #[default]
+    Auto,
+    /// `iptables-legacy-*` (x_tables).
+    Legacy,
+    /// `iptables-nft-*` (nf_tables).
+    Nft,
+}
+
+/// Whether IPv6 capture is installed too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Mode {
+    /// Istio's rule, from the pod's addresses: the first non-loopback, non-link-local address
+    /// decides (any IPv6 address when `dual_stack` is on).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+/// The capture every selected pod gets, before its annotations override parts of it.
+///
+/// Values that are lists take a comma-separated string (`"15020,15021"`, as the annotations
+/// do) or a JSON array (`[15020, 15021]`); ports and ids take a number or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConf {
+    /// The backend: `"iptables"`.
+    pub backend: Backend,
+    /// `"auto"`, `"legacy"` or `"nft"`.
+    pub iptables_flavor: IptablesFlavor,
+    /// Where captured outbound connections go (istio-iptables `-p`): 15001.
+    pub outbound_port: ConfText,
+    /// Where captured inbound connections go (`-z`): 15006.
+    pub inbound_port: ConfText,
+    /// The tunnel port, never captured inbound (`-e`): 15008.
+    pub tunnel_port: ConfText,
+    /// The proxy's uid(s), whose traffic is not captured (`-u`): 1337. Istio's plugin takes
+    /// it from the proxy container's `runAsUser`; there is no pod spec here.
+    pub proxy_uid: ConfText,
+    /// The proxy's gid(s) (`-g`): 1337.
+    pub proxy_gid: ConfText,
+    /// `"REDIRECT"` or `"TPROXY"` (`-m`).
+    pub interception_mode: String,
+    /// Outbound destinations captured, `"*"` or CIDRs (`-i`): `"*"`.
+    pub include_outbound_ip_ranges: ConfText,
+    /// Outbound destinations never captured (`-x`): none.
+    pub exclude_outbound_ip_ranges: ConfText,
+    /// Inbound ports captured, `"*"` or ports (`-b`): `"*"`.
+    pub include_inbound_ports: ConfText,
+    /// Inbound ports not captured (`-d`): 15020,15021,15090. Istio's 15020, 15021 and 15090
+    /// are always added.
+    pub exclude_inbound_ports: ConfText,
+    /// Outbound ports always captured (`-q`): none.
+    pub include_outbound_ports: ConfText,
+    /// Outbound ports never captured (`-o`): 15020.
+    pub exclude_outbound_ports: ConfText,
+    /// Interfaces whose traffic is never captured (`-c`): none.
+    pub exclude_interfaces: ConfText,
+    /// Virtual interfaces whose inbound traffic is treated as outbound (`-k`): none.
+    pub reroute_virtual_interfaces: ConfText,
+    /// Capture DNS to the agent's resolver (Istio's `ISTIO_META_DNS_CAPTURE`, which sets
+    /// `--redirect-dns` and `--capture-all-dns`): false.
+    pub redirect_dns: bool,
+    /// Drop packets conntrack marks INVALID (`INVALID_DROP`): false.
+    pub drop_invalid: bool,
+    /// `"auto"`, `"on"` or `"off"`.
+    pub ipv6: Ipv6Mode,
+    /// With `ipv6: "auto"`, any IPv6 address turns IPv6 on (`ISTIO_DUAL_STACK`): false.
+    pub dual_stack: bool,
+    /// TPROXY packet mark (`-t`): 1337.
+    pub tproxy_mark: ConfText,
+    /// TPROXY routing table (`-r`): 133.
+    pub tproxy_route_table: ConfText,
+}
+
+impl Default for CaptureConf {
+    /// Istio's CNI defaults.
+    fn default() -> Self {
+        Self {
+            backend: Backend::Iptables,
+            iptables_flavor: IptablesFlavor::Auto,
+            outbound_port: ConfText::from("15001"),
+            inbound_port: ConfText::from("15006"),
+            tunnel_port: ConfText::from("15008"),
+            proxy_uid: ConfText::from("1337"),
+            proxy_gid: ConfText::from("1337"),
+            interception_mode: "REDIRECT".into(),
+            include_outbound_ip_ranges: ConfText::from("*"),
+            exclude_outbound_ip_ranges: ConfText::default(),
+            include_inbound_ports: ConfText::from("*"),
+            exclude_inbound_ports: ConfText::from("15020,15021,15090"),
+            include_outbound_ports: ConfText::default(),
+            exclude_outbound_ports: ConfText::from("15020"),
+            exclude_interfaces: ConfText::default(),
+            reroute_virtual_interfaces: ConfText::default(),
+            redirect_dns: false,
+            drop_invalid: false,
+            ipv6: Ipv6Mode::Auto,
+            dual_stack: false,
+            tproxy_mark: ConfText::from("1337"),
+            tproxy_route_table: ConfText::from("133"),
+        }
+    }
+}
+
+/// A configuration value in istio-iptables' string form: a string as given, a number in
+/// decimal, or an array joined with `,`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfText(pub String);
+
+impl ConfText {
+    /// The value as istio-iptables would take it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for ConfText {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl fmt::Display for ConfText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = ConfText;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, a non-negative integer, or an array of them")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ConfText, E> {
+                Ok(ConfText(v.to_owned()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ConfText, E> {
+                Ok(ConfText(v.to_string()))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<ConfText, E> {
+                Ok(ConfText::default())
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ConfText, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Scalar>()? {
+                    items.push(item.0);
+                }
+                Ok(ConfText(items.join(",")))
+            }
+        }
+
+        d.deserialize_any(TextVisitor)
+    }
+}
+
+/// One array item of a [`ConfText`]: a string or a non-negative integer.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a non-negative integer")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn conf(v: Value) -> Result<NetConf, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn defaults_are_istios() {
+        let c = conf(json!({"name": "n", "type": "capture-cni"})).unwrap();
+        assert_eq!(c.capture, CaptureConf::default());
+        assert_eq!(c.capture.exclude_inbound_ports.as_str(), "15020,15021,15090");
+        assert_eq!(c.capture.exclude_outbound_ports.as_str(), "15020");
+        assert_eq!(c.pod_selection, PodSelection::Injected);
+        assert_eq!(c.plugin_log_level, LogLevel::Info);
+        assert_eq!(c.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
+        assert!(c.exclude_namespaces.is_empty() && c.prev_result.is_none());
+    }
+
+    #[test]
+    fn values_take_strings_numbers_and_arrays() {
+        let c = conf(json!({
+            "name": "n", "type": "capture-cni",
+            "exclude_namespaces": null,
+            "capture": {
+                "proxy_uid": 1000670000,
+                "exclude_inbound_ports": [3333, "4444"],
+                "include_outbound_ip_ranges": "10.0.0.0/8,192.168.0.0/16",
+                "exclude_interfaces": null,
+                "interception_mode": "TPROXY",
+                "iptables_flavor": "nft",
+                "ipv6": "off"
+            },
+            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"a": "b"}, "portMappings": []},
+        }))
+        .unwrap();
+        assert_eq!(c.capture.proxy_uid.as_str(), "1000670000");
+        assert_eq!(c.capture.exclude_inbound_ports.as_str(), "3333,4444");
+        assert_eq!(c.capture.exclude_interfaces.as_str(), "");
+        assert_eq!(c.capture.iptables_flavor, IptablesFlavor::Nft);
+        assert_eq!(c.runtime_config.pod_annotations["a"], "b");
+    }
+
+    #[test]
+    fn typos_and_wrong_types_are_rejected() {
+        let e = conf(json!({"name": "n", "type": "t", "capture": {"proxy_user": 1}})).unwrap_err();
+        assert!(e.to_string().contains("unknown field `proxy_user`"), "{e}");
+        let e = conf(json!({"name": "n", "type": "t", "capture": {"backend": "ebpf"}})).unwrap_err();
+        assert!(e.to_string().contains("ebpf"), "{e}");
+        assert!(conf(json!({"name": "n", "type": "t", "capture": {"proxy_uid": -1}})).is_err());
+        assert!(conf(json!({"type": "t"})).is_err());
+        // Unknown top-level keys are the runtime's or another tool's business.
+        assert!(conf(json!({"name": "n", "type": "t", "ipam": {}, "args": {"cni": {}}})).is_ok());
+    }
+}

@@ -1,0 +1,370 @@
+//! The node installer: copies the plugin binary into the CNI bin directory and chains the
+//! plugin, last, into the node's primary network configuration.
+//!
+//! **Primary configuration.** The lexically first file in the configuration directory that
+//! is a valid `.conf` (a JSON object with a `type`) or `.conflist` (a JSON object with a
+//! non-empty `plugins` array) — the file the runtime itself uses, as Istio's installer picks it.
+//!
+//! **Insertion.**
+//! - A `.conflist` keeps every top-level key (its `cniVersion` and `name` among them) and every
+//!   other plugin, in order; any entry of type `capture-cni` is removed and ours is appended
+//!   last.
+//! - A single `.conf` becomes a list named and versioned as the conf was
+//!   (`{"cniVersion": <its version>, "name": <its name>, "plugins": [<conf without
+//!   cniVersion>, <ours>]}`), written as `<stem>.conflist`; the `.conf` is then removed.
+//! - The file is written atomically (a temporary file in the same directory, mode 0644, then
+//!   rename) and only when its content changes, so a second run leaves it byte-identical.
+//!
+//! **Where this differs from Istio's installer** (`cni/pkg/install`, fixtures in
+//! `testdata/istio/cni-install`):
+//! - Istio names a list made from a single conf `k8s-pod-network`, version `0.3.1`; we keep
+//!   the conf's own `name` and `cniVersion`, so the network and the spec version the runtime
+//!   negotiates do not change when the plugin is chained.
+//! - Istio re-serialises with every object's keys sorted; we keep the file's key order and
+//!   only touch the `plugins` array.
+//! - Istio replaces an entry of type `istio-cni`; we replace entries of type `capture-cni`.
+//!   An `istio-cni` entry is left alone by default: it belongs to Istio's installer, which
+//!   would put it back, and two capture plugins must not both run. `--remove-istio-cni`
+//!   removes it when migrating from Istio's plugin (after Istio's installer is gone).
+//! - Our entry declares `capabilities: {"io.kubernetes.cri.pod-annotations": true}`: the pod's
+//!   annotations come from the runtime, not from the API server, so no kubeconfig is needed.
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use crate::conf::POD_ANNOTATIONS_CAPABILITY;
+
+/// The plugin's `type` (and binary name).
+pub const PLUGIN_TYPE: &str = "capture-cni";
+/// The `type` of Istio's own plugin.
+pub const ISTIO_PLUGIN_TYPE: &str = "istio-cni";
+/// The version and name Istio gives a list made from a single `.conf` that has none.
+const FALLBACK_VERSION: &str = "0.3.1";
+const FALLBACK_NAME: &str = "k8s-pod-network";
+
+/// Why installing or uninstalling failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// A file or directory operation failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// No valid network configuration in the directory yet.
+    #[error(
+        "no valid .conf or .conflist network configuration in {}; is the node's network plugin installed?",
+        dir.display()
+    )]
+    NoPrimary {
+        /// The configuration directory.
+        dir: PathBuf,
+    },
+    /// A configuration file that cannot be chained.
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError {
+    let path = path.to_owned();
+    move |source| InstallError::Io { op, path, source }
+}
+
+/// What to install.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// The CNI configuration directory (`/etc/cni/net.d`).
+    pub conf_dir: PathBuf,
+    /// The CNI binary directory (`/opt/cni/bin`).
+    pub bin_dir: PathBuf,
+    /// The plugin binary to copy (the running one).
+    pub binary: PathBuf,
+    /// A file to chain into instead of the detected primary configuration.
+    pub conf_file: Option<String>,
+    /// Plugin settings merged into our entry (`exclude_namespaces`, `capture`, …).
+    pub plugin_config: Map<String, Value>,
+    /// Also remove `istio-cni` entries.
+    pub remove_istio_cni: bool,
+}
+
+/// What an install or uninstall changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The binary was written (or removed).
+    pub binary_changed: bool,
+    /// The configuration file touched, and whether its content changed.
+    pub conf_file: Option<(PathBuf, bool)>,
+}
+
+/// Our plugin entry: `type`, `name`, the pod-annotations capability, then `settings`
+/// (without a `cniVersion`, which a list's plugins take from the list).
+pub fn plugin_entry(settings: &Map<String, Value>) -> Value {
+    let mut entry = Map::new();
+    entry.insert("type".into(), PLUGIN_TYPE.into());
+    entry.insert("name".into(), PLUGIN_TYPE.into());
+    entry.insert("capabilities".into(), json!({ POD_ANNOTATIONS_CAPABILITY: true }));
+    for (key, value) in settings {
+        match key.as_str() {
+            "type" | "cniVersion" => {}
+            "capabilities" => {
+                if let (Some(ours), Value::Object(theirs)) = (entry["capabilities"].as_object_mut(), value) {
+                    for (k, v) in theirs {
+                        ours.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            _ => {
+                entry.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Value::Object(entry)
+}
+
+/// A configuration file's content, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetworkConfig {
+    /// A single plugin configuration (`.conf`): an object with a `type`.
+    Single(Map<String, Value>),
+    /// A plugin list (`.conflist`): an object with a non-empty `plugins` array.
+    List(Map<String, Value>),
+}
+
+impl NetworkConfig {
+    /// Classifies a parsed document by content.
+    pub fn from_value(doc: Value) -> Option<Self> {
+        let Value::Object(map) = doc else { return None };
+        if map
+            .get("plugins")
+            .and_then(Value::as_array)
+            .is_some_and(|p| !p.is_empty() && p.iter().all(Value::is_object))
+        {
+            Some(Self::List(map))
+        } else if map
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty())
+        {
+            Some(Self::Single(map))
+        } else {
+            None
+        }
+    }
+}
+
+/// Chains `entry` last into `config` and returns the resulting list. Pure; the fixtures'
+/// tests call it directly.
+pub fn insert_entry(config: &NetworkConfig, entry: &Value, remove_istio_cni: bool) -> Value {
+    match config {
+        NetworkConfig::List(list) => {
+            let mut out = list.clone();
+            let plugins = out["plugins"].as_array_mut().expect("a list has plugins");
+            plugins.retain(|p| !(is_ours(p) || (remove_istio_cni && has_type(p, ISTIO_PLUGIN_TYPE))));
+            plugins.push(entry.clone());
+            Value::Object(out)
+        }
+        NetworkConfig::Single(conf) => {
+            let mut inner = conf.clone();
+            let version = inner
+                .shift_remove("cniVersion")
+                .unwrap_or_else(|| FALLBACK_VERSION.into());
+            let name = inner.get("name").cloned().unwrap_or_else(|| FALLBACK_NAME.into());
+            json!({ "cniVersion": version, "name": name, "plugins": [inner, entry] })
+        }
+    }
+}
+
+/// Removes every entry of ours from a list. Returns the new document and whether anything
+/// was removed; a single conf has no entry of ours.
+pub fn remove_entry(config: &NetworkConfig) -> (Value, bool) {
+    match config {
+        NetworkConfig::List(list) => {
+            let mut out = list.clone();
+            let plugins = out["plugins"].as_array_mut().expect("a list has plugins");
+            let before = plugins.len();
+            plugins.retain(|p| !is_ours(p));
+            let changed = plugins.len() != before;
+            (Value::Object(out), changed)
+        }
+        NetworkConfig::Single(conf) => (Value::Object(conf.clone()), false),
+    }
+}
+
+fn has_type(plugin: &Value, ty: &str) -> bool {
+    plugin.get("type").and_then(Value::as_str) == Some(ty)
+}
+
+fn is_ours(plugin: &Value) -> bool {
+    has_type(plugin, PLUGIN_TYPE)
+}
+
+/// The file text: two-space indented JSON and a final newline.
+pub fn render(doc: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(doc).expect("a JSON value always serialises");
+    text.push('\n');
+    text
+}
+
+fn is_config_name(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".conf") || name.ends_with(".conflist"))
+}
+
+/// Reads and classifies a configuration file by its extension: a `.conf` must be a single
+/// configuration and a `.conflist` a list (a list in a `.conf` is taken as a list when the
+/// file is named explicitly).
+fn read_config(path: &Path, strict_extension: bool) -> Result<Option<NetworkConfig>, InstallError> {
+    let text = fs::read_to_string(path).map_err(io_err("read", path))?;
+    let Ok(doc) = serde_json::from_str::<Value>(&text) else {
+        return Ok(None);
+    };
+    let config = NetworkConfig::from_value(doc);
+    let list_file = path.extension().is_some_and(|e| e == "conflist");
+    Ok(config.filter(|c| {
+        !strict_extension
+            || matches!(
+                (c, list_file),
+                (NetworkConfig::List(_), true) | (NetworkConfig::Single(_), false)
+            )
+    }))
+}
+
+/// The node's primary network configuration: the lexically first valid `.conf`/`.conflist`.
+///
+/// # Errors
+/// When the directory cannot be read.
+pub fn primary_config(conf_dir: &Path) -> Result<Option<(PathBuf, NetworkConfig)>, InstallError> {
+    let mut names: Vec<String> = fs::read_dir(conf_dir)
+        .map_err(io_err("read directory", conf_dir))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| is_config_name(n))
+        .collect();
+    names.sort();
+    for name in names {
+        let path = conf_dir.join(&name);
+        if !path.is_file() {
+            continue;
+        }
+        if let Some(config) = read_config(&path, true)? {
+            return Ok(Some((path, config)));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes `bytes` to `path` atomically with `mode`, unless the file already holds exactly
+/// them. Returns whether it wrote.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, InstallError> {
+    if fs::read(path).is_ok_and(|old| old == bytes) {
+        // Same content; make sure the mode is right too.
+        let perm = fs::metadata(path).map_err(io_err("stat", path))?.permissions();
+        if perm.mode() & 0o7777 != mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))?;
+        }
+        return Ok(false);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // A dot file without .conf/.conflist: never taken for a configuration, even half-written.
+    let tmp = dir.join(format!(".{name}.capture-cni-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        f.write_all(bytes).map_err(io_err("write", &tmp))?;
+        // The umask may have narrowed the mode given to open.
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err("chmod", &tmp))?;
+        f.sync_all().map_err(io_err("sync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("rename into place", path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| true)
+}
+
+/// Installs the binary and chains the plugin into the primary configuration.
+///
+/// # Errors
+/// [`InstallError::NoPrimary`] when there is no configuration to chain into yet; I/O errors.
+pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
+    let binary = fs::read(&opts.binary).map_err(io_err("read", &opts.binary))?;
+    fs::create_dir_all(&opts.bin_dir).map_err(io_err("create directory", &opts.bin_dir))?;
+    let binary_changed = write_atomic(&opts.bin_dir.join(PLUGIN_TYPE), &binary, 0o755)?;
+
+    let (path, config) = match &opts.conf_file {
+        Some(name) => {
+            let path = opts.conf_dir.join(name);
+            let config = read_config(&path, false)?.ok_or_else(|| InstallError::Invalid {
+                path: path.clone(),
+                reason: "not a network configuration (a .conf needs \"type\", a .conflist \"plugins\")"
+                    .into(),
+            })?;
+            (path, config)
+        }
+        None => primary_config(&opts.conf_dir)?.ok_or_else(|| InstallError::NoPrimary {
+            dir: opts.conf_dir.clone(),
+        })?,
+    };
+    let doc = insert_entry(&config, &plugin_entry(&opts.plugin_config), opts.remove_istio_cni);
+    let target = if path.extension().is_some_and(|e| e == "conf") {
+        path.with_extension("conflist")
+    } else {
+        path.clone()
+    };
+    let changed = write_atomic(&target, render(&doc).as_bytes(), 0o644)?;
+    if target != path {
+        fs::remove_file(&path).map_err(io_err("remove", &path))?;
+    }
+    Ok(Report {
+        binary_changed,
+        conf_file: Some((target, changed || path.extension().is_some_and(|e| e == "conf"))),
+    })
+}
+
+/// Removes our entry from the primary configuration (the file is left a list) and our binary.
+///
+/// # Errors
+/// I/O errors. A missing configuration or binary is not an error.
+pub fn uninstall(conf_dir: &Path, bin_dir: &Path, conf_file: Option<&str>) -> Result<Report, InstallError> {
+    let found = match conf_file {
+        Some(name) => {
+            let path = conf_dir.join(name);
+            read_config(&path, false)?.map(|c| (path, c))
+        }
+        None => primary_config(conf_dir)?,
+    };
+    let mut report = Report::default();
+    if let Some((path, config)) = found {
+        let (doc, changed) = remove_entry(&config);
+        if changed {
+            write_atomic(&path, render(&doc).as_bytes(), 0o644)?;
+        }
+        report.conf_file = Some((path, changed));
+    }
+    let binary = bin_dir.join(PLUGIN_TYPE);
+    match fs::remove_file(&binary) {
+        Ok(()) => report.binary_changed = true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("remove", &binary)(e)),
+    }
+    Ok(report)
+}

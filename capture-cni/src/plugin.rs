@@ -1,0 +1,409 @@
+//! The CNI protocol: one invocation, from environment and stdin to stdout and exit status.
+//!
+//! | command | does | prints on success |
+//! |---|---|---|
+//! | `VERSION` | nothing | `{"cniVersion", "supportedVersions"}` |
+//! | `ADD` | applies capture in `CNI_NETNS` unless the pod is skipped | `prevResult`, in the configuration's version |
+//! | `DEL` | removes it; succeeds when `CNI_NETNS` is empty or gone | nothing |
+//! | `CHECK` | fails (code 101) when the pod's capture is missing or differs | nothing |
+//! | `STATUS` | fails (code 50) when no usable iptables is found | nothing |
+//! | `GC` | removes idle lock files | nothing |
+//!
+//! Failures print the spec's error object on stdout and exit 1.
+//!
+//! **Versions.** The configuration's `cniVersion` must be one of [`SUPPORTED`]
+//! (code 1 otherwise; a configuration without one is `0.1.0`, as libcni reads it). `CHECK`
+//! needs 0.4.0 or later, `STATUS` and `GC` 1.1.0 or later (code 1, as the reference `skel`).
+//!
+//! **`prevResult`** is kept as raw JSON and printed back unchanged (unknown keys, the 0.3.x
+//! and 0.4.0 `ips[].version`, key order) with only `cniVersion` set to the configuration's.
+//! A `prevResult` whose own `cniVersion` differs from the configuration's is refused with
+//! code 1 on `ADD` and `CHECK`: the runtime passes the previous plugin's result, which that
+//! plugin must have written in the configuration's version, so a mismatch means a broken
+//! chain, and relabelling it would hand the next consumer a result in a format it did not
+//! ask for. `DEL` ignores it (DEL must succeed). A `prevResult` without `cniVersion` is taken
+//! to be in the configuration's version, as libcni does; one that is not an object is a
+//! decode failure (code 6). With no `prevResult`, `ADD` prints `{"cniVersion": <version>}`.
+
+use std::ffi::OsString;
+use std::io::Read;
+
+use serde_json::{Map, Value, json};
+
+use crate::capture;
+use crate::conf::NetConf;
+use crate::env::{Command, Env};
+use crate::error::Error;
+use crate::log;
+use crate::netns::NetNs;
+use crate::pod::{Pod, PodCapture, skip_reason};
+use crate::version::{IMPLIED_WHEN_MISSING, SUPPORTED, Version};
+
+/// What an invocation writes and how it exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Everything for stdout (a result, a version report, an error object, or nothing).
+    pub stdout: String,
+    /// The exit status: 0 on success, 1 on failure.
+    pub exit: u8,
+}
+
+/// A failed invocation: the error and the version its reply is written in.
+#[derive(Debug)]
+pub struct Failure {
+    /// The request's `cniVersion` if it had one, else the newest supported.
+    pub version: String,
+    /// What went wrong.
+    pub error: Error,
+}
+
+/// A decoded request: the version it speaks and the configuration.
+#[derive(Debug)]
+pub struct Request {
+    /// The configuration's `cniVersion`.
+    pub version: Version,
+    /// The configuration.
+    pub conf: NetConf,
+}
+
+fn decode_error(msg: &str) -> serde_json::Error {
+    <serde_json::Error as serde::de::Error>::custom(msg)
+}
+
+/// The version an error reply is written in: the request's, when it named one.
+fn reply_version(raw: Option<&Value>) -> String {
+    raw.and_then(|r| r.get("cniVersion"))
+        .and_then(Value::as_str)
+        .unwrap_or(Version::LATEST.as_str())
+        .to_owned()
+}
+
+/// Decodes stdin for `command`: JSON (code 6), a supported version that has the command
+/// (code 1), then the configuration's fields (code 7).
+///
+/// # Errors
+/// A [`Failure`] carrying the version to reply in.
+pub fn decode(input: &[u8], command: Command) -> Result<Request, Failure> {
+    let raw: Value = serde_json::from_slice(input).map_err(|e| Failure {
+        version: Version::LATEST.as_str().into(),
+        error: Error::Decode(e),
+    })?;
+    let fail = |error| Failure {
+        version: reply_version(Some(&raw)),
+        error,
+    };
+    if !raw.is_object() {
+        return Err(fail(Error::Decode(decode_error(
+            "the network configuration must be a JSON object",
+        ))));
+    }
+    let requested = match raw.get("cniVersion") {
+        None => IMPLIED_WHEN_MISSING.to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let version: Version = requested
+        .parse()
+        .map_err(|_| fail(Error::IncompatibleVersion { requested }))?;
+    let since = match command {
+        Command::Check => Some(Version::V0_4_0),
+        Command::Status | Command::Gc => Some(Version::V1_1_0),
+        _ => None,
+    };
+    if let Some(since) = since
+        && version < since
+    {
+        return Err(fail(Error::CommandTooNew {
+            command: command.as_str(),
+            version,
+            since,
+        }));
+    }
+    let conf = NetConf::deserialize_from(&raw).map_err(|e| fail(Error::Config(e)))?;
+    validate_network_name(&conf.name).map_err(fail)?;
+    Ok(Request { version, conf })
+}
+
+impl NetConf {
+    /// Decodes the configuration; an error names the field's path (`capture.proxy_uid: …`).
+    fn deserialize_from(raw: &Value) -> Result<Self, serde_json::Error> {
+        serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                inner
+            } else {
+                decode_error(&format!("{path}: {inner}"))
+            }
+        })
+    }
+}
+
+/// libcni's rule for network names.
+fn validate_network_name(name: &str) -> Result<(), Error> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(decode_error(&format!(
+            "invalid network name {name:?}: it must start with a letter or digit and contain only letters, digits, '_', '.' and '-'"
+        ))))
+    }
+}
+
+/// Checks that `prevResult` can be passed on as a result of `version`.
+///
+/// # Errors
+/// [`Error::PrevResult`] (code 6) when it is not a result object, [`Error::PrevResultVersion`]
+/// (code 1) when it names another version.
+pub fn check_prev_result(prev: Option<&Value>, version: Version) -> Result<(), Error> {
+    match prev {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(result)) => match result.get("cniVersion") {
+            None => Ok(()),
+            Some(Value::String(v)) if v == version.as_str() => Ok(()),
+            Some(Value::String(v)) => Err(Error::PrevResultVersion {
+                found: v.clone(),
+                config: version,
+            }),
+            Some(_) => Err(Error::PrevResult("its cniVersion is not a string")),
+        },
+        Some(_) => Err(Error::PrevResult("it is not a JSON object")),
+    }
+}
+
+/// The result `ADD` prints: `prevResult` unchanged but for `cniVersion`, or a minimal result.
+pub fn add_result(prev: Option<&Value>, version: Version) -> Value {
+    match prev {
+        Some(Value::Object(result)) if result.contains_key("cniVersion") => {
+            let mut out = result.clone();
+            out["cniVersion"] = version.as_str().into();
+            Value::Object(out)
+        }
+        Some(Value::Object(result)) => {
+            let mut out = Map::with_capacity(result.len() + 1);
+            out.insert("cniVersion".into(), version.as_str().into());
+            out.extend(result.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Value::Object(out)
+        }
+        _ => json!({ "cniVersion": version.as_str() }),
+    }
+}
+
+/// `VERSION`'s report, in the version asked for when it is supported, else the newest.
+pub fn version_report(input: &[u8]) -> Value {
+    let asked = serde_json::from_slice::<Value>(input)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str()?.parse::<Version>().ok())
+        .unwrap_or(Version::LATEST);
+    json!({
+        "cniVersion": asked.as_str(),
+        "supportedVersions": SUPPORTED.iter().map(|v| v.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs one invocation. `var` reads the environment; `stdin` is read for every command.
+pub fn run(var: impl Fn(&str) -> Option<OsString>, stdin: &mut dyn Read) -> Outcome {
+    if var("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+        // Not called by a runtime (and stdin may be a terminal): say what this is, as skel does.
+        eprintln!(
+            "capture-cni {}: a chained CNI plugin for sidecar traffic capture\n\
+             CNI protocol versions supported: {}\n\
+             Install with: capture-cni install --conf-dir /etc/cni/net.d --bin-dir /opt/cni/bin",
+            env!("CARGO_PKG_VERSION"),
+            Version::supported_list().join(", ")
+        );
+        return Outcome {
+            stdout: String::new(),
+            exit: 0,
+        };
+    }
+    let mut input = Vec::new();
+    let read = stdin.read_to_end(&mut input);
+    let version = reply_version(serde_json::from_slice::<Value>(&input).ok().as_ref());
+    let env = match Env::read(var) {
+        Ok(Some(env)) => env,
+        Ok(None) => unreachable!("CNI_COMMAND is set"),
+        Err(error) => {
+            log::error!("{error}");
+            return failure(&Failure { version, error });
+        }
+    };
+    if env.command == Command::Version {
+        // VERSION needs nothing from its input, not even a readable one.
+        return Outcome {
+            stdout: format!("{}\n", version_report(&input)),
+            exit: 0,
+        };
+    }
+    if let Err(e) = read {
+        return failure(&Failure {
+            version,
+            error: Error::Stdin(e),
+        });
+    }
+    match handle(&env, &input) {
+        Ok(Some(result)) => Outcome {
+            stdout: format!("{result}\n"),
+            exit: 0,
+        },
+        Ok(None) => Outcome {
+            stdout: String::new(),
+            exit: 0,
+        },
+        Err(f) => {
+            log::error!("{}", f.error);
+            failure(&f)
+        }
+    }
+}
+
+fn failure(f: &Failure) -> Outcome {
+    Outcome {
+        stdout: format!("{}\n", f.error.reply(&f.version)),
+        exit: 1,
+    }
+}
+
+/// Carries out a decoded command. Returns what to print on success.
+///
+/// # Errors
+/// A [`Failure`] with the spec code and the version to reply in.
+pub fn handle(env: &Env, input: &[u8]) -> Result<Option<Value>, Failure> {
+    let request = decode(input, env.command)?;
+    let Request { version, conf } = &request;
+    let fail = |error| Failure {
+        version: version.as_str().into(),
+        error,
+    };
+    log::configure(
+        conf.plugin_log_level,
+        conf.log_file.clone(),
+        format!("{} {}", env.command, env.container_id.as_deref().unwrap_or("-")),
+    );
+    match env.command {
+        Command::Add => add(env, conf, *version).map_err(fail),
+        Command::Del => del(env, conf).map(|()| None).map_err(fail),
+        Command::Check => check(env, conf, *version).map(|()| None).map_err(fail),
+        Command::Status => {
+            let flavor = capture::status(conf).map_err(fail)?;
+            log::debug!("ready: iptables {} works", flavor.as_str());
+            Ok(None)
+        }
+        Command::Gc => {
+            let attachments = conf
+                .valid_attachments
+                .as_ref()
+                .or(conf.attachments.as_ref())
+                .map_or(0, Vec::len);
+            let removed = capture::collect_lock_files(&conf.run_dir);
+            log::debug!("{attachments} valid attachments; removed {removed} idle lock files");
+            Ok(None)
+        }
+        Command::Version => Ok(Some(version_report(input))),
+    }
+}
+
+fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Error> {
+    check_prev_result(conf.prev_result.as_ref(), version)?;
+    let result = add_result(conf.prev_result.as_ref(), version);
+    // The settings are checked for every pod, so a broken configuration shows at once rather
+    // than at the first injected pod.
+    PodCapture::new(&conf.capture, &Default::default())?.to_spec(&capture_core::Detected::default())?;
+    let pod = Pod::new(&env.args, conf);
+    if let Some(skip) = skip_reason(conf, &pod) {
+        log::info!("pod {} skipped: {skip}", pod.display_name());
+        return Ok(Some(result));
+    }
+    // Annotations are checked before the namespace is touched.
+    let capture = PodCapture::new(&conf.capture, pod.annotations)?;
+    capture.to_spec(&capture_core::Detected::default())?;
+    let path = env
+        .netns
+        .as_deref()
+        .expect("Env::read requires CNI_NETNS for ADD");
+    let ns = NetNs::open(path).map_err(|e| e.into_error(path))?;
+    let (flavor, changes) = capture::add(&ns, conf, &capture)?;
+    for (family, change) in changes {
+        let change = match change {
+            capture_core::Change::Applied => "applied",
+            capture_core::Change::Unchanged => "already in place",
+            capture_core::Change::Reconciled => "reconciled",
+        };
+        log::info!(
+            "pod {}: {} capture {change} ({})",
+            pod.display_name(),
+            crate::error::family_name(family),
+            flavor.as_str()
+        );
+    }
+    Ok(Some(result))
+}
+
+fn del(env: &Env, conf: &NetConf) -> Result<(), Error> {
+    let pod = Pod::new(&env.args, conf);
+    if let Some(skip) = skip_reason(conf, &pod) {
+        log::debug!("pod {} skipped: {skip}", pod.display_name());
+        return Ok(());
+    }
+    let Some(path) = env.netns.as_deref() else {
+        log::info!(
+            "pod {}: no network namespace, nothing to remove",
+            pod.display_name()
+        );
+        return Ok(());
+    };
+    let ns = match NetNs::open(path) {
+        Ok(ns) => ns,
+        Err(e) if e.is_gone() => {
+            log::info!(
+                "pod {}: {} is gone, nothing to remove",
+                pod.display_name(),
+                path.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.into_error(path)),
+    };
+    // DEL must not be blocked by settings ADD would have refused: fall back to the
+    // configuration alone, which names the same chains; if even that is invalid, ADD never
+    // applied anything.
+    let usable = |annotations| {
+        PodCapture::new(&conf.capture, annotations)
+            .and_then(|c| c.to_spec(&capture_core::Detected::default()).map(|_| c))
+    };
+    let capture = match usable(pod.annotations) {
+        Ok(capture) => capture,
+        Err(e) => {
+            log::warn!("{e}; removing capture as the configuration alone describes it");
+            match usable(&Default::default()) {
+                Ok(capture) => capture,
+                Err(e) => {
+                    log::warn!("{e}; ADD cannot have applied anything, nothing to remove");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    capture::del(&ns, conf, &capture)?;
+    log::info!("pod {}: capture removed", pod.display_name());
+    Ok(())
+}
+
+fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), Error> {
+    check_prev_result(conf.prev_result.as_ref(), version)?;
+    let pod = Pod::new(&env.args, conf);
+    if let Some(skip) = skip_reason(conf, &pod) {
+        log::debug!("pod {} skipped: {skip}", pod.display_name());
+        return Ok(());
+    }
+    let capture = PodCapture::new(&conf.capture, pod.annotations)?;
+    let path = env
+        .netns
+        .as_deref()
+        .expect("Env::read requires CNI_NETNS for CHECK");
+    let ns = NetNs::open(path).map_err(|e| e.into_error(path))?;
+    capture::check(&ns, conf, &capture)
+}

@@ -1,0 +1,360 @@
+//! The installer against Istio's installer fixtures (`testdata/istio/cni-install`,
+//! MANIFEST.md §5) and through the real binary on scratch directories.
+//!
+//! Our entry differs from Istio's, so results are compared by structure: the other plugins
+//! unchanged and in order, the top-level `name`/`cniVersion` kept, our entry last. Where we
+//! deliberately differ from Istio's goldens, the test says so.
+
+#[path = "common/tempdir.rs"]
+mod tempdir;
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use capture_cni::install::{self, NetworkConfig, PLUGIN_TYPE};
+use serde_json::{Map, Value, json};
+use tempdir::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_capture-cni");
+
+fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/istio/cni-install")
+        .join(name)
+}
+
+fn fixture(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture_path(name)).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn config(name: &str) -> NetworkConfig {
+    NetworkConfig::from_value(fixture(name))
+        .unwrap_or_else(|| panic!("{name} is not a network configuration"))
+}
+
+fn ours() -> Value {
+    install::plugin_entry(&Map::new())
+}
+
+fn plugins(doc: &Value) -> &Vec<Value> {
+    doc["plugins"].as_array().expect("a plugin list")
+}
+
+/// The result has the golden's plugins but its last (Istio's entry), then ours.
+#[track_caller]
+fn assert_chained_like(result: &Value, golden: &Value) {
+    let (got, want) = (plugins(result), plugins(golden));
+    assert_eq!(got.len(), want.len(), "{result:#}");
+    assert_eq!(
+        got[..got.len() - 1],
+        want[..want.len() - 1],
+        "other plugins unchanged and in order"
+    );
+    assert_eq!(want.last().unwrap()["type"], "istio-cni");
+    assert_eq!(got.last().unwrap(), &ours(), "ours is last");
+}
+
+#[test]
+fn entry_declares_the_pod_annotations_capability() {
+    let mut settings = Map::new();
+    settings.insert("cniVersion".into(), "0.3.1".into());
+    settings.insert("type".into(), "other".into());
+    settings.insert("exclude_namespaces".into(), json!(["kube-system"]));
+    settings.insert("capabilities".into(), json!({"portMappings": true}));
+    assert_eq!(
+        install::plugin_entry(&settings),
+        json!({
+            "type": "capture-cni",
+            "name": "capture-cni",
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true, "portMappings": true},
+            "exclude_namespaces": ["kube-system"],
+        })
+    );
+}
+
+#[test]
+fn list_gets_our_entry_last_keeping_name_and_version() {
+    let result = install::insert_entry(&config("list.conflist"), &ours(), false);
+    let golden = fixture("list.conflist.golden");
+    assert_eq!(result["cniVersion"], golden["cniVersion"]);
+    assert_eq!(result["name"], golden["name"]);
+    assert_chained_like(&result, &golden);
+    // Unlike Istio, the file's own key order is kept rather than sorted.
+    let first_keys: Vec<&String> = plugins(&result)[0].as_object().unwrap().keys().collect();
+    assert_eq!(first_keys, ["type", "bridge", "args", "ipam", "dns"]);
+}
+
+#[test]
+fn single_conf_becomes_a_list_under_its_own_name_and_version() {
+    let result = install::insert_entry(&config("bridge.conf"), &ours(), false);
+    let golden = fixture("bridge.conf.golden");
+    assert_chained_like(&result, &golden);
+    // Deliberate difference: Istio names the new list "k8s-pod-network", version 0.3.1; we
+    // keep what the node's network had.
+    assert_eq!(
+        (&golden["name"], &golden["cniVersion"]),
+        (&json!("k8s-pod-network"), &json!("0.3.1"))
+    );
+    assert_eq!(
+        (&result["name"], &result["cniVersion"]),
+        (&json!("dbnet"), &json!("0.4.0"))
+    );
+    let keys: Vec<&String> = result.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["cniVersion", "name", "plugins"]);
+    assert!(
+        plugins(&result)[0].get("cniVersion").is_none(),
+        "the inner conf loses its cniVersion"
+    );
+}
+
+#[test]
+fn an_istio_cni_entry_is_kept_unless_asked_to_remove_it() {
+    let with_istio = config("list-with-istio.conflist");
+    let kept = install::insert_entry(&with_istio, &ours(), false);
+    let types: Vec<&str> = plugins(&kept)
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["bridge", "tuning", "istio-cni", "capture-cni"]);
+
+    // Migrating: as Istio replaces its old entry, the result is the same as for the list
+    // without one (Istio's list-with-istio golden equals its list golden byte for byte; ours
+    // are equal as JSON, the fixtures' key orders differ and we keep each file's).
+    let replaced = install::insert_entry(&with_istio, &ours(), true);
+    assert_chained_like(&replaced, &fixture("list-with-istio.conflist.golden"));
+    let from_plain = install::insert_entry(&config("list.conflist"), &ours(), false);
+    assert_eq!(replaced, from_plain);
+}
+
+#[test]
+fn our_old_entry_is_replaced_not_repeated() {
+    let once = install::insert_entry(&config("list.conflist"), &ours(), false);
+    let mut settings = Map::new();
+    settings.insert("plugin_log_level".into(), "debug".into());
+    let newer = install::plugin_entry(&settings);
+    let twice = install::insert_entry(&NetworkConfig::from_value(once).unwrap(), &newer, false);
+    assert_eq!(plugins(&twice).len(), 3);
+    assert_eq!(plugins(&twice)[2], newer);
+}
+
+#[test]
+fn invalid_fixtures_are_not_configurations() {
+    assert_eq!(NetworkConfig::from_value(fixture("invalid-map.conflist")), None);
+    assert_eq!(NetworkConfig::from_value(fixture("invalid-arr.conflist")), None);
+    assert_eq!(NetworkConfig::from_value(json!({"plugins": []})), None);
+}
+
+#[test]
+fn removal_leaves_exactly_the_other_plugins() {
+    // Istio's TestCleanup: list-with-istio minus the entry is list-no-istio.
+    let mut with_ours = fixture("list-no-istio.conflist");
+    with_ours["plugins"].as_array_mut().unwrap().push(ours());
+    let (removed, changed) = install::remove_entry(&NetworkConfig::from_value(with_ours).unwrap());
+    assert!(changed);
+    assert_eq!(removed, fixture("list-no-istio.conflist"));
+    // Istio's own entry is not ours to remove.
+    let (untouched, changed) = install::remove_entry(&config("list-with-istio.conflist"));
+    assert!(!changed);
+    assert_eq!(untouched, fixture("list-with-istio.conflist"));
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("run capture-cni");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "capture-cni {args:?} failed: {stderr}");
+    stderr
+}
+
+fn dirs(tmp: &TempDir) -> (PathBuf, PathBuf) {
+    let conf = tmp.path().join("net.d");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&conf).unwrap();
+    (conf, bin)
+}
+
+fn install_args<'a>(conf: &'a Path, bin: &'a Path) -> Vec<&'a str> {
+    vec![
+        "install",
+        "--conf-dir",
+        conf.to_str().unwrap(),
+        "--bin-dir",
+        bin.to_str().unwrap(),
+    ]
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn install_twice_changes_nothing_and_uninstall_removes_exactly_ours() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    std::fs::copy(fixture_path("bridge.conf"), conf.join("10-bridge.conf")).unwrap();
+    std::fs::copy(fixture_path("list.conflist"), conf.join("20-other.conflist")).unwrap();
+
+    run(&install_args(&conf, &bin));
+    assert_eq!(
+        listing(&conf),
+        ["10-bridge.conflist", "20-other.conflist"],
+        "the .conf is renamed"
+    );
+    let path = conf.join("10-bridge.conflist");
+    let first = std::fs::read(&path).unwrap();
+    let doc: Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(plugins(&doc).last().unwrap()["type"], PLUGIN_TYPE);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let installed = bin.join("capture-cni");
+    assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(BIN).unwrap());
+    assert_eq!(
+        std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let (mtime, ino) = {
+        let m = std::fs::metadata(&path).unwrap();
+        (m.mtime_nsec() + m.mtime() * 1_000_000_000, m.ino())
+    };
+
+    let stderr = run(&install_args(&conf, &bin));
+    assert!(stderr.contains("already in"), "{stderr}");
+    assert_eq!(std::fs::read(&path).unwrap(), first, "byte-identical");
+    let m = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        (m.mtime_nsec() + m.mtime() * 1_000_000_000, m.ino()),
+        (mtime, ino),
+        "not rewritten"
+    );
+    assert_eq!(
+        listing(&conf),
+        ["10-bridge.conflist", "20-other.conflist"],
+        "no temporary files left"
+    );
+
+    run(&[
+        "uninstall",
+        "--conf-dir",
+        conf.to_str().unwrap(),
+        "--bin-dir",
+        bin.to_str().unwrap(),
+    ]);
+    let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut expected = fixture("bridge.conf");
+    expected.as_object_mut().unwrap().shift_remove("cniVersion");
+    assert_eq!(
+        after,
+        json!({"cniVersion": "0.4.0", "name": "dbnet", "plugins": [expected]})
+    );
+    assert!(!installed.exists());
+    // The other network was never touched.
+    assert_eq!(
+        std::fs::read(conf.join("20-other.conflist")).unwrap(),
+        std::fs::read(fixture_path("list.conflist")).unwrap()
+    );
+}
+
+#[test]
+fn primary_is_the_first_valid_file_and_settings_are_merged() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    std::fs::copy(
+        fixture_path("invalid-map.conflist"),
+        conf.join("00-empty.conflist"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture_path("invalid-arr.conflist"),
+        conf.join("01-array.conflist"),
+    )
+    .unwrap();
+    // A list in a .conf is not a valid .conf (Istio skips it too).
+    std::fs::copy(fixture_path("list.conflist"), conf.join("02-list-in.conf")).unwrap();
+    std::fs::write(conf.join("03-notes.txt"), "{}").unwrap();
+    std::fs::copy(
+        fixture_path("list-with-istio.conflist"),
+        conf.join("10-main.conflist"),
+    )
+    .unwrap();
+    let settings = tmp.path().join("settings.json");
+    std::fs::write(
+        &settings,
+        r#"{"exclude_namespaces": ["kube-system"], "capture": {"proxy_uid": 1337}}"#,
+    )
+    .unwrap();
+    let mut args = install_args(&conf, &bin);
+    args.extend([
+        "--plugin-config",
+        settings.to_str().unwrap(),
+        "--remove-istio-cni",
+    ]);
+    run(&args);
+    let doc: Value = serde_json::from_slice(&std::fs::read(conf.join("10-main.conflist")).unwrap()).unwrap();
+    let types: Vec<&str> = plugins(&doc)
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["bridge", "tuning", "capture-cni"]);
+    assert_eq!(plugins(&doc)[2]["exclude_namespaces"], json!(["kube-system"]));
+    assert_eq!(plugins(&doc)[2]["capture"]["proxy_uid"], 1337);
+    for untouched in ["00-empty.conflist", "01-array.conflist", "02-list-in.conf"] {
+        let name = untouched.split_once('-').unwrap().1;
+        let source = match name {
+            "empty.conflist" => "invalid-map.conflist",
+            "array.conflist" => "invalid-arr.conflist",
+            _ => "list.conflist",
+        };
+        assert_eq!(
+            std::fs::read(conf.join(untouched)).unwrap(),
+            std::fs::read(fixture_path(source)).unwrap()
+        );
+    }
+}
+
+#[test]
+fn install_without_a_network_configuration_fails_clearly() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    std::fs::copy(fixture_path("invalid-map.conflist"), conf.join("00.conflist")).unwrap();
+    let out = Command::new(BIN)
+        .args(install_args(&conf, &bin))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no valid .conf or .conflist"), "{stderr}");
+}
+
+/// The DaemonSet's ConfigMap holds settings the plugin accepts.
+#[test]
+fn deploy_plugin_config_is_valid() {
+    let yaml = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/capture-cni-daemonset.yaml"),
+    )
+    .unwrap();
+    let block: String = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("plugin.json: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let settings: Value = serde_json::from_str(&block).unwrap_or_else(|e| panic!("{e}: {block}"));
+    let entry = install::plugin_entry(settings.as_object().unwrap());
+    let mut conf = entry.clone();
+    conf["cniVersion"] = "1.0.0".into();
+    let conf: capture_cni::conf::NetConf = serde_json::from_value(conf).unwrap();
+    assert_eq!(conf.exclude_namespaces, ["kube-system"]);
+    capture_cni::pod::PodCapture::new(&conf.capture, &Default::default())
+        .unwrap()
+        .to_spec(&capture_core::Detected::default())
+        .unwrap();
+}

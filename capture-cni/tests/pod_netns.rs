@@ -1,0 +1,351 @@
+//! The real plugin binary against network namespaces the tests create (needs root; skipped
+//! with a message otherwise, and failing when `CI` is set).
+//!
+//! Everything happens inside namespaces made by `capture_e2e`; the root network namespace is
+//! never changed. Namespaces are removed on `Drop`, also when a test fails.
+
+#[path = "common/cni.rs"]
+mod cni;
+#[path = "common/tempdir.rs"]
+mod tempdir;
+
+use std::path::Path;
+use std::thread;
+
+use capture_e2e::{
+    APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, Topology, connect_as,
+    iptables_save_normalized, require_root,
+};
+use cni::{Reply, cni_env, invoke};
+use serde_json::{Value, json};
+use tempdir::TempDir;
+
+const POD_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1";
+
+fn flavor_name(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::Legacy => "legacy",
+        Flavor::Nft => "nft",
+    }
+}
+
+/// A chained request for an injected pod, with `annotations` added.
+fn request(flavor: Flavor, run_dir: &Path, annotations: Value, prev: Option<Value>) -> String {
+    let mut pod_annotations = json!({"sidecar.istio.io/status": "{\"containers\":[\"app\"]}"});
+    for (k, v) in annotations.as_object().expect("an object") {
+        pod_annotations[k] = v.clone();
+    }
+    let mut conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "test-net",
+        "type": "capture-cni",
+        "run_dir": run_dir,
+        "capture": {"iptables_flavor": flavor_name(flavor), "dual_stack": true},
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": pod_annotations},
+    });
+    if let Some(prev) = prev {
+        conf["prevResult"] = prev;
+    }
+    conf.to_string()
+}
+
+fn call(command: &str, netns: &Path, stdin: &str) -> Reply {
+    invoke(&cni_env(command, netns.to_str().unwrap(), POD_ARGS), stdin)
+}
+
+fn saves(ns: &NetNs, flavor: Flavor) -> String {
+    [Family::V4, Family::V6]
+        .map(|f| iptables_save_normalized(ns, flavor, f))
+        .concat()
+}
+
+/// A namespace with one address, on a veth pair whose both ends stay inside it.
+fn pod_with_address(cidr: &str) -> NetNs {
+    let ns = NetNs::new();
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+    ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+    ns
+}
+
+/// No rule and no chain of ours in either family or flavor.
+#[track_caller]
+fn assert_no_capture(ns: &NetNs) {
+    for flavor in [Flavor::Legacy, Flavor::Nft] {
+        let save = saves(ns, flavor);
+        assert!(
+            !save.lines().any(|l| l.starts_with("-A ") || l.contains("ISTIO")),
+            "{}:\n{save}",
+            flavor_name(flavor)
+        );
+    }
+}
+
+fn prev_result(topo: &Topology) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "mac": "0a:58:0a:00:00:01", "sandbox": topo.pod.path()}],
+        "ips": [{"address": format!("{}/24", topo.pod_ip(Family::V4)), "interface": 0}],
+        "dns": {},
+    })
+}
+
+/// ADD, real traffic, CHECK, drift, DEL, DEL again: the whole life of one pod.
+fn pod_lifecycle(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let run = TempDir::new("run");
+    let topo = Topology::new();
+    assert_no_capture(&topo.pod);
+    let prev = prev_result(&topo);
+    let stdin = request(flavor, run.path(), json!({}), Some(prev.clone()));
+
+    let reply = call("ADD", topo.pod.path(), &stdin);
+    reply.ok();
+    assert_eq!(reply.json(), prev, "prevResult passed through");
+
+    let outbound = Listener::spawn(
+        &topo.pod,
+        (Family::V6.unspecified(), OUTBOUND_PORT).into(),
+        "outbound",
+    );
+    let inbound = Listener::spawn(
+        &topo.pod,
+        (Family::V6.unspecified(), INBOUND_PORT).into(),
+        "inbound",
+    );
+    let peer_app = Listener::spawn(&topo.peer, (Family::V6.unspecified(), 80).into(), "peer-app");
+    for family in [Family::V4, Family::V6] {
+        // The app's connection to peer:80 lands on the proxy, which learns peer:80.
+        let dst = topo.peer_addr(family, 80);
+        let (reply, _) = connect_as(&topo.pod, APP_UID, APP_UID, dst).expect("app connects");
+        assert_eq!(reply, "outbound", "{family:?}");
+        assert_eq!(outbound.take_one().original_dst.expect("original_dst"), dst);
+        // The proxy's own connection goes straight out.
+        let (reply, _) = connect_as(&topo.pod, PROXY_UID, PROXY_UID, dst).expect("proxy connects");
+        assert_eq!(reply, "peer-app", "{family:?}");
+        let _ = peer_app.take_one();
+        // Inbound to any pod port reaches the inbound proxy.
+        let dst = topo.pod_addr(family, 8080);
+        let (reply, _) = connect_as(&topo.peer, 0, 0, dst).expect("peer connects to the pod");
+        assert_eq!(reply, "inbound", "{family:?}");
+        assert_eq!(inbound.take_one().original_dst.expect("original_dst"), dst);
+    }
+
+    let applied = saves(&topo.pod, flavor);
+    assert!(applied.contains(":ISTIO_OUTPUT") && applied.contains("-j REDIRECT --to-ports 15001"));
+    call("CHECK", topo.pod.path(), &stdin).ok();
+    // ADD again (a runtime retry) changes nothing.
+    call("ADD", topo.pod.path(), &stdin).ok();
+    assert_eq!(saves(&topo.pod, flavor), applied);
+
+    // Someone removes a rule: CHECK says what differs.
+    let tables = match flavor {
+        Flavor::Legacy => "iptables-legacy",
+        Flavor::Nft => "iptables-nft",
+    };
+    capture_e2e::run_ok(topo.pod.command(tables).args([
+        "-t",
+        "nat",
+        "-D",
+        "ISTIO_INBOUND",
+        "-p",
+        "tcp",
+        "--dport",
+        "15021",
+        "-j",
+        "RETURN",
+    ]));
+    let failure = call("CHECK", topo.pod.path(), &stdin).error(101);
+    let msg = failure["msg"].as_str().unwrap();
+    assert!(msg.contains("ISTIO_INBOUND") && msg.contains("15021"), "{msg}");
+
+    call("DEL", topo.pod.path(), &stdin).ok();
+    assert_no_capture(&topo.pod);
+    assert!(
+        !topo
+            .pod
+            .ip(&["-6", "addr", "show", "dev", "lo"])
+            .contains("::6/128")
+    );
+    call("DEL", topo.pod.path(), &stdin).ok();
+    let missing = call("CHECK", topo.pod.path(), &stdin).error(101);
+    assert!(missing["msg"].as_str().unwrap().contains("missing"), "{missing}");
+    // Uncaptured again: the app reaches the peer directly.
+    let (reply, _) = connect_as(&topo.pod, APP_UID, APP_UID, topo.peer_addr(Family::V4, 80)).unwrap();
+    assert_eq!(reply, "peer-app");
+}
+
+#[test]
+fn pod_lifecycle_legacy() {
+    pod_lifecycle(Flavor::Legacy);
+}
+
+#[test]
+fn pod_lifecycle_nft() {
+    pod_lifecycle(Flavor::Nft);
+}
+
+#[test]
+fn del_after_the_namespace_is_gone_succeeds() {
+    if !require_root() {
+        return;
+    }
+    let run = TempDir::new("run");
+    let ns = pod_with_address("10.250.0.1/24");
+    let path = ns.path().to_owned();
+    let stdin = request(Flavor::Nft, run.path(), json!({}), None);
+    call("ADD", &path, &stdin).ok();
+    drop(ns);
+    assert!(!path.exists());
+    let reply = call("DEL", &path, &stdin);
+    assert_eq!((reply.code, reply.stdout.as_str()), (0, ""), "{}", reply.stderr);
+}
+
+#[test]
+fn bad_input_changes_nothing_in_the_namespace() {
+    if !require_root() {
+        return;
+    }
+    let run = TempDir::new("run");
+    let topo = Topology::new();
+    let before = saves(&topo.pod, Flavor::Nft) + &saves(&topo.pod, Flavor::Legacy);
+    let bad_annotation = request(
+        Flavor::Nft,
+        run.path(),
+        json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "15020,99999"}),
+        None,
+    );
+    let reply = call("ADD", topo.pod.path(), &bad_annotation).error(7);
+    assert!(reply["msg"].as_str().unwrap().contains("excludeOutboundPorts"));
+    let mut old_prev = prev_result(&topo);
+    old_prev["cniVersion"] = "0.4.0".into();
+    call(
+        "ADD",
+        topo.pod.path(),
+        &request(Flavor::Nft, run.path(), json!({}), Some(old_prev)),
+    )
+    .error(1);
+    call("ADD", topo.pod.path(), "{\"cniVersion\":").error(6);
+    let unsupported = request(Flavor::Nft, run.path(), json!({}), None).replace("1.0.0", "0.2.0");
+    call("ADD", topo.pod.path(), &unsupported).error(1);
+    let mut no_netns = cni_env("ADD", "", POD_ARGS);
+    no_netns.retain(|(k, _)| *k != "CNI_NETNS");
+    invoke(&no_netns, &request(Flavor::Nft, run.path(), json!({}), None)).error(4);
+    // Settings ADD would refuse do not block DEL.
+    let broken = request(Flavor::Nft, run.path(), json!({}), None)
+        .replace("\"dual_stack\":true", "\"interception_mode\":\"NAT\"");
+    assert!(broken.contains("NAT"));
+    call("DEL", topo.pod.path(), &broken).ok();
+    assert_eq!(
+        saves(&topo.pod, Flavor::Nft) + &saves(&topo.pod, Flavor::Legacy),
+        before
+    );
+}
+
+/// Many pods at once: each ADD succeeds and each namespace ends with exactly its own rules
+/// (each pod excludes a different outbound port).
+fn parallel_adds(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    const PODS: u16 = 20;
+    let run = TempDir::new("run");
+    let pods: Vec<NetNs> = (0..PODS)
+        .map(|i| pod_with_address(&format!("10.251.{i}.1/24")))
+        .collect();
+    let port = |i: u16| 20000 + i;
+    let replies: Vec<Reply> = thread::scope(|scope| {
+        let handles: Vec<_> = pods
+            .iter()
+            .zip(0..)
+            .map(|(ns, i)| {
+                let stdin = request(
+                    flavor,
+                    run.path(),
+                    json!({"traffic.sidecar.istio.io/excludeOutboundPorts": port(i).to_string()}),
+                    None,
+                );
+                scope.spawn(move || call("ADD", ns.path(), &stdin))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, reply) in (0..).zip(&replies) {
+        reply.ok();
+        let save = iptables_save_normalized(&pods[usize::from(i)], flavor, Family::V4);
+        assert!(
+            save.contains(&format!("--dport {} -j RETURN", port(i))),
+            "pod {i}:\n{save}"
+        );
+        for other in (0..PODS).filter(|o| *o != i) {
+            assert!(
+                !save.contains(&format!("--dport {} ", port(other))),
+                "pod {i} has pod {other}'s rule"
+            );
+        }
+        // The same rule set as every other pod, but for that one port.
+        let normalized = save.replace(&port(i).to_string(), "PORT");
+        let first =
+            iptables_save_normalized(&pods[0], flavor, Family::V4).replace(&port(0).to_string(), "PORT");
+        assert_eq!(normalized, first, "pod {i}");
+    }
+    if flavor == Flavor::Legacy {
+        // One lock file per namespace, none of them the node's.
+        let locks = std::fs::read_dir(run.path()).unwrap().count();
+        assert_eq!(locks, usize::from(PODS));
+    }
+    for (ns, i) in pods.iter().zip(0..) {
+        let stdin = request(
+            flavor,
+            run.path(),
+            json!({"traffic.sidecar.istio.io/excludeOutboundPorts": port(i).to_string()}),
+            None,
+        );
+        call("DEL", ns.path(), &stdin).ok();
+    }
+    assert_eq!(
+        std::fs::read_dir(run.path()).unwrap().count(),
+        0,
+        "DEL removes the lock files"
+    );
+}
+
+#[test]
+fn parallel_adds_legacy() {
+    parallel_adds(Flavor::Legacy);
+}
+
+#[test]
+fn parallel_adds_nft() {
+    parallel_adds(Flavor::Nft);
+}
+
+#[test]
+fn status_reports_the_backend_usable_or_code_50() {
+    if !require_root() {
+        return;
+    }
+    let stdin = json!({"cniVersion": "1.1.0", "name": "test-net", "type": "capture-cni"}).to_string();
+    let reply = invoke(&[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/opt/cni/bin")], &stdin);
+    assert_eq!((reply.code, reply.stdout.as_str()), (0, ""), "{}", reply.stderr);
+    // With no iptables programs to be found, the plugin is not available.
+    let mut cmd = std::process::Command::new(cni::BIN);
+    let out = {
+        use std::io::Write as _;
+        let mut child = cmd
+            .env_clear()
+            .env("CNI_COMMAND", "STATUS")
+            .env("PATH", "/nonexistent")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["code"], 50, "{reply}");
+}

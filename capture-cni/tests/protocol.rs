@@ -1,0 +1,326 @@
+//! The CNI protocol, through the real binary with a runtime's environment and stdin: version
+//! negotiation, `prevResult` pass-through, and the error object and code for each kind of
+//! bad input. None of these reach a network namespace, so they run without root.
+
+#[path = "common/cni.rs"]
+mod cni;
+#[path = "common/tempdir.rs"]
+mod tempdir;
+
+use cni::{Reply, cni_env, invoke};
+use serde_json::{Value, json};
+use tempdir::TempDir;
+
+const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// A pod the plugin must capture: Kubernetes identity plus the injector's annotation.
+const POD_ARGS: &str =
+    "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-7d9;K8S_POD_INFRA_CONTAINER_ID=c0ffee0123";
+
+/// A result as the previous plugin (bridge) prints it in `version`, with a vendor key and
+/// numbers that must survive as written.
+fn prev_result(version: &str) -> Value {
+    let old = version.starts_with("0.");
+    let mut ip = json!({"address": "10.1.0.5/16", "gateway": "10.1.0.1", "interface": 2});
+    if old {
+        // 0.3.x and 0.4.0 results carry the IP version; a typed re-encoding would drop it.
+        ip = json!({"version": "4", "interface": 2, "address": "10.1.0.5/16", "gateway": "10.1.0.1"});
+    }
+    let mut sandbox = json!({"name": "eth0", "mac": "0a:58:0a:01:00:05", "sandbox": "/var/run/netns/pod"});
+    let mut route = json!({"dst": "0.0.0.0/0", "gw": "10.1.0.1"});
+    if version == "1.1.0" {
+        sandbox["mtu"] = 1450.into();
+        sandbox["socketPath"] = "/run/vhost.sock".into();
+        route["mtu"] = 1400.into();
+        route["table"] = 100.into();
+    }
+    json!({
+        "cniVersion": version,
+        "interfaces": [
+            {"name": "cni0", "mac": "0a:58:0a:01:00:01"},
+            {"name": "veth9f2", "mac": "6e:2d:11:aa:bb:cc"},
+            sandbox,
+        ],
+        "ips": [ip],
+        "routes": [route],
+        "dns": {"nameservers": ["10.1.0.1"], "search": ["svc.cluster.local"]},
+        "x-vendor": {"weight": 2.5, "big": 18446744073709551615_u64, "none": null, "list": [true, "x"]},
+    })
+}
+
+fn conf(version: &str, extra: Value) -> String {
+    let mut conf = json!({"cniVersion": version, "name": "k8s-pod-network", "type": "capture-cni"});
+    for (k, v) in extra.as_object().expect("an object") {
+        conf[k] = v.clone();
+    }
+    conf.to_string()
+}
+
+fn add(args: &str, stdin: &str) -> Reply {
+    invoke(&cni_env("ADD", "/nonexistent/netns", args), stdin)
+}
+
+#[test]
+fn version_reports_supported_versions() {
+    let want = json!(VERSIONS);
+    for v in VERSIONS {
+        let reply = invoke(
+            &[("CNI_COMMAND", "VERSION")],
+            &json!({"cniVersion": v}).to_string(),
+        );
+        reply.ok();
+        assert_eq!(reply.json(), json!({"cniVersion": v, "supportedVersions": want}));
+    }
+    // Without input, or asked in a version we do not speak, it answers in the newest.
+    for stdin in ["", "{\"cniVersion\":\"0.2.0\"}", "not json"] {
+        let reply = invoke(&[("CNI_COMMAND", "VERSION")], stdin);
+        reply.ok();
+        assert_eq!(reply.json()["cniVersion"], "1.1.0", "{stdin:?}");
+        assert_eq!(reply.json()["supportedVersions"], want);
+    }
+}
+
+#[test]
+fn without_cni_command_it_describes_itself_on_stderr() {
+    let reply = invoke(&[], "");
+    assert_eq!((reply.code, reply.stdout.as_str()), (0, ""));
+    assert!(reply.stderr.contains("1.1.0"), "{}", reply.stderr);
+}
+
+#[test]
+fn add_passes_prev_result_through_unchanged_in_every_version() {
+    for v in VERSIONS {
+        let prev = prev_result(v);
+        let stdin = conf(v, json!({"prevResult": prev}));
+        // Not a Kubernetes pod: skipped, so nothing but the protocol runs.
+        let reply = add("", &stdin);
+        reply.ok();
+        assert_eq!(reply.json(), prev, "{v}");
+        // Same keys in the same order, numbers as written: the same bytes.
+        assert_eq!(reply.stdout, format!("{prev}\n"), "{v}");
+        assert!(reply.stderr.contains("skipped"), "{}", reply.stderr);
+    }
+    let prev = prev_result("0.3.1");
+    assert_eq!(prev["ips"][0]["version"], "4");
+}
+
+#[test]
+fn add_without_prev_result_prints_a_minimal_result() {
+    for v in VERSIONS {
+        let reply = add("", &conf(v, json!({})));
+        reply.ok();
+        assert_eq!(reply.json(), json!({"cniVersion": v}));
+    }
+}
+
+#[test]
+fn prev_result_without_version_is_taken_as_the_configurations() {
+    let mut prev = prev_result("1.0.0");
+    prev.as_object_mut().unwrap().shift_remove("cniVersion");
+    let reply = add("", &conf("1.0.0", json!({"prevResult": prev})));
+    reply.ok();
+    let out = reply.json();
+    assert_eq!(out["cniVersion"], "1.0.0");
+    assert_eq!(out.as_object().unwrap().keys().next().unwrap(), "cniVersion");
+    let mut without = out.clone();
+    without.as_object_mut().unwrap().shift_remove("cniVersion");
+    assert_eq!(without, prev);
+}
+
+#[test]
+fn prev_result_of_another_version_is_refused_with_code_1() {
+    let stdin = conf("1.0.0", json!({"prevResult": prev_result("0.4.0")}));
+    let reply = add(POD_ARGS, &stdin).error(1);
+    assert_eq!(reply["cniVersion"], "1.0.0");
+    let msg = reply["msg"].as_str().unwrap();
+    assert!(msg.contains("\"0.4.0\"") && msg.contains("1.0.0"), "{msg}");
+    // CHECK too; DEL must succeed whatever it is given.
+    invoke(&cni_env("CHECK", "/nonexistent/netns", POD_ARGS), &stdin).error(1);
+    let reply = invoke(&cni_env("DEL", "", POD_ARGS), &stdin);
+    assert_eq!((reply.code, reply.stdout.as_str()), (0, ""));
+}
+
+#[test]
+fn prev_result_that_is_not_a_result_is_a_decode_failure() {
+    for prev in [json!([1, 2]), json!("x"), json!({"cniVersion": 1})] {
+        add("", &conf("1.1.0", json!({"prevResult": prev}))).error(6);
+    }
+}
+
+#[test]
+fn malformed_json_is_code_6() {
+    for stdin in ["{\"cniVersion\": \"1.0.0\",", "", "[]", "\"1.0.0\""] {
+        let reply = add(POD_ARGS, stdin).error(6);
+        assert_eq!(reply["cniVersion"], "1.1.0", "{stdin:?}");
+    }
+}
+
+#[test]
+fn unsupported_or_missing_version_is_code_1() {
+    let reply = add(POD_ARGS, &conf("0.2.0", json!({}))).error(1);
+    assert!(reply["msg"].as_str().unwrap().contains("\"0.2.0\""), "{reply}");
+    assert_eq!(reply["cniVersion"], "0.2.0");
+    assert!(
+        reply["details"]
+            .as_str()
+            .unwrap()
+            .contains("0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0")
+    );
+    let no_version = json!({"name": "n", "type": "capture-cni"}).to_string();
+    let reply = add(POD_ARGS, &no_version).error(1);
+    assert!(reply["msg"].as_str().unwrap().contains("\"0.1.0\""), "{reply}");
+    for bad in ["1.2.0", "1.3.0"] {
+        add(POD_ARGS, &conf(bad, json!({}))).error(1);
+    }
+}
+
+#[test]
+fn commands_newer_than_the_version_are_code_1() {
+    let check = invoke(&cni_env("CHECK", "/x", ""), &conf("0.3.1", json!({}))).error(1);
+    assert!(check["msg"].as_str().unwrap().contains("0.4.0"), "{check}");
+    let tmp = TempDir::new("proto");
+    let run_dir = tmp.path().to_str().unwrap();
+    for cmd in ["STATUS", "GC"] {
+        let reply = invoke(
+            &[("CNI_COMMAND", cmd)],
+            &conf("1.0.0", json!({"run_dir": run_dir})),
+        )
+        .error(1);
+        assert!(reply["msg"].as_str().unwrap().contains("1.1.0"), "{reply}");
+    }
+}
+
+#[test]
+fn missing_or_bad_environment_is_code_4() {
+    let stdin = conf("1.0.0", json!({}));
+    let mut env = cni_env("ADD", "/x", POD_ARGS);
+    env.retain(|(k, _)| *k != "CNI_NETNS");
+    let reply = invoke(&env, &stdin).error(4);
+    assert!(reply["msg"].as_str().unwrap().contains("CNI_NETNS"), "{reply}");
+    // The reply speaks the request's version.
+    assert_eq!(reply["cniVersion"], "1.0.0");
+    for (name, value) in [
+        ("CNI_CONTAINERID", ""),
+        ("CNI_IFNAME", "a/b"),
+        ("CNI_ARGS", "K8S_POD_NAME"),
+    ] {
+        let mut env = cni_env("ADD", "/x", POD_ARGS);
+        env.retain(|(k, _)| *k != name);
+        env.push((name, value));
+        let reply = invoke(&env, &stdin).error(4);
+        assert!(reply["msg"].as_str().unwrap().contains(name), "{reply}");
+    }
+    let reply = invoke(&[("CNI_COMMAND", "REMOVE")], &stdin).error(4);
+    assert!(reply["msg"].as_str().unwrap().contains("REMOVE"), "{reply}");
+}
+
+#[test]
+fn invalid_annotation_is_code_7_naming_annotation_and_value() {
+    let cases = [
+        ("traffic.sidecar.istio.io/excludeInboundPorts", "8080,http"),
+        ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/33"),
+        ("sidecar.istio.io/interceptionMode", "NONE"),
+        ("istio.io/reroute-virtual-interfaces", "bad/name"),
+    ];
+    for (annotation, value) in cases {
+        let stdin = conf(
+            "1.1.0",
+            json!({"runtimeConfig": {"io.kubernetes.cri.pod-annotations": {
+                "sidecar.istio.io/status": "{}",
+                annotation: value,
+            }}}),
+        );
+        let reply = add(POD_ARGS, &stdin).error(7);
+        let msg = reply["msg"].as_str().unwrap();
+        assert!(msg.contains(annotation) && msg.contains(value), "{msg}");
+        assert!(
+            !msg.contains("--istio"),
+            "names the annotation, not the flag: {msg}"
+        );
+    }
+}
+
+#[test]
+fn invalid_plugin_settings_are_code_7() {
+    for (extra, field) in [
+        (json!({"capture": {"proxy_user": 1337}}), "proxy_user"),
+        (json!({"capture": {"proxy_uid": -1}}), "capture.proxy_uid"),
+        (
+            json!({"capture": {"interception_mode": "NAT"}}),
+            "capture.interception_mode",
+        ),
+        (json!({"capture": {"outbound_port": 0}}), "capture.outbound_port"),
+        (json!({"pod_selection": "some"}), "pod_selection"),
+        (json!({"exclude_namespaces": "kube-system"}), "exclude_namespaces"),
+        (json!({"name": ""}), "network name"),
+    ] {
+        let stdin = conf("1.0.0", extra.clone());
+        let reply = add(POD_ARGS, &stdin).error(7);
+        // A typo or a bad value: the message names the field.
+        let msg = reply["msg"].as_str().unwrap();
+        assert!(msg.contains(field), "{extra}: {msg}");
+    }
+}
+
+#[test]
+fn add_for_a_missing_namespace_fails_with_our_code() {
+    let stdin = conf(
+        "1.0.0",
+        json!({"pod_selection": "all", "run_dir": TempDir::new("proto").path()}),
+    );
+    let reply = add(POD_ARGS, &stdin).error(102);
+    assert!(
+        reply["msg"].as_str().unwrap().contains("/nonexistent/netns"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn del_succeeds_without_or_with_a_gone_namespace() {
+    let stdin = conf(
+        "0.4.0",
+        json!({"pod_selection": "all", "prevResult": prev_result("0.4.0")}),
+    );
+    for netns in ["", "/nonexistent/netns", "/proc/self/status"] {
+        let reply = invoke(&cni_env("DEL", netns, POD_ARGS), &stdin);
+        assert_eq!(
+            (reply.code, reply.stdout.as_str()),
+            (0, ""),
+            "{netns:?}: {}",
+            reply.stderr
+        );
+    }
+}
+
+#[test]
+fn gc_accepts_both_attachment_keys() {
+    let tmp = TempDir::new("gc");
+    let attachments = json!([{"containerID": "c0ffee0123", "ifname": "eth0"}]);
+    std::fs::write(tmp.path().join("xtables-1-2.lock"), "").unwrap();
+    std::fs::write(tmp.path().join("unrelated"), "").unwrap();
+    for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+        let stdin = conf("1.1.0", json!({"run_dir": tmp.path(), key: attachments}));
+        let reply = invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &stdin);
+        assert_eq!((reply.code, reply.stdout.as_str()), (0, ""), "{}", reply.stderr);
+    }
+    // An idle lock file is collected; nothing else is touched.
+    assert!(!tmp.path().join("xtables-1-2.lock").exists());
+    assert!(tmp.path().join("unrelated").exists());
+}
+
+#[test]
+fn logs_go_to_stderr_and_the_log_file_never_stdout() {
+    let tmp = TempDir::new("log");
+    let log = tmp.path().join("plugin.log");
+    let stdin = conf("1.0.0", json!({"log_file": log, "plugin_log_level": "debug"}));
+    let reply = add("", &stdin);
+    assert_eq!(reply.ok(), "{\"cniVersion\":\"1.0.0\"}\n");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("ADD c0ffee0123") && logged.contains("skipped"),
+        "{logged}"
+    );
+    assert!(reply.stderr.contains("skipped"));
+    let quiet = conf("1.0.0", json!({"plugin_log_level": "none"}));
+    assert_eq!(add("", &quiet).stderr, "");
+}
