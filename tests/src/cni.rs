@@ -123,7 +123,12 @@ impl<'a> Runtime<'a> {
     ///
     /// # Panics
     /// When the plugin is not found in `CNI_PATH` or cannot be started.
-    pub fn exec(&self, command: &str, config: &Value, attachment: &Attachment) -> Result<Value, CniFailure> {
+    pub fn exec(
+        &self,
+        command: &str,
+        config: &Value,
+        attachment: &Attachment,
+    ) -> Result<Value, Box<CniFailure>> {
         let plugin = config["type"].as_str().expect("plugin type").to_owned();
         let binary = self
             .cni_path
@@ -167,19 +172,19 @@ impl<'a> Runtime<'a> {
                 parsed.unwrap_or_else(|e| panic!("{plugin} printed non-JSON on success ({e}): {stdout}"))
             );
         }
-        Err(CniFailure {
+        Err(Box::new(CniFailure {
             plugin,
             exit_code: out.status.code(),
             error: parsed.ok(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        }))
     }
 
     /// ADD: every plugin in order, each getting the previous result; returns the last result.
     ///
     /// # Errors
     /// The first plugin that fails.
-    pub fn add(&self, attachment: &Attachment) -> Result<Value, CniFailure> {
+    pub fn add(&self, attachment: &Attachment) -> Result<Value, Box<CniFailure>> {
         let mut prev: Option<Value> = None;
         for plugin in self.plugins() {
             let config = self.plugin_config(plugin, prev.as_ref(), attachment);
@@ -193,7 +198,7 @@ impl<'a> Runtime<'a> {
     ///
     /// # Errors
     /// The first plugin that fails.
-    pub fn check(&self, attachment: &Attachment, result: &Value) -> Result<(), CniFailure> {
+    pub fn check(&self, attachment: &Attachment, result: &Value) -> Result<(), Box<CniFailure>> {
         if matches!(
             self.conflist["cniVersion"].as_str(),
             Some("0.1.0" | "0.2.0" | "0.3.0" | "0.3.1")
@@ -214,7 +219,7 @@ impl<'a> Runtime<'a> {
     ///
     /// # Errors
     /// The first plugin that fails.
-    pub fn del(&self, attachment: &Attachment, result: Option<&Value>) -> Result<(), CniFailure> {
+    pub fn del(&self, attachment: &Attachment, result: Option<&Value>) -> Result<(), Box<CniFailure>> {
         for plugin in self.plugins().iter().rev() {
             self.exec("DEL", &self.plugin_config(plugin, result, attachment), attachment)?;
         }
