@@ -185,12 +185,21 @@ impl<'a> Runtime<'a> {
     /// # Errors
     /// The first plugin that fails.
     pub fn add(&self, attachment: &Attachment) -> Result<Value, Box<CniFailure>> {
-        let mut prev: Option<Value> = None;
+        Ok(self.add_each(attachment)?.pop().unwrap_or(Value::Null))
+    }
+
+    /// ADD, returning every plugin's result in list order (a chained plugin's result can then
+    /// be compared with the one it was given).
+    ///
+    /// # Errors
+    /// The first plugin that fails.
+    pub fn add_each(&self, attachment: &Attachment) -> Result<Vec<Value>, Box<CniFailure>> {
+        let mut results: Vec<Value> = Vec::new();
         for plugin in self.plugins() {
-            let config = self.plugin_config(plugin, prev.as_ref(), attachment);
-            prev = Some(self.exec("ADD", &config, attachment)?);
+            let config = self.plugin_config(plugin, results.last(), attachment);
+            results.push(self.exec("ADD", &config, attachment)?);
         }
-        Ok(prev.unwrap_or(Value::Null))
+        Ok(results)
     }
 
     /// CHECK: every plugin in order, each given the ADD result as `prevResult`. CHECK exists

@@ -1,0 +1,133 @@
+//! A configuration list run the way a container runtime runs it: Debian's real `bridge` +
+//! `host-local` first, `capture-cni` last, from a "node" network namespace the test creates
+//! (so the bridge never lands in the machine's own namespace), for every CNI version the
+//! reference plugins speak. Real traffic then proves capture. Needs root (skips with a message
+//! otherwise, and fails when `CI` is set).
+//!
+//! CNI 1.1.0 is not run here: Debian's plugins (1.1.1) stop at 1.0.0. The protocol tests cover
+//! capture-cni's 1.1.0 pass-through.
+
+#[path = "common/tempdir.rs"]
+mod tempdir;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, Runtime, bridge_conflist};
+use capture_e2e::{
+    APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, connect_as,
+    iptables_save_normalized, require_root,
+};
+use serde_json::{Map, Value, json};
+use tempdir::TempDir;
+
+/// Where cargo put the plugin under test; a runtime finds it there through `CNI_PATH`.
+fn plugin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_capture-cni"))
+        .parent()
+        .expect("a directory")
+        .to_owned()
+}
+
+fn capture_entry(run_dir: &Path) -> Value {
+    json!({
+        "type": "capture-cni",
+        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+        "run_dir": run_dir,
+        "capture": {"iptables_flavor": "nft"},
+    })
+}
+
+fn injected_pod(container_id: String, netns: &Path) -> Attachment {
+    let annotations = json!({"sidecar.istio.io/status": "{\"containers\":[\"app\"]}"});
+    let mut runtime_config = Map::new();
+    runtime_config.insert("io.kubernetes.cri.pod-annotations".into(), annotations);
+    Attachment {
+        container_id,
+        netns: netns.to_owned(),
+        ifname: "eth0".into(),
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1".into(),
+        runtime_config,
+    }
+}
+
+#[track_caller]
+fn assert_lands(ns: &NetNs, uid: u32, dst: SocketAddr, listener: &Listener, original: SocketAddr) {
+    let (reply, _) = connect_as(ns, uid, uid, dst).unwrap_or_else(|e| panic!("uid {uid} → {dst}: {e}"));
+    assert_eq!(reply, listener.token(), "uid {uid} → {dst}");
+    let seen = listener.take_one();
+    assert_eq!(
+        seen.original_dst.expect("original destination"),
+        original,
+        "uid {uid} → {dst}"
+    );
+}
+
+#[test]
+fn bridge_then_capture_in_every_version() {
+    if !require_root() {
+        return;
+    }
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].into_iter().enumerate() {
+        let index = 210 + u8::try_from(i).expect("few versions");
+        let node = NetNs::new();
+        let pod = NetNs::new();
+        let scratch = TempDir::new(&format!("chain-{index}"));
+        let (ipam, run_dir) = (scratch.path().join("ipam"), scratch.path().join("run"));
+        let conflist = bridge_conflist(version, index, &ipam, &[capture_entry(&run_dir)]);
+        let runtime = Runtime::new(
+            &node,
+            vec![plugin_dir(), PathBuf::from(DEBIAN_CNI_PLUGINS)],
+            conflist,
+        );
+        let attachment = injected_pod(format!("chain-{index}"), pod.path());
+
+        let results = runtime
+            .add_each(&attachment)
+            .unwrap_or_else(|e| panic!("{version}: ADD: {e:?}"));
+        let (bridge, ours) = (&results[0], &results[1]);
+        assert_eq!(
+            ours, bridge,
+            "{version}: capture-cni passes bridge's result through unchanged"
+        );
+        assert_eq!(ours["cniVersion"], version);
+
+        let address = ours["ips"][0]["address"].as_str().expect("an address");
+        let pod_ip: IpAddr = address.split('/').next().unwrap().parse().unwrap();
+        let gateway = IpAddr::V4(Ipv4Addr::new(10, 250, index, 1));
+        let node_app = Listener::spawn(&node, SocketAddr::new(gateway, 80), "node-app");
+        let any = |port| SocketAddr::new(Family::V4.unspecified(), port);
+        let outbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(OUTBOUND_PORT), "outbound");
+        let inbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(INBOUND_PORT), "inbound");
+        let to_node = SocketAddr::new(gateway, 80);
+        let to_pod = SocketAddr::new(pod_ip, 8080);
+        assert_lands(&pod, APP_UID, to_node, &outbound, to_node);
+        assert_lands(&pod, PROXY_UID, to_node, &node_app, to_node);
+        assert_lands(&node, APP_UID, to_pod, &inbound, to_pod);
+
+        runtime
+            .check(&attachment, ours)
+            .unwrap_or_else(|e| panic!("{version}: CHECK: {e:?}"));
+        runtime
+            .del(&attachment, Some(ours))
+            .unwrap_or_else(|e| panic!("{version}: DEL: {e:?}"));
+        let save = iptables_save_normalized(&pod, Flavor::Nft, Family::V4);
+        assert!(
+            !save.contains("ISTIO"),
+            "{version}: DEL removed the capture:\n{save}"
+        );
+        assert!(
+            !pod.ip(&["-o", "link"]).contains("eth0"),
+            "{version}: DEL removed the interface"
+        );
+        runtime
+            .del(&attachment, Some(ours))
+            .unwrap_or_else(|e| panic!("{version}: second DEL: {e:?}"));
+        let gone = injected_pod(format!("chain-{index}"), &pod.path().to_owned());
+        drop((outbound, inbound, node_app));
+        drop(pod);
+        runtime
+            .del(&gone, Some(ours))
+            .unwrap_or_else(|e| panic!("{version}: DEL after the netns is gone: {e:?}"));
+    }
+}
