@@ -123,11 +123,11 @@ fn bridge_then_capture_in_every_version() {
         runtime
             .del(&attachment, Some(ours))
             .unwrap_or_else(|e| panic!("{version}: second DEL: {e:?}"));
-        let gone = injected_pod(format!("chain-{index}"), &pod.path().to_owned());
         drop((outbound, inbound, node_app));
+        // The attachment still names the namespace's path, which no longer exists.
         drop(pod);
         runtime
-            .del(&gone, Some(ours))
+            .del(&attachment, Some(ours))
             .unwrap_or_else(|e| panic!("{version}: DEL after the netns is gone: {e:?}"));
     }
 }
