@@ -6,6 +6,7 @@
 //! |------------------------------|-------------------------------------------------------------------------|
 //! | [`require_root`]             | skip locally without root, fail in CI (`CI` set)                        |
 //! | [`NetNs`]                    | a named netns `capture-test-<pid>-<n>` under `/run/netns`, `lo` up       |
+//! |                              | ([`NetNs::open`]: a runtime's namespace, left to its owner on `Drop`)   |
 //! | [`Topology`]                 | a pod netns and a peer netns joined by a veth pair, no other routes     |
 //! | [`Listener`]                 | a TCP listener that records peer, local and original destination;       |
 //! |                              | `spawn_transparent` for the inbound proxy of TPROXY mode                |

@@ -38,6 +38,9 @@ pub struct NetNs {
     path: PathBuf,
     /// Keeps the namespace open for [`NetNs::run`] and [`NetNs::command`] even if the mount goes away.
     fd: OwnedFd,
+    /// Whether `Drop` removes the name: true for namespaces this harness made, false for
+    /// [`NetNs::open`]ed ones.
+    owned: bool,
 }
 
 impl NetNs {
@@ -84,9 +87,55 @@ impl NetNs {
         }
 
         // From here on Drop cleans up, also when bringing up lo panics.
-        let ns = NetNs { name, path, fd };
+        let ns = NetNs {
+            name,
+            path,
+            fd,
+            owned: true,
+        };
         run_ok(ns.command("ip").args(["link", "set", "lo", "up"]));
         ns
+    }
+
+    /// Opens a network namespace made by someone else (a container runtime's `/run/netns/…`,
+    /// `/proc/<pid>/ns/net`), to run code, commands and listeners in it like in one of ours.
+    ///
+    /// `Drop` only closes the descriptor: the name and mount stay its owner's business. While the
+    /// `NetNs` lives the namespace itself stays alive, even after its owner removes it, so what
+    /// is left in it can still be inspected.
+    ///
+    /// # Errors
+    ///
+    /// When `path` cannot be opened, or is not a network namespace.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<NetNs> {
+        let path = path.as_ref().to_owned();
+        let fd: OwnedFd = File::open(&path)?.into();
+        // NS_GET_NSTYPE on a file that is no namespace fails with ENOTTY.
+        // SAFETY: an ioctl without argument on a descriptor we own.
+        let kind = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_NSTYPE) };
+        if kind == -1 {
+            return Err(io::Error::other(format!(
+                "{} is not a namespace: {}",
+                path.display(),
+                io::Error::last_os_error()
+            )));
+        }
+        if kind != libc::CLONE_NEWNET {
+            return Err(io::Error::other(format!(
+                "{} is not a network namespace",
+                path.display()
+            )));
+        }
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Ok(NetNs {
+            name,
+            path,
+            fd,
+            owned: false,
+        })
     }
 
     /// The namespace's name, as `ip netns` shows it.
@@ -170,7 +219,15 @@ impl Default for NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let Self { name, path, fd: _ } = self;
+        let Self {
+            name,
+            path,
+            fd: _,
+            owned,
+        } = self;
+        if !*owned {
+            return;
+        }
         // MNT_DETACH, like `ip netns del`: a process still inside keeps the namespace alive, not the name.
         // Drop must not panic (that would abort during unwinding), so problems are only reported.
         if let Err(e) = umount2(path.as_path(), MntFlags::MNT_DETACH) {

@@ -30,6 +30,38 @@ fn netns_is_named_and_removed_on_drop() {
 }
 
 #[test]
+fn opened_netns_is_entered_and_left_to_its_owner() {
+    if !require_root() {
+        return;
+    }
+    let owner = NetNs::new();
+    let opened = NetNs::open(owner.path()).expect("open a netns by path");
+    let ino = |ns: &NetNs| {
+        ns.run(|| {
+            std::fs::metadata("/proc/thread-self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        })
+        .expect("stat own netns")
+    };
+    assert_eq!(ino(&opened), ino(&owner), "the same namespace");
+    assert_eq!(opened.name(), owner.name());
+    drop(opened);
+    assert!(
+        owner.path().exists(),
+        "dropping an opened netns leaves its name alone"
+    );
+    let not_a_netns = NetNs::open("/proc/self/ns/mnt").expect_err("a mount namespace");
+    assert!(
+        not_a_netns.to_string().contains("not a network namespace"),
+        "{not_a_netns}"
+    );
+    let not_a_namespace = NetNs::open("/proc/self/status").expect_err("a plain file");
+    assert!(
+        not_a_namespace.to_string().contains("not a namespace"),
+        "{not_a_namespace}"
+    );
+}
+
+#[test]
 fn topology_is_removed_when_the_test_panics() {
     if !require_root() {
         return;
