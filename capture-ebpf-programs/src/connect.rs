@@ -243,8 +243,12 @@ fn is_owner(netns: u64, generation: u32, list: u32, id: u32) -> bool {
         id,
         _pad: 0,
     };
-    // SAFETY: only the presence of the entry is used.
-    unsafe { OWNERS.get(&key).is_some() }
+    // The value (always 1) is read rather than only the pointer tested: LLVM would otherwise
+    // OR two lookups' pointers together, which the verifier refuses.
+    // SAFETY: a live map value, read at once.
+    OWNERS
+        .get_ptr(&key)
+        .is_some_and(|v| unsafe { read_volatile(v) } != 0)
 }
 
 #[inline(always)]
@@ -258,7 +262,10 @@ fn in_ports(netns: u64, generation: u32, list: u16, port: u16) -> bool {
             port: port.to_be_bytes(),
         },
     );
-    PORTS.get(&key).is_some()
+    PORTS.get(&key).is_some_and(|v| {
+        // SAFETY: a reference to a live map value.
+        unsafe { read_volatile(v) != 0 }
+    })
 }
 
 #[inline(always)]
@@ -275,5 +282,8 @@ fn in_cidrs(netns: u64, generation: u32, list: u8, ip: &Ip) -> bool {
             addr: ip.bytes,
         },
     );
-    CIDRS.get(&key).is_some()
+    CIDRS.get(&key).is_some_and(|v| {
+        // SAFETY: a reference to a live map value.
+        unsafe { read_volatile(v) != 0 }
+    })
 }

@@ -573,9 +573,25 @@ pub fn uninstall(pin_dir: &Path) -> Result<(), Error> {
             source,
         }),
     };
-    // Links first: removing a link's last reference detaches its program.
+    // Links first, each detached explicitly: the kernel drops a removed pin's reference only
+    // after an RCU grace period, and the program would stay attached until then.
     for (name, _) in PROGRAMS {
-        remove(links.join(name))?;
+        let path = links.join(name);
+        match obj_get(&path) {
+            Ok(link) => link_detach(link.as_fd()).map_err(|source| Error::Syscall {
+                call: "bpf(BPF_LINK_DETACH)",
+                source,
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "open pinned link",
+                    path,
+                    source,
+                });
+            }
+        }
+        remove(path)?;
     }
     for name in MAP_NAMES {
         remove(pin_dir.join("maps").join(name))?;
@@ -759,6 +775,26 @@ fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     attr.set(0, &(path.as_ptr() as u64).to_ne_bytes())
         .set(8, &fd.as_raw_fd().to_ne_bytes());
     bpf(6, &mut attr).map(|_| ())
+}
+
+/// `bpf(BPF_OBJ_GET)`: opens the object pinned at `path`.
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // obj_get: __aligned_u64 pathname, __u32 bpf_fd (0), __u32 file_flags (0: read-write).
+    let mut attr = Attr::new();
+    attr.set(0, &(path.as_ptr() as u64).to_ne_bytes());
+    let fd = bpf(7, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `bpf(BPF_LINK_DETACH)`: detaches a link's program now, whoever else holds the link
+/// (Linux 5.9).
+fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.set(0, &link.as_raw_fd().to_ne_bytes());
+    bpf(34, &mut attr).map(|_| ())
 }
 
 fn bpf(cmd: libc::c_int, attr: &mut Attr) -> io::Result<libc::c_int> {

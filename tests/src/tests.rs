@@ -5,6 +5,7 @@
 //! (istio-capture.md §2.1).
 
 mod direct;
+mod ebpf;
 mod harness;
 mod inbound;
 mod original_dst;
