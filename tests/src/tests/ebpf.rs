@@ -7,13 +7,17 @@
 //! pinned.
 
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use capture_core::{CaptureSpec, Cidr, PortRange};
 use capture_ebpf::{MapPlan, NetnsCookie, Node, PodNetns};
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket, sockopt,
+};
 
 use crate::ebpf::{EbpfWorld, chain, in_cgroup_child};
 use crate::{
@@ -334,6 +338,55 @@ fn proxy_to_own_pod_goes_to_inbound_port() {
             assert_eq!(app.take_accepted().len(), 3);
         }
         assert!(outbound.take_accepted().is_empty());
+    });
+}
+
+/// Two enrolled pods with identical addresses open connections with identical 4-tuples (same
+/// client address and port, both redirected to 127.0.0.1:15001) to different destinations; each
+/// proxy learns its own pod's destination. Both records exist at once: the proxies accept only
+/// after both clients are connected.
+#[test]
+fn identical_tuples_in_two_pods_do_not_mix() {
+    ebpf_test(|node| {
+        let a = Topology::new();
+        let b = Topology::with_index(a.index());
+        assert_eq!(a.pod_ip(Family::V4), b.pod_ip(Family::V4));
+        let spec = sidecar(false);
+        enroll(node, &a.pod, &spec);
+        enroll(node, &b.pod, &spec);
+        let listen = |ns: &NetNs| {
+            ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, OUTBOUND_PORT)))
+                .expect("proxy listens")
+        };
+        let (proxy_a, proxy_b) = (listen(&a.pod), listen(&b.pod));
+        let source = a.pod_addr(Family::V4, 40_000);
+        let open_client = |ns: &NetNs, dst: SocketAddr| {
+            ns.run(|| -> std::io::Result<TcpStream> {
+                let fd = socket(
+                    AddressFamily::Inet,
+                    SockType::Stream,
+                    SockFlag::SOCK_CLOEXEC,
+                    None,
+                )?;
+                setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+                bind(fd.as_raw_fd(), &SockaddrStorage::from(source))?;
+                connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
+                Ok(TcpStream::from(fd))
+            })
+            .unwrap_or_else(|e| panic!("connect to {dst}: {e}"))
+        };
+        let (dst_a, dst_b) = (a.peer_addr(Family::V4, 80), b.peer_addr(Family::V4, 81));
+        let client_a = open_client(&a.pod, dst_a);
+        let client_b = open_client(&b.pod, dst_b);
+        assert_eq!(client_a.local_addr().unwrap(), source);
+        assert_eq!(client_b.local_addr().unwrap(), source);
+        assert_eq!(node.connection_entries().unwrap(), (2, 2));
+
+        for (proxy, dst) in [(&proxy_a, dst_a), (&proxy_b, dst_b)] {
+            let (accepted, peer) = proxy.accept().expect("the proxy accepts");
+            assert_eq!(peer, source);
+            assert_eq!(capture_core::original_dst(&accepted).expect("original_dst"), dst);
+        }
     });
 }
 
