@@ -3,7 +3,9 @@
 //! `include_bytes_aligned!`. `scripts/setup` installs the toolchain.
 //!
 //! `AYA_BUILD_SKIP=1` skips the build and embeds an empty object instead; loading then fails
-//! with `Error::ObjectMissing`, everything else (docs, unit tests) works.
+//! with `Error::ObjectMissing`, everything else (docs, unit tests) works. Under clippy the
+//! object is skipped too: clippy only checks the loader, and the object would otherwise be
+//! built a second time (clippy's build-script run is separate from the test build's).
 
 use std::path::PathBuf;
 use std::{env, fs};
@@ -22,8 +24,13 @@ fn main() {
         root.join("capture-ebpf-common").display()
     );
     let object = out_dir.join(PROGRAMS);
-    if env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+    println!("cargo:rerun-if-env-changed=RUSTC_WORKSPACE_WRAPPER");
+    let clippy = env::var_os("RUSTC_WORKSPACE_WRAPPER")
+        .is_some_and(|w| PathBuf::from(w).file_stem().is_some_and(|s| s == "clippy-driver"));
+    let skip = env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if skip || clippy {
         fs::write(&object, b"").expect("write the empty stand-in object");
+        return;
     }
     // aya-build runs `cargo build --package …` in the current directory, and the programs
     // crate is its own workspace (it is not a member of ours: it only builds for BPF).

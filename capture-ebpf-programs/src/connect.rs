@@ -247,7 +247,7 @@ fn is_owner(netns: u64, generation: u32, list: u32, id: u32) -> bool {
     // OR two lookups' pointers together, which the verifier refuses.
     // SAFETY: a live map value, read at once.
     OWNERS
-        .get_ptr(&key)
+        .get_ptr(key)
         .is_some_and(|v| unsafe { read_volatile(v) } != 0)
 }
 

@@ -56,10 +56,11 @@ fn sockops(ctx: &SockOpsContext) {
         BPF_SOCK_OPS_STATE_CB => {
             // SAFETY: args[1] of a state callback is the new state; 4-byte reads are allowed.
             let new_state = unsafe { read_volatile(&raw const (*ops).__bindgen_anon_1.args[1]) };
-            if new_state == BPF_TCP_CLOSE && ORIG_BY_COOKIE.remove(cookie(ctx)).is_ok() {
-                if let Some(key) = pair_key(ctx) {
-                    let _ = ORIG_BY_PAIR.remove(key);
-                }
+            if new_state == BPF_TCP_CLOSE
+                && ORIG_BY_COOKIE.remove(cookie(ctx)).is_ok()
+                && let Some(key) = pair_key(ctx)
+            {
+                let _ = ORIG_BY_PAIR.remove(key);
             }
         }
         _ => {}
