@@ -92,6 +92,12 @@ pub enum Error {
         /// The directory.
         path: PathBuf,
     },
+    /// The directory to attach to is not a cgroup v2 directory.
+    #[error("{path} is not a cgroup v2 directory; attach to a directory below the cgroup2 mount")]
+    NotCgroup2 {
+        /// The directory.
+        path: PathBuf,
+    },
     /// Programs are already pinned under this directory.
     #[error("capture's programs are already installed under {path}")]
     AlreadyInstalled {

@@ -35,6 +35,8 @@ use crate::{Error, MapPlan, OBJECT};
 
 /// `BPF_FS_MAGIC` from `statfs(2)`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `CGROUP2_SUPER_MAGIC` from `statfs(2)`.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// How a program is attached; the value is the kernel's `bpf_attach_type`.
 #[derive(Debug, Clone, Copy)]
@@ -220,6 +222,11 @@ impl Node {
         if pin_dir.join("links").exists() {
             return Err(Error::AlreadyInstalled {
                 path: pin_dir.to_owned(),
+            });
+        }
+        if statfs_magic(cgroup)? != CGROUP2_SUPER_MAGIC {
+            return Err(Error::NotCgroup2 {
+                path: cgroup.to_owned(),
             });
         }
         let cgroup_dir = File::open(cgroup).map_err(|source| Error::Io {
@@ -638,12 +645,16 @@ pub fn mount_bpffs(dir: &Path) -> Result<(), Error> {
 /// # Errors
 /// [`Error::Io`] when `statfs(2)` fails (for example, the path does not exist).
 pub fn is_bpffs(path: &Path) -> Result<bool, Error> {
+    Ok(statfs_magic(path)? == BPF_FS_MAGIC)
+}
+
+fn statfs_magic(path: &Path) -> Result<i64, Error> {
     let stat = nix::sys::statfs::statfs(path).map_err(|e| Error::Io {
         op: "statfs",
         path: path.to_owned(),
         source: e.into(),
     })?;
-    Ok(stat.filesystem_type().0 == BPF_FS_MAGIC)
+    Ok(stat.filesystem_type().0)
 }
 
 /// The cgroup v2 mount point, from `/proc/self/mounts` (`/sys/fs/cgroup` on a unified host,
@@ -658,17 +669,20 @@ pub fn cgroup2_root() -> Result<PathBuf, Error> {
         path: "/proc/self/mounts".into(),
         source,
     })?;
-    mounts
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .ok_or(Error::Unsupported {
-            feature: "a mounted cgroup v2 hierarchy",
-            min_kernel: "4.5",
-        })
+    cgroup2_mount_in(&mounts).ok_or(Error::Unsupported {
+        feature: "a mounted cgroup v2 hierarchy",
+        min_kernel: "4.5",
+    })
+}
+
+/// The first `cgroup2` mount point in a mount table (`/proc/self/mounts` format; spaces in
+/// paths are written `\040`).
+fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+    })
 }
 
 /// Pins made by an unfinished install, removed on drop unless kept.
@@ -805,5 +819,44 @@ fn bpf(cmd: libc::c_int, attr: &mut Attr) -> io::Result<libc::c_int> {
         Err(io::Error::last_os_error())
     } else {
         Ok(libc::c_int::try_from(rc).expect("a file descriptor fits a c_int"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup2_mount_is_found_on_unified_and_hybrid_hosts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs ro,nosuid 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n";
+        assert_eq!(
+            cgroup2_mount_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(cgroup2_mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount_in("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            None
+        );
+        assert_eq!(
+            cgroup2_mount_in("none /mnt/my\\040cg cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_feature_and_kernel() {
+        let e = Error::Unsupported {
+            feature: "bpf_get_netns_cookie in sock_ops programs",
+            min_kernel: "5.15",
+        };
+        assert_eq!(
+            e.to_string(),
+            "this kernel does not support bpf_get_netns_cookie in sock_ops programs; \
+             the eBPF backend needs Linux 5.15 or later for it"
+        );
     }
 }

@@ -475,9 +475,10 @@ fn iptables_save_is_the_same_inside_the_cgroup() {
     finish(world);
 }
 
-/// The loader refuses a pin directory outside bpffs before changing anything.
+/// The loader refuses a pin directory outside bpffs, and a directory that is not a cgroup v2
+/// one, before changing anything.
 #[test]
-fn install_needs_bpffs() {
+fn install_needs_bpffs_and_cgroup2() {
     if in_cgroup_child().is_some() || !require_root() {
         return;
     }
