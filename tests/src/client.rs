@@ -29,6 +29,27 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 /// `connect` (for example `ECONNREFUSED`, `ENETUNREACH`, or `EINPROGRESS` on timeout), or reading the
 /// reply (`EAGAIN` on timeout).
 pub fn connect_as(ns: &NetNs, uid: u32, gid: u32, dst: SocketAddr) -> io::Result<(String, SocketAddr)> {
+    connect_inner(ns, uid, gid, None, dst).map(|c| (c.reply, c.local))
+}
+
+/// What the client side of a [`connect_detailed`] connection saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    /// Everything the server sent before closing.
+    pub reply: String,
+    /// The client socket's local address (`getsockname`).
+    pub local: SocketAddr,
+    /// The client socket's peer (`getpeername`) while connected: where the app believes it is
+    /// connected, whatever capture did.
+    pub peer: SocketAddr,
+}
+
+/// Like [`connect_as`], and also reports the client's `getpeername()`.
+///
+/// # Errors
+///
+/// As [`connect_as`], plus the error of `getpeername`.
+pub fn connect_detailed(ns: &NetNs, uid: u32, gid: u32, dst: SocketAddr) -> io::Result<Connected> {
     connect_inner(ns, uid, gid, None, dst)
 }
 
@@ -47,7 +68,7 @@ pub fn connect_as_from(
     src: IpAddr,
     dst: SocketAddr,
 ) -> io::Result<(String, SocketAddr)> {
-    connect_inner(ns, uid, gid, Some(src), dst)
+    connect_inner(ns, uid, gid, Some(src), dst).map(|c| (c.reply, c.local))
 }
 
 fn connect_inner(
@@ -56,7 +77,7 @@ fn connect_inner(
     gid: u32,
     src: Option<IpAddr>,
     dst: SocketAddr,
-) -> io::Result<(String, SocketAddr)> {
+) -> io::Result<Connected> {
     // The thread that changes its credentials is thrown away afterwards, so no other code runs as uid.
     ns.run(|| {
         assume_identity(uid, gid)?;
@@ -79,9 +100,10 @@ fn connect_inner(
         connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
         let mut stream = TcpStream::from(fd);
         let local = stream.local_addr()?;
+        let peer = stream.peer_addr()?;
         let mut reply = String::new();
         stream.read_to_string(&mut reply)?;
-        Ok((reply, local))
+        Ok(Connected { reply, local, peer })
     })
 }
 

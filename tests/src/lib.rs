@@ -13,12 +13,15 @@
 //! | [`connect_as`]               | a client connection from a netns as a given uid/gid                     |
 //! | [`iptables_restore`]         | `iptables-restore --noflush` in a netns, legacy or nft, v4 or v6        |
 //! | [`iptables_save_normalized`] | `iptables-save` without counters and comments, for comparisons          |
+//! | [`ebpf`]                     | test cgroups and bpffs mounts with capture's eBPF programs installed,   |
+//! |                              | and running a test's body in a child process inside the cgroup          |
 //!
 //! Nothing here touches the root network namespace: addresses, routes, links and rules are only ever
 //! created inside namespaces made by [`NetNs::new`].
 
 mod client;
 pub mod cni;
+pub mod ebpf;
 mod iptables;
 mod listener;
 mod netns;
@@ -26,7 +29,7 @@ mod topology;
 
 use std::process::Command;
 
-pub use client::{connect_as, connect_as_from};
+pub use client::{Connected, connect_as, connect_as_from, connect_detailed};
 pub use iptables::{Flavor, iptables_restore, iptables_save_normalized};
 pub use listener::{Accepted, Listener};
 pub use netns::{NETNS_PREFIX, NetNs};

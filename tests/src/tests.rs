@@ -6,6 +6,7 @@
 
 mod cni_chain;
 mod direct;
+mod ebpf;
 mod harness;
 mod inbound;
 mod original_dst;

@@ -67,7 +67,22 @@ impl Topology {
     /// removed.
     #[must_use]
     pub fn new() -> Topology {
-        let index = NEXT_TOPOLOGY.fetch_add(1, Ordering::Relaxed) % 254 + 1;
+        Topology::with_index(NEXT_TOPOLOGY.fetch_add(1, Ordering::Relaxed) % 254 + 1)
+    }
+
+    /// Like [`Topology::new`], with the subnets of index `index` (1..=254), even if another live
+    /// topology uses them: for tests that need two pods with identical addresses (each in its own
+    /// namespaces, so they never meet).
+    ///
+    /// # Panics
+    ///
+    /// When `index` is out of range, or as [`Topology::new`].
+    #[must_use]
+    pub fn with_index(index: u16) -> Topology {
+        assert!(
+            (1..=254).contains(&index),
+            "topology index {index} out of 1..=254"
+        );
         let pod = NetNs::new();
         let peer = NetNs::new();
         // Both ends are created directly in their namespaces, so the root namespace never sees them.

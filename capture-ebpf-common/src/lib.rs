@@ -1,0 +1,292 @@
+//! Types shared by capture's eBPF programs (`capture-ebpf-programs`) and their loader
+//! (`capture-ebpf`): map names, map keys and values, and the constants both sides agree on.
+//!
+//! Every key and value is `#[repr(C)]` with explicit padding fields, so the bytes the loader
+//! writes are the bytes the programs read, and no key carries uninitialised padding (hash maps
+//! compare keys byte for byte). With the feature `user`, each type implements [`aya::Pod`].
+//!
+//! # Maps
+//!
+//! | map | type | key | value | written by | read by |
+//! |---|---|---|---|---|---|
+//! | [`POD_CONFIG`] | hash | netns cookie (`u64`) | [`PodConfig`] | loader (enroll) | all programs |
+//! | [`OWNERS`] | hash | [`OwnerKey`] | `u8` (1) | loader | connect4/6 |
+//! | [`PORTS`] | LPM trie | [`PortKey`] | `u8` (1) | loader | connect4/6 |
+//! | [`CIDRS`] | LPM trie | [`CidrKey`] | `u8` (1) | loader | connect4/6 |
+//! | [`ORIG_BY_COOKIE`] | hash | socket cookie (`u64`) | [`OrigDst`] | connect4/6 | sockops, getpeername4/6 |
+//! | [`ORIG_BY_PAIR`] | hash | [`PairKey`] | [`OrigDst`] | sockops | getsockopt |
+//! | [`STATS`] | per-CPU array | `u32` index (`STAT_*`) | `u64` | all programs | loader, tests |
+//!
+//! Per-pod entries are keyed by the pod's network namespace cookie and a generation, so a
+//! pod's configuration can be replaced by writing the next generation's entries and then
+//! switching [`PodConfig::generation`] in one map update. Per-connection entries
+//! ([`ORIG_BY_COOKIE`], [`ORIG_BY_PAIR`]) are removed by the sockops program when the client
+//! socket closes.
+#![no_std]
+
+/// Per-pod configuration, keyed by network namespace cookie.
+pub const POD_CONFIG: &str = "POD_CONFIG";
+/// The pod's proxy uids and gids and its owner-group filter.
+pub const OWNERS: &str = "OWNERS";
+/// Port lists (excluded and included ports), as prefixes of the 16-bit port.
+pub const PORTS: &str = "PORTS";
+/// Address lists (excluded and included CIDRs, the pod's local addresses).
+pub const CIDRS: &str = "CIDRS";
+/// Original destination of a redirected connection, by the client socket's cookie.
+pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
+/// Original destination of a redirected connection, by its established 4-tuple.
+pub const ORIG_BY_PAIR: &str = "ORIG_BY_PAIR";
+/// Counters, one slot per `STAT_*` index.
+pub const STATS: &str = "STATS";
+
+/// Every map, in the order the loader pins them.
+pub const MAP_NAMES: [&str; 7] = [
+    POD_CONFIG,
+    OWNERS,
+    PORTS,
+    CIDRS,
+    ORIG_BY_COOKIE,
+    ORIG_BY_PAIR,
+    STATS,
+];
+
+/// How many pods (network namespaces) can be enrolled at once.
+pub const MAX_PODS: u32 = 4096;
+/// Capacity of [`OWNERS`]: owner entries of all pods, both generations during an update.
+pub const MAX_OWNER_ENTRIES: u32 = 65536;
+/// Capacity of [`PORTS`]: port prefixes of all pods.
+pub const MAX_PORT_ENTRIES: u32 = 65536;
+/// Capacity of [`CIDRS`]: CIDR entries of all pods.
+pub const MAX_CIDR_ENTRIES: u32 = 65536;
+/// Capacity of the per-connection maps: connections redirected and not yet closed, node-wide.
+pub const MAX_CONNECTIONS: u32 = 65536;
+
+/// Names of the programs in the object, as the loader finds them.
+pub mod programs {
+    /// `cgroup/connect4`: outbound IPv4 redirection.
+    pub const CONNECT4: &str = "capture_connect4";
+    /// `cgroup/connect6`: outbound IPv6 (and IPv4-mapped) redirection.
+    pub const CONNECT6: &str = "capture_connect6";
+    /// `sockops`: moves the original destination to the connection's 4-tuple, cleans up on close.
+    pub const SOCKOPS: &str = "capture_sockops";
+    /// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` on the proxy's accepted socket.
+    pub const GETSOCKOPT: &str = "capture_getsockopt";
+    /// `cgroup/getpeername4`: the app sees its original IPv4 peer.
+    pub const GETPEERNAME4: &str = "capture_getpeername4";
+    /// `cgroup/getpeername6`: the app sees its original IPv6 (or IPv4-mapped) peer.
+    pub const GETPEERNAME6: &str = "capture_getpeername6";
+}
+
+/// [`PodConfig::flags`]: capture IPv6 connections too (istio-iptables `ISTIO_DUAL_STACK`,
+/// `--ipv6`). IPv4, including IPv4-mapped IPv6 destinations, is always captured.
+pub const FLAG_IPV6: u32 = 1 << 0;
+/// [`PodConfig::flags`]: an included CIDR lies in loopback, so the app's loopback traffic is
+/// not exempted (Istio drops its `-o lo ! --uid-owner … -j RETURN` rules then).
+pub const FLAG_INCLUDES_LOOPBACK: u32 = 1 << 1;
+/// [`PodConfig::flags`]: only processes in one of the [`OWNER_ONLY_GROUP`] groups are captured.
+pub const FLAG_ONLY_GROUPS: u32 = 1 << 2;
+
+/// What a pod's connections are redirected to and how its loopback rules behave.
+///
+/// The value of [`POD_CONFIG`], keyed by the pod's network namespace cookie
+/// (`SO_NETNS_COOKIE`, `bpf_get_netns_cookie`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodConfig {
+    /// The generation of this pod's [`OWNERS`], [`PORTS`] and [`CIDRS`] entries in force.
+    pub generation: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// The proxy's outbound port (15001), host byte order.
+    pub outbound_port: u16,
+    /// The proxy's inbound port (15006), host byte order.
+    pub inbound_port: u16,
+    /// The tunnel port (15008), never hairpinned to the inbound port.
+    pub tunnel_port: u16,
+    /// Prefix length of [`PodConfig::loopback4`].
+    pub loopback4_prefix: u8,
+    /// Zero.
+    pub _pad0: u8,
+    /// The IPv4 "this host" range (127.0.0.1/32 by default), network byte order.
+    pub loopback4: [u8; 4],
+    /// [`OWNER_PROXY_UID`] or [`OWNER_PROXY_GID`]: the list of the first owner rule Istio emits,
+    /// which alone decides loopback traffic unless [`FLAG_INCLUDES_LOOPBACK`] is set.
+    pub first_owner_list: u32,
+    /// The id of that first owner.
+    pub first_owner_id: u32,
+}
+
+/// [`OwnerKey::list`]: a proxy uid (`-u`); its connections are not captured.
+pub const OWNER_PROXY_UID: u32 = 1;
+/// [`OwnerKey::list`]: a proxy gid (`-g`); its connections are not captured.
+pub const OWNER_PROXY_GID: u32 = 2;
+/// [`OwnerKey::list`]: a group whose connections are not captured
+/// (`ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE`).
+pub const OWNER_EXCLUDED_GROUP: u32 = 3;
+/// [`OwnerKey::list`]: a group whose connections are captured when [`FLAG_ONLY_GROUPS`] is set
+/// (`ISTIO_OUTBOUND_OWNER_GROUPS`).
+pub const OWNER_ONLY_GROUP: u32 = 4;
+
+/// Key of [`OWNERS`]: one uid or gid in one list of one pod.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerKey {
+    /// The pod's network namespace cookie.
+    pub netns: u64,
+    /// The pod configuration generation this entry belongs to.
+    pub generation: u32,
+    /// `OWNER_*`.
+    pub list: u32,
+    /// The uid or gid.
+    pub id: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
+/// [`PortKey::list`]: outbound TCP destination ports never captured (`-o`).
+pub const PORTS_OUT_EXCLUDE: u16 = 1;
+/// [`PortKey::list`]: outbound TCP destination ports always captured (`-q`).
+pub const PORTS_OUT_INCLUDE: u16 = 2;
+/// [`PortKey::list`]: inbound ports that reach the app directly (`-d` with `-b '*'`).
+pub const PORTS_IN_EXCLUDE: u16 = 3;
+/// [`PortKey::list`]: the only inbound ports captured (`-b 80,443`).
+pub const PORTS_IN_INCLUDE: u16 = 4;
+
+/// Bits of [`PortKey`] before the port: netns, generation and list are always matched in full.
+pub const PORT_KEY_FIXED_BITS: u32 = 112;
+
+/// Data of an LPM-trie key of [`PORTS`]: a port prefix in one list of one pod.
+///
+/// A port range is stored as the few prefixes that cover it exactly (`8000:8080` is
+/// `8000/10`, `8064/12`, `8080/16`), so any range costs at most 30 entries.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    /// The pod's network namespace cookie.
+    pub netns: u64,
+    /// The pod configuration generation this entry belongs to.
+    pub generation: u32,
+    /// `PORTS_*`.
+    pub list: u16,
+    /// The port, network byte order (so prefixes are high bits first).
+    pub port: [u8; 2],
+}
+
+/// [`CidrKey::list`]: destinations never captured (`-x`, plus the IPv4 loopback range).
+pub const CIDRS_OUT_EXCLUDE: u8 = 1;
+/// [`CidrKey::list`]: destinations captured (`-i`).
+pub const CIDRS_OUT_INCLUDE: u8 = 2;
+/// [`CidrKey::list`]: addresses of the pod itself, whose traffic goes over `lo`.
+pub const CIDRS_LOCAL: u8 = 3;
+
+/// [`CidrKey::family`] for IPv4 (the address in the first 4 bytes).
+pub const FAMILY_V4: u8 = 4;
+/// [`CidrKey::family`] for IPv6.
+pub const FAMILY_V6: u8 = 6;
+
+/// Bits of [`CidrKey`] before the address: netns, generation, list, family and padding are
+/// always matched in full.
+pub const CIDR_KEY_FIXED_BITS: u32 = 128;
+
+/// Data of an LPM-trie key of [`CIDRS`]: a network in one list of one pod.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CidrKey {
+    /// The pod's network namespace cookie.
+    pub netns: u64,
+    /// The pod configuration generation this entry belongs to.
+    pub generation: u32,
+    /// `CIDRS_*`.
+    pub list: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+    /// The network address, host bits cleared; IPv4 uses the first 4 bytes, the rest are zero.
+    pub addr: [u8; 16],
+}
+
+/// `AF_INET`, as [`OrigDst::family`] stores it.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`, as [`OrigDst::family`] stores it.
+pub const AF_INET6: u16 = 10;
+
+/// Where a redirected connection was going.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrigDst {
+    /// The address: IPv4 in the first 4 bytes (rest zero), or IPv6.
+    pub addr: [u8; 16],
+    /// The port, host byte order.
+    pub port: u16,
+    /// [`AF_INET`] (also for an IPv4-mapped destination of a dual-stack socket) or [`AF_INET6`].
+    pub family: u16,
+    /// Zero.
+    pub _pad: u32,
+}
+
+/// Key of [`ORIG_BY_PAIR`]: an established redirected connection as the client sees it.
+///
+/// Addresses are 16 bytes, IPv4 written IPv4-mapped (`::ffff:a.b.c.d`), so an `AF_INET`
+/// client and a dual-stack `AF_INET6` proxy socket build the same key. The network namespace
+/// cookie keeps identical 4-tuples of two pods apart.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PairKey {
+    /// The network namespace cookie of both sockets (client and proxy share the pod's netns).
+    pub netns: u64,
+    /// The client's (app's) address.
+    pub client_addr: [u8; 16],
+    /// The proxy's address (127.0.0.1 or ::1 after redirection).
+    pub proxy_addr: [u8; 16],
+    /// The client's port, host byte order.
+    pub client_port: u16,
+    /// The proxy's port, host byte order.
+    pub proxy_port: u16,
+    /// Zero.
+    pub _pad: u32,
+}
+
+/// [`STATS`] slot: connections redirected to the outbound port.
+pub const STAT_OUTBOUND: u32 = 0;
+/// [`STATS`] slot: connections redirected to the inbound port (the proxy calling its own pod).
+pub const STAT_HAIRPIN: u32 = 1;
+/// [`STATS`] slot: connections of enrolled pods left alone by the rules.
+pub const STAT_PASSED: u32 = 2;
+/// [`STATS`] slot: `SO_ORIGINAL_DST` answered.
+pub const STAT_ORIG_DST: u32 = 3;
+/// [`STATS`] slot: `getpeername` answered with the original destination.
+pub const STAT_PEERNAME: u32 = 4;
+/// [`STATS`] slot: a connection left alone because a per-connection map was full.
+pub const STAT_STATE_FULL: u32 = 5;
+/// Number of [`STATS`] slots.
+pub const STAT_COUNT: u32 = 6;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{CidrKey, OrigDst, OwnerKey, PairKey, PodConfig, PortKey};
+
+    // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with explicit
+    // padding fields so that no byte is uninitialised; every bit pattern is a valid value.
+    unsafe impl aya::Pod for PodConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for OwnerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CidrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for OrigDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PairKey {}
+}
+
+// Layouts are part of the contract between the programs and the loader.
+const _: () = {
+    assert!(size_of::<PodConfig>() == 28);
+    assert!(size_of::<OwnerKey>() == 24);
+    assert!(size_of::<PortKey>() == 16);
+    assert!(size_of::<CidrKey>() == 32);
+    assert!(size_of::<OrigDst>() == 24);
+    assert!(size_of::<PairKey>() == 48);
+};

@@ -1,0 +1,33 @@
+//! capture's eBPF programs: one object, built for `bpfel-unknown-none` by capture-ebpf's build
+//! script and embedded in the loader.
+//!
+//! | program | section | job |
+//! |---|---|---|
+//! | `capture_connect4` / `capture_connect6` | `cgroup/connect4`, `cgroup/connect6` | redirect an enrolled pod's TCP connect as Istio's nat `OUTPUT` rules would, recording the original destination by socket cookie |
+//! | `capture_sockops` | `sockops` | move the record to the established 4-tuple (with the netns cookie); delete both when the socket closes |
+//! | `capture_getsockopt` | `cgroup/getsockopt` | answer `SO_ORIGINAL_DST` on the proxy's accepted socket; every other option passes untouched |
+//! | `capture_getpeername4` / `capture_getpeername6` | `cgroup/getpeername4`, `cgroup/getpeername6` | the app sees its original peer, not the proxy |
+//!
+//! Context fields are read and written with `read_volatile`/`write_volatile`: LLVM would
+//! otherwise merge adjacent 4-byte context accesses into 8-byte ones the verifier rejects.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod getpeername;
+mod getsockopt;
+mod maps;
+mod net;
+mod sockops;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // The verifier rejects programs that can reach this: there is no unwinding in BPF.
+    loop {}
+}
+
+/// Only helpers available to non-GPL programs are used.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+static LICENSE: [u8; 11] = *b"Apache-2.0\0";

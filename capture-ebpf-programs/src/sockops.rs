@@ -1,0 +1,124 @@
+//! `sockops`: the per-connection record's life.
+//!
+//! | callback | on a socket with a record under its cookie |
+//! |---|---|
+//! | `TCP_CONNECT_CB` (SYN about to leave) | ask for state callbacks, so the close below is seen |
+//! | `ACTIVE_ESTABLISHED_CB` (client side up) | copy the record to its 4-tuple, with the netns cookie |
+//! | `STATE_CB` to `TCP_CLOSE` | delete both records |
+//!
+//! So a closed connection leaves nothing behind, whether it was established or refused.
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::EbpfContext;
+use aya_ebpf::bindings::{
+    BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+    BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+};
+use aya_ebpf::helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie};
+use aya_ebpf::macros::sock_ops;
+use aya_ebpf::programs::SockOpsContext;
+use capture_ebpf_common::{PairKey, STAT_STATE_FULL};
+
+use crate::maps::{ORIG_BY_COOKIE, ORIG_BY_PAIR, count};
+use crate::net::{AF_INET_U32, AF_INET6_U32, Ip};
+
+#[sock_ops]
+pub fn capture_sockops(ctx: SockOpsContext) -> u32 {
+    sockops(&ctx);
+    1
+}
+
+#[inline(always)]
+fn sockops(ctx: &SockOpsContext) {
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the program's context; 4-byte reads of `op` are allowed.
+    let op = unsafe { read_volatile(&raw const (*ops).op) };
+    match op {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            if ORIG_BY_COOKIE.get_ptr(cookie(ctx)).is_some() {
+                // SAFETY: as above, for the flags field.
+                let flags = unsafe { read_volatile(&raw const (*ops).bpf_sock_ops_cb_flags) };
+                let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            }
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            if let Some(orig) = ORIG_BY_COOKIE.get_ptr(cookie(ctx)) {
+                // SAFETY: a live map value, copied out at once.
+                let orig = unsafe { *orig };
+                if let Some(key) = pair_key(ctx)
+                    && ORIG_BY_PAIR.insert(key, orig, 0).is_err()
+                {
+                    count(STAT_STATE_FULL);
+                }
+            }
+        }
+        BPF_SOCK_OPS_STATE_CB => {
+            // SAFETY: args[1] of a state callback is the new state; 4-byte reads are allowed.
+            let new_state = unsafe { read_volatile(&raw const (*ops).__bindgen_anon_1.args[1]) };
+            if new_state == BPF_TCP_CLOSE
+                && ORIG_BY_COOKIE.remove(cookie(ctx)).is_ok()
+                && let Some(key) = pair_key(ctx)
+            {
+                let _ = ORIG_BY_PAIR.remove(key);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: the helper takes the program's context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// The client socket's connection as [`PairKey`]: client = local end, proxy = remote end.
+#[inline(always)]
+fn pair_key(ctx: &SockOpsContext) -> Option<PairKey> {
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the program's context; every field below allows 4-byte reads.
+    let (family, local_port, remote_port) = unsafe {
+        (
+            read_volatile(&raw const (*ops).family),
+            read_volatile(&raw const (*ops).local_port),
+            read_volatile(&raw const (*ops).remote_port),
+        )
+    };
+    // SAFETY: as above.
+    let (local, remote) = unsafe {
+        match family {
+            AF_INET_U32 => (
+                Ip::from_ip4(read_volatile(&raw const (*ops).local_ip4)),
+                Ip::from_ip4(read_volatile(&raw const (*ops).remote_ip4)),
+            ),
+            AF_INET6_U32 => (
+                Ip::from_ip6([
+                    read_volatile(&raw const (*ops).local_ip6[0]),
+                    read_volatile(&raw const (*ops).local_ip6[1]),
+                    read_volatile(&raw const (*ops).local_ip6[2]),
+                    read_volatile(&raw const (*ops).local_ip6[3]),
+                ]),
+                Ip::from_ip6([
+                    read_volatile(&raw const (*ops).remote_ip6[0]),
+                    read_volatile(&raw const (*ops).remote_ip6[1]),
+                    read_volatile(&raw const (*ops).remote_ip6[2]),
+                    read_volatile(&raw const (*ops).remote_ip6[3]),
+                ]),
+            ),
+            _ => return None,
+        }
+    };
+    // SAFETY: the helper takes the program's context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    Some(PairKey {
+        netns,
+        client_addr: local.mapped(),
+        proxy_addr: remote.mapped(),
+        // local_port is in host byte order; remote_port holds the network-order port in its
+        // upper 16 bits.
+        client_port: local_port as u16,
+        proxy_port: u16::from_be((remote_port >> 16) as u16),
+        _pad: 0,
+    })
+}

@@ -1,0 +1,133 @@
+//! The eBPF backend's errors.
+
+use std::io;
+use std::path::PathBuf;
+
+use aya::maps::MapError;
+use aya::pin::PinError;
+use aya::programs::ProgramError;
+use capture_core::SpecError;
+
+/// Everything that can go wrong planning, loading, attaching and enrolling.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec does not validate.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// An owner is given by name; the kernel compares numeric ids.
+    #[error("owner {name:?} in {field} is a name; the eBPF backend needs numeric ids")]
+    OwnerName {
+        /// The spec field (and istio-iptables flag) it came from.
+        field: &'static str,
+        /// The name as given.
+        name: String,
+    },
+    /// A capture feature the eBPF backend does not implement yet.
+    #[error("{feature} is not supported by the eBPF backend yet; use the iptables backend")]
+    NotImplemented {
+        /// What is missing.
+        feature: &'static str,
+    },
+    /// The kernel lacks a program type, map type, helper or hook the programs need.
+    #[error(
+        "this kernel does not support {feature}; the eBPF backend needs Linux {min_kernel} or later for it"
+    )]
+    Unsupported {
+        /// The missing feature.
+        feature: &'static str,
+        /// The first kernel release that has it.
+        min_kernel: &'static str,
+    },
+    /// Probing for a kernel feature failed for another reason than its absence.
+    #[error("probing kernel support for {feature} failed")]
+    Probe {
+        /// The feature probed.
+        feature: &'static str,
+        /// Why.
+        #[source]
+        source: ProgramError,
+    },
+    /// The embedded object is empty: capture-ebpf was built with `AYA_BUILD_SKIP=1`.
+    #[error(
+        "capture-ebpf was built without its eBPF object (AYA_BUILD_SKIP=1); rebuild it with the toolchain from scripts/setup"
+    )]
+    ObjectMissing,
+    /// The object could not be parsed or its maps created.
+    #[error("loading the eBPF object failed")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program could not be found, loaded (verified) or attached.
+    #[error("program {program}: {op} failed")]
+    Program {
+        /// The program's name.
+        program: &'static str,
+        /// `load`, `attach` or `take link`.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map could not be opened, read or written.
+    #[error("map {map}: {op} failed")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// What was done.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: MapError,
+    },
+    /// Pinning a link or map failed.
+    #[error("pinning {path} failed")]
+    Pin {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: PinError,
+    },
+    /// The pin directory's parent is not on a bpf filesystem.
+    #[error("{path} is not on a bpf filesystem; mount one there (mount -t bpf bpf {path})")]
+    NotBpffs {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The directory to attach to is not a cgroup v2 directory.
+    #[error("{path} is not a cgroup v2 directory; attach to a directory below the cgroup2 mount")]
+    NotCgroup2 {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Programs are already pinned under this directory.
+    #[error("capture's programs are already installed under {path}")]
+    AlreadyInstalled {
+        /// The pin directory.
+        path: PathBuf,
+    },
+    /// No programs are pinned under this directory.
+    #[error("capture's programs are not installed under {path}")]
+    NotInstalled {
+        /// The pin directory.
+        path: PathBuf,
+    },
+    /// A file-system operation failed.
+    #[error("{op} {path} failed")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A system call failed.
+    #[error("{call} failed")]
+    Syscall {
+        /// The call.
+        call: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}

@@ -1,0 +1,35 @@
+//! The eBPF capture backend: the same [`CaptureSpec`](capture_core::CaptureSpec) as the
+//! iptables backend, enforced by cgroup socket programs instead of NAT.
+//!
+//! ```text
+//! CaptureSpec ─MapPlan::from_spec─> MapPlan ─entries(netns cookie, generation)─> map keys/values
+//!                                                   └──── Node::enroll writes them ────┘
+//! ```
+//!
+//! One set of programs per node ([`Node::install`]: loaded once, attached to a cgroup v2
+//! directory with bpf_links, pinned on bpffs), configuration per pod ([`Node::enroll`], keyed
+//! by the pod's network namespace cookie). Connections from network namespaces that are not
+//! enrolled are never touched.
+//!
+//! | program | does |
+//! |---|---|
+//! | `cgroup/connect4`, `connect6` | redirects an app's TCP connect to the proxy's outbound port (or the proxy's own-pod call to its inbound port) as Istio's nat `OUTPUT` rules would; IPv4-mapped destinations count as IPv4 |
+//! | `sockops` | keys the original destination by the connection's 4-tuple and netns cookie; removes every per-connection entry when the socket closes |
+//! | `cgroup/getsockopt` | answers `SO_ORIGINAL_DST` (`SOL_IP`, `SOL_IPV6`) on the proxy's accepted socket, so [`capture_core::original_dst`] works unchanged; touches no other option |
+//! | `cgroup/getpeername4`, `getpeername6` | the app sees its original peer, not the proxy |
+//!
+//! # Minimum kernel version
+//! 5.15 (`bpf_get_netns_cookie` in sock_ops programs); [`probe`] checks each feature.
+
+mod error;
+mod loader;
+mod maps;
+mod netns;
+
+pub use error::Error;
+pub use loader::{Node, Stats, cgroup2_root, is_bpffs, mount_bpffs, probe, uninstall};
+pub use maps::{MapEntries, MapPlan, PortPrefix};
+pub use netns::{NetnsCookie, PodNetns};
+
+/// The programs' object, built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture-ebpf-programs"));

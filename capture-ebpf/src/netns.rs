@@ -1,0 +1,102 @@
+//! Identifying a pod: its network namespace cookie and its own addresses.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+
+use crate::Error;
+
+/// `SO_NETNS_COOKIE` (Linux 5.14).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// A network namespace's cookie: a 64-bit id the kernel never reuses while it runs, the key
+/// of a pod's configuration (`bpf_get_netns_cookie` in the programs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetnsCookie(pub u64);
+
+impl NetnsCookie {
+    /// The cookie of the calling thread's network namespace.
+    ///
+    /// # Errors
+    /// [`Error::Syscall`] when no socket can be made, or [`Error::Unsupported`] on kernels
+    /// before 5.14, which lack `SO_NETNS_COOKIE`.
+    ///
+    /// # Minimum kernel version
+    /// 5.14.
+    pub fn current() -> Result<NetnsCookie, Error> {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::Syscall {
+            call: "socket",
+            source: e.into(),
+        })?;
+        let mut cookie: u64 = 0;
+        let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("8 fits");
+        // SAFETY: `fd` is an open socket; `cookie` is a live u64 and `len` holds its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        if rc == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+                return Err(Error::Unsupported {
+                    feature: "SO_NETNS_COOKIE",
+                    min_kernel: "5.14",
+                });
+            }
+            return Err(Error::Syscall {
+                call: "getsockopt(SO_NETNS_COOKIE)",
+                source: e,
+            });
+        }
+        Ok(NetnsCookie(cookie))
+    }
+}
+
+/// A pod as the programs know it: its network namespace cookie and its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetns {
+    /// The network namespace cookie.
+    pub cookie: NetnsCookie,
+    /// The addresses of the namespace's interfaces; connections to them go over `lo`.
+    pub local_addrs: Vec<IpAddr>,
+}
+
+impl PodNetns {
+    /// The calling thread's network namespace, as it is now.
+    ///
+    /// # Errors
+    /// As [`NetnsCookie::current`], or [`Error::Syscall`] when the addresses cannot be listed.
+    pub fn current() -> Result<PodNetns, Error> {
+        let cookie = NetnsCookie::current()?;
+        let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::Syscall {
+            call: "getifaddrs",
+            source: e.into(),
+        })?;
+        let mut local_addrs: Vec<IpAddr> = addrs
+            .filter_map(|ifa| {
+                let addr = ifa.address?;
+                if let Some(v4) = addr.as_sockaddr_in() {
+                    Some(IpAddr::V4(v4.ip()))
+                } else {
+                    addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+                }
+            })
+            .collect();
+        local_addrs.sort_unstable();
+        local_addrs.dedup();
+        Ok(PodNetns { cookie, local_addrs })
+    }
+}

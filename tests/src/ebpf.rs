@@ -1,0 +1,355 @@
+//! Test-owned cgroups, bpffs mounts and eBPF installs, and running a test inside the cgroup.
+//!
+//! The eBPF programs act on sockets by the cgroup of the process that created them, so a test
+//! that exercises them must create its sockets from a process inside the test's cgroup. The
+//! test process itself never moves (its other tests run elsewhere): [`EbpfWorld::run_in_cgroup`]
+//! re-executes the test binary for just the calling test, with the child placed in the cgroup
+//! before `exec`, and the test function runs its body there ([`in_cgroup_child`] tells which
+//! side it is on).
+//!
+//! | Helper | What it is | Removed on `Drop` |
+//! |---|---|---|
+//! | [`TestCgroup`] | `<cgroup2 mount>/capture-test-<pid>-<n>` | the directory (after its processes exited) |
+//! | [`TestBpffs`] | a private bpffs instance on `$TMPDIR/capture-test-bpffs-<pid>-<n>` | unmounted, directory removed |
+//! | [`EbpfWorld`] | both, with capture's programs installed on the cgroup and pinned in the bpffs | programs uninstalled first |
+
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{self, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use capture_ebpf::Node;
+use nix::mount::{MntFlags, umount2};
+
+use crate::{NETNS_PREFIX, run_ok};
+
+/// Set in the child a test re-executes itself as; holds the pin directory of its programs.
+pub const CHILD_ENV: &str = "CAPTURE_E2E_EBPF_CHILD";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn unique_name() -> String {
+    format!(
+        "{NETNS_PREFIX}-{}-{}",
+        process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A cgroup v2 directory of the test's own, below the cgroup2 mount (found in `/proc/self/mounts`).
+#[derive(Debug)]
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `<cgroup2 mount>/capture-test-<pid>-<n>`.
+    ///
+    /// # Panics
+    ///
+    /// When no cgroup2 file system is mounted, or the directory cannot be made (needs root).
+    #[must_use]
+    pub fn new() -> TestCgroup {
+        let root = capture_ebpf::cgroup2_root().expect("a mounted cgroup2 hierarchy");
+        let path = root.join(unique_name());
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+
+    /// The cgroup's directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes `cmd`'s process join this cgroup between `fork` and `exec`, so everything it runs,
+    /// and every socket it creates, belongs to the cgroup.
+    ///
+    /// # Panics
+    ///
+    /// When `cgroup.procs` cannot be opened.
+    pub fn enter_on_exec(&self, cmd: &mut Command) {
+        let procs = self.path.join("cgroup.procs");
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&procs)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", procs.display()));
+        // SAFETY: the hook runs in the forked child before exec and only calls write(2), which is
+        // async-signal-safe; "0" names the writing process. The file stays open in the closure.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(file.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// The processes in the cgroup.
+    ///
+    /// # Panics
+    ///
+    /// When `cgroup.procs` cannot be read.
+    #[must_use]
+    pub fn procs(&self) -> Vec<u32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .expect("read cgroup.procs")
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        TestCgroup::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let Self { path } = self;
+        // A process that just exited may take a moment to leave the cgroup.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fs::remove_dir(&*path) {
+                Ok(()) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    eprintln!("capture-e2e: cannot remove cgroup {}: {e}", path.display());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A bpffs instance of the test's own, mounted on a fresh directory under `$TMPDIR`.
+#[derive(Debug)]
+pub struct TestBpffs {
+    path: PathBuf,
+}
+
+impl TestBpffs {
+    /// Mounts a new bpffs on `$TMPDIR/capture-test-bpffs-<pid>-<n>`.
+    ///
+    /// # Panics
+    ///
+    /// When the directory cannot be made or the mount fails (needs root).
+    #[must_use]
+    pub fn new() -> TestBpffs {
+        let path = std::env::temp_dir().join(unique_name().replace(NETNS_PREFIX, "capture-test-bpffs"));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        let bpffs = TestBpffs { path };
+        capture_ebpf::mount_bpffs(&bpffs.path).expect("mount a bpffs for the test");
+        bpffs
+    }
+
+    /// The mount point.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Everything pinned in it, recursively, as paths relative to the mount point; the
+    /// iterator files the kernel puts in every new bpffs (`maps.debug`, `progs.debug`) are left out.
+    #[must_use]
+    pub fn contents(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
+            for entry in fs::read_dir(dir).expect("read the bpffs") {
+                let path = entry.expect("a directory entry").path();
+                if dir == base && path.extension().is_some_and(|e| e == "debug") {
+                    continue;
+                }
+                out.push(path.strip_prefix(base).expect("below the mount").to_owned());
+                if path.is_dir() {
+                    walk(&path, base, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path, &self.path, &mut out);
+        out
+    }
+}
+
+impl Default for TestBpffs {
+    fn default() -> Self {
+        TestBpffs::new()
+    }
+}
+
+impl Drop for TestBpffs {
+    fn drop(&mut self) {
+        let Self { path } = self;
+        if let Err(e) = umount2(path.as_path(), MntFlags::MNT_DETACH) {
+            eprintln!("capture-e2e: cannot unmount bpffs {}: {e}", path.display());
+        }
+        if let Err(e) = fs::remove_dir(&*path) {
+            eprintln!("capture-e2e: cannot remove {}: {e}", path.display());
+        }
+    }
+}
+
+/// capture's programs installed on a test cgroup and pinned in a test bpffs.
+///
+/// Dropping it uninstalls the programs (if [`EbpfWorld::uninstall`] did not already), then
+/// removes the bpffs and the cgroup.
+#[derive(Debug)]
+pub struct EbpfWorld {
+    /// Where the programs are pinned (`<bpffs>/capture`).
+    pub pin_dir: PathBuf,
+    installed: bool,
+    // Field order is drop order: the bpffs goes before the cgroup.
+    /// The bpffs the programs are pinned in.
+    pub bpffs: TestBpffs,
+    /// The cgroup the programs are attached to.
+    pub cgroup: TestCgroup,
+}
+
+impl EbpfWorld {
+    /// Creates a cgroup and a bpffs and installs the programs.
+    ///
+    /// # Panics
+    ///
+    /// When any step fails; what was made is removed again.
+    #[must_use]
+    pub fn new() -> EbpfWorld {
+        let cgroup = TestCgroup::new();
+        let bpffs = TestBpffs::new();
+        let pin_dir = bpffs.path().join("capture");
+        let mut world = EbpfWorld {
+            pin_dir,
+            installed: false,
+            bpffs,
+            cgroup,
+        };
+        Node::install(world.cgroup.path(), &world.pin_dir)
+            .unwrap_or_else(|e| panic!("install: {}", chain(&e)));
+        world.installed = true;
+        world
+    }
+
+    /// Opens the installed programs' maps.
+    ///
+    /// # Panics
+    ///
+    /// When they cannot be opened.
+    #[must_use]
+    pub fn node(&self) -> Node {
+        Node::open(&self.pin_dir).unwrap_or_else(|e| panic!("open: {}", chain(&e)))
+    }
+
+    /// Runs the calling test again in a child process inside the cgroup, where
+    /// [`in_cgroup_child`] returns the pin directory, and waits for it.
+    ///
+    /// # Panics
+    ///
+    /// When the child cannot be started or fails; the panic carries its output.
+    pub fn run_in_cgroup(&self) {
+        let test = thread::current()
+            .name()
+            .expect("libtest names test threads")
+            .to_owned();
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut cmd = Command::new(exe);
+        cmd.args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, &self.pin_dir);
+        self.cgroup.enter_on_exec(&mut cmd);
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {test} in a child: {e}"));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{test} failed in its cgroup child ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            out.status
+        );
+    }
+
+    /// `bpftool cgroup tree <cgroup>`: the programs attached to the cgroup, one per line.
+    ///
+    /// # Panics
+    ///
+    /// When bpftool fails.
+    #[must_use]
+    pub fn attached(&self) -> Vec<String> {
+        let out = run_ok(
+            Command::new("bpftool")
+                .arg("cgroup")
+                .arg("tree")
+                .arg(self.cgroup.path()),
+        );
+        // Besides headers and the cgroup's path, each line is "<prog id> <attach type> <flags> <name>".
+        out.lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|id| id.parse::<u32>().is_ok())
+            })
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    /// Uninstalls the programs.
+    ///
+    /// # Panics
+    ///
+    /// When uninstalling fails.
+    pub fn uninstall(&mut self) {
+        if std::mem::take(&mut self.installed) {
+            capture_ebpf::uninstall(&self.pin_dir).unwrap_or_else(|e| panic!("uninstall: {}", chain(&e)));
+        }
+    }
+}
+
+impl Default for EbpfWorld {
+    fn default() -> Self {
+        EbpfWorld::new()
+    }
+}
+
+impl Drop for EbpfWorld {
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.installed)
+            && let Err(e) = capture_ebpf::uninstall(&self.pin_dir)
+        {
+            eprintln!(
+                "capture-e2e: cannot uninstall from {}: {}",
+                self.pin_dir.display(),
+                chain(&e)
+            );
+        }
+    }
+}
+
+/// In the child made by [`EbpfWorld::run_in_cgroup`]: the pin directory of the programs.
+#[must_use]
+pub fn in_cgroup_child() -> Option<PathBuf> {
+    std::env::var_os(CHILD_ENV).map(|dir: OsString| PathBuf::from(dir))
+}
+
+/// An error with its sources, for panic messages.
+#[must_use]
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

@@ -1,0 +1,497 @@
+//! The eBPF backend with real traffic: capture's programs installed on a test-owned cgroup and
+//! pinned in a test-owned bpffs, the test body running in a child process inside that cgroup
+//! (see [`crate::ebpf`]), packets moving only between the harness's namespaces.
+//!
+//! Every test ends the same way ([`ebpf_test`]): no per-connection map entries remain, and
+//! uninstalling leaves no program attached to the cgroup (`bpftool cgroup tree`) and nothing
+//! pinned.
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use capture_core::{CaptureSpec, Cidr, PortRange};
+use capture_ebpf::{MapPlan, NetnsCookie, Node, PodNetns};
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket, sockopt,
+};
+
+use crate::ebpf::{EbpfWorld, chain, in_cgroup_child};
+use crate::{
+    APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, Topology, connect_as,
+    connect_detailed, iptables_restore, require_root, run_ok,
+};
+
+/// Installs the programs on a test cgroup, runs `body` in a child process inside it, then checks
+/// that nothing is left: no per-connection entries, and after uninstalling no attachment and no pin.
+fn ebpf_test(body: impl FnOnce(&mut Node)) {
+    if let Some(pin_dir) = in_cgroup_child() {
+        let mut node = Node::open(&pin_dir).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+        body(&mut node);
+        return;
+    }
+    if !require_root() {
+        return;
+    }
+    let world = EbpfWorld::new();
+    let attached = world.attached();
+    assert_eq!(
+        attached.len(),
+        6,
+        "six programs attached to the test cgroup: {attached:#?}"
+    );
+    world.run_in_cgroup();
+    finish(world);
+}
+
+/// The common end of every test: per-connection state gone, clean uninstall.
+fn finish(mut world: EbpfWorld) {
+    let node = world.node();
+    assert_no_connection_entries(&node);
+    drop(node);
+    world.uninstall();
+    let attached = world.attached();
+    assert!(attached.is_empty(), "programs left attached: {attached:#?}");
+    let pins = world.bpffs.contents();
+    assert!(pins.is_empty(), "pins left behind: {pins:#?}");
+}
+
+/// Waits (briefly: closing sockets finish their handshakes) until no per-connection entry is left.
+fn assert_no_connection_entries(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let entries = node.connection_entries().expect("count connection entries");
+        if entries == (0, 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "per-connection entries left (by cookie, by 4-tuple): {entries:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Enrolls `ns` with `spec`, as seen from inside it.
+fn enroll(node: &mut Node, ns: &NetNs, spec: &CaptureSpec) -> NetnsCookie {
+    let pod = ns
+        .run(PodNetns::current)
+        .unwrap_or_else(|e| panic!("inspect netns: {}", chain(&e)));
+    let plan = MapPlan::from_spec(spec).unwrap_or_else(|e| panic!("plan: {}", chain(&e)));
+    node.enroll(&pod, &plan)
+        .unwrap_or_else(|e| panic!("enroll: {}", chain(&e)));
+    pod.cookie
+}
+
+fn sidecar(ipv6: bool) -> CaptureSpec {
+    let mut spec = CaptureSpec::sidecar();
+    spec.ipv6 = ipv6;
+    spec
+}
+
+/// An app connect to peer:80 lands on the outbound listener, which learns peer:80 through
+/// `SO_ORIGINAL_DST`; the app's `getpeername()` still says peer:80.
+fn outbound_is_captured(family: Family) {
+    ebpf_test(|node| {
+        let topo = Topology::new();
+        enroll(node, &topo.pod, &sidecar(family == Family::V6));
+        let proxy = Listener::spawn(
+            &topo.pod,
+            SocketAddr::new(family.unspecified(), OUTBOUND_PORT),
+            "outbound",
+        );
+        let app = Listener::spawn(&topo.peer, topo.peer_addr(family, 80), "peer-app");
+        let dst = topo.peer_addr(family, 80);
+
+        let conn = connect_detailed(&topo.pod, APP_UID, APP_UID, dst).expect("pod app connects to peer:80");
+
+        assert_eq!(conn.reply, "outbound");
+        let seen = proxy.take_one();
+        assert_eq!(
+            seen.original_dst
+                .expect("original_dst on the redirected connection"),
+            dst
+        );
+        assert_eq!(seen.local, SocketAddr::new(family.loopback(), OUTBOUND_PORT));
+        assert_eq!(seen.peer, conn.local);
+        assert_eq!(conn.peer, dst, "getpeername() shows the original destination");
+        assert!(
+            app.take_accepted().is_empty(),
+            "the peer must not see captured traffic"
+        );
+        let stats = node.stats().unwrap();
+        assert_eq!(
+            (stats.outbound, stats.orig_dst, stats.peername),
+            (1, 1, 1),
+            "{stats:?}"
+        );
+    });
+}
+
+#[test]
+fn outbound_v4() {
+    outbound_is_captured(Family::V4);
+}
+
+#[test]
+fn outbound_v6() {
+    outbound_is_captured(Family::V6);
+}
+
+/// IPv4 through dual-stack sockets both ways: an `AF_INET6` app socket dialling
+/// `::ffff:peer:80` is captured as IPv4, and a dual-stack `[::]:15001` proxy learns an IPv4
+/// client's original destination as plain IPv4.
+#[test]
+fn dual_stack_sockets_are_captured_as_ipv4() {
+    ebpf_test(|node| {
+        // IPv6 capture off: an IPv4-mapped destination is IPv4 traffic all the same.
+        let topo = Topology::new();
+        enroll(node, &topo.pod, &sidecar(false));
+        let proxy = Listener::spawn(
+            &topo.pod,
+            (Ipv4Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
+            "outbound-v4",
+        );
+        let peer = topo.peer_addr(Family::V4, 80);
+        let IpAddr::V4(peer_ip) = peer.ip() else {
+            unreachable!()
+        };
+        let mapped = SocketAddr::new(peer_ip.to_ipv6_mapped().into(), 80);
+
+        let conn = connect_detailed(&topo.pod, APP_UID, APP_UID, mapped).expect("AF_INET6 app connects");
+
+        assert_eq!(conn.reply, "outbound-v4");
+        assert_eq!(proxy.take_one().original_dst.expect("original_dst"), peer);
+        assert_eq!(
+            conn.peer, mapped,
+            "getpeername() shows the mapped original destination"
+        );
+
+        let topo = Topology::new();
+        enroll(node, &topo.pod, &sidecar(false));
+        let proxy = Listener::spawn(
+            &topo.pod,
+            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
+            "outbound-dual",
+        );
+        let peer = topo.peer_addr(Family::V4, 80);
+
+        let (reply, _) = connect_as(&topo.pod, APP_UID, APP_UID, peer).expect("AF_INET app connects");
+
+        assert_eq!(reply, "outbound-dual");
+        let seen = proxy.take_one();
+        let loopback = Ipv4Addr::LOCALHOST.to_ipv6_mapped();
+        assert_eq!(seen.local, SocketAddr::new(loopback.into(), OUTBOUND_PORT));
+        assert_eq!(
+            seen.original_dst.expect("original_dst on a v4-mapped socket"),
+            peer
+        );
+    });
+}
+
+/// Connections owned by uid 1337, gid 1337 or both reach the peer directly.
+#[test]
+fn proxy_uid_and_gid_bypass_capture() {
+    ebpf_test(|node| {
+        let topo = Topology::new();
+        enroll(node, &topo.pod, &sidecar(true));
+        let proxy = Listener::spawn(
+            &topo.pod,
+            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
+            "outbound",
+        );
+        for family in [Family::V4, Family::V6] {
+            let app = Listener::spawn(&topo.peer, topo.peer_addr(family, 80), "peer-app");
+            let dst = topo.peer_addr(family, 80);
+            for (uid, gid) in [(PROXY_UID, PROXY_UID), (PROXY_UID, APP_UID), (APP_UID, PROXY_UID)] {
+                let (reply, _) = connect_as(&topo.pod, uid, gid, dst)
+                    .unwrap_or_else(|e| panic!("{uid}:{gid} connects to {dst}: {e}"));
+                assert_eq!(reply, "peer-app", "{uid}:{gid} must bypass capture");
+                assert_eq!(app.take_one().original_dst.expect("original_dst"), dst);
+            }
+        }
+        assert!(
+            proxy.take_accepted().is_empty(),
+            "the proxy's own traffic must not loop back"
+        );
+    });
+}
+
+/// Excluded ports (`-o`) and CIDRs (`-x`) reach the peer directly; re-enrolling with another
+/// configuration takes effect at once.
+#[test]
+fn excluded_ports_and_cidrs_bypass_capture() {
+    ebpf_test(|node| {
+        let topo = Topology::new();
+        let proxy = Listener::spawn(
+            &topo.pod,
+            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
+            "outbound",
+        );
+        let on_80 = Listener::spawn(&topo.peer, topo.peer_addr(Family::V4, 80), "peer-80");
+        let on_81 = Listener::spawn(&topo.peer, topo.peer_addr(Family::V4, 81), "peer-81");
+        let connect = |port| {
+            connect_as(&topo.pod, APP_UID, APP_UID, topo.peer_addr(Family::V4, port))
+                .unwrap_or_else(|e| panic!("connect to peer:{port}: {e}"))
+                .0
+        };
+
+        let mut spec = sidecar(false);
+        spec.outbound.exclude_ports = vec![PortRange::single(capture_core::Port::new(80))];
+        let cookie = enroll(node, &topo.pod, &spec);
+        assert_eq!(connect(80), "peer-80", "excluded port");
+        assert_eq!(connect(81), "outbound", "a port not excluded");
+
+        let mut spec = sidecar(false);
+        spec.outbound.exclude_cidrs = vec![Cidr::new(topo.peer_ip(Family::V4), 24).unwrap()];
+        enroll(node, &topo.pod, &spec);
+        assert_eq!(node.config(cookie).unwrap().map(|c| c.generation), Some(2));
+        assert_eq!(connect(81), "peer-81", "excluded CIDR");
+        assert_eq!(connect(80), "peer-80", "excluded CIDR");
+
+        assert_eq!(proxy.take_accepted().len(), 1);
+        assert_eq!(on_80.take_accepted().len(), 2);
+        assert_eq!(on_81.take_accepted().len(), 1);
+        assert!(node.unenroll(cookie).unwrap());
+        assert_eq!(
+            node.pod_entries(cookie).unwrap(),
+            0,
+            "unenroll removes every entry of the pod"
+        );
+        assert!(node.pods().unwrap().is_empty());
+    });
+}
+
+/// A second pod in the same cgroup that is not enrolled is left alone, listener on 15001 or not.
+#[test]
+fn not_enrolled_netns_is_untouched() {
+    ebpf_test(|node| {
+        let enrolled = Topology::new();
+        let other = Topology::new();
+        enroll(node, &enrolled.pod, &sidecar(true));
+        let enrolled_proxy = Listener::spawn(
+            &enrolled.pod,
+            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
+            "enrolled-proxy",
+        );
+        let other_proxy = Listener::spawn(
+            &other.pod,
+            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
+            "other-proxy",
+        );
+        for family in [Family::V4, Family::V6] {
+            let app = Listener::spawn(&other.peer, other.peer_addr(family, 80), "other-peer");
+            let dst = other.peer_addr(family, 80);
+            let conn =
+                connect_detailed(&other.pod, APP_UID, APP_UID, dst).expect("connect from the other pod");
+            assert_eq!(conn.reply, "other-peer");
+            assert_eq!(conn.peer, dst);
+            assert_eq!(app.take_one().peer, conn.local);
+        }
+        let (reply, _) = connect_as(
+            &enrolled.pod,
+            APP_UID,
+            APP_UID,
+            enrolled.peer_addr(Family::V4, 80),
+        )
+        .expect("connect from the enrolled pod");
+        assert_eq!(reply, "enrolled-proxy");
+        assert!(other_proxy.take_accepted().is_empty());
+        assert_eq!(enrolled_proxy.take_accepted().len(), 1);
+    });
+}
+
+/// The proxy calling its own pod's address goes to the inbound port, first time (Istio's hairpin
+/// rule; merbridge#167 fails the first one); the app calling its own pod, or anyone calling
+/// 127.0.0.1, is not captured.
+#[test]
+fn proxy_to_own_pod_goes_to_inbound_port() {
+    ebpf_test(|node| {
+        let topo = Topology::new();
+        enroll(node, &topo.pod, &sidecar(true));
+        let inbound = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(), "inbound");
+        let outbound = Listener::spawn(
+            &topo.pod,
+            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
+            "outbound",
+        );
+        let app = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8080).into(), "pod-app");
+        for family in [Family::V4, Family::V6] {
+            let own = topo.pod_addr(family, 8080);
+            let (reply, _) = connect_as(&topo.pod, PROXY_UID, PROXY_UID, own).expect("proxy calls its pod");
+            assert_eq!(
+                reply, "inbound",
+                "{family:?}: the first connection reaches the inbound port"
+            );
+            assert_eq!(inbound.take_one().original_dst.expect("original_dst"), own);
+
+            let (reply, _) = connect_as(&topo.pod, APP_UID, APP_UID, own).expect("app calls its pod");
+            assert_eq!(reply, "pod-app");
+            let local = SocketAddr::new(family.loopback(), 8080);
+            for uid in [PROXY_UID, APP_UID] {
+                let (reply, _) = connect_as(&topo.pod, uid, uid, local).expect("call loopback");
+                assert_eq!(reply, "pod-app", "uid {uid} to {local}");
+            }
+            assert_eq!(app.take_accepted().len(), 3);
+        }
+        assert!(outbound.take_accepted().is_empty());
+    });
+}
+
+/// Two enrolled pods with identical addresses open connections with identical 4-tuples (same
+/// client address and port, both redirected to 127.0.0.1:15001) to different destinations; each
+/// proxy learns its own pod's destination. Both records exist at once: the proxies accept only
+/// after both clients are connected.
+#[test]
+fn identical_tuples_in_two_pods_do_not_mix() {
+    ebpf_test(|node| {
+        let a = Topology::new();
+        let b = Topology::with_index(a.index());
+        assert_eq!(a.pod_ip(Family::V4), b.pod_ip(Family::V4));
+        let spec = sidecar(false);
+        enroll(node, &a.pod, &spec);
+        enroll(node, &b.pod, &spec);
+        let listen = |ns: &NetNs| {
+            ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, OUTBOUND_PORT)))
+                .expect("proxy listens")
+        };
+        let (proxy_a, proxy_b) = (listen(&a.pod), listen(&b.pod));
+        let source = a.pod_addr(Family::V4, 40_000);
+        let open_client = |ns: &NetNs, dst: SocketAddr| {
+            ns.run(|| -> std::io::Result<TcpStream> {
+                let fd = socket(
+                    AddressFamily::Inet,
+                    SockType::Stream,
+                    SockFlag::SOCK_CLOEXEC,
+                    None,
+                )?;
+                setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+                bind(fd.as_raw_fd(), &SockaddrStorage::from(source))?;
+                connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
+                Ok(TcpStream::from(fd))
+            })
+            .unwrap_or_else(|e| panic!("connect to {dst}: {e}"))
+        };
+        let (dst_a, dst_b) = (a.peer_addr(Family::V4, 80), b.peer_addr(Family::V4, 81));
+        let client_a = open_client(&a.pod, dst_a);
+        let client_b = open_client(&b.pod, dst_b);
+        assert_eq!(client_a.local_addr().unwrap(), source);
+        assert_eq!(client_b.local_addr().unwrap(), source);
+        assert_eq!(node.connection_entries().unwrap(), (2, 2));
+
+        for (proxy, dst) in [(&proxy_a, dst_a), (&proxy_b, dst_b)] {
+            let (accepted, peer) = proxy.accept().expect("the proxy accepts");
+            assert_eq!(peer, source);
+            assert_eq!(capture_core::original_dst(&accepted).expect("original_dst"), dst);
+        }
+    });
+}
+
+/// 10,000 captured connect/close cycles leave no per-connection entry (checked by [`finish`]).
+#[test]
+fn connect_close_cycles_leave_no_entries() {
+    const CYCLES: u64 = 10_000;
+    ebpf_test(|node| {
+        let topo = Topology::new();
+        enroll(node, &topo.pod, &sidecar(false));
+        let proxy = Listener::spawn(
+            &topo.pod,
+            (Ipv4Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
+            "outbound",
+        );
+        let dst = topo.peer_addr(Family::V4, 80);
+        // Root is not the proxy's uid, so these are app connections; one thread does them all.
+        topo.pod.run(|| {
+            for i in 0..CYCLES {
+                let mut stream = TcpStream::connect(dst).unwrap_or_else(|e| panic!("cycle {i}: {e}"));
+                let mut reply = String::new();
+                stream.read_to_string(&mut reply).expect("read the token");
+                assert_eq!(reply, "outbound", "cycle {i}");
+            }
+        });
+        let accepted = proxy.take_accepted();
+        assert_eq!(accepted.len() as u64, CYCLES);
+        assert!(
+            accepted
+                .iter()
+                .all(|a| a.original_dst.as_ref().is_ok_and(|d| *d == dst))
+        );
+        assert_no_connection_entries(node);
+        assert_eq!(node.stats().unwrap().outbound, CYCLES);
+    });
+}
+
+/// A large getsockopt (iptables' `IPT_SO_GET_ENTRIES`, tens of kilobytes here) run inside the
+/// cgroup of an enrolled pod returns the same as outside it: the getsockopt program leaves every
+/// option but `SO_ORIGINAL_DST` alone (merbridge#323 truncated it to 4096 bytes).
+#[test]
+fn iptables_save_is_the_same_inside_the_cgroup() {
+    if in_cgroup_child().is_some() || !require_root() {
+        return;
+    }
+    let world = EbpfWorld::new();
+    let mut node = world.node();
+    let ns = NetNs::new();
+    enroll(&mut node, &ns, &sidecar(true));
+    let mut payload = String::from("*filter\n:CAPTURE_TEST - [0:0]\n");
+    for i in 0..400 {
+        payload.push_str(&format!(
+            "-A CAPTURE_TEST -s 10.{}.{}.0/24 -p tcp --dport {} -m comment --comment \"rule {i}\" -j ACCEPT\n",
+            i / 256,
+            i % 256,
+            1000 + i
+        ));
+    }
+    payload.push_str("COMMIT\n");
+    iptables_restore(&ns, Flavor::Legacy, Family::V4, &payload);
+
+    let save = |in_cgroup: bool| {
+        let mut cmd = ns.command("iptables-legacy-save");
+        cmd.args(["-t", "filter"]);
+        if in_cgroup {
+            world.cgroup.enter_on_exec(&mut cmd);
+        }
+        run_ok(&mut cmd)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let outside = save(false);
+    let inside = save(true);
+    assert!(outside.contains("rule 399"), "{outside}");
+    assert!(
+        outside.len() > 8 * 4096,
+        "the rule set is large: {} bytes",
+        outside.len()
+    );
+    assert_eq!(inside, outside);
+    assert!(world.cgroup.procs().is_empty());
+    drop(node);
+    drop(ns);
+    finish(world);
+}
+
+/// The loader refuses a pin directory outside bpffs, and a directory that is not a cgroup v2
+/// one, before changing anything.
+#[test]
+fn install_needs_bpffs_and_cgroup2() {
+    if in_cgroup_child().is_some() || !require_root() {
+        return;
+    }
+    let cgroup = crate::ebpf::TestCgroup::new();
+    let dir = std::env::temp_dir().join(format!("capture-test-notbpf-{}", std::process::id()));
+    let err = Node::install(cgroup.path(), &dir).unwrap_err();
+    assert!(matches!(err, capture_ebpf::Error::NotBpffs { .. }), "{err}");
+    assert!(!dir.exists());
+    let attached = run_ok(
+        Command::new("bpftool")
+            .arg("cgroup")
+            .arg("tree")
+            .arg(cgroup.path()),
+    );
+    assert!(!attached.contains("capture_"), "{attached}");
+}
