@@ -155,15 +155,11 @@ fn one<T: FromStr<Err = ValueError>>(field: Field, s: &str) -> Result<T, SpecErr
 }
 
 fn cidrs(field: Field, s: &str) -> Result<Vec<Cidr>, SpecError> {
+    // '*' only means "all" on its own; inside a list it is a mistake worth naming as such.
     items(s)
         .map(|item| {
-            let reason = if item == "*" {
-                ValueError::Wildcard
-            } else {
-                ValueError::Address
-            };
             item.parse()
-                .map_err(|e| SpecError::new(field, item, if item == "*" { reason } else { e }))
+                .map_err(|e| SpecError::new(field, item, if item == "*" { ValueError::Wildcard } else { e }))
         })
         .collect()
 }
