@@ -42,6 +42,9 @@ pub enum Failure {
         /// `user` or `group`.
         kind: &'static str,
     },
+    /// `::6` could not be put on or taken off `lo`.
+    #[error(transparent)]
+    Netlink(#[from] capture_core::netlink::NetlinkError),
     /// The node lock could not be taken.
     #[error("cannot lock {path}")]
     Lock {
@@ -88,7 +91,7 @@ enum Outcome {
 pub fn run(invocation: &Invocation) -> Result<(), ExitCode> {
     let Invocation { args, spec, .. } = invocation;
     if args.cleanup_only {
-        return cleanup(args).map_err(|e| fail(&e));
+        return cleanup(args, spec).map_err(|e| fail(&e));
     }
     // Plan first: a flag the eBPF backend refuses fails before anything is loaded.
     let plan = numeric_owners(spec)
@@ -113,6 +116,11 @@ pub fn run(invocation: &Invocation) -> Result<(), ExitCode> {
         capture_ebpf::mount_bpffs(&bpffs)?;
         let _lock = lock(&bpffs)?;
         let mut node = open_or_load(args.cgroup.as_deref(), &pin_dir)?;
+        if spec.ipv6 {
+            // The proxy's IPv6 inbound passthrough source, as with iptables; before the pod's
+            // addresses are read, so that a rerun sees the same ones.
+            capture_core::netlink::ensure_ipv6_passthrough_address()?;
+        }
         let pod = PodNetns::current()?;
         let outcome = match node.enrolled(pod.cookie)? {
             Some(current) if current == planned(&plan, &pod, current.config.generation) => Outcome::Unchanged,
@@ -153,8 +161,17 @@ fn planned(plan: &MapPlan, pod: &PodNetns, generation: u32) -> MapEntries {
     entries
 }
 
-/// `--cleanup-only`: the pod's entries are removed; its connections are no longer captured.
-fn cleanup(args: &Args) -> Result<(), Failure> {
+/// `--cleanup-only`: the pod's entries are removed, so its connections are no longer captured,
+/// and `::6` is taken off `lo` when IPv6 is on (as with iptables).
+fn cleanup(args: &Args, spec: &CaptureSpec) -> Result<(), Failure> {
+    unenroll(args)?;
+    if spec.ipv6 {
+        capture_core::netlink::remove_ipv6_passthrough_address()?;
+    }
+    Ok(())
+}
+
+fn unenroll(args: &Args) -> Result<(), Failure> {
     let bpffs = bpffs(args.bpffs.as_deref());
     let pin_dir = bpffs.join(PIN_DIR);
     if !loaded(&pin_dir) {
