@@ -1257,11 +1257,6 @@ fn ebpf_flag_change_switches_traffic_atomically() {
         assert_lands(&topo.pod, APP, dst, &outbound);
 
         let (stop, made) = (AtomicBool::new(false), AtomicUsize::new(0));
-        let wait_for = |count: usize| {
-            while made.load(Ordering::SeqCst) < count {
-                thread::sleep(std::time::Duration::from_millis(5));
-            }
-        };
         thread::scope(|scope| {
             let traffic = scope.spawn(|| {
                 while !stop.load(Ordering::SeqCst) {
@@ -1274,6 +1269,18 @@ fn ebpf_flag_change_switches_traffic_atomically() {
                     made.fetch_add(1, Ordering::SeqCst);
                 }
             });
+            // Stops the traffic however this thread leaves the scope, so a failure cannot hang it.
+            let _stop = StopOnDrop(&stop);
+            // Waits until `count` connections are made, or the traffic thread ended (failed).
+            let wait_for = |count: usize| {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while made.load(Ordering::SeqCst) < count
+                    && !traffic.is_finished()
+                    && std::time::Instant::now() < deadline
+                {
+                    thread::sleep(std::time::Duration::from_millis(5));
+                }
+            };
             wait_for(5);
             init.clone()
                 .set("-o", "80")
@@ -1301,6 +1308,17 @@ fn ebpf_flag_change_switches_traffic_atomically() {
         assert!(pods.contains("generation 2\n"), "{pods}");
         assert!(pods.contains("PORTS out-exclude 80/16"), "{pods}");
     });
+}
+
+/// Sets the flag when dropped.
+#[cfg(feature = "ebpf")]
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+#[cfg(feature = "ebpf")]
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// `--cleanup-only` unenrolls the pod (its connections go direct again) and takes `::6` off `lo`;
