@@ -90,7 +90,8 @@ enum Outcome {
 /// The exit status of a failed run, after printing why.
 pub fn run(invocation: &Invocation) -> Result<(), ExitCode> {
     let Invocation { args, spec, .. } = invocation;
-    if args.cleanup_only {
+    // A dry run changes nothing, whatever else is asked (it runs outside the pod's namespace).
+    if args.cleanup_only && !args.dry_run {
         return cleanup(args, spec).map_err(|e| fail(&e));
     }
     // Plan first: a flag the eBPF backend refuses fails before anything is loaded.
