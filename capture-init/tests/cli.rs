@@ -588,6 +588,12 @@ fn ebpf_dry_run_prints_the_map_plan() {
          CIDRS out-include ::/0\n"
     );
 
+    // With --cleanup-only too, a dry run only prints.
+    let cleanup: Vec<&str> = sidecar.iter().copied().chain(["--cleanup-only"]).collect();
+    let out = capture_init(&cleanup, &[]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), stdout);
+
     let out = capture_init(
         &[
             "--backend",
