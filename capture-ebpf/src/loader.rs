@@ -433,6 +433,43 @@ impl Node {
         Ok(pods)
     }
 
+    /// What a pod is enrolled with: its [`PodConfig`] and the owner, port and CIDR entries of
+    /// the generation in force, each list sorted; `None` when it is not enrolled. Comparing it
+    /// with [`MapPlan::entries`] at the same generation tells whether enrolling again would
+    /// change anything.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when a map cannot be read.
+    pub fn enrolled(&self, cookie: NetnsCookie) -> Result<Option<crate::MapEntries>, Error> {
+        let Some(config) = self.config(cookie)? else {
+            return Ok(None);
+        };
+        let (netns, generation) = (cookie.0, config.generation);
+        let mut owners: Vec<OwnerKey> = keys_of(self.owners.keys(), OWNERS)?
+            .into_iter()
+            .filter(|k| k.netns == netns && k.generation == generation)
+            .collect();
+        let mut ports: Vec<(u32, PortKey)> = keys_of(self.ports.keys(), PORTS)?
+            .into_iter()
+            .map(|k| (k.prefix_len(), k.data()))
+            .filter(|(_, k)| k.netns == netns && k.generation == generation)
+            .collect();
+        let mut cidrs: Vec<(u32, CidrKey)> = keys_of(self.cidrs.keys(), CIDRS)?
+            .into_iter()
+            .map(|k| (k.prefix_len(), k.data()))
+            .filter(|(_, k)| k.netns == netns && k.generation == generation)
+            .collect();
+        owners.sort_unstable();
+        ports.sort_unstable();
+        cidrs.sort_unstable();
+        Ok(Some(crate::MapEntries {
+            config,
+            owners,
+            ports,
+            cidrs,
+        }))
+    }
+
     /// How many per-connection records exist: `(by socket cookie, by 4-tuple)`. Both are
     /// removed when the client socket closes.
     ///

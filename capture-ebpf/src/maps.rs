@@ -306,6 +306,48 @@ impl MapPlan {
             cidrs,
         }
     }
+
+    /// The plan that map entries were written from (the inverse of [`MapPlan::entries`],
+    /// with the pod's local addresses among the CIDRs), in the entries' order: how a pod's
+    /// enrolled configuration (from [`Node::enrolled`](crate::Node::enrolled)) is shown.
+    #[must_use]
+    pub fn from_entries(entries: &MapEntries) -> MapPlan {
+        let MapEntries {
+            config,
+            owners,
+            ports,
+            cidrs,
+        } = entries;
+        let owners = owners.iter().map(|k| (k.list, k.id)).collect();
+        let ports = ports
+            .iter()
+            .map(|(bits, k)| PortPrefix {
+                list: k.list,
+                port: u16::from_be_bytes(k.port),
+                bits: u8::try_from(bits.saturating_sub(PORT_KEY_FIXED_BITS)).unwrap_or(u8::MAX),
+            })
+            .collect();
+        let cidrs = cidrs
+            .iter()
+            .filter_map(|(bits, k)| {
+                let addr = match k.family {
+                    FAMILY_V4 => IpAddr::V4(Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3])),
+                    _ => IpAddr::V6(Ipv6Addr::from(k.addr)),
+                };
+                let prefix = u8::try_from(bits.saturating_sub(CIDR_KEY_FIXED_BITS)).ok()?;
+                Some((k.list, Cidr::new(addr, prefix).ok()?))
+            })
+            .collect();
+        MapPlan {
+            config: PodConfig {
+                generation: 0,
+                ..*config
+            },
+            owners,
+            ports,
+            cidrs,
+        }
+    }
 }
 
 impl fmt::Display for MapPlan {
@@ -598,6 +640,23 @@ mod tests {
         let (bits, key) = plan.entries(1, 1).ports[0];
         assert_eq!(bits, PORT_KEY_FIXED_BITS + 10);
         assert_eq!(key.port, 8000u16.to_be_bytes());
+    }
+
+    #[test]
+    fn entries_read_back_give_the_plan() {
+        let plan = plan(|s| {
+            s.outbound.exclude_ports = vec!["8000:8080".parse().unwrap()];
+            s.outbound.include = OutboundCidrs::Only(vec!["10.1.2.3/8".parse().unwrap()]);
+            s.outbound.exclude_cidrs = vec!["fd00::1/64".parse().unwrap()];
+            s.ipv6 = true;
+        })
+        .with_local_addrs(&["10.1.0.1".parse().unwrap(), "fd00:1::1".parse().unwrap()]);
+        let back = MapPlan::from_entries(&plan.entries(9, 4));
+        assert_eq!(back.config, plan.config);
+        assert_eq!(back.owners, plan.owners);
+        assert_eq!(back.ports, plan.ports);
+        assert_eq!(back.cidrs, plan.cidrs);
+        assert_eq!(back.to_string(), plan.to_string());
     }
 
     #[test]

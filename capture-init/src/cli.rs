@@ -12,7 +12,7 @@ use capture_core::{
     CaptureSpec, Detected, Field, IstioConfig, Owner, SpecError, ValueError, Warning, parse_resolv_conf,
 };
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 const ABOUT: &str =
     "Redirect a pod's TCP traffic to its sidecar proxy (drop-in replacement for istio-iptables)";
@@ -43,6 +43,20 @@ ENVIRONMENT:
   ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR    the host loopback range (default 127.0.0.1/32)
   ENVOY_USER                           user whose uid -u defaults to (default istio-proxy, else 1337)
 
+BACKENDS:
+  --backend iptables (default) installs netfilter rules in the pod's network namespace.
+  --backend ebpf enrolls the pod's network namespace with capture's cgroup socket programs
+  instead (no NAT): the programs are loaded once per node, attached to a cgroup v2 directory
+  (--cgroup, default the cgroup v2 root) and pinned on a bpf filesystem (--bpffs, default
+  /sys/fs/bpf, mounted if it is not one), first if they are not there yet. Running again with
+  the same flags changes nothing; with other flags it replaces the pod's configuration
+  atomically; --cleanup-only unenrolls the pod; --dry-run prints the map entries it would
+  write. Flags the eBPF backend cannot honour yet (DNS capture, -c, -k, INVALID_DROP) are
+  refused. Node commands:
+    capture-init ebpf load   [--cgroup PATH] [--bpffs PATH]   load, attach and pin the programs
+    capture-init ebpf unload [--bpffs PATH]                   detach and unpin them (no pod is captured)
+    capture-init ebpf pods   [--bpffs PATH]                   list enrolled pods and their configuration
+
 EXIT STATUS:
   0    success
   1    invalid input, or the rules could not be applied (nothing is left half-applied)
@@ -72,6 +86,19 @@ pub enum IptablesVersion {
     /// iptables-nft (nf_tables).
     Nft,
 }
+
+/// Which backend installs the capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// Netfilter rules, applied with iptables-restore (istio-iptables' way).
+    Iptables,
+    /// Capture's cgroup socket programs; the pod's network namespace is enrolled (needs a build
+    /// with the `ebpf` feature and Linux 5.15).
+    Ebpf,
+}
+
+/// The default `--bpffs`.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
 /// Parses Go's strconv.ParseBool spellings.
 fn go_bool(s: &str) -> Result<bool, String> {
@@ -396,12 +423,72 @@ pub struct Args {
     #[arg(long, env = "PROBE_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = go_duration, help_heading = "Validation")]
     pub probe_timeout: Duration,
 
+    /// How the capture is installed: iptables (netfilter rules) or ebpf (cgroup socket programs,
+    /// no NAT).
+    #[arg(
+        long,
+        env = "CAPTURE_BACKEND",
+        value_enum,
+        default_value = "iptables",
+        help_heading = "Backend"
+    )]
+    pub backend: Backend,
+    /// eBPF: the cgroup v2 directory the programs are attached to when they are not loaded yet.
+    /// Default: the cgroup v2 root (from /proc/self/mounts).
+    #[arg(long, value_name = "PATH", help_heading = "Backend")]
+    pub cgroup: Option<PathBuf>,
+    /// eBPF: the bpf filesystem the programs are pinned in (under capture/); mounted if it is not
+    /// one. Default: /sys/fs/bpf.
+    #[arg(long, value_name = "PATH", help_heading = "Backend")]
+    pub bpffs: Option<PathBuf>,
+
     /// Accepted for compatibility with pilot-agent's logging flags; ignored.
     #[arg(long = "log_output_level", hide = true)]
     pub log_output_level: Option<String>,
     /// Accepted for compatibility with pilot-agent's logging flags; ignored.
     #[arg(long = "log_as_json", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
     pub log_as_json: Option<bool>,
+}
+
+/// `capture-init ebpf …`: the eBPF backend's node-level commands.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ebpf",
+    bin_name = "capture-init ebpf",
+    about = "Load, unload and inspect the eBPF backend's programs on this node",
+    max_term_width = 100
+)]
+pub struct NodeArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+/// A node-level command of the eBPF backend.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Load capture's programs, attach them to a cgroup v2 directory and pin them; nothing
+    /// changes when they are loaded already.
+    Load {
+        /// The cgroup v2 directory to attach to. Default: the cgroup v2 root.
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
+        /// The bpf filesystem to pin in (under capture/); mounted if it is not one.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+    /// Detach and unpin the programs: no pod's connections are captured any more.
+    Unload {
+        /// The bpf filesystem the programs are pinned in.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+    /// List the enrolled pods (by network namespace cookie) with the map entries of each.
+    Pods {
+        /// The bpf filesystem the programs are pinned in.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
 }
 
 /// A command-line problem, printed as one line.
@@ -456,6 +543,8 @@ pub struct Invocation {
 pub enum Parsed {
     /// Go ahead.
     Run(Box<Args>),
+    /// `capture-init ebpf …`.
+    Node(NodeArgs),
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
 }
@@ -474,21 +563,24 @@ where
     if argv.get(1).is_some_and(|a| a == "istio-iptables") {
         argv.remove(1);
     }
-    let matches = match Args::command().try_get_matches_from(argv) {
+    // The node commands: `capture-init ebpf load|unload|pods`. istio-iptables takes no
+    // positional arguments, so the word cannot be anything else.
+    if argv.get(1).is_some_and(|a| a == "ebpf") {
+        argv.remove(1);
+        if let Some(name) = argv.first_mut() {
+            *name = "capture-init ebpf".into();
+        }
+        let matches = match clap_matches(NodeArgs::command(), argv)? {
+            Ok(m) => m,
+            Err(info) => return Ok(Parsed::Info(info)),
+        };
+        let node = NodeArgs::from_arg_matches(&matches).map_err(|e| CliError::Usage(e.to_string()))?;
+        require_ebpf_build()?;
+        return Ok(Parsed::Node(node));
+    }
+    let matches = match clap_matches(Args::command(), argv)? {
         Ok(m) => m,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            return Ok(Parsed::Info(e.render().to_string()));
-        }
-        Err(e) => {
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default();
-            return Err(CliError::Usage(first.trim_start_matches("error: ").to_owned()));
-        }
+        Err(info) => return Ok(Parsed::Info(info)),
     };
     let mut args = Args::from_arg_matches(&matches).map_err(|e| CliError::Usage(e.to_string()))?;
     apply_override(
@@ -499,6 +591,19 @@ where
     )?;
     apply_override(&matches, "drop_invalid", "INVALID_DROP", &mut args.drop_invalid)?;
     apply_override(&matches, "dual_stack", "ISTIO_DUAL_STACK", &mut args.dual_stack)?;
+    match args.backend {
+        Backend::Ebpf => require_ebpf_build()?,
+        Backend::Iptables => {
+            for (given, flag) in [
+                (args.cgroup.is_some(), "--cgroup"),
+                (args.bpffs.is_some(), "--bpffs"),
+            ] {
+                if given {
+                    return Err(CliError::Usage(format!("{flag} only applies to --backend ebpf")));
+                }
+            }
+        }
+    }
     if args.native_nftables {
         return Err(CliError::Unsupported(
             "--native-nftables is not supported yet; the iptables backend drives nf_tables through iptables-nft",
@@ -510,6 +615,47 @@ where
         .parse::<capture_core::Port>()
         .map_err(|reason| SpecError::new(Field::ProbePort, probe_port, reason))?;
     Ok(Parsed::Run(Box::new(args)))
+}
+
+/// Runs clap: the matches, or the help or version text to print (`Ok(Err(text))`).
+fn clap_matches(command: clap::Command, argv: Vec<OsString>) -> Result<Result<ArgMatches, String>, CliError> {
+    let name = command.get_name().to_owned();
+    let commands: Vec<String> = command
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .filter(|c| c != "help")
+        .collect();
+    match command.try_get_matches_from(argv) {
+        Ok(m) => Ok(Ok(m)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            Ok(Err(e.render().to_string()))
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Err(
+            CliError::Usage(format!("{name} needs a command: {}", commands.join(", "))),
+        ),
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            Err(CliError::Usage(first.trim_start_matches("error: ").to_owned()))
+        }
+    }
+}
+
+/// Why a build without the `ebpf` feature refuses `--backend ebpf` and `capture-init ebpf`.
+pub const NO_EBPF: &str = "this capture-init was built without the eBPF backend; build it with `cargo build -p capture-init --features ebpf` (the toolchain comes from scripts/setup)";
+
+/// The eBPF backend is compiled in only with the `ebpf` feature.
+fn require_ebpf_build() -> Result<(), CliError> {
+    if cfg!(feature = "ebpf") {
+        Ok(())
+    } else {
+        Err(CliError::Unsupported(NO_EBPF))
+    }
 }
 
 /// Completes the flags with what Istio detects from the pod (run inside the pod's network

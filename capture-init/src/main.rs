@@ -1,6 +1,8 @@
 //! `capture-init`: a drop-in replacement for istio-iptables in sidecar init containers.
 
 mod cli;
+#[cfg(feature = "ebpf")]
+mod ebpf;
 mod run;
 mod validate;
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use capture_core::{ApplyOptions, Change, Flavor, Iptables, Restore, SystemExec, plan};
 
-use crate::cli::{self, Args, Invocation, IptablesVersion, Parsed};
+use crate::cli::{self, Args, Backend, Invocation, IptablesVersion, NodeArgs, Parsed};
 use crate::validate;
 
 /// Exit status when validation finds that redirection does not work (Istio's).
@@ -24,9 +24,10 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args = match cli::parse(argv) {
         Ok(Parsed::Info(text)) => {
-            print!("{text}");
+            println!("{}", text.trim_end());
             return ExitCode::SUCCESS;
         }
+        Ok(Parsed::Node(node)) => return node_command(node),
         Ok(Parsed::Run(args)) => args,
         Err(e) => return fail(e),
     };
@@ -46,7 +47,39 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
     for warning in &invocation.warnings {
         eprintln!("capture-init: warning: {warning}");
     }
-    run(&invocation)
+    match invocation.args.backend {
+        Backend::Iptables => run(&invocation),
+        Backend::Ebpf => run_ebpf(&invocation),
+    }
+}
+
+#[cfg(feature = "ebpf")]
+fn node_command(node: NodeArgs) -> ExitCode {
+    crate::ebpf::node(node)
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn node_command(_: NodeArgs) -> ExitCode {
+    // cli::parse refuses the node commands in a build without the eBPF backend.
+    fail(cli::CliError::Unsupported(cli::NO_EBPF))
+}
+
+#[cfg(feature = "ebpf")]
+fn run_ebpf(invocation: &Invocation) -> ExitCode {
+    if let Err(status) = crate::ebpf::run(invocation) {
+        return status;
+    }
+    let Invocation { args, spec, .. } = invocation;
+    if args.run_validation && !args.dry_run && !args.cleanup_only {
+        return validation(spec, args);
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn run_ebpf(_: &Invocation) -> ExitCode {
+    // cli::parse refuses --backend ebpf in a build without it.
+    fail(cli::CliError::Unsupported(cli::NO_EBPF))
 }
 
 /// Moves this (still single-threaded) process into the network namespace at `path`.
@@ -124,11 +157,17 @@ fn run(invocation: &Invocation) -> ExitCode {
         }
     }
     if args.run_validation {
-        if let Err(e) = validate::run(spec, args) {
-            eprintln!("capture-init: {e}");
-            return ExitCode::from(VALIDATION_FAILED);
-        }
-        eprintln!("capture-init: validation passed");
+        return validation(spec, args);
     }
+    ExitCode::SUCCESS
+}
+
+/// `--run-validation`: 0 when the probes pass, 126 when they do not.
+fn validation(spec: &capture_core::CaptureSpec, args: &Args) -> ExitCode {
+    if let Err(e) = validate::run(spec, args) {
+        eprintln!("capture-init: {e}");
+        return ExitCode::from(VALIDATION_FAILED);
+    }
+    eprintln!("capture-init: validation passed");
     ExitCode::SUCCESS
 }

@@ -532,3 +532,136 @@ fn help_reads_like_a_man_page() {
         assert!(help.contains(section), "--help lacks {section:?}");
     }
 }
+
+/// `--backend ebpf --dry-run` prints the map entries enrolling would write (MapPlan's form) and
+/// reads nothing from the host given `--ipv6`; refused flags fail with one line and no output.
+#[cfg(feature = "ebpf")]
+#[test]
+fn ebpf_dry_run_prints_the_map_plan() {
+    let sidecar = [
+        "--backend",
+        "ebpf",
+        "--dry-run",
+        "--ipv6",
+        "on",
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "10.9.0.0/16",
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "-o",
+        "8000:8080",
+    ];
+    let out = capture_init(&sidecar, &[]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        "POD_CONFIG outbound=15001 inbound=15006 tunnel=15008 flags=0x1 loopback4=127.0.0.1/32 first_owner=uid:1337\n\
+         OWNERS uid 1337\n\
+         OWNERS gid 1337\n\
+         PORTS out-exclude 8000/10\n\
+         PORTS out-exclude 8064/12\n\
+         PORTS out-exclude 8080/16\n\
+         PORTS in-exclude 15008/16\n\
+         PORTS in-exclude 15020/16\n\
+         PORTS in-exclude 15021/16\n\
+         PORTS in-exclude 15090/16\n\
+         CIDRS local 127.0.0.0/8\n\
+         CIDRS local 0.0.0.0/32\n\
+         CIDRS local ::1/128\n\
+         CIDRS local ::/128\n\
+         CIDRS out-exclude 10.9.0.0/16\n\
+         CIDRS out-include 0.0.0.0/0\n\
+         CIDRS out-include ::/0\n"
+    );
+
+    // With --cleanup-only too, a dry run only prints.
+    let cleanup: Vec<&str> = sidecar.iter().copied().chain(["--cleanup-only"]).collect();
+    let out = capture_init(&cleanup, &[]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), stdout);
+
+    let out = capture_init(
+        &[
+            "--backend",
+            "ebpf",
+            "--dry-run",
+            "--ipv6",
+            "off",
+            "-u",
+            "1337",
+            "-k",
+            "vnet0",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr,
+        "capture-init: rerouted interfaces (-k) is not supported by the eBPF backend yet; use the iptables backend\n"
+    );
+}
+
+/// A build without the feature `ebpf` refuses the eBPF backend and its node commands, naming
+/// the feature.
+#[cfg(not(feature = "ebpf"))]
+#[test]
+fn ebpf_backend_needs_the_feature() {
+    for args in [
+        &["--backend", "ebpf", "--dry-run", "--ipv6", "off"][..],
+        &["ebpf", "pods"],
+    ] {
+        let out = capture_init(args, &[]);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr.contains("built without the eBPF backend") && stderr.contains("--features ebpf"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// The eBPF flags belong to the eBPF backend, and the node commands need a command.
+#[test]
+fn ebpf_usage_errors() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--cgroup", "/sys/fs/cgroup", "--dry-run", "--ipv6", "off"],
+            "capture-init: --cgroup only applies to --backend ebpf\n",
+        ),
+        (
+            &["--bpffs", "/sys/fs/bpf", "--dry-run", "--ipv6", "off"],
+            "capture-init: --bpffs only applies to --backend ebpf\n",
+        ),
+        (
+            &["--backend", "nat", "--dry-run"],
+            "capture-init: invalid value 'nat' for '--backend <BACKEND>'\n",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = capture_init(args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), expected, "{args:?}");
+    }
+    let out = capture_init(&["ebpf"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    if cfg!(feature = "ebpf") {
+        assert_eq!(stderr, "capture-init: ebpf needs a command: load, unload, pods\n");
+    }
+}

@@ -12,6 +12,7 @@
 //! | [`TestCgroup`] | `<cgroup2 mount>/capture-test-<pid>-<n>` | the directory (after its processes exited) |
 //! | [`TestBpffs`] | a private bpffs instance on `$TMPDIR/capture-test-bpffs-<pid>-<n>` | unmounted, directory removed |
 //! | [`EbpfWorld`] | both, with capture's programs installed on the cgroup and pinned in the bpffs | programs uninstalled first |
+//! | [`EbpfWorld::empty`] | both, nothing installed: `capture-init --cgroup … --bpffs …` loads the programs | whatever is pinned uninstalled first |
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -31,6 +32,8 @@ use crate::{NETNS_PREFIX, run_ok};
 
 /// Set in the child a test re-executes itself as; holds the pin directory of its programs.
 pub const CHILD_ENV: &str = "CAPTURE_E2E_EBPF_CHILD";
+/// Set in that child too; holds the test cgroup's directory.
+pub const CGROUP_ENV: &str = "CAPTURE_E2E_EBPF_CGROUP";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -164,22 +167,32 @@ impl TestBpffs {
     /// iterator files the kernel puts in every new bpffs (`maps.debug`, `progs.debug`) are left out.
     #[must_use]
     pub fn contents(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
-            for entry in fs::read_dir(dir).expect("read the bpffs") {
-                let path = entry.expect("a directory entry").path();
-                if dir == base && path.extension().is_some_and(|e| e == "debug") {
-                    continue;
-                }
-                out.push(path.strip_prefix(base).expect("below the mount").to_owned());
-                if path.is_dir() {
-                    walk(&path, base, out);
-                }
+        pinned_in(&self.path)
+    }
+}
+
+/// Everything pinned in the bpffs mounted on `mount`, as [`TestBpffs::contents`] lists it.
+///
+/// # Panics
+///
+/// When the directory cannot be read.
+#[must_use]
+pub fn pinned_in(mount: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).expect("read the bpffs") {
+            let path = entry.expect("a directory entry").path();
+            if dir == base && path.extension().is_some_and(|e| e == "debug") {
+                continue;
+            }
+            out.push(path.strip_prefix(base).expect("below the mount").to_owned());
+            if path.is_dir() {
+                walk(&path, base, out);
             }
         }
-        let mut out = Vec::new();
-        walk(&self.path, &self.path, &mut out);
-        out
     }
+    let mut out = Vec::new();
+    walk(mount, mount, &mut out);
+    out
 }
 
 impl Default for TestBpffs {
@@ -239,6 +252,25 @@ impl EbpfWorld {
         world
     }
 
+    /// Creates a cgroup and a bpffs and installs nothing: for tests in which `capture-init`
+    /// loads the programs itself (`--cgroup`, `--bpffs`). Whatever is pinned in the bpffs when
+    /// it is dropped is uninstalled first.
+    ///
+    /// # Panics
+    ///
+    /// When the cgroup or the bpffs cannot be made.
+    #[must_use]
+    pub fn empty() -> EbpfWorld {
+        let cgroup = TestCgroup::new();
+        let bpffs = TestBpffs::new();
+        EbpfWorld {
+            pin_dir: bpffs.path().join("capture"),
+            installed: false,
+            bpffs,
+            cgroup,
+        }
+    }
+
     /// Opens the installed programs' maps.
     ///
     /// # Panics
@@ -262,8 +294,16 @@ impl EbpfWorld {
             .to_owned();
         let exe = std::env::current_exe().expect("the test binary");
         let mut cmd = Command::new(exe);
-        cmd.args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &self.pin_dir);
+        // --include-ignored: a test run with --ignored runs its body in the child too.
+        cmd.args([
+            test.as_str(),
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &self.pin_dir)
+        .env(CGROUP_ENV, self.cgroup.path());
         self.cgroup.enter_on_exec(&mut cmd);
         let out = cmd
             .output()
@@ -286,21 +326,7 @@ impl EbpfWorld {
     /// When bpftool fails.
     #[must_use]
     pub fn attached(&self) -> Vec<String> {
-        let out = run_ok(
-            Command::new("bpftool")
-                .arg("cgroup")
-                .arg("tree")
-                .arg(self.cgroup.path()),
-        );
-        // Besides headers and the cgroup's path, each line is "<prog id> <attach type> <flags> <name>".
-        out.lines()
-            .filter(|l| {
-                l.split_whitespace()
-                    .next()
-                    .is_some_and(|id| id.parse::<u32>().is_ok())
-            })
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect()
+        attached_to(self.cgroup.path())
     }
 
     /// Uninstalls the programs.
@@ -315,6 +341,25 @@ impl EbpfWorld {
     }
 }
 
+/// `bpftool cgroup tree <cgroup>`: the programs attached to the cgroup, one per line.
+///
+/// # Panics
+///
+/// When bpftool fails.
+#[must_use]
+pub fn attached_to(cgroup: &Path) -> Vec<String> {
+    let out = run_ok(Command::new("bpftool").arg("cgroup").arg("tree").arg(cgroup));
+    // Besides headers and the cgroup's path, each line is "<prog id> <attach type> <flags> <name>".
+    out.lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|id| id.parse::<u32>().is_ok())
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
 impl Default for EbpfWorld {
     fn default() -> Self {
         EbpfWorld::new()
@@ -323,7 +368,8 @@ impl Default for EbpfWorld {
 
 impl Drop for EbpfWorld {
     fn drop(&mut self) {
-        if std::mem::take(&mut self.installed)
+        // Installed by the test, or by a capture-init the test ran.
+        if (std::mem::take(&mut self.installed) || self.pin_dir.join("links").is_dir())
             && let Err(e) = capture_ebpf::uninstall(&self.pin_dir)
         {
             eprintln!(
@@ -339,6 +385,30 @@ impl Drop for EbpfWorld {
 #[must_use]
 pub fn in_cgroup_child() -> Option<PathBuf> {
     std::env::var_os(CHILD_ENV).map(|dir: OsString| PathBuf::from(dir))
+}
+
+/// The test-owned paths a child made by [`EbpfWorld::run_in_cgroup`] works with.
+#[derive(Debug, Clone)]
+pub struct ChildWorld {
+    /// The cgroup the child runs in (and the programs are attached to).
+    pub cgroup: PathBuf,
+    /// The bpffs mount.
+    pub bpffs: PathBuf,
+    /// The pin directory under it (`<bpffs>/capture`).
+    pub pin_dir: PathBuf,
+}
+
+/// In the child made by [`EbpfWorld::run_in_cgroup`]: its cgroup, bpffs and pin directory.
+#[must_use]
+pub fn child_world() -> Option<ChildWorld> {
+    let pin_dir = in_cgroup_child()?;
+    let cgroup = PathBuf::from(std::env::var_os(CGROUP_ENV)?);
+    let bpffs = pin_dir.parent()?.to_owned();
+    Some(ChildWorld {
+        cgroup,
+        bpffs,
+        pin_dir,
+    })
 }
 
 /// An error with its sources, for panic messages.
