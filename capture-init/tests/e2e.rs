@@ -409,7 +409,7 @@ fn assert_lands(ns: &NetNs, who: Identity, dst: SocketAddr, on: &Listener) -> Ac
 /// feature `ebpf`.
 ///
 /// `scenario_tests!(ebpf_pending = "why"; …)` leaves the eBPF rows out (no test is generated;
-/// nothing is `#[ignore]`d): the single switch that lets a scenario join the eBPF backend once it
+/// no test is marked to be skipped): the single switch that lets a scenario join the eBPF backend once it
 /// can pass. The reason stays in the source, where the switch is.
 macro_rules! scenario_tests {
     (ebpf_pending = $why:literal; $($test:ident),+ $(,)?) => {
