@@ -496,12 +496,16 @@ impl Node {
             }
         }
         // If pinning fails, dropping `link` (the only reference) detaches the program.
-        obj_pin(link.as_fd(), &path).map_err(|source| Error::Io {
-            op: "pin link",
-            path,
-            source,
-        })?;
-        Ok(true)
+        match obj_pin(link.as_fd(), &path) {
+            Ok(()) => Ok(true),
+            // Another enrollment of the same pod attached and pinned its instance first.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(source) => Err(Error::Io {
+                op: "pin link",
+                path,
+                source,
+            }),
+        }
     }
 
     /// Where the pod's `sk_lookup` link is pinned.
@@ -1144,6 +1148,19 @@ mod tests {
         assert_eq!(
             cgroup2_mount_in("none /mnt/my\\040cg cgroup2 rw 0 0\n"),
             Some(PathBuf::from("/mnt/my cg"))
+        );
+    }
+
+    #[test]
+    fn netns_mismatch_names_both_cookies() {
+        let e = Error::NetnsMismatch {
+            pod: NetnsCookie(7),
+            found: NetnsCookie(9),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the network namespace to enroll (cookie 9) is not the pod's (cookie 7); \
+             enroll from inside the pod's namespace"
         );
     }
 

@@ -279,6 +279,28 @@ fn early_listener_is_registered_and_unenroll_detaches() {
     });
 }
 
+/// A listener on the inbound port bound to loopback (istio-validation's `127.0.0.1:15006`)
+/// serves only the pod itself: it is not recorded, and the peer is refused as it would be with
+/// nothing listening on the inbound port.
+#[test]
+fn loopback_listener_is_not_the_inbound_listener() {
+    ebpf_test(|node| {
+        let topo = Topology::new();
+        enroll(node, &topo.pod, &sidecar(false));
+        let validator = Listener::spawn_as(
+            &topo.pod,
+            PROXY_UID,
+            PROXY_UID,
+            (Ipv4Addr::LOCALHOST, INBOUND_PORT).into(),
+            "validator",
+        );
+        assert!(node.inbound_listeners().unwrap().is_empty());
+        let err = connect_as(&topo.peer, 0, 0, topo.pod_addr(Family::V4, 8080)).expect_err("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        assert!(validator.take_accepted().is_empty());
+    });
+}
+
 /// Enrolling checks that the namespace given is the pod's, and uninstalling with pods still
 /// enrolled detaches their `sk_lookup` programs and leaves no pin.
 #[test]
