@@ -24,6 +24,7 @@
 //! 5.15 (`bpf_get_netns_cookie` in sock_ops programs; `sk_lookup` needs 5.9); [`probe`] checks
 //! each feature.
 
+mod adopt;
 mod error;
 mod loader;
 mod maps;

@@ -380,7 +380,10 @@ impl Node {
     /// namespace (inbound capture). Then the new entries are written under the next
     /// generation, the pod's [`PodConfig`] is switched to it in one map update, and the
     /// previous generation's entries are removed: a connection sees either the old or the new
-    /// configuration, never a mix.
+    /// configuration, never a mix. Last, if no inbound listener of the pod is recorded yet, a
+    /// proxy already listening on the inbound port is looked for (its socket is taken from its
+    /// process with `pidfd_getfd(2)`, 5.6) and recorded; one that listens later is recorded by
+    /// the programs.
     ///
     /// # Errors
     /// [`Error::NetnsMismatch`] when the calling thread is not in `pod`'s network namespace;
@@ -446,7 +449,15 @@ impl Node {
             }
             return Err(e);
         }
-        self.remove_entries(cookie, |g| g != generation)
+        self.remove_entries(cookie, |g| g != generation)?;
+        // A proxy listening from now on is recorded by sockops; one that listened before is
+        // found and recorded here.
+        if !self.inbound_listeners()?.iter().any(|(c, _)| *c == pod.cookie) {
+            for adopted in crate::adopt::listeners(netns, entries.config.inbound_port)? {
+                self.register_inbound_listener(pod.cookie, adopted.socket.as_fd())?;
+            }
+        }
+        Ok(())
     }
 
     /// Attaches the pod's own `sk_lookup` instance to `netns` and pins its link, unless it is
@@ -519,11 +530,11 @@ impl Node {
     }
 
     /// Hands the proxy's listening socket `listener` to the programs as `pod`'s inbound
-    /// listener, for a proxy that was listening before its pod was enrolled.
+    /// listener, replacing the one recorded for its family.
     ///
-    /// A proxy that starts listening on the inbound port after enrollment needs no call: the
-    /// sockops program records its listener at `listen()`. An agent can get the listener of a
-    /// running proxy with `pidfd_getfd(2)`.
+    /// Rarely needed: a proxy that starts listening on the inbound port after enrollment is
+    /// recorded by the sockops program at `listen()`, and enrolling looks for one that was
+    /// already listening in a process it can see.
     ///
     /// # Errors
     /// [`Error::Syscall`] when the socket's address cannot be read; [`Error::Map`] when the

@@ -241,30 +241,28 @@ fn identical_pods_keep_their_own_inbound_listeners() {
     });
 }
 
-/// A proxy that was listening before its pod was enrolled is not known to the programs: its
-/// pod refuses inbound connections (as `REDIRECT` to a port nobody listens on does) until the
-/// listener is registered by hand; unenrolling detaches the pod's `sk_lookup` program and the
+/// A proxy that was listening before its pod was enrolled (as after a reinstall of the node's
+/// programs) is found by enrolling; unenrolling detaches the pod's `sk_lookup` program and the
 /// app is reached directly again.
 #[test]
-fn early_listener_is_registered_and_unenroll_detaches() {
+fn early_listener_is_adopted_and_unenroll_detaches() {
     ebpf_test(|node| {
         let topo = Topology::new();
-        let listener = topo
-            .pod
-            .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, INBOUND_PORT)))
-            .expect("the proxy listens");
-        let handle = listener.try_clone().expect("dup the listener");
-        let proxy = Listener::serve(listener, "inbound");
+        let proxy = Listener::spawn_as(
+            &topo.pod,
+            PROXY_UID,
+            PROXY_UID,
+            (Ipv4Addr::UNSPECIFIED, INBOUND_PORT).into(),
+            "inbound",
+        );
         let app = Listener::spawn(&topo.pod, topo.pod_addr(Family::V4, 8080), "pod-app");
         let cookie = enroll(node, &topo.pod, &sidecar(false));
+        assert_eq!(
+            node.inbound_listeners().unwrap(),
+            [(cookie, u16::try_from(libc::AF_INET).unwrap())]
+        );
         let dst = topo.pod_addr(Family::V4, 8080);
 
-        let err = connect_as(&topo.peer, 0, 0, dst).expect_err("no listener known: refused");
-        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-        assert_eq!(node.stats().unwrap().inbound_refused, 1);
-
-        node.register_inbound_listener(cookie, handle.as_fd())
-            .unwrap_or_else(|e| panic!("register: {}", chain(&e)));
         let (reply, _) = connect_as(&topo.peer, 0, 0, dst).expect("peer connects");
         assert_eq!(reply, "inbound");
         assert_eq!(proxy.take_one().original_dst.expect("original_dst"), dst);
@@ -277,6 +275,52 @@ fn early_listener_is_registered_and_unenroll_detaches() {
         assert_eq!(reply, "pod-app");
         assert_eq!(app.take_accepted().len(), 1);
     });
+}
+
+/// A pod whose proxy's listener is unknown to the programs (here: it listens after enrollment
+/// from outside the programs' cgroup) refuses inbound connections, as `REDIRECT` to a port
+/// nobody listens on does, until the listener is registered by hand. This test's own process
+/// makes the sockets: it is not in the test cgroup, so the sockops program never sees them.
+#[test]
+fn unknown_listener_refuses_until_registered() {
+    if in_cgroup_child().is_some() || !require_root() {
+        return;
+    }
+    let world = EbpfWorld::new();
+    let mut node = world.node();
+    let topo = Topology::new();
+    let cookie = enroll(&mut node, &topo.pod, &sidecar(true));
+    let listener = topo
+        .pod
+        .run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, INBOUND_PORT)))
+        .expect("the proxy listens");
+    let handle = listener.try_clone().expect("dup the listener");
+    let proxy = Listener::serve(listener, "inbound");
+    let app = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8080).into(), "pod-app");
+    assert!(node.inbound_listeners().unwrap().is_empty());
+
+    for family in [Family::V4, Family::V6] {
+        let dst = topo.pod_addr(family, 8080);
+        let err = connect_as(&topo.peer, 0, 0, dst).expect_err("no listener known: refused");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{family:?}: {err}"
+        );
+    }
+    assert_eq!(node.stats().unwrap().inbound_refused, 2);
+
+    node.register_inbound_listener(cookie, handle.as_fd())
+        .unwrap_or_else(|e| panic!("register: {}", chain(&e)));
+    for family in [Family::V4, Family::V6] {
+        let dst = topo.pod_addr(family, 8080);
+        let (reply, _) = connect_as(&topo.peer, 0, 0, dst).expect("peer connects");
+        assert_eq!(reply, "inbound", "{family:?}");
+        assert_eq!(proxy.take_one().original_dst.expect("original_dst"), dst);
+    }
+    assert!(app.take_accepted().is_empty());
+    drop((proxy, app, handle, topo, node));
+    finish(world);
 }
 
 /// A listener on the inbound port bound to loopback (istio-validation's `127.0.0.1:15006`)
