@@ -581,11 +581,14 @@ impl Node {
         Ok(keys)
     }
 
-    /// Stops capturing a pod's connections and removes its entries. Returns whether it was
-    /// enrolled.
+    /// Stops capturing a pod's connections and removes its entries: its configuration first
+    /// (every program then leaves the pod alone), then its `sk_lookup` link, its owner, port
+    /// and CIDR entries and its recorded inbound listeners. Returns whether it was enrolled.
+    /// Works from any network namespace, also after the pod's is gone.
     ///
     /// # Errors
-    /// [`Error::Map`] when a map cannot be read or written.
+    /// [`Error::Map`] when a map cannot be read or written; [`Error::Syscall`] or [`Error::Io`]
+    /// when the link cannot be detached or its pin removed.
     pub fn unenroll(&mut self, cookie: NetnsCookie) -> Result<bool, Error> {
         let enrolled = match self.pod_config.remove(&cookie.0) {
             Ok(()) => true,

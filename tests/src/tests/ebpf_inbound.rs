@@ -8,10 +8,13 @@
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use capture_core::{InboundPorts, PortRange};
 use capture_ebpf::{MapPlan, PodNetns};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket, sockopt,
+};
 
 use super::ebpf::{ebpf_test, enroll, finish, sidecar};
 use crate::ebpf::{EbpfWorld, chain, in_cgroup_child, sk_lookup_programs};
@@ -166,6 +169,50 @@ fn pod_own_connections_are_not_captured_inbound() {
         }
         assert!(proxy.take_accepted().is_empty());
         assert_eq!(node.stats().unwrap().inbound, 0);
+    });
+}
+
+/// Envoy's workers each listen on the inbound port with `SO_REUSEPORT`: the one recorded last
+/// stands for the group, and the kernel still spreads connections over all its members.
+#[test]
+fn reuseport_group_shares_inbound_connections() {
+    ebpf_test(|node| {
+        let topo = Topology::new();
+        enroll(node, &topo.pod, &sidecar(false));
+        let workers = ["worker-0", "worker-1"].map(|token| {
+            let listener = topo
+                .pod
+                .run(|| -> std::io::Result<TcpListener> {
+                    crate::client::assume_identity(PROXY_UID, PROXY_UID)?;
+                    let fd = socket(
+                        AddressFamily::Inet,
+                        SockType::Stream,
+                        SockFlag::SOCK_CLOEXEC,
+                        None,
+                    )?;
+                    setsockopt(&fd, sockopt::ReusePort, &true)?;
+                    bind(
+                        fd.as_raw_fd(),
+                        &SockaddrStorage::from(SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PORT))),
+                    )?;
+                    listen(&fd, Backlog::new(128)?)?;
+                    Ok(TcpListener::from(fd))
+                })
+                .expect("a worker listens");
+            Listener::serve(listener, token)
+        });
+        let dst = topo.pod_addr(Family::V4, 8080);
+        for i in 0..32 {
+            let (reply, _) =
+                connect_as(&topo.peer, 0, 0, dst).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            assert!(reply.starts_with("worker-"), "{reply}");
+        }
+        let counts = workers.each_ref().map(|w| w.take_accepted().len());
+        assert_eq!(counts.iter().sum::<usize>(), 32);
+        assert!(
+            counts.iter().all(|&n| n > 0),
+            "both workers get connections: {counts:?}"
+        );
     });
 }
 
