@@ -400,7 +400,8 @@ impl Node {
             path: path.to_owned(),
             source,
         })?;
-        self.enroll_netns(netns.as_fd(), pod, plan)
+        check_netns(pod, NetnsCookie::current()?)?;
+        self.enroll_checked(netns.as_fd(), pod, plan)
     }
 
     /// [`Node::enroll`] for the network namespace `netns` (a descriptor of `/run/netns/<name>`
@@ -414,13 +415,12 @@ impl Node {
         pod: &PodNetns,
         plan: &MapPlan,
     ) -> Result<(), Error> {
-        let found = netns_cookie_of(netns)?;
-        if found != pod.cookie {
-            return Err(Error::NetnsMismatch {
-                pod: pod.cookie,
-                found,
-            });
-        }
+        check_netns(pod, netns_cookie_of(netns)?)?;
+        self.enroll_checked(netns, pod, plan)
+    }
+
+    /// [`Node::enroll_netns`] once `netns` is known to be `pod`'s.
+    fn enroll_checked(&mut self, netns: BorrowedFd<'_>, pod: &PodNetns, plan: &MapPlan) -> Result<(), Error> {
         let cookie = pod.cookie.0;
         let attached = self.attach_inbound(netns, pod.cookie)?;
         let previous = self.config(pod.cookie)?.map(|c| c.generation);
@@ -902,6 +902,18 @@ fn load_sk_lookup(ebpf: &mut aya::Ebpf) -> Result<&mut SkLookup, Error> {
         .map_err(err)?;
     program.load().map_err(err)?;
     Ok(program)
+}
+
+/// [`Error::NetnsMismatch`] unless `found` is `pod`'s namespace cookie.
+fn check_netns(pod: &PodNetns, found: NetnsCookie) -> Result<(), Error> {
+    if found == pod.cookie {
+        Ok(())
+    } else {
+        Err(Error::NetnsMismatch {
+            pod: pod.cookie,
+            found,
+        })
+    }
 }
 
 /// The cookie of the network namespace `netns`, read on a short-lived thread that enters it.
