@@ -467,6 +467,9 @@ impl Node {
         if path.exists() {
             return Ok(false);
         }
+        if OBJECT.is_empty() {
+            return Err(Error::ObjectMissing);
+        }
         let maps = self.pin_dir.join("maps");
         // The loader below would create and pin any map whose pin is missing.
         for name in MAP_NAMES {
