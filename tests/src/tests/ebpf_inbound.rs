@@ -96,14 +96,19 @@ fn inbound_v6() {
     inbound_is_captured(Family::V6);
 }
 
-/// `-b 8080`: only the listed port is captured; 8082 reaches the app, also over IPv4 to a
-/// dual-stack `[::]:15006` proxy (which takes IPv4 when there is no IPv4 listener).
+/// `-b 8080,15008`: only the listed port is captured, the tunnel port never; 8082 reaches the
+/// app, also over IPv4 to a dual-stack `[::]:15006` proxy (which takes IPv4 when there is no
+/// IPv4 listener).
 #[test]
 fn inbound_port_list_captures_only_its_ports() {
     ebpf_test(|node| {
         let topo = Topology::new();
         let mut spec = sidecar(true);
-        spec.inbound.ports = InboundPorts::Only(vec![PortRange::single(capture_core::Port::new(8080))]);
+        spec.inbound.ports = InboundPorts::Only(
+            [8080, 15008]
+                .map(|p| PortRange::single(capture_core::Port::new(p)))
+                .to_vec(),
+        );
         enroll(node, &topo.pod, &spec);
         let proxy = Listener::spawn_as(
             &topo.pod,
@@ -114,7 +119,13 @@ fn inbound_port_list_captures_only_its_ports() {
         );
         let on_8080 = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8080).into(), "pod-8080");
         let on_8082 = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8082).into(), "pod-8082");
+        let tunnel = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 15008).into(), "pod-15008");
         for family in [Family::V4, Family::V6] {
+            let (reply, _) = connect_as(&topo.peer, 0, 0, topo.pod_addr(family, 15008))
+                .expect("peer connects to pod:15008");
+            assert_eq!(reply, "pod-15008", "{family:?}: the tunnel port, listed or not");
+            assert_eq!(tunnel.take_accepted().len(), 1);
+
             let listed = topo.pod_addr(family, 8080);
             let (reply, _) = connect_as(&topo.peer, 0, 0, listed).expect("peer connects to pod:8080");
             assert_eq!(reply, "inbound", "{family:?}: a listed port is captured");
