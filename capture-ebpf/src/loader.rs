@@ -389,7 +389,9 @@ impl Node {
     /// [`Error::NetnsMismatch`] when the calling thread is not in `pod`'s network namespace;
     /// [`Error::Map`] when a map is full or cannot be written (the new generation's entries
     /// are removed again and the pod keeps its previous configuration); the errors of loading
-    /// and attaching the `sk_lookup` program.
+    /// and attaching the `sk_lookup` program; [`Error::Io`] when the namespace's socket tables
+    /// cannot be read in the search for a listening proxy (the new configuration is in force
+    /// then, and enrolling again finishes the search).
     ///
     /// # Minimum kernel version
     /// 5.15 (see [`probe`]).
