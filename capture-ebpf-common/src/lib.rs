@@ -15,6 +15,7 @@
 //! | [`CIDRS`] | LPM trie | [`CidrKey`] | `u8` (1) | loader | connect4/6 |
 //! | [`ORIG_BY_COOKIE`] | hash | socket cookie (`u64`) | [`OrigDst`] | connect4/6 | sockops, getpeername4/6 |
 //! | [`ORIG_BY_PAIR`] | hash | [`PairKey`] | [`OrigDst`] | sockops | getsockopt |
+//! | [`INBOUND_LISTENERS`] | sockhash | [`ListenerKey`] | socket | sockops (listen), loader | sk_lookup |
 //! | [`STATS`] | per-CPU array | `u32` index (`STAT_*`) | `u64` | all programs | loader, tests |
 //!
 //! Per-pod entries are keyed by the pod's network namespace cookie and a generation, so a
@@ -38,9 +39,11 @@ pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
 pub const ORIG_BY_PAIR: &str = "ORIG_BY_PAIR";
 /// Counters, one slot per `STAT_*` index.
 pub const STATS: &str = "STATS";
+/// The proxy's listening sockets on the inbound port, by network namespace cookie and family.
+pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
 
 /// Every map, in the order the loader pins them.
-pub const MAP_NAMES: [&str; 7] = [
+pub const MAP_NAMES: [&str; 8] = [
     POD_CONFIG,
     OWNERS,
     PORTS,
@@ -48,6 +51,7 @@ pub const MAP_NAMES: [&str; 7] = [
     ORIG_BY_COOKIE,
     ORIG_BY_PAIR,
     STATS,
+    INBOUND_LISTENERS,
 ];
 
 /// How many pods (network namespaces) can be enrolled at once.
@@ -60,6 +64,13 @@ pub const MAX_PORT_ENTRIES: u32 = 65536;
 pub const MAX_CIDR_ENTRIES: u32 = 65536;
 /// Capacity of the per-connection maps: connections redirected and not yet closed, node-wide.
 pub const MAX_CONNECTIONS: u32 = 65536;
+/// Capacity of [`INBOUND_LISTENERS`]: one IPv4 and one IPv6 listener per pod.
+pub const MAX_LISTENERS: u32 = 2 * MAX_PODS;
+
+/// The global of the `sk_lookup` program that holds the network namespace cookie of the pod it
+/// is attached to: that program type has no `bpf_get_netns_cookie`, so each pod gets its own
+/// instance of it with the cookie set at load time.
+pub const NETNS_COOKIE_GLOBAL: &str = "NETNS_COOKIE";
 
 /// Names of the programs in the object, as the loader finds them.
 pub mod programs {
@@ -75,6 +86,9 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "capture_getpeername4";
     /// `cgroup/getpeername6`: the app sees its original IPv6 (or IPv4-mapped) peer.
     pub const GETPEERNAME6: &str = "capture_getpeername6";
+    /// `sk_lookup`: hands connections arriving at an enrolled pod to the proxy's inbound
+    /// listener; attached to each enrolled pod's network namespace, one instance per pod.
+    pub const SK_LOOKUP: &str = "capture_sk_lookup";
 }
 
 /// [`PodConfig::flags`]: capture IPv6 connections too (istio-iptables `ISTIO_DUAL_STACK`,
@@ -85,6 +99,12 @@ pub const FLAG_IPV6: u32 = 1 << 0;
 pub const FLAG_INCLUDES_LOOPBACK: u32 = 1 << 1;
 /// [`PodConfig::flags`]: only processes in one of the [`OWNER_ONLY_GROUP`] groups are captured.
 pub const FLAG_ONLY_GROUPS: u32 = 1 << 2;
+/// [`PodConfig::flags`]: no inbound capture (`-b ""`). Without this flag and
+/// [`FLAG_INBOUND_ONLY`], every inbound port but [`PORTS_IN_EXCLUDE`] is captured (`-b '*'`).
+pub const FLAG_INBOUND_OFF: u32 = 1 << 3;
+/// [`PodConfig::flags`]: only the inbound ports in [`PORTS_IN_INCLUDE`] are captured
+/// (`-b 80,443`).
+pub const FLAG_INBOUND_ONLY: u32 = 1 << 4;
 
 /// What a pod's connections are redirected to and how its loopback rules behave.
 ///
@@ -259,12 +279,32 @@ pub const STAT_ORIG_DST: u32 = 3;
 pub const STAT_PEERNAME: u32 = 4;
 /// [`STATS`] slot: a connection left alone because a per-connection map was full.
 pub const STAT_STATE_FULL: u32 = 5;
+/// [`STATS`] slot: inbound connections handed to the proxy's inbound listener.
+pub const STAT_INBOUND: u32 = 6;
+/// [`STATS`] slot: inbound connections refused because the pod's proxy had no inbound
+/// listener (as `REDIRECT` to a port nobody listens on is).
+pub const STAT_INBOUND_REFUSED: u32 = 7;
 /// Number of [`STATS`] slots.
-pub const STAT_COUNT: u32 = 6;
+pub const STAT_COUNT: u32 = 8;
+
+/// Key of [`INBOUND_LISTENERS`]: the proxy's listener of one family in one pod.
+///
+/// An `AF_INET6` listener that is not `IPV6_V6ONLY` also takes IPv4 connections when the pod
+/// has no `AF_INET` one.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    /// The pod's network namespace cookie.
+    pub netns: u64,
+    /// The listening socket's family: [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Zero.
+    pub _pad: [u8; 6],
+}
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{CidrKey, OrigDst, OwnerKey, PairKey, PodConfig, PortKey};
+    use super::{CidrKey, ListenerKey, OrigDst, OwnerKey, PairKey, PodConfig, PortKey};
 
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with explicit
     // padding fields so that no byte is uninitialised; every bit pattern is a valid value.
@@ -279,6 +319,8 @@ mod user {
     unsafe impl aya::Pod for OrigDst {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PairKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ListenerKey {}
 }
 
 // Layouts are part of the contract between the programs and the loader.
@@ -289,4 +331,5 @@ const _: () = {
     assert!(size_of::<CidrKey>() == 32);
     assert!(size_of::<OrigDst>() == 24);
     assert!(size_of::<PairKey>() == 48);
+    assert!(size_of::<ListenerKey>() == 16);
 };

@@ -25,19 +25,15 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::EbpfContext;
 use aya_ebpf::helpers::generated::{bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::macros::cgroup_sock_addr;
-use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::SockAddrContext;
 use capture_ebpf_common::{
-    CIDR_KEY_FIXED_BITS, CIDRS_LOCAL, CIDRS_OUT_EXCLUDE, CIDRS_OUT_INCLUDE, CidrKey, FAMILY_V4, FAMILY_V6,
-    FLAG_INCLUDES_LOOPBACK, FLAG_IPV6, FLAG_ONLY_GROUPS, OWNER_EXCLUDED_GROUP, OWNER_ONLY_GROUP,
-    OWNER_PROXY_GID, OWNER_PROXY_UID, OwnerKey, PORT_KEY_FIXED_BITS, PORTS_OUT_EXCLUDE, PORTS_OUT_INCLUDE,
-    PodConfig, PortKey, STAT_HAIRPIN, STAT_OUTBOUND, STAT_PASSED, STAT_STATE_FULL,
+    CIDRS_LOCAL, CIDRS_OUT_EXCLUDE, CIDRS_OUT_INCLUDE, FLAG_INCLUDES_LOOPBACK, FLAG_IPV6, FLAG_ONLY_GROUPS,
+    OWNER_EXCLUDED_GROUP, OWNER_ONLY_GROUP, OWNER_PROXY_GID, OWNER_PROXY_UID, OwnerKey, PORTS_OUT_EXCLUDE,
+    PORTS_OUT_INCLUDE, PodConfig, STAT_HAIRPIN, STAT_OUTBOUND, STAT_PASSED, STAT_STATE_FULL,
 };
 
-use crate::maps::{CIDRS, ORIG_BY_COOKIE, OWNERS, PORTS, count, pod_config};
-use crate::net::{
-    IPPROTO_TCP, Ip, LOCALHOST4, LOCALHOST4_MAPPED, LOCALHOST6, PASSTHROUGH4, PASSTHROUGH6, eq16, ip6_words,
-};
+use crate::maps::{ORIG_BY_COOKIE, OWNERS, count, in_cidrs, in_ports, pod_config};
+use crate::net::{IPPROTO_TCP, Ip, LOCALHOST4, LOCALHOST4_MAPPED, LOCALHOST6, eq16, ip6_words};
 
 #[cgroup_sock_addr(connect4)]
 pub fn capture_connect4(ctx: SockAddrContext) -> i32 {
@@ -157,15 +153,7 @@ fn decide(cfg: &PodConfig, netns: u64, dst: &Ip, dport: u16, src: &Ip, uid: u32,
     if in_ports(netns, generation, PORTS_OUT_EXCLUDE, dport) {
         return Verdict::Pass;
     }
-    let passthrough = if src.v4 {
-        src.bytes[0] == PASSTHROUGH4[0]
-            && src.bytes[1] == PASSTHROUGH4[1]
-            && src.bytes[2] == PASSTHROUGH4[2]
-            && src.bytes[3] == PASSTHROUGH4[3]
-    } else {
-        eq16(&src.bytes, &PASSTHROUGH6)
-    };
-    if passthrough {
+    if src.is_passthrough() {
         return Verdict::Pass;
     }
     let is_uid = is_owner(netns, generation, OWNER_PROXY_UID, uid);
@@ -249,41 +237,4 @@ fn is_owner(netns: u64, generation: u32, list: u32, id: u32) -> bool {
     OWNERS
         .get_ptr(key)
         .is_some_and(|v| unsafe { read_volatile(v) } != 0)
-}
-
-#[inline(always)]
-fn in_ports(netns: u64, generation: u32, list: u16, port: u16) -> bool {
-    let key = Key::new(
-        PORT_KEY_FIXED_BITS + 16,
-        PortKey {
-            netns,
-            generation,
-            list,
-            port: port.to_be_bytes(),
-        },
-    );
-    PORTS.get(&key).is_some_and(|v| {
-        // SAFETY: a reference to a live map value.
-        unsafe { read_volatile(v) != 0 }
-    })
-}
-
-#[inline(always)]
-fn in_cidrs(netns: u64, generation: u32, list: u8, ip: &Ip) -> bool {
-    let (family, bits) = if ip.v4 { (FAMILY_V4, 32) } else { (FAMILY_V6, 128) };
-    let key = Key::new(
-        CIDR_KEY_FIXED_BITS + bits,
-        CidrKey {
-            netns,
-            generation,
-            list,
-            family,
-            _pad: [0; 2],
-            addr: ip.bytes,
-        },
-    );
-    CIDRS.get(&key).is_some_and(|v| {
-        // SAFETY: a reference to a live map value.
-        unsafe { read_volatile(v) != 0 }
-    })
 }

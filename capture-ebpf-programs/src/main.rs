@@ -7,6 +7,7 @@
 //! | `capture_sockops` | `sockops` | move the record to the established 4-tuple (with the netns cookie); delete both when the socket closes |
 //! | `capture_getsockopt` | `cgroup/getsockopt` | answer `SO_ORIGINAL_DST` on the proxy's accepted socket; every other option passes untouched |
 //! | `capture_getpeername4` / `capture_getpeername6` | `cgroup/getpeername4`, `cgroup/getpeername6` | the app sees its original peer, not the proxy |
+//! | `capture_sk_lookup` | `sk_lookup` | hand connections arriving at an enrolled pod to its proxy's inbound listener (one instance per pod netns) |
 //!
 //! Context fields are read and written with `read_volatile`/`write_volatile`: LLVM would
 //! otherwise merge adjacent 4-byte context accesses into 8-byte ones the verifier rejects.
@@ -18,6 +19,7 @@ mod getpeername;
 mod getsockopt;
 mod maps;
 mod net;
+mod sk_lookup;
 mod sockops;
 
 #[cfg(not(test))]

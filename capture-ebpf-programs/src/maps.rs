@@ -1,10 +1,16 @@
 //! The maps, named as `capture_ebpf_common` names them (the static's name is the map's name).
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, SockHash};
+
+use crate::net::Ip;
 use capture_ebpf_common::{
-    CidrKey, MAX_CIDR_ENTRIES, MAX_CONNECTIONS, MAX_OWNER_ENTRIES, MAX_PODS, MAX_PORT_ENTRIES, OrigDst,
-    OwnerKey, PairKey, PodConfig, PortKey, STAT_COUNT,
+    CIDR_KEY_FIXED_BITS, CidrKey, FAMILY_V4, FAMILY_V6, ListenerKey, MAX_CIDR_ENTRIES, MAX_CONNECTIONS,
+    MAX_LISTENERS, MAX_OWNER_ENTRIES, MAX_PODS, MAX_PORT_ENTRIES, OrigDst, OwnerKey, PORT_KEY_FIXED_BITS,
+    PairKey, PodConfig, PortKey, STAT_COUNT,
 };
 
 #[map]
@@ -28,6 +34,9 @@ pub static ORIG_BY_PAIR: HashMap<PairKey, OrigDst> = HashMap::with_max_entries(M
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
+#[map]
+pub static INBOUND_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(MAX_LISTENERS, 0);
+
 /// Adds one to a `STAT_*` counter of this CPU.
 #[inline(always)]
 pub fn count(stat: u32) {
@@ -44,4 +53,43 @@ pub fn pod_config(netns: u64) -> Option<PodConfig> {
     // SAFETY: the value is copied out at once; a concurrent update can only make it a
     // mix of two valid configurations' bytes for this one call, as with any map read.
     POD_CONFIG.get_ptr(netns).map(|p| unsafe { *p })
+}
+
+/// Whether `port` is in the pod's port list `list` (a `PORTS_*`) at `generation`.
+#[inline(always)]
+pub fn in_ports(netns: u64, generation: u32, list: u16, port: u16) -> bool {
+    let key = Key::new(
+        PORT_KEY_FIXED_BITS + 16,
+        PortKey {
+            netns,
+            generation,
+            list,
+            port: port.to_be_bytes(),
+        },
+    );
+    PORTS.get(&key).is_some_and(|v| {
+        // SAFETY: a reference to a live map value.
+        unsafe { read_volatile(v) != 0 }
+    })
+}
+
+/// Whether `ip` is in the pod's address list `list` (a `CIDRS_*`) at `generation`.
+#[inline(always)]
+pub fn in_cidrs(netns: u64, generation: u32, list: u8, ip: &Ip) -> bool {
+    let (family, bits) = if ip.v4 { (FAMILY_V4, 32) } else { (FAMILY_V6, 128) };
+    let key = Key::new(
+        CIDR_KEY_FIXED_BITS + bits,
+        CidrKey {
+            netns,
+            generation,
+            list,
+            family,
+            _pad: [0; 2],
+            addr: ip.bytes,
+        },
+    );
+    CIDRS.get(&key).is_some_and(|v| {
+        // SAFETY: a reference to a live map value.
+        unsafe { read_volatile(v) != 0 }
+    })
 }

@@ -47,6 +47,20 @@ impl Ip {
         }
     }
 
+    /// Whether this is the inbound passthrough source (`127.0.0.6`, `::6`) the proxy binds to
+    /// reach its app.
+    #[inline(always)]
+    pub fn is_passthrough(&self) -> bool {
+        if self.v4 {
+            self.bytes[0] == PASSTHROUGH4[0]
+                && self.bytes[1] == PASSTHROUGH4[1]
+                && self.bytes[2] == PASSTHROUGH4[2]
+                && self.bytes[3] == PASSTHROUGH4[3]
+        } else {
+            eq16(&self.bytes, &PASSTHROUGH6)
+        }
+    }
+
     /// The original destination record for this address and port.
     #[inline(always)]
     pub fn orig(&self, port: u16) -> OrigDst {

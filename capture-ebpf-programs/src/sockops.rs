@@ -7,21 +7,29 @@
 //! | `STATE_CB` to `TCP_CLOSE` | delete both records |
 //!
 //! So a closed connection leaves nothing behind, whether it was established or refused.
+//!
+//! It also records the proxy's inbound listener for the `sk_lookup` program: on
+//! `TCP_LISTEN_CB` (a socket starts listening) in an enrolled pod, a socket on the pod's
+//! inbound port that is not bound to a loopback address goes into `INBOUND_LISTENERS` under
+//! the pod's netns cookie and its family, replacing the previous one. Whoever listens there
+//! gets the pod's inbound traffic, as with `REDIRECT`; a listener of a `SO_REUSEPORT` group
+//! stands for the group (the kernel picks among its members). The kernel drops the entry
+//! when the socket closes.
 
 use core::ptr::read_volatile;
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::{
-    BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-    BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+    BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+    BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
 };
 use aya_ebpf::helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::macros::sock_ops;
 use aya_ebpf::programs::SockOpsContext;
-use capture_ebpf_common::{PairKey, STAT_STATE_FULL};
+use capture_ebpf_common::{AF_INET, AF_INET6, ListenerKey, PairKey, STAT_STATE_FULL};
 
-use crate::maps::{ORIG_BY_COOKIE, ORIG_BY_PAIR, count};
-use crate::net::{AF_INET_U32, AF_INET6_U32, Ip};
+use crate::maps::{INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PAIR, count, pod_config};
+use crate::net::{AF_INET_U32, AF_INET6_U32, Ip, LOCALHOST6};
 
 #[sock_ops]
 pub fn capture_sockops(ctx: SockOpsContext) -> u32 {
@@ -63,7 +71,71 @@ fn sockops(ctx: &SockOpsContext) {
                 let _ = ORIG_BY_PAIR.remove(key);
             }
         }
+        BPF_SOCK_OPS_TCP_LISTEN_CB => listen(ctx),
         _ => {}
+    }
+}
+
+/// A socket started listening: record it if it is an enrolled pod's inbound listener.
+#[inline(always)]
+fn listen(ctx: &SockOpsContext) {
+    // SAFETY: the helper takes the program's context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let Some(cfg) = pod_config(netns) else {
+        return;
+    };
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the program's context; these fields allow 4-byte reads.
+    let (family, local_port) = unsafe {
+        (
+            read_volatile(&raw const (*ops).family),
+            read_volatile(&raw const (*ops).local_port),
+        )
+    };
+    // local_port is in host byte order.
+    if local_port != u32::from(cfg.inbound_port) {
+        return;
+    }
+    // A listener bound to loopback (istio-validation's 127.0.0.1:15006) only serves the pod
+    // itself; it must not take connections from outside.
+    // SAFETY: as above.
+    let (family, loopback) = unsafe {
+        match family {
+            AF_INET_U32 => {
+                let ip = Ip::from_ip4(read_volatile(&raw const (*ops).local_ip4));
+                (AF_INET, ip.bytes[0] == 127)
+            }
+            AF_INET6_U32 => {
+                let ip = Ip::from_ip6([
+                    read_volatile(&raw const (*ops).local_ip6[0]),
+                    read_volatile(&raw const (*ops).local_ip6[1]),
+                    read_volatile(&raw const (*ops).local_ip6[2]),
+                    read_volatile(&raw const (*ops).local_ip6[3]),
+                ]);
+                let loopback = if ip.v4 {
+                    ip.bytes[0] == 127
+                } else {
+                    crate::net::eq16(&ip.bytes, &LOCALHOST6)
+                };
+                (AF_INET6, loopback)
+            }
+            _ => return,
+        }
+    };
+    if loopback {
+        return;
+    }
+    let mut key = ListenerKey {
+        netns,
+        family,
+        _pad: [0; 6],
+    };
+    // SAFETY: the context is a live bpf_sock_ops for the whole run.
+    if INBOUND_LISTENERS
+        .update(&mut key, unsafe { &mut *ops }, u64::from(BPF_ANY))
+        .is_err()
+    {
+        count(STAT_STATE_FULL);
     }
 }
 

@@ -110,6 +110,19 @@ pub enum Error {
         /// The pin directory.
         path: PathBuf,
     },
+    /// [`Node::enroll`](crate::Node::enroll) was called outside the pod's network namespace,
+    /// or [`Node::enroll_netns`](crate::Node::enroll_netns) given another namespace.
+    #[error(
+        "the network namespace to enroll (cookie {}) is not the pod's (cookie {}); enroll from inside the pod's namespace",
+        found.0,
+        pod.0
+    )]
+    NetnsMismatch {
+        /// The pod's namespace cookie.
+        pod: crate::NetnsCookie,
+        /// The cookie of the namespace given.
+        found: crate::NetnsCookie,
+    },
     /// A file-system operation failed.
     #[error("{op} {path} failed")]
     Io {

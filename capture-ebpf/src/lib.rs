@@ -8,19 +8,23 @@
 //!
 //! One set of programs per node ([`Node::install`]: loaded once, attached to a cgroup v2
 //! directory with bpf_links, pinned on bpffs), configuration per pod ([`Node::enroll`], keyed
-//! by the pod's network namespace cookie). Connections from network namespaces that are not
-//! enrolled are never touched.
+//! by the pod's network namespace cookie, plus the pod's own `sk_lookup` link). Connections from
+//! network namespaces that are not enrolled are never touched.
 //!
 //! | program | does |
 //! |---|---|
 //! | `cgroup/connect4`, `connect6` | redirects an app's TCP connect to the proxy's outbound port (or the proxy's own-pod call to its inbound port) as Istio's nat `OUTPUT` rules would; IPv4-mapped destinations count as IPv4 |
 //! | `sockops` | keys the original destination by the connection's 4-tuple and netns cookie; removes every per-connection entry when the socket closes |
-//! | `cgroup/getsockopt` | answers `SO_ORIGINAL_DST` (`SOL_IP`, `SOL_IPV6`) on the proxy's accepted socket, so [`capture_core::original_dst`] works unchanged; touches no other option |
+//! | `cgroup/getsockopt` | answers `SO_ORIGINAL_DST` (`SOL_IP`, `SOL_IPV6`) on the proxy's accepted socket, so [`capture_core::original_dst()`] works unchanged; touches no other option |
 //! | `cgroup/getpeername4`, `getpeername6` | the app sees its original peer, not the proxy |
+//! | `sockops` at `listen()` | records the proxy's listener on the inbound port of an enrolled pod |
+//! | `sk_lookup` (one instance per enrolled pod, linked to its network namespace) | hands connections from outside the pod to that listener unless Istio's inbound rules exempt them; the proxy's socket keeps the dialled address, so [`capture_core::original_dst()`] returns it |
 //!
 //! # Minimum kernel version
-//! 5.15 (`bpf_get_netns_cookie` in sock_ops programs); [`probe`] checks each feature.
+//! 5.15 (`bpf_get_netns_cookie` in sock_ops programs; `sk_lookup` needs 5.9); [`probe`] checks
+//! each feature.
 
+mod adopt;
 mod error;
 mod loader;
 mod maps;

@@ -3,15 +3,19 @@
 //! ```text
 //! Node::install(cgroup, pin_dir)   probe ─> load + verify all ─> pin maps ─> link + pin each program
 //! Node::open(pin_dir)              maps from their pins (any process, any time later)
-//! node.enroll(&pod, &plan)         next generation's entries ─> POD_CONFIG switch ─> old entries removed
-//! node.unenroll(cookie)            POD_CONFIG entry removed first, then the pod's entries
-//! Node::uninstall(pin_dir)         link pins removed (detaches) ─> map pins removed ─> directory removed
+//! node.enroll(&pod, &plan)         sk_lookup instance attached to the pod's netns (first time)
+//!                                  ─> next generation's entries ─> POD_CONFIG switch ─> old entries removed
+//! node.unenroll(cookie)            POD_CONFIG entry removed first ─> sk_lookup link detached
+//!                                  ─> the pod's entries and inbound listeners removed
+//! Node::uninstall(pin_dir)         link pins detached and removed ─> map pins removed ─> directory removed
 //! ```
 //!
-//! The pin directory holds `links/<program>` (one cgroup bpf_link per program) and
-//! `maps/<MAP>`. Links are created with `BPF_LINK_CREATE` in multi-attach mode, so other
-//! programs on the same cgroup hooks (another agent's) are neither evicted nor block us, and a
-//! crashed loader leaves nothing attached that a removal of the pins cannot undo.
+//! The pin directory holds `links/<program>` (one cgroup bpf_link per program),
+//! `inbound/<netns cookie>` (one network-namespace bpf_link per enrolled pod, for its own
+//! instance of the `sk_lookup` program) and `maps/<MAP>`. Links are created with
+//! `BPF_LINK_CREATE` in multi-attach mode, so other programs on the same cgroup hooks (another
+//! agent's) are neither evicted nor block us, and a crashed loader leaves nothing attached that
+//! a removal of the pins cannot undo.
 
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -21,13 +25,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
-use aya::programs::{CgroupSockAddr, CgroupSockopt, ProgramType, SockOps};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, SockHash};
+use aya::programs::{CgroupSockAddr, CgroupSockopt, ProgramType, SkLookup, SockOps};
 use aya::sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported};
 use aya::{EbpfLoader, maps::MapType};
 use capture_ebpf_common::{
-    CIDRS, CidrKey, MAP_NAMES, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, PORTS,
-    PairKey, PodConfig, PortKey, STAT_COUNT, STATS, programs,
+    AF_INET, AF_INET6, CIDRS, CidrKey, INBOUND_LISTENERS, ListenerKey, MAP_NAMES, NETNS_COOKIE_GLOBAL,
+    ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, PORTS, PairKey, PodConfig, PortKey,
+    STAT_COUNT, STATS, programs,
 };
 
 use crate::netns::{NetnsCookie, PodNetns};
@@ -49,7 +54,11 @@ enum Hook {
     GetPeerName6 = 30,
 }
 
-/// Every program in the object with its hook.
+/// `BPF_SK_LOOKUP`: the attach type of the `sk_lookup` program, on a network namespace.
+const SK_LOOKUP_ATTACH: u32 = 36;
+
+/// Every cgroup program in the object with its hook (the `sk_lookup` program is attached per
+/// pod, not to the cgroup).
 const PROGRAMS: [(&str, Hook); 6] = [
     (programs::CONNECT4, Hook::Connect4),
     (programs::CONNECT6, Hook::Connect6),
@@ -85,6 +94,7 @@ pub struct Node {
     orig_by_cookie: HashMap<MapData, u64, OrigDst>,
     orig_by_pair: HashMap<MapData, PairKey, OrigDst>,
     stats: PerCpuArray<MapData, u64>,
+    inbound_listeners: SockHash<MapData, ListenerKey>,
 }
 
 impl std::fmt::Debug for Node {
@@ -110,6 +120,10 @@ pub struct Stats {
     pub peername: u64,
     /// Connections left alone because a per-connection map was full.
     pub state_full: u64,
+    /// Inbound connections handed to the proxy's inbound listener.
+    pub inbound: u64,
+    /// Inbound connections refused because the pod's proxy had no inbound listener.
+    pub inbound_refused: u64,
 }
 
 /// Checks that the kernel has every program type, map type and helper the programs use,
@@ -123,6 +137,7 @@ pub fn probe() -> Result<(), Error> {
         (ProgramType::CgroupSockAddr, "cgroup sock_addr programs", "4.17"),
         (ProgramType::SockOps, "sock_ops programs", "4.13"),
         (ProgramType::CgroupSockopt, "cgroup sockopt programs", "5.3"),
+        (ProgramType::SkLookup, "sk_lookup programs", "5.9"),
     ];
     for (program_type, feature, min_kernel) in program_types {
         let supported =
@@ -134,6 +149,7 @@ pub fn probe() -> Result<(), Error> {
     let map_types = [
         (MapType::LpmTrie, "LPM trie maps", "4.11"),
         (MapType::PerCpuArray, "per-CPU array maps", "4.6"),
+        (MapType::SockHash, "sockhash maps", "4.18"),
     ];
     for (map_type, feature, min_kernel) in map_types {
         let supported = is_map_supported(map_type).map_err(|source| Error::Probe {
@@ -181,6 +197,18 @@ pub fn probe() -> Result<(), Error> {
             "bpf_get_netns_cookie in cgroup sockopt programs",
             "5.8",
         ),
+        (
+            ProgramType::SockOps,
+            BpfHelper::BPF_FUNC_sock_hash_update,
+            "bpf_sock_hash_update in sock_ops programs",
+            "4.18",
+        ),
+        (
+            ProgramType::SkLookup,
+            BpfHelper::BPF_FUNC_sk_assign,
+            "bpf_sk_assign in sk_lookup programs",
+            "5.9",
+        ),
     ];
     for (program_type, helper, feature, min_kernel) in helpers {
         let supported =
@@ -189,8 +217,8 @@ pub fn probe() -> Result<(), Error> {
             return Err(Error::Unsupported { feature, min_kernel });
         }
     }
-    // cgroup bpf_links (5.7) and the getpeername hooks (5.8) have no cheap probe of their own;
-    // the helper probes above already require 5.15.
+    // cgroup bpf_links (5.7), the getpeername hooks (5.8) and listening sockets in a sockhash
+    // from sock_ops (5.7) have no cheap probe of their own; the helper probes above already require 5.15.
     Ok(())
 }
 
@@ -256,6 +284,9 @@ impl Node {
             }
             .map_err(err)?;
         }
+        // Verified here once, so that enrolling cannot meet a verifier error; each pod gets its
+        // own instance (see `attach_inbound`), this one is dropped unattached.
+        load_sk_lookup(&mut ebpf)?;
 
         let mut pins = Pins::new(pin_dir)?;
         for name in MAP_NAMES {
@@ -331,6 +362,8 @@ impl Node {
             orig_by_cookie: HashMap::try_from(open(ORIG_BY_COOKIE)?).map_err(|e| typed(ORIG_BY_COOKIE, e))?,
             orig_by_pair: HashMap::try_from(open(ORIG_BY_PAIR)?).map_err(|e| typed(ORIG_BY_PAIR, e))?,
             stats: PerCpuArray::try_from(open(STATS)?).map_err(|e| typed(STATS, e))?,
+            inbound_listeners: SockHash::try_from(open(INBOUND_LISTENERS)?)
+                .map_err(|e| typed(INBOUND_LISTENERS, e))?,
         })
     }
 
@@ -340,17 +373,58 @@ impl Node {
     }
 
     /// Enrolls a pod, or replaces its configuration: its connections are captured as `plan`
-    /// says from the moment this returns.
+    /// says from the moment this returns. Call it in the pod's network namespace (the calling
+    /// thread's); [`Node::enroll_netns`] takes the namespace as a descriptor instead.
     ///
-    /// The new entries are written under the next generation, then the pod's [`PodConfig`] is
-    /// switched to it in one map update, then the previous generation's entries are removed:
-    /// a connect sees either the old or the new configuration, never a mix.
+    /// The first enrollment attaches the pod's own instance of the `sk_lookup` program to the
+    /// namespace (inbound capture). Then the new entries are written under the next
+    /// generation, the pod's [`PodConfig`] is switched to it in one map update, and the
+    /// previous generation's entries are removed: a connection sees either the old or the new
+    /// configuration, never a mix. Last, if no inbound listener of the pod is recorded yet, a
+    /// proxy already listening on the inbound port is looked for (its socket is taken from its
+    /// process with `pidfd_getfd(2)`, 5.6) and recorded; one that listens later is recorded by
+    /// the programs.
     ///
     /// # Errors
-    /// [`Error::Map`] when a map is full or cannot be written; the new generation's entries
-    /// are removed again and the pod keeps its previous configuration.
+    /// [`Error::NetnsMismatch`] when the calling thread is not in `pod`'s network namespace;
+    /// [`Error::Map`] when a map is full or cannot be written (the new generation's entries
+    /// are removed again and the pod keeps its previous configuration); the errors of loading
+    /// and attaching the `sk_lookup` program; [`Error::Io`] when the namespace's socket tables
+    /// cannot be read in the search for a listening proxy (the new configuration is in force
+    /// then, and enrolling again finishes the search).
+    ///
+    /// # Minimum kernel version
+    /// 5.15 (see [`probe`]).
     pub fn enroll(&mut self, pod: &PodNetns, plan: &MapPlan) -> Result<(), Error> {
-        let netns = pod.cookie.0;
+        let path = Path::new("/proc/thread-self/ns/net");
+        let netns = File::open(path).map_err(|source| Error::Io {
+            op: "open",
+            path: path.to_owned(),
+            source,
+        })?;
+        check_netns(pod, NetnsCookie::current()?)?;
+        self.enroll_checked(netns.as_fd(), pod, plan)
+    }
+
+    /// [`Node::enroll`] for the network namespace `netns` (a descriptor of `/run/netns/<name>`
+    /// or `/proc/<pid>/ns/net`), from any namespace.
+    ///
+    /// # Errors
+    /// As [`Node::enroll`]: [`Error::NetnsMismatch`] when `netns` is not `pod`'s namespace.
+    pub fn enroll_netns(
+        &mut self,
+        netns: BorrowedFd<'_>,
+        pod: &PodNetns,
+        plan: &MapPlan,
+    ) -> Result<(), Error> {
+        check_netns(pod, netns_cookie_of(netns)?)?;
+        self.enroll_checked(netns, pod, plan)
+    }
+
+    /// [`Node::enroll_netns`] once `netns` is known to be `pod`'s.
+    fn enroll_checked(&mut self, netns: BorrowedFd<'_>, pod: &PodNetns, plan: &MapPlan) -> Result<(), Error> {
+        let cookie = pod.cookie.0;
+        let attached = self.attach_inbound(netns, pod.cookie)?;
         let previous = self.config(pod.cookie)?.map(|c| c.generation);
         let generation = match previous {
             Some(g) => g.wrapping_add(1).max(1),
@@ -359,11 +433,11 @@ impl Node {
         let entries = plan
             .clone()
             .with_local_addrs(&pod.local_addrs)
-            .entries(netns, generation);
+            .entries(cookie, generation);
         let written = self.write_entries(&entries);
         let switched = written.and_then(|()| {
             self.pod_config
-                .insert(netns, entries.config, 0)
+                .insert(cookie, entries.config, 0)
                 .map_err(|source| Error::Map {
                     map: POD_CONFIG,
                     op: "insert",
@@ -371,21 +445,159 @@ impl Node {
                 })
         });
         if let Err(e) = switched {
-            let _ = self.remove_entries(netns, |g| g == generation);
+            let _ = self.remove_entries(cookie, |g| g == generation);
+            if attached {
+                let _ = detach_pinned(&self.inbound_link(pod.cookie));
+            }
             return Err(e);
         }
-        self.remove_entries(netns, |g| g != generation)
+        self.remove_entries(cookie, |g| g != generation)?;
+        // A proxy listening from now on is recorded by sockops; one that listened before is
+        // found and recorded here.
+        if !self.inbound_listeners()?.iter().any(|(c, _)| *c == pod.cookie) {
+            for adopted in crate::adopt::listeners(netns, entries.config.inbound_port)? {
+                self.register_inbound_listener(pod.cookie, adopted.socket.as_fd())?;
+            }
+        }
+        Ok(())
     }
 
-    /// Stops capturing a pod's connections and removes its entries. Returns whether it was
-    /// enrolled.
+    /// Attaches the pod's own `sk_lookup` instance to `netns` and pins its link, unless it is
+    /// there already. Returns whether it attached one.
+    fn attach_inbound(&self, netns: BorrowedFd<'_>, cookie: NetnsCookie) -> Result<bool, Error> {
+        let path = self.inbound_link(cookie);
+        if path.exists() {
+            return Ok(false);
+        }
+        if OBJECT.is_empty() {
+            return Err(Error::ObjectMissing);
+        }
+        let maps = self.pin_dir.join("maps");
+        // The loader below would create and pin any map whose pin is missing.
+        for name in MAP_NAMES {
+            if !maps.join(name).exists() {
+                return Err(Error::NotInstalled {
+                    path: self.pin_dir.clone(),
+                });
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        for name in MAP_NAMES {
+            loader.map_pin_path(name, maps.join(name));
+        }
+        let mut ebpf = loader
+            .override_global(NETNS_COOKIE_GLOBAL, &cookie.0, true)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        let program = load_sk_lookup(&mut ebpf)?;
+        let fd = program.fd().map_err(|source| Error::Program {
+            program: programs::SK_LOOKUP,
+            op: "get fd",
+            source,
+        })?;
+        let link = link_create(fd.as_fd(), netns, SK_LOOKUP_ATTACH).map_err(|source| Error::Syscall {
+            call: "bpf(BPF_LINK_CREATE)",
+            source,
+        })?;
+        let dir = self.pin_dir.join("inbound");
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "create directory",
+                    path: dir,
+                    source,
+                });
+            }
+        }
+        // If pinning fails, dropping `link` (the only reference) detaches the program.
+        match obj_pin(link.as_fd(), &path) {
+            Ok(()) => Ok(true),
+            // Another enrollment of the same pod attached and pinned its instance first.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(source) => Err(Error::Io {
+                op: "pin link",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Where the pod's `sk_lookup` link is pinned.
+    fn inbound_link(&self, cookie: NetnsCookie) -> PathBuf {
+        self.pin_dir.join("inbound").join(cookie.0.to_string())
+    }
+
+    /// Whether the pod's `sk_lookup` instance is attached (its link is pinned).
+    pub fn inbound_attached(&self, cookie: NetnsCookie) -> bool {
+        self.inbound_link(cookie).exists()
+    }
+
+    /// Hands the proxy's listening socket `listener` to the programs as `pod`'s inbound
+    /// listener, replacing the one recorded for its family.
+    ///
+    /// Rarely needed: a proxy that starts listening on the inbound port after enrollment is
+    /// recorded by the sockops program at `listen()`, and enrolling looks for one that was
+    /// already listening in a process it can see.
     ///
     /// # Errors
-    /// [`Error::Map`] when a map cannot be read or written.
+    /// [`Error::Syscall`] when the socket's address cannot be read; [`Error::Map`] when the
+    /// socket is not a listening TCP socket (the kernel refuses it) or the map is full.
+    pub fn register_inbound_listener(
+        &mut self,
+        cookie: NetnsCookie,
+        listener: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        let addr: nix::sys::socket::SockaddrStorage = nix::sys::socket::getsockname(listener.as_raw_fd())
+            .map_err(|e| Error::Syscall {
+                call: "getsockname",
+                source: e.into(),
+            })?;
+        let family = if addr.as_sockaddr_in6().is_some() {
+            AF_INET6
+        } else {
+            AF_INET
+        };
+        let key = ListenerKey {
+            netns: cookie.0,
+            family,
+            _pad: [0; 6],
+        };
+        self.inbound_listeners
+            .insert(key, listener.as_raw_fd(), 0)
+            .map_err(|source| Error::Map {
+                map: INBOUND_LISTENERS,
+                op: "insert",
+                source,
+            })
+    }
+
+    /// The pods with a recorded inbound listener, with its family (`AF_INET` or `AF_INET6`).
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the map cannot be read.
+    pub fn inbound_listeners(&self) -> Result<Vec<(NetnsCookie, u16)>, Error> {
+        let mut keys: Vec<(NetnsCookie, u16)> = keys_of(self.inbound_listeners.keys(), INBOUND_LISTENERS)?
+            .into_iter()
+            .map(|k| (NetnsCookie(k.netns), k.family))
+            .collect();
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
+    /// Stops capturing a pod's connections and removes its entries: its configuration first
+    /// (every program then leaves the pod alone), then its `sk_lookup` link, its owner, port
+    /// and CIDR entries and its recorded inbound listeners. Returns whether it was enrolled.
+    /// Works from any network namespace, also after the pod's is gone.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when a map cannot be read or written; [`Error::Syscall`] or [`Error::Io`]
+    /// when the link cannot be detached or its pin removed.
     pub fn unenroll(&mut self, cookie: NetnsCookie) -> Result<bool, Error> {
         let enrolled = match self.pod_config.remove(&cookie.0) {
             Ok(()) => true,
-            Err(MapError::KeyNotFound) => false,
+            Err(e) if is_missing(&e) => false,
             Err(source) => {
                 return Err(Error::Map {
                     map: POD_CONFIG,
@@ -394,7 +606,21 @@ impl Node {
                 });
             }
         };
+        // The program passes everything from here on; then it goes.
+        detach_pinned(&self.inbound_link(cookie))?;
         self.remove_entries(cookie.0, |_| true)?;
+        for family in [AF_INET, AF_INET6] {
+            let key = ListenerKey {
+                netns: cookie.0,
+                family,
+                _pad: [0; 6],
+            };
+            ignore_missing(self.inbound_listeners.remove(&key)).map_err(|source| Error::Map {
+                map: INBOUND_LISTENERS,
+                op: "remove",
+                source,
+            })?;
+        }
         Ok(enrolled)
     }
 
@@ -516,7 +742,16 @@ impl Node {
             })?;
             *sum = values.iter().sum();
         }
-        let [outbound, hairpin, passed, orig_dst, peername, state_full] = sums;
+        let [
+            outbound,
+            hairpin,
+            passed,
+            orig_dst,
+            peername,
+            state_full,
+            inbound,
+            inbound_refused,
+        ] = sums;
         Ok(Stats {
             outbound,
             hairpin,
@@ -524,6 +759,8 @@ impl Node {
             orig_dst,
             peername,
             state_full,
+            inbound,
+            inbound_refused,
         })
     }
 
@@ -620,22 +857,33 @@ pub fn uninstall(pin_dir: &Path) -> Result<(), Error> {
     // Links first, each detached explicitly: the kernel drops a removed pin's reference only
     // after an RCU grace period, and the program would stay attached until then.
     for (name, _) in PROGRAMS {
-        let path = links.join(name);
-        match obj_get(&path) {
-            Ok(link) => link_detach(link.as_fd()).map_err(|source| Error::Syscall {
-                call: "bpf(BPF_LINK_DETACH)",
-                source,
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    op: "open pinned link",
-                    path,
+        detach_pinned(&links.join(name))?;
+    }
+    let inbound = pin_dir.join("inbound");
+    match fs::read_dir(&inbound) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(|source| Error::Io {
+                    op: "read directory",
+                    path: inbound.clone(),
                     source,
-                });
+                })?;
+                detach_pinned(&entry.path())?;
             }
+            fs::remove_dir(&inbound).map_err(|source| Error::Io {
+                op: "remove directory",
+                path: inbound.clone(),
+                source,
+            })?;
         }
-        remove(path)?;
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(Error::Io {
+                op: "read directory",
+                path: inbound,
+                source,
+            });
+        }
     }
     for name in MAP_NAMES {
         remove(pin_dir.join("maps").join(name))?;
@@ -648,6 +896,84 @@ pub fn uninstall(pin_dir: &Path) -> Result<(), Error> {
         })?;
     }
     Ok(())
+}
+
+/// Detaches the link pinned at `path` (if any) and removes the pin.
+fn detach_pinned(path: &Path) -> Result<(), Error> {
+    match obj_get(path) {
+        Ok(link) => link_detach(link.as_fd()).map_err(|source| Error::Syscall {
+            call: "bpf(BPF_LINK_DETACH)",
+            source,
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Io {
+                op: "open pinned link",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            op: "remove pin",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Finds and loads (verifies) the `sk_lookup` program of `ebpf`.
+fn load_sk_lookup(ebpf: &mut aya::Ebpf) -> Result<&mut SkLookup, Error> {
+    let name = programs::SK_LOOKUP;
+    let err = |source| Error::Program {
+        program: name,
+        op: "load",
+        source,
+    };
+    let program: &mut SkLookup = ebpf
+        .program_mut(name)
+        .ok_or(Error::Program {
+            program: name,
+            op: "find",
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(err)?;
+    program.load().map_err(err)?;
+    Ok(program)
+}
+
+/// [`Error::NetnsMismatch`] unless `found` is `pod`'s namespace cookie.
+fn check_netns(pod: &PodNetns, found: NetnsCookie) -> Result<(), Error> {
+    if found == pod.cookie {
+        Ok(())
+    } else {
+        Err(Error::NetnsMismatch {
+            pod: pod.cookie,
+            found,
+        })
+    }
+}
+
+/// The cookie of the network namespace `netns`, read on a short-lived thread that enters it.
+fn netns_cookie_of(netns: BorrowedFd<'_>) -> Result<NetnsCookie, Error> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    Error::Syscall {
+                        call: "setns(CLONE_NEWNET)",
+                        source: e.into(),
+                    }
+                })?;
+                NetnsCookie::current()
+            })
+            .join()
+            .expect("the netns thread does not panic")
+    })
 }
 
 /// Mounts a bpf filesystem on `dir` (created if missing) unless one is already there.
@@ -769,9 +1095,19 @@ impl Drop for Pins {
     }
 }
 
+/// Whether a map operation failed only because the key is not there. aya 0.14 reports a
+/// missing key of a hash map or socket map as the syscall's `ENOENT`, not as `KeyNotFound`.
+fn is_missing(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
-        Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) if is_missing(&e) => Ok(()),
         other => other,
     }
 }
@@ -881,6 +1217,19 @@ mod tests {
         assert_eq!(
             cgroup2_mount_in("none /mnt/my\\040cg cgroup2 rw 0 0\n"),
             Some(PathBuf::from("/mnt/my cg"))
+        );
+    }
+
+    #[test]
+    fn netns_mismatch_names_both_cookies() {
+        let e = Error::NetnsMismatch {
+            pod: NetnsCookie(7),
+            found: NetnsCookie(9),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the network namespace to enroll (cookie 9) is not the pod's (cookie 7); \
+             enroll from inside the pod's namespace"
         );
     }
 

@@ -6,7 +6,7 @@
 //!
 //! | spec | map entries |
 //! |---|---|
-//! | proxy ports, IPv6 on/off, IPv4 loopback range, first owner | [`PodConfig`] |
+//! | proxy ports, IPv6 on/off, IPv4 loopback range, first owner, inbound mode (`-b '*'`, a list, `""`) | [`PodConfig`] |
 //! | `-u`, `-g`, owner groups | [`OwnerKey`]s in `OWNERS` |
 //! | `-o`, `-q`, `-b`/`-d` port ranges | [`PortKey`] prefixes in the `PORTS` LPM trie (a range costs at most 30) |
 //! | `-x`, `-i`, the pod's own addresses | [`CidrKey`]s in the `CIDRS` LPM trie |
@@ -20,9 +20,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use capture_core::{CaptureSpec, Cidr, InboundPorts, OutboundCidrs, Owner, OwnerGroups, PortRange};
 use capture_ebpf_common::{
     CIDR_KEY_FIXED_BITS, CIDRS_LOCAL, CIDRS_OUT_EXCLUDE, CIDRS_OUT_INCLUDE, CidrKey, FAMILY_V4, FAMILY_V6,
-    FLAG_INCLUDES_LOOPBACK, FLAG_IPV6, FLAG_ONLY_GROUPS, OWNER_EXCLUDED_GROUP, OWNER_ONLY_GROUP,
-    OWNER_PROXY_GID, OWNER_PROXY_UID, OwnerKey, PORT_KEY_FIXED_BITS, PORTS_IN_EXCLUDE, PORTS_IN_INCLUDE,
-    PORTS_OUT_EXCLUDE, PORTS_OUT_INCLUDE, PodConfig, PortKey,
+    FLAG_INBOUND_OFF, FLAG_INBOUND_ONLY, FLAG_INCLUDES_LOOPBACK, FLAG_IPV6, FLAG_ONLY_GROUPS,
+    OWNER_EXCLUDED_GROUP, OWNER_ONLY_GROUP, OWNER_PROXY_GID, OWNER_PROXY_UID, OwnerKey, PORT_KEY_FIXED_BITS,
+    PORTS_IN_EXCLUDE, PORTS_IN_INCLUDE, PORTS_OUT_EXCLUDE, PORTS_OUT_INCLUDE, PodConfig, PortKey,
 };
 
 use crate::Error;
@@ -163,14 +163,20 @@ impl MapPlan {
         };
         add_ports(PORTS_OUT_EXCLUDE, &outbound.exclude_ports);
         add_ports(PORTS_OUT_INCLUDE, &outbound.include_ports);
-        match &inbound.ports {
+        // The sk_lookup program also lets the tunnel port through whatever the lists say, as
+        // Istio's first ISTIO_INBOUND rule does.
+        let inbound_flags = match &inbound.ports {
             InboundPorts::All { except } => {
                 add_ports(PORTS_IN_EXCLUDE, &[PortRange::single(proxy.tunnel)]);
                 add_ports(PORTS_IN_EXCLUDE, except);
+                0
             }
-            InboundPorts::Only(only) => add_ports(PORTS_IN_INCLUDE, only),
-            InboundPorts::Off => {}
-        }
+            InboundPorts::Only(only) => {
+                add_ports(PORTS_IN_INCLUDE, only);
+                FLAG_INBOUND_ONLY
+            }
+            InboundPorts::Off => FLAG_INBOUND_OFF,
+        };
         ports.sort_unstable();
         ports.dedup();
 
@@ -205,6 +211,7 @@ impl MapPlan {
         }
         dedup_cidrs(&mut cidrs);
 
+        flags |= inbound_flags;
         if *ipv6 {
             flags |= FLAG_IPV6;
         }
@@ -657,6 +664,23 @@ mod tests {
         assert_eq!(back.ports, plan.ports);
         assert_eq!(back.cidrs, plan.cidrs);
         assert_eq!(back.to_string(), plan.to_string());
+    }
+
+    #[test]
+    fn inbound_mode_is_a_flag() {
+        let mode = |p: MapPlan| p.config.flags & (FLAG_INBOUND_OFF | FLAG_INBOUND_ONLY);
+        assert_eq!(
+            mode(plan(|_| {})),
+            0,
+            "-b '*' captures all but the excluded ports"
+        );
+        let only = plan(|s| s.inbound.ports = InboundPorts::Only(vec!["8080".parse().unwrap()]));
+        assert_eq!(mode(only.clone()), FLAG_INBOUND_ONLY);
+        assert!(only.ports.iter().all(|p| p.list != PORTS_IN_EXCLUDE));
+        assert_eq!(
+            mode(plan(|s| s.inbound.ports = InboundPorts::Off)),
+            FLAG_INBOUND_OFF
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use capture_core::{CaptureSpec, InboundPorts, Owner, OwnerGroups};
+use capture_core::{CaptureSpec, Owner, OwnerGroups};
 use capture_ebpf::{MapEntries, MapPlan, NetnsCookie, Node, PodNetns};
 use nix::fcntl::{Flock, FlockArg};
 
@@ -98,12 +98,6 @@ pub fn run(invocation: &Invocation) -> Result<(), ExitCode> {
     let plan = numeric_owners(spec)
         .and_then(|spec| Ok(MapPlan::from_spec(&spec)?))
         .map_err(|e| fail(&e))?;
-    if spec.inbound.ports != InboundPorts::Off {
-        // Remove when capture-ebpf captures inbound connections.
-        eprintln!(
-            "capture-init: warning: the eBPF backend does not capture inbound connections yet; -b has no effect"
-        );
-    }
     if args.dry_run {
         print!("{plan}");
         return Ok(());
@@ -185,9 +179,7 @@ fn unenroll(args: &Args) -> Result<(), Failure> {
     let _lock = lock(&bpffs)?;
     let mut node = Node::open(&pin_dir)?;
     let cookie = NetnsCookie::current()?;
-    // Asked first: Node::unenroll of a pod that is not enrolled fails (aya reports the missing
-    // key as a syscall error, not as KeyNotFound).
-    if node.config(cookie)?.is_some() && node.unenroll(cookie)? {
+    if node.unenroll(cookie)? {
         eprintln!("capture-init: eBPF capture removed (netns cookie {})", cookie.0);
     } else {
         eprintln!(

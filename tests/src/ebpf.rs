@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use capture_ebpf::Node;
 use nix::mount::{MntFlags, umount2};
 
-use crate::{NETNS_PREFIX, run_ok};
+use crate::{NETNS_PREFIX, NetNs, run_ok};
 
 /// Set in the child a test re-executes itself as; holds the pin directory of its programs.
 pub const CHILD_ENV: &str = "CAPTURE_E2E_EBPF_CHILD";
@@ -379,6 +379,32 @@ impl Drop for EbpfWorld {
             );
         }
     }
+}
+
+/// How many `sk_lookup` programs are attached to the network namespace `ns`
+/// (`BPF_PROG_QUERY` with `BPF_SK_LOOKUP` on the namespace).
+///
+/// # Panics
+///
+/// When the namespace cannot be opened or the query fails.
+#[must_use]
+pub fn sk_lookup_programs(ns: &NetNs) -> u32 {
+    let netns = fs::File::open(ns.path()).unwrap_or_else(|e| panic!("open {}: {e}", ns.path().display()));
+    // query: __u32 target_fd, __u32 attach_type, __u32 query_flags, __u32 attach_flags,
+    // __aligned_u64 prog_ids, __u32 prog_cnt; the rest of the 64 bytes zero.
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&netns.as_raw_fd().to_ne_bytes());
+    attr[4..8].copy_from_slice(&36u32.to_ne_bytes()); // BPF_SK_LOOKUP
+    // SAFETY: `attr` is a zeroed bpf_attr image with the query's fields set and no pointer
+    // (prog_ids 0: only the count is asked for); its size is passed along.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 16, attr.as_mut_ptr(), attr.len()) }; // BPF_PROG_QUERY
+    assert!(
+        rc == 0,
+        "BPF_PROG_QUERY(sk_lookup) on {} failed: {}",
+        ns.name(),
+        io::Error::last_os_error()
+    );
+    u32::from_ne_bytes(attr[24..28].try_into().expect("four bytes"))
 }
 
 /// In the child made by [`EbpfWorld::run_in_cgroup`]: the pin directory of the programs.

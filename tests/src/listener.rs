@@ -102,6 +102,17 @@ impl Listener {
         Listener::start(listener, token)
     }
 
+    /// Starts the accept loop on a socket that is already bound and listening (made in a
+    /// namespace with [`NetNs::run`]), for tests that need the listening socket itself first.
+    ///
+    /// # Panics
+    ///
+    /// When the accept thread cannot be started.
+    #[must_use]
+    pub fn serve(listener: TcpListener, token: &str) -> Listener {
+        Listener::start(listener, token)
+    }
+
     /// Starts the accept loop on a bound, listening socket.
     fn start(listener: TcpListener, token: &str) -> Listener {
         // accept(2) honours SO_RCVTIMEO, which lets the loop notice the stop flag without polling.

@@ -7,6 +7,7 @@
 mod cni_chain;
 mod direct;
 mod ebpf;
+mod ebpf_inbound;
 mod harness;
 mod inbound;
 mod original_dst;

@@ -6,9 +6,10 @@
 //! uninstalling leaves no program attached to the cgroup (`bpftool cgroup tree`) and nothing
 //! pinned.
 
+use std::fs::File;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use crate::{
 
 /// Installs the programs on a test cgroup, runs `body` in a child process inside it, then checks
 /// that nothing is left: no per-connection entries, and after uninstalling no attachment and no pin.
-fn ebpf_test(body: impl FnOnce(&mut Node)) {
+pub(super) fn ebpf_test(body: impl FnOnce(&mut Node)) {
     if let Some(pin_dir) = in_cgroup_child() {
         let mut node = Node::open(&pin_dir).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
         body(&mut node);
@@ -48,7 +49,7 @@ fn ebpf_test(body: impl FnOnce(&mut Node)) {
 }
 
 /// The common end of every test: per-connection state gone, clean uninstall.
-fn finish(mut world: EbpfWorld) {
+pub(super) fn finish(mut world: EbpfWorld) {
     let node = world.node();
     assert_no_connection_entries(&node);
     drop(node);
@@ -76,17 +77,18 @@ fn assert_no_connection_entries(node: &Node) {
 }
 
 /// Enrolls `ns` with `spec`, as seen from inside it.
-fn enroll(node: &mut Node, ns: &NetNs, spec: &CaptureSpec) -> NetnsCookie {
+pub(super) fn enroll(node: &mut Node, ns: &NetNs, spec: &CaptureSpec) -> NetnsCookie {
     let pod = ns
         .run(PodNetns::current)
         .unwrap_or_else(|e| panic!("inspect netns: {}", chain(&e)));
     let plan = MapPlan::from_spec(spec).unwrap_or_else(|e| panic!("plan: {}", chain(&e)));
-    node.enroll(&pod, &plan)
+    let netns = File::open(ns.path()).expect("open the netns");
+    node.enroll_netns(netns.as_fd(), &pod, &plan)
         .unwrap_or_else(|e| panic!("enroll: {}", chain(&e)));
     pod.cookie
 }
 
-fn sidecar(ipv6: bool) -> CaptureSpec {
+pub(super) fn sidecar(ipv6: bool) -> CaptureSpec {
     let mut spec = CaptureSpec::sidecar();
     spec.ipv6 = ipv6;
     spec
@@ -256,6 +258,10 @@ fn excluded_ports_and_cidrs_bypass_capture() {
         assert_eq!(on_80.take_accepted().len(), 2);
         assert_eq!(on_81.take_accepted().len(), 1);
         assert!(node.unenroll(cookie).unwrap());
+        assert!(
+            !node.unenroll(cookie).unwrap(),
+            "unenrolling a pod that is not enrolled says so instead of failing"
+        );
         assert_eq!(
             node.pod_entries(cookie).unwrap(),
             0,
