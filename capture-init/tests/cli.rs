@@ -5,6 +5,8 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use capture_e2e::SIDECAR_ARGS;
+
 fn golden(name: &str) -> String {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../testdata/istio/iptables/{name}.golden"));
@@ -262,26 +264,6 @@ fn every_golden_through_the_binary() {
     }
 }
 
-const SIDECAR: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-    "--dry-run",
-];
-
 fn sidecar_payload(v6: bool) -> String {
     let v4 = include_str!("../../testdata/sidecar.v4.restore");
     if v6 {
@@ -298,7 +280,10 @@ fn sidecar_payload(v6: bool) -> String {
 #[test]
 fn default_sidecar_command() {
     for (ipv6, v6) in [("off", false), ("on", true)] {
-        let args: Vec<&str> = SIDECAR.iter().copied().chain(["--ipv6", ipv6]).collect();
+        let args: Vec<&str> = SIDECAR_ARGS
+            .into_iter()
+            .chain(["--dry-run", "--ipv6", ipv6])
+            .collect();
         let out = capture_init(&args, &[]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(
@@ -318,8 +303,8 @@ fn default_sidecar_command() {
 fn pilot_agent_subcommand_form_and_log_flags() {
     let args: Vec<&str> = ["istio-iptables"]
         .into_iter()
-        .chain(SIDECAR.iter().copied())
-        .chain(["--ipv6", "off", "--log_output_level=default:info"])
+        .chain(SIDECAR_ARGS)
+        .chain(["--dry-run", "--ipv6", "off", "--log_output_level=default:info"])
         .collect();
     let out = capture_init(&args, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -34,24 +34,13 @@ use std::thread;
 use capture_e2e::ebpf::{self, EbpfWorld};
 use capture_e2e::flavor_family_tests;
 use capture_e2e::{
-    APP_UID, Accepted, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, Topology,
-    connect_as, connect_as_from, connect_detailed, iptables_save_normalized, require_root, run_ok,
+    APP_UID, Accepted, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, SIDECAR_ARGS,
+    Topology, connect_as, connect_as_from, connect_detailed, iptables_save_normalized, normalize_save,
+    require_root, run_ok,
 };
 
 /// The binary under test.
 const CAPTURE_INIT: &str = env!("CARGO_BIN_EXE_capture-init");
-
-/// The injector's default sidecar command, as flag and value.
-const SIDECAR: [(&str, &str); 8] = [
-    ("-p", "15001"),
-    ("-z", "15006"),
-    ("-u", "1337"),
-    ("-m", "REDIRECT"),
-    ("-i", "*"),
-    ("-x", ""),
-    ("-b", "*"),
-    ("-d", "15090,15021,15020"),
-];
 
 /// Who connects: uid and gid.
 type Identity = (u32, u32);
@@ -111,9 +100,9 @@ impl<'a> CaptureInit<'a> {
     /// The default sidecar command for `pod` on `backend`; see [`CaptureInit::sidecar`]. The eBPF
     /// backend is pointed at the test-owned cgroup and bpffs of the [`ebpf_row`] it runs in.
     fn new(pod: &'a NetNs, backend: Backend, family: Family) -> Self {
-        let args: Vec<(String, Option<String>)> = SIDECAR
-            .iter()
-            .map(|(flag, value)| ((*flag).to_owned(), Some((*value).to_owned())))
+        let args: Vec<(String, Option<String>)> = SIDECAR_ARGS
+            .chunks(2)
+            .map(|pair| (pair[0].to_owned(), Some(pair[1].to_owned())))
             .collect();
         let init = Self {
             pod,
@@ -1141,36 +1130,9 @@ fn validation_fails_without_rules(family: Family) {
 // ── 9. Many pods at once ────────────────────────────────────────────────────────────────────────
 
 /// The default sidecar's IPv4 rules as `iptables-save` shows them (both flavors), normalized.
-const SIDECAR_SAVE_V4: &str = "\
-*nat
-:PREROUTING ACCEPT
-:INPUT ACCEPT
-:OUTPUT ACCEPT
-:POSTROUTING ACCEPT
-:ISTIO_INBOUND -
-:ISTIO_IN_REDIRECT -
-:ISTIO_OUTPUT -
-:ISTIO_REDIRECT -
--A PREROUTING -p tcp -j ISTIO_INBOUND
--A OUTPUT -j ISTIO_OUTPUT
--A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN
--A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN
--A ISTIO_INBOUND -p tcp -m tcp --dport 15021 -j RETURN
--A ISTIO_INBOUND -p tcp -m tcp --dport 15020 -j RETURN
--A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
--A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
--A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
--A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
--A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
--A ISTIO_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
--A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
--A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
--A ISTIO_OUTPUT -j ISTIO_REDIRECT
--A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
-COMMIT
-";
+fn sidecar_save_v4() -> String {
+    normalize_save(include_str!("../../testdata/sidecar.v4.save"))
+}
 
 /// 20 pods set up at the same time, alternating flavors and the two ways of entering the namespace,
 /// each end with exactly the default sidecar's rules in both families.
@@ -1179,10 +1141,11 @@ fn twenty_pods_in_parallel() {
     if !require_root() {
         return;
     }
-    let v6 = SIDECAR_SAVE_V4
+    let v4 = sidecar_save_v4();
+    let v6 = v4
         .replace("127.0.0.6/32", "::6/128")
         .replace("127.0.0.1/32", "::1/128");
-    let expected = [SIDECAR_SAVE_V4.to_owned(), v6];
+    let expected = [v4, v6];
     thread::scope(|scope| {
         let pods: Vec<_> = (0..20)
             .map(|i| {

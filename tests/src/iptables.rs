@@ -84,8 +84,10 @@ pub fn iptables_save_normalized(ns: &NetNs, flavor: Flavor, family: Family) -> S
     normalize_save(&crate::run_ok(&mut ns.command(program)))
 }
 
-/// Drops `#` lines and `[packets:bytes]` counters from `iptables-save` output.
-fn normalize_save(save: &str) -> String {
+/// Drops `#` lines and `[packets:bytes]` counters from `iptables-save` output, as
+/// [`iptables_save_normalized`] does.
+#[must_use]
+pub fn normalize_save(save: &str) -> String {
     save.lines()
         .filter(|line| !line.starts_with('#'))
         .map(

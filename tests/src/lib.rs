@@ -30,7 +30,7 @@ mod topology;
 use std::process::Command;
 
 pub use client::{Connected, connect_as, connect_as_from, connect_detailed};
-pub use iptables::{Flavor, iptables_restore, iptables_save_normalized};
+pub use iptables::{Flavor, iptables_restore, iptables_save_normalized, normalize_save};
 pub use listener::{Accepted, Listener};
 pub use netns::{NETNS_PREFIX, NetNs};
 pub use topology::{Family, Topology};
@@ -46,6 +46,27 @@ pub const APP_UID: u32 = 1000;
 pub const OUTBOUND_PORT: u16 = 15001;
 /// The proxy port that captured inbound traffic is redirected to (`istio-iptables -z`).
 pub const INBOUND_PORT: u16 = 15006;
+
+/// The command Istio's sidecar injector gives istio-iptables, flag and value in turn:
+/// `-p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020`.
+pub const SIDECAR_ARGS: [&str; 16] = [
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+];
 
 /// Returns whether the test may run privileged steps.
 ///

@@ -11,27 +11,9 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use capture_e2e::{
-    APP_UID, Family, INBOUND_PORT, Listener, OUTBOUND_PORT, PROXY_UID, Topology, connect_as, connect_as_from,
+    APP_UID, Family, INBOUND_PORT, Listener, OUTBOUND_PORT, PROXY_UID, SIDECAR_ARGS, Topology, connect_as,
+    connect_as_from,
 };
-
-const SIDECAR: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
 
 fn main() -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
@@ -54,7 +36,7 @@ fn main() -> ExitCode {
 
 fn capture_init(bin: &PathBuf, topo: &Topology, extra: &[&str]) -> Result<(), String> {
     let netns = topo.pod.path().display().to_string();
-    let mut args: Vec<&str> = SIDECAR.to_vec();
+    let mut args: Vec<&str> = SIDECAR_ARGS.to_vec();
     args.extend(["--dual-stack", "--network-namespace", &netns]);
     args.extend(extra);
     println!(
