@@ -7,14 +7,12 @@ use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
-use capture_core::netlink::{self, TproxyRoutes};
 use capture_core::{
-    ApplyError, ApplyOptions, CaptureSpec, Change, Detected, Family, Flavor, InboundPorts, Iptables, State,
-    SystemExec,
+    ApplyError, ApplyOptions, CaptureSpec, Change, Detected, Family, Flavor, Iptables, SystemExec,
 };
 
 use crate::conf::{CaptureConf, IptablesFlavor, Ipv6Mode, NetConf};
-use crate::error::{Error, family_name};
+use crate::error::Error;
 use crate::log;
 use crate::netns::{NetNs, NsId};
 use crate::pod::PodCapture;
@@ -105,9 +103,12 @@ pub fn add(
     ns.run(|| {
         let spec = pod_spec(&conf.capture, capture)?;
         let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
-        let changes =
+        let applied =
             capture_core::install(&backend, &spec, ApplyOptions::default()).map_err(Error::Apply)?;
-        Ok((backend.flavor(), changes))
+        for warning in &applied.warnings {
+            log::warn!("{warning}");
+        }
+        Ok((backend.flavor(), applied.changes))
     })
 }
 
@@ -140,7 +141,9 @@ fn remove_lock_file(path: &Path) {
     }
 }
 
-/// `CHECK`: compares the pod's rules and routes with what the configuration asks for.
+/// `CHECK`: compares the pod's rules and routes with what the configuration asks for
+/// ([`capture_core::check`]: also foreign rules that switch capture off ahead of ours, and our
+/// chains in the other iptables flavour).
 ///
 /// # Errors
 /// [`Error::CheckFailed`] listing every difference; entering the namespace or reading the rules.
@@ -149,35 +152,7 @@ pub fn check(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Err
     ns.run(|| {
         let spec = pod_spec(&conf.capture, capture)?;
         let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
-        let flavor = backend.flavor().as_str();
-        let mut differences = Vec::new();
-        for &family in spec.families() {
-            let name = family_name(family);
-            match backend.state(&spec, family).map_err(Error::Apply)? {
-                State::Equal => {}
-                State::Absent => differences.push(format!("{name} capture rules are missing ({flavor})")),
-                State::Differs(details) => {
-                    differences.extend(details.into_iter().map(|d| format!("{name}: {d}")))
-                }
-            }
-        }
-        let netlink_err = |e: netlink::NetlinkError| Error::Apply(ApplyError::Netlink(e));
-        if let Some((mark, table)) = spec.tproxy()
-            && spec.inbound.ports != InboundPorts::Off
-        {
-            let routes = TproxyRoutes { mark, table };
-            for &family in spec.families() {
-                if !netlink::tproxy_routes_present(&routes, family).map_err(netlink_err)? {
-                    differences.push(format!(
-                        "{} TPROXY policy routing ({routes}) is missing",
-                        family_name(family)
-                    ));
-                }
-            }
-        }
-        if spec.ipv6 && !netlink::ipv6_passthrough_address_present().map_err(netlink_err)? {
-            differences.push("::6/128 is missing on lo".into());
-        }
+        let differences = capture_core::check(&backend, &spec).map_err(Error::Apply)?;
         if differences.is_empty() {
             Ok(())
         } else {

@@ -327,15 +327,11 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
     let ns = NetNs::open(path).map_err(|e| e.into_error(path))?;
     let (flavor, changes) = capture::add(&ns, conf, &capture)?;
     for (family, change) in changes {
-        let change = match change {
-            capture_core::Change::Applied => "applied",
-            capture_core::Change::Unchanged => "already in place",
-            capture_core::Change::Reconciled => "reconciled",
-        };
         log::info!(
-            "pod {}: {} capture {change} ({})",
+            "pod {}: {} capture {} ({})",
             pod.display_name(),
             crate::error::family_name(family),
+            change.describe(),
             flavor.as_str()
         );
     }

@@ -349,3 +349,67 @@ fn status_reports_the_backend_usable_or_code_50() {
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["code"], 50, "{reply}");
 }
+
+/// Issue 8 item 9: CHECK fails, naming the rule, when capture is switched off around our rules
+/// (a foreign RETURN or ACCEPT ahead of our jumps, our chains in the other flavour); DEL then
+/// removes capture from both flavours, so the next ADD succeeds.
+fn check_sees_capture_switched_off(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let run = TempDir::new("run");
+    let topo = Topology::new();
+    let stdin = request(flavor, run.path(), json!({}), Some(prev_result(&topo)));
+    call("ADD", topo.pod.path(), &stdin).ok();
+    call("CHECK", topo.pod.path(), &stdin).ok();
+    let (tables, other) = match flavor {
+        Flavor::Legacy => ("iptables-legacy", "iptables-nft"),
+        Flavor::Nft => ("iptables-nft", "iptables-legacy"),
+    };
+    let pod_ip = format!("{}/32", topo.pod_ip(Family::V4));
+    let tamperings: [(&str, &[&str], &str); 3] = [
+        (
+            tables,
+            &["-t", "nat", "-I", "OUTPUT", "-j", "RETURN"],
+            "nat OUTPUT rule 1 '-j RETURN'",
+        ),
+        (
+            tables,
+            &["-t", "nat", "-I", "PREROUTING", "-d", &pod_ip, "-j", "ACCEPT"],
+            "nat PREROUTING rule 1",
+        ),
+        (
+            other,
+            &["-t", "nat", "-N", "ISTIO_OUTPUT"],
+            "capture chain IPv4 nat ISTIO_OUTPUT also exists in",
+        ),
+    ];
+    for (program, args, says) in tamperings {
+        capture_e2e::run_ok(topo.pod.command(program).args(args));
+        let failure = call("CHECK", topo.pod.path(), &stdin).error(101);
+        let msg = failure["msg"].as_str().unwrap();
+        assert!(msg.contains(says), "{args:?}: {msg}");
+        if program == tables {
+            let mut undo: Vec<&str> = args.to_vec();
+            undo[2] = "-D";
+            capture_e2e::run_ok(topo.pod.command(program).args(&undo));
+            call("CHECK", topo.pod.path(), &stdin).ok();
+        }
+    }
+    // The other flavour's stale chain is still there: DEL removes both, ADD works again.
+    call("DEL", topo.pod.path(), &stdin).ok();
+    assert_no_capture(&topo.pod);
+    call("ADD", topo.pod.path(), &stdin).ok();
+    call("CHECK", topo.pod.path(), &stdin).ok();
+    call("DEL", topo.pod.path(), &stdin).ok();
+}
+
+#[test]
+fn check_sees_capture_switched_off_legacy() {
+    check_sees_capture_switched_off(Flavor::Legacy);
+}
+
+#[test]
+fn check_sees_capture_switched_off_nft() {
+    check_sees_capture_switched_off(Flavor::Nft);
+}

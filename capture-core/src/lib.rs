@@ -12,6 +12,7 @@
 pub mod apply;
 mod error;
 pub mod istio;
+pub mod lock;
 pub mod netlink;
 pub mod original_dst;
 mod plan;
@@ -20,9 +21,12 @@ pub mod rules;
 mod spec;
 mod types;
 
-pub use apply::{ApplyError, ApplyOptions, Change, Flavor, Iptables, State, SystemExec, install, uninstall};
+pub use apply::{
+    Applied, ApplyError, ApplyOptions, Change, Flavor, Iptables, State, SystemExec, check, install, uninstall,
+};
 pub use error::{Field, SpecError, ValueError};
 pub use istio::{Detected, IstioConfig, NoUsableAddress, Warning, detect_ipv6, parse_resolv_conf};
+pub use lock::{LockError, NetnsLock};
 pub use original_dst::original_dst;
 pub use plan::plan;
 pub use render::Restore;

@@ -478,6 +478,11 @@ fn rule_dump_request(family: Family) -> RouteNetlinkMessage {
 
 /// Whether a listed rule is exactly `fwmark <mark> lookup <table>`, at any priority.
 fn is_tproxy_rule(rule: &RuleMessage, family: Family, routes: &TproxyRoutes) -> bool {
+    fwmark_lookup(rule, family) == Some((routes.mark.get(), routes.table.get()))
+}
+
+/// The mark and table of a rule that is exactly `fwmark <mark> lookup <table>` in `family`.
+fn fwmark_lookup(rule: &RuleMessage, family: Family) -> Option<(u32, u32)> {
     let h = &rule.header;
     if h.family != address_family(family)
         || h.action != RuleAction::ToTable
@@ -486,7 +491,7 @@ fn is_tproxy_rule(rule: &RuleMessage, family: Family, routes: &TproxyRoutes) -> 
         || h.tos != 0
         || h.flags.contains(RuleFlags::Invert)
     {
-        return false;
+        return None;
     }
     let mut table = u32::from(h.table);
     let mut mark = None;
@@ -503,10 +508,36 @@ fn is_tproxy_rule(rule: &RuleMessage, family: Family, routes: &TproxyRoutes) -> 
             | RuleAttribute::Protocol(_) => {}
             // Any other selector (iif, oif, from, to, uidrange, a partial mask, …) or an
             // attribute this crate cannot name makes it someone else's rule.
-            _ => return false,
+            _ => return None,
         }
     }
-    mark == Some(routes.mark.get()) && table == routes.table.get()
+    mark.map(|m| (m, table))
+}
+
+/// Every policy rule of exactly TPROXY's shape (`fwmark M lookup T`, no other selector, `T` not
+/// one of the kernel's own tables) in `family`, so that cleanup can find the routing of a TPROXY
+/// capture whatever flags it is given.
+///
+/// # Errors
+/// When the listing fails.
+pub fn tproxy_rules(family: Family) -> Result<Vec<TproxyRoutes>, NetlinkError> {
+    let op = Operation::ListRules(family);
+    let mut socket = RouteSocket::open(op)?;
+    Ok(socket
+        .dump(op, rule_dump_request(family))?
+        .iter()
+        .filter_map(|msg| match msg {
+            RouteNetlinkMessage::NewRule(rule) => fwmark_lookup(rule, family),
+            _ => None,
+        })
+        .filter_map(|(mark, table)| {
+            let table = table.to_string().parse::<RouteTable>().ok()?;
+            Some(TproxyRoutes {
+                mark: Mark::new(mark),
+                table,
+            })
+        })
+        .collect())
 }
 
 fn local_route_message(family: Family, table: RouteTable, lo: u32) -> RouteMessage {

@@ -376,12 +376,18 @@ pub struct Args {
     /// Print the iptables-restore payloads instead of applying them; change nothing.
     #[arg(allow_hyphen_values = true, short = 'n', long, env = "DRY_RUN", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
     pub dry_run: bool,
-    /// Remove the rules this configuration creates, and nothing else.
+    /// Remove everything capture wrote in the namespace (rules of either iptables flavour, TPROXY
+    /// routing, ::6), whatever flags wrote it, and nothing else.
     #[arg(long, env = "CLEANUP_ONLY", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
     pub cleanup_only: bool,
     /// Replace existing capture rules that differ from this configuration.
     #[arg(long, env = "RECONCILE", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
     pub reconcile: bool,
+    /// Fail, changing nothing, when foreign rules ahead of capture's can end a packet's
+    /// traversal (so it would not be captured) or capture's chains are also in the other iptables
+    /// flavour; without it these are warnings.
+    #[arg(long, env = "CAPTURE_STRICT", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    pub strict: bool,
     /// Apply even when the rules already look right (fails if the chains exist).
     #[arg(long, env = "FORCE_APPLY", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
     pub force_apply: bool,

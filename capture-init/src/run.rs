@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use capture_core::{ApplyOptions, Change, Flavor, Iptables, Restore, SystemExec, plan};
+use capture_core::{ApplyOptions, Flavor, Iptables, Restore, SystemExec, plan};
 
 use crate::cli::{self, Args, Backend, Invocation, IptablesVersion, NodeArgs, Parsed};
 use crate::validate;
@@ -138,17 +138,17 @@ fn run(invocation: &Invocation) -> ExitCode {
         let options = ApplyOptions {
             reconcile: args.reconcile,
             force: args.force_apply,
+            strict: args.strict,
         };
         match capture_core::install(&backend, spec, options) {
-            Ok(changes) => {
-                for (family, change) in changes {
-                    let what = match change {
-                        Change::Applied => "applied",
-                        Change::Unchanged => "already in place, nothing changed",
-                        Change::Reconciled => "reconciled",
-                    };
+            Ok(applied) => {
+                for warning in &applied.warnings {
+                    eprintln!("capture-init: warning: {warning}");
+                }
+                for (family, change) in applied.changes {
                     eprintln!(
-                        "capture-init: {family} capture {what} ({})",
+                        "capture-init: {family} capture {} ({})",
+                        change.describe(),
                         backend.flavor().as_str()
                     );
                 }
