@@ -16,13 +16,15 @@
 //! Every plugin field is optional; the defaults are Istio's CNI defaults
 //! (see [`CaptureConf`]). Unknown top-level keys are ignored (runtimes add their own, such as
 //! `runtimeConfig` and `args`); unknown keys inside `capture` are rejected, so a typo is an
-//! error rather than a silently ignored setting.
+//! error rather than a silently ignored setting. Fields that hold settings (`capture`,
+//! `runtimeConfig`, each GC attachment) must be JSON objects: serde's derived structs would
+//! also take an array and fill the fields by position.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -45,7 +47,7 @@ pub struct NetConf {
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<Value>,
     /// What the runtime passes for the capabilities the plugin declares.
-    #[serde(rename = "runtimeConfig", default)]
+    #[serde(rename = "runtimeConfig", default, deserialize_with = "object")]
     pub runtime_config: RuntimeConfig,
     /// Pods in these namespaces are never captured (Istio's `exclude_namespaces`).
     #[serde(default, deserialize_with = "null_as_default")]
@@ -63,18 +65,77 @@ pub struct NetConf {
     #[serde(default = "default_run_dir")]
     pub run_dir: PathBuf,
     /// The capture applied to every selected pod, before annotations.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub capture: CaptureConf,
     /// GC: the attachments still in use (spec 1.1.0 spelling).
-    #[serde(rename = "cni.dev/valid-attachments", default)]
+    #[serde(rename = "cni.dev/valid-attachments", default, deserialize_with = "objects")]
     pub valid_attachments: Option<Vec<Attachment>>,
     /// GC: the same list under the key the spec-v1.1.0 text used; libcni sends both.
-    #[serde(rename = "cni.dev/attachments", default)]
+    #[serde(rename = "cni.dev/attachments", default, deserialize_with = "objects")]
     pub attachments: Option<Vec<Attachment>>,
 }
 
 fn default_run_dir() -> PathBuf {
     PathBuf::from(DEFAULT_RUN_DIR)
+}
+
+/// Decodes a struct-typed field from a JSON object only (see [`ObjectOnly`]).
+fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    T::deserialize(ObjectOnly(d))
+}
+
+/// Decodes an optional list of structs, each from a JSON object only.
+fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Vec<T>>, D::Error> {
+    struct Item<T>(T);
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Item<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            object(d).map(Item)
+        }
+    }
+    let items = Option::<Vec<Item<T>>>::deserialize(d)?;
+    Ok(items.map(|items| items.into_iter().map(|Item(t)| t).collect()))
+}
+
+/// A deserializer that offers a struct's visitor a map only. Derived struct visitors also
+/// accept a sequence and fill the fields by position, so `"capture": ["iptables", "legacy",
+/// 15002]` would otherwise be read as `backend`, `iptables_flavor` and `outbound_port`.
+struct ObjectOnly<D>(D);
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(AnObject(visitor))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// A struct's visitor that takes a map and nothing else.
+struct AnObject<V>(V);
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for AnObject<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.0.visit_map(map)
+    }
 }
 
 fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
@@ -414,5 +475,41 @@ mod tests {
         assert!(conf(json!({"type": "t"})).is_err());
         // Unknown top-level keys are the runtime's or another tool's business.
         assert!(conf(json!({"name": "n", "type": "t", "ipam": {}, "args": {"cni": {}}})).is_ok());
+    }
+
+    #[test]
+    fn settings_are_objects_never_arrays() {
+        for (field, value) in [
+            ("capture", json!(["iptables", "legacy", 15002])),
+            ("capture", json!([])),
+            ("capture", json!(null)),
+            ("runtimeConfig", json!([{"a": "b"}])),
+            ("cni.dev/valid-attachments", json!([["c0ffee", "eth0"]])),
+            (
+                "cni.dev/attachments",
+                json!([{"containerID": "c0ffee", "ifname": "eth0"}, ["x", "y"]]),
+            ),
+        ] {
+            let mut v = json!({"name": "n", "type": "t"});
+            v[field] = value.clone();
+            let e = serde_path_to_error::deserialize::<_, NetConf>(&v).unwrap_err();
+            assert!(e.path().to_string().starts_with(field), "{field}: {value}: {e}");
+            assert!(
+                e.to_string().contains("expected a JSON object"),
+                "{field}: {value}: {e}"
+            );
+        }
+        let c = conf(json!({
+            "name": "n", "type": "t",
+            "capture": {"iptables_flavor": "legacy"},
+            "cni.dev/valid-attachments": [{"containerID": "c0ffee", "ifname": "eth0"}],
+        }))
+        .unwrap();
+        assert_eq!(c.capture.iptables_flavor, IptablesFlavor::Legacy);
+        assert_eq!(c.valid_attachments.unwrap()[0].ifname, "eth0");
+        // Nested errors still name their path.
+        let v = json!({"name": "n", "type": "t", "capture": {"proxy_uid": -1}});
+        let e = serde_path_to_error::deserialize::<_, NetConf>(&v).unwrap_err();
+        assert_eq!(e.path().to_string(), "capture.proxy_uid");
     }
 }

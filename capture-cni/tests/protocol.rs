@@ -253,6 +253,16 @@ fn invalid_plugin_settings_are_code_7() {
         (json!({"pod_selection": "some"}), "pod_selection"),
         (json!({"exclude_namespaces": "kube-system"}), "exclude_namespaces"),
         (json!({"name": ""}), "network name"),
+        // Structs are objects only: serde would read an array positionally.
+        (json!({"capture": ["iptables", "legacy", 15002]}), "capture"),
+        (json!({"capture": []}), "capture"),
+        (json!({"capture": null}), "capture"),
+        (json!({"capture": "iptables"}), "capture"),
+        (
+            json!({"runtimeConfig": [{"sidecar.istio.io/status": "{}"}]}),
+            "runtimeConfig",
+        ),
+        (json!({"runtimeConfig": ["x"]}), "runtimeConfig"),
     ] {
         let stdin = conf("1.0.0", extra.clone());
         let reply = add(POD_ARGS, &stdin).error(7);
@@ -290,6 +300,18 @@ fn del_succeeds_without_or_with_a_gone_namespace() {
             reply.stderr
         );
     }
+}
+
+#[test]
+fn gc_rejects_attachments_that_are_not_objects() {
+    let tmp = TempDir::new("gc");
+    let stdin = conf(
+        "1.1.0",
+        json!({"run_dir": tmp.path(), "cni.dev/valid-attachments": [["c0ffee0123", "eth0"]]}),
+    );
+    let reply = invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &stdin).error(7);
+    let msg = reply["msg"].as_str().unwrap();
+    assert!(msg.contains("cni.dev/valid-attachments"), "{msg}");
 }
 
 #[test]
