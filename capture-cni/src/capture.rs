@@ -26,19 +26,39 @@ pub fn lock_file(run_dir: &Path, id: NsId) -> PathBuf {
     run_dir.join(format!("xtables-{}-{}.lock", id.dev, id.ino))
 }
 
-fn exec_for(conf: &NetConf, id: NsId) -> Result<SystemExec, Error> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&conf.run_dir)
-        .map_err(|source| Error::Io {
-            op: "create directory",
-            path: conf.run_dir.clone(),
-            source,
-        })?;
-    Ok(SystemExec {
-        lock_file: Some(lock_file(&conf.run_dir, id)),
-    })
+/// How legacy iptables runs for the namespace `id`: with its own lock file in `run_dir`, or,
+/// when `run_dir` cannot be made (a read-only `/run`), with iptables' default lock rather
+/// than failing.
+fn legacy_exec(run_dir: &Path, id: NsId) -> SystemExec {
+    match fs::DirBuilder::new().recursive(true).mode(0o755).create(run_dir) {
+        Ok(()) => SystemExec {
+            lock_file: Some(lock_file(run_dir, id)),
+        },
+        Err(e) => {
+            log::warn!(
+                "cannot create {}: {e}; legacy iptables uses its default lock /run/xtables.lock",
+                run_dir.display()
+            );
+            SystemExec::default()
+        }
+    }
+}
+
+/// The backend for the pod's namespace `id`, in the calling thread's namespace. Only legacy
+/// iptables takes the xtables lock, so only it gets a lock file; detection only reads rules.
+fn pod_backend(conf: &NetConf, id: NsId) -> Result<Iptables<SystemExec>, Error> {
+    let flavor = match conf.capture.iptables_flavor {
+        IptablesFlavor::Legacy => Flavor::Legacy,
+        IptablesFlavor::Nft => Flavor::Nft,
+        IptablesFlavor::Auto => Iptables::detect(SystemExec::default())
+            .map_err(Error::Apply)?
+            .flavor(),
+    };
+    let exec = match flavor {
+        Flavor::Legacy => legacy_exec(&conf.run_dir, id),
+        Flavor::Nft => SystemExec::default(),
+    };
+    Ok(Iptables::new(exec, flavor))
 }
 
 /// The backend the configuration asks for, in the calling thread's namespace.
@@ -101,10 +121,9 @@ pub fn add(
     conf: &NetConf,
     capture: &PodCapture,
 ) -> Result<(Flavor, Vec<(Family, Change)>), Error> {
-    let exec = exec_for(conf, ns.id())?;
     ns.run(|| {
         let spec = pod_spec(&conf.capture, capture)?;
-        let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
+        let backend = pod_backend(conf, ns.id())?;
         let changes =
             capture_core::install(&backend, &spec, ApplyOptions::default()).map_err(Error::Apply)?;
         Ok((backend.flavor(), changes))
@@ -117,7 +136,6 @@ pub fn add(
 /// # Errors
 /// Entering the namespace or removing the rules.
 pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error> {
-    let exec = exec_for(conf, ns.id())?;
     ns.run(|| {
         // The pod's addresses decide only whether ::6 is removed; without them, leave it.
         let detected = Detected {
@@ -125,7 +143,7 @@ pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error
             nameservers: Vec::new(),
         };
         let (spec, _) = capture.to_spec(&detected)?;
-        let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
+        let backend = pod_backend(conf, ns.id())?;
         capture_core::uninstall(&backend, &spec).map_err(Error::Apply)
     })?;
     remove_lock_file(&lock_file(&conf.run_dir, ns.id()));
@@ -135,7 +153,8 @@ pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error
 fn remove_lock_file(path: &Path) {
     match fs::remove_file(path) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // Nothing there (nft, or a run_dir that could not be made).
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {}
         Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
     }
 }
@@ -145,10 +164,9 @@ fn remove_lock_file(path: &Path) {
 /// # Errors
 /// [`Error::CheckFailed`] listing every difference; entering the namespace or reading the rules.
 pub fn check(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error> {
-    let exec = exec_for(conf, ns.id())?;
     ns.run(|| {
         let spec = pod_spec(&conf.capture, capture)?;
-        let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
+        let backend = pod_backend(conf, ns.id())?;
         let flavor = backend.flavor().as_str();
         let mut differences = Vec::new();
         for &family in spec.families() {

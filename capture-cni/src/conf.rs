@@ -75,6 +75,26 @@ pub struct NetConf {
     pub attachments: Option<Vec<Attachment>>,
 }
 
+impl Default for NetConf {
+    /// Every plugin field at its default, for a `DEL` whose configuration cannot be decoded.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            plugin_type: String::new(),
+            prev_result: None,
+            runtime_config: RuntimeConfig::default(),
+            exclude_namespaces: Vec::new(),
+            pod_selection: PodSelection::default(),
+            plugin_log_level: LogLevel::default(),
+            log_file: None,
+            run_dir: default_run_dir(),
+            capture: CaptureConf::default(),
+            valid_attachments: None,
+            attachments: None,
+        }
+    }
+}
+
 fn default_run_dir() -> PathBuf {
     PathBuf::from(DEFAULT_RUN_DIR)
 }

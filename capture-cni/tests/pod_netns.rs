@@ -49,6 +49,13 @@ fn request(flavor: Flavor, run_dir: &Path, annotations: Value, prev: Option<Valu
     conf.to_string()
 }
 
+/// `stdin` with its `capture` object replaced by `capture`.
+fn with_capture(stdin: &str, capture: Value) -> String {
+    let mut conf: Value = serde_json::from_str(stdin).expect("a request");
+    conf["capture"] = capture;
+    conf.to_string()
+}
+
 fn call(command: &str, netns: &Path, stdin: &str) -> Reply {
     invoke(&cni_env(command, netns.to_str().unwrap(), POD_ARGS), stdin)
 }
@@ -233,9 +240,10 @@ fn bad_input_changes_nothing_in_the_namespace() {
     no_netns.retain(|(k, _)| *k != "CNI_NETNS");
     invoke(&no_netns, &request(Flavor::Nft, run.path(), json!({}), None)).error(4);
     // Settings ADD would refuse do not block DEL.
-    let broken = request(Flavor::Nft, run.path(), json!({}), None)
-        .replace("\"dual_stack\":true", "\"interception_mode\":\"NAT\"");
-    assert!(broken.contains("NAT"));
+    let broken = with_capture(
+        &request(Flavor::Nft, run.path(), json!({}), None),
+        json!({"iptables_flavor": "nft", "interception_mode": "NAT"}),
+    );
     call("DEL", topo.pod.path(), &broken).ok();
     assert_eq!(
         saves(&topo.pod, Flavor::Nft) + &saves(&topo.pod, Flavor::Legacy),
@@ -348,4 +356,90 @@ fn status_reports_the_backend_usable_or_code_50() {
     assert_eq!(out.status.code(), Some(1));
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["code"], 50, "{reply}");
+}
+
+/// A plugin downgrade leaves a configuration the plugin no longer decodes: DEL still removes
+/// what ADD applied, as the defaults describe it.
+#[test]
+fn del_with_a_configuration_that_no_longer_decodes_removes_capture() {
+    if !require_root() {
+        return;
+    }
+    let run = TempDir::new("run");
+    for (flavor, broken) in [
+        (Flavor::Nft, json!({"ipv7": "on"})),
+        (Flavor::Legacy, json!(null)),
+        (Flavor::Nft, json!(["iptables", "nft"])),
+    ] {
+        let topo = Topology::new();
+        let stdin = request(flavor, run.path(), json!({}), Some(prev_result(&topo)));
+        call("ADD", topo.pod.path(), &stdin).ok();
+        assert!(saves(&topo.pod, flavor).contains(":ISTIO_OUTPUT"));
+        let reply = call("DEL", topo.pod.path(), &with_capture(&stdin, broken.clone()));
+        assert_eq!(
+            (reply.code, reply.stdout.as_str()),
+            (0, ""),
+            "{broken}: {}",
+            reply.stderr
+        );
+        assert!(
+            reply.stderr.contains("capture"),
+            "{broken}: the warning names the field: {}",
+            reply.stderr
+        );
+        assert_no_capture(&topo.pod);
+    }
+    // Not even JSON: the same.
+    let topo = Topology::new();
+    let stdin = request(Flavor::Nft, run.path(), json!({}), Some(prev_result(&topo)));
+    call("ADD", topo.pod.path(), &stdin).ok();
+    call("DEL", topo.pod.path(), &stdin[..stdin.len() / 2]).ok();
+    assert_no_capture(&topo.pod);
+}
+
+/// Only legacy iptables needs the lock file: nft and detection never create `run_dir`, and
+/// legacy falls back to iptables' own lock when `run_dir` cannot be made (a read-only `/run`).
+#[test]
+fn run_dir_is_needed_only_by_legacy_and_never_blocks() {
+    if !require_root() {
+        return;
+    }
+    let scratch = TempDir::new("run");
+    let absent = scratch.path().join("absent");
+    // A path under a regular file: mkdir fails for root too.
+    std::fs::write(scratch.path().join("file"), "").unwrap();
+    let unwritable = scratch.path().join("file").join("run");
+    for run_dir in [&absent, &unwritable] {
+        for flavor in ["nft", "auto"] {
+            let topo = Topology::new();
+            let stdin = with_capture(
+                &request(Flavor::Nft, run_dir, json!({}), Some(prev_result(&topo))),
+                json!({"iptables_flavor": flavor}),
+            );
+            let reply = call("ADD", topo.pod.path(), &stdin);
+            reply.ok();
+            assert!(!reply.stderr.contains("lock"), "{flavor}: {}", reply.stderr);
+            assert!(
+                saves(&topo.pod, Flavor::Nft).contains(":ISTIO_OUTPUT"),
+                "{flavor}"
+            );
+            call("CHECK", topo.pod.path(), &stdin).ok();
+            call("DEL", topo.pod.path(), &stdin).ok();
+            assert_no_capture(&topo.pod);
+            assert!(!absent.exists(), "{flavor} created {}", absent.display());
+        }
+    }
+    let topo = Topology::new();
+    let stdin = request(Flavor::Legacy, &unwritable, json!({}), Some(prev_result(&topo)));
+    let reply = call("ADD", topo.pod.path(), &stdin);
+    reply.ok();
+    assert!(
+        reply.stderr.contains(unwritable.to_str().unwrap()) && reply.stderr.contains("/run/xtables.lock"),
+        "the fallback is a warning naming both locks: {}",
+        reply.stderr
+    );
+    assert!(saves(&topo.pod, Flavor::Legacy).contains(":ISTIO_OUTPUT"));
+    call("CHECK", topo.pod.path(), &stdin).ok();
+    call("DEL", topo.pod.path(), &stdin).ok();
+    assert_no_capture(&topo.pod);
 }
