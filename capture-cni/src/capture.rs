@@ -13,7 +13,7 @@ use capture_core::{
     SystemExec,
 };
 
-use crate::conf::{CaptureConf, IptablesFlavor, Ipv6Mode, NetConf};
+use crate::conf::{IptablesFlavor, Ipv6Mode, NetConf};
 use crate::error::{Error, family_name};
 use crate::log;
 use crate::netns::{NetNs, NsId};
@@ -86,20 +86,27 @@ fn addresses() -> Result<Vec<IpAddr>, Error> {
         .collect())
 }
 
-/// Whether the pod gets IPv6 capture, decided from its addresses as Istio does unless the
-/// configuration says.
-fn ipv6(conf: &CaptureConf) -> Result<bool, Error> {
-    match conf.ipv6 {
+/// Whether the pod gets IPv6 capture (see [`Ipv6Mode`]), in the calling thread's (the pod's)
+/// namespace.
+fn ipv6(conf: &NetConf) -> Result<bool, Error> {
+    match conf.capture.ipv6 {
         Ipv6Mode::On => Ok(true),
         Ipv6Mode::Off => Ok(false),
+        // Any IPv6 address, prevResult's or the namespace's: one the primary plugin did not
+        // report (from a router advertisement) carries traffic all the same.
         Ipv6Mode::Auto => {
-            capture_core::detect_ipv6(&addresses()?, conf.dual_stack).map_err(Error::NoUsableAddress)
+            let mut addrs = conf.prev_result_addresses();
+            addrs.extend(addresses()?);
+            capture_core::detect_ipv6(&addrs, true).map_err(Error::NoUsableAddress)
+        }
+        Ipv6Mode::FirstAddress => {
+            capture_core::detect_ipv6(&addresses()?, conf.capture.dual_stack).map_err(Error::NoUsableAddress)
         }
     }
 }
 
 /// The pod's spec, in the calling thread's (the pod's) namespace.
-fn pod_spec(conf: &CaptureConf, capture: &PodCapture) -> Result<CaptureSpec, Error> {
+fn pod_spec(conf: &NetConf, capture: &PodCapture) -> Result<CaptureSpec, Error> {
     let detected = Detected {
         ipv6: ipv6(conf)?,
         nameservers: Vec::new(),
@@ -122,7 +129,7 @@ pub fn add(
     capture: &PodCapture,
 ) -> Result<(Flavor, Vec<(Family, Change)>), Error> {
     ns.run(|| {
-        let spec = pod_spec(&conf.capture, capture)?;
+        let spec = pod_spec(conf, capture)?;
         let backend = pod_backend(conf, ns.id())?;
         let changes =
             capture_core::install(&backend, &spec, ApplyOptions::default()).map_err(Error::Apply)?;
@@ -139,7 +146,7 @@ pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error
     ns.run(|| {
         // The pod's addresses decide only whether ::6 is removed; without them, leave it.
         let detected = Detected {
-            ipv6: ipv6(&conf.capture).unwrap_or(false),
+            ipv6: ipv6(conf).unwrap_or(false),
             nameservers: Vec::new(),
         };
         let (spec, _) = capture.to_spec(&detected)?;
@@ -165,7 +172,7 @@ fn remove_lock_file(path: &Path) {
 /// [`Error::CheckFailed`] listing every difference; entering the namespace or reading the rules.
 pub fn check(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error> {
     ns.run(|| {
-        let spec = pod_spec(&conf.capture, capture)?;
+        let spec = pod_spec(conf, capture)?;
         let backend = pod_backend(conf, ns.id())?;
         let flavor = backend.flavor().as_str();
         let mut differences = Vec::new();

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -92,6 +93,24 @@ impl Default for NetConf {
             valid_attachments: None,
             attachments: None,
         }
+    }
+}
+
+impl NetConf {
+    /// The pod's addresses as the previous plugin reported them: `prevResult.ips[].address`
+    /// (CIDR strings, CNI 0.3.0 and later), in order. Entries that are not addresses are
+    /// skipped; an empty list means prevResult does not say.
+    pub fn prev_result_addresses(&self) -> Vec<IpAddr> {
+        let ips = self
+            .prev_result
+            .as_ref()
+            .and_then(|prev| prev.get("ips"))
+            .and_then(Value::as_array);
+        ips.into_iter()
+            .flatten()
+            .filter_map(|ip| ip.get("address")?.as_str())
+            .filter_map(|cidr| cidr.split_once('/').map_or(cidr, |(addr, _)| addr).parse().ok())
+            .collect()
     }
 }
 
@@ -252,14 +271,20 @@ pub enum IptablesFlavor {
     Nft,
 }
 
-/// Whether IPv6 capture is installed too.
+/// Whether IPv6 capture is installed too (IPv4 capture always is).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ipv6Mode {
-    /// Istio's rule, from the pod's addresses: the first non-loopback, non-link-local address
-    /// decides (any IPv6 address when `dual_stack` is on).
+    /// Every family the pod has an address in: IPv6 when any of its non-loopback,
+    /// non-link-local addresses is IPv6, whatever their order. The addresses are prevResult's
+    /// `ips` and those of the pod's namespace (which also has any the primary plugin did not
+    /// report). The proxy must then listen on both families.
     #[default]
     Auto,
+    /// Istio's rule (istio/istio#46625): the first non-loopback, non-link-local address of
+    /// the pod's namespace decides (any IPv6 address when `dual_stack` is on).
+    #[serde(rename = "first-address")]
+    FirstAddress,
     /// Always.
     On,
     /// Never.
@@ -312,9 +337,10 @@ pub struct CaptureConf {
     pub redirect_dns: bool,
     /// Drop packets conntrack marks INVALID (`INVALID_DROP`): false.
     pub drop_invalid: bool,
-    /// `"auto"`, `"on"` or `"off"`.
+    /// `"auto"`, `"first-address"`, `"on"` or `"off"`.
     pub ipv6: Ipv6Mode,
-    /// With `ipv6: "auto"`, any IPv6 address turns IPv6 on (`ISTIO_DUAL_STACK`): false.
+    /// With `ipv6: "first-address"`, any IPv6 address turns IPv6 on (`ISTIO_DUAL_STACK`):
+    /// false.
     pub dual_stack: bool,
     /// TPROXY packet mark (`-t`): 1337.
     pub tproxy_mark: ConfText,
@@ -531,5 +557,39 @@ mod tests {
         let v = json!({"name": "n", "type": "t", "capture": {"proxy_uid": -1}});
         let e = serde_path_to_error::deserialize::<_, NetConf>(&v).unwrap_err();
         assert_eq!(e.path().to_string(), "capture.proxy_uid");
+    }
+
+    #[test]
+    fn ipv6_modes() {
+        for (text, mode) in [
+            ("auto", Ipv6Mode::Auto),
+            ("first-address", Ipv6Mode::FirstAddress),
+            ("on", Ipv6Mode::On),
+            ("off", Ipv6Mode::Off),
+        ] {
+            let c = conf(json!({"name": "n", "type": "t", "capture": {"ipv6": text}})).unwrap();
+            assert_eq!(c.capture.ipv6, mode);
+        }
+        assert_eq!(CaptureConf::default().ipv6, Ipv6Mode::Auto);
+        assert!(conf(json!({"name": "n", "type": "t", "capture": {"ipv6": "first"}})).is_err());
+    }
+
+    #[test]
+    fn prev_result_addresses_in_order() {
+        let with = |prev: Value| NetConf {
+            prev_result: Some(prev),
+            ..NetConf::default()
+        };
+        let c = with(json!({"ips": [
+            {"address": "10.1.0.5/16", "gateway": "10.1.0.1"},
+            {"version": "6", "address": "fd00::5/64"},
+            {"address": "not an address"},
+            {"gateway": "10.1.0.1"},
+        ]}));
+        let want: Vec<IpAddr> = vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        assert_eq!(c.prev_result_addresses(), want);
+        assert!(with(json!({"interfaces": []})).prev_result_addresses().is_empty());
+        assert!(with(json!({"ips": {}})).prev_result_addresses().is_empty());
+        assert!(NetConf::default().prev_result_addresses().is_empty());
     }
 }

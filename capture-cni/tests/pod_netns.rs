@@ -40,7 +40,7 @@ fn request(flavor: Flavor, run_dir: &Path, annotations: Value, prev: Option<Valu
         "name": "test-net",
         "type": "capture-cni",
         "run_dir": run_dir,
-        "capture": {"iptables_flavor": flavor_name(flavor), "dual_stack": true},
+        "capture": {"iptables_flavor": flavor_name(flavor)},
         "runtimeConfig": {"io.kubernetes.cri.pod-annotations": pod_annotations},
     });
     if let Some(prev) = prev {
@@ -87,11 +87,15 @@ fn assert_no_capture(ns: &NetNs) {
     }
 }
 
+/// The primary plugin's result for the pod: its IPv4 address, then its IPv6 one.
 fn prev_result(topo: &Topology) -> Value {
     json!({
         "cniVersion": "1.0.0",
         "interfaces": [{"name": "eth0", "mac": "0a:58:0a:00:00:01", "sandbox": topo.pod.path()}],
-        "ips": [{"address": format!("{}/24", topo.pod_ip(Family::V4)), "interface": 0}],
+        "ips": [
+            {"address": format!("{}/24", topo.pod_ip(Family::V4)), "interface": 0},
+            {"address": format!("{}/64", topo.pod_ip(Family::V6)), "interface": 0},
+        ],
         "dns": {},
     })
 }
@@ -441,5 +445,96 @@ fn run_dir_is_needed_only_by_legacy_and_never_blocks() {
     assert!(saves(&topo.pod, Flavor::Legacy).contains(":ISTIO_OUTPUT"));
     call("CHECK", topo.pod.path(), &stdin).ok();
     call("DEL", topo.pod.path(), &stdin).ok();
+    assert_no_capture(&topo.pod);
+}
+
+#[track_caller]
+fn assert_ipv6_capture(ns: &NetNs, want: bool, what: &str) {
+    let save = iptables_save_normalized(ns, Flavor::Nft, Family::V6);
+    assert_eq!(save.contains(":ISTIO_OUTPUT"), want, "{what}:\n{save}");
+    assert!(
+        iptables_save_normalized(ns, Flavor::Nft, Family::V4).contains(":ISTIO_OUTPUT"),
+        "{what}"
+    );
+    assert_eq!(
+        ns.ip(&["-6", "addr", "show", "dev", "lo"]).contains("::6/128"),
+        want,
+        "{what}"
+    );
+}
+
+/// The pod's addresses are IPv4 first, IPv6 second (`Topology` adds them in that order, and
+/// prevResult lists them so). Every family it has is captured unless `capture.ipv6` asks for
+/// Istio's first-address rule.
+#[test]
+fn dual_stack_pod_is_captured_in_every_family_it_has() {
+    if !require_root() {
+        return;
+    }
+    let run = TempDir::new("run");
+    let topo = Topology::new();
+    let capture = |extra: Value| {
+        let mut capture = json!({"iptables_flavor": "nft"});
+        for (k, v) in extra.as_object().unwrap() {
+            capture[k] = v.clone();
+        }
+        capture
+    };
+    let stdin = with_capture(
+        &request(Flavor::Nft, run.path(), json!({}), Some(prev_result(&topo))),
+        capture(json!({})),
+    );
+    call("ADD", topo.pod.path(), &stdin).ok();
+    assert_ipv6_capture(&topo.pod, true, "default, from prevResult");
+    let any = |port| (Family::V6.unspecified(), port).into();
+    let outbound = Listener::spawn(&topo.pod, any(OUTBOUND_PORT), "outbound");
+    let inbound = Listener::spawn(&topo.pod, any(INBOUND_PORT), "inbound");
+    let peer_app = Listener::spawn(&topo.peer, any(80), "peer-app");
+    let dst = topo.peer_addr(Family::V6, 80);
+    let (reply, _) = connect_as(&topo.pod, APP_UID, APP_UID, dst).expect("app connects over IPv6");
+    assert_eq!(reply, "outbound");
+    assert_eq!(outbound.take_one().original_dst.expect("original_dst"), dst);
+    let dst = topo.pod_addr(Family::V6, 8080);
+    let (reply, _) = connect_as(&topo.peer, 0, 0, dst).expect("peer connects over IPv6");
+    assert_eq!(reply, "inbound");
+    assert_eq!(inbound.take_one().original_dst.expect("original_dst"), dst);
+    call("CHECK", topo.pod.path(), &stdin).ok();
+    call("DEL", topo.pod.path(), &stdin).ok();
+    assert_no_capture(&topo.pod);
+    drop((outbound, inbound, peer_app));
+
+    // Without ips in prevResult (or without prevResult), or with only the IPv4 one, the
+    // namespace's IPv6 address still counts.
+    let mut no_ips = prev_result(&topo);
+    no_ips.as_object_mut().unwrap().shift_remove("ips");
+    let mut v4_only = prev_result(&topo);
+    v4_only["ips"].as_array_mut().unwrap().pop();
+    for prev in [Some(no_ips), None, Some(v4_only)] {
+        let stdin = with_capture(
+            &request(Flavor::Nft, run.path(), json!({}), prev),
+            capture(json!({})),
+        );
+        call("ADD", topo.pod.path(), &stdin).ok();
+        assert_ipv6_capture(&topo.pod, true, "default, from the namespace");
+        call("DEL", topo.pod.path(), &stdin).ok();
+    }
+
+    // Istio's rule on request: the first address is IPv4, so no IPv6 capture...
+    let first = with_capture(
+        &request(Flavor::Nft, run.path(), json!({}), Some(prev_result(&topo))),
+        capture(json!({"ipv6": "first-address"})),
+    );
+    call("ADD", topo.pod.path(), &first).ok();
+    assert_ipv6_capture(&topo.pod, false, "first-address");
+    call("CHECK", topo.pod.path(), &first).ok();
+    call("DEL", topo.pod.path(), &first).ok();
+    // ...unless dual_stack (ISTIO_DUAL_STACK) says any IPv6 address counts.
+    let dual = with_capture(
+        &first,
+        capture(json!({"ipv6": "first-address", "dual_stack": true})),
+    );
+    call("ADD", topo.pod.path(), &dual).ok();
+    assert_ipv6_capture(&topo.pod, true, "first-address with dual_stack");
+    call("DEL", topo.pod.path(), &dual).ok();
     assert_no_capture(&topo.pod);
 }
