@@ -11,7 +11,7 @@ use capture_core::{
     ApplyError, ApplyOptions, CaptureSpec, Change, Detected, Family, Flavor, Iptables, SystemExec,
 };
 
-use crate::conf::{CaptureConf, IptablesFlavor, Ipv6Mode, NetConf};
+use crate::conf::{IptablesFlavor, Ipv6Mode, NetConf};
 use crate::error::Error;
 use crate::log;
 use crate::netns::{NetNs, NsId};
@@ -24,19 +24,39 @@ pub fn lock_file(run_dir: &Path, id: NsId) -> PathBuf {
     run_dir.join(format!("xtables-{}-{}.lock", id.dev, id.ino))
 }
 
-fn exec_for(conf: &NetConf, id: NsId) -> Result<SystemExec, Error> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&conf.run_dir)
-        .map_err(|source| Error::Io {
-            op: "create directory",
-            path: conf.run_dir.clone(),
-            source,
-        })?;
-    Ok(SystemExec {
-        lock_file: Some(lock_file(&conf.run_dir, id)),
-    })
+/// How legacy iptables runs for the namespace `id`: with its own lock file in `run_dir`, or,
+/// when `run_dir` cannot be made (a read-only `/run`), with iptables' default lock rather
+/// than failing.
+fn legacy_exec(run_dir: &Path, id: NsId) -> SystemExec {
+    match fs::DirBuilder::new().recursive(true).mode(0o755).create(run_dir) {
+        Ok(()) => SystemExec {
+            lock_file: Some(lock_file(run_dir, id)),
+        },
+        Err(e) => {
+            log::warn!(
+                "cannot create {}: {e}; legacy iptables uses its default lock /run/xtables.lock",
+                run_dir.display()
+            );
+            SystemExec::default()
+        }
+    }
+}
+
+/// The backend for the pod's namespace `id`, in the calling thread's namespace. Only legacy
+/// iptables takes the xtables lock, so only it gets a lock file; detection only reads rules.
+fn pod_backend(conf: &NetConf, id: NsId) -> Result<Iptables<SystemExec>, Error> {
+    let flavor = match conf.capture.iptables_flavor {
+        IptablesFlavor::Legacy => Flavor::Legacy,
+        IptablesFlavor::Nft => Flavor::Nft,
+        IptablesFlavor::Auto => Iptables::detect(SystemExec::default())
+            .map_err(Error::Apply)?
+            .flavor(),
+    };
+    let exec = match flavor {
+        Flavor::Legacy => legacy_exec(&conf.run_dir, id),
+        Flavor::Nft => SystemExec::default(),
+    };
+    Ok(Iptables::new(exec, flavor))
 }
 
 /// The backend the configuration asks for, in the calling thread's namespace.
@@ -64,20 +84,27 @@ fn addresses() -> Result<Vec<IpAddr>, Error> {
         .collect())
 }
 
-/// Whether the pod gets IPv6 capture, decided from its addresses as Istio does unless the
-/// configuration says.
-fn ipv6(conf: &CaptureConf) -> Result<bool, Error> {
-    match conf.ipv6 {
+/// Whether the pod gets IPv6 capture (see [`Ipv6Mode`]), in the calling thread's (the pod's)
+/// namespace.
+fn ipv6(conf: &NetConf) -> Result<bool, Error> {
+    match conf.capture.ipv6 {
         Ipv6Mode::On => Ok(true),
         Ipv6Mode::Off => Ok(false),
+        // Any IPv6 address, prevResult's or the namespace's: one the primary plugin did not
+        // report (from a router advertisement) carries traffic all the same.
         Ipv6Mode::Auto => {
-            capture_core::detect_ipv6(&addresses()?, conf.dual_stack).map_err(Error::NoUsableAddress)
+            let mut addrs = conf.prev_result_addresses();
+            addrs.extend(addresses()?);
+            capture_core::detect_ipv6(&addrs, true).map_err(Error::NoUsableAddress)
+        }
+        Ipv6Mode::FirstAddress => {
+            capture_core::detect_ipv6(&addresses()?, conf.capture.dual_stack).map_err(Error::NoUsableAddress)
         }
     }
 }
 
 /// The pod's spec, in the calling thread's (the pod's) namespace.
-fn pod_spec(conf: &CaptureConf, capture: &PodCapture) -> Result<CaptureSpec, Error> {
+fn pod_spec(conf: &NetConf, capture: &PodCapture) -> Result<CaptureSpec, Error> {
     let detected = Detected {
         ipv6: ipv6(conf)?,
         nameservers: Vec::new(),
@@ -99,10 +126,9 @@ pub fn add(
     conf: &NetConf,
     capture: &PodCapture,
 ) -> Result<(Flavor, Vec<(Family, Change)>), Error> {
-    let exec = exec_for(conf, ns.id())?;
     ns.run(|| {
-        let spec = pod_spec(&conf.capture, capture)?;
-        let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
+        let spec = pod_spec(conf, capture)?;
+        let backend = pod_backend(conf, ns.id())?;
         let applied =
             capture_core::install(&backend, &spec, ApplyOptions::default()).map_err(Error::Apply)?;
         for warning in &applied.warnings {
@@ -118,15 +144,14 @@ pub fn add(
 /// # Errors
 /// Entering the namespace or removing the rules.
 pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error> {
-    let exec = exec_for(conf, ns.id())?;
     ns.run(|| {
         // The pod's addresses decide only whether ::6 is removed; without them, leave it.
         let detected = Detected {
-            ipv6: ipv6(&conf.capture).unwrap_or(false),
+            ipv6: ipv6(conf).unwrap_or(false),
             nameservers: Vec::new(),
         };
         let (spec, _) = capture.to_spec(&detected)?;
-        let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
+        let backend = pod_backend(conf, ns.id())?;
         capture_core::uninstall(&backend, &spec).map_err(Error::Apply)
     })?;
     remove_lock_file(&lock_file(&conf.run_dir, ns.id()));
@@ -136,7 +161,8 @@ pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error
 fn remove_lock_file(path: &Path) {
     match fs::remove_file(path) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // Nothing there (nft, or a run_dir that could not be made).
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {}
         Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
     }
 }
@@ -148,10 +174,9 @@ fn remove_lock_file(path: &Path) {
 /// # Errors
 /// [`Error::CheckFailed`] listing every difference; entering the namespace or reading the rules.
 pub fn check(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error> {
-    let exec = exec_for(conf, ns.id())?;
     ns.run(|| {
-        let spec = pod_spec(&conf.capture, capture)?;
-        let backend = backend(conf.capture.iptables_flavor, exec).map_err(Error::Apply)?;
+        let spec = pod_spec(conf, capture)?;
+        let backend = pod_backend(conf, ns.id())?;
         let differences = capture_core::check(&backend, &spec).map_err(Error::Apply)?;
         if differences.is_empty() {
             Ok(())

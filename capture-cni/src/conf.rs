@@ -16,13 +16,16 @@
 //! Every plugin field is optional; the defaults are Istio's CNI defaults
 //! (see [`CaptureConf`]). Unknown top-level keys are ignored (runtimes add their own, such as
 //! `runtimeConfig` and `args`); unknown keys inside `capture` are rejected, so a typo is an
-//! error rather than a silently ignored setting.
+//! error rather than a silently ignored setting. Fields that hold settings (`capture`,
+//! `runtimeConfig`, each GC attachment) must be JSON objects: serde's derived structs would
+//! also take an array and fill the fields by position.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -45,7 +48,7 @@ pub struct NetConf {
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<Value>,
     /// What the runtime passes for the capabilities the plugin declares.
-    #[serde(rename = "runtimeConfig", default)]
+    #[serde(rename = "runtimeConfig", default, deserialize_with = "object")]
     pub runtime_config: RuntimeConfig,
     /// Pods in these namespaces are never captured (Istio's `exclude_namespaces`).
     #[serde(default, deserialize_with = "null_as_default")]
@@ -63,18 +66,115 @@ pub struct NetConf {
     #[serde(default = "default_run_dir")]
     pub run_dir: PathBuf,
     /// The capture applied to every selected pod, before annotations.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub capture: CaptureConf,
     /// GC: the attachments still in use (spec 1.1.0 spelling).
-    #[serde(rename = "cni.dev/valid-attachments", default)]
+    #[serde(rename = "cni.dev/valid-attachments", default, deserialize_with = "objects")]
     pub valid_attachments: Option<Vec<Attachment>>,
     /// GC: the same list under the key the spec-v1.1.0 text used; libcni sends both.
-    #[serde(rename = "cni.dev/attachments", default)]
+    #[serde(rename = "cni.dev/attachments", default, deserialize_with = "objects")]
     pub attachments: Option<Vec<Attachment>>,
+}
+
+impl Default for NetConf {
+    /// Every plugin field at its default, for a `DEL` whose configuration cannot be decoded.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            plugin_type: String::new(),
+            prev_result: None,
+            runtime_config: RuntimeConfig::default(),
+            exclude_namespaces: Vec::new(),
+            pod_selection: PodSelection::default(),
+            plugin_log_level: LogLevel::default(),
+            log_file: None,
+            run_dir: default_run_dir(),
+            capture: CaptureConf::default(),
+            valid_attachments: None,
+            attachments: None,
+        }
+    }
+}
+
+impl NetConf {
+    /// The pod's addresses as the previous plugin reported them: `prevResult.ips[].address`
+    /// (CIDR strings, CNI 0.3.0 and later), in order. Entries that are not addresses are
+    /// skipped; an empty list means prevResult does not say.
+    pub fn prev_result_addresses(&self) -> Vec<IpAddr> {
+        let ips = self
+            .prev_result
+            .as_ref()
+            .and_then(|prev| prev.get("ips"))
+            .and_then(Value::as_array);
+        ips.into_iter()
+            .flatten()
+            .filter_map(|ip| ip.get("address")?.as_str())
+            .filter_map(|cidr| cidr.split_once('/').map_or(cidr, |(addr, _)| addr).parse().ok())
+            .collect()
+    }
 }
 
 fn default_run_dir() -> PathBuf {
     PathBuf::from(DEFAULT_RUN_DIR)
+}
+
+/// Decodes a struct-typed field from a JSON object only (see [`ObjectOnly`]).
+fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    T::deserialize(ObjectOnly(d))
+}
+
+/// Decodes an optional list of structs, each from a JSON object only.
+fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Vec<T>>, D::Error> {
+    struct Item<T>(T);
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Item<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            object(d).map(Item)
+        }
+    }
+    let items = Option::<Vec<Item<T>>>::deserialize(d)?;
+    Ok(items.map(|items| items.into_iter().map(|Item(t)| t).collect()))
+}
+
+/// A deserializer that offers a struct's visitor a map only. Derived struct visitors also
+/// accept a sequence and fill the fields by position, so `"capture": ["iptables", "legacy",
+/// 15002]` would otherwise be read as `backend`, `iptables_flavor` and `outbound_port`.
+struct ObjectOnly<D>(D);
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(AnObject(visitor))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// A struct's visitor that takes a map and nothing else.
+struct AnObject<V>(V);
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for AnObject<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.0.visit_map(map)
+    }
 }
 
 fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
@@ -171,14 +271,20 @@ pub enum IptablesFlavor {
     Nft,
 }
 
-/// Whether IPv6 capture is installed too.
+/// Whether IPv6 capture is installed too (IPv4 capture always is).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ipv6Mode {
-    /// Istio's rule, from the pod's addresses: the first non-loopback, non-link-local address
-    /// decides (any IPv6 address when `dual_stack` is on).
+    /// Every family the pod has an address in: IPv6 when any of its non-loopback,
+    /// non-link-local addresses is IPv6, whatever their order. The addresses are prevResult's
+    /// `ips` and those of the pod's namespace (which also has any the primary plugin did not
+    /// report). The proxy must then listen on both families.
     #[default]
     Auto,
+    /// Istio's rule (istio/istio#46625): the first non-loopback, non-link-local address of
+    /// the pod's namespace decides (any IPv6 address when `dual_stack` is on).
+    #[serde(rename = "first-address")]
+    FirstAddress,
     /// Always.
     On,
     /// Never.
@@ -231,9 +337,10 @@ pub struct CaptureConf {
     pub redirect_dns: bool,
     /// Drop packets conntrack marks INVALID (`INVALID_DROP`): false.
     pub drop_invalid: bool,
-    /// `"auto"`, `"on"` or `"off"`.
+    /// `"auto"`, `"first-address"`, `"on"` or `"off"`.
     pub ipv6: Ipv6Mode,
-    /// With `ipv6: "auto"`, any IPv6 address turns IPv6 on (`ISTIO_DUAL_STACK`): false.
+    /// With `ipv6: "first-address"`, any IPv6 address turns IPv6 on (`ISTIO_DUAL_STACK`):
+    /// false.
     pub dual_stack: bool,
     /// TPROXY packet mark (`-t`): 1337.
     pub tproxy_mark: ConfText,
@@ -414,5 +521,75 @@ mod tests {
         assert!(conf(json!({"type": "t"})).is_err());
         // Unknown top-level keys are the runtime's or another tool's business.
         assert!(conf(json!({"name": "n", "type": "t", "ipam": {}, "args": {"cni": {}}})).is_ok());
+    }
+
+    #[test]
+    fn settings_are_objects_never_arrays() {
+        for (field, value) in [
+            ("capture", json!(["iptables", "legacy", 15002])),
+            ("capture", json!([])),
+            ("capture", json!(null)),
+            ("runtimeConfig", json!([{"a": "b"}])),
+            ("cni.dev/valid-attachments", json!([["c0ffee", "eth0"]])),
+            (
+                "cni.dev/attachments",
+                json!([{"containerID": "c0ffee", "ifname": "eth0"}, ["x", "y"]]),
+            ),
+        ] {
+            let mut v = json!({"name": "n", "type": "t"});
+            v[field] = value.clone();
+            let e = serde_path_to_error::deserialize::<_, NetConf>(&v).unwrap_err();
+            assert!(e.path().to_string().starts_with(field), "{field}: {value}: {e}");
+            assert!(
+                e.to_string().contains("expected a JSON object"),
+                "{field}: {value}: {e}"
+            );
+        }
+        let c = conf(json!({
+            "name": "n", "type": "t",
+            "capture": {"iptables_flavor": "legacy"},
+            "cni.dev/valid-attachments": [{"containerID": "c0ffee", "ifname": "eth0"}],
+        }))
+        .unwrap();
+        assert_eq!(c.capture.iptables_flavor, IptablesFlavor::Legacy);
+        assert_eq!(c.valid_attachments.unwrap()[0].ifname, "eth0");
+        // Nested errors still name their path.
+        let v = json!({"name": "n", "type": "t", "capture": {"proxy_uid": -1}});
+        let e = serde_path_to_error::deserialize::<_, NetConf>(&v).unwrap_err();
+        assert_eq!(e.path().to_string(), "capture.proxy_uid");
+    }
+
+    #[test]
+    fn ipv6_modes() {
+        for (text, mode) in [
+            ("auto", Ipv6Mode::Auto),
+            ("first-address", Ipv6Mode::FirstAddress),
+            ("on", Ipv6Mode::On),
+            ("off", Ipv6Mode::Off),
+        ] {
+            let c = conf(json!({"name": "n", "type": "t", "capture": {"ipv6": text}})).unwrap();
+            assert_eq!(c.capture.ipv6, mode);
+        }
+        assert_eq!(CaptureConf::default().ipv6, Ipv6Mode::Auto);
+        assert!(conf(json!({"name": "n", "type": "t", "capture": {"ipv6": "first"}})).is_err());
+    }
+
+    #[test]
+    fn prev_result_addresses_in_order() {
+        let with = |prev: Value| NetConf {
+            prev_result: Some(prev),
+            ..NetConf::default()
+        };
+        let c = with(json!({"ips": [
+            {"address": "10.1.0.5/16", "gateway": "10.1.0.1"},
+            {"version": "6", "address": "fd00::5/64"},
+            {"address": "not an address"},
+            {"gateway": "10.1.0.1"},
+        ]}));
+        let want: Vec<IpAddr> = vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        assert_eq!(c.prev_result_addresses(), want);
+        assert!(with(json!({"interfaces": []})).prev_result_addresses().is_empty());
+        assert!(with(json!({"ips": {}})).prev_result_addresses().is_empty());
+        assert!(NetConf::default().prev_result_addresses().is_empty());
     }
 }

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `VERSION` | nothing | `{"cniVersion", "supportedVersions"}` |
 //! | `ADD` | applies capture in `CNI_NETNS` unless the pod is skipped | `prevResult`, in the configuration's version |
-//! | `DEL` | removes it; succeeds when `CNI_NETNS` is empty or gone | nothing |
+//! | `DEL` | removes it; succeeds when `CNI_NETNS` is empty or gone, whatever the configuration | nothing |
 //! | `CHECK` | fails (code 101) when the pod's capture is missing or differs | nothing |
 //! | `STATUS` | fails (code 50) when no usable iptables is found | nothing |
 //! | `GC` | removes idle lock files | nothing |
@@ -24,14 +24,25 @@
 //! ask for. `DEL` ignores it (DEL must succeed). A `prevResult` without `cniVersion` is taken
 //! to be in the configuration's version, as libcni does; one that is not an object is a
 //! decode failure (code 6). With no `prevResult`, `ADD` prints `{"cniVersion": <version>}`.
+//!
+//! **`DEL` is never blocked by its configuration.** Only the runtime's environment is checked
+//! (`CNI_COMMAND`, and `CNI_CONTAINERID`, `CNI_IFNAME` and `CNI_ARGS` as for every per-container
+//! command): a runtime that breaks that contract is worth hearing about, and nothing in it
+//! changes across a plugin upgrade or downgrade. A configuration that does not decode (bad
+//! JSON, an unsupported `cniVersion`, a key a downgraded plugin does not know) or whose
+//! settings do not validate is logged and replaced by the defaults: with the namespace gone
+//! nothing is read at all, and in a live namespace the capture is removed as the defaults
+//! describe it (`cleanup` removes every chain of ours whatever the settings).
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Read;
+use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
 
 use crate::capture;
-use crate::conf::NetConf;
+use crate::conf::{CaptureConf, LogLevel, NetConf};
 use crate::env::{Command, Env};
 use crate::error::Error;
 use crate::log;
@@ -239,10 +250,12 @@ pub fn run(var: impl Fn(&str) -> Option<OsString>, stdin: &mut dyn Read) -> Outc
         };
     }
     if let Err(e) = read {
-        return failure(&Failure {
-            version,
-            error: Error::Stdin(e),
-        });
+        let error = Error::Stdin(e);
+        if env.command != Command::Del {
+            return failure(&Failure { version, error });
+        }
+        // DEL goes on with what was read, as with a configuration that does not decode.
+        log::warn!("{error}");
     }
     match handle(&env, &input) {
         Ok(Some(result)) => Outcome {
@@ -272,20 +285,19 @@ fn failure(f: &Failure) -> Outcome {
 /// # Errors
 /// A [`Failure`] with the spec code and the version to reply in.
 pub fn handle(env: &Env, input: &[u8]) -> Result<Option<Value>, Failure> {
+    if env.command == Command::Del {
+        return del(env, input).map(|()| None);
+    }
     let request = decode(input, env.command)?;
     let Request { version, conf } = &request;
     let fail = |error| Failure {
         version: version.as_str().into(),
         error,
     };
-    log::configure(
-        conf.plugin_log_level,
-        conf.log_file.clone(),
-        format!("{} {}", env.command, env.container_id.as_deref().unwrap_or("-")),
-    );
+    log::configure(conf.plugin_log_level, conf.log_file.clone(), log_context(env));
     match env.command {
         Command::Add => add(env, conf, *version).map_err(fail),
-        Command::Del => del(env, conf).map(|()| None).map_err(fail),
+        Command::Del => unreachable!("DEL is handled above"),
         Command::Check => check(env, conf, *version).map(|()| None).map_err(fail),
         Command::Status => {
             let flavor = capture::status(conf).map_err(fail)?;
@@ -304,6 +316,11 @@ pub fn handle(env: &Env, input: &[u8]) -> Result<Option<Value>, Failure> {
         }
         Command::Version => Ok(Some(version_report(input))),
     }
+}
+
+/// What every log line of the invocation starts with: the command and the container.
+fn log_context(env: &Env) -> String {
+    format!("{} {}", env.command, env.container_id.as_deref().unwrap_or("-"))
 }
 
 fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Error> {
@@ -338,9 +355,43 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
     Ok(Some(result))
 }
 
-fn del(env: &Env, conf: &NetConf) -> Result<(), Error> {
+/// The log settings of a configuration that does not decode, each field read on its own.
+fn log_settings(input: &[u8]) -> (LogLevel, Option<PathBuf>) {
+    let raw = serde_json::from_slice::<Value>(input).ok();
+    let field = |key| raw.as_ref()?.get(key).cloned();
+    let level = field("plugin_log_level")
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let file = field("log_file").and_then(|v| serde_json::from_value(v).ok());
+    (level, file)
+}
+
+/// `DEL`: succeeds whatever the configuration says (see the module's documentation).
+fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
+    let decoded = decode(input, Command::Del);
+    let defaults;
+    let (conf, version) = match &decoded {
+        Ok(Request { version, conf }) => {
+            log::configure(conf.plugin_log_level, conf.log_file.clone(), log_context(env));
+            (conf, version.as_str().to_owned())
+        }
+        Err(failure) => {
+            let (level, file) = log_settings(input);
+            log::configure(level, file, log_context(env));
+            log::warn!("{}; DEL goes on with the default settings", failure.error);
+            defaults = NetConf::default();
+            (&defaults, failure.version.clone())
+        }
+    };
+    let fail = |error| Failure {
+        version: version.clone(),
+        error,
+    };
     let pod = Pod::new(&env.args, conf);
-    if let Some(skip) = skip_reason(conf, &pod) {
+    // ADD's skip decision, when the configuration says what it was.
+    if decoded.is_ok()
+        && let Some(skip) = skip_reason(conf, &pod)
+    {
         log::debug!("pod {} skipped: {skip}", pod.display_name());
         return Ok(());
     }
@@ -361,29 +412,26 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), Error> {
             );
             return Ok(());
         }
-        Err(e) => return Err(e.into_error(path)),
+        Err(e) => return Err(fail(e.into_error(path))),
     };
-    // DEL must not be blocked by settings ADD would have refused: fall back to the
-    // configuration alone, which names the same chains; if even that is invalid, ADD never
-    // applied anything.
-    let usable = |annotations| {
-        PodCapture::new(&conf.capture, annotations)
+    // Settings ADD would have refused: the configuration alone names the same chains; if
+    // even that is refused (a value only a newer plugin knows), the defaults do.
+    let usable = |conf: &CaptureConf, annotations| {
+        PodCapture::new(conf, annotations)
             .and_then(|c| c.to_spec(&capture_core::Detected::default()).map(|_| c))
     };
-    let capture = match usable(pod.annotations) {
-        Ok(capture) => capture,
-        Err(e) => {
+    let no_annotations = BTreeMap::new();
+    let capture = usable(&conf.capture, pod.annotations)
+        .or_else(|e| {
             log::warn!("{e}; removing capture as the configuration alone describes it");
-            match usable(&Default::default()) {
-                Ok(capture) => capture,
-                Err(e) => {
-                    log::warn!("{e}; ADD cannot have applied anything, nothing to remove");
-                    return Ok(());
-                }
-            }
-        }
-    };
-    capture::del(&ns, conf, &capture)?;
+            usable(&conf.capture, &no_annotations)
+        })
+        .or_else(|e| {
+            log::warn!("{e}; removing capture as the defaults describe it");
+            usable(&CaptureConf::default(), &no_annotations)
+        })
+        .map_err(fail)?;
+    capture::del(&ns, conf, &capture).map_err(fail)?;
     log::info!("pod {}: capture removed", pod.display_name());
     Ok(())
 }

@@ -10,7 +10,7 @@
 #[path = "common/tempdir.rs"]
 mod tempdir;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, Runtime, bridge_conflist};
@@ -129,5 +129,92 @@ fn bridge_then_capture_in_every_version() {
         runtime
             .del(&attachment, Some(ours))
             .unwrap_or_else(|e| panic!("{version}: DEL after the netns is gone: {e:?}"));
+    }
+}
+
+/// A dual-stack pod as a runtime makes it: host-local hands out an IPv4 address first and an
+/// IPv6 one second, so the namespace's first address is IPv4 (istio/istio#46625). With the
+/// default configuration the pod is captured in both families.
+#[test]
+fn dual_stack_pod_is_captured_in_both_families() {
+    if !require_root() {
+        return;
+    }
+    for (i, version) in ["0.3.1", "1.0.0"].into_iter().enumerate() {
+        let index = 220 + u8::try_from(i).expect("few versions");
+        let node = NetNs::new();
+        let pod = NetNs::new();
+        // The bridge's and the pod's IPv6 addresses are usable at once, without waiting for
+        // duplicate address detection.
+        for ns in [&node, &pod] {
+            ns.run(|| std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0"))
+                .expect("turn DAD off in a test namespace");
+        }
+        let scratch = TempDir::new(&format!("chain-{index}"));
+        let (ipam, run_dir) = (scratch.path().join("ipam"), scratch.path().join("run"));
+        let mut conflist = bridge_conflist(version, index, &ipam, &[capture_entry(&run_dir)]);
+        let v6_subnet = format!("fd02:250:{index}::/64");
+        conflist["plugins"][0]["ipam"]["ranges"]
+            .as_array_mut()
+            .expect("ranges")
+            .push(json!([{ "subnet": v6_subnet }]));
+        let runtime = Runtime::new(
+            &node,
+            vec![plugin_dir(), PathBuf::from(DEBIAN_CNI_PLUGINS)],
+            conflist,
+        );
+        let attachment = injected_pod(format!("chain-{index}"), pod.path());
+
+        let result = runtime
+            .add(&attachment)
+            .unwrap_or_else(|e| panic!("{version}: ADD: {e:?}"));
+        let ips: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .map(|ip| {
+                ip["address"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            matches!(ips.as_slice(), [IpAddr::V4(_), IpAddr::V6(_)]),
+            "{version}: IPv4 first, then IPv6: {result}"
+        );
+        let save = iptables_save_normalized(&pod, Flavor::Nft, Family::V6);
+        assert!(
+            save.contains(":ISTIO_OUTPUT") && save.contains("-j REDIRECT --to-ports 15001"),
+            "{version}: IPv6 capture rules:\n{save}"
+        );
+
+        let gateway = IpAddr::V6(format!("fd02:250:{index}::1").parse::<Ipv6Addr>().unwrap());
+        let node_app = Listener::spawn(&node, SocketAddr::new(gateway, 80), "node-app");
+        let any = |port| SocketAddr::new(Family::V6.unspecified(), port);
+        let outbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(OUTBOUND_PORT), "outbound");
+        let inbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(INBOUND_PORT), "inbound");
+        let to_node = SocketAddr::new(gateway, 80);
+        let to_pod = SocketAddr::new(ips[1], 8080);
+        assert_lands(&pod, APP_UID, to_node, &outbound, to_node);
+        assert_lands(&pod, PROXY_UID, to_node, &node_app, to_node);
+        assert_lands(&node, APP_UID, to_pod, &inbound, to_pod);
+
+        runtime
+            .check(&attachment, &result)
+            .unwrap_or_else(|e| panic!("{version}: CHECK: {e:?}"));
+        runtime
+            .del(&attachment, Some(&result))
+            .unwrap_or_else(|e| panic!("{version}: DEL: {e:?}"));
+        let save = iptables_save_normalized(&pod, Flavor::Nft, Family::V6);
+        assert!(
+            !save.contains("ISTIO"),
+            "{version}: DEL removed the capture:\n{save}"
+        );
+        drop((outbound, inbound, node_app));
     }
 }

@@ -40,12 +40,19 @@ fn request(flavor: Flavor, run_dir: &Path, annotations: Value, prev: Option<Valu
         "name": "test-net",
         "type": "capture-cni",
         "run_dir": run_dir,
-        "capture": {"iptables_flavor": flavor_name(flavor), "dual_stack": true},
+        "capture": {"iptables_flavor": flavor_name(flavor)},
         "runtimeConfig": {"io.kubernetes.cri.pod-annotations": pod_annotations},
     });
     if let Some(prev) = prev {
         conf["prevResult"] = prev;
     }
+    conf.to_string()
+}
+
+/// `stdin` with its `capture` object replaced by `capture`.
+fn with_capture(stdin: &str, capture: Value) -> String {
+    let mut conf: Value = serde_json::from_str(stdin).expect("a request");
+    conf["capture"] = capture;
     conf.to_string()
 }
 
@@ -80,11 +87,15 @@ fn assert_no_capture(ns: &NetNs) {
     }
 }
 
+/// The primary plugin's result for the pod: its IPv4 address, then its IPv6 one.
 fn prev_result(topo: &Topology) -> Value {
     json!({
         "cniVersion": "1.0.0",
         "interfaces": [{"name": "eth0", "mac": "0a:58:0a:00:00:01", "sandbox": topo.pod.path()}],
-        "ips": [{"address": format!("{}/24", topo.pod_ip(Family::V4)), "interface": 0}],
+        "ips": [
+            {"address": format!("{}/24", topo.pod_ip(Family::V4)), "interface": 0},
+            {"address": format!("{}/64", topo.pod_ip(Family::V6)), "interface": 0},
+        ],
         "dns": {},
     })
 }
@@ -233,9 +244,10 @@ fn bad_input_changes_nothing_in_the_namespace() {
     no_netns.retain(|(k, _)| *k != "CNI_NETNS");
     invoke(&no_netns, &request(Flavor::Nft, run.path(), json!({}), None)).error(4);
     // Settings ADD would refuse do not block DEL.
-    let broken = request(Flavor::Nft, run.path(), json!({}), None)
-        .replace("\"dual_stack\":true", "\"interception_mode\":\"NAT\"");
-    assert!(broken.contains("NAT"));
+    let broken = with_capture(
+        &request(Flavor::Nft, run.path(), json!({}), None),
+        json!({"iptables_flavor": "nft", "interception_mode": "NAT"}),
+    );
     call("DEL", topo.pod.path(), &broken).ok();
     assert_eq!(
         saves(&topo.pod, Flavor::Nft) + &saves(&topo.pod, Flavor::Legacy),
@@ -348,6 +360,183 @@ fn status_reports_the_backend_usable_or_code_50() {
     assert_eq!(out.status.code(), Some(1));
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["code"], 50, "{reply}");
+}
+
+/// A plugin downgrade leaves a configuration the plugin no longer decodes: DEL still removes
+/// what ADD applied, as the defaults describe it.
+#[test]
+fn del_with_a_configuration_that_no_longer_decodes_removes_capture() {
+    if !require_root() {
+        return;
+    }
+    let run = TempDir::new("run");
+    for (flavor, broken) in [
+        (Flavor::Nft, json!({"ipv7": "on"})),
+        (Flavor::Legacy, json!(null)),
+        (Flavor::Nft, json!(["iptables", "nft"])),
+    ] {
+        let topo = Topology::new();
+        let stdin = request(flavor, run.path(), json!({}), Some(prev_result(&topo)));
+        call("ADD", topo.pod.path(), &stdin).ok();
+        assert!(saves(&topo.pod, flavor).contains(":ISTIO_OUTPUT"));
+        let reply = call("DEL", topo.pod.path(), &with_capture(&stdin, broken.clone()));
+        assert_eq!(
+            (reply.code, reply.stdout.as_str()),
+            (0, ""),
+            "{broken}: {}",
+            reply.stderr
+        );
+        assert!(
+            reply.stderr.contains("capture"),
+            "{broken}: the warning names the field: {}",
+            reply.stderr
+        );
+        assert_no_capture(&topo.pod);
+    }
+    // Not even JSON: the same.
+    let topo = Topology::new();
+    let stdin = request(Flavor::Nft, run.path(), json!({}), Some(prev_result(&topo)));
+    call("ADD", topo.pod.path(), &stdin).ok();
+    call("DEL", topo.pod.path(), &stdin[..stdin.len() / 2]).ok();
+    assert_no_capture(&topo.pod);
+}
+
+/// Only legacy iptables needs the lock file: nft and detection never create `run_dir`, and
+/// legacy falls back to iptables' own lock when `run_dir` cannot be made (a read-only `/run`).
+#[test]
+fn run_dir_is_needed_only_by_legacy_and_never_blocks() {
+    if !require_root() {
+        return;
+    }
+    let scratch = TempDir::new("run");
+    let absent = scratch.path().join("absent");
+    // A path under a regular file: mkdir fails for root too.
+    std::fs::write(scratch.path().join("file"), "").unwrap();
+    let unwritable = scratch.path().join("file").join("run");
+    for run_dir in [&absent, &unwritable] {
+        for flavor in ["nft", "auto"] {
+            let topo = Topology::new();
+            let stdin = with_capture(
+                &request(Flavor::Nft, run_dir, json!({}), Some(prev_result(&topo))),
+                json!({"iptables_flavor": flavor}),
+            );
+            let reply = call("ADD", topo.pod.path(), &stdin);
+            reply.ok();
+            assert!(!reply.stderr.contains("lock"), "{flavor}: {}", reply.stderr);
+            assert!(
+                saves(&topo.pod, Flavor::Nft).contains(":ISTIO_OUTPUT"),
+                "{flavor}"
+            );
+            call("CHECK", topo.pod.path(), &stdin).ok();
+            call("DEL", topo.pod.path(), &stdin).ok();
+            assert_no_capture(&topo.pod);
+            assert!(!absent.exists(), "{flavor} created {}", absent.display());
+        }
+    }
+    let topo = Topology::new();
+    let stdin = request(Flavor::Legacy, &unwritable, json!({}), Some(prev_result(&topo)));
+    let reply = call("ADD", topo.pod.path(), &stdin);
+    reply.ok();
+    assert!(
+        reply.stderr.contains(unwritable.to_str().unwrap()) && reply.stderr.contains("/run/xtables.lock"),
+        "the fallback is a warning naming both locks: {}",
+        reply.stderr
+    );
+    assert!(saves(&topo.pod, Flavor::Legacy).contains(":ISTIO_OUTPUT"));
+    call("CHECK", topo.pod.path(), &stdin).ok();
+    call("DEL", topo.pod.path(), &stdin).ok();
+    assert_no_capture(&topo.pod);
+}
+
+#[track_caller]
+fn assert_ipv6_capture(ns: &NetNs, want: bool, what: &str) {
+    let save = iptables_save_normalized(ns, Flavor::Nft, Family::V6);
+    assert_eq!(save.contains(":ISTIO_OUTPUT"), want, "{what}:\n{save}");
+    assert!(
+        iptables_save_normalized(ns, Flavor::Nft, Family::V4).contains(":ISTIO_OUTPUT"),
+        "{what}"
+    );
+    assert_eq!(
+        ns.ip(&["-6", "addr", "show", "dev", "lo"]).contains("::6/128"),
+        want,
+        "{what}"
+    );
+}
+
+/// The pod's addresses are IPv4 first, IPv6 second (`Topology` adds them in that order, and
+/// prevResult lists them so). Every family it has is captured unless `capture.ipv6` asks for
+/// Istio's first-address rule.
+#[test]
+fn dual_stack_pod_is_captured_in_every_family_it_has() {
+    if !require_root() {
+        return;
+    }
+    let run = TempDir::new("run");
+    let topo = Topology::new();
+    let capture = |extra: Value| {
+        let mut capture = json!({"iptables_flavor": "nft"});
+        for (k, v) in extra.as_object().unwrap() {
+            capture[k] = v.clone();
+        }
+        capture
+    };
+    let stdin = with_capture(
+        &request(Flavor::Nft, run.path(), json!({}), Some(prev_result(&topo))),
+        capture(json!({})),
+    );
+    call("ADD", topo.pod.path(), &stdin).ok();
+    assert_ipv6_capture(&topo.pod, true, "default, from prevResult");
+    let any = |port| (Family::V6.unspecified(), port).into();
+    let outbound = Listener::spawn(&topo.pod, any(OUTBOUND_PORT), "outbound");
+    let inbound = Listener::spawn(&topo.pod, any(INBOUND_PORT), "inbound");
+    let peer_app = Listener::spawn(&topo.peer, any(80), "peer-app");
+    let dst = topo.peer_addr(Family::V6, 80);
+    let (reply, _) = connect_as(&topo.pod, APP_UID, APP_UID, dst).expect("app connects over IPv6");
+    assert_eq!(reply, "outbound");
+    assert_eq!(outbound.take_one().original_dst.expect("original_dst"), dst);
+    let dst = topo.pod_addr(Family::V6, 8080);
+    let (reply, _) = connect_as(&topo.peer, 0, 0, dst).expect("peer connects over IPv6");
+    assert_eq!(reply, "inbound");
+    assert_eq!(inbound.take_one().original_dst.expect("original_dst"), dst);
+    call("CHECK", topo.pod.path(), &stdin).ok();
+    call("DEL", topo.pod.path(), &stdin).ok();
+    assert_no_capture(&topo.pod);
+    drop((outbound, inbound, peer_app));
+
+    // Without ips in prevResult (or without prevResult), or with only the IPv4 one, the
+    // namespace's IPv6 address still counts.
+    let mut no_ips = prev_result(&topo);
+    no_ips.as_object_mut().unwrap().shift_remove("ips");
+    let mut v4_only = prev_result(&topo);
+    v4_only["ips"].as_array_mut().unwrap().pop();
+    for prev in [Some(no_ips), None, Some(v4_only)] {
+        let stdin = with_capture(
+            &request(Flavor::Nft, run.path(), json!({}), prev),
+            capture(json!({})),
+        );
+        call("ADD", topo.pod.path(), &stdin).ok();
+        assert_ipv6_capture(&topo.pod, true, "default, from the namespace");
+        call("DEL", topo.pod.path(), &stdin).ok();
+    }
+
+    // Istio's rule on request: the first address is IPv4, so no IPv6 capture...
+    let first = with_capture(
+        &request(Flavor::Nft, run.path(), json!({}), Some(prev_result(&topo))),
+        capture(json!({"ipv6": "first-address"})),
+    );
+    call("ADD", topo.pod.path(), &first).ok();
+    assert_ipv6_capture(&topo.pod, false, "first-address");
+    call("CHECK", topo.pod.path(), &first).ok();
+    call("DEL", topo.pod.path(), &first).ok();
+    // ...unless dual_stack (ISTIO_DUAL_STACK) says any IPv6 address counts.
+    let dual = with_capture(
+        &first,
+        capture(json!({"ipv6": "first-address", "dual_stack": true})),
+    );
+    call("ADD", topo.pod.path(), &dual).ok();
+    assert_ipv6_capture(&topo.pod, true, "first-address with dual_stack");
+    call("DEL", topo.pod.path(), &dual).ok();
+    assert_no_capture(&topo.pod);
 }
 
 /// Issue 8 item 9: CHECK fails, naming the rule, when capture is switched off around our rules

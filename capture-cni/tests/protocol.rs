@@ -253,6 +253,16 @@ fn invalid_plugin_settings_are_code_7() {
         (json!({"pod_selection": "some"}), "pod_selection"),
         (json!({"exclude_namespaces": "kube-system"}), "exclude_namespaces"),
         (json!({"name": ""}), "network name"),
+        // Structs are objects only: serde would read an array positionally.
+        (json!({"capture": ["iptables", "legacy", 15002]}), "capture"),
+        (json!({"capture": []}), "capture"),
+        (json!({"capture": null}), "capture"),
+        (json!({"capture": "iptables"}), "capture"),
+        (
+            json!({"runtimeConfig": [{"sidecar.istio.io/status": "{}"}]}),
+            "runtimeConfig",
+        ),
+        (json!({"runtimeConfig": ["x"]}), "runtimeConfig"),
     ] {
         let stdin = conf("1.0.0", extra.clone());
         let reply = add(POD_ARGS, &stdin).error(7);
@@ -290,6 +300,61 @@ fn del_succeeds_without_or_with_a_gone_namespace() {
             reply.stderr
         );
     }
+}
+
+#[test]
+fn del_of_a_gone_namespace_succeeds_whatever_the_configuration_says() {
+    let stdins = [
+        // A plugin downgrade: a key the older plugin does not know.
+        conf("1.0.0", json!({"capture": {"ipv7": "on"}})),
+        conf("1.0.0", json!({"capture": null})),
+        conf("1.0.0", json!({"capture": ["iptables", "legacy", 15002]})),
+        conf("1.0.0", json!({"capture": {"interception_mode": "NAT"}})),
+        conf("1.0.0", json!({"name": "", "pod_selection": "all"})),
+        conf("0.2.0", json!({})),
+        conf("1.0.0", json!({"prevResult": [1]})),
+        json!({"name": "n", "type": "capture-cni"}).to_string(),
+        "{\"cniVersion\": \"1.0.0\", \"name\": \"k8s-pod-".into(),
+        "[]".into(),
+        String::new(),
+    ];
+    for stdin in &stdins {
+        for netns in ["", "/nonexistent/netns", "/proc/self/status"] {
+            let reply = invoke(&cni_env("DEL", netns, POD_ARGS), stdin);
+            assert_eq!(
+                (reply.code, reply.stdout.as_str()),
+                (0, ""),
+                "{netns:?} {stdin}: {}",
+                reply.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn del_still_needs_the_runtimes_environment() {
+    let stdin = conf("1.0.0", json!({}));
+    for name in ["CNI_CONTAINERID", "CNI_IFNAME"] {
+        let mut env = cni_env("DEL", "", POD_ARGS);
+        env.retain(|(k, _)| *k != name);
+        let reply = invoke(&env, &stdin).error(4);
+        assert!(reply["msg"].as_str().unwrap().contains(name), "{reply}");
+    }
+    let mut env = cni_env("DEL", "", POD_ARGS);
+    env[0].1 = "DELETE";
+    invoke(&env, &stdin).error(4);
+}
+
+#[test]
+fn gc_rejects_attachments_that_are_not_objects() {
+    let tmp = TempDir::new("gc");
+    let stdin = conf(
+        "1.1.0",
+        json!({"run_dir": tmp.path(), "cni.dev/valid-attachments": [["c0ffee0123", "eth0"]]}),
+    );
+    let reply = invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &stdin).error(7);
+    let msg = reply["msg"].as_str().unwrap();
+    assert!(msg.contains("cni.dev/valid-attachments"), "{msg}");
 }
 
 #[test]
