@@ -117,6 +117,9 @@ pub enum Warning {
     DnsCaptureDisabled,
     /// A resolv.conf `nameserver` line that is not an address.
     BadNameserver(String),
+    /// The pod has this IPv6 address but Istio's detection (first address decides) left IPv6
+    /// capture off: its IPv6 traffic bypasses the proxy.
+    Ipv6Uncaptured(std::net::Ipv6Addr),
 }
 
 impl fmt::Display for Warning {
@@ -136,6 +139,10 @@ impl fmt::Display for Warning {
                 "--redirect-dns is set without --capture-all-dns and no nameserver was found; DNS capture is off",
             ),
             Self::BadNameserver(line) => write!(f, "ignoring resolv.conf nameserver {line:?}: not an IP address"),
+            Self::Ipv6Uncaptured(addr) => write!(
+                f,
+                "the pod has IPv6 address {addr} but IPv6 capture is off (its first address is IPv4); its IPv6 traffic is not captured: pass --dual-stack (ISTIO_DUAL_STACK=true) or --ipv6 on"
+            ),
         }
     }
 }

@@ -774,6 +774,7 @@ fn check_names(field: Field, list: &str) -> Result<(), SpecError> {
 
 /// What Istio learns from the pod: the IP families and, for DNS capture, the nameservers.
 fn detect(args: &Args) -> Result<(Detected, Vec<Warning>), CliError> {
+    let mut ipv6_warning = None;
     let ipv6 = match args.ipv6 {
         Ipv6Mode::On => true,
         Ipv6Mode::Off => false,
@@ -787,10 +788,19 @@ fn detect(args: &Args) -> Result<(Detected, Vec<Warning>), CliError> {
                         .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
                 })
                 .collect();
-            detect_ipv6(&addrs, args.dual_stack)?
+            let ipv6 = detect_ipv6(&addrs, args.dual_stack)?;
+            if !ipv6 {
+                // Istio's rule: the first address decides. Say so when that leaves one uncaptured.
+                let uncaptured = addrs.iter().find_map(|a| match a {
+                    IpAddr::V6(v6) if !v6.is_loopback() && !v6.is_unicast_link_local() => Some(*v6),
+                    _ => None,
+                });
+                ipv6_warning = uncaptured.map(Warning::Ipv6Uncaptured);
+            }
+            ipv6
         }
     };
-    let (nameservers, warnings) = if args.redirect_dns && !args.capture_all_dns {
+    let (nameservers, mut warnings) = if args.redirect_dns && !args.capture_all_dns {
         let path = &args.resolv_conf;
         let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
             path: path.clone(),
@@ -800,6 +810,7 @@ fn detect(args: &Args) -> Result<(Detected, Vec<Warning>), CliError> {
     } else {
         (Vec::new(), Vec::new())
     };
+    warnings.extend(ipv6_warning);
     Ok((Detected { ipv6, nameservers }, warnings))
 }
 
