@@ -311,3 +311,45 @@ fn netns_drop_finds_its_mount_under_a_later_run_netns_mount() {
         assert_eq!(left, Vec::<String>::new(), "no namespace mount left");
     });
 }
+
+/// `testdata/saved/` holds payloads with what iptables 1.8.9 saved after restoring them (capture-core's
+/// `Saved` is checked against those files); the iptables installed here must still save them alike, in
+/// each recorded flavor.
+#[test]
+fn recorded_saves_hold_for_the_installed_iptables() {
+    if !require_root() {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/saved");
+    let mut checked = Vec::new();
+    let mut restores: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read testdata/saved")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "restore"))
+        .collect();
+    restores.sort();
+    for restore in restores {
+        let payload = std::fs::read_to_string(&restore).expect("read the payload");
+        let family = if restore.to_string_lossy().ends_with(".v6.restore") {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        for (flavor, name) in [(Flavor::Legacy, "legacy"), (Flavor::Nft, "nft")] {
+            let recorded = restore.with_extension(format!("{name}.save"));
+            let Ok(recorded_text) = std::fs::read_to_string(&recorded) else {
+                continue;
+            };
+            let ns = NetNs::new();
+            crate::iptables_restore(&ns, flavor, family, &payload);
+            assert_eq!(
+                iptables_save_normalized(&ns, flavor, family),
+                crate::normalize_save(&recorded_text),
+                "{} saves differently here; see testdata/saved/README.md",
+                recorded.display()
+            );
+            checked.push(recorded);
+        }
+    }
+    assert_eq!(checked.len(), 6, "recordings checked: {checked:?}");
+}
