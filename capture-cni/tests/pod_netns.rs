@@ -197,6 +197,45 @@ fn pod_lifecycle_nft() {
     pod_lifecycle(Flavor::Nft);
 }
 
+/// `includeOutboundIPRanges: 0.0.0.0/0,::/0`, the usual spelling of "everything": ADD, then
+/// CHECK and a second ADD find exactly these rules in place, although `iptables-save` shows
+/// `-d 0.0.0.0/0` and `-d ::/0` as no address option at all.
+fn any_destination_annotation_checks_clean(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let run = TempDir::new("run");
+    let topo = Topology::new();
+    let stdin = request(
+        flavor,
+        run.path(),
+        json!({"traffic.sidecar.istio.io/includeOutboundIPRanges": "0.0.0.0/0,::/0"}),
+        Some(prev_result(&topo)),
+    );
+    call("ADD", topo.pod.path(), &stdin).ok();
+    let applied = saves(&topo.pod, flavor);
+    assert_eq!(
+        applied.matches("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n").count(),
+        2,
+        "both families redirect every destination:\n{applied}"
+    );
+    call("CHECK", topo.pod.path(), &stdin).ok();
+    call("ADD", topo.pod.path(), &stdin).ok();
+    assert_eq!(saves(&topo.pod, flavor), applied);
+    call("DEL", topo.pod.path(), &stdin).ok();
+    assert_no_capture(&topo.pod);
+}
+
+#[test]
+fn any_destination_annotation_checks_clean_legacy() {
+    any_destination_annotation_checks_clean(Flavor::Legacy);
+}
+
+#[test]
+fn any_destination_annotation_checks_clean_nft() {
+    any_destination_annotation_checks_clean(Flavor::Nft);
+}
+
 #[test]
 fn del_after_the_namespace_is_gone_succeeds() {
     if !require_root() {

@@ -943,6 +943,46 @@ fn second_run_changes_nothing(flavor: Flavor) {
     assert_eq!(saves(&topo.pod, flavor), fresh);
 }
 
+scenario_tests!(any_destination_is_captured_and_reruns_as_no_op);
+
+/// `-i 0.0.0.0/0` (`-i 0.0.0.0/0,::/0` with IPv6), the usual spelling of "everything" in
+/// `includeOutboundIPRanges`: the app → peer:80 is captured, and the same command again finds its
+/// rules in place and changes nothing, although `iptables-save` shows `-d 0.0.0.0/0` and `-d ::/0` as
+/// no address option at all.
+fn any_destination_is_captured_and_reruns_as_no_op(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let outbound = outbound_proxy(&topo, family);
+    let include = match family {
+        Family::V4 => "0.0.0.0/0",
+        Family::V6 => "0.0.0.0/0,::/0",
+    };
+    let init = CaptureInit::new(&topo.pod, backend, family).set("-i", include);
+    init.run().ok();
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &outbound);
+
+    let state = || match backend {
+        Backend::Iptables(flavor) => saves(&topo.pod, flavor).join(""),
+        #[cfg(feature = "ebpf")]
+        Backend::Ebpf => ebpf_pods().ok().stdout.clone(),
+    };
+    let fresh = state();
+    let again = init.run();
+    again.ok();
+    if backend.is_ebpf() {
+        again.says("eBPF capture already in place, nothing changed");
+    } else {
+        again.says("IPv4 capture already in place, nothing changed");
+        if family == Family::V6 {
+            again.says("IPv6 capture already in place, nothing changed");
+        }
+    }
+    assert_eq!(state(), fresh, "a rerun changes nothing");
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &outbound);
+}
+
 /// A chain changed behind capture-init's back makes a plain run fail naming the difference (and change
 /// nothing); `--reconcile` puts back exactly the fresh rules, in both families.
 fn drift_fails_and_reconcile_restores(flavor: Flavor) {

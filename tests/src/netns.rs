@@ -4,12 +4,15 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{self, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::{panic, thread};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 
@@ -26,10 +29,12 @@ static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
 
 /// A named network namespace, created for one test and removed on `Drop`.
 ///
-/// It is made the way `ip netns add` makes one: a helper thread calls `unshare(CLONE_NEWNET)`, and the new
-/// namespace is bind-mounted onto `/run/netns/<name>`. So `ip -n <name> …` and `ip netns exec <name> …`
-/// work on it, and a leaked one shows up in `ip netns ls`. Only the helper thread ever enters the new
-/// namespace; the test's own thread stays where it is.
+/// It is made the way `ip netns add` makes one: `/run/netns` is made a shared mount point of its own
+/// (`share_netns_dir`), a helper thread calls `unshare(CLONE_NEWNET)`, and the new namespace is
+/// bind-mounted onto `/run/netns/<name>`. So `ip -n <name> …` and `ip netns exec <name> …` work on it,
+/// a leaked one shows up in `ip netns ls`, and when iproute2 or podman set up `/run/netns` later they
+/// find it already done and do not stack a mount over ours. Only the helper thread ever enters the
+/// new namespace; the test's own thread stays where it is.
 ///
 /// `lo` is up in a new namespace.
 #[derive(Debug)]
@@ -38,9 +43,10 @@ pub struct NetNs {
     path: PathBuf,
     /// Keeps the namespace open for [`NetNs::run`] and [`NetNs::command`] even if the mount goes away.
     fd: OwnedFd,
-    /// Whether `Drop` removes the name: true for namespaces this harness made, false for
-    /// [`NetNs::open`]ed ones.
-    owned: bool,
+    /// For namespaces this harness made, the `/run/netns` mount their name was mounted in, which
+    /// `Drop` unmounts it through even when a later mount over `/run/netns` hides it. `None` for
+    /// [`NetNs::open`]ed ones, whose name `Drop` leaves alone.
+    mounted_in: Option<File>,
 }
 
 impl NetNs {
@@ -66,7 +72,14 @@ impl NetNs {
             .expect("the unshare thread does not panic")
             .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET) failed: {e}; needs root (CAP_SYS_ADMIN)"));
 
-        fs::create_dir_all(NETNS_DIR).unwrap_or_else(|e| panic!("cannot create {NETNS_DIR}: {e}"));
+        // Held until the name is mounted, so concurrent NetNs::new and `ip netns add` do not stack
+        // /run/netns mounts.
+        let lock = share_netns_dir();
+        let mounted_in = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(NETNS_DIR)
+            .unwrap_or_else(|e| panic!("cannot open {NETNS_DIR}: {e}"));
         // create_new: a file left by a crashed run whose pid was reused must not be silently shared.
         File::create_new(&path).unwrap_or_else(|e| {
             panic!(
@@ -85,13 +98,14 @@ impl NetNs {
             let _ = fs::remove_file(&path);
             panic!("cannot bind-mount the new netns onto {}: {e}", path.display());
         }
+        drop(lock);
 
         // From here on Drop cleans up, also when bringing up lo panics.
         let ns = NetNs {
             name,
             path,
             fd,
-            owned: true,
+            mounted_in: Some(mounted_in),
         };
         run_ok(ns.command("ip").args(["link", "set", "lo", "up"]));
         ns
@@ -134,7 +148,7 @@ impl NetNs {
             name,
             path,
             fd,
-            owned: false,
+            mounted_in: None,
         })
     }
 
@@ -223,23 +237,93 @@ impl Drop for NetNs {
             name,
             path,
             fd: _,
-            owned,
+            mounted_in,
         } = self;
-        if !*owned {
+        let Some(dir) = mounted_in else {
             return;
-        }
-        // MNT_DETACH, like `ip netns del`: a process still inside keeps the namespace alive, not the name.
+        };
         // Drop must not panic (that would abort during unwinding), so problems are only reported.
-        if let Err(e) = umount2(path.as_path(), MntFlags::MNT_DETACH) {
-            eprintln!("capture-e2e: cannot unmount netns {name}: {e}; see tests/README.md");
+        // First every mount the name shows (ours, and copies a recursive bind of /run/netns made),
+        // then, through the directory it was made in, ours if a later mount over /run/netns hid it.
+        let through_dir = PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()));
+        for target in [path.as_path(), through_dir.as_path()] {
+            if let Err(e) = unmount_all(target) {
+                eprintln!(
+                    "capture-e2e: cannot unmount netns {name} at {}: {e}; see tests/README.md",
+                    target.display()
+                );
+            }
         }
-        if let Err(e) = fs::remove_file(&path) {
-            eprintln!(
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            // Someone ran `ip netns del` on it already.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!(
                 "capture-e2e: cannot remove {}: {e}; see tests/README.md",
                 path.display()
-            );
+            ),
         }
     }
+}
+
+/// Makes [`NETNS_DIR`] a mount point with shared propagation, as `ip netns add` does, and returns
+/// it locked (`flock`, as iproute2 locks it) until the caller has mounted its name.
+///
+/// On a freshly booted machine `/run/netns` is a plain directory. Whoever makes it a mount point
+/// (`ip netns add`, podman) bind-mounts it onto itself recursively, which hides namespaces already
+/// mounted in it under the new mount: their names then cannot be removed (`EBUSY`). Shared
+/// propagation also lets an unmount in one mount namespace unmount the copies in the others.
+///
+/// # Panics
+///
+/// When the directory cannot be created, locked or mounted.
+fn share_netns_dir() -> Flock<File> {
+    fs::create_dir_all(NETNS_DIR).unwrap_or_else(|e| panic!("cannot create {NETNS_DIR}: {e}"));
+    let dir = File::open(NETNS_DIR).unwrap_or_else(|e| panic!("cannot open {NETNS_DIR}: {e}"));
+    let lock = Flock::lock(dir, FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("cannot lock {NETNS_DIR}: {e}"));
+    let mut bound = false;
+    loop {
+        let shared = mount(
+            None::<&str>,
+            NETNS_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        );
+        match shared {
+            Ok(()) => return lock,
+            // EINVAL: not a mount point yet.
+            Err(Errno::EINVAL) if !bound => {
+                mount(
+                    Some(NETNS_DIR),
+                    NETNS_DIR,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .unwrap_or_else(|e| panic!("cannot bind-mount {NETNS_DIR} onto itself: {e}"));
+                bound = true;
+            }
+            Err(e) => panic!("cannot make {NETNS_DIR} a shared mount: {e}"),
+        }
+    }
+}
+
+/// Unmounts (`MNT_DETACH`, like `ip netns del`) every mount stacked on `target`, until none is left.
+///
+/// A process still inside the namespace keeps it alive, not its name.
+fn unmount_all(target: &Path) -> nix::Result<()> {
+    // More than a few stacked mounts means something keeps mounting there; do not spin.
+    for _ in 0..16 {
+        match umount2(target, MntFlags::MNT_DETACH) {
+            Ok(()) => {}
+            // Not (or no longer) a mount point, or gone.
+            Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Errno::EBUSY)
 }
 
 /// Moves the calling thread into the network namespace `fd`.

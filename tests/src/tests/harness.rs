@@ -158,3 +158,198 @@ fn listener_socket_is_owned_by_the_given_uid() {
     assert_eq!(owner, PROXY_UID.to_string());
     drop(listener);
 }
+
+/// Mount points at `/run/netns` or below it, as the calling thread's mount namespace sees them,
+/// in mount order (`/run/netns` itself once per mount stacked there).
+fn run_netns_mounts() -> Vec<String> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/thread-self/mountinfo").expect("read the thread's mountinfo");
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|m| *m == "/run/netns" || m.starts_with("/run/netns/"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs `f` on a thread of its own in a private copy of the test's mount namespace, with
+/// `/run/netns` not a mount point there (as on a freshly booted machine), and returns its result.
+///
+/// Every mount is made private first (`MS_PRIVATE`, recursively), so what `f` mounts or unmounts
+/// never reaches the machine's namespace; it all goes away with the thread. Files created in
+/// `/run/netns` are on the machine's disk, though: `f` notes them in the list it is given, and
+/// those still there when the thread has ended are removed, also when `f` panics.
+fn in_fresh_mount_namespace<F, T>(f: F) -> T
+where
+    F: FnOnce(&std::sync::Mutex<Vec<std::path::PathBuf>>) -> T + Send,
+    T: Send,
+{
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    use nix::sched::{CloneFlags, unshare};
+
+    let files = std::sync::Mutex::new(Vec::new());
+    let result = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("private-mount-ns".to_owned())
+            .spawn_scoped(scope, || {
+                // A thread leaves its process' mount namespace only with its own fs context.
+                unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS)
+                    .expect("unshare(CLONE_NEWNS | CLONE_FS)");
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .expect("make every mount private");
+                // What others mounted at or under /run/netns is only detached from this copy.
+                while let Some(last) = run_netns_mounts().pop() {
+                    umount2("/run/netns", MntFlags::MNT_DETACH)
+                        .or_else(|_| umount2(last.as_str(), MntFlags::MNT_DETACH))
+                        .unwrap_or_else(|e| panic!("unmount {last}: {e}"));
+                }
+                f(&files)
+            })
+            .expect("spawn a thread for the mount namespace")
+            .join()
+    });
+    // Outside that namespace nothing is mounted on them any more.
+    for file in files
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        if file.exists() {
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+    result.unwrap_or_else(|payload| panic::resume_unwind(payload))
+}
+
+/// Removes the iproute2 namespace `name` when dropped, also when the test panics.
+struct IpNetns<'a>(&'a str);
+
+impl Drop for IpNetns<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", self.0])
+            .output();
+    }
+}
+
+/// On a fresh machine `/run/netns` is no mount point. `ip netns add` (podman does the same) then
+/// bind-mounts it onto itself, recursively, and makes it shared; a namespace the harness mounted
+/// before must still be removed without a trace.
+#[test]
+fn netns_is_removed_after_iproute2_turns_run_netns_into_a_mount() {
+    if !require_root() {
+        return;
+    }
+    in_fresh_mount_namespace(|files| {
+        assert_eq!(run_netns_mounts(), Vec::<String>::new(), "fresh state");
+        let ns = NetNs::new();
+        let path = ns.path().to_owned();
+        let ns_name = ns.name().to_owned();
+        files.lock().unwrap().push(path.clone());
+        let other = format!("{NETNS_PREFIX}-{}-iproute2", std::process::id());
+        {
+            let _guard = IpNetns(&other);
+            crate::run_ok(std::process::Command::new("ip").args(["netns", "add", &other]));
+            crate::run_ok(std::process::Command::new("ip").args(["netns", "del", &other]));
+        }
+        drop(ns);
+        assert!(!path.exists(), "{} left behind", path.display());
+        assert_eq!(
+            run_netns_mounts(),
+            ["/run/netns"],
+            "only /run/netns itself stays a mount point"
+        );
+        // Other tests' namespaces may come and go meanwhile: only these two names are ours.
+        let names = crate::run_ok(std::process::Command::new("ip").args(["netns", "list"]));
+        for name in [ns_name.as_str(), other.as_str()] {
+            assert!(
+                !names.lines().any(|l| l.split(' ').next() == Some(name)),
+                "{name} left: {names}"
+            );
+        }
+    });
+}
+
+/// A mount stacked onto `/run/netns` after the namespace was made (a bind mount of the directory
+/// onto itself, not recursive) hides its mount; `Drop` still finds it, unmounts it and removes the name.
+#[test]
+fn netns_drop_finds_its_mount_under_a_later_run_netns_mount() {
+    if !require_root() {
+        return;
+    }
+    in_fresh_mount_namespace(|files| {
+        use nix::mount::{MsFlags, mount};
+
+        let ns = NetNs::new();
+        let path = ns.path().to_owned();
+        files.lock().unwrap().push(path.clone());
+        let name = ns.name().to_owned();
+        mount(
+            Some("/run/netns"),
+            "/run/netns",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind-mount /run/netns onto itself");
+        assert!(
+            run_netns_mounts().contains(&format!("/run/netns/{name}")),
+            "the namespace's mount is still there, hidden: {:?}",
+            run_netns_mounts()
+        );
+        drop(ns);
+        assert!(!path.exists(), "{} left behind", path.display());
+        let left: Vec<_> = run_netns_mounts()
+            .into_iter()
+            .filter(|m| m != "/run/netns")
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "no namespace mount left");
+    });
+}
+
+/// `testdata/saved/` holds payloads with what iptables 1.8.9 saved after restoring them (capture-core's
+/// `Saved` is checked against those files); the iptables installed here must still save them alike, in
+/// each recorded flavor.
+#[test]
+fn recorded_saves_hold_for_the_installed_iptables() {
+    if !require_root() {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/saved");
+    let mut checked = Vec::new();
+    let mut restores: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read testdata/saved")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "restore"))
+        .collect();
+    restores.sort();
+    for restore in restores {
+        let payload = std::fs::read_to_string(&restore).expect("read the payload");
+        let family = if restore.to_string_lossy().ends_with(".v6.restore") {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        for (flavor, name) in [(Flavor::Legacy, "legacy"), (Flavor::Nft, "nft")] {
+            let recorded = restore.with_extension(format!("{name}.save"));
+            let Ok(recorded_text) = std::fs::read_to_string(&recorded) else {
+                continue;
+            };
+            let ns = NetNs::new();
+            crate::iptables_restore(&ns, flavor, family, &payload);
+            assert_eq!(
+                iptables_save_normalized(&ns, flavor, family),
+                crate::normalize_save(&recorded_text),
+                "{} saves differently here; see testdata/saved/README.md",
+                recorded.display()
+            );
+            checked.push(recorded);
+        }
+    }
+    assert_eq!(checked.len(), 6, "recordings checked: {checked:?}");
+}
