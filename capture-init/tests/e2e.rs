@@ -1797,3 +1797,29 @@ fn rules_ahead_of_capture_are_reported(flavor: Flavor) {
             .args(["-t", "nat", "-X", "ISTIO_OUTPUT"]),
     );
 }
+
+/// The namespace lock is the namespace's own nsfs inode: whoever holds it through any path to
+/// the namespace (here the test, through `/run/netns/<pod>`, as capture-cni opens `CNI_NETNS`)
+/// makes capture-init wait, and capture-init goes on once it is released.
+#[test]
+fn capture_init_waits_for_the_namespace_lock() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let init = CaptureInit::sidecar(&topo.pod, Flavor::Nft, Family::V4);
+    let held =
+        capture_core::NetnsLock::path(topo.pod.path(), std::time::Duration::ZERO).expect("lock the pod");
+    let mut cmd = init.command();
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("start capture-init");
+    thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !iptables_save_normalized(&topo.pod, Flavor::Nft, Family::V4).contains("ISTIO"),
+        "capture-init applied while another run held the namespace"
+    );
+    drop(held);
+    let run = finished(&cmd, child.wait_with_output());
+    run.ok().says("IPv4 capture applied");
+}
