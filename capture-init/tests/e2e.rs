@@ -1524,6 +1524,22 @@ flavor_tests!(
     rules_ahead_of_capture_are_reported,
 );
 
+/// A rerun of `init` finds both families' rules exactly in place.
+#[track_caller]
+fn rerun_changes_nothing(init: &CaptureInit) {
+    init.run()
+        .ok()
+        .says("IPv4 capture already in place, nothing changed")
+        .says("IPv6 capture already in place, nothing changed");
+}
+
+fn other_flavor(flavor: Flavor) -> Flavor {
+    match flavor {
+        Flavor::Legacy => Flavor::Nft,
+        Flavor::Nft => Flavor::Legacy,
+    }
+}
+
 /// Both families' `-A` lines.
 fn all_rules(pod: &NetNs, flavor: Flavor) -> Vec<String> {
     saves(pod, flavor)
@@ -1570,10 +1586,7 @@ fn concurrent_runs_never_undo_each_other(flavor: Flavor) {
             rb.stderr
         );
         for (init, _) in &winners {
-            init.run()
-                .ok()
-                .says("IPv4 capture already in place, nothing changed")
-                .says("IPv6 capture already in place, nothing changed");
+            rerun_changes_nothing(init);
         }
         if winners.len() == 1 {
             let loser = if ra.status.success() { &rb } else { &ra };
@@ -1612,10 +1625,7 @@ fn killed_mid_apply_heals_on_rerun(flavor: Flavor) {
         interrupted += usize::from(!status.success());
         let rerun = init.run();
         rerun.ok();
-        init.run()
-            .ok()
-            .says("IPv4 capture already in place, nothing changed")
-            .says("IPv6 capture already in place, nothing changed");
+        rerun_changes_nothing(&init);
         init.clone().switch("--cleanup-only").run().ok();
         assert_no_istio(&topo.pod, flavor);
     }
@@ -1657,10 +1667,7 @@ fn killed_between_tables_heals_on_rerun(flavor: Flavor) {
         .ok()
         .says("IPv4 capture completed")
         .says("IPv6 capture applied");
-    init.run()
-        .ok()
-        .says("IPv4 capture already in place, nothing changed")
-        .says("IPv6 capture already in place, nothing changed");
+    rerun_changes_nothing(&init);
 }
 
 /// Cleanup given the default flags after `-m TPROXY -c eth0 -k veth9` removes every rule, the
@@ -1681,10 +1688,7 @@ fn cleanup_with_other_flags_removes_everything(flavor: Flavor) {
         .ok();
     assert!(rules_of("-4").contains("fwmark 0x539 lookup 133"));
     // A stale chain of ours in the other flavour, as a flavour switch leaves behind.
-    let other = match flavor {
-        Flavor::Legacy => Flavor::Nft,
-        Flavor::Nft => Flavor::Legacy,
-    };
+    let other = other_flavor(flavor);
     run_ok(
         topo.pod
             .command(iptables(other, Family::V4))
@@ -1740,10 +1744,7 @@ fn failed_cleanup_puts_everything_back(flavor: Flavor) {
         saves(&topo.pod, flavor).each_ref().map(|s| rules(s)),
         fresh.each_ref().map(|s| rules(s))
     );
-    init.run()
-        .ok()
-        .says("IPv4 capture already in place, nothing changed")
-        .says("IPv6 capture already in place, nothing changed");
+    rerun_changes_nothing(&init);
 }
 
 /// A foreign `RETURN` ahead of capture's jump switches capture off for what it matches: a rerun
@@ -1778,10 +1779,7 @@ fn rules_ahead_of_capture_are_reported(flavor: Flavor) {
         .ok()
         .says("IPv4 capture already in place, nothing changed");
 
-    let other = match flavor {
-        Flavor::Legacy => Flavor::Nft,
-        Flavor::Nft => Flavor::Legacy,
-    };
+    let other = other_flavor(flavor);
     run_ok(
         topo.pod
             .command(iptables(other, Family::V4))
