@@ -128,6 +128,16 @@ fn run(invocation: &Invocation) -> ExitCode {
     if args.cleanup_only {
         return match capture_core::uninstall(&backend, spec) {
             Ok(()) => {
+                // The pod-private xtables lock file goes with the capture (as capture-cni's DEL
+                // removes its own), so cleanup leaves nothing behind.
+                if let Some(lock) = pod_lock_file(args) {
+                    match std::fs::remove_file(&lock) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            eprintln!("capture-init: warning: cannot remove {}: {e}", lock.display());
+                        }
+                        _ => {}
+                    }
+                }
                 eprintln!("capture-init: capture removed ({})", backend.flavor().as_str());
                 ExitCode::SUCCESS
             }

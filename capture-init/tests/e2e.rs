@@ -1821,3 +1821,22 @@ fn capture_init_waits_for_the_namespace_lock() {
     let run = finished(&cmd, child.wait_with_output());
     run.ok().says("IPv4 capture applied");
 }
+
+/// With `--cni-mode`, legacy iptables uses a lock file private to the pod; `--cleanup-only`
+/// removes it with the capture, so apply/cleanup cycles leave nothing behind.
+#[test]
+fn cni_mode_cleanup_removes_its_lock_file() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let topo = Topology::new();
+    let ns = fs::metadata(topo.pod.path()).expect("stat the pod's namespace");
+    // The runs' environment has no TMPDIR: the lock file goes to /tmp.
+    let lock = Path::new("/tmp").join(format!("capture-xtables-{}-{}.lock", ns.dev(), ns.ino()));
+    let init = CaptureInit::sidecar(&topo.pod, Flavor::Legacy, Family::V4).switch("--cni-mode");
+    init.run().ok();
+    assert!(lock.exists(), "{} is the pod's lock file", lock.display());
+    init.clone().switch("--cleanup-only").run().ok();
+    assert!(!lock.exists(), "{} left behind", lock.display());
+}
