@@ -444,6 +444,9 @@ fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), Error> {
         return Ok(());
     }
     let capture = PodCapture::new(&conf.capture, pod.annotations)?;
+    // As for ADD: settings that can never be applied are a configuration error (code 7),
+    // found before the namespace is touched.
+    capture.to_spec(&capture_core::Detected::default())?;
     let path = env
         .netns
         .as_deref()

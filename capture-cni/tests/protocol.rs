@@ -272,6 +272,52 @@ fn invalid_plugin_settings_are_code_7() {
     }
 }
 
+/// Owners iptables would refuse when loading the rules are refused as configuration, before
+/// the namespace is opened: CNI_NETNS does not even exist here, which would be code 102.
+#[test]
+fn owners_iptables_refuses_are_code_7_before_the_namespace() {
+    for (capture, field, value) in [
+        (json!({"proxy_uid": "abc"}), "capture.proxy_uid", "\"abc\""),
+        (
+            json!({"proxy_uid": "nosuchuser"}),
+            "capture.proxy_uid",
+            "nosuchuser",
+        ),
+        (
+            json!({"proxy_uid": 4294967295_u64}),
+            "capture.proxy_uid",
+            "4294967295",
+        ),
+        (
+            json!({"proxy_gid": "nosuchgroup"}),
+            "capture.proxy_gid",
+            "nosuchgroup",
+        ),
+        (
+            json!({"proxy_gid": [1337, 4294967295_u64]}),
+            "capture.proxy_gid",
+            "4294967295",
+        ),
+    ] {
+        let stdin = conf(
+            "1.1.0",
+            json!({"pod_selection": "all", "run_dir": TempDir::new("owners").path(), "capture": capture}),
+        );
+        for command in ["ADD", "CHECK"] {
+            let reply = invoke(&cni_env(command, "/nonexistent/netns", POD_ARGS), &stdin).error(7);
+            let msg = reply["msg"].as_str().unwrap();
+            assert!(
+                msg.contains(field) && msg.contains(value),
+                "{command} {capture}: {msg}"
+            );
+            assert!(
+                !msg.contains("netns") && !msg.contains('\n'),
+                "{command} {capture}: {msg}"
+            );
+        }
+    }
+}
+
 #[test]
 fn add_for_a_missing_namespace_fails_with_our_code() {
     let stdin = conf(

@@ -13,7 +13,6 @@
 mod ours;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Seek as _, Write as _};
@@ -30,7 +29,7 @@ use crate::plan::plan;
 use crate::render::{Restore, Saved};
 use crate::rules::{ChainName, OwnChain, OwnerMatch, RuleSet, TableName};
 use crate::spec::{CaptureSpec, InboundPorts};
-use crate::types::{Family, Owner};
+use crate::types::{Family, Owner, lookup_id};
 
 /// Which iptables implementation holds the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -342,43 +341,6 @@ fn expected(rules: &RuleSet) -> BTreeMap<TableName, ExpectedTable> {
         out.insert(table.name, exp);
     }
     out
-}
-
-/// Resolves a user or group name as iptables' owner match does (NSS).
-fn lookup_id(name: &str, user: bool) -> Option<u32> {
-    let cname = CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut libc::c_void = std::ptr::null_mut();
-    if user {
-        // SAFETY: zeroed passwd is a valid out-parameter; buf outlives the call and its length
-        // is passed; `found` receives a pointer to `pwd` or null.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        // SAFETY: all pointers are valid for the duration of the call (see above).
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr(),
-                buf.len(),
-                (&raw mut found).cast(),
-            )
-        };
-        (rc == 0 && !found.is_null()).then_some(pwd.pw_uid)
-    } else {
-        // SAFETY: as above, for struct group.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        // SAFETY: all pointers are valid for the duration of the call.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                cname.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr(),
-                buf.len(),
-                (&raw mut found).cast(),
-            )
-        };
-        (rc == 0 && !found.is_null()).then_some(grp.gr_gid)
-    }
 }
 
 /// Our rules among a built-in chain's rules: those the configuration adds, and any jump to one

@@ -112,6 +112,13 @@ pub enum ValueError {
     /// A group name the system does not know.
     #[error("no such group")]
     NoSuchGroup,
+    /// A name from the user list, taken as a group because no group list was given
+    /// (istio-iptables' `-g` defaults to `-u`), that is not also a group.
+    #[error("no such group (when no group list is given, the user list is used as groups)")]
+    NoSuchGroupFromUsers,
+    /// A numeric uid or gid iptables' owner match refuses: 4294967295 means "no id".
+    #[error("not a usable id (0-4294967294)")]
+    OwnerId,
     /// Not a number in 1..=0xffffffff (decimal or 0x-hex).
     #[error("not a non-zero 32-bit mark")]
     Mark,

@@ -13,7 +13,7 @@ use crate::spec::{
     CaptureSpec, DnsCapture, InboundCapture, InboundPorts, InterceptMode, Interfaces, OutboundCapture,
     OutboundCidrs, OwnerGroups, ProxyOwner, ProxyPorts,
 };
-use crate::types::{Cidr, Nameserver};
+use crate::types::{Accounts, Cidr, Nameserver, SystemAccounts};
 
 /// istio-iptables' settings, as strings and switches, with its defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +186,19 @@ impl IstioConfig {
     /// assert_eq!(err.to_string(), "invalid value \"70000\" for -b/--istio-inbound-ports: not a port number (1-65535)");
     /// ```
     pub fn to_spec(&self, detected: &Detected) -> Result<(CaptureSpec, Vec<Warning>), SpecError> {
+        self.to_spec_with(detected, &SystemAccounts)
+    }
+
+    /// [`IstioConfig::to_spec`], with owner names resolved against `accounts` instead of this
+    /// machine's user and group databases.
+    ///
+    /// # Errors
+    /// A [`SpecError`] naming the first flag whose value is rejected.
+    pub fn to_spec_with(
+        &self,
+        detected: &Detected,
+        accounts: &dyn Accounts,
+    ) -> Result<(CaptureSpec, Vec<Warning>), SpecError> {
         let mut warnings = Vec::new();
         let proxy = ProxyPorts {
             outbound: one(Field::OutboundPort, &self.envoy_port)?,
@@ -271,7 +284,15 @@ impl IstioConfig {
             ipv4_loopback: one(Field::Ipv4LoopbackCidr, &self.ipv4_loopback_cidr)?,
             ipv6: detected.ipv6,
         };
-        spec.validate()?;
+        spec.validate_with(accounts).map_err(|mut e| {
+            // istio-iptables passes the -u list as -g when -g is not given; say so when a user
+            // name turns out not to be a group as well.
+            if e.field == Field::ProxyGid && e.reason == ValueError::NoSuchGroup && self.proxy_gid.is_empty()
+            {
+                e.reason = ValueError::NoSuchGroupFromUsers;
+            }
+            e
+        })?;
         Ok((spec, warnings))
     }
 }
@@ -322,6 +343,7 @@ pub fn detect_ipv6(addrs: &[IpAddr], dual_stack: bool) -> Result<bool, NoUsableA
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Owner;
 
     fn spec_err(edit: impl FnOnce(&mut IstioConfig)) -> SpecError {
         let mut cfg = IstioConfig::default();
@@ -398,6 +420,139 @@ mod tests {
                 Warning::DnsCaptureDisabled
             ]
         );
+    }
+
+    /// Users and groups as a fixed table: `alice` is a user but not a group, `staff` both.
+    struct Table;
+
+    impl Accounts for Table {
+        fn uid(&self, name: &str) -> Option<u32> {
+            match name {
+                "alice" => Some(1001),
+                "staff" => Some(1002),
+                _ => None,
+            }
+        }
+
+        fn gid(&self, name: &str) -> Option<u32> {
+            (name == "staff").then_some(50)
+        }
+    }
+
+    fn table_err(edit: impl FnOnce(&mut IstioConfig)) -> SpecError {
+        let mut cfg = IstioConfig::default();
+        edit(&mut cfg);
+        cfg.to_spec_with(&Detected::default(), &Table).unwrap_err()
+    }
+
+    #[test]
+    fn owner_ids_iptables_refuses_are_rejected() {
+        // (uid_t)-1 is "no id": iptables' owner match takes 0 to 4294967294.
+        for (edit, field) in [
+            (
+                (|c| c.proxy_uid = "4294967295".into()) as fn(&mut IstioConfig),
+                Field::ProxyUid,
+            ),
+            (|c| c.proxy_gid = "1337,4294967295".into(), Field::ProxyGid),
+            (
+                |c| c.owner_groups_include = "4294967295".into(),
+                Field::OwnerGroups,
+            ),
+            (
+                |c| c.owner_groups_exclude = "4294967295".into(),
+                Field::OwnerGroupsExclude,
+            ),
+        ] {
+            let e = spec_err(edit);
+            assert_eq!(
+                (e.field, e.value.as_str(), e.reason),
+                (field, "4294967295", ValueError::OwnerId)
+            );
+        }
+        assert_eq!(
+            spec_err(|c| c.proxy_uid = "4294967295".into()).to_string(),
+            "invalid value \"4294967295\" for -u/--proxy-uid: not a usable id (0-4294967294)"
+        );
+        let cfg = IstioConfig {
+            proxy_uid: "0,4294967294".into(),
+            owner_groups_exclude: "4294967294".into(),
+            ..IstioConfig::default()
+        };
+        cfg.to_spec(&Detected::default()).unwrap();
+    }
+
+    #[test]
+    fn owner_names_resolve_as_iptables_resolves_them() {
+        let e = table_err(|c| c.proxy_uid = "bob".into());
+        assert_eq!(
+            (e.field, e.value.as_str(), e.reason),
+            (Field::ProxyUid, "bob", ValueError::NoSuchUser)
+        );
+        // -g is looked up in the group database, even for a name that is a user.
+        let e = table_err(|c| c.proxy_gid = "alice".into());
+        assert_eq!(
+            (e.field, e.value.as_str(), e.reason),
+            (Field::ProxyGid, "alice", ValueError::NoSuchGroup)
+        );
+        let e = table_err(|c| c.owner_groups_include = "staff,dev".into());
+        assert_eq!(
+            (e.field, e.value.as_str(), e.reason),
+            (Field::OwnerGroups, "dev", ValueError::NoSuchGroup)
+        );
+        let e = table_err(|c| c.owner_groups_exclude = "888,dev".into());
+        assert_eq!(
+            (e.field, e.value.as_str(), e.reason),
+            (Field::OwnerGroupsExclude, "dev", ValueError::NoSuchGroup)
+        );
+        // Known names pass and stay names: iptables writes them into the rule as given.
+        let cfg = IstioConfig {
+            proxy_uid: "alice,staff".into(),
+            proxy_gid: "staff".into(),
+            owner_groups_include: "staff,7".into(),
+            ..IstioConfig::default()
+        };
+        let (spec, _) = cfg.to_spec_with(&Detected::default(), &Table).unwrap();
+        assert_eq!(
+            spec.owner.uids,
+            [Owner::Name("alice".into()), Owner::Name("staff".into())]
+        );
+        // The system's databases: root is a user and a group everywhere.
+        let e = spec_err(|c| c.proxy_uid = "no-such-user-capture".into());
+        assert_eq!((e.field, e.reason), (Field::ProxyUid, ValueError::NoSuchUser));
+        let cfg = IstioConfig {
+            proxy_uid: "root".into(),
+            owner_groups_exclude: "root".into(),
+            ..IstioConfig::default()
+        };
+        cfg.to_spec(&Detected::default()).unwrap();
+    }
+
+    #[test]
+    fn a_user_name_that_is_no_group_fails_as_the_defaulted_gid() {
+        // istio-iptables passes -u as -g when -g is empty, and iptables then refuses the name
+        // as a group.
+        let e = table_err(|c| c.proxy_uid = "alice".into());
+        assert_eq!(
+            (e.field, e.value.as_str(), e.reason),
+            (Field::ProxyGid, "alice", ValueError::NoSuchGroupFromUsers)
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid value \"alice\" for -g/--proxy-gid: no such group (when no group list is given, \
+             the user list is used as groups)"
+        );
+        // A name that is both passes; so does -g given explicitly.
+        let staff = IstioConfig {
+            proxy_uid: "staff".into(),
+            ..IstioConfig::default()
+        };
+        staff.to_spec_with(&Detected::default(), &Table).unwrap();
+        let explicit = IstioConfig {
+            proxy_uid: "alice".into(),
+            proxy_gid: "1337".into(),
+            ..IstioConfig::default()
+        };
+        explicit.to_spec_with(&Detected::default(), &Table).unwrap();
     }
 
     #[test]

@@ -37,5 +37,6 @@ pub use spec::{
     TPROXY_OUTBOUND_MARK,
 };
 pub use types::{
-    Cidr, Family, Iface, Mark, Nameserver, Owner, Port, PortRange, RouteTable, passthrough_source,
+    Accounts, Cidr, Family, Iface, MAX_OWNER_ID, Mark, Nameserver, Owner, Port, PortRange, RouteTable,
+    SystemAccounts, passthrough_source,
 };

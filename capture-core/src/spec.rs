@@ -3,7 +3,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::error::{Field, SpecError, ValueError};
-use crate::types::{Cidr, Family, Iface, Mark, Nameserver, Owner, Port, PortRange, RouteTable};
+use crate::types::{
+    Accounts, Cidr, Family, Iface, MAX_OWNER_ID, Mark, Nameserver, Owner, Port, PortRange, RouteTable,
+    SystemAccounts,
+};
 
 /// Everything that decides which connections reach the sidecar proxy.
 ///
@@ -229,12 +232,24 @@ impl CaptureSpec {
         }
     }
 
-    /// Checks the cross-field rules a spec built by hand could break. A spec that passes can
-    /// always be planned and rendered.
+    /// Checks the cross-field rules a spec built by hand could break, and that every owner
+    /// is one iptables' owner match takes: an id up to [`MAX_OWNER_ID`], or a name this
+    /// machine's user or group database knows (iptables resolves names when the rules load
+    /// and refuses the payload otherwise). A spec that passes can always be planned,
+    /// rendered and loaded.
     ///
     /// # Errors
     /// A [`SpecError`] naming the first offending field and value.
     pub fn validate(&self) -> Result<(), SpecError> {
+        self.validate_with(&SystemAccounts)
+    }
+
+    /// [`CaptureSpec::validate`], with owner names resolved against `accounts` instead of
+    /// this machine's databases.
+    ///
+    /// # Errors
+    /// A [`SpecError`] naming the first offending field and value.
+    pub fn validate_with(&self, accounts: &dyn Accounts) -> Result<(), SpecError> {
         let Self {
             proxy,
             owner,
@@ -261,6 +276,8 @@ impl CaptureSpec {
         if owner.gids.is_empty() {
             return Err(SpecError::new(Field::ProxyGid, "", ValueError::Empty));
         }
+        check_owners(Field::ProxyUid, &owner.uids, accounts)?;
+        check_owners(Field::ProxyGid, &owner.gids, accounts)?;
         if matches!(&inbound.ports, InboundPorts::Only(ports) if ports.is_empty()) {
             return Err(SpecError::new(Field::InboundPorts, "", ValueError::Empty));
         }
@@ -284,6 +301,10 @@ impl CaptureSpec {
                 ));
             }
         }
+        match &outbound.owner_groups {
+            OwnerGroups::Only(groups) => check_owners(Field::OwnerGroups, groups, accounts)?,
+            OwnerGroups::All { except } => check_owners(Field::OwnerGroupsExclude, except, accounts)?,
+        }
         if matches!(dns, Some(DnsCapture::Only(servers)) if servers.is_empty()) {
             return Err(SpecError::new(Field::Nameserver, "", ValueError::Empty));
         }
@@ -301,6 +322,33 @@ impl CaptureSpec {
         }
         Ok(())
     }
+}
+
+/// Every owner in `list` is an id iptables takes or a name `accounts` resolves: users for
+/// `-u`, groups for everything else.
+fn check_owners(field: Field, list: &[Owner], accounts: &dyn Accounts) -> Result<(), SpecError> {
+    let users = field == Field::ProxyUid;
+    for owner in list {
+        let reason = match owner {
+            Owner::Id(id) if *id > MAX_OWNER_ID => ValueError::OwnerId,
+            Owner::Id(_) => continue,
+            Owner::Name(name) => {
+                let id = if users {
+                    accounts.uid(name)
+                } else {
+                    accounts.gid(name)
+                };
+                match id {
+                    Some(id) if id <= MAX_OWNER_ID => continue,
+                    Some(_) => ValueError::OwnerId,
+                    None if users => ValueError::NoSuchUser,
+                    None => ValueError::NoSuchGroup,
+                }
+            }
+        };
+        return Err(SpecError::new(field, owner, reason));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -342,5 +390,45 @@ mod tests {
         let mut spec = CaptureSpec::sidecar();
         spec.owner.uids.clear();
         assert_eq!(spec.validate().unwrap_err().field, Field::ProxyUid);
+    }
+
+    #[test]
+    fn owners_are_ones_iptables_loads() {
+        struct Nobody;
+        impl Accounts for Nobody {
+            fn uid(&self, _: &str) -> Option<u32> {
+                None
+            }
+            fn gid(&self, name: &str) -> Option<u32> {
+                // A database entry iptables would still refuse.
+                (name == "minus-one").then_some(u32::MAX)
+            }
+        }
+        let mut spec = CaptureSpec::sidecar();
+        spec.owner.uids = vec![Owner::Id(1337), Owner::Id(u32::MAX)];
+        let err = spec.validate_with(&Nobody).unwrap_err();
+        assert_eq!(
+            (err.field, err.value.as_str(), err.reason),
+            (Field::ProxyUid, "4294967295", ValueError::OwnerId)
+        );
+        let mut spec = CaptureSpec::sidecar();
+        spec.owner.uids = vec![Owner::Name("istio-proxy".into())];
+        let err = spec.validate_with(&Nobody).unwrap_err();
+        assert_eq!((err.field, err.reason), (Field::ProxyUid, ValueError::NoSuchUser));
+        let mut spec = CaptureSpec::sidecar();
+        spec.outbound.owner_groups = OwnerGroups::Only(vec![Owner::Name("minus-one".into())]);
+        let err = spec.validate_with(&Nobody).unwrap_err();
+        assert_eq!((err.field, err.reason), (Field::OwnerGroups, ValueError::OwnerId));
+        let mut spec = CaptureSpec::sidecar();
+        spec.outbound.owner_groups = OwnerGroups::All {
+            except: vec![Owner::Name("wheel-not-here".into())],
+        };
+        let err = spec.validate_with(&Nobody).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            (Field::OwnerGroupsExclude, ValueError::NoSuchGroup)
+        );
+        // Ids need no database.
+        CaptureSpec::sidecar().validate_with(&Nobody).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 //! Each type parses with [`FromStr`] and displays in the spelling istio-iptables writes into its
 //! rules, so a value that round-trips through a front end renders byte for byte as Istio's.
 
+use std::ffi::CString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU16;
@@ -319,6 +320,85 @@ impl fmt::Display for Owner {
         match self {
             Self::Id(id) => id.fmt(f),
             Self::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// The largest id iptables' owner match takes: `4294967295` is `(uid_t)-1`, which means "no
+/// id" to the kernel, so `--uid-owner 4294967295` is refused when the rules load.
+pub const MAX_OWNER_ID: u32 = u32::MAX - 1;
+
+/// The user and group databases owner names are resolved against.
+///
+/// iptables resolves a name in `--uid-owner`/`--gid-owner` when the rules load and refuses
+/// the whole payload if it cannot; validation resolves names the same way first, so that a
+/// dry run refuses exactly what applying would. [`SystemAccounts`] is the real one; tests
+/// implement this to validate against a fixed table.
+pub trait Accounts {
+    /// The uid of the user `name`, if there is one.
+    fn uid(&self, name: &str) -> Option<u32>;
+    /// The gid of the group `name`, if there is one.
+    fn gid(&self, name: &str) -> Option<u32>;
+}
+
+/// This machine's user and group databases, through NSS (`getpwnam_r`, `getgrnam_r`), as
+/// iptables' owner match reads them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemAccounts;
+
+impl Accounts for SystemAccounts {
+    fn uid(&self, name: &str) -> Option<u32> {
+        lookup_id(name, true)
+    }
+
+    fn gid(&self, name: &str) -> Option<u32> {
+        lookup_id(name, false)
+    }
+}
+
+/// Resolves a user (`user`) or group name as iptables' owner match does (NSS).
+pub(crate) fn lookup_id(name: &str, user: bool) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    // Large groups (many members) need more than the first guess: grow on ERANGE rather than
+    // reporting a group that exists as unknown.
+    let mut len = 16 * 1024;
+    loop {
+        let mut buf = vec![0 as libc::c_char; len];
+        let mut found: *mut libc::c_void = std::ptr::null_mut();
+        let (rc, id) = if user {
+            // SAFETY: zeroed passwd is a valid out-parameter; buf outlives the call and its
+            // length is passed; `found` receives a pointer to `pwd` or null.
+            let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+            // SAFETY: all pointers are valid for the duration of the call (see above).
+            let rc = unsafe {
+                libc::getpwnam_r(
+                    cname.as_ptr(),
+                    &mut pwd,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    (&raw mut found).cast(),
+                )
+            };
+            (rc, pwd.pw_uid)
+        } else {
+            // SAFETY: as above, for struct group.
+            let mut grp: libc::group = unsafe { std::mem::zeroed() };
+            // SAFETY: all pointers are valid for the duration of the call.
+            let rc = unsafe {
+                libc::getgrnam_r(
+                    cname.as_ptr(),
+                    &mut grp,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    (&raw mut found).cast(),
+                )
+            };
+            (rc, grp.gr_gid)
+        };
+        match rc {
+            0 => return (!found.is_null()).then_some(id),
+            libc::ERANGE if len < 16 * 1024 * 1024 => len *= 4,
+            _ => return None,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use capture_core::{Detected, IstioConfig, Nameserver, Restore, plan};
+use capture_core::{Accounts, Detected, IstioConfig, Nameserver, Restore, plan};
 
 fn testdata(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -18,9 +18,29 @@ fn servers(list: &[&str]) -> Vec<Nameserver> {
     list.iter().map(|s| s.parse().unwrap()).collect()
 }
 
+/// The user and group databases of Istio's test cases: the groups `java` and `ftp` its
+/// owner-group cases name, which a test machine need not have, and nothing else.
+struct IstioAccounts;
+
+impl Accounts for IstioAccounts {
+    fn uid(&self, _name: &str) -> Option<u32> {
+        None
+    }
+
+    fn gid(&self, name: &str) -> Option<u32> {
+        match name {
+            "java" => Some(20001),
+            "ftp" => Some(20002),
+            _ => None,
+        }
+    }
+}
+
 /// The payloads istio-iptables feeds to iptables-restore, IPv4 then IPv6 when on.
 fn payloads(cfg: &IstioConfig, detected: &Detected) -> String {
-    let (spec, _warnings) = cfg.to_spec(detected).unwrap_or_else(|e| panic!("{e}"));
+    let (spec, _warnings) = cfg
+        .to_spec_with(detected, &IstioAccounts)
+        .unwrap_or_else(|e| panic!("{e}"));
     spec.families()
         .iter()
         .map(|family| Restore(&plan(&spec, *family)).to_string())

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use capture_core::istio::detect_ipv6;
-use capture_core::{
-    CaptureSpec, Detected, Field, IstioConfig, Owner, SpecError, ValueError, Warning, parse_resolv_conf,
-};
+use capture_core::{CaptureSpec, Detected, Field, IstioConfig, SpecError, Warning, parse_resolv_conf};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -29,7 +27,9 @@ connections do not loop back into it.
 
 With --dry-run the IPv4 iptables-restore payload is printed, followed by the IPv6 payload when \
 IPv6 is on, and nothing on the host is changed. A dry run reads nothing from the host when it \
-is given --ipv6 on|off, and --resolv-conf when --redirect-dns is used.
+is given --ipv6 on|off, and --resolv-conf when --redirect-dns is used, except the user and \
+group databases: owner names (-u, -g, ISTIO_OUTBOUND_OWNER_GROUPS) must exist there, as \
+iptables resolves them when the rules load.
 
 Lists are comma-separated; empty items are ignored (\"15090,,15021\" is \"15090,15021\").";
 
@@ -195,7 +195,7 @@ pub struct Args {
     )]
     pub proxy_uid: String,
     /// Groups whose traffic is never captured (comma list of gids or names). Default: the same
-    /// list as --proxy-uid.
+    /// list as --proxy-uid, as in Istio, so a user name there must also be a group name.
     #[arg(
         allow_hyphen_values = true,
         short = 'g',
@@ -703,17 +703,14 @@ fn env_or(var: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
-/// The flags as istio-iptables' configuration, with user and group names checked.
+/// The flags as istio-iptables' configuration. Owner names are checked with the rest, by
+/// `IstioConfig::to_spec`, against the databases iptables resolves them in.
 fn istio_config(args: &Args) -> Result<IstioConfig, CliError> {
     let proxy_uid = if args.proxy_uid.is_empty() {
         default_proxy_uid()
     } else {
         args.proxy_uid.clone()
     };
-    check_names(Field::ProxyUid, &proxy_uid)?;
-    if !args.proxy_gid.is_empty() {
-        check_names(Field::ProxyGid, &args.proxy_gid)?;
-    }
     Ok(IstioConfig {
         envoy_port: args.envoy_port.clone(),
         inbound_capture_port: args.inbound_capture_port.clone(),
@@ -747,29 +744,6 @@ fn default_proxy_uid() -> String {
         Ok(Some(u)) => u.uid.to_string(),
         _ => "1337".to_owned(),
     }
-}
-
-/// Names in -u and -g must exist: iptables resolves them when the rules load, and a name it
-/// cannot resolve would fail the whole restore later.
-fn check_names(field: Field, list: &str) -> Result<(), SpecError> {
-    for item in list.split(',').filter(|i| !i.is_empty()) {
-        let Ok(Owner::Name(name)) = item.parse::<Owner>() else {
-            continue;
-        };
-        let known = match field {
-            Field::ProxyUid => nix::unistd::User::from_name(&name).ok().flatten().is_some(),
-            _ => nix::unistd::Group::from_name(&name).ok().flatten().is_some(),
-        };
-        if !known {
-            let reason = if field == Field::ProxyUid {
-                ValueError::NoSuchUser
-            } else {
-                ValueError::NoSuchGroup
-            };
-            return Err(SpecError::new(field, name, reason));
-        }
-    }
-    Ok(())
 }
 
 /// What Istio learns from the pod: the IP families and, for DNS capture, the nameservers.

@@ -60,12 +60,57 @@ fn assert_same(name: &str, expected: &str, actual: &str) {
     }
 }
 
+/// Runs the binary as [`capture_init`] does, but seeing `groups` in its group database:
+/// in a mount namespace of the child's own, a copy of /etc/group that lists them is
+/// bind-mounted over /etc/group. The namespace, and with it the mount, ends with the child.
+fn capture_init_with_groups(args: &[&str], env: &[(&str, &str)], groups: &[&str]) -> Output {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::process::CommandExt as _;
+
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+
+    let mut text = std::fs::read_to_string("/etc/group").unwrap();
+    for (gid, name) in (20001..).zip(groups) {
+        text.push_str(&format!("{name}:x:{gid}:\n"));
+    }
+    let file = TempFile::new(&format!("group-{}", groups.join("-")), &text);
+    let source = std::ffi::CString::new(file.0.as_os_str().as_bytes()).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capture-init"));
+    cmd.args(args).env_clear().envs(env.iter().copied());
+    // SAFETY: between fork and exec the closure makes three syscalls on strings prepared
+    // before the fork; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            unshare(CloneFlags::CLONE_NEWNS)?;
+            mount(
+                None::<&str>,
+                c"/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?;
+            mount(
+                Some(source.as_c_str()),
+                c"/etc/group",
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        });
+    }
+    cmd.output().expect("capture-init runs")
+}
+
 struct Case {
     name: &'static str,
     args: &'static [&'static str],
     env: &'static [(&'static str, &'static str)],
     ipv6: bool,
     resolv_conf: Option<&'static str>,
+    /// Group names the case uses, which the machine must know (iptables resolves them).
+    groups: &'static [&'static str],
 }
 
 const fn case(name: &'static str, args: &'static [&'static str], ipv6: bool) -> Case {
@@ -75,6 +120,7 @@ const fn case(name: &'static str, args: &'static [&'static str], ipv6: bool) -> 
         env: &[],
         ipv6,
         resolv_conf: None,
+        groups: &[],
     }
 }
 
@@ -198,20 +244,24 @@ const CASES: &[Case] = &[
     },
     Case {
         env: &[("ISTIO_OUTBOUND_OWNER_GROUPS", "java,202")],
+        groups: &["java"],
         ..case("outbound-owner-groups", &[], false)
     },
     Case {
         env: &[("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "888,ftp")],
+        groups: &["ftp"],
         ..case("outbound-owner-groups-exclude", &[], false)
     },
     Case {
         env: &[("ISTIO_OUTBOUND_OWNER_GROUPS", "java,202")],
         resolv_conf: Some(""),
+        groups: &["java"],
         ..case("ipv6-dns-outbound-owner-groups", &["--redirect-dns"], true)
     },
     Case {
         env: &[("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "888,ftp")],
         resolv_conf: Some(""),
+        groups: &["ftp"],
         ..case(
             "ipv6-dns-outbound-owner-groups-exclude",
             &["--redirect-dns"],
@@ -238,30 +288,52 @@ const CASES: &[Case] = &[
 #[test]
 fn every_golden_through_the_binary() {
     assert_eq!(CASES.len(), 27);
-    for case in CASES {
-        let resolv = case.resolv_conf.map(|text| TempFile::new(case.name, text));
-        let mut args = vec![
-            "-u",
-            "1337",
-            "-g",
-            "1337",
-            "--dry-run",
-            "--ipv6",
-            if case.ipv6 { "on" } else { "off" },
-        ];
-        if let Some(file) = &resolv {
-            args.extend(["--resolv-conf", file.0.to_str().unwrap()]);
-        }
-        args.extend(case.args);
-        let out = capture_init(&args, case.env);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{}: {:?} failed: {stderr}", case.name, args);
-        assert_same(
-            case.name,
-            &golden(case.name),
-            &String::from_utf8(out.stdout).unwrap(),
-        );
+    for case in CASES.iter().filter(|c| c.groups.is_empty()) {
+        golden_through_the_binary(case);
     }
+}
+
+/// Istio's owner-group cases name groups (`java`, `ftp`) that iptables must resolve, so they
+/// run where those groups exist: in a mount namespace with an /etc/group that has them.
+#[test]
+fn owner_group_goldens_through_the_binary() {
+    if !capture_e2e::require_root() {
+        return;
+    }
+    let cases: Vec<&Case> = CASES.iter().filter(|c| !c.groups.is_empty()).collect();
+    assert_eq!(cases.len(), 4);
+    for case in cases {
+        golden_through_the_binary(case);
+    }
+}
+
+fn golden_through_the_binary(case: &Case) {
+    let resolv = case.resolv_conf.map(|text| TempFile::new(case.name, text));
+    let mut args = vec![
+        "-u",
+        "1337",
+        "-g",
+        "1337",
+        "--dry-run",
+        "--ipv6",
+        if case.ipv6 { "on" } else { "off" },
+    ];
+    if let Some(file) = &resolv {
+        args.extend(["--resolv-conf", file.0.to_str().unwrap()]);
+    }
+    args.extend(case.args);
+    let out = if case.groups.is_empty() {
+        capture_init(&args, case.env)
+    } else {
+        capture_init_with_groups(&args, case.env, case.groups)
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {:?} failed: {stderr}", case.name, args);
+    assert_same(
+        case.name,
+        &golden(case.name),
+        &String::from_utf8(out.stdout).unwrap(),
+    );
 }
 
 fn sidecar_payload(v6: bool) -> String {
@@ -438,6 +510,28 @@ fn bad_input_exits_1_naming_flag_and_value() {
             "-g/--proxy-gid",
             "no-such-group-here",
         ),
+        // (uid_t)-1 means "no id"; iptables' owner match refuses it.
+        (vec!["-u", "4294967295"], vec![], "-u/--proxy-uid", "4294967295"),
+        (vec!["-g", "4294967295"], vec![], "-g/--proxy-gid", "4294967295"),
+        (
+            vec![],
+            vec![("ISTIO_OUTBOUND_OWNER_GROUPS", "4294967295")],
+            "ISTIO_OUTBOUND_OWNER_GROUPS",
+            "4294967295",
+        ),
+        // Group names iptables could not resolve when loading the rules.
+        (
+            vec![],
+            vec![("ISTIO_OUTBOUND_OWNER_GROUPS", "no-such-group-a,no-such-group-b")],
+            "ISTIO_OUTBOUND_OWNER_GROUPS",
+            "\"no-such-group-a\"",
+        ),
+        (
+            vec![],
+            vec![("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "888,no-such-group-b")],
+            "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+            "no-such-group-b",
+        ),
         (vec!["-t", "0"], vec![], "-t/--istio-inbound-tproxy-mark", "0"),
         (
             vec!["-r", "254"],
@@ -498,6 +592,66 @@ fn bad_input_exits_1_naming_flag_and_value() {
             stderr.contains(flag) && stderr.contains(value),
             "{args:?}: {stderr:?} names {flag} and {value}"
         );
+    }
+}
+
+/// Debian's `nobody` is a user whose group is `nogroup`: as -u it leaves -g, which defaults
+/// to the -u list, naming a group that does not exist, and iptables would refuse the rules.
+#[test]
+fn a_user_that_is_no_group_is_refused_as_the_default_gid() {
+    let user = nix::unistd::User::from_name("nobody").unwrap();
+    let group = nix::unistd::Group::from_name("nobody").unwrap();
+    if user.is_none() || group.is_some() {
+        eprintln!("skipping: this machine's nobody is not a user without a group of that name");
+        return;
+    }
+    let dry = ["--dry-run", "--ipv6", "off"];
+    for (extra, expected) in [
+        (
+            &["-u", "nobody"][..],
+            "capture-init: invalid value \"nobody\" for -g/--proxy-gid: no such group (when no group \
+             list is given, the user list is used as groups)\n",
+        ),
+        (
+            &["-u", "1337", "-g", "nobody"],
+            "capture-init: invalid value \"nobody\" for -g/--proxy-gid: no such group\n",
+        ),
+    ] {
+        let args: Vec<&str> = dry.iter().chain(extra).copied().collect();
+        let out = capture_init(&args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: no payload");
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), expected, "{args:?}");
+    }
+    // With a group given, the user name is fine, and stays a name in the rules.
+    let out = capture_init(
+        &["--dry-run", "--ipv6", "off", "-u", "nobody", "-g", "nogroup"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let payload = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        payload.contains("-m owner --uid-owner nobody -j RETURN")
+            && payload.contains("-m owner --gid-owner nogroup -j RETURN"),
+        "{payload}"
+    );
+}
+
+/// Names iptables resolves are accepted and written as given, not as numbers.
+#[test]
+fn known_owner_names_stay_names() {
+    let out = capture_init(
+        &["--dry-run", "--ipv6", "off", "-u", "root"],
+        &[("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "root")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let payload = String::from_utf8(out.stdout).unwrap();
+    for rule in [
+        "--uid-owner root -j RETURN",
+        "--gid-owner root -j RETURN",
+        "! --gid-owner root",
+    ] {
+        assert!(payload.contains(rule), "{rule}: {payload}");
     }
 }
 
