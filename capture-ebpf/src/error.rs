@@ -8,6 +8,8 @@ use aya::pin::PinError;
 use aya::programs::ProgramError;
 use capture_core::SpecError;
 
+use crate::{AttachedCgroup, CgroupId};
+
 /// Everything that can go wrong planning, loading, attaching and enrolling.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -103,6 +105,32 @@ pub enum Error {
     AlreadyInstalled {
         /// The pin directory.
         path: PathBuf,
+    },
+    /// The programs pinned under `pin_dir` do not act on the processes of `cgroup`: they are
+    /// attached to another cgroup, which is neither `cgroup` nor one of its ancestors.
+    #[error(
+        "capture's programs under {pin_dir} are attached to {attached}, and {cgroup} (id {cgroup_id}) is neither that cgroup nor below it, so its processes would not be captured; uninstall the programs first, or use that cgroup"
+    )]
+    AttachedElsewhere {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// Where the programs are attached.
+        attached: AttachedCgroup,
+        /// The cgroup v2 directory they were expected to act on.
+        cgroup: PathBuf,
+        /// Its id.
+        cgroup_id: CgroupId,
+    },
+    /// A program pinned under `pin_dir` is attached to no cgroup (its link was detached, or its
+    /// cgroup removed), so it acts nowhere.
+    #[error(
+        "capture's program {program} under {pin_dir} is attached to no cgroup (its link was detached, or its cgroup removed), so nothing is captured; uninstall the programs and install them again"
+    )]
+    Detached {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// The program.
+        program: &'static str,
     },
     /// No programs are pinned under this directory.
     #[error("capture's programs are not installed under {path}")]

@@ -25,11 +25,13 @@
 //! each feature.
 
 mod adopt;
+mod cgroup;
 mod error;
 mod loader;
 mod maps;
 mod netns;
 
+pub use cgroup::{AttachedCgroup, Attachment, CgroupId};
 pub use error::Error;
 pub use loader::{Node, Stats, cgroup2_root, is_bpffs, mount_bpffs, probe, uninstall};
 pub use maps::{MapEntries, MapPlan, PortPrefix};

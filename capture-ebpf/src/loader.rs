@@ -3,6 +3,8 @@
 //! ```text
 //! Node::install(cgroup, pin_dir)   probe ─> load + verify all ─> pin maps ─> link + pin each program
 //! Node::open(pin_dir)              maps from their pins (any process, any time later)
+//! Node::open_for(cgroup, pin_dir)  the same, once every pinned link's program is known to act
+//!                                  on `cgroup` (link info ─> its program among cgroup's effective ones)
 //! node.enroll(&pod, &plan)         sk_lookup instance attached to the pod's netns (first time)
 //!                                  ─> next generation's entries ─> POD_CONFIG switch ─> old entries removed
 //! node.unenroll(cookie)            POD_CONFIG entry removed first ─> sk_lookup link detached
@@ -36,7 +38,7 @@ use capture_ebpf_common::{
 };
 
 use crate::netns::{NetnsCookie, PodNetns};
-use crate::{Error, MapPlan, OBJECT};
+use crate::{AttachedCgroup, Attachment, CgroupId, Error, MapPlan, OBJECT};
 
 /// `BPF_FS_MAGIC` from `statfs(2)`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -252,7 +254,7 @@ impl Node {
                 path: pin_dir.to_owned(),
             });
         }
-        if statfs_magic(cgroup)? != CGROUP2_SUPER_MAGIC {
+        if !is_cgroup2(cgroup)? {
             return Err(Error::NotCgroup2 {
                 path: cgroup.to_owned(),
             });
@@ -329,7 +331,9 @@ impl Node {
         Node::open(pin_dir)
     }
 
-    /// Opens the maps of programs installed under `pin_dir`.
+    /// Opens the maps of programs installed under `pin_dir`, wherever they are attached: for
+    /// reading and removing. To enroll pods whose processes are in a given cgroup, use
+    /// [`Node::open_for`], which checks that the programs act there.
     ///
     /// # Errors
     /// [`Error::NotInstalled`] when nothing is pinned there, or the map errors of opening.
@@ -364,6 +368,97 @@ impl Node {
             stats: PerCpuArray::try_from(open(STATS)?).map_err(|e| typed(STATS, e))?,
             inbound_listeners: SockHash::try_from(open(INBOUND_LISTENERS)?)
                 .map_err(|e| typed(INBOUND_LISTENERS, e))?,
+        })
+    }
+
+    /// [`Node::open`], once it is checked that every pinned program acts on the processes of
+    /// the cgroup v2 directory `cgroup`: each link's program is among the cgroup's effective
+    /// programs for its hook (`BPF_PROG_QUERY` with `BPF_F_QUERY_EFFECTIVE`), which it is when
+    /// the link is attached to `cgroup` or to one of its ancestors. Programs attached elsewhere
+    /// would leave the pods enrolled through them uncaptured, so they are refused rather than
+    /// used.
+    ///
+    /// # Errors
+    /// [`Error::AttachedElsewhere`] naming both cgroups, [`Error::Detached`] when a link is
+    /// attached to no cgroup, [`Error::NotCgroup2`] when `cgroup` is not a cgroup v2
+    /// directory, and the errors of [`Node::open`] and of reading the links.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use std::path::Path;
+    /// use capture_ebpf::Node;
+    ///
+    /// let cgroup = capture_ebpf::cgroup2_root()?;
+    /// let node = Node::open_for(&cgroup, Path::new("/sys/fs/bpf/capture"))?;
+    /// # Ok::<(), capture_ebpf::Error>(())
+    /// ```
+    pub fn open_for(cgroup: &Path, pin_dir: &Path) -> Result<Node, Error> {
+        let node = Node::open(pin_dir)?;
+        let cgroup_id = CgroupId::of(cgroup)?;
+        let dir = File::open(cgroup).map_err(|source| Error::Io {
+            op: "open cgroup",
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        for (program, hook) in PROGRAMS {
+            let link = node.link_info(program)?;
+            let Some(attached) = link.cgroup() else {
+                return Err(Error::Detached {
+                    pin_dir: pin_dir.to_owned(),
+                    program,
+                });
+            };
+            if attached == cgroup_id {
+                continue;
+            }
+            let effective =
+                effective_programs(dir.as_fd(), hook as u32).map_err(|source| Error::Syscall {
+                    call: "bpf(BPF_PROG_QUERY)",
+                    source,
+                })?;
+            if !effective.contains(&link.prog_id) {
+                return Err(Error::AttachedElsewhere {
+                    pin_dir: pin_dir.to_owned(),
+                    attached: AttachedCgroup::find(attached),
+                    cgroup: cgroup.to_owned(),
+                    cgroup_id,
+                });
+            }
+        }
+        Ok(node)
+    }
+
+    /// The cgroup the programs are attached to, read from their pinned links; its directory is
+    /// looked up below the cgroup v2 mount.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when a link pin cannot be opened, [`Error::Syscall`] when its info cannot
+    /// be read.
+    pub fn attachment(&self) -> Result<Attachment, Error> {
+        let mut first = None;
+        for (program, _) in PROGRAMS {
+            match self.link_info(program)?.cgroup() {
+                None => return Ok(Attachment::Detached { program }),
+                Some(id) => {
+                    first.get_or_insert(id);
+                }
+            }
+        }
+        let id = first.expect("there are programs");
+        Ok(Attachment::Cgroup(AttachedCgroup::find(id)))
+    }
+
+    /// The info of `program`'s pinned cgroup link.
+    fn link_info(&self, program: &'static str) -> Result<LinkInfo, Error> {
+        let path = self.pin_dir.join("links").join(program);
+        let link = obj_get(&path).map_err(|source| Error::Io {
+            op: "open pinned link",
+            path,
+            source,
+        })?;
+        link_info(link.as_fd()).map_err(|source| Error::Syscall {
+            call: "bpf(BPF_OBJ_GET_INFO_BY_FD)",
+            source,
         })
     }
 
@@ -1011,6 +1106,11 @@ pub fn is_bpffs(path: &Path) -> Result<bool, Error> {
     Ok(statfs_magic(path)? == BPF_FS_MAGIC)
 }
 
+/// Whether `path` is on a cgroup v2 file system.
+pub(crate) fn is_cgroup2(path: &Path) -> Result<bool, Error> {
+    Ok(statfs_magic(path)? == CGROUP2_SUPER_MAGIC)
+}
+
 fn statfs_magic(path: &Path) -> Result<i64, Error> {
     let stat = nix::sys::statfs::statfs(path).map_err(|e| Error::Io {
         op: "statfs",
@@ -1176,6 +1276,75 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The start of a `struct bpf_link_info` for a cgroup link: the common fields, then the
+/// union's `cgroup` member, which begins at offset 16 (the union holds 64-bit fields).
+#[derive(Debug, Default)]
+#[repr(C)]
+struct LinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    cgroup_id: u64,
+    attach_type: u32,
+    _pad2: u32,
+}
+
+/// `BPF_LINK_TYPE_CGROUP`.
+const LINK_TYPE_CGROUP: u32 = 3;
+
+impl LinkInfo {
+    /// The cgroup a cgroup link is attached to; `None` when it is not a cgroup link, or is
+    /// attached to none (detached, or its cgroup released: the kernel reports id 0).
+    fn cgroup(&self) -> Option<CgroupId> {
+        (self.link_type == LINK_TYPE_CGROUP && self.cgroup_id != 0).then_some(CgroupId(self.cgroup_id))
+    }
+}
+
+/// `bpf(BPF_OBJ_GET_INFO_BY_FD)` on a link.
+fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    let mut info = LinkInfo::default();
+    // info: __u32 bpf_fd, __u32 info_len, __aligned_u64 info. The kernel fills at most
+    // info_len bytes, so a prefix of its struct is enough.
+    let len = u32::try_from(size_of::<LinkInfo>()).expect("32 fits");
+    let mut attr = Attr::new();
+    attr.set(0, &link.as_raw_fd().to_ne_bytes())
+        .set(4, &len.to_ne_bytes())
+        .set(8, &((&raw mut info) as u64).to_ne_bytes());
+    bpf(15, &mut attr)?;
+    Ok(info)
+}
+
+/// `bpf(BPF_PROG_QUERY)` with `BPF_F_QUERY_EFFECTIVE`: the ids of the programs that run for
+/// the processes of the cgroup `cgroup` at `attach_type`, its own and its ancestors' (Linux
+/// 4.15).
+fn effective_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    const QUERY_EFFECTIVE: u32 = 1;
+    let mut ids = vec![0u32; 64];
+    loop {
+        // query: __u32 target_fd, __u32 attach_type, __u32 query_flags, __u32 attach_flags,
+        // __aligned_u64 prog_ids, __u32 prog_cnt (in: room in prog_ids; out: how many).
+        let room = u32::try_from(ids.len()).expect("the buffer holds fewer than 2^32 ids");
+        let mut attr = Attr::new();
+        attr.set(0, &cgroup.as_raw_fd().to_ne_bytes())
+            .set(4, &attach_type.to_ne_bytes())
+            .set(8, &QUERY_EFFECTIVE.to_ne_bytes())
+            .set(16, &(ids.as_mut_ptr() as u64).to_ne_bytes())
+            .set(24, &room.to_ne_bytes());
+        let result = bpf(16, &mut attr);
+        let count = u32::from_ne_bytes(attr.0[24..28].try_into().expect("four bytes")) as usize;
+        match result {
+            Ok(_) => {
+                ids.truncate(count);
+                return Ok(ids);
+            }
+            // More programs than room: the count is what is needed (it may grow meanwhile).
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => ids.resize(count.max(ids.len() * 2), 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// `bpf(BPF_LINK_DETACH)`: detaches a link's program now, whoever else holds the link
 /// (Linux 5.9).
 fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
@@ -1186,7 +1355,8 @@ fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
 
 fn bpf(cmd: libc::c_int, attr: &mut Attr) -> io::Result<libc::c_int> {
     // SAFETY: `attr` is a live, zero-padded bpf_attr image larger than the command's part of
-    // the union, and its size is passed along; any pointer in it (a path) outlives the call.
+    // the union, and its size is passed along; any pointer in it (a path, or a buffer the
+    // kernel fills, whose size is in the attr as well) outlives the call.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), size_of::<Attr>()) };
     if rc < 0 {
         Err(io::Error::last_os_error())

@@ -4,13 +4,18 @@
 //! ```text
 //! flags ─> CaptureSpec ─(owner names → ids)─> MapPlan::from_spec   (refused flags fail here, nothing changed)
 //!   --dry-run: print the plan
-//!   else: mount bpffs if needed ─> lock it ─> programs loaded? else Node::install(--cgroup)
+//!   else: mount bpffs if needed ─> lock it ─> programs loaded? acting on --cgroup? else Node::install(--cgroup)
 //!         ─> Node::enrolled(cookie) equal to the plan? nothing : Node::enroll (atomic switch)
 //! ```
 //!
 //! Every run that changes the node's programs or maps holds an exclusive `flock` on the bpf
 //! filesystem's root directory, so two pods set up at once on a fresh node do not both load
 //! the programs.
+//!
+//! Programs already loaded are used only when they act on the processes of `--cgroup` (its
+//! default: the cgroup v2 root), that is when they are attached to it or to one of its
+//! ancestors; otherwise the run fails naming both cgroups, and nothing is enrolled. Using them
+//! anyway would report capture applied while the pod's connections pass uncaptured.
 
 use std::error::Error as _;
 use std::fs::File;
@@ -18,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use capture_core::{CaptureSpec, Owner, OwnerGroups};
-use capture_ebpf::{MapEntries, MapPlan, NetnsCookie, Node, PodNetns};
+use capture_ebpf::{AttachedCgroup, MapEntries, MapPlan, NetnsCookie, Node, PodNetns};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::cli::{Args, DEFAULT_BPFFS, Invocation, NodeArgs, NodeCommand};
@@ -45,6 +50,34 @@ pub enum Failure {
     /// `::6` could not be put on or taken off `lo`.
     #[error(transparent)]
     Netlink(#[from] capture_core::netlink::NetlinkError),
+    /// The programs already loaded are attached to a cgroup that does not hold `--cgroup`.
+    #[error(
+        "eBPF programs under {} are attached to {attached}, and {} is neither that cgroup nor below it, so its processes would not be captured; unload them first (capture-init ebpf unload --bpffs {}){}",
+        pin_dir.display(),
+        target.describe(),
+        bpffs_of(pin_dir).display(),
+        attached.path.as_ref().map(|p| format!(" or pass --cgroup {}", p.display())).unwrap_or_default()
+    )]
+    OtherCgroup {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// Where the programs are attached.
+        attached: AttachedCgroup,
+        /// The cgroup the run was for.
+        target: Target,
+    },
+    /// A loaded program's link is attached to no cgroup, so nothing is captured.
+    #[error(
+        "eBPF program {program} under {} is attached to no cgroup (its link was detached, or its cgroup removed), so nothing is captured; unload the programs (capture-init ebpf unload --bpffs {}) and load them again",
+        pin_dir.display(),
+        bpffs_of(pin_dir).display()
+    )]
+    Detached {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// The program.
+        program: &'static str,
+    },
     /// The node lock could not be taken.
     #[error("cannot lock {path}")]
     Lock {
@@ -54,6 +87,45 @@ pub enum Failure {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The cgroup v2 directory a run is for: `--cgroup`, or its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The directory.
+    pub path: PathBuf,
+    /// Whether it is the default (no `--cgroup` given).
+    pub default: bool,
+}
+
+impl Target {
+    /// `--cgroup PATH`, else the cgroup v2 root.
+    fn new(given: Option<&Path>) -> Result<Target, Failure> {
+        Ok(match given {
+            Some(path) => Target {
+                path: path.to_owned(),
+                default: false,
+            },
+            None => Target {
+                path: capture_ebpf::cgroup2_root()?,
+                default: true,
+            },
+        })
+    }
+
+    /// How a message names it.
+    fn describe(&self) -> String {
+        if self.default {
+            format!("the cgroup v2 root {} (--cgroup's default)", self.path.display())
+        } else {
+            format!("--cgroup {}", self.path.display())
+        }
+    }
+}
+
+/// The bpf filesystem a pin directory is in.
+fn bpffs_of(pin_dir: &Path) -> &Path {
+    pin_dir.parent().unwrap_or(pin_dir)
 }
 
 impl Failure {
@@ -208,9 +280,11 @@ fn load(cgroup: Option<&Path>, bpffs: &Path) -> Result<(), Failure> {
     let _lock = lock(bpffs)?;
     let pin_dir = bpffs.join(PIN_DIR);
     if loaded(&pin_dir) {
+        let node = open_for(&Target::new(cgroup)?, &pin_dir)?;
         eprintln!(
-            "capture-init: eBPF programs already loaded under {}, nothing changed",
-            pin_dir.display()
+            "capture-init: eBPF programs already loaded under {}, attached to {}, nothing changed",
+            pin_dir.display(),
+            node.attachment()?
         );
         return Ok(());
     }
@@ -269,22 +343,35 @@ fn loaded(pin_dir: &Path) -> bool {
 }
 
 /// The node's programs under `pin_dir`, loaded and attached to `cgroup` (default: the cgroup
-/// v2 root) first if they are not there. Call with the node lock held.
+/// v2 root) first if they are not there; if they are, they must act on `cgroup`. Call with the
+/// node lock held.
 fn open_or_load(cgroup: Option<&Path>, pin_dir: &Path) -> Result<Node, Failure> {
+    let target = Target::new(cgroup)?;
     if loaded(pin_dir) {
-        return Ok(Node::open(pin_dir)?);
+        return open_for(&target, pin_dir);
     }
-    let cgroup = match cgroup {
-        Some(path) => path.to_owned(),
-        None => capture_ebpf::cgroup2_root()?,
-    };
-    let node = Node::install(&cgroup, pin_dir)?;
+    let node = Node::install(&target.path, pin_dir)?;
     eprintln!(
         "capture-init: eBPF programs loaded, attached to {} and pinned under {}",
-        cgroup.display(),
+        target.path.display(),
         pin_dir.display()
     );
     Ok(node)
+}
+
+/// [`Node::open_for`], its refusals worded with the flags that fix them.
+fn open_for(target: &Target, pin_dir: &Path) -> Result<Node, Failure> {
+    Node::open_for(&target.path, pin_dir).map_err(|e| match e {
+        capture_ebpf::Error::AttachedElsewhere {
+            pin_dir, attached, ..
+        } => Failure::OtherCgroup {
+            pin_dir,
+            attached,
+            target: target.clone(),
+        },
+        capture_ebpf::Error::Detached { pin_dir, program } => Failure::Detached { pin_dir, program },
+        e => e.into(),
+    })
 }
 
 /// Takes the node lock: an exclusive `flock` on the bpf filesystem's directory, released when

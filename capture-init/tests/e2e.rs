@@ -142,6 +142,13 @@ impl<'a> CaptureInit<'a> {
         self
     }
 
+    /// Removes `flag` (and its value), so that its default applies.
+    #[cfg(feature = "ebpf")]
+    fn unset(mut self, flag: &str) -> Self {
+        self.args.retain(|(f, _)| f != flag);
+        self
+    }
+
     /// Adds a switch such as `--reconcile`.
     fn switch(mut self, flag: &str) -> Self {
         self.args.push((flag.to_owned(), None));
@@ -1438,6 +1445,101 @@ fn ebpf_load_and_unload() {
         ebpf_node(&["unload", "--bpffs", &bpffs])
             .ok()
             .says("nothing to do");
+    });
+}
+
+/// Programs already pinned but attached to a cgroup that does not hold the one given are refused,
+/// never used: the pod's processes would not be captured. Here they are attached to D, a child
+/// of the test cgroup C, while this process, the app and its clients are in C. Enrolling with
+/// `--cgroup C` (or the default, the cgroup v2 root) and `ebpf load --cgroup C` exit 1 naming
+/// both cgroups and the fix, and enroll nothing; once loaded at C, the same run captures, and a
+/// run for D (below C) uses them.
+#[cfg(feature = "ebpf")]
+#[test]
+fn ebpf_programs_attached_elsewhere_are_refused() {
+    ebpf_row(|| {
+        let world = ebpf::child_world().expect("inside ebpf_row");
+        let sub = ebpf::TestCgroup::under(&world.cgroup);
+        let (c, d, bpffs) = (
+            world.cgroup.display().to_string(),
+            sub.path().display().to_string(),
+            world.bpffs.display().to_string(),
+        );
+        ebpf_node(&["load", "--cgroup", &d, "--bpffs", &bpffs])
+            .ok()
+            .says(&format!("eBPF programs loaded, attached to {d}"));
+        assert_eq!(ebpf::attached_to(sub.path()).len(), 6);
+        // The kernel's id of the links' cgroup is D's inode number.
+        let d_id = std::os::unix::fs::MetadataExt::ino(&fs::metadata(sub.path()).unwrap());
+        let links = world.pin_dir.join("links");
+        for link in fs::read_dir(&links).unwrap() {
+            let info = run_ok(
+                Command::new("bpftool")
+                    .args(["link", "show", "pinned"])
+                    .arg(link.unwrap().path()),
+            );
+            assert!(info.contains(&format!("cgroup_id {d_id} ")), "{info}");
+        }
+
+        let topo = Topology::new();
+        let outbound = outbound_proxy(&topo, Family::V6);
+        let app = peer_app(&topo, Family::V6, 80);
+        let dst = topo.peer_addr(Family::V6, 80);
+        let init = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V6);
+        let refused = |run: &Run, target: &str| {
+            run.code(1)
+                .never_says("applied")
+                .says(&format!(
+                    "eBPF programs under {} are attached to cgroup {d} (id {d_id}), and {target} is neither that cgroup nor below it",
+                    world.pin_dir.display()
+                ))
+                .says(&format!(
+                    "unload them first (capture-init ebpf unload --bpffs {bpffs}) or pass --cgroup {d}"
+                ));
+            assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        };
+        let run = init.run();
+        // Whatever the run says, the app's connection (made in C, not under D) is not captured…
+        assert_lands(&topo.pod, APP, dst, &app);
+        // …so the run must fail rather than report capture applied.
+        refused(&run, &format!("--cgroup {c}"));
+        assert_eq!(ebpf_pods().ok().stdout, "", "nothing enrolled");
+        assert_eq!(ebpf::sk_lookup_programs(&topo.pod), 0, "no inbound link");
+
+        // The default --cgroup, the cgroup v2 root, is checked the same way (the programs are
+        // pinned, so this run cannot attach anything to the host's root).
+        assert!(links.is_dir());
+        let root = capture_ebpf::cgroup2_root().expect("a cgroup2 mount");
+        refused(
+            &init.clone().unset("--cgroup").run(),
+            &format!("the cgroup v2 root {} (--cgroup's default)", root.display()),
+        );
+        refused(
+            &ebpf_node(&["load", "--cgroup", &c, "--bpffs", &bpffs]),
+            &format!("--cgroup {c}"),
+        );
+        ebpf_node(&["load", "--cgroup", &d, "--bpffs", &bpffs])
+            .ok()
+            .says(&format!(
+                "already loaded under {}, attached to cgroup {d}",
+                world.pin_dir.display()
+            ))
+            .says("nothing changed");
+        assert_eq!(ebpf_pods().ok().stdout, "", "nothing enrolled");
+
+        ebpf_node(&["unload", "--bpffs", &bpffs]).ok();
+        assert!(ebpf::attached_to(sub.path()).is_empty());
+        init.run()
+            .ok()
+            .says(&format!("eBPF programs loaded, attached to {c}"))
+            .says("eBPF capture applied");
+        assert_lands(&topo.pod, APP, dst, &outbound);
+        // Programs attached above the cgroup given act on it too.
+        init.clone()
+            .set("--cgroup", &d)
+            .run()
+            .ok()
+            .says("eBPF capture already in place, nothing changed");
     });
 }
 

@@ -9,7 +9,7 @@
 //!
 //! | Helper | What it is | Removed on `Drop` |
 //! |---|---|---|
-//! | [`TestCgroup`] | `<cgroup2 mount>/capture-test-<pid>-<n>` | the directory (after its processes exited) |
+//! | [`TestCgroup`] | `<cgroup2 mount>/capture-test-<pid>-<n>`, or one below a test cgroup ([`TestCgroup::under`]) | the directory (after its processes exited) |
 //! | [`TestBpffs`] | a private bpffs instance on `$TMPDIR/capture-test-bpffs-<pid>-<n>` | unmounted, directory removed |
 //! | [`EbpfWorld`] | both, with capture's programs installed on the cgroup and pinned in the bpffs | programs uninstalled first |
 //! | [`EbpfWorld::empty`] | both, nothing installed: `capture-init --cgroup … --bpffs …` loads the programs | whatever is pinned uninstalled first |
@@ -61,6 +61,19 @@ impl TestCgroup {
     pub fn new() -> TestCgroup {
         let root = capture_ebpf::cgroup2_root().expect("a mounted cgroup2 hierarchy");
         let path = root.join(unique_name());
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+
+    /// Creates `<parent>/capture-test-<pid>-<n>`: a child of a cgroup the test owns (a cgroup
+    /// with processes may have children; the new one has none, so it can always be removed).
+    ///
+    /// # Panics
+    ///
+    /// When the directory cannot be made.
+    #[must_use]
+    pub fn under(parent: &Path) -> TestCgroup {
+        let path = parent.join(unique_name());
         fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
         TestCgroup { path }
     }

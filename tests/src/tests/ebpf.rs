@@ -501,3 +501,91 @@ fn install_needs_bpffs_and_cgroup2() {
     );
     assert!(!attached.contains("capture_"), "{attached}");
 }
+
+/// `Node::open_for` uses pinned programs only where they act: on their cgroup and below it. The
+/// links' cgroup id is the directory's inode number (as bpftool reports it); any other cgroup is
+/// refused naming both, and so is every cgroup once a link is detached behind capture's back.
+#[test]
+fn open_for_checks_where_the_programs_act() {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use capture_ebpf::{AttachedCgroup, Attachment, CgroupId, Error};
+
+    if in_cgroup_child().is_some() || !require_root() {
+        return;
+    }
+    let world = EbpfWorld::new();
+    let cgroup = world.cgroup.path();
+    let id = CgroupId::of(cgroup).unwrap();
+    assert_eq!(id.0, std::fs::metadata(cgroup).unwrap().ino());
+    let links = world.pin_dir.join("links");
+    let info = run_ok(
+        Command::new("bpftool")
+            .args(["link", "show", "pinned"])
+            .arg(links.join("capture_connect4")),
+    );
+    assert!(info.contains(&format!("cgroup_id {id} ")), "{info}");
+    let here = AttachedCgroup {
+        id,
+        path: Some(cgroup.to_owned()),
+    };
+    assert_eq!(
+        world.node().attachment().unwrap(),
+        Attachment::Cgroup(here.clone())
+    );
+
+    Node::open_for(cgroup, &world.pin_dir).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let below = crate::ebpf::TestCgroup::under(cgroup);
+    Node::open_for(below.path(), &world.pin_dir).unwrap_or_else(|e| panic!("{}", chain(&e)));
+
+    let sibling = crate::ebpf::TestCgroup::new();
+    let root = capture_ebpf::cgroup2_root().unwrap();
+    for other in [sibling.path(), root.as_path()] {
+        let err = Node::open_for(other, &world.pin_dir).unwrap_err();
+        let other_id = CgroupId::of(other).unwrap();
+        assert!(
+            matches!(
+                &err,
+                Error::AttachedElsewhere { pin_dir, attached, cgroup, cgroup_id }
+                    if *pin_dir == world.pin_dir && *attached == here && cgroup == other && *cgroup_id == other_id
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "capture's programs under {} are attached to cgroup {} (id {id}), and {} (id {other_id}) \
+                 is neither that cgroup nor below it, so its processes would not be captured; \
+                 uninstall the programs first, or use that cgroup",
+                world.pin_dir.display(),
+                cgroup.display(),
+                other.display()
+            )
+        );
+    }
+    let not_cgroup = Node::open_for(&world.pin_dir, &world.pin_dir).unwrap_err();
+    assert!(matches!(not_cgroup, Error::NotCgroup2 { .. }), "{not_cgroup}");
+
+    run_ok(
+        Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(links.join("capture_getsockopt")),
+    );
+    let detached = Attachment::Detached {
+        program: "capture_getsockopt",
+    };
+    assert_eq!(world.node().attachment().unwrap(), detached);
+    let err = Node::open_for(cgroup, &world.pin_dir).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Detached {
+                program: "capture_getsockopt",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    drop((below, sibling));
+    finish(world);
+}
