@@ -726,10 +726,11 @@ mod tests {
             refuse(|s| s.interfaces.exclude = vec!["eth1".parse().unwrap()]),
             Error::NotImplemented { .. }
         ));
-        let err = refuse(|s| s.owner.uids = vec!["istio-proxy".parse().unwrap()]);
+        // A name the system knows (validation refuses unknown ones before this).
+        let err = refuse(|s| s.owner.uids = vec!["root".parse().unwrap()]);
         assert_eq!(
             err.to_string(),
-            "owner \"istio-proxy\" in proxy uid (-u) is a name; the eBPF backend needs numeric ids"
+            "owner \"root\" in proxy uid (-u) is a name; the eBPF backend needs numeric ids"
         );
         assert!(matches!(refuse(|s| s.owner.gids.clear()), Error::Spec(_)));
     }
