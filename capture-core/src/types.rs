@@ -3,7 +3,6 @@
 //! Each type parses with [`FromStr`] and displays in the spelling istio-iptables writes into its
 //! rules, so a value that round-trips through a front end renders byte for byte as Istio's.
 
-use std::ffi::CString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU16;
@@ -356,50 +355,19 @@ impl Accounts for SystemAccounts {
     }
 }
 
-/// Resolves a user (`user`) or group name as iptables' owner match does (NSS).
+/// Resolves a user (`user`) or group name as iptables' owner match does (NSS, through nix,
+/// which grows its buffer for large groups instead of reporting them unknown).
 pub(crate) fn lookup_id(name: &str, user: bool) -> Option<u32> {
-    let cname = CString::new(name).ok()?;
-    // Large groups (many members) need more than the first guess: grow on ERANGE rather than
-    // reporting a group that exists as unknown.
-    let mut len = 16 * 1024;
-    loop {
-        let mut buf = vec![0 as libc::c_char; len];
-        let mut found: *mut libc::c_void = std::ptr::null_mut();
-        let (rc, id) = if user {
-            // SAFETY: zeroed passwd is a valid out-parameter; buf outlives the call and its
-            // length is passed; `found` receives a pointer to `pwd` or null.
-            let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-            // SAFETY: all pointers are valid for the duration of the call (see above).
-            let rc = unsafe {
-                libc::getpwnam_r(
-                    cname.as_ptr(),
-                    &mut pwd,
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                    (&raw mut found).cast(),
-                )
-            };
-            (rc, pwd.pw_uid)
-        } else {
-            // SAFETY: as above, for struct group.
-            let mut grp: libc::group = unsafe { std::mem::zeroed() };
-            // SAFETY: all pointers are valid for the duration of the call.
-            let rc = unsafe {
-                libc::getgrnam_r(
-                    cname.as_ptr(),
-                    &mut grp,
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                    (&raw mut found).cast(),
-                )
-            };
-            (rc, grp.gr_gid)
-        };
-        match rc {
-            0 => return (!found.is_null()).then_some(id),
-            libc::ERANGE if len < 16 * 1024 * 1024 => len *= 4,
-            _ => return None,
-        }
+    if user {
+        nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    } else {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
     }
 }
 

@@ -22,7 +22,8 @@ use std::collections::BTreeSet;
 
 use crate::rules::{OwnChain, TableName};
 
-use super::{BUILTINS, SavedState, SavedTable};
+use super::compare::BUILTINS;
+use super::saved::{SavedState, SavedTable};
 
 /// The chain a rule jumps or goes to, if any.
 pub(super) fn target(spec: &str) -> Option<&str> {

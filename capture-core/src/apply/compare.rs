@@ -1,0 +1,186 @@
+//! What a configuration needs in `iptables-save`'s words, and how the kernel's rules compare
+//! with it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::ours;
+use super::saved::SavedState;
+use crate::render::Saved;
+use crate::rules::{ChainName, OwnerMatch, RuleSet, TableName};
+use crate::types::{Owner, lookup_id};
+
+/// What the kernel must hold for one table, in `iptables-save` form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct ExpectedTable {
+    pub(super) own: BTreeMap<String, Vec<String>>,
+    pub(super) builtin: BTreeMap<String, Vec<String>>,
+}
+
+pub(super) fn expected(rules: &RuleSet) -> BTreeMap<TableName, ExpectedTable> {
+    let resolve = |owner: &OwnerMatch| match owner {
+        OwnerMatch::Uid(Owner::Name(name)) => lookup_id(name, true),
+        OwnerMatch::Gid(Owner::Name(name)) => lookup_id(name, false),
+        _ => None,
+    };
+    let mut out = BTreeMap::new();
+    for table in &rules.tables {
+        let mut exp = ExpectedTable::default();
+        for (chain, list) in table.chain_contents() {
+            let specs = list
+                .iter()
+                .map(|r| {
+                    Saved {
+                        rule: r,
+                        family: rules.family,
+                        resolve: &resolve,
+                    }
+                    .to_string()
+                })
+                .collect();
+            match chain {
+                ChainName::Own(own) => exp.own.insert(own.as_str().to_owned(), specs),
+                ChainName::Builtin(_) => exp.builtin.insert(chain.as_str().to_owned(), specs),
+            };
+        }
+        out.insert(table.name, exp);
+    }
+    out
+}
+
+/// Our rules among a built-in chain's rules: those the configuration adds, and any jump to one
+/// of our chains.
+pub(super) fn ours_in_builtin<'a>(found: &'a [String], expected: &[String]) -> Vec<&'a String> {
+    found
+        .iter()
+        .filter(|spec| expected.contains(spec) || ours::jumps_to_own_chain(spec))
+        .collect()
+}
+
+pub(crate) const BUILTINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
+/// How the kernel's rules compare with a configuration, for one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// None of our chains or rules are present.
+    Absent,
+    /// Exactly the configuration's rules are present.
+    Equal,
+    /// Part of exactly this configuration is present and nothing contradicts it: a run that
+    /// was killed between two tables' `COMMIT`s, or a piece removed by hand. Each entry says
+    /// what is missing; applying completes it.
+    Partial(Vec<String>),
+    /// Something of ours is present but differs; each entry says what.
+    Differs(Vec<String>),
+}
+
+/// Whether `part` is `whole` with some entries left out, order kept.
+pub(super) fn is_subsequence(part: &[&String], whole: &[String]) -> bool {
+    let mut rest = whole.iter();
+    part.iter().all(|p| rest.any(|w| w == *p))
+}
+
+pub(super) fn compare(expected: &BTreeMap<TableName, ExpectedTable>, saved: &SavedState) -> State {
+    let empty = ExpectedTable::default();
+    let mut missing = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut anything_ours = false;
+    let tables: BTreeSet<TableName> = expected.keys().chain(saved.tables.keys()).copied().collect();
+    for name in tables {
+        let exp = expected.get(&name).unwrap_or(&empty);
+        let found = saved.tables.get(&name);
+        let t = name.as_str();
+        for (chain, rules) in &exp.own {
+            match found.and_then(|f| f.chains.get(chain)) {
+                None => missing.push(format!("{t} chain {chain} is missing")),
+                Some(actual) => {
+                    anything_ours = true;
+                    if actual != rules {
+                        conflicts.push(describe_chain_difference(t, chain, rules, actual));
+                    }
+                }
+            }
+        }
+        if let Some(found) = found {
+            for chain in found.chains.keys() {
+                if ours::is_own_chain(chain) && !exp.own.contains_key(chain) {
+                    anything_ours = true;
+                    conflicts.push(format!(
+                        "{t} chain {chain} is present but not part of this configuration"
+                    ));
+                }
+            }
+            for builtin in BUILTINS {
+                let none = Vec::new();
+                let want = exp.builtin.get(builtin).unwrap_or(&none);
+                let actual = found.chains.get(builtin).unwrap_or(&none);
+                let ours = ours_in_builtin(actual, want);
+                anything_ours |= !ours.is_empty();
+                if ours
+                    .iter()
+                    .map(|s| s.as_str())
+                    .eq(want.iter().map(String::as_str))
+                {
+                    continue;
+                }
+                let lacking = want
+                    .iter()
+                    .filter(|w| !actual.contains(w))
+                    .map(|w| format!("{t} {builtin} lacks '{w}'"));
+                if is_subsequence(&ours, want) {
+                    missing.extend(lacking);
+                    continue;
+                }
+                conflicts.extend(lacking);
+                for extra in ours.iter().filter(|o| !want.contains(o)) {
+                    conflicts.push(format!(
+                        "{t} {builtin} has '{extra}' which this configuration does not add"
+                    ));
+                }
+                if ours.iter().all(|o| want.contains(o)) {
+                    conflicts.push(format!("{t} {builtin}: our rules are out of order or repeated"));
+                }
+            }
+        } else {
+            for (builtin, want) in &exp.builtin {
+                if let Some(first) = want.first() {
+                    missing.push(format!("{t} {builtin} lacks '{first}'"));
+                }
+            }
+        }
+    }
+    if !anything_ours {
+        State::Absent
+    } else if conflicts.is_empty() && missing.is_empty() {
+        State::Equal
+    } else if conflicts.is_empty() {
+        State::Partial(missing)
+    } else {
+        conflicts.extend(missing);
+        State::Differs(conflicts)
+    }
+}
+
+pub(super) fn describe_chain_difference(
+    table: &str,
+    chain: &str,
+    want: &[String],
+    actual: &[String],
+) -> String {
+    let at = want
+        .iter()
+        .zip(actual)
+        .position(|(w, a)| w != a)
+        .unwrap_or(want.len().min(actual.len()));
+    let show = |list: &[String]| {
+        list.get(at)
+            .map_or_else(|| "nothing".to_owned(), |r| format!("'{r}'"))
+    };
+    format!(
+        "{table} {chain} has {} rules where {} are expected; rule {} is {} instead of {}",
+        actual.len(),
+        want.len(),
+        at + 1,
+        show(actual),
+        show(want)
+    )
+}

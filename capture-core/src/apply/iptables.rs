@@ -1,0 +1,371 @@
+//! The iptables backend: detecting the flavor, judging every family before changing any, and
+//! applying, rolling back and cleaning up through `iptables-restore --noflush`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::compare::{ExpectedTable, State, compare, expected};
+use super::exec::{Exec, Flavor};
+use super::ours;
+use super::payload::{cleanup_payload, reconcile_payload, restore_ours_payload};
+use super::saved::SavedState;
+use super::{Applied, ApplyError, ApplyOptions, Change};
+use crate::plan::plan;
+use crate::render::Restore;
+use crate::rules::{RuleSet, TableName};
+use crate::spec::CaptureSpec;
+use crate::types::Family;
+
+/// The iptables backend.
+#[derive(Debug, Clone)]
+pub struct Iptables<E: Exec> {
+    exec: E,
+    flavor: Flavor,
+}
+
+impl<E: Exec> Iptables<E> {
+    /// A backend driving `flavor` through `exec`.
+    pub fn new(exec: E, flavor: Flavor) -> Self {
+        Self { exec, flavor }
+    }
+
+    /// The flavor in use.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// Picks the flavor as Istio does, with Kuma's refinement: the flavor that already holds
+    /// rules (ours first, then anyone's) wins, so rules never end up split across both;
+    /// otherwise the system's `iptables` alternative; otherwise nft.
+    ///
+    /// # Errors
+    /// [`ApplyError::NoIptables`] when neither flavor can list its rules.
+    pub fn detect(exec: E) -> Result<Self, ApplyError> {
+        let mut counts = Vec::new();
+        let mut problems = Vec::new();
+        for flavor in [Flavor::Nft, Flavor::Legacy] {
+            match exec.run(flavor.save(Family::V4), &[], None) {
+                Ok(out) if out.success => {
+                    let state = SavedState::parse(&out.stdout);
+                    let ours = !state.own_chains().is_empty();
+                    let rules = out.stdout.lines().filter(|l| l.starts_with("-A ")).count();
+                    counts.push((flavor, ours, rules));
+                }
+                Ok(out) => problems.push(format!("{}: {}", flavor.save(Family::V4), out.stderr.trim())),
+                Err(e) => problems.push(format!("{}: {e}", flavor.save(Family::V4))),
+            }
+        }
+        let pick = counts
+            .iter()
+            .find(|(_, ours, _)| *ours)
+            .or_else(|| {
+                counts
+                    .iter()
+                    .filter(|(_, _, rules)| *rules > 0)
+                    .max_by_key(|(_, _, rules)| *rules)
+            })
+            .map(|(f, _, _)| *f)
+            .or_else(|| {
+                let available: Vec<Flavor> = counts.iter().map(|(f, _, _)| *f).collect();
+                let system = exec
+                    .run("iptables", &["--version"], None)
+                    .ok()
+                    .filter(|o| o.success);
+                let preferred = match system {
+                    Some(o) if o.stdout.contains("legacy") => Flavor::Legacy,
+                    _ => Flavor::Nft,
+                };
+                if available.contains(&preferred) {
+                    Some(preferred)
+                } else {
+                    available.first().copied()
+                }
+            });
+        pick.map(|flavor| Self::new(exec, flavor))
+            .ok_or_else(|| ApplyError::NoIptables(problems.join("; ")))
+    }
+
+    fn run(&self, program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
+        let out = self
+            .exec
+            .run(program, args, stdin)
+            .map_err(|source| ApplyError::Spawn { program, source })?;
+        if !out.success {
+            return Err(ApplyError::Exec {
+                program,
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                code: out.code,
+                stderr: out.stderr,
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// Reads the family's current rules.
+    ///
+    /// # Errors
+    /// When the save program fails.
+    pub fn save(&self, family: Family) -> Result<SavedState, ApplyError> {
+        self.run(self.flavor.save(family), &[], None)
+            .map(|text| SavedState::parse(&text))
+    }
+
+    fn restore(&self, family: Family, payload: &str, noflush: bool) -> Result<(), ApplyError> {
+        let mut args = Vec::new();
+        if noflush {
+            args.push("--noflush");
+        }
+        // Legacy iptables serialises writers with a lock file; nft does not need it.
+        if self.flavor == Flavor::Legacy {
+            args.extend(["--wait", "30"]);
+        }
+        self.run(self.flavor.restore(family), &args, Some(payload))
+            .map(drop)
+    }
+
+    /// Compares the kernel's rules with what `spec` needs in `family`.
+    ///
+    /// # Errors
+    /// When the rules cannot be read.
+    pub fn state(&self, spec: &CaptureSpec, family: Family) -> Result<State, ApplyError> {
+        Ok(compare(&expected(&plan(spec, family)), &self.save(family)?))
+    }
+
+    /// Foreign rules in `family` that stand before capture's rules in the built-in chains it
+    /// hooks and can end a packet's traversal there: one line each.
+    ///
+    /// # Errors
+    /// When the rules cannot be read.
+    pub fn shadowing(&self, spec: &CaptureSpec, family: Family) -> Result<Vec<String>, ApplyError> {
+        Ok(shadowing_in(
+            &expected(&plan(spec, family)),
+            &self.save(family)?,
+            false,
+        ))
+    }
+
+    /// Installs `spec`'s rules in every family it covers, or changes nothing.
+    ///
+    /// # Errors
+    /// [`ApplyError::Drift`] (nothing changed) when differing rules are present and
+    /// `options.reconcile` is off; [`ApplyError::Shadowed`] (nothing changed) with
+    /// `options.strict`; any failure after a change comes back with the change undone.
+    pub fn apply(&self, spec: &CaptureSpec, options: ApplyOptions) -> Result<Applied, ApplyError> {
+        // Read and judge every family before touching any.
+        let mut work = Vec::new();
+        let mut warnings = Vec::new();
+        for &family in spec.families() {
+            let rules = plan(spec, family);
+            let exp = expected(&rules);
+            let saved = self.save(family)?;
+            let state = compare(&exp, &saved);
+            let payload = match (&state, options) {
+                (State::Equal, ApplyOptions { force: false, .. }) => None,
+                (State::Partial(_), ApplyOptions { force: false, .. }) => {
+                    Some((reconcile_payload(&rules, &exp, &saved), Change::Completed))
+                }
+                (
+                    State::Differs(details),
+                    ApplyOptions {
+                        reconcile: false,
+                        force: false,
+                        ..
+                    },
+                ) => {
+                    return Err(ApplyError::Drift {
+                        family,
+                        flavor: self.flavor,
+                        details: details.clone(),
+                    });
+                }
+                (
+                    State::Differs(_),
+                    ApplyOptions {
+                        reconcile: true,
+                        force: false,
+                        ..
+                    },
+                ) => Some((reconcile_payload(&rules, &exp, &saved), Change::Reconciled)),
+                _ => Some((Restore(&rules).to_string(), Change::Applied)),
+            };
+            let appending = !matches!(state, State::Equal);
+            warnings.extend(
+                shadowing_in(&exp, &saved, appending)
+                    .into_iter()
+                    .map(|w| format!("{family}: {w}")),
+            );
+            work.push((family, rules, exp, saved, payload));
+        }
+        if options.strict && !warnings.is_empty() {
+            return Err(ApplyError::Shadowed { details: warnings });
+        }
+        let mut done: Vec<(Family, &BTreeMap<TableName, ExpectedTable>, &RuleSet, &SavedState)> = Vec::new();
+        let mut changes = Vec::new();
+        for (family, rules, exp, saved, payload) in &work {
+            let Some((payload, change)) = payload else {
+                changes.push((*family, Change::Unchanged));
+                continue;
+            };
+            done.push((*family, exp, rules, saved));
+            if let Err(e) = self.restore(*family, payload, true) {
+                return Err(self.roll_back(e, &done));
+            }
+            changes.push((*family, *change));
+        }
+        Ok(Applied { changes, warnings })
+    }
+
+    /// Puts capture's part of every table a failed apply may have touched back as it was
+    /// before, and nothing else (see [`restore_ours_payload`]).
+    ///
+    /// A family whose rules read back as they were is left alone: the restore that failed
+    /// usually committed nothing. When nothing needed undoing, the original error is returned
+    /// as it is.
+    fn roll_back(
+        &self,
+        error: ApplyError,
+        done: &[(Family, &BTreeMap<TableName, ExpectedTable>, &RuleSet, &SavedState)],
+    ) -> ApplyError {
+        let mut rolled_back = Vec::new();
+        for (family, exp, rules, saved) in done {
+            let mut touched: BTreeSet<TableName> = rules.tables.iter().map(|t| t.name).collect();
+            touched.extend(saved.own_chains().into_iter().map(|(t, _)| t));
+            let payload = match self.save(*family) {
+                Ok(now) => restore_ours_payload(saved, &now, &touched, exp),
+                Err(rollback) => {
+                    return ApplyError::RollbackFailed {
+                        source: Box::new(error),
+                        rollback: Box::new(rollback),
+                    };
+                }
+            };
+            let Some(payload) = payload else { continue };
+            if let Err(rollback) = self.restore(*family, &payload, true) {
+                return ApplyError::RollbackFailed {
+                    source: Box::new(error),
+                    rollback: Box::new(rollback),
+                };
+            }
+            rolled_back.push(*family);
+        }
+        if rolled_back.is_empty() {
+            return error;
+        }
+        ApplyError::RolledBack {
+            source: Box::new(error),
+            rolled_back,
+        }
+    }
+
+    /// Removes everything capture wrote in both families, whatever configuration wrote it (our
+    /// chains, jumps to them, and capture's rule shapes in built-in chains; see [`ours`]),
+    /// leaving every other rule alone. Succeeds when there is nothing to remove. Both families
+    /// are read before either is changed, and if the second removal fails the first is put
+    /// back, so a failure leaves the rules as they were.
+    ///
+    /// Returns the TPROXY marks the removed rules used (for the policy routing that goes with
+    /// them).
+    ///
+    /// # Errors
+    /// When the rules cannot be read or the removal fails. IPv6 is skipped when the kernel
+    /// has no IPv6 iptables and `spec` does not use IPv6.
+    pub fn cleanup(&self, spec: &CaptureSpec) -> Result<BTreeSet<u32>, ApplyError> {
+        let mut work = Vec::new();
+        let mut marks = BTreeSet::new();
+        for family in [Family::V4, Family::V6] {
+            let saved = match self.save(family) {
+                Ok(saved) => saved,
+                Err(_) if family == Family::V6 && !spec.ipv6 => continue,
+                Err(e) => return Err(e),
+            };
+            marks.extend(ours::tproxy_marks(&saved));
+            let exp = expected(&plan(spec, family));
+            if let Some(payload) = cleanup_payload(&exp, &saved) {
+                work.push((family, exp, saved, payload));
+            }
+        }
+        let mut done: Vec<(Family, &BTreeMap<TableName, ExpectedTable>, &SavedState)> = Vec::new();
+        for (family, exp, saved, payload) in &work {
+            done.push((*family, exp, saved));
+            if let Err(error) = self.restore(*family, payload, true) {
+                return Err(self.put_back(error, &done));
+            }
+        }
+        Ok(marks)
+    }
+
+    /// Undoes a cleanup that failed part-way: capture's part of each family is restored from
+    /// what was read before.
+    fn put_back(
+        &self,
+        error: ApplyError,
+        done: &[(Family, &BTreeMap<TableName, ExpectedTable>, &SavedState)],
+    ) -> ApplyError {
+        let mut rolled_back = Vec::new();
+        for (family, exp, saved) in done {
+            let names: BTreeSet<TableName> = saved.tables.keys().copied().collect();
+            let result =
+                self.save(*family)
+                    .and_then(|now| match restore_ours_payload(saved, &now, &names, exp) {
+                        Some(payload) => self.restore(*family, &payload, true).map(|()| true),
+                        None => Ok(false),
+                    });
+            match result {
+                Ok(true) => rolled_back.push(*family),
+                Ok(false) => {}
+                Err(rollback) => {
+                    return ApplyError::RollbackFailed {
+                        source: Box::new(error),
+                        rollback: Box::new(rollback),
+                    };
+                }
+            }
+        }
+        if rolled_back.is_empty() {
+            return error;
+        }
+        ApplyError::CleanupRolledBack {
+            source: Box::new(error),
+            rolled_back,
+        }
+    }
+}
+
+pub(super) fn shadowing_in(
+    expected: &BTreeMap<TableName, ExpectedTable>,
+    saved: &SavedState,
+    appending: bool,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, exp) in expected {
+        if let Some(table) = saved.tables.get(name) {
+            found.extend(ours::shadowing(*name, table, &exp.builtin, appending));
+        }
+    }
+    found
+}
+
+impl<E: Exec + Clone> Iptables<E> {
+    /// The same backend on the other iptables flavor.
+    pub(super) fn other_flavor(&self) -> Self {
+        let other = match self.flavor {
+            Flavor::Legacy => Flavor::Nft,
+            Flavor::Nft => Flavor::Legacy,
+        };
+        Self::new(self.exec.clone(), other)
+    }
+
+    /// Our chains held by the other flavor, per family, as `"IPv4 nat ISTIO_OUTPUT"`. A flavor
+    /// that cannot list its rules (not installed, no kernel support) holds none.
+    pub(super) fn other_flavor_chains(&self, families: &[Family]) -> Vec<String> {
+        let other = self.other_flavor();
+        let mut found = Vec::new();
+        for &family in families {
+            if let Ok(saved) = other.save(family) {
+                for (table, chain) in saved.own_chains() {
+                    found.push(format!("{family} {} {chain}", table.as_str()));
+                }
+            }
+        }
+        found
+    }
+}
