@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::io;
-use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +20,7 @@ use crate::pod::PodCapture;
 /// different pods never queue on the node's `/run/xtables.lock` (Kuma's idea, Istio's
 /// pod-scoped lock).
 pub fn lock_file(run_dir: &Path, id: NsId) -> PathBuf {
-    run_dir.join(format!("xtables-{}-{}.lock", id.dev, id.ino))
+    capture_core::host::xtables_lock_file(run_dir, id)
 }
 
 /// How legacy iptables runs for the namespace `id`: with its own lock file in `run_dir`, or,
@@ -71,19 +70,6 @@ pub fn backend(flavor: IptablesFlavor, exec: SystemExec) -> Result<Iptables<Syst
     }
 }
 
-/// The addresses of the calling thread's namespace.
-fn addresses() -> Result<Vec<IpAddr>, Error> {
-    Ok(nix::ifaddrs::getifaddrs()
-        .map_err(Error::Addresses)?
-        .filter_map(|ifa| ifa.address)
-        .filter_map(|a| {
-            a.as_sockaddr_in()
-                .map(|v4| IpAddr::V4(v4.ip()))
-                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
-        })
-        .collect())
-}
-
 /// Whether the pod gets IPv6 capture (see [`Ipv6Mode`]), in the calling thread's (the pod's)
 /// namespace.
 fn ipv6(conf: &NetConf) -> Result<bool, Error> {
@@ -94,12 +80,14 @@ fn ipv6(conf: &NetConf) -> Result<bool, Error> {
         // report (from a router advertisement) carries traffic all the same.
         Ipv6Mode::Auto => {
             let mut addrs = conf.prev_result_addresses();
-            addrs.extend(addresses()?);
+            addrs.extend(capture_core::host::addresses().map_err(Error::Addresses)?);
             capture_core::detect_ipv6(&addrs, true).map_err(Error::NoUsableAddress)
         }
-        Ipv6Mode::FirstAddress => {
-            capture_core::detect_ipv6(&addresses()?, conf.capture.dual_stack).map_err(Error::NoUsableAddress)
-        }
+        Ipv6Mode::FirstAddress => capture_core::detect_ipv6(
+            &capture_core::host::addresses().map_err(Error::Addresses)?,
+            conf.capture.dual_stack,
+        )
+        .map_err(Error::NoUsableAddress),
     }
 }
 
@@ -213,7 +201,7 @@ pub fn collect_lock_files(run_dir: &Path) -> usize {
         let is_lock = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("xtables-") && n.ends_with(".lock"));
+            .is_some_and(capture_core::host::is_xtables_lock_file);
         if !is_lock {
             continue;
         }

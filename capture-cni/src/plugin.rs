@@ -341,7 +341,7 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
         .netns
         .as_deref()
         .expect("Env::read requires CNI_NETNS for ADD");
-    let ns = NetNs::open(path).map_err(|e| e.into_error(path))?;
+    let ns = NetNs::open(path).map_err(|e| crate::netns::open_error(e, path))?;
     let (flavor, changes) = capture::add(&ns, conf, &capture)?;
     for (family, change) in changes {
         log::info!(
@@ -412,7 +412,7 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
             );
             return Ok(());
         }
-        Err(e) => return Err(fail(e.into_error(path))),
+        Err(e) => return Err(fail(crate::netns::open_error(e, path))),
     };
     // Settings ADD would have refused: the configuration alone names the same chains; if
     // even that is refused (a value only a newer plugin knows), the defaults do.
@@ -451,6 +451,6 @@ fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), Error> {
         .netns
         .as_deref()
         .expect("Env::read requires CNI_NETNS for CHECK");
-    let ns = NetNs::open(path).map_err(|e| e.into_error(path))?;
+    let ns = NetNs::open(path).map_err(|e| crate::netns::open_error(e, path))?;
     capture::check(&ns, conf, &capture)
 }

@@ -11,6 +11,7 @@
 
 pub mod apply;
 mod error;
+pub mod host;
 pub mod istio;
 pub mod lock;
 pub mod netlink;

@@ -753,15 +753,7 @@ fn detect(args: &Args) -> Result<(Detected, Vec<Warning>), CliError> {
         Ipv6Mode::On => true,
         Ipv6Mode::Off => false,
         Ipv6Mode::Auto => {
-            let addrs: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
-                .map_err(CliError::Addresses)?
-                .filter_map(|ifa| ifa.address)
-                .filter_map(|a| {
-                    a.as_sockaddr_in()
-                        .map(|v4| IpAddr::V4(v4.ip()))
-                        .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
-                })
-                .collect();
+            let addrs = capture_core::host::addresses().map_err(CliError::Addresses)?;
             let ipv6 = detect_ipv6(&addrs, args.dual_stack)?;
             if !ipv6 {
                 // Istio's rule: the first address decides. Say so when that leaves one uncaptured.

@@ -2,11 +2,10 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::os::fd::AsFd as _;
-use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use capture_core::host::{self, NetNs, NsId, RunError};
 use capture_core::{ApplyOptions, Flavor, Iptables, Restore, SystemExec, plan};
 
 use crate::cli::{self, Args, Backend, Invocation, IptablesVersion, NodeArgs, Parsed};
@@ -31,15 +30,28 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
         Ok(Parsed::Run(args)) => args,
         Err(e) => return fail(e),
     };
-    if let Some(path) = &args.network_namespace
-        && !args.dry_run
-        && let Err(e) = enter_netns(path)
-    {
-        return fail(format_args!(
-            "cannot enter network namespace {}: {e}",
-            path.display()
-        ));
+    match args.network_namespace.clone() {
+        // The work runs on a thread that enters the namespace (the host layer's NetNs::run),
+        // so the process itself never leaves its own.
+        Some(path) if !args.dry_run => {
+            let entered = NetNs::open(&path).map_err(|e| e.to_string()).and_then(|ns| {
+                ns.run(|| Ok::<_, RunError>(resolve_and_run(args)))
+                    .map_err(|e| error_chain(&e))
+            });
+            entered.unwrap_or_else(|e| {
+                fail(format_args!(
+                    "cannot enter network namespace {}: {e}",
+                    path.display()
+                ))
+            })
+        }
+        _ => resolve_and_run(args),
     }
+}
+
+/// Resolves the configuration (in the pod's namespace: IPv6 detection reads its addresses) and
+/// carries it out on the chosen backend.
+fn resolve_and_run(args: Box<Args>) -> ExitCode {
     let invocation = match cli::resolve(*args) {
         Ok(invocation) => invocation,
         Err(e) => return fail(e),
@@ -82,11 +94,12 @@ fn run_ebpf(_: &Invocation) -> ExitCode {
     fail(cli::CliError::Unsupported(cli::NO_EBPF))
 }
 
-/// Moves this (still single-threaded) process into the network namespace at `path`.
-fn enter_netns(path: &Path) -> std::io::Result<()> {
-    let file = std::fs::File::open(path)?;
-    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-    Ok(())
+/// A [`RunError`] with its causes, as the old in-process `setns` reported them.
+fn error_chain(e: &RunError) -> String {
+    match e {
+        RunError::Setns { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// In CNI mode every pod gets its own xtables lock file, so that concurrent pod setups never
@@ -95,8 +108,10 @@ fn pod_lock_file(args: &Args) -> Option<PathBuf> {
     if !args.cni_mode {
         return None;
     }
-    let netns = std::fs::metadata("/proc/self/ns/net").ok()?;
-    Some(std::env::temp_dir().join(format!("capture-xtables-{}-{}.lock", netns.dev(), netns.ino())))
+    Some(host::xtables_lock_file(
+        &std::env::temp_dir(),
+        NsId::current().ok()?,
+    ))
 }
 
 fn run(invocation: &Invocation) -> ExitCode {
