@@ -194,7 +194,7 @@ fn on_thread<T: Send, E: Send + From<RunError>>(
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".into());
-            RunError::Panicked(what).into()
+            RunError::Panicked(what)
         })?
     })
 }
