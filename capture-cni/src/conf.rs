@@ -575,6 +575,31 @@ mod tests {
     }
 
     #[test]
+    fn unknown_names_are_refused_naming_the_choices() {
+        for (capture, message) in [
+            (
+                json!({"ipv6": "first"}),
+                "capture.ipv6: unknown variant `first`, expected one of `auto`, `first-address`, `on`, `off`",
+            ),
+            (
+                json!({"iptables_flavor": "x"}),
+                "capture.iptables_flavor: unknown variant `x`, expected one of `auto`, `legacy`, `nft`",
+            ),
+        ] {
+            let v = json!({"name": "n", "type": "t", "capture": capture});
+            let e = serde_path_to_error::deserialize::<_, NetConf>(&v).unwrap_err();
+            assert_eq!(e.to_string(), message);
+        }
+        let v = json!({"name": "n", "type": "t", "capture": {"ipv6": 6}});
+        let e = serde_path_to_error::deserialize::<_, NetConf>(&v).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("capture.ipv6: invalid type: integer `6`"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn prev_result_addresses_in_order() {
         let with = |prev: Value| NetConf {
             prev_result: Some(prev),
