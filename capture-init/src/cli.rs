@@ -902,8 +902,16 @@ mod tests {
             let flag = format!("--{long}");
             assert_eq!(parse(&[], long).unwrap(), Some(false), "{flag}");
             assert_eq!(parse(&[&flag], long).unwrap(), Some(true), "{flag}");
-            assert_eq!(parse(&[&format!("{flag}=F")], long).unwrap(), Some(false), "{flag}");
-            assert_eq!(parse(&[&format!("{flag}=1")], long).unwrap(), Some(true), "{flag}");
+            assert_eq!(
+                parse(&[&format!("{flag}=F")], long).unwrap(),
+                Some(false),
+                "{flag}"
+            );
+            assert_eq!(
+                parse(&[&format!("{flag}=1")], long).unwrap(),
+                Some(true),
+                "{flag}"
+            );
             assert!(parse(&[&flag, "true"], long).is_err(), "{flag} true");
             assert!(parse(&[&format!("{flag}=yes")], long).is_err(), "{flag}=yes");
         }
