@@ -16,7 +16,7 @@ use crate::{Family, Flavor, NetNs};
 pub fn iptables_restore(ns: &NetNs, flavor: Flavor, family: Family, payload: &str) {
     let program = flavor.restore(family);
     let mut child = ns
-        .command(&program)
+        .command(program)
         .args(["--noflush", "--wait=30"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
