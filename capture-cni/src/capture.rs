@@ -7,10 +7,11 @@ use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use capture_core::{
-    ApplyError, ApplyOptions, CaptureSpec, Change, Detected, Family, Flavor, Iptables, SystemExec,
+    ApplyError, ApplyOptions, CaptureSpec, Change, Detected, Family, Flavor, FlavorChoice, Iptables,
+    Ipv6Mode, SystemExec,
 };
 
-use crate::conf::{IptablesFlavor, Ipv6Mode, NetConf};
+use crate::conf::NetConf;
 use crate::error::Error;
 use crate::log;
 use crate::netns::{NetNs, NsId};
@@ -45,9 +46,8 @@ fn legacy_exec(run_dir: &Path, id: NsId) -> SystemExec {
 /// iptables takes the xtables lock, so only it gets a lock file; detection only reads rules.
 fn pod_backend(conf: &NetConf, id: NsId) -> Result<Iptables<SystemExec>, Error> {
     let flavor = match conf.capture.iptables_flavor {
-        IptablesFlavor::Legacy => Flavor::Legacy,
-        IptablesFlavor::Nft => Flavor::Nft,
-        IptablesFlavor::Auto => Iptables::detect(SystemExec::default())
+        FlavorChoice::Force(flavor) => flavor,
+        FlavorChoice::Auto => Iptables::detect(SystemExec::default())
             .map_err(Error::Apply)?
             .flavor(),
     };
@@ -62,11 +62,10 @@ fn pod_backend(conf: &NetConf, id: NsId) -> Result<Iptables<SystemExec>, Error> 
 ///
 /// # Errors
 /// With `iptables_flavor: "auto"`, when neither flavor works.
-pub fn backend(flavor: IptablesFlavor, exec: SystemExec) -> Result<Iptables<SystemExec>, ApplyError> {
+pub fn backend(flavor: FlavorChoice, exec: SystemExec) -> Result<Iptables<SystemExec>, ApplyError> {
     match flavor {
-        IptablesFlavor::Auto => Iptables::detect(exec),
-        IptablesFlavor::Legacy => Ok(Iptables::new(exec, Flavor::Legacy)),
-        IptablesFlavor::Nft => Ok(Iptables::new(exec, Flavor::Nft)),
+        FlavorChoice::Auto => Iptables::detect(exec),
+        FlavorChoice::Force(flavor) => Ok(Iptables::new(exec, flavor)),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The binary's entry point: the CNI plugin when a runtime runs it (`CNI_COMMAND` set), the
-//! node installer with `install` / `uninstall`.
+//! The binary's entry point: the CNI plugin when a runtime runs it (no arguments; `CNI_COMMAND`
+//! and stdin), the node installer with clap subcommands `install` / `uninstall`.
 
 use std::ffi::OsString;
 use std::io::Write as _;
@@ -8,145 +8,146 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
 use crate::install::{self, InstallError, InstallOptions};
 use crate::plugin;
 
-const USAGE: &str = "\
-Usage:
-  capture-cni                     (run by the container runtime: CNI_COMMAND and stdin)
-  capture-cni install   [--conf-dir DIR] [--bin-dir DIR] [--conf-file NAME]
-                        [--plugin-config FILE] [--remove-istio-cni] [--watch [--interval SECS]]
-  capture-cni uninstall [--conf-dir DIR] [--bin-dir DIR] [--conf-file NAME]
+const LONG_ABOUT: &str = "\
+Run without arguments, capture-cni is the CNI plugin: the container runtime sets CNI_COMMAND and \
+the other CNI variables and writes the network configuration to its stdin. The commands below put \
+the plugin on a node and take it off again.";
 
-install copies this binary to BIN-DIR/capture-cni (0755) and chains the plugin last into the
-node's primary network configuration: the lexically first valid .conf/.conflist in CONF-DIR,
-or CONF-DIR/NAME. A .conf becomes a .conflist. Writes are atomic; a second run changes nothing.
+const INSTALL_LONG_ABOUT: &str = "\
+Copy this binary to BIN-DIR/capture-cni (0755) and chain the plugin last into the node's primary \
+network configuration: the lexically first valid .conf/.conflist in CONF-DIR, or CONF-DIR/NAME. A \
+.conf becomes a .conflist. Writes are atomic; a second run changes nothing.";
 
-  --conf-dir DIR        CNI configuration directory (default /etc/cni/net.d)
-  --bin-dir DIR         CNI binary directory (default /opt/cni/bin)
-  --conf-file NAME      chain into this file instead of the detected primary one
-  --plugin-config FILE  a JSON object of plugin settings merged into the entry
-                        (exclude_namespaces, pod_selection, plugin_log_level, log_file, capture)
-  --remove-istio-cni    also remove an istio-cni entry (when migrating from Istio's plugin)
-  --watch               keep running and re-install whenever the configuration loses the entry
-                        (e.g. when the primary plugin rewrites it); exits on SIGTERM/SIGINT
-  --interval SECS       how often --watch looks (default 2)
+/// The command line of the installer.
+#[derive(Debug, Parser)]
+#[command(
+    name = "capture-cni",
+    version,
+    about = "Chained CNI plugin that applies a sidecar's traffic capture in each pod's network namespace",
+    long_about = LONG_ABOUT,
+    override_usage = "capture-cni            (the CNI plugin, run by the container runtime)\n       capture-cni <COMMAND>",
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-uninstall removes exactly the capture-cni entry and the binary.
-";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copy this binary into the CNI binary directory and chain the plugin into the node's
+    /// network configuration
+    #[command(long_about = INSTALL_LONG_ABOUT, args_override_self = true)]
+    Install(Install),
+    /// Remove exactly the capture-cni entry and the binary
+    #[command(args_override_self = true)]
+    Uninstall(Location),
+}
+
+/// Where the node's CNI configuration and binaries are.
+#[derive(Debug, Args)]
+struct Location {
+    /// CNI configuration directory.
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// CNI binary directory.
+    #[arg(long, value_name = "DIR", default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    /// The configuration file in CONF-DIR to use instead of the detected primary one.
+    #[arg(long, value_name = "NAME")]
+    conf_file: Option<String>,
+}
+
+/// `capture-cni install`.
+#[derive(Debug, Args)]
+struct Install {
+    #[command(flatten)]
+    location: Location,
+    /// A JSON object of plugin settings merged into the entry (exclude_namespaces,
+    /// pod_selection, plugin_log_level, log_file, capture).
+    #[arg(long, value_name = "FILE")]
+    plugin_config: Option<PathBuf>,
+    /// Also remove an istio-cni entry (when migrating from Istio's plugin).
+    #[arg(long)]
+    remove_istio_cni: bool,
+    /// Keep running and re-install whenever the configuration loses the entry (e.g. when the
+    /// primary plugin rewrites it); exits on SIGTERM/SIGINT.
+    #[arg(long)]
+    watch: bool,
+    /// How often --watch looks, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = positive_secs)]
+    interval: Duration,
+}
+
+fn positive_secs(s: &str) -> Result<Duration, String> {
+    match s.parse() {
+        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err("not a positive number of seconds".into()),
+    }
+}
 
 /// Runs the binary with `argv` and returns its exit status.
 pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let args: Vec<OsString> = argv.into_iter().skip(1).collect();
-    match args.first().and_then(|a| a.to_str()) {
-        None => {
-            let outcome = plugin::run(|name| std::env::var_os(name), &mut std::io::stdin().lock());
-            let mut out = std::io::stdout().lock();
-            // If stdout is gone there is nobody left to tell.
-            let _ = out.write_all(outcome.stdout.as_bytes());
-            let _ = out.flush();
-            ExitCode::from(outcome.exit)
-        }
-        Some("install" | "uninstall") => match Installer::parse(&args) {
-            Ok(installer) => installer.run(),
-            Err(msg) => {
-                eprintln!("capture-cni: {msg}\n\n{USAGE}");
-                ExitCode::from(2)
-            }
-        },
-        Some("-h" | "--help" | "help") => {
-            print!("{USAGE}");
+    let argv: Vec<OsString> = argv.into_iter().collect();
+    if argv.len() <= 1 {
+        let outcome = plugin::run(|name| std::env::var_os(name), &mut std::io::stdin().lock());
+        let mut out = std::io::stdout().lock();
+        // If stdout is gone there is nobody left to tell.
+        let _ = out.write_all(outcome.stdout.as_bytes());
+        let _ = out.flush();
+        return ExitCode::from(outcome.exit);
+    }
+    match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Install(install),
+        }) => install.run(),
+        Ok(Cli {
+            command: Command::Uninstall(location),
+        }) => uninstall(&location),
+        // `--help`, `--version` and `help` print to stdout and exit 0.
+        Err(e) if e.exit_code() == 0 => {
+            let _ = e.print();
             ExitCode::SUCCESS
         }
-        Some("-V" | "--version") => {
-            println!("capture-cni {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("capture-cni: unknown command {other:?}\n\n{USAGE}");
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("capture-cni: {}", first.trim_start_matches("error: "));
             ExitCode::from(2)
         }
     }
 }
 
-#[derive(Debug)]
-struct Installer {
-    uninstall: bool,
-    conf_dir: PathBuf,
-    bin_dir: PathBuf,
-    conf_file: Option<String>,
-    plugin_config: Option<PathBuf>,
-    remove_istio_cni: bool,
-    watch: bool,
-    interval: Duration,
+fn uninstall(location: &Location) -> ExitCode {
+    let Location {
+        conf_dir,
+        bin_dir,
+        conf_file,
+    } = location;
+    match install::uninstall(conf_dir, bin_dir, conf_file.as_deref()) {
+        Ok(report) => {
+            match &report.conf_file {
+                Some((path, true)) => eprintln!("capture-cni: removed from {}", path.display()),
+                Some((path, false)) => eprintln!("capture-cni: not in {}", path.display()),
+                None => eprintln!("capture-cni: no network configuration found"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("capture-cni: uninstall failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-impl Installer {
-    fn parse(args: &[OsString]) -> Result<Self, String> {
-        let mut me = Self {
-            uninstall: args[0] == "uninstall",
-            conf_dir: "/etc/cni/net.d".into(),
-            bin_dir: "/opt/cni/bin".into(),
-            conf_file: None,
-            plugin_config: None,
-            remove_istio_cni: false,
-            watch: false,
-            interval: Duration::from_secs(2),
-        };
-        let mut rest = args[1..].iter();
-        while let Some(arg) = rest.next() {
-            let arg = arg.to_str().ok_or("arguments must be UTF-8")?;
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) => (f, Some(v.to_owned())),
-                None => (arg, None),
-            };
-            let mut value = || -> Result<String, String> {
-                inline
-                    .clone()
-                    .or_else(|| rest.next().and_then(|v| v.to_str()).map(str::to_owned))
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
-            match flag {
-                "--conf-dir" => me.conf_dir = value()?.into(),
-                "--bin-dir" => me.bin_dir = value()?.into(),
-                "--conf-file" => me.conf_file = Some(value()?),
-                "--plugin-config" if !me.uninstall => me.plugin_config = Some(value()?.into()),
-                "--remove-istio-cni" if !me.uninstall => me.remove_istio_cni = true,
-                "--watch" if !me.uninstall => me.watch = true,
-                "--interval" if !me.uninstall => {
-                    let v = value()?;
-                    let secs: u64 = v
-                        .parse()
-                        .ok()
-                        .filter(|s| *s > 0)
-                        .ok_or_else(|| format!("--interval {v:?}: not a positive number of seconds"))?;
-                    me.interval = Duration::from_secs(secs);
-                }
-                other => return Err(format!("unknown option {other:?}")),
-            }
-        }
-        Ok(me)
-    }
-
+impl Install {
     fn run(&self) -> ExitCode {
-        if self.uninstall {
-            return match install::uninstall(&self.conf_dir, &self.bin_dir, self.conf_file.as_deref()) {
-                Ok(report) => {
-                    match &report.conf_file {
-                        Some((path, true)) => eprintln!("capture-cni: removed from {}", path.display()),
-                        Some((path, false)) => eprintln!("capture-cni: not in {}", path.display()),
-                        None => eprintln!("capture-cni: no network configuration found"),
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("capture-cni: uninstall failed: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
         let opts = match self.options() {
             Ok(opts) => opts,
             Err(msg) => {
@@ -181,10 +182,10 @@ impl Installer {
         };
         let binary = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
         Ok(InstallOptions {
-            conf_dir: self.conf_dir.clone(),
-            bin_dir: self.bin_dir.clone(),
+            conf_dir: self.location.conf_dir.clone(),
+            bin_dir: self.location.bin_dir.clone(),
             binary,
-            conf_file: self.conf_file.clone(),
+            conf_file: self.location.conf_file.clone(),
             plugin_config,
             remove_istio_cni: self.remove_istio_cni,
         })

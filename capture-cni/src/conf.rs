@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
+use capture_core::{FlavorChoice, Ipv6Mode, ValueError};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -257,40 +259,6 @@ pub enum Backend {
     Iptables,
 }
 
-/// Which iptables implementation to drive.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IptablesFlavor {
-    /// Detect, as capture-init does: the flavor holding rules in the pod wins, else the
-    /// node's `iptables` alternative, else nft.
-    #[default]
-    Auto,
-    /// `iptables-legacy-*` (x_tables).
-    Legacy,
-    /// `iptables-nft-*` (nf_tables).
-    Nft,
-}
-
-/// Whether IPv6 capture is installed too (IPv4 capture always is).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Ipv6Mode {
-    /// Every family the pod has an address in: IPv6 when any of its non-loopback,
-    /// non-link-local addresses is IPv6, whatever their order. The addresses are prevResult's
-    /// `ips` and those of the pod's namespace (which also has any the primary plugin did not
-    /// report). The proxy must then listen on both families.
-    #[default]
-    Auto,
-    /// Istio's rule (istio/istio#46625): the first non-loopback, non-link-local address of
-    /// the pod's namespace decides (any IPv6 address when `dual_stack` is on).
-    #[serde(rename = "first-address")]
-    FirstAddress,
-    /// Always.
-    On,
-    /// Never.
-    Off,
-}
-
 /// The capture every selected pod gets, before its annotations override parts of it.
 ///
 /// Values that are lists take a comma-separated string (`"15020,15021"`, as the annotations
@@ -300,8 +268,10 @@ pub enum Ipv6Mode {
 pub struct CaptureConf {
     /// The backend: `"iptables"`.
     pub backend: Backend,
-    /// `"auto"`, `"legacy"` or `"nft"`.
-    pub iptables_flavor: IptablesFlavor,
+    /// `"auto"` (detect, as capture-init does: the flavor holding rules in the pod wins, else
+    /// the node's `iptables` alternative, else nft), `"legacy"` or `"nft"`.
+    #[serde(deserialize_with = "by_name")]
+    pub iptables_flavor: FlavorChoice,
     /// Where captured outbound connections go (istio-iptables `-p`): 15001.
     pub outbound_port: ConfText,
     /// Where captured inbound connections go (`-z`): 15006.
@@ -337,7 +307,10 @@ pub struct CaptureConf {
     pub redirect_dns: bool,
     /// Drop packets conntrack marks INVALID (`INVALID_DROP`): false.
     pub drop_invalid: bool,
-    /// `"auto"`, `"first-address"`, `"on"` or `"off"`.
+    /// `"auto"` (default), `"first-address"`, `"on"` or `"off"` (see [`Ipv6Mode`]). `"auto"`
+    /// looks at prevResult's `ips` as well as the addresses of the pod's namespace (which also
+    /// has any the primary plugin did not report).
+    #[serde(deserialize_with = "by_name")]
     pub ipv6: Ipv6Mode,
     /// With `ipv6: "first-address"`, any IPv6 address turns IPv6 on (`ISTIO_DUAL_STACK`):
     /// false.
@@ -353,7 +326,7 @@ impl Default for CaptureConf {
     fn default() -> Self {
         Self {
             backend: Backend::Iptables,
-            iptables_flavor: IptablesFlavor::Auto,
+            iptables_flavor: FlavorChoice::Auto,
             outbound_port: ConfText::from("15001"),
             inbound_port: ConfText::from("15006"),
             tunnel_port: ConfText::from("15008"),
@@ -376,6 +349,20 @@ impl Default for CaptureConf {
             tproxy_route_table: ConfText::from("133"),
         }
     }
+}
+
+/// Deserializes one of capture-core's named choices ([`FlavorChoice`], [`Ipv6Mode`]) from its
+/// name, refusing any other with serde's message for an unknown variant.
+fn by_name<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = ValueError>,
+{
+    let name = String::deserialize(d)?;
+    name.parse().map_err(|e| match e {
+        ValueError::Choice { expected } => de::Error::unknown_variant(&name, expected),
+        other => de::Error::custom(other),
+    })
 }
 
 /// A configuration value in istio-iptables' string form: a string as given, a number in
@@ -467,6 +454,7 @@ impl<'de> Deserialize<'de> for Scalar {
 
 #[cfg(test)]
 mod tests {
+    use capture_core::Flavor;
     use serde_json::json;
 
     use super::*;
@@ -507,7 +495,7 @@ mod tests {
         assert_eq!(c.capture.proxy_uid.as_str(), "1000670000");
         assert_eq!(c.capture.exclude_inbound_ports.as_str(), "3333,4444");
         assert_eq!(c.capture.exclude_interfaces.as_str(), "");
-        assert_eq!(c.capture.iptables_flavor, IptablesFlavor::Nft);
+        assert_eq!(c.capture.iptables_flavor, FlavorChoice::Force(Flavor::Nft));
         assert_eq!(c.runtime_config.pod_annotations["a"], "b");
     }
 
@@ -551,7 +539,7 @@ mod tests {
             "cni.dev/valid-attachments": [{"containerID": "c0ffee", "ifname": "eth0"}],
         }))
         .unwrap();
-        assert_eq!(c.capture.iptables_flavor, IptablesFlavor::Legacy);
+        assert_eq!(c.capture.iptables_flavor, FlavorChoice::Force(Flavor::Legacy));
         assert_eq!(c.valid_attachments.unwrap()[0].ifname, "eth0");
         // Nested errors still name their path.
         let v = json!({"name": "n", "type": "t", "capture": {"proxy_uid": -1}});
@@ -572,6 +560,31 @@ mod tests {
         }
         assert_eq!(CaptureConf::default().ipv6, Ipv6Mode::Auto);
         assert!(conf(json!({"name": "n", "type": "t", "capture": {"ipv6": "first"}})).is_err());
+    }
+
+    #[test]
+    fn unknown_names_are_refused_naming_the_choices() {
+        for (capture, message) in [
+            (
+                json!({"ipv6": "first"}),
+                "capture.ipv6: unknown variant `first`, expected one of `auto`, `first-address`, `on`, `off`",
+            ),
+            (
+                json!({"iptables_flavor": "x"}),
+                "capture.iptables_flavor: unknown variant `x`, expected one of `auto`, `legacy`, `nft`",
+            ),
+        ] {
+            let v = json!({"name": "n", "type": "t", "capture": capture});
+            let e = serde_path_to_error::deserialize::<_, NetConf>(&v).unwrap_err();
+            assert_eq!(e.to_string(), message);
+        }
+        let v = json!({"name": "n", "type": "t", "capture": {"ipv6": 6}});
+        let e = serde_path_to_error::deserialize::<_, NetConf>(&v).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("capture.ipv6: invalid type: integer `6`"),
+            "{e}"
+        );
     }
 
     #[test]

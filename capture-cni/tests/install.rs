@@ -333,6 +333,33 @@ fn install_without_a_network_configuration_fails_clearly() {
     assert!(stderr.contains("no valid .conf or .conflist"), "{stderr}");
 }
 
+#[test]
+fn each_command_prints_its_help_and_refuses_unknown_options() {
+    for (args, mentions) in [
+        (&["--help"][..], "install"),
+        (&["help", "install"][..], "--plugin-config"),
+        (&["install", "--help"][..], "--plugin-config"),
+        (&["install", "-h"][..], "--watch"),
+        (&["uninstall", "--help"][..], "--conf-dir"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "capture-cni {args:?}: {out:?}");
+        assert!(stdout.contains(mentions), "capture-cni {args:?}: {stdout}");
+    }
+    for (args, named) in [
+        (&["install", "--bogus"][..], "--bogus"),
+        (&["uninstall", "--watch"][..], "--watch"),
+        (&["install", "--interval", "0"][..], "--interval"),
+        (&["bogus"][..], "bogus"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "capture-cni {args:?}: {out:?}");
+        assert!(stderr.contains(named), "capture-cni {args:?}: {stderr}");
+    }
+}
+
 /// The DaemonSet's ConfigMap holds settings the plugin accepts.
 #[test]
 fn deploy_plugin_config_is_valid() {

@@ -149,6 +149,13 @@ pub enum ValueError {
         /// The flag of the other port.
         other: &'static str,
     },
+    /// A name that is none of a choice's names ([`Ipv6Mode`](crate::Ipv6Mode),
+    /// [`FlavorChoice`](crate::FlavorChoice), [`Flavor`](crate::Flavor)).
+    #[error("not one of {}", .expected.join(", "))]
+    Choice {
+        /// The names accepted.
+        expected: &'static [&'static str],
+    },
 }
 
 /// A rejected capture input: the field, the value as given, and why.

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod apply;
+mod choice;
 mod error;
 pub mod host;
 pub mod istio;
@@ -25,6 +26,7 @@ mod types;
 pub use apply::{
     Applied, ApplyError, ApplyOptions, Change, Flavor, Iptables, State, SystemExec, check, install, uninstall,
 };
+pub use choice::{FlavorChoice, Ipv6Mode};
 pub use error::{Field, SpecError, ValueError};
 pub use istio::{Detected, IstioConfig, NoUsableAddress, Warning, detect_ipv6, parse_resolv_conf};
 pub use lock::{LockError, NetnsLock};

@@ -27,6 +27,22 @@ impl Family {
             IpAddr::V6(_) => Self::V6,
         }
     }
+
+    /// `0.0.0.0` or `::`.
+    pub fn unspecified(self) -> IpAddr {
+        match self {
+            Self::V4 => Ipv4Addr::UNSPECIFIED.into(),
+            Self::V6 => Ipv6Addr::UNSPECIFIED.into(),
+        }
+    }
+
+    /// `127.0.0.1` or `::1`: where `REDIRECT` in nat `OUTPUT` sends a connection.
+    pub fn loopback(self) -> IpAddr {
+        match self {
+            Self::V4 => Ipv4Addr::LOCALHOST.into(),
+            Self::V6 => Ipv6Addr::LOCALHOST.into(),
+        }
+    }
 }
 
 impl fmt::Display for Family {

@@ -2,13 +2,15 @@
 //! variables, with Istio's precedence (command line > override variable such as
 //! `ISTIO_META_DNS_CAPTURE` > the variable named after the flag > default).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use capture_core::istio::detect_ipv6;
-use capture_core::{CaptureSpec, Detected, Field, IstioConfig, SpecError, Warning, parse_resolv_conf};
+use capture_core::{
+    CaptureSpec, Detected, Field, Flavor, Ipv6Mode, IstioConfig, SpecError, Warning, parse_resolv_conf,
+};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -66,27 +68,6 @@ EXAMPLES:
   The rules Istio's injector asks for, printed rather than applied:
     capture-init -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x \"\" -b '*' -d 15090,15021,15020 --dry-run --ipv6 off";
 
-/// Whether IPv6 rules are installed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Ipv6Mode {
-    /// Decide as istio-iptables does: from the pod's first usable address (any IPv6 address with
-    /// --dual-stack).
-    Auto,
-    /// Install IPv6 rules.
-    On,
-    /// Install IPv4 rules only.
-    Off,
-}
-
-/// Which iptables implementation to drive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum IptablesVersion {
-    /// iptables-legacy (x_tables).
-    Legacy,
-    /// iptables-nft (nf_tables).
-    Nft,
-}
-
 /// Which backend installs the capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -100,12 +81,86 @@ pub enum Backend {
 /// The default `--bpffs`.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
+/// `--ipv6`: capture-core's [`Ipv6Mode`] under istio-iptables' names, where `auto` is Istio's
+/// first-address rule.
+const IPV6_MODES: Choice<Ipv6Mode> = Choice(&[
+    (
+        "auto",
+        Ipv6Mode::FirstAddress,
+        "Decide as istio-iptables does: from the pod's first usable address (any IPv6 address with --dual-stack)",
+    ),
+    ("on", Ipv6Mode::On, "Install IPv6 rules"),
+    ("off", Ipv6Mode::Off, "Install IPv4 rules only"),
+]);
+
+/// `--force-iptables-version`: capture-core's [`Flavor`] by its name.
+const FLAVORS: Choice<Flavor> = Choice(&[
+    ("legacy", Flavor::Legacy, "iptables-legacy (x_tables)"),
+    ("nft", Flavor::Nft, "iptables-nft (nf_tables)"),
+]);
+
+/// A flag taking one of capture-core's named values: each name it accepts, the value it stands
+/// for, and the name's line in `--help`.
+#[derive(Debug, Clone, Copy)]
+struct Choice<T: 'static>(&'static [(&'static str, T, &'static str)]);
+
+impl<T: Copy + Send + Sync + 'static> TypedValueParser for Choice<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let name = PossibleValuesParser::new(self.possible_values().into_iter().flatten())
+            .parse_ref(cmd, arg, value)?;
+        let &(_, value, _) = self
+            .0
+            .iter()
+            .find(|(listed, ..)| *listed == name)
+            .expect("PossibleValuesParser accepts only the names listed");
+        Ok(value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            self.0
+                .iter()
+                .map(|&(name, _, help)| PossibleValue::new(name).help(help)),
+        ))
+    }
+}
+
 /// Parses Go's strconv.ParseBool spellings.
 fn go_bool(s: &str) -> Result<bool, String> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
         _ => Err("not a boolean (true or false)".into()),
+    }
+}
+
+/// `#[arg(go_bool = true)]`: a boolean flag as Go's flag package has it (and so istio-iptables):
+/// `--flag` alone is true, a value must be attached (`--flag=false`) in any of
+/// strconv.ParseBool's spellings, and an unset flag is false.
+trait GoBool {
+    /// Makes the flag a Go boolean when `yes`.
+    fn go_bool(self, yes: bool) -> Self;
+}
+
+impl GoBool for clap::Arg {
+    fn go_bool(self, yes: bool) -> Self {
+        if !yes {
+            return self;
+        }
+        self.value_name("BOOL")
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_value("false")
+            .default_missing_value("true")
+            .value_parser(go_bool)
+            .hide_default_value(true)
     }
 }
 
@@ -343,10 +398,10 @@ pub struct Args {
 
     /// Capture DNS to the agent's resolver on port 15053 (only the pod's nameservers unless
     /// --capture-all-dns). Overridden by ISTIO_META_DNS_CAPTURE.
-    #[arg(long, env = "REDIRECT_DNS", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "DNS")]
+    #[arg(long, env = "REDIRECT_DNS", go_bool = true, help_heading = "DNS")]
     pub redirect_dns: bool,
     /// With --redirect-dns, capture all port-53 traffic, whatever the server.
-    #[arg(long, env = "CAPTURE_ALL_DNS", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "DNS")]
+    #[arg(long, env = "CAPTURE_ALL_DNS", go_bool = true, help_heading = "DNS")]
     pub capture_all_dns: bool,
     /// resolv.conf to read nameservers from for --redirect-dns.
     #[arg(
@@ -358,44 +413,61 @@ pub struct Args {
     pub resolv_conf: PathBuf,
 
     /// Drop packets conntrack considers INVALID. Overridden by INVALID_DROP.
-    #[arg(long, env = "DROP_INVALID", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Families and options")]
+    #[arg(
+        long,
+        env = "DROP_INVALID",
+        go_bool = true,
+        help_heading = "Families and options"
+    )]
     pub drop_invalid: bool,
     /// With --ipv6 auto, turn IPv6 on when the pod has any IPv6 address. Overridden by
     /// ISTIO_DUAL_STACK.
-    #[arg(long, env = "DUAL_STACK", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Families and options")]
+    #[arg(
+        long,
+        env = "DUAL_STACK",
+        go_bool = true,
+        help_heading = "Families and options"
+    )]
     pub dual_stack: bool,
     /// Install IPv6 rules: auto (detect from the pod's addresses, as Istio), on or off.
     #[arg(
         long,
-        value_enum,
+        value_parser = IPV6_MODES,
         default_value = "auto",
         help_heading = "Families and options"
     )]
     pub ipv6: Ipv6Mode,
 
     /// Print the iptables-restore payloads instead of applying them; change nothing.
-    #[arg(allow_hyphen_values = true, short = 'n', long, env = "DRY_RUN", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'n',
+        long,
+        env = "DRY_RUN",
+        go_bool = true,
+        help_heading = "Operation"
+    )]
     pub dry_run: bool,
     /// Remove everything capture wrote in the namespace (rules of either iptables flavour, TPROXY
     /// routing, ::6), whatever flags wrote it, and nothing else.
-    #[arg(long, env = "CLEANUP_ONLY", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    #[arg(long, env = "CLEANUP_ONLY", go_bool = true, help_heading = "Operation")]
     pub cleanup_only: bool,
     /// Replace existing capture rules that differ from this configuration.
-    #[arg(long, env = "RECONCILE", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    #[arg(long, env = "RECONCILE", go_bool = true, help_heading = "Operation")]
     pub reconcile: bool,
     /// Fail, changing nothing, when foreign rules ahead of capture's can end a packet's
     /// traversal (so it would not be captured) or capture's chains are also in the other iptables
     /// flavour; without it these are warnings.
-    #[arg(long, env = "CAPTURE_STRICT", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    #[arg(long, env = "CAPTURE_STRICT", go_bool = true, help_heading = "Operation")]
     pub strict: bool,
     /// Apply even when the rules already look right (fails if the chains exist).
-    #[arg(long, env = "FORCE_APPLY", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    #[arg(long, env = "FORCE_APPLY", go_bool = true, help_heading = "Operation")]
     pub force_apply: bool,
     /// Use iptables-legacy or iptables-nft instead of detecting which one the node uses.
-    #[arg(long, env = "FORCE_IPTABLES_VERSION", value_enum, help_heading = "Operation")]
-    pub force_iptables_version: Option<IptablesVersion>,
+    #[arg(long, env = "FORCE_IPTABLES_VERSION", value_parser = FLAVORS, help_heading = "Operation")]
+    pub force_iptables_version: Option<Flavor>,
     /// Program nftables directly (not supported yet: use iptables-nft).
-    #[arg(long, env = "NATIVE_NFTABLES", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    #[arg(long, env = "NATIVE_NFTABLES", go_bool = true, help_heading = "Operation")]
     pub native_nftables: bool,
     /// Network namespace the rules are for (CNI mode).
     #[arg(
@@ -406,15 +478,15 @@ pub struct Args {
     )]
     pub network_namespace: Option<PathBuf>,
     /// Running from the CNI plugin: use a pod-scoped xtables lock.
-    #[arg(long, env = "CNI_MODE", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Operation")]
+    #[arg(long, env = "CNI_MODE", go_bool = true, help_heading = "Operation")]
     pub cni_mode: bool,
 
     /// After applying (or instead, with --skip-rule-apply), prove that redirection works; exit
     /// 126 if it does not.
-    #[arg(long, env = "RUN_VALIDATION", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Validation")]
+    #[arg(long, env = "RUN_VALIDATION", go_bool = true, help_heading = "Validation")]
     pub run_validation: bool,
     /// Do not install rules (with --run-validation: only validate).
-    #[arg(long, env = "SKIP_RULE_APPLY", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = go_bool, hide_default_value = true, help_heading = "Validation")]
+    #[arg(long, env = "SKIP_RULE_APPLY", go_bool = true, help_heading = "Validation")]
     pub skip_rule_apply: bool,
     /// Original destination port the validation probe connects to.
     #[arg(
@@ -752,9 +824,9 @@ fn detect(args: &Args) -> Result<(Detected, Vec<Warning>), CliError> {
     let ipv6 = match args.ipv6 {
         Ipv6Mode::On => true,
         Ipv6Mode::Off => false,
-        Ipv6Mode::Auto => {
+        mode @ (Ipv6Mode::Auto | Ipv6Mode::FirstAddress) => {
             let addrs = capture_core::host::addresses().map_err(CliError::Addresses)?;
-            let ipv6 = detect_ipv6(&addrs, args.dual_stack)?;
+            let ipv6 = mode.decide(&addrs, args.dual_stack)?;
             if !ipv6 {
                 // Istio's rule: the first address decides. Say so when that leaves one uncaptured.
                 let uncaptured = addrs.iter().find_map(|a| match a {
@@ -800,6 +872,41 @@ mod tests {
         assert_eq!(go_bool("True"), Ok(true));
         assert_eq!(go_bool("0"), Ok(false));
         assert!(go_bool("yes").is_err());
+    }
+
+    #[test]
+    fn go_bool_flags_take_attached_values_only() {
+        let command = Args::command();
+        let go_bools: Vec<&str> = command
+            .get_arguments()
+            .filter(|a| a.get_value_names() == Some(&["BOOL".into()]))
+            // A variable set in the test's environment would decide the unset case.
+            .filter(|a| a.get_env().is_none_or(|var| std::env::var_os(var).is_none()))
+            .filter_map(clap::Arg::get_long)
+            .collect();
+        assert!(go_bools.len() > 10, "{go_bools:?}");
+        let parse = |argv: &[&str], flag: &str| {
+            Args::command()
+                .try_get_matches_from(["capture-init"].iter().chain(argv))
+                .map(|m| m.get_one::<bool>(&flag.replace('-', "_")).copied())
+        };
+        for long in &go_bools {
+            let flag = format!("--{long}");
+            assert_eq!(parse(&[], long).unwrap(), Some(false), "{flag}");
+            assert_eq!(parse(&[&flag], long).unwrap(), Some(true), "{flag}");
+            assert_eq!(
+                parse(&[&format!("{flag}=F")], long).unwrap(),
+                Some(false),
+                "{flag}"
+            );
+            assert_eq!(
+                parse(&[&format!("{flag}=1")], long).unwrap(),
+                Some(true),
+                "{flag}"
+            );
+            assert!(parse(&[&flag, "true"], long).is_err(), "{flag} true");
+            assert!(parse(&[&format!("{flag}=yes")], long).is_err(), "{flag}=yes");
+        }
     }
 
     #[test]

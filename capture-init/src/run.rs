@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use capture_core::host::{self, NetNs, NsId, RunError};
-use capture_core::{ApplyOptions, Flavor, Iptables, Restore, SystemExec, plan};
+use capture_core::{ApplyOptions, Iptables, Restore, SystemExec, plan};
 
-use crate::cli::{self, Args, Backend, Invocation, IptablesVersion, NodeArgs, Parsed};
+use crate::cli::{self, Args, Backend, Invocation, NodeArgs, Parsed};
 use crate::validate;
 
 /// Exit status when validation finds that redirection does not work (Istio's).
@@ -133,8 +133,7 @@ fn run(invocation: &Invocation) -> ExitCode {
         lock_file: pod_lock_file(args),
     };
     let backend = match args.force_iptables_version {
-        Some(IptablesVersion::Legacy) => Iptables::new(exec, Flavor::Legacy),
-        Some(IptablesVersion::Nft) => Iptables::new(exec, Flavor::Nft),
+        Some(flavor) => Iptables::new(exec, flavor),
         None => match Iptables::detect(exec) {
             Ok(backend) => backend,
             Err(e) => return fail(e),

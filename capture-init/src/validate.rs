@@ -73,10 +73,7 @@ pub fn run(spec: &CaptureSpec, args: &Args) -> Result<(), ValidationError> {
     let proxy = proxy_identity(spec);
     let root = nix::unistd::geteuid().is_root();
     for &family in spec.families() {
-        let loopback = match family {
-            Family::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            Family::V6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        };
+        let loopback = family.loopback();
         let inbound = Listener::open(SocketAddr::new(loopback, spec.proxy.inbound.get()))?;
         let outbound = Listener::open(SocketAddr::new(loopback, spec.proxy.outbound.get()))?;
         let passthrough = SocketAddr::new(capture_core::passthrough_source(family).addr(), probe_port.get());

@@ -3,36 +3,7 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use crate::{Family, NetNs};
-
-/// Which iptables backend a command uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Flavor {
-    /// `iptables-legacy*`: the x_tables kernel interface.
-    Legacy,
-    /// `iptables-nft*`: the same syntax, stored as nftables rules.
-    Nft,
-}
-
-impl Flavor {
-    /// Both flavors, for tests that run against each.
-    pub const ALL: [Flavor; 2] = [Flavor::Legacy, Flavor::Nft];
-
-    /// The program for `tool` ("restore" or "save") in this flavor and `family`, e.g.
-    /// `ip6tables-nft-restore`.
-    #[must_use]
-    pub fn program(self, family: Family, tool: &str) -> String {
-        let base = match family {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        };
-        let flavor = match self {
-            Flavor::Legacy => "legacy",
-            Flavor::Nft => "nft",
-        };
-        format!("{base}-{flavor}-{tool}")
-    }
-}
+use crate::{Family, Flavor, NetNs};
 
 /// Applies `payload` in `ns` with `<ip|ip6>tables-<flavor>-restore --noflush`.
 ///
@@ -43,9 +14,9 @@ impl Flavor {
 ///
 /// When the restore fails; the panic message carries its stderr and the payload.
 pub fn iptables_restore(ns: &NetNs, flavor: Flavor, family: Family, payload: &str) {
-    let program = flavor.program(family, "restore");
+    let program = flavor.restore(family);
     let mut child = ns
-        .command(&program)
+        .command(program)
         .args(["--noflush", "--wait=30"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -80,7 +51,7 @@ pub fn iptables_restore(ns: &NetNs, flavor: Flavor, family: Family, payload: &st
 /// When the save fails.
 #[must_use]
 pub fn iptables_save_normalized(ns: &NetNs, flavor: Flavor, family: Family) -> String {
-    let program = flavor.program(family, "save");
+    let program = flavor.save(family);
     normalize_save(&crate::run_ok(&mut ns.command(program)))
 }
 

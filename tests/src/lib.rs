@@ -29,11 +29,12 @@ mod topology;
 
 use std::process::Command;
 
+pub use capture_core::{Family, Flavor};
 pub use client::{Connected, connect_as, connect_as_from, connect_detailed};
-pub use iptables::{Flavor, iptables_restore, iptables_save_normalized, normalize_save};
+pub use iptables::{iptables_restore, iptables_save_normalized, normalize_save};
 pub use listener::{Accepted, Listener};
 pub use netns::{NETNS_PREFIX, NetNs};
-pub use topology::{Family, Topology};
+pub use topology::Topology;
 
 #[cfg(test)]
 mod tests;

@@ -3,36 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use crate::NetNs;
-
-/// An IP address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    /// IPv4, programmed with `iptables`.
-    V4,
-    /// IPv6, programmed with `ip6tables`.
-    V6,
-}
-
-impl Family {
-    /// `0.0.0.0` or `::`.
-    #[must_use]
-    pub fn unspecified(self) -> IpAddr {
-        match self {
-            Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
-            Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
-        }
-    }
-
-    /// `127.0.0.1` or `::1`: where `REDIRECT` in nat `OUTPUT` sends a connection.
-    #[must_use]
-    pub fn loopback(self) -> IpAddr {
-        match self {
-            Family::V4 => Ipv4Addr::LOCALHOST.into(),
-            Family::V6 => Ipv6Addr::LOCALHOST.into(),
-        }
-    }
-}
+use crate::{Family, NetNs};
 
 static NEXT_TOPOLOGY: AtomicU16 = AtomicU16::new(0);
 
