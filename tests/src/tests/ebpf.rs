@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use capture_core::{CaptureSpec, Cidr, PortRange};
-use capture_ebpf::{MapPlan, NetnsCookie, Node, PodNetns};
+use capture_ebpf::{MapPlan, NetnsCookie, Node, PinDir, PodNetns};
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket, sockopt,
 };
@@ -30,7 +30,7 @@ use crate::{
 /// that nothing is left: no per-connection entries, and after uninstalling no attachment and no pin.
 pub(super) fn ebpf_test(body: impl FnOnce(&mut Node)) {
     if let Some(pin_dir) = in_cgroup_child() {
-        let mut node = Node::open(&pin_dir).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+        let mut node = Node::open(&PinDir::at(pin_dir)).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
         body(&mut node);
         return;
     }
@@ -490,7 +490,7 @@ fn install_needs_bpffs_and_cgroup2() {
     }
     let cgroup = crate::ebpf::TestCgroup::new();
     let dir = std::env::temp_dir().join(format!("capture-test-notbpf-{}", std::process::id()));
-    let err = Node::install(cgroup.path(), &dir).unwrap_err();
+    let err = Node::load(cgroup.path(), &PinDir::at(&dir)).unwrap_err();
     assert!(matches!(err, capture_ebpf::Error::NotBpffs { .. }), "{err}");
     assert!(!dir.exists());
     let attached = run_ok(
@@ -518,7 +518,7 @@ fn open_for_checks_where_the_programs_act() {
     let cgroup = world.cgroup.path();
     let id = CgroupId::of(cgroup).unwrap();
     assert_eq!(id.0, std::fs::metadata(cgroup).unwrap().ino());
-    let links = world.pin_dir.join("links");
+    let links = world.pins().links();
     let info = run_ok(
         Command::new("bpftool")
             .args(["link", "show", "pinned"])
@@ -534,14 +534,14 @@ fn open_for_checks_where_the_programs_act() {
         Attachment::Cgroup(here.clone())
     );
 
-    Node::open_for(cgroup, &world.pin_dir).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    Node::open_for(cgroup, &world.pins()).unwrap_or_else(|e| panic!("{}", chain(&e)));
     let below = crate::ebpf::TestCgroup::under(cgroup);
-    Node::open_for(below.path(), &world.pin_dir).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    Node::open_for(below.path(), &world.pins()).unwrap_or_else(|e| panic!("{}", chain(&e)));
 
     let sibling = crate::ebpf::TestCgroup::new();
     let root = capture_ebpf::cgroup2_root().unwrap();
     for other in [sibling.path(), root.as_path()] {
-        let err = Node::open_for(other, &world.pin_dir).unwrap_err();
+        let err = Node::open_for(other, &world.pins()).unwrap_err();
         let other_id = CgroupId::of(other).unwrap();
         assert!(
             matches!(
@@ -563,7 +563,7 @@ fn open_for_checks_where_the_programs_act() {
             )
         );
     }
-    let not_cgroup = Node::open_for(&world.pin_dir, &world.pin_dir).unwrap_err();
+    let not_cgroup = Node::open_for(&world.pin_dir, &world.pins()).unwrap_err();
     assert!(matches!(not_cgroup, Error::NotCgroup2 { .. }), "{not_cgroup}");
 
     run_ok(
@@ -575,7 +575,7 @@ fn open_for_checks_where_the_programs_act() {
         program: "capture_getsockopt",
     };
     assert_eq!(world.node().attachment().unwrap(), detached);
-    let err = Node::open_for(cgroup, &world.pin_dir).unwrap_err();
+    let err = Node::open_for(cgroup, &world.pins()).unwrap_err();
     assert!(
         matches!(
             &err,
