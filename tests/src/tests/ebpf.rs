@@ -589,3 +589,89 @@ fn open_for_checks_where_the_programs_act() {
     drop((below, sibling));
     finish(world);
 }
+
+/// A front end other than capture-init (capture-cni on ADD) enrolls a pod with capture-ebpf's
+/// public API alone, from the node's network namespace, given the pod's netns and a
+/// `CaptureSpec`: the first call loads the programs on the cgroup (nothing was pinned), the pod
+/// gets `::6` and is captured, a rerun changes nothing, and another spec updates it in place.
+#[test]
+fn a_front_end_enrolls_a_pod_with_the_public_api_alone() {
+    use capture_core::Port;
+    use capture_ebpf::Change;
+
+    if let Some(world) = crate::ebpf::child_world() {
+        let topo = Topology::new();
+        let proxy = Listener::spawn(
+            &topo.pod,
+            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
+            "outbound",
+        );
+        let app = Listener::spawn(&topo.peer, topo.peer_addr(Family::V4, 80), "peer-app");
+        let dst = topo.peer_addr(Family::V4, 80);
+
+        // What capture-cni does: bpffs, then the node's programs, then the pod by its netns.
+        let pins = PinDir::new(&world.bpffs);
+        pins.mount().unwrap_or_else(|e| panic!("mount: {}", chain(&e)));
+        let (mut node, loaded) =
+            Node::open_or_load(&world.cgroup, &pins).unwrap_or_else(|e| panic!("load: {}", chain(&e)));
+        assert_eq!(
+            loaded,
+            Change::Applied,
+            "nothing was pinned, so the programs are loaded"
+        );
+        let netns = File::open(topo.pod.path()).expect("open the pod's netns");
+        let apply = |node: &mut Node, spec: &CaptureSpec| {
+            let spec = capture_ebpf::resolve_owners(spec).unwrap_or_else(|e| panic!("owners: {}", chain(&e)));
+            let plan = MapPlan::from_spec(&spec).unwrap_or_else(|e| panic!("plan: {}", chain(&e)));
+            let pod =
+                PodNetns::set_up_netns(netns.as_fd(), &plan).unwrap_or_else(|e| panic!("pod: {}", chain(&e)));
+            let change = node
+                .apply_netns(netns.as_fd(), &pod, &plan)
+                .unwrap_or_else(|e| panic!("apply: {}", chain(&e)));
+            (change, pod.cookie)
+        };
+
+        let (change, cookie) = apply(&mut node, &sidecar(true));
+        assert_eq!(change, Change::Applied);
+        assert!(
+            topo.pod
+                .run(capture_core::netlink::ipv6_passthrough_address_present)
+                .unwrap(),
+            "::6 is on the pod's lo"
+        );
+        let conn = connect_detailed(&topo.pod, APP_UID, APP_UID, dst).expect("pod app connects to peer:80");
+        assert_eq!(conn.reply, "outbound");
+        assert_eq!(proxy.take_one().original_dst.expect("original_dst"), dst);
+
+        assert_eq!(apply(&mut node, &sidecar(true)), (Change::Unchanged, cookie));
+        assert_eq!(node.config(cookie).unwrap().map(|c| c.generation), Some(1));
+
+        let mut spec = sidecar(true);
+        spec.outbound.exclude_ports = vec![PortRange::single(Port::new(80))];
+        assert_eq!(apply(&mut node, &spec), (Change::Updated, cookie));
+        let conn = connect_detailed(&topo.pod, APP_UID, APP_UID, dst).expect("pod app connects to peer:80");
+        assert_eq!(conn.reply, "peer-app", "port 80 excluded now");
+        assert_eq!(app.take_accepted().len(), 1);
+
+        // The node lock went with the node; the next front end finds the programs loaded.
+        drop(node);
+        let (_, found) =
+            Node::open_or_load(&world.cgroup, &pins).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+        assert_eq!(found, Change::Unchanged);
+        return;
+    }
+    if !require_root() {
+        return;
+    }
+    let world = EbpfWorld::empty();
+    world.run_in_cgroup();
+    assert!(world.pins().is_loaded(), "the child loaded the programs");
+    let node = world.node();
+    assert_no_connection_entries(&node);
+    drop(node);
+    capture_ebpf::unload(&world.pins()).unwrap_or_else(|e| panic!("unload: {}", chain(&e)));
+    let attached = world.attached();
+    assert!(attached.is_empty(), "programs left attached: {attached:#?}");
+    let pins = world.bpffs.contents();
+    assert!(pins.is_empty(), "pins left behind: {pins:#?}");
+}
