@@ -118,7 +118,7 @@ impl Node {
     ///
     /// The first enrollment attaches the pod's own instance of the `sk_lookup` program to the
     /// namespace (inbound capture). Then the new entries are written under the next
-    /// generation, the pod's [`PodConfig`] is switched to it in one map update, and the
+    /// generation, the pod's [`PodConfig`](capture_ebpf_common::PodConfig) is switched to it in one map update, and the
     /// previous generation's entries are removed: a connection sees either the old or the new
     /// configuration, never a mix. Last, if no inbound listener of the pod is recorded yet, a
     /// proxy already listening on the inbound port is looked for (its socket is taken from its
@@ -134,7 +134,7 @@ impl Node {
     /// then, and enrolling again finishes the search).
     ///
     /// # Minimum kernel version
-    /// 5.15 (see [`probe`]).
+    /// 5.15 (see [`probe`](crate::probe)).
     pub fn enroll(&mut self, pod: &PodNetns, plan: &MapPlan) -> Result<(), Error> {
         let path = Path::new("/proc/thread-self/ns/net");
         let netns = File::open(path).map_err(|source| Error::Io {
