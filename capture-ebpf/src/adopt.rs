@@ -2,7 +2,7 @@
 //!
 //! The sockops program records the proxy's inbound listener when the proxy calls `listen()`
 //! in an enrolled pod. A proxy that listened earlier (the pod enrolled again after the node's
-//! programs were reinstalled, say) is found here instead:
+//! programs were reloaded, say) is found here instead:
 //!
 //! ```text
 //! /proc/thread-self/net/tcp{,6} in the pod's netns ─> inodes listening on the port (not loopback)

@@ -11,8 +11,43 @@ use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
+use nix::sys::statfs::CGROUP2_SUPER_MAGIC;
+
 use crate::Error;
-use crate::loader::is_cgroup2;
+use crate::bpffs::fs_type;
+
+/// The cgroup v2 mount point, from `/proc/self/mounts` (`/sys/fs/cgroup` on a unified host,
+/// `/sys/fs/cgroup/unified` on a hybrid one).
+///
+/// # Errors
+/// [`Error::Io`] when the mount table cannot be read, [`Error::Unsupported`] when no cgroup2
+/// file system is mounted.
+pub fn cgroup2_root() -> Result<PathBuf, Error> {
+    let mounts = fs::read_to_string("/proc/self/mounts").map_err(|source| Error::Io {
+        op: "read",
+        path: "/proc/self/mounts".into(),
+        source,
+    })?;
+    cgroup2_mount_in(&mounts).ok_or(Error::Unsupported {
+        feature: "a mounted cgroup v2 hierarchy",
+        min_kernel: "4.5",
+    })
+}
+
+/// The first `cgroup2` mount point in a mount table (`/proc/self/mounts` format; spaces in
+/// paths are written `\040`).
+fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+    })
+}
+
+/// Whether `path` is on a cgroup v2 file system.
+pub(crate) fn is_cgroup2(path: &Path) -> Result<bool, Error> {
+    Ok(fs_type(path)? == CGROUP2_SUPER_MAGIC)
+}
 
 /// A cgroup's id: the kernel's `cgroup_id`, the inode number of its cgroup v2 directory.
 /// Ids are not reused while the kernel runs.
@@ -83,7 +118,7 @@ pub struct AttachedCgroup {
 impl AttachedCgroup {
     /// The cgroup `id`, with its directory looked up below the cgroup v2 mount.
     pub(crate) fn find(id: CgroupId) -> AttachedCgroup {
-        let path = crate::cgroup2_root().ok().and_then(|root| id.find_below(&root));
+        let path = cgroup2_root().ok().and_then(|root| id.find_below(&root));
         AttachedCgroup { id, path }
     }
 }
@@ -125,6 +160,27 @@ impl fmt::Display for Attachment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup2_mount_is_found_on_unified_and_hybrid_hosts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs ro,nosuid 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n";
+        assert_eq!(
+            cgroup2_mount_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(cgroup2_mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount_in("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            None
+        );
+        assert_eq!(
+            cgroup2_mount_in("none /mnt/my\\040cg cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+    }
 
     #[test]
     fn attached_cgroups_are_named_by_path_and_id() {

@@ -24,6 +24,16 @@ pub enum Error {
         /// The name as given.
         name: String,
     },
+    /// An owner given by name that this system does not know ([`resolve_owners`](crate::resolve_owners)).
+    #[error("invalid value {name:?} for {flag}: no such {kind}")]
+    UnknownOwner {
+        /// The flag or variable.
+        flag: &'static str,
+        /// The name.
+        name: String,
+        /// `user` or `group`.
+        kind: &'static str,
+    },
     /// A capture feature the eBPF backend does not implement yet.
     #[error("{feature} is not supported by the eBPF backend yet; use the iptables backend")]
     NotImplemented {
@@ -102,7 +112,7 @@ pub enum Error {
     },
     /// Programs are already pinned under this directory.
     #[error("capture's programs are already installed under {path}")]
-    AlreadyInstalled {
+    AlreadyLoaded {
         /// The pin directory.
         path: PathBuf,
     },
@@ -134,7 +144,7 @@ pub enum Error {
     },
     /// No programs are pinned under this directory.
     #[error("capture's programs are not installed under {path}")]
-    NotInstalled {
+    NotLoaded {
         /// The pin directory.
         path: PathBuf,
     },
@@ -151,6 +161,18 @@ pub enum Error {
         /// The cookie of the namespace given.
         found: crate::NetnsCookie,
     },
+    /// The node lock ([`PinDir::lock`](crate::PinDir::lock)) could not be taken.
+    #[error("cannot lock {path}")]
+    Lock {
+        /// The bpf filesystem's directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `::6` could not be put on `lo` ([`PodNetns::set_up`](crate::PodNetns::set_up)).
+    #[error(transparent)]
+    Netlink(#[from] capture_core::netlink::NetlinkError),
     /// A file-system operation failed.
     #[error("{op} {path} failed")]
     Io {

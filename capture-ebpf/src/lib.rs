@@ -6,10 +6,23 @@
 //!                                                   └──── Node::enroll writes them ────┘
 //! ```
 //!
-//! One set of programs per node ([`Node::install`]: loaded once, attached to a cgroup v2
-//! directory with bpf_links, pinned on bpffs), configuration per pod ([`Node::enroll`], keyed
-//! by the pod's network namespace cookie, plus the pod's own `sk_lookup` link). Connections from
-//! network namespaces that are not enrolled are never touched.
+//! One set of programs per node ([`Node::load`]: loaded once, attached to a cgroup v2
+//! directory with bpf_links, pinned on bpffs under a [`PinDir`]), configuration per pod
+//! ([`Node::enroll`], keyed by the pod's network namespace cookie, plus the pod's own
+//! `sk_lookup` link). Connections from network namespaces that are not enrolled are never
+//! touched.
+//!
+//! A front end (capture-init, capture-cni) needs nothing else to enroll a pod:
+//!
+//! ```text
+//! resolve_owners(&spec) ─> MapPlan::from_spec ─> PinDir::new(bpffs).mount()
+//!   ─> Node::open_or_load(cgroup, &pins)        node lock; programs loaded, or checked to act on cgroup
+//!   ─> PodNetns::set_up(&plan)                  in the pod's netns: ::6 on lo (IPv6), cookie, addresses
+//!   ─> node.apply(&pod, &plan) -> Change        Applied | Unchanged | Updated
+//! ```
+//!
+//! `load`/`unload` are the node's programs, `enroll`/`unenroll` a pod's configuration, as
+//! `capture-init ebpf load|unload` and `--cleanup-only` name them.
 //!
 //! | program | does |
 //! |---|---|
@@ -24,18 +37,40 @@
 //! 5.15 (`bpf_get_netns_cookie` in sock_ops programs; `sk_lookup` needs 5.9); [`probe`] checks
 //! each feature.
 
+//!
+//! | module | what |
+//! |---|---|
+//! | `maps` | [`MapPlan`]: the spec as map contents (pure) |
+//! | `owners` | [`resolve_owners`]: names to ids before planning |
+//! | `node` | [`Node`]: load, open, enroll, read back, unload |
+//! | `pin_dir` | [`PinDir`]: the pin layout and the node lock; [`unload`] |
+//! | `probe` | [`probe`]: kernel features, before anything is loaded |
+//! | `bpffs`, `cgroup` | mounting bpffs; cgroup v2 directories and ids |
+//! | `netns` | [`PodNetns`], [`NetnsCookie`]: a pod as the programs know it |
+//! | `adopt` | finding a proxy that was listening before its pod was enrolled |
+//! | `sys` | the raw `bpf(2)` commands aya does not make |
+
 mod adopt;
+mod bpffs;
 mod cgroup;
 mod error;
-mod loader;
 mod maps;
 mod netns;
+mod node;
+mod owners;
+mod pin_dir;
+mod probe;
+mod sys;
 
-pub use cgroup::{AttachedCgroup, Attachment, CgroupId};
+pub use bpffs::{is_bpffs, mount_bpffs};
+pub use cgroup::{AttachedCgroup, Attachment, CgroupId, cgroup2_root};
 pub use error::Error;
-pub use loader::{Node, Stats, cgroup2_root, is_bpffs, mount_bpffs, probe, uninstall};
 pub use maps::{MapEntries, MapPlan, PortPrefix};
 pub use netns::{NetnsCookie, PodNetns};
+pub use node::{Change, Node, Stats};
+pub use owners::resolve_owners;
+pub use pin_dir::{NodeLock, PinDir, unload};
+pub use probe::probe;
 
 /// The programs' object, built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture-ebpf-programs"));

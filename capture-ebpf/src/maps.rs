@@ -13,6 +13,9 @@
 //!
 //! Lists have no fixed size: every entry of the spec becomes an entry of a map, and a map that
 //! is full fails the enrollment instead of dropping entries.
+//!
+//! (Over 700 lines on purpose: the code is under 500; the rest is its unit tests, one per
+//! spec field's map entries, which read best next to the planning they check.)
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -239,6 +242,12 @@ impl MapPlan {
             ports,
             cidrs,
         })
+    }
+
+    /// Whether the plan captures IPv6 (`ENABLE_INBOUND_IPV6`).
+    #[must_use]
+    pub fn ipv6(&self) -> bool {
+        self.config.flags & FLAG_IPV6 != 0
     }
 
     /// Adds the pod's own addresses: connections to them go over `lo` (the proxy's hairpin to

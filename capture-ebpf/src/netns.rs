@@ -2,14 +2,11 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
-use crate::Error;
-
-/// `SO_NETNS_COOKIE` (Linux 5.14).
-const SO_NETNS_COOKIE: libc::c_int = 71;
+use crate::{Error, MapPlan};
 
 /// A network namespace's cookie: a 64-bit id the kernel never reuses while it runs, the key
 /// of a pod's configuration (`bpf_get_netns_cookie` in the programs).
@@ -43,7 +40,7 @@ impl NetnsCookie {
             libc::getsockopt(
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
-                SO_NETNS_COOKIE,
+                libc::SO_NETNS_COOKIE,
                 (&raw mut cookie).cast(),
                 &mut len,
             )
@@ -75,6 +72,28 @@ pub struct PodNetns {
 }
 
 impl PodNetns {
+    /// The calling thread's network namespace, made ready for `plan` and then read: with
+    /// IPv6 capture, the proxy's inbound passthrough source `::6` is put on `lo` first (as
+    /// istio-iptables does), so that the addresses read, and a rerun's comparison, include it.
+    ///
+    /// # Errors
+    /// [`Error::Netlink`] when `::6` cannot be added, else as [`PodNetns::current`].
+    pub fn set_up(plan: &MapPlan) -> Result<PodNetns, Error> {
+        if plan.ipv6() {
+            capture_core::netlink::ensure_ipv6_passthrough_address()?;
+        }
+        PodNetns::current()
+    }
+
+    /// [`PodNetns::set_up`] in the network namespace `netns`, from any namespace (on a
+    /// short-lived thread that enters it).
+    ///
+    /// # Errors
+    /// [`Error::Syscall`] when the namespace cannot be entered, else as [`PodNetns::set_up`].
+    pub fn set_up_netns(netns: BorrowedFd<'_>, plan: &MapPlan) -> Result<PodNetns, Error> {
+        in_netns(netns, || PodNetns::set_up(plan))
+    }
+
     /// The calling thread's network namespace, as it is now.
     ///
     /// # Errors
@@ -99,4 +118,26 @@ impl PodNetns {
         local_addrs.dedup();
         Ok(PodNetns { cookie, local_addrs })
     }
+}
+
+/// Runs `f` on a short-lived thread that enters the network namespace `netns` first; the
+/// calling thread never moves.
+pub(crate) fn in_netns<T: Send>(
+    netns: BorrowedFd<'_>,
+    f: impl FnOnce() -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    Error::Syscall {
+                        call: "setns(CLONE_NEWNET)",
+                        source: e.into(),
+                    }
+                })?;
+                f()
+            })
+            .join()
+            .expect("the netns thread does not panic")
+    })
 }

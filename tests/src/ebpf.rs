@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use capture_ebpf::Node;
+use capture_ebpf::{Node, PinDir};
 use nix::mount::{MntFlags, umount2};
 
 use crate::{NETNS_PREFIX, NetNs, run_ok};
@@ -259,8 +259,7 @@ impl EbpfWorld {
             bpffs,
             cgroup,
         };
-        Node::install(world.cgroup.path(), &world.pin_dir)
-            .unwrap_or_else(|e| panic!("install: {}", chain(&e)));
+        Node::load(world.cgroup.path(), &world.pins()).unwrap_or_else(|e| panic!("install: {}", chain(&e)));
         world.installed = true;
         world
     }
@@ -291,7 +290,13 @@ impl EbpfWorld {
     /// When they cannot be opened.
     #[must_use]
     pub fn node(&self) -> Node {
-        Node::open(&self.pin_dir).unwrap_or_else(|e| panic!("open: {}", chain(&e)))
+        Node::open(&self.pins()).unwrap_or_else(|e| panic!("open: {}", chain(&e)))
+    }
+
+    /// The pin directory, as capture-ebpf lays it out.
+    #[must_use]
+    pub fn pins(&self) -> PinDir {
+        PinDir::at(&self.pin_dir)
     }
 
     /// Runs the calling test again in a child process inside the cgroup, where
@@ -349,7 +354,7 @@ impl EbpfWorld {
     /// When uninstalling fails.
     pub fn uninstall(&mut self) {
         if std::mem::take(&mut self.installed) {
-            capture_ebpf::uninstall(&self.pin_dir).unwrap_or_else(|e| panic!("uninstall: {}", chain(&e)));
+            capture_ebpf::unload(&self.pins()).unwrap_or_else(|e| panic!("uninstall: {}", chain(&e)));
         }
     }
 }
@@ -382,8 +387,8 @@ impl Default for EbpfWorld {
 impl Drop for EbpfWorld {
     fn drop(&mut self) {
         // Installed by the test, or by a capture-init the test ran.
-        if (std::mem::take(&mut self.installed) || self.pin_dir.join("links").is_dir())
-            && let Err(e) = capture_ebpf::uninstall(&self.pin_dir)
+        if (std::mem::take(&mut self.installed) || self.pins().is_loaded())
+            && let Err(e) = capture_ebpf::unload(&self.pins())
         {
             eprintln!(
                 "capture-e2e: cannot uninstall from {}: {}",

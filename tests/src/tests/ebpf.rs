@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use capture_core::{CaptureSpec, Cidr, PortRange};
-use capture_ebpf::{MapPlan, NetnsCookie, Node, PodNetns};
+use capture_ebpf::{MapPlan, NetnsCookie, Node, PinDir, PodNetns};
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket, sockopt,
 };
@@ -30,7 +30,7 @@ use crate::{
 /// that nothing is left: no per-connection entries, and after uninstalling no attachment and no pin.
 pub(super) fn ebpf_test(body: impl FnOnce(&mut Node)) {
     if let Some(pin_dir) = in_cgroup_child() {
-        let mut node = Node::open(&pin_dir).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+        let mut node = Node::open(&PinDir::at(pin_dir)).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
         body(&mut node);
         return;
     }
@@ -490,7 +490,7 @@ fn install_needs_bpffs_and_cgroup2() {
     }
     let cgroup = crate::ebpf::TestCgroup::new();
     let dir = std::env::temp_dir().join(format!("capture-test-notbpf-{}", std::process::id()));
-    let err = Node::install(cgroup.path(), &dir).unwrap_err();
+    let err = Node::load(cgroup.path(), &PinDir::at(&dir)).unwrap_err();
     assert!(matches!(err, capture_ebpf::Error::NotBpffs { .. }), "{err}");
     assert!(!dir.exists());
     let attached = run_ok(
@@ -518,7 +518,7 @@ fn open_for_checks_where_the_programs_act() {
     let cgroup = world.cgroup.path();
     let id = CgroupId::of(cgroup).unwrap();
     assert_eq!(id.0, std::fs::metadata(cgroup).unwrap().ino());
-    let links = world.pin_dir.join("links");
+    let links = world.pins().links();
     let info = run_ok(
         Command::new("bpftool")
             .args(["link", "show", "pinned"])
@@ -534,14 +534,14 @@ fn open_for_checks_where_the_programs_act() {
         Attachment::Cgroup(here.clone())
     );
 
-    Node::open_for(cgroup, &world.pin_dir).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    Node::open_for(cgroup, &world.pins()).unwrap_or_else(|e| panic!("{}", chain(&e)));
     let below = crate::ebpf::TestCgroup::under(cgroup);
-    Node::open_for(below.path(), &world.pin_dir).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    Node::open_for(below.path(), &world.pins()).unwrap_or_else(|e| panic!("{}", chain(&e)));
 
     let sibling = crate::ebpf::TestCgroup::new();
     let root = capture_ebpf::cgroup2_root().unwrap();
     for other in [sibling.path(), root.as_path()] {
-        let err = Node::open_for(other, &world.pin_dir).unwrap_err();
+        let err = Node::open_for(other, &world.pins()).unwrap_err();
         let other_id = CgroupId::of(other).unwrap();
         assert!(
             matches!(
@@ -563,7 +563,7 @@ fn open_for_checks_where_the_programs_act() {
             )
         );
     }
-    let not_cgroup = Node::open_for(&world.pin_dir, &world.pin_dir).unwrap_err();
+    let not_cgroup = Node::open_for(&world.pin_dir, &world.pins()).unwrap_err();
     assert!(matches!(not_cgroup, Error::NotCgroup2 { .. }), "{not_cgroup}");
 
     run_ok(
@@ -575,7 +575,7 @@ fn open_for_checks_where_the_programs_act() {
         program: "capture_getsockopt",
     };
     assert_eq!(world.node().attachment().unwrap(), detached);
-    let err = Node::open_for(cgroup, &world.pin_dir).unwrap_err();
+    let err = Node::open_for(cgroup, &world.pins()).unwrap_err();
     assert!(
         matches!(
             &err,
@@ -588,4 +588,90 @@ fn open_for_checks_where_the_programs_act() {
     );
     drop((below, sibling));
     finish(world);
+}
+
+/// A front end other than capture-init (capture-cni on ADD) enrolls a pod with capture-ebpf's
+/// public API alone, from the node's network namespace, given the pod's netns and a
+/// `CaptureSpec`: the first call loads the programs on the cgroup (nothing was pinned), the pod
+/// gets `::6` and is captured, a rerun changes nothing, and another spec updates it in place.
+#[test]
+fn a_front_end_enrolls_a_pod_with_the_public_api_alone() {
+    use capture_core::Port;
+    use capture_ebpf::Change;
+
+    if let Some(world) = crate::ebpf::child_world() {
+        let topo = Topology::new();
+        let proxy = Listener::spawn(
+            &topo.pod,
+            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
+            "outbound",
+        );
+        let app = Listener::spawn(&topo.peer, topo.peer_addr(Family::V4, 80), "peer-app");
+        let dst = topo.peer_addr(Family::V4, 80);
+
+        // What capture-cni does: bpffs, then the node's programs, then the pod by its netns.
+        let pins = PinDir::new(&world.bpffs);
+        pins.mount().unwrap_or_else(|e| panic!("mount: {}", chain(&e)));
+        let (mut node, loaded) =
+            Node::open_or_load(&world.cgroup, &pins).unwrap_or_else(|e| panic!("load: {}", chain(&e)));
+        assert_eq!(
+            loaded,
+            Change::Applied,
+            "nothing was pinned, so the programs are loaded"
+        );
+        let netns = File::open(topo.pod.path()).expect("open the pod's netns");
+        let apply = |node: &mut Node, spec: &CaptureSpec| {
+            let spec = capture_ebpf::resolve_owners(spec).unwrap_or_else(|e| panic!("owners: {}", chain(&e)));
+            let plan = MapPlan::from_spec(&spec).unwrap_or_else(|e| panic!("plan: {}", chain(&e)));
+            let pod =
+                PodNetns::set_up_netns(netns.as_fd(), &plan).unwrap_or_else(|e| panic!("pod: {}", chain(&e)));
+            let change = node
+                .apply_netns(netns.as_fd(), &pod, &plan)
+                .unwrap_or_else(|e| panic!("apply: {}", chain(&e)));
+            (change, pod.cookie)
+        };
+
+        let (change, cookie) = apply(&mut node, &sidecar(true));
+        assert_eq!(change, Change::Applied);
+        assert!(
+            topo.pod
+                .run(capture_core::netlink::ipv6_passthrough_address_present)
+                .unwrap(),
+            "::6 is on the pod's lo"
+        );
+        let conn = connect_detailed(&topo.pod, APP_UID, APP_UID, dst).expect("pod app connects to peer:80");
+        assert_eq!(conn.reply, "outbound");
+        assert_eq!(proxy.take_one().original_dst.expect("original_dst"), dst);
+
+        assert_eq!(apply(&mut node, &sidecar(true)), (Change::Unchanged, cookie));
+        assert_eq!(node.config(cookie).unwrap().map(|c| c.generation), Some(1));
+
+        let mut spec = sidecar(true);
+        spec.outbound.exclude_ports = vec![PortRange::single(Port::new(80))];
+        assert_eq!(apply(&mut node, &spec), (Change::Updated, cookie));
+        let conn = connect_detailed(&topo.pod, APP_UID, APP_UID, dst).expect("pod app connects to peer:80");
+        assert_eq!(conn.reply, "peer-app", "port 80 excluded now");
+        assert_eq!(app.take_accepted().len(), 1);
+
+        // The node lock went with the node; the next front end finds the programs loaded.
+        drop(node);
+        let (_, found) =
+            Node::open_or_load(&world.cgroup, &pins).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+        assert_eq!(found, Change::Unchanged);
+        return;
+    }
+    if !require_root() {
+        return;
+    }
+    let world = EbpfWorld::empty();
+    world.run_in_cgroup();
+    assert!(world.pins().is_loaded(), "the child loaded the programs");
+    let node = world.node();
+    assert_no_connection_entries(&node);
+    drop(node);
+    capture_ebpf::unload(&world.pins()).unwrap_or_else(|e| panic!("unload: {}", chain(&e)));
+    let attached = world.attached();
+    assert!(attached.is_empty(), "programs left attached: {attached:#?}");
+    let pins = world.bpffs.contents();
+    assert!(pins.is_empty(), "pins left behind: {pins:#?}");
 }

@@ -1,0 +1,462 @@
+//! Enrolling pods: [`Node::apply`] (enroll unless already exactly so), [`Node::enroll`],
+//! [`Node::unenroll`], and the pods' inbound listeners.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use aya::EbpfLoader;
+use aya::maps::lpm_trie::Key;
+use capture_ebpf_common::{
+    AF_INET, AF_INET6, CIDRS, INBOUND_LISTENERS, ListenerKey, MAP_NAMES, NETNS_COOKIE_GLOBAL, OWNERS,
+    POD_CONFIG, PORTS, programs,
+};
+
+use super::{Node, ignore_missing, is_missing, keys_of, load_sk_lookup};
+use crate::netns::in_netns;
+use crate::pin_dir::detach_pinned;
+use crate::sys::{AttachType, link_create, obj_pin};
+use crate::{Error, MapEntries, MapPlan, NetnsCookie, OBJECT, PodNetns};
+
+/// What [`Node::apply`] did to a pod; the eBPF backend's counterpart of
+/// `capture_core::Change`, whose `Reconciled` and `Completed` have no meaning here: a pod's
+/// entries are replaced in one switch, never left half-written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The pod was not enrolled, and now is (for [`Node::open_or_load`]: the programs were
+    /// loaded).
+    Applied,
+    /// The pod was enrolled exactly so already; nothing was written (for
+    /// [`Node::open_or_load`]: the programs were there).
+    Unchanged,
+    /// The pod was enrolled differently (other flags, or its addresses changed); it was
+    /// enrolled again under the next generation.
+    Updated,
+}
+
+impl Change {
+    /// How capture-init says it.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Change::Applied => "applied",
+            Change::Unchanged => "already in place, nothing changed",
+            Change::Updated => "updated",
+        }
+    }
+}
+
+impl Node {
+    /// Enrolls a pod unless it is enrolled exactly as `plan` says already: the entries in
+    /// force ([`Node::enrolled`]) are compared with what enrolling would write at that
+    /// generation, the pod's current addresses included. Equal means nothing is written and
+    /// the generation does not move. Call it in the pod's network namespace, as
+    /// [`Node::enroll`]; [`Node::apply_netns`] takes the namespace as a descriptor.
+    ///
+    /// # Errors
+    /// As [`Node::enroll`].
+    pub fn apply(&mut self, pod: &PodNetns, plan: &MapPlan) -> Result<Change, Error> {
+        check_netns(pod, NetnsCookie::current()?)?;
+        self.apply_with(pod, plan, |node| node.enroll(pod, plan))
+    }
+
+    /// [`Node::apply`] for the network namespace `netns` (a descriptor of `/run/netns/<name>`
+    /// or `/proc/<pid>/ns/net`), from any namespace.
+    ///
+    /// # Examples
+    /// What a CNI plugin does on ADD, from the node's namespace:
+    /// ```no_run
+    /// use std::fs::File;
+    /// use std::os::fd::AsFd;
+    /// use std::path::Path;
+    /// use capture_core::CaptureSpec;
+    /// use capture_ebpf::{MapPlan, Node, PinDir, PodNetns};
+    ///
+    /// let pins = PinDir::new(Path::new("/sys/fs/bpf"));
+    /// pins.mount()?;
+    /// let (mut node, _) = Node::open_or_load(&capture_ebpf::cgroup2_root()?, &pins)?;
+    /// let plan = MapPlan::from_spec(&capture_ebpf::resolve_owners(&CaptureSpec::sidecar())?)?;
+    /// let netns = File::open("/var/run/netns/cni-1234").expect("the pod's netns");
+    /// let pod = PodNetns::set_up_netns(netns.as_fd(), &plan)?;
+    /// let change = node.apply_netns(netns.as_fd(), &pod, &plan)?;
+    /// # Ok::<(), capture_ebpf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Node::enroll_netns`].
+    pub fn apply_netns(
+        &mut self,
+        netns: BorrowedFd<'_>,
+        pod: &PodNetns,
+        plan: &MapPlan,
+    ) -> Result<Change, Error> {
+        check_netns(pod, in_netns(netns, NetnsCookie::current)?)?;
+        self.apply_with(pod, plan, |node| node.enroll_checked(netns, pod, plan))
+    }
+
+    fn apply_with(
+        &mut self,
+        pod: &PodNetns,
+        plan: &MapPlan,
+        enroll: impl FnOnce(&mut Node) -> Result<(), Error>,
+    ) -> Result<Change, Error> {
+        let change = match self.enrolled(pod.cookie)? {
+            Some(current) if current == planned(plan, pod, current.config.generation) => {
+                return Ok(Change::Unchanged);
+            }
+            Some(_) => Change::Updated,
+            None => Change::Applied,
+        };
+        enroll(self)?;
+        Ok(change)
+    }
+
+    /// Enrolls a pod, or replaces its configuration: its connections are captured as `plan`
+    /// says from the moment this returns. Call it in the pod's network namespace (the calling
+    /// thread's); [`Node::enroll_netns`] takes the namespace as a descriptor instead.
+    ///
+    /// The first enrollment attaches the pod's own instance of the `sk_lookup` program to the
+    /// namespace (inbound capture). Then the new entries are written under the next
+    /// generation, the pod's [`PodConfig`](capture_ebpf_common::PodConfig) is switched to it in one map update, and the
+    /// previous generation's entries are removed: a connection sees either the old or the new
+    /// configuration, never a mix. Last, if no inbound listener of the pod is recorded yet, a
+    /// proxy already listening on the inbound port is looked for (its socket is taken from its
+    /// process with `pidfd_getfd(2)`, 5.6) and recorded; one that listens later is recorded by
+    /// the programs.
+    ///
+    /// # Errors
+    /// [`Error::NetnsMismatch`] when the calling thread is not in `pod`'s network namespace;
+    /// [`Error::Map`] when a map is full or cannot be written (the new generation's entries
+    /// are removed again and the pod keeps its previous configuration); the errors of loading
+    /// and attaching the `sk_lookup` program; [`Error::Io`] when the namespace's socket tables
+    /// cannot be read in the search for a listening proxy (the new configuration is in force
+    /// then, and enrolling again finishes the search).
+    ///
+    /// # Minimum kernel version
+    /// 5.15 (see [`probe`](crate::probe)).
+    pub fn enroll(&mut self, pod: &PodNetns, plan: &MapPlan) -> Result<(), Error> {
+        let path = Path::new("/proc/thread-self/ns/net");
+        let netns = File::open(path).map_err(|source| Error::Io {
+            op: "open",
+            path: path.to_owned(),
+            source,
+        })?;
+        check_netns(pod, NetnsCookie::current()?)?;
+        self.enroll_checked(netns.as_fd(), pod, plan)
+    }
+
+    /// [`Node::enroll`] for the network namespace `netns` (a descriptor of `/run/netns/<name>`
+    /// or `/proc/<pid>/ns/net`), from any namespace.
+    ///
+    /// # Errors
+    /// As [`Node::enroll`]: [`Error::NetnsMismatch`] when `netns` is not `pod`'s namespace.
+    pub fn enroll_netns(
+        &mut self,
+        netns: BorrowedFd<'_>,
+        pod: &PodNetns,
+        plan: &MapPlan,
+    ) -> Result<(), Error> {
+        check_netns(pod, in_netns(netns, NetnsCookie::current)?)?;
+        self.enroll_checked(netns, pod, plan)
+    }
+
+    /// [`Node::enroll_netns`] once `netns` is known to be `pod`'s.
+    fn enroll_checked(&mut self, netns: BorrowedFd<'_>, pod: &PodNetns, plan: &MapPlan) -> Result<(), Error> {
+        let cookie = pod.cookie.0;
+        let attached = self.attach_inbound(netns, pod.cookie)?;
+        let previous = self.config(pod.cookie)?.map(|c| c.generation);
+        let generation = match previous {
+            Some(g) => g.wrapping_add(1).max(1),
+            None => 1,
+        };
+        let entries = plan
+            .clone()
+            .with_local_addrs(&pod.local_addrs)
+            .entries(cookie, generation);
+        let written = self.write_entries(&entries);
+        let switched = written.and_then(|()| {
+            self.pod_config
+                .insert(cookie, entries.config, 0)
+                .map_err(|source| Error::Map {
+                    map: POD_CONFIG,
+                    op: "insert",
+                    source,
+                })
+        });
+        if let Err(e) = switched {
+            let _ = self.remove_entries(cookie, |g| g == generation);
+            if attached {
+                let _ = detach_pinned(&self.pins.inbound_link(pod.cookie));
+            }
+            return Err(e);
+        }
+        self.remove_entries(cookie, |g| g != generation)?;
+        // A proxy listening from now on is recorded by sockops; one that listened before is
+        // found and recorded here.
+        if !self.inbound_listeners()?.iter().any(|(c, _)| *c == pod.cookie) {
+            for adopted in crate::adopt::listeners(netns, entries.config.inbound_port)? {
+                self.register_inbound_listener(pod.cookie, adopted.socket.as_fd())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the pod's own `sk_lookup` instance to `netns` and pins its link, unless it is
+    /// there already. Returns whether it attached one.
+    fn attach_inbound(&self, netns: BorrowedFd<'_>, cookie: NetnsCookie) -> Result<bool, Error> {
+        let path = self.pins.inbound_link(cookie);
+        if path.exists() {
+            return Ok(false);
+        }
+        if OBJECT.is_empty() {
+            return Err(Error::ObjectMissing);
+        }
+        // The loader below would create and pin any map whose pin is missing.
+        for name in MAP_NAMES {
+            if !self.pins.map(name).exists() {
+                return Err(Error::NotLoaded {
+                    path: self.pins.path().to_owned(),
+                });
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        for name in MAP_NAMES {
+            loader.map_pin_path(name, self.pins.map(name));
+        }
+        let mut ebpf = loader
+            .override_global(NETNS_COOKIE_GLOBAL, &cookie.0, true)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        let program = load_sk_lookup(&mut ebpf)?;
+        let fd = program.fd().map_err(|source| Error::Program {
+            program: programs::SK_LOOKUP,
+            op: "get fd",
+            source,
+        })?;
+        let link =
+            link_create(fd.as_fd(), netns, AttachType::BPF_SK_LOOKUP).map_err(|source| Error::Syscall {
+                call: "bpf(BPF_LINK_CREATE)",
+                source,
+            })?;
+        let dir = self.pins.inbound();
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "create directory",
+                    path: dir,
+                    source,
+                });
+            }
+        }
+        // If pinning fails, dropping `link` (the only reference) detaches the program.
+        match obj_pin(link.as_fd(), &path) {
+            Ok(()) => Ok(true),
+            // Another enrollment of the same pod attached and pinned its instance first.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(source) => Err(Error::Io {
+                op: "pin link",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Whether the pod's `sk_lookup` instance is attached (its link is pinned).
+    pub fn inbound_attached(&self, cookie: NetnsCookie) -> bool {
+        self.pins.inbound_link(cookie).exists()
+    }
+
+    /// Hands the proxy's listening socket `listener` to the programs as `pod`'s inbound
+    /// listener, replacing the one recorded for its family.
+    ///
+    /// Rarely needed: a proxy that starts listening on the inbound port after enrollment is
+    /// recorded by the sockops program at `listen()`, and enrolling looks for one that was
+    /// already listening in a process it can see.
+    ///
+    /// # Errors
+    /// [`Error::Syscall`] when the socket's address cannot be read; [`Error::Map`] when the
+    /// socket is not a listening TCP socket (the kernel refuses it) or the map is full.
+    pub fn register_inbound_listener(
+        &mut self,
+        cookie: NetnsCookie,
+        listener: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        let addr: nix::sys::socket::SockaddrStorage = nix::sys::socket::getsockname(listener.as_raw_fd())
+            .map_err(|e| Error::Syscall {
+                call: "getsockname",
+                source: e.into(),
+            })?;
+        let family = if addr.as_sockaddr_in6().is_some() {
+            AF_INET6
+        } else {
+            AF_INET
+        };
+        let key = ListenerKey {
+            netns: cookie.0,
+            family,
+            _pad: [0; 6],
+        };
+        self.inbound_listeners
+            .insert(key, listener.as_raw_fd(), 0)
+            .map_err(|source| Error::Map {
+                map: INBOUND_LISTENERS,
+                op: "insert",
+                source,
+            })
+    }
+
+    /// The pods with a recorded inbound listener, with its family (`AF_INET` or `AF_INET6`).
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the map cannot be read.
+    pub fn inbound_listeners(&self) -> Result<Vec<(NetnsCookie, u16)>, Error> {
+        let mut keys: Vec<(NetnsCookie, u16)> = keys_of(self.inbound_listeners.keys(), INBOUND_LISTENERS)?
+            .into_iter()
+            .map(|k| (NetnsCookie(k.netns), k.family))
+            .collect();
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
+    /// Stops capturing a pod's connections and removes its entries: its configuration first
+    /// (every program then leaves the pod alone), then its `sk_lookup` link, its owner, port
+    /// and CIDR entries and its recorded inbound listeners. Returns whether it was enrolled.
+    /// Works from any network namespace, also after the pod's is gone.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when a map cannot be read or written; [`Error::Syscall`] or [`Error::Io`]
+    /// when the link cannot be detached or its pin removed.
+    pub fn unenroll(&mut self, cookie: NetnsCookie) -> Result<bool, Error> {
+        let enrolled = match self.pod_config.remove(&cookie.0) {
+            Ok(()) => true,
+            Err(e) if is_missing(&e) => false,
+            Err(source) => {
+                return Err(Error::Map {
+                    map: POD_CONFIG,
+                    op: "remove",
+                    source,
+                });
+            }
+        };
+        // The program passes everything from here on; then it goes.
+        detach_pinned(&self.pins.inbound_link(cookie))?;
+        self.remove_entries(cookie.0, |_| true)?;
+        for family in [AF_INET, AF_INET6] {
+            let key = ListenerKey {
+                netns: cookie.0,
+                family,
+                _pad: [0; 6],
+            };
+            ignore_missing(self.inbound_listeners.remove(&key)).map_err(|source| Error::Map {
+                map: INBOUND_LISTENERS,
+                op: "remove",
+                source,
+            })?;
+        }
+        Ok(enrolled)
+    }
+
+    fn write_entries(&mut self, entries: &MapEntries) -> Result<(), Error> {
+        for key in &entries.owners {
+            self.owners.insert(key, 1, 0).map_err(|source| Error::Map {
+                map: OWNERS,
+                op: "insert",
+                source,
+            })?;
+        }
+        for (bits, key) in &entries.ports {
+            self.ports
+                .insert(&Key::new(*bits, *key), 1, 0)
+                .map_err(|source| Error::Map {
+                    map: PORTS,
+                    op: "insert",
+                    source,
+                })?;
+        }
+        for (bits, key) in &entries.cidrs {
+            self.cidrs
+                .insert(&Key::new(*bits, *key), 1, 0)
+                .map_err(|source| Error::Map {
+                    map: CIDRS,
+                    op: "insert",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pod's owner, port and CIDR entries whose generation matches.
+    fn remove_entries(&mut self, netns: u64, generation: impl Fn(u32) -> bool) -> Result<(), Error> {
+        let remove_err = |map| {
+            move |source| Error::Map {
+                map,
+                op: "remove",
+                source,
+            }
+        };
+        for key in keys_of(self.owners.keys(), OWNERS)? {
+            if key.netns == netns && generation(key.generation) {
+                ignore_missing(self.owners.remove(&key)).map_err(remove_err(OWNERS))?;
+            }
+        }
+        for key in keys_of(self.ports.keys(), PORTS)? {
+            let data = key.data();
+            if data.netns == netns && generation(data.generation) {
+                ignore_missing(self.ports.remove(&key)).map_err(remove_err(PORTS))?;
+            }
+        }
+        for key in keys_of(self.cidrs.keys(), CIDRS)? {
+            let data = key.data();
+            if data.netns == netns && generation(data.generation) {
+                ignore_missing(self.cidrs.remove(&key)).map_err(remove_err(CIDRS))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The entries enrolling `pod` with `plan` writes at `generation`, sorted as
+/// [`Node::enrolled`] returns them.
+fn planned(plan: &MapPlan, pod: &PodNetns, generation: u32) -> MapEntries {
+    let mut entries = plan
+        .clone()
+        .with_local_addrs(&pod.local_addrs)
+        .entries(pod.cookie.0, generation);
+    entries.owners.sort_unstable();
+    entries.ports.sort_unstable();
+    entries.cidrs.sort_unstable();
+    entries
+}
+
+/// [`Error::NetnsMismatch`] unless `found` is `pod`'s namespace cookie.
+fn check_netns(pod: &PodNetns, found: NetnsCookie) -> Result<(), Error> {
+    if found == pod.cookie {
+        Ok(())
+    } else {
+        Err(Error::NetnsMismatch {
+            pod: pod.cookie,
+            found,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_mismatch_names_both_cookies() {
+        let e = Error::NetnsMismatch {
+            pod: NetnsCookie(7),
+            found: NetnsCookie(9),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the network namespace to enroll (cookie 9) is not the pod's (cookie 7); \
+             enroll from inside the pod's namespace"
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! Reading a node's maps back: the enrolled pods, what each is enrolled with, and the
+//! programs' counters.
+
+use aya::maps::MapError;
+use capture_ebpf_common::{
+    CIDRS, CidrKey, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OwnerKey, POD_CONFIG, PORTS, PodConfig, PortKey,
+    STAT_COUNT, STATS,
+};
+
+use super::{Node, keys_of};
+use crate::{Error, MapEntries, NetnsCookie};
+
+/// Counters kept by the programs, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections redirected to the outbound port.
+    pub outbound: u64,
+    /// Connections redirected to the inbound port (the proxy calling its own pod).
+    pub hairpin: u64,
+    /// Connections of enrolled pods left alone.
+    pub passed: u64,
+    /// `SO_ORIGINAL_DST` answers.
+    pub orig_dst: u64,
+    /// `getpeername` answers with the original destination.
+    pub peername: u64,
+    /// Connections left alone because a per-connection map was full.
+    pub state_full: u64,
+    /// Inbound connections handed to the proxy's inbound listener.
+    pub inbound: u64,
+    /// Inbound connections refused because the pod's proxy had no inbound listener.
+    pub inbound_refused: u64,
+}
+
+impl Node {
+    /// The configuration a pod is enrolled with, if any.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the map cannot be read.
+    pub fn config(&self, cookie: NetnsCookie) -> Result<Option<PodConfig>, Error> {
+        match self.pod_config.get(&cookie.0, 0) {
+            Ok(config) => Ok(Some(config)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Error::Map {
+                map: POD_CONFIG,
+                op: "get",
+                source,
+            }),
+        }
+    }
+
+    /// Every enrolled pod with its configuration, by cookie.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the map cannot be read.
+    pub fn pods(&self) -> Result<Vec<(NetnsCookie, PodConfig)>, Error> {
+        let mut pods = self
+            .pod_config
+            .iter()
+            .map(|item| item.map(|(k, v)| (NetnsCookie(k), v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Map {
+                map: POD_CONFIG,
+                op: "iterate",
+                source,
+            })?;
+        pods.sort_unstable_by_key(|(cookie, _)| *cookie);
+        Ok(pods)
+    }
+
+    /// What a pod is enrolled with: its [`PodConfig`] and the owner, port and CIDR entries of
+    /// the generation in force, each list sorted; `None` when it is not enrolled. Comparing it
+    /// with [`MapPlan::entries`](crate::MapPlan::entries) at the same generation tells whether enrolling again would
+    /// change anything.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when a map cannot be read.
+    pub fn enrolled(&self, cookie: NetnsCookie) -> Result<Option<MapEntries>, Error> {
+        let Some(config) = self.config(cookie)? else {
+            return Ok(None);
+        };
+        let (netns, generation) = (cookie.0, config.generation);
+        let mut owners: Vec<OwnerKey> = keys_of(self.owners.keys(), OWNERS)?
+            .into_iter()
+            .filter(|k| k.netns == netns && k.generation == generation)
+            .collect();
+        let mut ports: Vec<(u32, PortKey)> = keys_of(self.ports.keys(), PORTS)?
+            .into_iter()
+            .map(|k| (k.prefix_len(), k.data()))
+            .filter(|(_, k)| k.netns == netns && k.generation == generation)
+            .collect();
+        let mut cidrs: Vec<(u32, CidrKey)> = keys_of(self.cidrs.keys(), CIDRS)?
+            .into_iter()
+            .map(|k| (k.prefix_len(), k.data()))
+            .filter(|(_, k)| k.netns == netns && k.generation == generation)
+            .collect();
+        owners.sort_unstable();
+        ports.sort_unstable();
+        cidrs.sort_unstable();
+        Ok(Some(MapEntries {
+            config,
+            owners,
+            ports,
+            cidrs,
+        }))
+    }
+
+    /// How many per-connection records exist: `(by socket cookie, by 4-tuple)`. Both are
+    /// removed when the client socket closes.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when a map cannot be read.
+    pub fn connection_entries(&self) -> Result<(usize, usize), Error> {
+        let by_cookie = count(self.orig_by_cookie.keys(), ORIG_BY_COOKIE)?;
+        let by_pair = count(self.orig_by_pair.keys(), ORIG_BY_PAIR)?;
+        Ok((by_cookie, by_pair))
+    }
+
+    /// How many entries the pod has in the configuration maps (owners, ports, CIDRs).
+    ///
+    /// # Errors
+    /// [`Error::Map`] when a map cannot be read.
+    pub fn pod_entries(&self, cookie: NetnsCookie) -> Result<usize, Error> {
+        let netns = cookie.0;
+        let owners = keys_of(self.owners.keys(), OWNERS)?
+            .iter()
+            .filter(|k| k.netns == netns)
+            .count();
+        let ports = keys_of(self.ports.keys(), PORTS)?
+            .iter()
+            .filter(|k| k.data().netns == netns)
+            .count();
+        let cidrs = keys_of(self.cidrs.keys(), CIDRS)?
+            .iter()
+            .filter(|k| k.data().netns == netns)
+            .count();
+        Ok(owners + ports + cidrs)
+    }
+
+    /// The programs' counters, summed over CPUs.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the map cannot be read.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let mut sums = [0u64; STAT_COUNT as usize];
+        for (index, sum) in (0..STAT_COUNT).zip(sums.iter_mut()) {
+            let values = self.stats.get(&index, 0).map_err(|source| Error::Map {
+                map: STATS,
+                op: "get",
+                source,
+            })?;
+            *sum = values.iter().sum();
+        }
+        let [
+            outbound,
+            hairpin,
+            passed,
+            orig_dst,
+            peername,
+            state_full,
+            inbound,
+            inbound_refused,
+        ] = sums;
+        Ok(Stats {
+            outbound,
+            hairpin,
+            passed,
+            orig_dst,
+            peername,
+            state_full,
+            inbound,
+            inbound_refused,
+        })
+    }
+}
+
+fn count<K>(keys: impl Iterator<Item = Result<K, MapError>>, map: &'static str) -> Result<usize, Error> {
+    keys_of(keys, map).map(|k| k.len())
+}

@@ -1,0 +1,172 @@
+//! The raw `bpf(2)` commands aya 0.14 does not make for us: cgroup and network-namespace
+//! links that can be pinned, pinning and opening them, reading a link's info, and asking a
+//! cgroup which programs act on it.
+//!
+//! aya cannot turn sockops and sockopt links into pinnable `FdLink`s, so these links are
+//! created and pinned here. Commands, attach types and the `bpf_attr` layout are aya's
+//! generated kernel bindings (`aya_obj::generated`), not hand-written offsets.
+//!
+//! | function | command |
+//! |---|---|
+//! | [`link_create`] | `BPF_LINK_CREATE` (multi-attach on cgroups; one link per namespace for `sk_lookup`) |
+//! | [`link_detach`] | `BPF_LINK_DETACH` (5.9) |
+//! | [`obj_pin`], [`obj_get`] | `BPF_OBJ_PIN`, `BPF_OBJ_GET` |
+//! | [`link_info`] | `BPF_OBJ_GET_INFO_BY_FD` on a link |
+//! | [`effective_programs`] | `BPF_PROG_QUERY` with `BPF_F_QUERY_EFFECTIVE` (4.15) |
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+pub(crate) use aya_obj::generated::bpf_attach_type as AttachType;
+use aya_obj::generated::{BPF_F_QUERY_EFFECTIVE, bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
+
+use crate::CgroupId;
+
+/// What the programs need to know of a link: its program and, for a cgroup link, its cgroup.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkInfo {
+    /// `bpf_link_info.type`.
+    link_type: u32,
+    /// The id of the link's program.
+    pub prog_id: u32,
+    /// `bpf_link_info.cgroup.cgroup_id` (meaningful for cgroup links only).
+    cgroup_id: u64,
+}
+
+impl LinkInfo {
+    /// The cgroup a cgroup link is attached to; `None` when it is not a cgroup link, or is
+    /// attached to none (detached, or its cgroup released: the kernel reports id 0).
+    pub fn cgroup(&self) -> Option<CgroupId> {
+        (self.link_type == bpf_link_type::BPF_LINK_TYPE_CGROUP as u32 && self.cgroup_id != 0)
+            .then_some(CgroupId(self.cgroup_id))
+    }
+}
+
+/// A zeroed `union bpf_attr`: every command's unused fields must be zero.
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is a C union of integer fields, for which all-zero bytes are valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// A raw descriptor as the kernel's `__u32` field takes it.
+fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("an open descriptor is not negative")
+}
+
+/// `bpf(BPF_LINK_CREATE)` attaching `prog` to `target` (a cgroup directory, or a network
+/// namespace for `sk_lookup`) at `attach_type`; cgroup links are always multi-attach.
+pub(crate) fn link_create(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: AttachType,
+) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    attr.link_create.__bindgen_anon_1.prog_fd = fd_u32(prog);
+    attr.link_create.__bindgen_anon_2.target_fd = fd_u32(target);
+    attr.link_create.attach_type = attach_type as u32;
+    let fd = bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `bpf(BPF_LINK_DETACH)`: detaches a link's program now, whoever else holds the link
+/// (Linux 5.9).
+pub(crate) fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.link_detach.link_fd = fd_u32(link);
+    bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
+/// `path` as the NUL-terminated string `BPF_OBJ_PIN` and `BPF_OBJ_GET` take.
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// `bpf(BPF_OBJ_PIN)`: pins `fd` at `path` (on bpffs).
+pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let path = c_path(path)?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    attr.__bindgen_anon_4.bpf_fd = fd_u32(fd);
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// `bpf(BPF_OBJ_GET)`: opens the object pinned at `path`, read-write.
+pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = c_path(path)?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `bpf(BPF_OBJ_GET_INFO_BY_FD)` on a link.
+pub(crate) fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    // SAFETY: bpf_link_info is a C struct of integers and unions of integers; all-zero bytes
+    // are valid.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = fd_u32(link);
+    attr.info.info_len = u32::try_from(size_of::<bpf_link_info>()).expect("the struct is small");
+    attr.info.info = (&raw mut info) as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(LinkInfo {
+        link_type: info.type_,
+        prog_id: info.prog_id,
+        // SAFETY: every member of the union is plain integers; for a link that is not a
+        // cgroup link the value is meaningless and `LinkInfo::cgroup` ignores it.
+        cgroup_id: unsafe { info.__bindgen_anon_1.cgroup.cgroup_id },
+    })
+}
+
+/// `bpf(BPF_PROG_QUERY)` with `BPF_F_QUERY_EFFECTIVE`: the ids of the programs that run for
+/// the processes of the cgroup `cgroup` at `attach_type`, its own and its ancestors' (Linux
+/// 4.15).
+pub(crate) fn effective_programs(cgroup: BorrowedFd<'_>, attach_type: AttachType) -> io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    loop {
+        let mut attr = zeroed_attr();
+        attr.query.__bindgen_anon_1.target_fd = fd_u32(cgroup);
+        attr.query.attach_type = attach_type as u32;
+        attr.query.query_flags = BPF_F_QUERY_EFFECTIVE;
+        attr.query.prog_ids = ids.as_mut_ptr() as u64;
+        // In: room in prog_ids; out: how many there are.
+        attr.query.__bindgen_anon_2.prog_cnt =
+            u32::try_from(ids.len()).expect("the buffer holds fewer than 2^32 ids");
+        let result = bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr);
+        // SAFETY: the kernel wrote the count into the union member it was given in.
+        let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
+        match result {
+            Ok(_) => {
+                ids.truncate(count);
+                return Ok(ids);
+            }
+            // More programs than room: the count is what is needed (it may grow meanwhile).
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => ids.resize(count.max(ids.len() * 2), 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_int> {
+    // SAFETY: `attr` is a live, zero-initialised bpf_attr with the command's fields set, and
+    // its size is passed along; any pointer in it (a path, or a buffer the kernel fills, whose
+    // size is in the attr as well) outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_int,
+            std::ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(libc::c_int::try_from(rc).expect("a file descriptor fits a c_int"))
+    }
+}
