@@ -145,21 +145,31 @@ impl NetNs {
         &self,
         f: impl FnOnce() -> Result<T, E> + Send,
     ) -> Result<T, E> {
-        let target = self.fd.as_fd();
-        let path = &self.path;
-        on_thread("capture-netns", move || {
-            let home = File::open("/proc/thread-self/ns/net").map_err(RunError::Home)?;
-            setns(target, CloneFlags::CLONE_NEWNET).map_err(|source| RunError::Setns {
-                path: path.clone(),
-                source,
-            })?;
-            let result = f();
-            // The thread ends right after, but nothing of it should outlive its stay.
-            setns(home.as_fd(), CloneFlags::CLONE_NEWNET)
-                .expect("returning to the original network namespace");
-            result
-        })
+        run_in(self.fd.as_fd(), &self.path, f)
     }
+}
+
+/// [`NetNs::run`] for a namespace known only by its descriptor `netns` (named `path` in
+/// errors).
+///
+/// # Errors
+/// As [`NetNs::run`].
+pub fn run_in<T: Send, E: Send + From<RunError>>(
+    netns: BorrowedFd<'_>,
+    path: &Path,
+    f: impl FnOnce() -> Result<T, E> + Send,
+) -> Result<T, E> {
+    on_thread("capture-netns", move || {
+        let home = File::open("/proc/thread-self/ns/net").map_err(RunError::Home)?;
+        setns(netns, CloneFlags::CLONE_NEWNET).map_err(|source| RunError::Setns {
+            path: path.to_owned(),
+            source,
+        })?;
+        let result = f();
+        // The thread ends right after, but nothing of it should outlive its stay.
+        setns(home.as_fd(), CloneFlags::CLONE_NEWNET).expect("returning to the original network namespace");
+        result
+    })
 }
 
 /// Runs `f` on a new thread inside a new, empty network namespace that goes away with the

@@ -194,3 +194,23 @@ pub enum Error {
         source: io::Error,
     },
 }
+
+impl From<capture_core::host::RunError> for Error {
+    fn from(e: capture_core::host::RunError) -> Self {
+        use capture_core::host::RunError;
+        match e {
+            RunError::Setns { source, .. } => Self::Syscall {
+                call: "setns(CLONE_NEWNET)",
+                source: source.into(),
+            },
+            RunError::Home(source) | RunError::Spawn(source) => Self::Syscall {
+                call: "enter a network namespace on a thread",
+                source,
+            },
+            RunError::Panicked(what) => Self::Syscall {
+                call: "enter a network namespace on a thread",
+                source: io::Error::other(format!("panicked: {what}")),
+            },
+        }
+    }
+}

@@ -100,20 +100,10 @@ impl PodNetns {
     /// As [`NetnsCookie::current`], or [`Error::Syscall`] when the addresses cannot be listed.
     pub fn current() -> Result<PodNetns, Error> {
         let cookie = NetnsCookie::current()?;
-        let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::Syscall {
+        let mut local_addrs = capture_core::host::addresses().map_err(|e| Error::Syscall {
             call: "getifaddrs",
             source: e.into(),
         })?;
-        let mut local_addrs: Vec<IpAddr> = addrs
-            .filter_map(|ifa| {
-                let addr = ifa.address?;
-                if let Some(v4) = addr.as_sockaddr_in() {
-                    Some(IpAddr::V4(v4.ip()))
-                } else {
-                    addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-                }
-            })
-            .collect();
         local_addrs.sort_unstable();
         local_addrs.dedup();
         Ok(PodNetns { cookie, local_addrs })
@@ -121,23 +111,10 @@ impl PodNetns {
 }
 
 /// Runs `f` on a short-lived thread that enters the network namespace `netns` first; the
-/// calling thread never moves.
+/// calling thread never moves (the host layer's [`capture_core::host::run_in`]).
 pub(crate) fn in_netns<T: Send>(
     netns: BorrowedFd<'_>,
     f: impl FnOnce() -> Result<T, Error> + Send,
 ) -> Result<T, Error> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    Error::Syscall {
-                        call: "setns(CLONE_NEWNET)",
-                        source: e.into(),
-                    }
-                })?;
-                f()
-            })
-            .join()
-            .expect("the netns thread does not panic")
-    })
+    capture_core::host::run_in(netns, std::path::Path::new("(network namespace descriptor)"), f)
 }
