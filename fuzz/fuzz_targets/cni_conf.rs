@@ -7,10 +7,10 @@
 
 #![no_main]
 
+use capture_cni::Error;
 use capture_cni::env::{CniArgs, Command};
 use capture_cni::plugin::{add_result, check_prev_result, decode, version_report};
 use capture_cni::pod::{Pod, PodCapture, skip_reason};
-use capture_cni::Error;
 use capture_core::Detected;
 use capture_fuzz::check_spec;
 use libfuzzer_sys::fuzz_target;
@@ -28,7 +28,10 @@ fn one_line(e: &Error) {
 fuzz_target!(|data: &[u8]| {
     let (args, stdin) = match data.strip_prefix(b"CNI_ARGS=") {
         Some(rest) => match rest.iter().position(|b| *b == b'\n') {
-            Some(end) => (String::from_utf8_lossy(&rest[..end]).into_owned(), &rest[end + 1..]),
+            Some(end) => (
+                String::from_utf8_lossy(&rest[..end]).into_owned(),
+                &rest[end + 1..],
+            ),
             None => (String::from_utf8_lossy(rest).into_owned(), &b""[..]),
         },
         None => (POD_ARGS.to_owned(), data),

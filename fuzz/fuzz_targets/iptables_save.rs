@@ -29,7 +29,9 @@ fn specs() -> &'static [CaptureSpec] {
         let (busy, detected) = istio_config(busy);
         vec![
             CaptureSpec::sidecar(),
-            busy.to_spec_with(&detected, &FuzzAccounts).expect("a valid spec").0,
+            busy.to_spec_with(&detected, &FuzzAccounts)
+                .expect("a valid spec")
+                .0,
         ]
     })
 }
@@ -49,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
     // Rolling back restores each table's dumped text; read back, it must hold the same rules.
     let rollback: String = saved.tables.values().map(|t| t.text.as_str()).collect();
     let reread = SavedState::parse(&rollback);
-    assert_eq!(chains(&reread), chains(&saved), "rollback text reads back differently");
+    assert_eq!(
+        chains(&reread),
+        chains(&saved),
+        "rollback text reads back differently"
+    );
 
     // One spec and one way for restores to go per input, chosen by its length, so an input
     // costs one run of the backend rather than four (rendering the expected rules dominates).

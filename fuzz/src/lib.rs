@@ -125,7 +125,11 @@ impl Exec for &FakeIptables {
             stderr: String::new(),
         };
         if program.ends_with("-save") {
-            return Ok(ok(if program.starts_with("ip6") { &self.v6 } else { &self.v4 }));
+            return Ok(ok(if program.starts_with("ip6") {
+                &self.v6
+            } else {
+                &self.v4
+            }));
         }
         let mut restores = self.restores.borrow_mut();
         let failing = self.fail_restore.is_some_and(|n| restores.len() >= n);
@@ -164,7 +168,9 @@ pub fn assert_restore_lines(payload: &str) {
 /// RETURN` loads as a rule on an interface named `ab -j RETURN` with no target).
 pub fn assert_clean_restore(payload: &str) {
     assert_restore_lines(payload);
-    let bad = payload.chars().find(|c| (c.is_control() && *c != '\n') || *c == '"');
+    let bad = payload
+        .chars()
+        .find(|c| (c.is_control() && *c != '\n') || *c == '"');
     assert!(bad.is_none(), "{bad:?} in the payload {payload:?}");
 }
 
@@ -227,7 +233,10 @@ pub fn check_spec(spec: &CaptureSpec) {
     assert!(changes.iter().all(|(_, c)| *c == Change::Applied), "{changes:?}");
     let restores = empty.restores.borrow();
     let restored: Vec<&str> = restores.iter().map(|(_, _, p)| p.as_str()).collect();
-    assert_eq!(restored, payloads, "applied payloads differ from the rendered ones");
+    assert_eq!(
+        restored, payloads,
+        "applied payloads differ from the rendered ones"
+    );
 
     // Its own rules in place: the drift check sees them as equal, and a rerun changes nothing.
     let [v4, v6] = saved;
@@ -239,14 +248,25 @@ pub fn check_spec(spec: &CaptureSpec) {
     let backend = Iptables::new(&installed, Flavor::Legacy);
     for &family in spec.families() {
         let state = backend.state(spec, family).expect("the fake save succeeds");
-        let dump = if family == Family::V4 { &installed.v4 } else { &installed.v6 };
-        assert_eq!(state, State::Equal, "{family}: its own saved rules differ:\n{dump}");
+        let dump = if family == Family::V4 {
+            &installed.v4
+        } else {
+            &installed.v6
+        };
+        assert_eq!(
+            state,
+            State::Equal,
+            "{family}: its own saved rules differ:\n{dump}"
+        );
     }
     let rerun = backend
         .apply(spec, ApplyOptions::default())
         .unwrap_or_else(|e| panic!("rerun failed: {e}"));
     assert!(rerun.iter().all(|(_, c)| *c == Change::Unchanged), "{rerun:?}");
-    assert!(installed.restores.borrow().is_empty(), "a rerun restored something");
+    assert!(
+        installed.restores.borrow().is_empty(),
+        "a rerun restored something"
+    );
 }
 
 #[cfg(test)]
@@ -256,7 +276,9 @@ mod tests {
     use super::*;
 
     fn seeds(target: &str) -> Vec<(String, String)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus")
+            .join(target);
         let mut seeds: Vec<(String, String)> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|entry| {
