@@ -140,14 +140,29 @@ impl NetConf {
     fn deserialize_from(raw: &Value) -> Result<Self, serde_json::Error> {
         serde_path_to_error::deserialize(raw).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
+            let inner = e.into_inner().to_string();
+            // serde quotes keys and values as given: escape what would break the line.
+            let msg = if path == "." {
                 inner
             } else {
-                decode_error(&format!("{path}: {inner}"))
-            }
+                format!("{path}: {inner}")
+            };
+            decode_error(&escape_controls(&msg))
         })
     }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`), so that it stays one line.
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// libcni's rule for network names.
@@ -453,4 +468,36 @@ fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), Error> {
         .expect("Env::read requires CNI_NETNS for CHECK");
     let ns = NetNs::open(path).map_err(|e| crate::netns::open_error(e, path))?;
     capture::check(&ns, conf, &capture)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing: a key or value with a control character made a multi-line message,
+    /// which also forged lines in the plugin's log.
+    #[test]
+    fn decode_errors_are_one_line_whatever_the_keys() {
+        for conf in [
+            r#"{"cniVersion":"1.0.0","name":"n","type":"t","capture":{"tunne\np/rt":15008}}"#,
+            r#"{"cniVersion":"1.0.0","name":"n","type":"t","pod_selection":"all\r\nforged"}"#,
+        ] {
+            let failure = decode(conf.as_bytes(), Command::Add).unwrap_err();
+            let msg = failure.error.to_string();
+            assert_eq!(failure.error.cni_code(), 7, "{msg}");
+            assert!(!msg.contains(['\n', '\r']), "{msg:?}");
+        }
+        let failure = decode(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"t","capture":{"tunne\np/rt":1}}"#,
+            Command::Add,
+        )
+        .unwrap_err();
+        let msg = failure.error.to_string();
+        assert!(
+            msg.starts_with(
+                r"invalid network configuration: capture.tunne\np/rt: unknown field `tunne\np/rt`"
+            ),
+            "{msg}"
+        );
+    }
 }

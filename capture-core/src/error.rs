@@ -125,8 +125,8 @@ pub enum ValueError {
     /// Not a usable policy-routing table id.
     #[error("not a routing table id (1-4294967295, except 253 default, 254 main, 255 local)")]
     RouteTable,
-    /// Not a Linux interface name.
-    #[error("not an interface name (1-15 characters, no '/', ':' or whitespace)")]
+    /// Not a Linux interface name iptables-restore reads as written.
+    #[error("not an interface name (1-15 characters, no '/', ':', '\"' or whitespace)")]
     Interface,
     /// Interception mode that is not REDIRECT or TPROXY.
     #[error("interception mode must be REDIRECT or TPROXY")]

@@ -490,14 +490,15 @@ impl FromStr for Iface {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // The kernel's dev_valid_name(): at most IFNAMSIZ-1 bytes, not "." or "..", no '/',
-        // ':' or whitespace.
+        // ':' or whitespace. And no '"': iptables-restore takes it as a quote, so the rule
+        // would load with a different interface and without its target.
         let valid = !s.is_empty()
             && s.len() <= 15
             && s != "."
             && s != ".."
-            && !s
-                .bytes()
-                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+            && !s.bytes().any(|b| {
+                b == b'/' || b == b':' || b == b'"' || b.is_ascii_whitespace() || b.is_ascii_control()
+            });
         if valid {
             Ok(Self(s.to_owned()))
         } else {
@@ -636,6 +637,17 @@ mod tests {
         assert!("veth+".parse::<Iface>().is_ok());
         for bad in ["", "a/b", "a:b", "sixteen-chars-xx", "..", "a b"] {
             assert_eq!(bad.parse::<Iface>(), Err(ValueError::Interface), "{bad:?}");
+        }
+        // Found by fuzzing: iptables-restore reads '"' as a quote, so `-o a"b -j RETURN` would
+        // load as a rule on the interface `ab -j RETURN`, without its target.
+        for bad in ["a\"b", "\"", "eth0\""] {
+            assert_eq!(bad.parse::<Iface>(), Err(ValueError::Interface), "{bad:?}");
+        }
+        for odd in ["a'b", "a#b", "!ab", "a\\b", "é1"] {
+            assert!(
+                odd.parse::<Iface>().is_ok(),
+                "{odd:?}: iptables takes it as written"
+            );
         }
     }
 

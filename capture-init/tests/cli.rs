@@ -540,6 +540,13 @@ fn bad_input_exits_1_naming_flag_and_value() {
             "254",
         ),
         (vec!["-c", "a/b"], vec![], "-c/--istio-exclude-interfaces", "a/b"),
+        // iptables-restore would read the quote as one and load another rule.
+        (
+            vec!["-k", "eth0,tap\"0"],
+            vec![],
+            "-k/--kube-virt-interfaces",
+            r#""tap\"0""#,
+        ),
         (
             vec![],
             vec![("ISTIO_OUTBOUND_OWNER_GROUPS", groups_65.as_str())],
