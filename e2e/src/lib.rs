@@ -29,14 +29,11 @@ mod topology;
 
 use std::process::Command;
 
-pub use client::{Connected, connect_as, connect_as_from, connect_detailed};
+pub use client::{Connected, assume_identity, connect_as, connect_as_from, connect_detailed};
 pub use iptables::{Flavor, iptables_restore, iptables_save_normalized, normalize_save};
 pub use listener::{Accepted, Listener};
 pub use netns::{NETNS_PREFIX, NetNs};
 pub use topology::{Family, Topology};
-
-#[cfg(test)]
-mod tests;
 
 /// The uid (and gid) of the sidecar proxy, whose traffic the default rules never capture.
 pub const PROXY_UID: u32 = 1337;

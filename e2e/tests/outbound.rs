@@ -3,8 +3,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::capture_default_sidecar;
-use crate::flavor_family_tests;
-use crate::{
+use capture_e2e::flavor_family_tests;
+use capture_e2e::{
     APP_UID, Family, Flavor, Listener, OUTBOUND_PORT, PROXY_UID, Topology, connect_as, require_root,
 };
 
@@ -109,7 +109,7 @@ fn v4_on_dual_stack_proxy_is_plain_ipv4(flavor: Flavor) {
 }
 
 mod v4_on_dual_stack_proxy_is_plain_ipv4 {
-    use crate::Flavor;
+    use capture_e2e::Flavor;
 
     #[test]
     fn legacy() {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::{
+use capture_e2e::{
     APP_UID, Family, Flavor, Listener, OUTBOUND_PORT, Topology, connect_as, iptables_save_normalized,
     require_root,
 };
@@ -40,7 +40,7 @@ fn pod_reaches_peer_without_rules(family: Family) {
 }
 
 mod pod_reaches_peer_without_rules {
-    use crate::Family;
+    use capture_e2e::Family;
 
     #[test]
     fn v4() {

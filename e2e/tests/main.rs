@@ -13,7 +13,7 @@ mod inbound;
 mod original_dst;
 mod outbound;
 
-use crate::{Family, Flavor, NetNs, iptables_restore};
+use capture_e2e::{Family, Flavor, NetNs, iptables_restore};
 
 /// The IPv4 restore payload of the default sidecar, as istio-iptables emits it.
 const DEFAULT_SIDECAR_V4: &str = "\

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::capture_default_sidecar;
-use crate::flavor_family_tests;
-use crate::{
+use capture_e2e::flavor_family_tests;
+use capture_e2e::{
     Family, Flavor, INBOUND_PORT, Listener, PROXY_UID, Topology, connect_as, connect_as_from, require_root,
 };
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde_json::Map;
 
-use crate::cni::{Attachment, DEBIAN_CNI_PLUGINS, Runtime, bridge_conflist};
-use crate::{Listener, NetNs, connect_as, require_root};
+use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, Runtime, bridge_conflist};
+use capture_e2e::{Listener, NetNs, connect_as, require_root};
 
 /// A host-local data directory removed on drop.
 struct TempDir(PathBuf);

@@ -17,8 +17,8 @@ use nix::sys::socket::{
 };
 
 use super::ebpf::{ebpf_test, enroll, finish, sidecar};
-use crate::ebpf::{EbpfWorld, chain, in_cgroup_child, sk_lookup_programs};
-use crate::{
+use capture_e2e::ebpf::{EbpfWorld, chain, in_cgroup_child, sk_lookup_programs};
+use capture_e2e::{
     APP_UID, Family, INBOUND_PORT, Listener, NetNs, PROXY_UID, Topology, connect_as, connect_as_from,
     require_root,
 };
@@ -194,7 +194,7 @@ fn reuseport_group_shares_inbound_connections() {
             let listener = topo
                 .pod
                 .run(|| -> std::io::Result<TcpListener> {
-                    crate::client::assume_identity(PROXY_UID, PROXY_UID)?;
+                    capture_e2e::assume_identity(PROXY_UID, PROXY_UID)?;
                     let fd = socket(
                         AddressFamily::Inet,
                         SockType::Stream,
