@@ -599,7 +599,14 @@ fn outbound_app_is_captured_proxy_is_not(backend: Backend, family: Family) {
     CaptureInit::new(&topo.pod, backend, family).run().ok();
 
     let dst = topo.peer_addr(family, 80);
-    assert_lands(&topo.pod, APP, dst, &outbound);
+    let seen = assert_lands(&topo.pod, APP, dst, &outbound);
+    // Both backends send a captured connection to loopback: REDIRECT in nat OUTPUT rewrites the
+    // destination, eBPF's connect hook the address the app dials.
+    assert_eq!(seen.local, SocketAddr::new(family.loopback(), OUTBOUND_PORT));
+    if !backend.is_ebpf() {
+        // REDIRECT leaves the source the route chose alone.
+        assert_eq!(seen.peer.ip(), topo.pod_ip(family));
+    }
     assert_lands(&topo.pod, PROXY, dst, &app);
     assert_lands(&topo.pod, (PROXY_UID, APP_UID), dst, &app);
     assert_lands(&topo.pod, (APP_UID, PROXY_UID), dst, &app);
@@ -720,9 +727,12 @@ fn outbound_dual_stack_sockets_to_an_ipv4_peer(backend: Backend) {
     let conn = connect_detailed(&topo.pod, APP_UID, APP_UID, peer).expect("the AF_INET app connects");
     assert_eq!(conn.reply, outbound.token());
     assert_eq!(conn.peer, peer);
+    let seen = outbound.take_one();
+    assert_eq!(*seen.original_dst.as_ref().expect("original_dst"), peer);
     assert_eq!(
-        *outbound.take_one().original_dst.as_ref().expect("original_dst"),
-        peer
+        seen.local,
+        SocketAddr::new(Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(), OUTBOUND_PORT),
+        "the proxy's socket is AF_INET6, its local address v4-mapped"
     );
     assert!(
         app.take_accepted().is_empty(),

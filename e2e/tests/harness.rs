@@ -101,6 +101,25 @@ fn run_enters_the_netns_and_command_too() {
     assert_eq!(from_command.trim(), format!("net:[{inside}]"));
 }
 
+/// A new namespace has no rule in any table, in either flavour or family, so whatever a test
+/// finds there afterwards is what it put there.
+#[test]
+fn fresh_netns_has_no_rules() {
+    if !require_root() {
+        return;
+    }
+    let ns = NetNs::new();
+    for family in [Family::V4, Family::V6] {
+        for flavor in Flavor::ALL {
+            let save = iptables_save_normalized(&ns, flavor, family);
+            assert!(
+                !save.lines().any(|l| l.starts_with("-A ")),
+                "{flavor:?} {family:?} rules in a fresh netns:\n{save}"
+            );
+        }
+    }
+}
+
 /// The same payload saves the same way through legacy and nft, so one golden can serve both.
 #[test]
 fn both_flavors_save_the_default_sidecar_alike() {
