@@ -13,7 +13,7 @@
 //! | [`connect_as`]               | a client connection from a netns as a given uid/gid                     |
 //! | [`iptables_restore`]         | `iptables-restore --noflush` in a netns, legacy or nft, v4 or v6        |
 //! | [`iptables_save_normalized`] | `iptables-save` without counters and comments, for comparisons          |
-//! | [`ebpf`]                     | test cgroups and bpffs mounts with capture's eBPF programs installed,   |
+//! | `ebpf` (feature `ebpf`)      | test cgroups and bpffs mounts with capture's eBPF programs installed,   |
 //! |                              | and running a test's body in a child process inside the cgroup          |
 //!
 //! Nothing here touches the root network namespace: addresses, routes, links and rules are only ever
@@ -21,6 +21,7 @@
 
 mod client;
 pub mod cni;
+#[cfg(feature = "ebpf")]
 pub mod ebpf;
 mod iptables;
 mod listener;

@@ -11,7 +11,9 @@
 //! (istio-capture.md §2.1).
 
 mod cni_chain;
+#[cfg(feature = "ebpf")]
 mod ebpf;
+#[cfg(feature = "ebpf")]
 mod ebpf_inbound;
 mod harness;
 mod original_dst;
