@@ -24,10 +24,9 @@
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread;
 
 #[cfg(feature = "ebpf")]
@@ -35,8 +34,8 @@ use capture_e2e::ebpf::{self, EbpfWorld};
 use capture_e2e::flavor_family_tests;
 use capture_e2e::{
     APP_UID, Accepted, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, SIDECAR_ARGS,
-    Topology, connect_as, connect_as_from, connect_detailed, iptables_save_normalized, normalize_save,
-    require_root, run_ok,
+    TempDir, Topology, connect_as, connect_as_from, connect_detailed, iptables_save_normalized,
+    normalize_save, passthrough, require_root, run_ok,
 };
 
 /// The binary under test.
@@ -328,14 +327,6 @@ fn assert_no_istio(pod: &NetNs, flavor: Flavor) {
     for family in [Family::V4, Family::V6] {
         let save = iptables_save_normalized(pod, flavor, family);
         assert!(!save.contains("ISTIO"), "{family:?} rules left behind:\n{save}");
-    }
-}
-
-/// The inbound passthrough source: `127.0.0.6` or `::6`.
-fn passthrough(family: Family) -> IpAddr {
-    match family {
-        Family::V4 => Ipv4Addr::new(127, 0, 0, 6).into(),
-        Family::V6 => Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6).into(),
     }
 }
 
@@ -1082,34 +1073,6 @@ fn cleanup_removes_everything(flavor: Flavor) {
 
 // ── 7. Rollback ─────────────────────────────────────────────────────────────────────────────────
 
-/// A directory under the temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("capture-e2e-{}-{tag}-{n}", std::process::id()));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        Self(path)
-    }
-
-    /// Writes an executable script.
-    fn script(&self, name: &str, text: &str) {
-        let path = self.0.join(name);
-        fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod the script");
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.0) {
-            eprintln!("cannot remove {}: {e}", self.0.display());
-        }
-    }
-}
-
 flavor_tests!(failure_between_families_rolls_back);
 
 /// IPv4 is applied for real, then `ip6tables-<flavor>-restore` (a script first in `PATH`) fails: the
@@ -1127,7 +1090,7 @@ fn failure_between_families_rolls_back(flavor: Flavor) {
     let before = saves(&topo.pod, flavor);
 
     let run = CaptureInit::sidecar(&topo.pod, flavor, Family::V6)
-        .path_first(&fake.0)
+        .path_first(fake.path())
         .run();
     run.code(1)
         .says("line 2 failed (injected)")
@@ -1765,7 +1728,7 @@ fn killed_between_tables_heals_on_rerun(flavor: Flavor) {
              awk '/^\\*/ {{ n++ }} n <= 1' | /usr/sbin/{program} \"$@\"\nkill -9 $PPID\nkill -9 $$\n"
         ),
     );
-    let killed = init.clone().path_first(&fake.0).run();
+    let killed = init.clone().path_first(fake.path()).run();
     assert!(
         killed.status.code().is_none(),
         "capture-init was killed: {killed:?}"
@@ -1847,7 +1810,7 @@ fn failed_cleanup_puts_everything_back(flavor: Flavor) {
     );
     init.clone()
         .switch("--cleanup-only")
-        .path_first(&fake.0)
+        .path_first(fake.path())
         .run()
         .code(1)
         .says("line 2 failed (injected)")

@@ -14,7 +14,7 @@ use std::process::{Command, ExitCode};
 
 use capture_e2e::{
     APP_UID, Family, INBOUND_PORT, Listener, OUTBOUND_PORT, PROXY_UID, SIDECAR_ARGS, Topology, connect_as,
-    connect_as_from,
+    connect_as_from, passthrough,
 };
 
 fn main() -> ExitCode {
@@ -130,7 +130,7 @@ fn demo(bin: &PathBuf) -> Result<(), String> {
                     &topo.pod,
                     PROXY_UID,
                     PROXY_UID,
-                    "127.0.0.6".parse().expect("address"),
+                    passthrough(Family::V4),
                     SocketAddr::new(pod4, 8080),
                 )
             }),

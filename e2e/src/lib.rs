@@ -13,6 +13,8 @@
 //! | [`connect_as`]               | a client connection from a netns as a given uid/gid                     |
 //! | [`iptables_restore`]         | `iptables-restore --noflush` in a netns, legacy or nft, v4 or v6        |
 //! | [`iptables_save_normalized`] | `iptables-save` without counters and comments, for comparisons          |
+//! | [`TempDir`]                  | a scratch directory under `$TMPDIR`, removed on `Drop`                  |
+//! | [`passthrough`]              | the proxy's inbound passthrough source, `127.0.0.6` or `::6`            |
 //! | `ebpf` (feature `ebpf`)      | test cgroups and bpffs mounts with capture's eBPF programs installed,   |
 //! |                              | and running a test's body in a child process inside the cgroup          |
 //!
@@ -26,14 +28,17 @@ pub mod ebpf;
 mod iptables;
 mod listener;
 mod netns;
+mod tempdir;
 mod topology;
 
+use std::net::IpAddr;
 use std::process::Command;
 
 pub use client::{Connected, assume_identity, connect_as, connect_as_from, connect_detailed};
 pub use iptables::{Flavor, iptables_restore, iptables_save_normalized, normalize_save};
 pub use listener::{Accepted, Listener};
 pub use netns::{NETNS_PREFIX, NetNs};
+pub use tempdir::TempDir;
 pub use topology::{Family, Topology};
 
 /// The uid (and gid) of the sidecar proxy, whose traffic the default rules never capture.
@@ -44,6 +49,17 @@ pub const APP_UID: u32 = 1000;
 pub const OUTBOUND_PORT: u16 = 15001;
 /// The proxy port that captured inbound traffic is redirected to (`istio-iptables -z`).
 pub const INBOUND_PORT: u16 = 15006;
+
+/// The source address the proxy binds when it forwards inbound traffic to the app: `127.0.0.6` or
+/// `::6` ([`capture_core::passthrough_source`]).
+#[must_use]
+pub fn passthrough(family: Family) -> IpAddr {
+    let family = match family {
+        Family::V4 => capture_core::Family::V4,
+        Family::V6 => capture_core::Family::V6,
+    };
+    capture_core::passthrough_source(family).addr()
+}
 
 /// The command Istio's sidecar injector gives istio-iptables, flag and value in turn:
 /// `-p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020`.
