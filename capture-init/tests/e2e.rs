@@ -31,11 +31,10 @@ use std::thread;
 
 #[cfg(feature = "ebpf")]
 use capture_e2e::ebpf::{self, EbpfWorld};
-use capture_e2e::flavor_family_tests;
 use capture_e2e::{
     APP_UID, Accepted, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, SIDECAR_ARGS,
     TempDir, Topology, connect_as, connect_as_from, connect_detailed, iptables_save_normalized,
-    normalize_save, passthrough, require_root, run_ok,
+    normalize_save, passthrough, require_root, run_ok, test_matrix,
 };
 
 /// The binary under test.
@@ -416,93 +415,6 @@ fn assert_lands(ns: &NetNs, who: Identity, dst: SocketAddr, on: &Listener) -> Ac
     seen
 }
 
-/// Instantiates `fn $test(Backend, Family)` as one test per row of the scenario table:
-/// `$test::{legacy,nft,ebpf}_{v4,v6}`. The eBPF rows run through [`ebpf_row`] and exist with the
-/// feature `ebpf`.
-///
-/// `scenario_tests!(ebpf_pending = "why"; …)` leaves the eBPF rows out (no test is generated;
-/// no test is marked to be skipped): the single switch that lets a scenario join the eBPF backend once it
-/// can pass. The reason stays in the source, where the switch is.
-macro_rules! scenario_tests {
-    (ebpf_pending = $why:literal; $($test:ident),+ $(,)?) => {
-        scenario_tests!(@rows [cfg(any())] $($test),+);
-    };
-    ($($test:ident),+ $(,)?) => {
-        scenario_tests!(@rows [] $($test),+);
-    };
-    (@rows $ebpf_attrs:tt $($test:ident),+) => {
-        $(scenario_tests!(@row $ebpf_attrs $test);)+
-    };
-    (@row [$($ebpf_attr:meta)?] $test:ident) => {
-        mod $test {
-            use capture_e2e::{Family, Flavor};
-
-            use super::Backend;
-
-            #[test]
-            fn legacy_v4() {
-                super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
-            }
-
-            #[test]
-            fn legacy_v6() {
-                super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
-            }
-
-            #[test]
-            fn nft_v4() {
-                super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
-            }
-
-            #[test]
-            fn nft_v6() {
-                super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
-            }
-
-            #[cfg(feature = "ebpf")]
-            $(#[$ebpf_attr])?
-            #[test]
-            fn ebpf_v4() {
-                super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V4));
-            }
-
-            #[cfg(feature = "ebpf")]
-            $(#[$ebpf_attr])?
-            #[test]
-            fn ebpf_v6() {
-                super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V6));
-            }
-        }
-    };
-}
-
-/// Like [`scenario_tests!`] for `fn $test(Backend)`: `$test::{legacy,nft,ebpf}`.
-macro_rules! backend_tests {
-    ($($test:ident),+ $(,)?) => {$(
-        mod $test {
-            use capture_e2e::Flavor;
-
-            use super::Backend;
-
-            #[test]
-            fn legacy() {
-                super::$test(Backend::Iptables(Flavor::Legacy));
-            }
-
-            #[test]
-            fn nft() {
-                super::$test(Backend::Iptables(Flavor::Nft));
-            }
-
-            #[cfg(feature = "ebpf")]
-            #[test]
-            fn ebpf() {
-                super::ebpf_row(|| super::$test(Backend::Ebpf));
-            }
-        }
-    )+};
-}
-
 /// Runs an eBPF row: in the test process, makes a test-owned cgroup v2 directory and bpffs, runs
 /// this same test again in a child inside the cgroup (where `body` runs: `capture-init` loads the
 /// programs there and every process and socket of the scenario belongs to the cgroup), then
@@ -551,26 +463,9 @@ fn ebpf_rows_are_built() {
     eprintln!("skipping the eBPF rows: built without capture-init's feature `ebpf`");
 }
 
-/// Instantiates `fn $test(Flavor)` as `$test::{legacy,nft}`.
-macro_rules! flavor_tests {
-    ($($test:ident),+ $(,)?) => {$(
-        mod $test {
-            #[test]
-            fn legacy() {
-                super::$test(capture_e2e::Flavor::Legacy);
-            }
-
-            #[test]
-            fn nft() {
-                super::$test(capture_e2e::Flavor::Nft);
-            }
-        }
-    )+};
-}
-
 // ── 1. Outbound ──────────────────────────────────────────────────────────────────────────────────
 
-scenario_tests!(
+test_matrix!(backend, family:
     outbound_app_is_captured_proxy_is_not,
     outbound_excluded_port_goes_direct,
     outbound_excluded_cidr_goes_direct,
@@ -676,7 +571,7 @@ fn outbound_excluded_cidr_wins_over_captured_port(backend: Backend, family: Fami
     assert_lands(&topo.pod, APP, nobody(&topo, family, 82), &outbound);
 }
 
-backend_tests!(outbound_dual_stack_sockets_to_an_ipv4_peer);
+test_matrix!(backend: outbound_dual_stack_sockets_to_an_ipv4_peer);
 
 /// IPv4 through dual-stack sockets, on an IPv4-only capture: an `AF_INET6` app socket dialling
 /// `::ffff:<peer>:80` is captured as IPv4, and the app's `getpeername()` still says the mapped
@@ -733,7 +628,7 @@ fn outbound_dual_stack_sockets_to_an_ipv4_peer(backend: Backend) {
 
 // ── 2. Inbound ───────────────────────────────────────────────────────────────────────────────────
 
-scenario_tests!(
+test_matrix!(backend, family:
     inbound_is_captured_except_excluded_ports,
     inbound_only_listed_ports,
 );
@@ -784,7 +679,7 @@ fn inbound_only_listed_ports(backend: Backend, family: Family) {
 
 // ── 3. Loopback ──────────────────────────────────────────────────────────────────────────────────
 
-scenario_tests!(loopback);
+test_matrix!(backend, family: loopback);
 
 /// Inside the pod: the app → 127.0.0.1 (`::1`) and → its own pod IP are not captured; the proxy →
 /// pod:8080 from 127.0.0.6 (`::6`) is inbound passthrough and reaches the app; the proxy → pod:8080
@@ -828,7 +723,7 @@ fn loopback(backend: Backend, family: Family) {
 
 // ── 4. IPv6 detection and TPROXY ────────────────────────────────────────────────────────────────
 
-flavor_tests!(ipv6_follows_dual_stack_and_ipv6_flag);
+test_matrix!(flavor: ipv6_follows_dual_stack_and_ipv6_flag);
 
 /// The pod has IPv4 and IPv6 addresses, IPv4 first. Without `--dual-stack` only IPv4 is captured, as
 /// Istio decides from the first address; `--dual-stack --ipv6 off` still leaves IPv6 alone;
@@ -873,7 +768,7 @@ fn ipv6_follows_dual_stack_and_ipv6_flag(flavor: Flavor) {
     assert!(has_ipv6_passthrough(&topo.pod));
 }
 
-flavor_family_tests!(tproxy);
+test_matrix!(flavor, family: tproxy);
 
 /// `-m TPROXY`: the peer → pod:8080 reaches the transparent inbound proxy, which sees the peer's own
 /// address as client and pod:8080 as its local address and original destination; excluded ports and
@@ -926,7 +821,7 @@ fn tproxy(flavor: Flavor, family: Family) {
 
 // ── 6. State: idempotence, drift, reconcile, cleanup ────────────────────────────────────────────
 
-flavor_tests!(
+test_matrix!(flavor:
     second_run_changes_nothing,
     drift_fails_and_reconcile_restores,
     cleanup_removes_everything
@@ -951,7 +846,7 @@ fn second_run_changes_nothing(flavor: Flavor) {
     assert_eq!(saves(&topo.pod, flavor), fresh);
 }
 
-scenario_tests!(any_destination_is_captured_and_reruns_as_no_op);
+test_matrix!(backend, family: any_destination_is_captured_and_reruns_as_no_op);
 
 /// `-i 0.0.0.0/0` (`-i 0.0.0.0/0,::/0` with IPv6), the usual spelling of "everything" in
 /// `includeOutboundIPRanges`: the app → peer:80 is captured, and the same command again finds its
@@ -1073,7 +968,7 @@ fn cleanup_removes_everything(flavor: Flavor) {
 
 // ── 7. Rollback ─────────────────────────────────────────────────────────────────────────────────
 
-flavor_tests!(failure_between_families_rolls_back);
+test_matrix!(flavor: failure_between_families_rolls_back);
 
 /// IPv4 is applied for real, then `ip6tables-<flavor>-restore` (a script first in `PATH`) fails: the
 /// run exits 1 saying it rolled back, and neither family nor `lo` keeps anything of the capture.
@@ -1126,7 +1021,7 @@ fn default_route_via_peer(topo: &Topology, family: Family) {
     }
 }
 
-scenario_tests!(validation_passes_with_rules);
+test_matrix!(backend, family: validation_passes_with_rules);
 
 /// `--run-validation` after applying: both probes (hairpin and outbound) pass in every family.
 fn validation_passes_with_rules(backend: Backend, family: Family) {
@@ -1590,7 +1485,7 @@ fn ebpf_pods_in_parallel() {
 
 // ── 9. Never failing open (issue 8) ─────────────────────────────────────────────────────────────
 
-flavor_tests!(
+test_matrix!(flavor:
     concurrent_runs_never_undo_each_other,
     killed_mid_apply_heals_on_rerun,
     killed_between_tables_heals_on_rerun,

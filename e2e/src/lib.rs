@@ -133,10 +133,52 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{cmd:?} printed non-UTF-8: {e}"))
 }
 
-/// Instantiates `fn $test(Flavor, Family)` as four tests, `$test::{legacy,nft}_{v4,v6}`.
+/// Instantiates each `fn $test(…)` once per row of a test matrix, as the module `$test` with one
+/// test per row. The dimensions come first, the functions after the colon:
+///
+/// | Invocation                               | Function                  | Tests                                         |
+/// |------------------------------------------|---------------------------|-----------------------------------------------|
+/// | `test_matrix!(flavor: f, …)`             | `fn f(Flavor)`            | `f::legacy`, `f::nft`                         |
+/// | `test_matrix!(flavor, family: f, …)`     | `fn f(Flavor, Family)`    | `f::{legacy,nft}_{v4,v6}`                     |
+/// | `test_matrix!(backend: f, …)`            | `fn f(Backend)`           | `f::legacy`, `f::nft`, `f::ebpf`              |
+/// | `test_matrix!(backend, family: f, …)`    | `fn f(Backend, Family)`   | `f::{legacy,nft,ebpf}_{v4,v6}`                |
+///
+/// The `backend` dimension is for suites that run one scenario on every backend (capture-init's
+/// scenario table): the invoking module has in scope a `Backend` with the variants
+/// `Iptables(Flavor)` and `Ebpf`, and a function `ebpf_row(impl FnOnce())` that runs an eBPF row
+/// (in its test cgroup). The `ebpf` rows exist when the invoking crate's feature `ebpf` is on.
+///
+/// # Examples
+///
+/// ```
+/// use capture_e2e::{Family, Flavor, test_matrix};
+///
+/// test_matrix!(flavor, family: saves_alike);
+///
+/// fn saves_alike(flavor: Flavor, family: Family) {
+///     // ... runs four times: saves_alike::legacy_v4, saves_alike::legacy_v6, ...
+/// #   let _ = (flavor, family);
+/// }
+/// # fn main() {}
+/// ```
 #[macro_export]
-macro_rules! flavor_family_tests {
-    ($($test:ident),+ $(,)?) => {$(
+macro_rules! test_matrix {
+    (flavor: $($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use $crate::Flavor;
+
+            #[test]
+            fn legacy() {
+                super::$test(Flavor::Legacy);
+            }
+
+            #[test]
+            fn nft() {
+                super::$test(Flavor::Nft);
+            }
+        }
+    )+};
+    (flavor, family: $($test:ident),+ $(,)?) => {$(
         mod $test {
             use $crate::{Family, Flavor};
 
@@ -158,6 +200,68 @@ macro_rules! flavor_family_tests {
             #[test]
             fn nft_v6() {
                 super::$test(Flavor::Nft, Family::V6);
+            }
+        }
+    )+};
+    (backend: $($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use $crate::Flavor;
+
+            use super::Backend;
+
+            #[test]
+            fn legacy() {
+                super::$test(Backend::Iptables(Flavor::Legacy));
+            }
+
+            #[test]
+            fn nft() {
+                super::$test(Backend::Iptables(Flavor::Nft));
+            }
+
+            #[cfg(feature = "ebpf")]
+            #[test]
+            fn ebpf() {
+                super::ebpf_row(|| super::$test(Backend::Ebpf));
+            }
+        }
+    )+};
+    (backend, family: $($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use $crate::{Family, Flavor};
+
+            use super::Backend;
+
+            #[test]
+            fn legacy_v4() {
+                super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
+            }
+
+            #[test]
+            fn legacy_v6() {
+                super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
+            }
+
+            #[test]
+            fn nft_v4() {
+                super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
+            }
+
+            #[test]
+            fn nft_v6() {
+                super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
+            }
+
+            #[cfg(feature = "ebpf")]
+            #[test]
+            fn ebpf_v4() {
+                super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V4));
+            }
+
+            #[cfg(feature = "ebpf")]
+            #[test]
+            fn ebpf_v6() {
+                super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V6));
             }
         }
     )+};
