@@ -7,19 +7,15 @@
 //! CNI 1.1.0 is not run here: Debian's plugins (1.1.1) stop at 1.0.0. The protocol tests cover
 //! capture-cni's 1.1.0 pass-through.
 
-#[path = "common/tempdir.rs"]
-mod tempdir;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, Runtime, bridge_conflist};
 use capture_e2e::{
-    APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, connect_as,
+    APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, TempDir, connect_as,
     iptables_save_normalized, require_root,
 };
 use serde_json::{Map, Value, json};
-use tempdir::TempDir;
 
 /// Where cargo put the plugin under test; a runtime finds it there through `CNI_PATH`.
 fn plugin_dir() -> PathBuf {

@@ -5,16 +5,13 @@
 //! unchanged and in order, the top-level `name`/`cniVersion` kept, our entry last. Where we
 //! deliberately differ from Istio's goldens, the test says so.
 
-#[path = "common/tempdir.rs"]
-mod tempdir;
-
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use capture_cni::install::{self, NetworkConfig, PLUGIN_TYPE};
+use capture_e2e::TempDir;
 use serde_json::{Map, Value, json};
-use tempdir::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_capture-cni");
 

@@ -6,19 +6,16 @@
 
 #[path = "common/cni.rs"]
 mod cni;
-#[path = "common/tempdir.rs"]
-mod tempdir;
 
 use std::path::Path;
 use std::thread;
 
 use capture_e2e::{
-    APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, Topology, connect_as,
-    iptables_save_normalized, require_root,
+    APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, TempDir, Topology,
+    connect_as, iptables_save_normalized, require_root,
 };
 use cni::{Reply, cni_env, invoke};
 use serde_json::{Value, json};
-use tempdir::TempDir;
 
 const POD_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1";
 

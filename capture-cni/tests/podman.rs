@@ -15,9 +15,6 @@
 //! Needs root, podman, runc and busybox-static (`scripts/setup`); skips with a message without
 //! root, and fails when `CI` is set.
 
-#[path = "common/tempdir.rs"]
-mod tempdir;
-
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
@@ -28,7 +25,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use capture_e2e::{
-    Family, Flavor, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, iptables_save_normalized, require_root,
+    Family, Flavor, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, TempDir, iptables_save_normalized,
+    require_root,
 };
 use nix::errno::Errno;
 use nix::mount::{MntFlags, umount2};
@@ -37,7 +35,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-use tempdir::TempDir;
 
 /// The podman network (the conflist's `name`) and the bridge it makes in the node namespace.
 const NETWORK: &str = "capture-podman";

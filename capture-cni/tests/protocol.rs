@@ -4,12 +4,10 @@
 
 #[path = "common/cni.rs"]
 mod cni;
-#[path = "common/tempdir.rs"]
-mod tempdir;
 
+use capture_e2e::TempDir;
 use cni::{Reply, cni_env, invoke};
 use serde_json::{Value, json};
-use tempdir::TempDir;
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 

@@ -3,7 +3,7 @@
 //! A [`RuleSet`] is what [`plan`](crate::plan) derives from a spec for one address family. It
 //! keeps the *order of operations* (`-A` appends and `-I` inserts, interleaved across chains)
 //! rather than each chain's final contents, because the restore payload istio-iptables writes
-//! is in that order and ours must match it byte for byte. [`RuleSet::chain_contents`] gives
+//! is in that order and ours must match it byte for byte. [`Table::chain_contents`] gives
 //! the contents the kernel ends up with.
 
 use std::collections::BTreeMap;

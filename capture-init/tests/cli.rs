@@ -1,11 +1,10 @@
 //! The real `capture-init` binary, with real argv and environment, through `--dry-run`,
 //! compared with istio-iptables' goldens; and its answers to bad input.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use capture_e2e::SIDECAR_ARGS;
+use capture_e2e::{SIDECAR_ARGS, TempDir};
 
 fn golden(name: &str) -> String {
     let path =
@@ -16,26 +15,6 @@ fn golden(name: &str) -> String {
         .filter(|l| !matches!(*l, "iptables-save" | "ip6tables-save"))
         .map(|l| format!("{l}\n"))
         .collect()
-}
-
-/// A resolv.conf for the cases that capture DNS per nameserver; removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str, text: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("capture-init-test-{}-{tag}", std::process::id()));
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// Runs the binary with exactly these arguments and variables (the test's own environment is
@@ -74,8 +53,9 @@ fn capture_init_with_groups(args: &[&str], env: &[(&str, &str)], groups: &[&str]
     for (gid, name) in (20001..).zip(groups) {
         text.push_str(&format!("{name}:x:{gid}:\n"));
     }
-    let file = TempFile::new(&format!("group-{}", groups.join("-")), &text);
-    let source = std::ffi::CString::new(file.0.as_os_str().as_bytes()).unwrap();
+    let dir = TempDir::new("group");
+    let file = dir.file("group", &text);
+    let source = std::ffi::CString::new(file.as_os_str().as_bytes()).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_capture-init"));
     cmd.args(args).env_clear().envs(env.iter().copied());
     // SAFETY: between fork and exec the closure makes three syscalls on strings prepared
@@ -308,7 +288,9 @@ fn owner_group_goldens_through_the_binary() {
 }
 
 fn golden_through_the_binary(case: &Case) {
-    let resolv = case.resolv_conf.map(|text| TempFile::new(case.name, text));
+    // A resolv.conf for the cases that capture DNS per nameserver.
+    let scratch = TempDir::new(case.name);
+    let resolv = case.resolv_conf.map(|text| scratch.file("resolv.conf", text));
     let mut args = vec![
         "-u",
         "1337",
@@ -319,7 +301,7 @@ fn golden_through_the_binary(case: &Case) {
         if case.ipv6 { "on" } else { "off" },
     ];
     if let Some(file) = &resolv {
-        args.extend(["--resolv-conf", file.0.to_str().unwrap()]);
+        args.extend(["--resolv-conf", file.to_str().unwrap()]);
     }
     args.extend(case.args);
     let out = if case.groups.is_empty() {

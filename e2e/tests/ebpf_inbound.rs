@@ -7,7 +7,7 @@
 //! `listen()` only there); `sk_lookup` programs are attached only to namespaces the test made.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd};
 
 use capture_core::{InboundPorts, PortRange};
@@ -17,19 +17,11 @@ use nix::sys::socket::{
 };
 
 use super::ebpf::{ebpf_test, enroll, finish, sidecar};
-use crate::ebpf::{EbpfWorld, chain, in_cgroup_child, sk_lookup_programs};
-use crate::{
+use capture_e2e::ebpf::{EbpfWorld, chain, in_cgroup_child, sk_lookup_programs};
+use capture_e2e::{
     APP_UID, Family, INBOUND_PORT, Listener, NetNs, PROXY_UID, Topology, connect_as, connect_as_from,
-    require_root,
+    passthrough, require_root,
 };
-
-/// Istio's inbound passthrough source for `family`.
-fn passthrough(family: Family) -> IpAddr {
-    match family {
-        Family::V4 => Ipv4Addr::new(127, 0, 0, 6).into(),
-        Family::V6 => Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6).into(),
-    }
-}
 
 /// The peer connecting to pod:8080 lands on the proxy's :15006, which learns pod:8080 (the
 /// accepted socket's own local address: nothing was rewritten); the excluded port 15021 and
@@ -194,7 +186,7 @@ fn reuseport_group_shares_inbound_connections() {
             let listener = topo
                 .pod
                 .run(|| -> std::io::Result<TcpListener> {
-                    crate::client::assume_identity(PROXY_UID, PROXY_UID)?;
+                    capture_e2e::assume_identity(PROXY_UID, PROXY_UID)?;
                     let fd = socket(
                         AddressFamily::Inet,
                         SockType::Stream,

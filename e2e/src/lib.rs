@@ -13,7 +13,9 @@
 //! | [`connect_as`]               | a client connection from a netns as a given uid/gid                     |
 //! | [`iptables_restore`]         | `iptables-restore --noflush` in a netns, legacy or nft, v4 or v6        |
 //! | [`iptables_save_normalized`] | `iptables-save` without counters and comments, for comparisons          |
-//! | [`ebpf`]                     | test cgroups and bpffs mounts with capture's eBPF programs installed,   |
+//! | [`TempDir`]                  | a scratch directory under `$TMPDIR`, removed on `Drop`                  |
+//! | [`passthrough`]              | the proxy's inbound passthrough source, `127.0.0.6` or `::6`            |
+//! | `ebpf` (feature `ebpf`)      | test cgroups and bpffs mounts with capture's eBPF programs installed,   |
 //! |                              | and running a test's body in a child process inside the cgroup          |
 //!
 //! Nothing here touches the root network namespace: addresses, routes, links and rules are only ever
@@ -21,23 +23,24 @@
 
 mod client;
 pub mod cni;
+#[cfg(feature = "ebpf")]
 pub mod ebpf;
 mod iptables;
 mod listener;
 mod netns;
+mod tempdir;
 mod topology;
 
+use std::net::IpAddr;
 use std::process::Command;
 
 pub use capture_core::{Family, Flavor};
-pub use client::{Connected, connect_as, connect_as_from, connect_detailed};
+pub use client::{Connected, assume_identity, connect_as, connect_as_from, connect_detailed};
 pub use iptables::{iptables_restore, iptables_save_normalized, normalize_save};
 pub use listener::{Accepted, Listener};
 pub use netns::{NETNS_PREFIX, NetNs};
+pub use tempdir::TempDir;
 pub use topology::Topology;
-
-#[cfg(test)]
-mod tests;
 
 /// The uid (and gid) of the sidecar proxy, whose traffic the default rules never capture.
 pub const PROXY_UID: u32 = 1337;
@@ -47,6 +50,13 @@ pub const APP_UID: u32 = 1000;
 pub const OUTBOUND_PORT: u16 = 15001;
 /// The proxy port that captured inbound traffic is redirected to (`istio-iptables -z`).
 pub const INBOUND_PORT: u16 = 15006;
+
+/// The source address the proxy binds when it forwards inbound traffic to the app: `127.0.0.6` or
+/// `::6` ([`capture_core::passthrough_source`]).
+#[must_use]
+pub fn passthrough(family: Family) -> IpAddr {
+    capture_core::passthrough_source(family).addr()
+}
 
 /// The command Istio's sidecar injector gives istio-iptables, flag and value in turn:
 /// `-p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020`.
@@ -120,10 +130,52 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{cmd:?} printed non-UTF-8: {e}"))
 }
 
-/// Instantiates `fn $test(Flavor, Family)` as four tests, `$test::{legacy,nft}_{v4,v6}`.
+/// Instantiates each `fn $test(…)` once per row of a test matrix, as the module `$test` with one
+/// test per row. The dimensions come first, the functions after the colon:
+///
+/// | Invocation                               | Function                  | Tests                                         |
+/// |------------------------------------------|---------------------------|-----------------------------------------------|
+/// | `test_matrix!(flavor: f, …)`             | `fn f(Flavor)`            | `f::legacy`, `f::nft`                         |
+/// | `test_matrix!(flavor, family: f, …)`     | `fn f(Flavor, Family)`    | `f::{legacy,nft}_{v4,v6}`                     |
+/// | `test_matrix!(backend: f, …)`            | `fn f(Backend)`           | `f::legacy`, `f::nft`, `f::ebpf`              |
+/// | `test_matrix!(backend, family: f, …)`    | `fn f(Backend, Family)`   | `f::{legacy,nft,ebpf}_{v4,v6}`                |
+///
+/// The `backend` dimension is for suites that run one scenario on every backend (capture-init's
+/// scenario table): the invoking module has in scope a `Backend` with the variants
+/// `Iptables(Flavor)` and `Ebpf`, and a function `ebpf_row(impl FnOnce())` that runs an eBPF row
+/// (in its test cgroup). The `ebpf` rows exist when the invoking crate's feature `ebpf` is on.
+///
+/// # Examples
+///
+/// ```
+/// use capture_e2e::{Family, Flavor, test_matrix};
+///
+/// test_matrix!(flavor, family: saves_alike);
+///
+/// fn saves_alike(flavor: Flavor, family: Family) {
+///     // ... runs four times: saves_alike::legacy_v4, saves_alike::legacy_v6, ...
+/// #   let _ = (flavor, family);
+/// }
+/// # fn main() {}
+/// ```
 #[macro_export]
-macro_rules! flavor_family_tests {
-    ($($test:ident),+ $(,)?) => {$(
+macro_rules! test_matrix {
+    (flavor: $($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use $crate::Flavor;
+
+            #[test]
+            fn legacy() {
+                super::$test(Flavor::Legacy);
+            }
+
+            #[test]
+            fn nft() {
+                super::$test(Flavor::Nft);
+            }
+        }
+    )+};
+    (flavor, family: $($test:ident),+ $(,)?) => {$(
         mod $test {
             use $crate::{Family, Flavor};
 
@@ -145,6 +197,68 @@ macro_rules! flavor_family_tests {
             #[test]
             fn nft_v6() {
                 super::$test(Flavor::Nft, Family::V6);
+            }
+        }
+    )+};
+    (backend: $($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use $crate::Flavor;
+
+            use super::Backend;
+
+            #[test]
+            fn legacy() {
+                super::$test(Backend::Iptables(Flavor::Legacy));
+            }
+
+            #[test]
+            fn nft() {
+                super::$test(Backend::Iptables(Flavor::Nft));
+            }
+
+            #[cfg(feature = "ebpf")]
+            #[test]
+            fn ebpf() {
+                super::ebpf_row(|| super::$test(Backend::Ebpf));
+            }
+        }
+    )+};
+    (backend, family: $($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use $crate::{Family, Flavor};
+
+            use super::Backend;
+
+            #[test]
+            fn legacy_v4() {
+                super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
+            }
+
+            #[test]
+            fn legacy_v6() {
+                super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
+            }
+
+            #[test]
+            fn nft_v4() {
+                super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
+            }
+
+            #[test]
+            fn nft_v6() {
+                super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
+            }
+
+            #[cfg(feature = "ebpf")]
+            #[test]
+            fn ebpf_v4() {
+                super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V4));
+            }
+
+            #[cfg(feature = "ebpf")]
+            #[test]
+            fn ebpf_v6() {
+                super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V6));
             }
         }
     )+};

@@ -83,7 +83,7 @@ impl NetNs {
         // create_new: a file left by a crashed run whose pid was reused must not be silently shared.
         File::create_new(&path).unwrap_or_else(|e| {
             panic!(
-                "cannot create {}: {e}; a leaked namespace? see tests/README.md",
+                "cannot create {}: {e}; a leaked namespace? see e2e/README.md",
                 path.display()
             )
         });
@@ -249,7 +249,7 @@ impl Drop for NetNs {
         for target in [path.as_path(), through_dir.as_path()] {
             if let Err(e) = unmount_all(target) {
                 eprintln!(
-                    "capture-e2e: cannot unmount netns {name} at {}: {e}; see tests/README.md",
+                    "capture-e2e: cannot unmount netns {name} at {}: {e}; see e2e/README.md",
                     target.display()
                 );
             }
@@ -259,7 +259,7 @@ impl Drop for NetNs {
             // Someone ran `ip netns del` on it already.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => eprintln!(
-                "capture-e2e: cannot remove {}: {e}; see tests/README.md",
+                "capture-e2e: cannot remove {}: {e}; see e2e/README.md",
                 path.display()
             ),
         }

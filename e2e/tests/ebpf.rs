@@ -1,6 +1,6 @@
 //! The eBPF backend with real traffic: capture's programs installed on a test-owned cgroup and
 //! pinned in a test-owned bpffs, the test body running in a child process inside that cgroup
-//! (see [`crate::ebpf`]), packets moving only between the harness's namespaces.
+//! (see [`capture_e2e::ebpf`]), packets moving only between the harness's namespaces.
 //!
 //! Every test ends the same way ([`ebpf_test`]): no per-connection map entries remain, and
 //! uninstalling leaves no program attached to the cgroup (`bpftool cgroup tree`) and nothing
@@ -20,8 +20,8 @@ use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket, sockopt,
 };
 
-use crate::ebpf::{EbpfWorld, chain, in_cgroup_child};
-use crate::{
+use capture_e2e::ebpf::{EbpfWorld, chain, in_cgroup_child};
+use capture_e2e::{
     APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, Topology, connect_as,
     connect_detailed, iptables_restore, require_root, run_ok,
 };
@@ -488,7 +488,7 @@ fn install_needs_bpffs_and_cgroup2() {
     if in_cgroup_child().is_some() || !require_root() {
         return;
     }
-    let cgroup = crate::ebpf::TestCgroup::new();
+    let cgroup = capture_e2e::ebpf::TestCgroup::new();
     let dir = std::env::temp_dir().join(format!("capture-test-notbpf-{}", std::process::id()));
     let err = Node::load(cgroup.path(), &PinDir::at(&dir)).unwrap_err();
     assert!(matches!(err, capture_ebpf::Error::NotBpffs { .. }), "{err}");
@@ -535,10 +535,10 @@ fn open_for_checks_where_the_programs_act() {
     );
 
     Node::open_for(cgroup, &world.pins()).unwrap_or_else(|e| panic!("{}", chain(&e)));
-    let below = crate::ebpf::TestCgroup::under(cgroup);
+    let below = capture_e2e::ebpf::TestCgroup::under(cgroup);
     Node::open_for(below.path(), &world.pins()).unwrap_or_else(|e| panic!("{}", chain(&e)));
 
-    let sibling = crate::ebpf::TestCgroup::new();
+    let sibling = capture_e2e::ebpf::TestCgroup::new();
     let root = capture_ebpf::cgroup2_root().unwrap();
     for other in [sibling.path(), root.as_path()] {
         let err = Node::open_for(other, &world.pins()).unwrap_err();
@@ -599,7 +599,7 @@ fn a_front_end_enrolls_a_pod_with_the_public_api_alone() {
     use capture_core::Port;
     use capture_ebpf::Change;
 
-    if let Some(world) = crate::ebpf::child_world() {
+    if let Some(world) = capture_e2e::ebpf::child_world() {
         let topo = Topology::new();
         let proxy = Listener::spawn(
             &topo.pod,

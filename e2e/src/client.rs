@@ -114,7 +114,11 @@ fn connect_inner(
 ///
 /// Changing the effective uid of any thread resets the process's "dumpable" flag, which only matters for
 /// ptrace and core dumps.
-pub(crate) fn assume_identity(uid: u32, gid: u32) -> io::Result<()> {
+///
+/// # Errors
+///
+/// When a syscall fails (without `CAP_SETUID`/`CAP_SETGID`, `EPERM`).
+pub fn assume_identity(uid: u32, gid: u32) -> io::Result<()> {
     // Order matters: groups and gid need CAP_SETGID, which goes away with the uid change.
     // SAFETY: setgroups(0, NULL) reads no memory and affects only the calling thread's credentials.
     check(unsafe { libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) })?;

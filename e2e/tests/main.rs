@@ -1,19 +1,24 @@
-//! Privileged end-to-end tests. Each test builds its own namespaces, so they run in parallel.
+//! The harness's own suites, one test binary: the harness itself (`harness`), what the kernel
+//! answers to `SO_ORIGINAL_DST` (`original_dst`), the CNI runner with real plugins (`cni_chain`),
+//! and capture-ebpf's programs driven through its library (`ebpf`, `ebpf_inbound`). Each test
+//! builds its own namespaces, so they run in parallel.
 //!
-//! Until capture-core renders rules, the rules under test are the hand-written default sidecar payload of
+//! Capture itself, through the real binaries, is tested where those live: the scenario table in
+//! `capture-init/tests/e2e/`, the CNI plugin in `capture-cni/tests/`. The harness and kernel tests
+//! here use a hand-written payload instead of capture's renderer, so that what they check does not
+//! depend on the code under test: the default sidecar rules of
 //! `istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020`
 //! (istio-capture.md §2.1).
 
 mod cni_chain;
-mod direct;
+#[cfg(feature = "ebpf")]
 mod ebpf;
+#[cfg(feature = "ebpf")]
 mod ebpf_inbound;
 mod harness;
-mod inbound;
 mod original_dst;
-mod outbound;
 
-use crate::{Family, Flavor, NetNs, iptables_restore};
+use capture_e2e::{Family, Flavor, NetNs, iptables_restore};
 
 /// The IPv4 restore payload of the default sidecar, as istio-iptables emits it.
 const DEFAULT_SIDECAR_V4: &str = "\

@@ -4,7 +4,9 @@
 //! uid 1337, sends a few connections, prints where each one landed and what the proxy learned
 //! as its original destination, then removes everything it created.
 //!
-//! Usage: `capture-demo [PATH-TO-capture-init]` (default: next to this binary). Needs root.
+//! Usage: `capture-demo [PATH-TO-capture-init]` (default: the `capture-init` cargo built beside
+//! this example, in the directory above `examples/`). Needs root. `scripts/demo` builds both and
+//! runs it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +14,7 @@ use std::process::{Command, ExitCode};
 
 use capture_e2e::{
     APP_UID, Family, INBOUND_PORT, Listener, OUTBOUND_PORT, PROXY_UID, SIDECAR_ARGS, Topology, connect_as,
-    connect_as_from,
+    connect_as_from, passthrough,
 };
 
 fn main() -> ExitCode {
@@ -21,9 +23,10 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let capture_init = std::env::args_os().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("own path")
-            .with_file_name("capture-init")
+        let exe = std::env::current_exe().expect("own path");
+        // target/<profile>/examples/capture-demo → target/<profile>/capture-init
+        let examples = exe.parent().expect("a directory holds the example");
+        examples.with_file_name("capture-init")
     });
     match demo(&capture_init) {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,7 +130,7 @@ fn demo(bin: &PathBuf) -> Result<(), String> {
                     &topo.pod,
                     PROXY_UID,
                     PROXY_UID,
-                    "127.0.0.6".parse().expect("address"),
+                    passthrough(Family::V4),
                     SocketAddr::new(pod4, 8080),
                 )
             }),

@@ -3,7 +3,7 @@
 use std::panic;
 
 use super::{capture_default_sidecar, default_sidecar_payload};
-use crate::{
+use capture_e2e::{
     Family, Flavor, Listener, NETNS_PREFIX, NetNs, PROXY_UID, Topology, iptables_save_normalized,
     require_root,
 };
@@ -97,8 +97,27 @@ fn run_enters_the_netns_and_command_too() {
         inside,
         own("/proc/thread-self/ns/net").expect("stat the test's netns")
     );
-    let from_command = crate::run_ok(ns.command("readlink").arg("/proc/self/ns/net"));
+    let from_command = capture_e2e::run_ok(ns.command("readlink").arg("/proc/self/ns/net"));
     assert_eq!(from_command.trim(), format!("net:[{inside}]"));
+}
+
+/// A new namespace has no rule in any table, in either flavour or family, so whatever a test
+/// finds there afterwards is what it put there.
+#[test]
+fn fresh_netns_has_no_rules() {
+    if !require_root() {
+        return;
+    }
+    let ns = NetNs::new();
+    for family in [Family::V4, Family::V6] {
+        for flavor in Flavor::ALL {
+            let save = iptables_save_normalized(&ns, flavor, family);
+            assert!(
+                !save.lines().any(|l| l.starts_with("-A ")),
+                "{flavor:?} {family:?} rules in a fresh netns:\n{save}"
+            );
+        }
+    }
 }
 
 /// The same payload saves the same way through legacy and nft, so one golden can serve both.
@@ -254,8 +273,8 @@ fn netns_is_removed_after_iproute2_turns_run_netns_into_a_mount() {
         let other = format!("{NETNS_PREFIX}-{}-iproute2", std::process::id());
         {
             let _guard = IpNetns(&other);
-            crate::run_ok(std::process::Command::new("ip").args(["netns", "add", &other]));
-            crate::run_ok(std::process::Command::new("ip").args(["netns", "del", &other]));
+            capture_e2e::run_ok(std::process::Command::new("ip").args(["netns", "add", &other]));
+            capture_e2e::run_ok(std::process::Command::new("ip").args(["netns", "del", &other]));
         }
         drop(ns);
         assert!(!path.exists(), "{} left behind", path.display());
@@ -265,7 +284,7 @@ fn netns_is_removed_after_iproute2_turns_run_netns_into_a_mount() {
             "only /run/netns itself stays a mount point"
         );
         // Other tests' namespaces may come and go meanwhile: only these two names are ours.
-        let names = crate::run_ok(std::process::Command::new("ip").args(["netns", "list"]));
+        let names = capture_e2e::run_ok(std::process::Command::new("ip").args(["netns", "list"]));
         for name in [ns_name.as_str(), other.as_str()] {
             assert!(
                 !names.lines().any(|l| l.split(' ').next() == Some(name)),
@@ -341,10 +360,10 @@ fn recorded_saves_hold_for_the_installed_iptables() {
                 continue;
             };
             let ns = NetNs::new();
-            crate::iptables_restore(&ns, flavor, family, &payload);
+            capture_e2e::iptables_restore(&ns, flavor, family, &payload);
             assert_eq!(
                 iptables_save_normalized(&ns, flavor, family),
-                crate::normalize_save(&recorded_text),
+                capture_e2e::normalize_save(&recorded_text),
                 "{} saves differently here; see testdata/saved/README.md",
                 recorded.display()
             );

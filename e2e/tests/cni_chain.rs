@@ -5,17 +5,8 @@ use std::path::PathBuf;
 
 use serde_json::Map;
 
-use crate::cni::{Attachment, DEBIAN_CNI_PLUGINS, Runtime, bridge_conflist};
-use crate::{Listener, NetNs, connect_as, require_root};
-
-/// A host-local data directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, Runtime, bridge_conflist};
+use capture_e2e::{Listener, NetNs, TempDir, connect_as, require_root};
 
 #[test]
 fn bridge_chain_add_check_del_in_every_version() {
@@ -26,12 +17,12 @@ fn bridge_chain_add_check_del_in_every_version() {
         let index = 200 + u8::try_from(i).expect("few versions");
         let node = NetNs::new();
         let pod = NetNs::new();
-        let data =
-            TempDir(std::env::temp_dir().join(format!("capture-test-ipam-{}-{index}", std::process::id())));
+        // host-local's data directory.
+        let data = TempDir::new(&format!("ipam-{index}"));
         let runtime = Runtime::new(
             &node,
             vec![PathBuf::from(DEBIAN_CNI_PLUGINS)],
-            bridge_conflist(version, index, &data.0, &[]),
+            bridge_conflist(version, index, data.path(), &[]),
         );
         let attachment = Attachment {
             container_id: format!("capture-test-{index}"),

@@ -8,7 +8,7 @@ use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
 use super::capture_default_sidecar;
-use crate::{APP_UID, Family, Flavor, OUTBOUND_PORT, Topology, connect_as, require_root};
+use capture_e2e::{APP_UID, Family, Flavor, OUTBOUND_PORT, Topology, connect_as, require_root};
 
 /// An IPv4 connection accepted on `[::]` is an IPv4 flow in conntrack: `SOL_IPV6` finds no entry
 /// (`ENOENT`), `SOL_IP` returns the `sockaddr_in` of the original destination.

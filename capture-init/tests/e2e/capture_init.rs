@@ -1,0 +1,254 @@
+//! How a test runs `capture-init`: the default sidecar command plus changes, on a backend, and how
+//! the run ended.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+#[cfg(feature = "ebpf")]
+use capture_e2e::ebpf;
+use capture_e2e::{Family, Flavor, NetNs, SIDECAR_ARGS};
+
+use crate::support::flavor_name;
+
+/// The binary under test.
+pub(crate) const CAPTURE_INIT: &str = env!("CARGO_BIN_EXE_capture-init");
+
+/// Which backend a scenario row runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// `--force-iptables-version legacy|nft` (the default backend).
+    Iptables(Flavor),
+    /// `--backend ebpf --cgroup <test cgroup> --bpffs <test bpffs>`, in an
+    /// [`ebpf_row`](crate::support::ebpf_row).
+    #[cfg(feature = "ebpf")]
+    Ebpf,
+}
+
+impl Backend {
+    pub(crate) fn is_ebpf(self) -> bool {
+        match self {
+            Backend::Iptables(_) => false,
+            #[cfg(feature = "ebpf")]
+            Backend::Ebpf => true,
+        }
+    }
+}
+
+/// How `capture-init` is pointed at the pod's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// `--network-namespace /run/netns/<pod>`, started from the test's namespace (CNI mode's way).
+    Flag,
+    /// Started inside the pod's namespace (the init container's way).
+    Enter,
+}
+
+/// One `capture-init` invocation for a pod: the default sidecar command plus changes.
+#[derive(Debug, Clone)]
+pub(crate) struct CaptureInit<'a> {
+    pod: &'a NetNs,
+    via: Via,
+    args: Vec<(String, Option<String>)>,
+    /// A directory put first in `PATH`.
+    path_first: Option<PathBuf>,
+}
+
+impl<'a> CaptureInit<'a> {
+    /// The default sidecar command for `pod` in `flavor`, with `--dual-stack` for [`Family::V6`] (the
+    /// pod has both families' addresses, so that is what turns IPv6 on).
+    pub(crate) fn sidecar(pod: &'a NetNs, flavor: Flavor, family: Family) -> Self {
+        Self::new(pod, Backend::Iptables(flavor), family)
+    }
+
+    /// The default sidecar command for `pod` on `backend`; see [`CaptureInit::sidecar`]. The eBPF
+    /// backend is pointed at the test-owned cgroup and bpffs of the
+    /// [`ebpf_row`](crate::support::ebpf_row) it runs in.
+    pub(crate) fn new(pod: &'a NetNs, backend: Backend, family: Family) -> Self {
+        let args: Vec<(String, Option<String>)> = SIDECAR_ARGS
+            .chunks(2)
+            .map(|pair| (pair[0].to_owned(), Some(pair[1].to_owned())))
+            .collect();
+        let init = Self {
+            pod,
+            via: Via::Flag,
+            args,
+            path_first: None,
+        };
+        let init = match backend {
+            Backend::Iptables(flavor) => init.set("--force-iptables-version", flavor_name(flavor)),
+            #[cfg(feature = "ebpf")]
+            Backend::Ebpf => {
+                let world = ebpf::child_world().expect("eBPF rows run inside ebpf_row's cgroup child");
+                init.ebpf_at(&world.cgroup, &world.bpffs)
+            }
+        };
+        match family {
+            Family::V4 => init,
+            Family::V6 => init.switch("--dual-stack"),
+        }
+    }
+
+    /// `--backend ebpf` with the programs attached to `cgroup` and pinned in `bpffs`.
+    #[cfg(feature = "ebpf")]
+    pub(crate) fn ebpf_at(self, cgroup: &Path, bpffs: &Path) -> Self {
+        self.set("--backend", "ebpf")
+            .set("--cgroup", &cgroup.display().to_string())
+            .set("--bpffs", &bpffs.display().to_string())
+    }
+
+    /// Sets `flag` to `value`, replacing the base command's value if it has one.
+    pub(crate) fn set(mut self, flag: &str, value: &str) -> Self {
+        let value = Some(value.to_owned());
+        match self.args.iter_mut().find(|(f, _)| f == flag) {
+            Some((_, v)) => *v = value,
+            None => self.args.push((flag.to_owned(), value)),
+        }
+        self
+    }
+
+    /// Removes `flag` (and its value), so that its default applies.
+    #[cfg(feature = "ebpf")]
+    pub(crate) fn unset(mut self, flag: &str) -> Self {
+        self.args.retain(|(f, _)| f != flag);
+        self
+    }
+
+    /// Adds a switch such as `--reconcile`.
+    pub(crate) fn switch(mut self, flag: &str) -> Self {
+        self.args.push((flag.to_owned(), None));
+        self
+    }
+
+    pub(crate) fn via(mut self, via: Via) -> Self {
+        self.via = via;
+        self
+    }
+
+    pub(crate) fn path_first(mut self, dir: &Path) -> Self {
+        self.path_first = Some(dir.to_owned());
+        self
+    }
+
+    /// Runs the binary with a clean environment (only `PATH`), so nothing on the machine changes the
+    /// result.
+    pub(crate) fn run(&self) -> Run {
+        run_clean(self.command(), self.path_first.as_deref())
+    }
+
+    /// The command [`CaptureInit::run`] runs, environment cleaned, to start it some other way.
+    pub(crate) fn command(&self) -> Command {
+        let cmd = match self.via {
+            Via::Flag => {
+                let mut cmd = Command::new(CAPTURE_INIT);
+                cmd.arg("--network-namespace").arg(self.pod.path());
+                cmd
+            }
+            Via::Enter => self.pod.command(CAPTURE_INIT),
+        };
+        let mut cmd = cmd;
+        for (flag, value) in &self.args {
+            cmd.arg(flag);
+            if let Some(value) = value {
+                cmd.arg(value);
+            }
+        }
+        clean_env(&mut cmd, self.path_first.as_deref());
+        cmd
+    }
+}
+
+/// Gives `cmd` a clean environment: only `PATH`, with `path_first` first.
+pub(crate) fn clean_env(cmd: &mut Command, path_first: Option<&Path>) {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path = match path_first {
+        Some(dir) => {
+            std::env::join_paths(std::iter::once(dir.to_owned()).chain(std::env::split_paths(&path)))
+                .expect("PATH entries without ':'")
+        }
+        None => path,
+    };
+    cmd.env_clear().env("PATH", path);
+}
+
+/// Runs `cmd` with a clean environment (only `PATH`, with `path_first` first).
+pub(crate) fn run_clean(mut cmd: Command, path_first: Option<&Path>) -> Run {
+    clean_env(&mut cmd, path_first);
+    let out = cmd.output();
+    finished(&cmd, out)
+}
+
+/// A [`Run`] from a finished command's output.
+pub(crate) fn finished(cmd: &Command, out: std::io::Result<std::process::Output>) -> Run {
+    let out = out.unwrap_or_else(|e| panic!("cannot run {CAPTURE_INIT}: {e}"));
+    Run {
+        command: format!("{cmd:?}"),
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `capture-init ebpf <args>`: a node command of the eBPF backend.
+#[cfg(feature = "ebpf")]
+pub(crate) fn ebpf_node(args: &[&str]) -> Run {
+    let mut cmd = Command::new(CAPTURE_INIT);
+    cmd.arg("ebpf").args(args);
+    run_clean(cmd, None)
+}
+
+/// How a `capture-init` run ended.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) command: String,
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    /// Asserts the exit code.
+    #[track_caller]
+    pub(crate) fn code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "{} ended with {}\nstdout:\n{}stderr:\n{}",
+            self.command,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts exit code 0.
+    #[track_caller]
+    pub(crate) fn ok(&self) -> &Self {
+        self.code(0)
+    }
+
+    /// Asserts that stderr contains `text`.
+    #[track_caller]
+    pub(crate) fn says(&self, text: &str) -> &Self {
+        assert!(
+            self.stderr.contains(text),
+            "{}: stderr lacks {text:?}:\n{}",
+            self.command,
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts that stderr does not contain `text`.
+    #[cfg(feature = "ebpf")]
+    #[track_caller]
+    pub(crate) fn never_says(&self, text: &str) -> &Self {
+        assert!(
+            !self.stderr.contains(text),
+            "{}: stderr has {text:?}:\n{}",
+            self.command,
+            self.stderr
+        );
+        self
+    }
+}

@@ -1,0 +1,362 @@
+//! The eBPF backend's own life cycle: reruns, flag changes, cleanup, `ebpf load|unload|pods`,
+//! programs attached elsewhere, refused flags, pods in parallel.
+
+use std::fs;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::thread;
+
+use capture_e2e::ebpf::{self, EbpfWorld};
+use capture_e2e::{APP_UID, Family, Flavor, NetNs, Topology, connect_as, require_root, run_ok};
+
+use crate::capture_init::{Backend, CaptureInit, Run, Via, ebpf_node};
+use crate::support::{APP, assert_lands, has_ipv6_passthrough, outbound_proxy, peer_app};
+use crate::support::{ebpf_pods, ebpf_row};
+
+/// The first run loads the programs and enrolls the pod; the same command again (either way of
+/// entering the pod) changes nothing and says so: same generation, same entries.
+#[test]
+fn ebpf_second_run_changes_nothing() {
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let init = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V6);
+        init.run()
+            .ok()
+            .says("eBPF programs loaded, attached to")
+            .says("eBPF capture applied");
+        let fresh = ebpf_pods().ok().stdout.clone();
+        assert!(fresh.contains("generation 1\n"), "{fresh}");
+        assert!(
+            fresh.contains("CIDRS local ::6/128"),
+            "::6 is the pod's own: {fresh}"
+        );
+        for via in [Via::Flag, Via::Enter] {
+            init.clone()
+                .via(via)
+                .run()
+                .ok()
+                .says("eBPF capture already in place, nothing changed")
+                .never_says("loaded");
+            assert_eq!(ebpf_pods().ok().stdout, fresh);
+        }
+    });
+}
+
+/// Other flags replace the pod's configuration in one switch while the app keeps connecting:
+/// every connection lands on the proxy or, once `-o 80` is in force, on the peer; none fails.
+#[test]
+fn ebpf_flag_change_switches_traffic_atomically() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let outbound = outbound_proxy(&topo, Family::V4);
+        let app = peer_app(&topo, Family::V4, 80);
+        let init = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4);
+        init.run().ok().says("eBPF capture applied");
+        let dst = topo.peer_addr(Family::V4, 80);
+        assert_lands(&topo.pod, APP, dst, &outbound);
+
+        let (stop, made) = (AtomicBool::new(false), AtomicUsize::new(0));
+        thread::scope(|scope| {
+            let traffic = scope.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let (reply, _) = connect_as(&topo.pod, APP_UID, APP_UID, dst)
+                        .unwrap_or_else(|e| panic!("a connection during the update failed: {e}"));
+                    assert!(
+                        reply == outbound.token() || reply == app.token(),
+                        "reached {reply:?}"
+                    );
+                    made.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            // Stops the traffic however this thread leaves the scope, so a failure cannot hang it.
+            let _stop = StopOnDrop(&stop);
+            // Waits until `count` connections are made, or the traffic thread ended (failed).
+            let wait_for = |count: usize| {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while made.load(Ordering::SeqCst) < count
+                    && !traffic.is_finished()
+                    && std::time::Instant::now() < deadline
+                {
+                    thread::sleep(std::time::Duration::from_millis(5));
+                }
+            };
+            wait_for(5);
+            init.clone()
+                .set("-o", "80")
+                .run()
+                .ok()
+                .says("eBPF capture updated");
+            wait_for(made.load(Ordering::SeqCst) + 5);
+            stop.store(true, Ordering::SeqCst);
+            traffic.join().expect("the traffic thread");
+        });
+        let captured = outbound.take_accepted();
+        assert!(
+            captured.len() >= 5,
+            "captured before the update: {}",
+            captured.len()
+        );
+        assert!(
+            captured
+                .iter()
+                .all(|a| a.original_dst.as_ref().is_ok_and(|d| *d == dst))
+        );
+        assert!(app.take_accepted().len() >= 5, "direct after the update");
+        assert_lands(&topo.pod, APP, dst, &app);
+        let pods = ebpf_pods().ok().stdout.clone();
+        assert!(pods.contains("generation 2\n"), "{pods}");
+        assert!(pods.contains("PORTS out-exclude 80/16"), "{pods}");
+    });
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `--cleanup-only` unenrolls the pod (its connections go direct again) and takes `::6` off `lo`;
+/// a second cleanup finds nothing to do.
+#[test]
+fn ebpf_cleanup_only_unenrolls() {
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let outbound = outbound_proxy(&topo, Family::V6);
+        let app = peer_app(&topo, Family::V6, 80);
+        let init = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V6);
+        init.run().ok();
+        assert!(has_ipv6_passthrough(&topo.pod));
+        let dst = topo.peer_addr(Family::V6, 80);
+        assert_lands(&topo.pod, APP, dst, &outbound);
+
+        let cleanup = init.switch("--cleanup-only");
+        cleanup.run().ok().says("eBPF capture removed");
+        assert_lands(&topo.pod, APP, dst, &app);
+        assert!(!has_ipv6_passthrough(&topo.pod));
+        assert_eq!(ebpf_pods().ok().stdout, "", "no pod enrolled");
+        cleanup
+            .via(Via::Enter)
+            .run()
+            .ok()
+            .says("not enrolled")
+            .says("nothing to remove");
+    });
+}
+
+/// `capture-init ebpf load` attaches the six programs (a second load changes nothing);
+/// `ebpf unload` with a pod enrolled detaches everything, unpins everything and says the pod is
+/// no longer captured, which it is not.
+#[test]
+fn ebpf_load_and_unload() {
+    ebpf_row(|| {
+        let world = ebpf::child_world().expect("inside ebpf_row");
+        let (cgroup, bpffs) = (
+            world.cgroup.display().to_string(),
+            world.bpffs.display().to_string(),
+        );
+        ebpf_node(&["load", "--cgroup", &cgroup, "--bpffs", &bpffs])
+            .ok()
+            .says("eBPF programs loaded, attached to");
+        assert_eq!(ebpf::attached_to(&world.cgroup).len(), 6);
+        ebpf_node(&["load", "--cgroup", &cgroup, "--bpffs", &bpffs])
+            .ok()
+            .says("already loaded")
+            .says("nothing changed");
+
+        let topo = Topology::new();
+        let outbound = outbound_proxy(&topo, Family::V4);
+        let app = peer_app(&topo, Family::V4, 80);
+        CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4)
+            .run()
+            .ok()
+            .says("eBPF capture applied")
+            .never_says("loaded");
+        let dst = topo.peer_addr(Family::V4, 80);
+        assert_lands(&topo.pod, APP, dst, &outbound);
+
+        ebpf_node(&["unload", "--bpffs", &bpffs])
+            .ok()
+            .says("detached and unpinned")
+            .says("1 enrolled pod(s) are no longer captured");
+        let attached = ebpf::attached_to(&world.cgroup);
+        assert!(attached.is_empty(), "{attached:#?}");
+        let pins = ebpf::pinned_in(&world.bpffs);
+        assert!(pins.is_empty(), "{pins:#?}");
+        assert_lands(&topo.pod, APP, dst, &app);
+        ebpf_node(&["pods", "--bpffs", &bpffs])
+            .code(1)
+            .says("not installed");
+        ebpf_node(&["unload", "--bpffs", &bpffs])
+            .ok()
+            .says("nothing to do");
+    });
+}
+
+/// Programs already pinned but attached to a cgroup that does not hold the one given are refused,
+/// never used: the pod's processes would not be captured. Here they are attached to D, a child
+/// of the test cgroup C, while this process, the app and its clients are in C. Enrolling with
+/// `--cgroup C` (or the default, the cgroup v2 root) and `ebpf load --cgroup C` exit 1 naming
+/// both cgroups and the fix, and enroll nothing; once loaded at C, the same run captures, and a
+/// run for D (below C) uses them.
+#[test]
+fn ebpf_programs_attached_elsewhere_are_refused() {
+    ebpf_row(|| {
+        let world = ebpf::child_world().expect("inside ebpf_row");
+        let sub = ebpf::TestCgroup::under(&world.cgroup);
+        let (c, d, bpffs) = (
+            world.cgroup.display().to_string(),
+            sub.path().display().to_string(),
+            world.bpffs.display().to_string(),
+        );
+        ebpf_node(&["load", "--cgroup", &d, "--bpffs", &bpffs])
+            .ok()
+            .says(&format!("eBPF programs loaded, attached to {d}"));
+        assert_eq!(ebpf::attached_to(sub.path()).len(), 6);
+        // The kernel's id of the links' cgroup is D's inode number.
+        let d_id = std::os::unix::fs::MetadataExt::ino(&fs::metadata(sub.path()).unwrap());
+        let links = world.pin_dir.join("links");
+        for link in fs::read_dir(&links).unwrap() {
+            let info = run_ok(
+                Command::new("bpftool")
+                    .args(["link", "show", "pinned"])
+                    .arg(link.unwrap().path()),
+            );
+            assert!(info.contains(&format!("cgroup_id {d_id} ")), "{info}");
+        }
+
+        let topo = Topology::new();
+        let outbound = outbound_proxy(&topo, Family::V6);
+        let app = peer_app(&topo, Family::V6, 80);
+        let dst = topo.peer_addr(Family::V6, 80);
+        let init = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V6);
+        let refused = |run: &Run, target: &str| {
+            run.code(1)
+                .never_says("applied")
+                .says(&format!(
+                    "eBPF programs under {} are attached to cgroup {d} (id {d_id}), and {target} is neither that cgroup nor below it",
+                    world.pin_dir.display()
+                ))
+                .says(&format!(
+                    "unload them first (capture-init ebpf unload --bpffs {bpffs}) or pass --cgroup {d}"
+                ));
+            assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        };
+        let run = init.run();
+        // Whatever the run says, the app's connection (made in C, not under D) is not captured…
+        assert_lands(&topo.pod, APP, dst, &app);
+        // …so the run must fail rather than report capture applied.
+        refused(&run, &format!("--cgroup {c}"));
+        assert_eq!(ebpf_pods().ok().stdout, "", "nothing enrolled");
+        assert_eq!(ebpf::sk_lookup_programs(&topo.pod), 0, "no inbound link");
+
+        // The default --cgroup, the cgroup v2 root, is checked the same way (the programs are
+        // pinned, so this run cannot attach anything to the host's root).
+        assert!(links.is_dir());
+        let root = capture_ebpf::cgroup2_root().expect("a cgroup2 mount");
+        refused(
+            &init.clone().unset("--cgroup").run(),
+            &format!("the cgroup v2 root {} (--cgroup's default)", root.display()),
+        );
+        refused(
+            &ebpf_node(&["load", "--cgroup", &c, "--bpffs", &bpffs]),
+            &format!("--cgroup {c}"),
+        );
+        ebpf_node(&["load", "--cgroup", &d, "--bpffs", &bpffs])
+            .ok()
+            .says(&format!(
+                "already loaded under {}, attached to cgroup {d}",
+                world.pin_dir.display()
+            ))
+            .says("nothing changed");
+        assert_eq!(ebpf_pods().ok().stdout, "", "nothing enrolled");
+
+        ebpf_node(&["unload", "--bpffs", &bpffs]).ok();
+        assert!(ebpf::attached_to(sub.path()).is_empty());
+        init.run()
+            .ok()
+            .says(&format!("eBPF programs loaded, attached to {c}"))
+            .says("eBPF capture applied");
+        assert_lands(&topo.pod, APP, dst, &outbound);
+        // Programs attached above the cgroup given act on it too.
+        init.clone()
+            .set("--cgroup", &d)
+            .run()
+            .ok()
+            .says("eBPF capture already in place, nothing changed");
+    });
+}
+
+/// Flags the eBPF backend cannot honour yet fail with one line naming them, before anything is
+/// loaded: nothing attached, nothing pinned.
+#[test]
+fn ebpf_refuses_flags_it_cannot_honour() {
+    if ebpf::in_cgroup_child().is_some() || !require_root() {
+        return;
+    }
+    let world = EbpfWorld::empty();
+    let pod = NetNs::new();
+    type Edit = fn(CaptureInit<'_>) -> CaptureInit<'_>;
+    let cases: [(Edit, &str); 4] = [
+        (
+            |i| i.switch("--redirect-dns").switch("--capture-all-dns"),
+            "DNS capture",
+        ),
+        (|i| i.set("-c", "eth1"), "excluded interfaces (-c)"),
+        (|i| i.set("-k", "eth1"), "rerouted interfaces (-k)"),
+        (|i| i.switch("--drop-invalid"), "INVALID_DROP"),
+    ];
+    for (edit, feature) in cases {
+        let init = CaptureInit::sidecar(&pod, Flavor::Nft, Family::V4)
+            .ebpf_at(world.cgroup.path(), world.bpffs.path())
+            .set("--ipv6", "off");
+        let run = edit(init).run();
+        run.code(1)
+            .says(feature)
+            .says("not supported by the eBPF backend yet; use the iptables backend");
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    }
+    assert!(world.attached().is_empty());
+    assert!(world.bpffs.contents().is_empty());
+}
+
+/// Six pods set up at once on a node where nothing is loaded yet: exactly one run loads the
+/// programs (the others wait for its lock), every pod is captured, all six are listed.
+#[test]
+fn ebpf_pods_in_parallel() {
+    ebpf_row(|| {
+        let runs: Vec<(Topology, Run)> = thread::scope(|scope| {
+            let pods: Vec<_> = (0..6)
+                .map(|i| {
+                    scope.spawn(move || {
+                        let topo = Topology::new();
+                        let via = if i % 2 == 0 { Via::Flag } else { Via::Enter };
+                        let run = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4)
+                            .via(via)
+                            .run();
+                        (topo, run)
+                    })
+                })
+                .collect();
+            pods.into_iter()
+                .map(|p| p.join().expect("a pod's setup"))
+                .collect()
+        });
+        let loads = runs
+            .iter()
+            .filter(|(_, run)| run.ok().stderr.contains("eBPF programs loaded"))
+            .count();
+        assert_eq!(loads, 1, "exactly one run loads the programs");
+        for (topo, run) in &runs {
+            run.says("eBPF capture applied");
+            let outbound = outbound_proxy(topo, Family::V4);
+            assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
+        }
+        let pods = ebpf_pods().ok().stdout.clone();
+        assert_eq!(pods.matches("netns-cookie ").count(), 6, "{pods}");
+    });
+}

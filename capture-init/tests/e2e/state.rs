@@ -1,0 +1,155 @@
+//! State: idempotence, drift, `--reconcile`, `--cleanup-only`.
+
+use capture_e2e::{Family, Flavor, Topology, require_root, run_ok, test_matrix};
+
+use crate::capture_init::{Backend, CaptureInit, Via};
+use crate::support::{
+    APP, assert_lands, assert_no_istio, has_ipv6_passthrough, iptables, outbound_proxy, peer_app, saves,
+};
+#[cfg(feature = "ebpf")]
+use crate::support::{ebpf_pods, ebpf_row};
+
+test_matrix!(flavor:
+    second_run_changes_nothing,
+    drift_fails_and_reconcile_restores,
+    cleanup_removes_everything
+);
+
+/// Running the same command twice leaves identical rules in both families; the second run says so.
+fn second_run_changes_nothing(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
+    init.run()
+        .ok()
+        .says("IPv4 capture applied")
+        .says("IPv6 capture applied");
+    let fresh = saves(&topo.pod, flavor);
+    init.run()
+        .ok()
+        .says("IPv4 capture already in place, nothing changed")
+        .says("IPv6 capture already in place, nothing changed");
+    assert_eq!(saves(&topo.pod, flavor), fresh);
+}
+
+test_matrix!(backend, family: any_destination_is_captured_and_reruns_as_no_op);
+
+/// `-i 0.0.0.0/0` (`-i 0.0.0.0/0,::/0` with IPv6), the usual spelling of "everything" in
+/// `includeOutboundIPRanges`: the app → peer:80 is captured, and the same command again finds its
+/// rules in place and changes nothing, although `iptables-save` shows `-d 0.0.0.0/0` and `-d ::/0` as
+/// no address option at all.
+fn any_destination_is_captured_and_reruns_as_no_op(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let outbound = outbound_proxy(&topo, family);
+    let include = match family {
+        Family::V4 => "0.0.0.0/0",
+        Family::V6 => "0.0.0.0/0,::/0",
+    };
+    let init = CaptureInit::new(&topo.pod, backend, family).set("-i", include);
+    init.run().ok();
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &outbound);
+
+    let state = || match backend {
+        Backend::Iptables(flavor) => saves(&topo.pod, flavor).join(""),
+        #[cfg(feature = "ebpf")]
+        Backend::Ebpf => ebpf_pods().ok().stdout.clone(),
+    };
+    let fresh = state();
+    let again = init.run();
+    again.ok();
+    if backend.is_ebpf() {
+        again.says("eBPF capture already in place, nothing changed");
+    } else {
+        again.says("IPv4 capture already in place, nothing changed");
+        if family == Family::V6 {
+            again.says("IPv6 capture already in place, nothing changed");
+        }
+    }
+    assert_eq!(state(), fresh, "a rerun changes nothing");
+    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &outbound);
+}
+
+/// A chain changed behind capture-init's back makes a plain run fail naming the difference (and change
+/// nothing); `--reconcile` puts back exactly the fresh rules, in both families.
+fn drift_fails_and_reconcile_restores(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
+    init.run().ok();
+    let fresh = saves(&topo.pod, flavor);
+
+    run_ok(topo.pod.command(iptables(flavor, Family::V4)).args([
+        "-t",
+        "nat",
+        "-R",
+        "ISTIO_INBOUND",
+        "2",
+        "-p",
+        "tcp",
+        "--dport",
+        "15091",
+        "-j",
+        "RETURN",
+    ]));
+    run_ok(topo.pod.command(iptables(flavor, Family::V6)).args([
+        "-t",
+        "nat",
+        "-D",
+        "OUTPUT",
+        "-j",
+        "ISTIO_OUTPUT",
+    ]));
+    let tampered = saves(&topo.pod, flavor);
+    assert_ne!(tampered, fresh);
+
+    init.run().code(1).says(
+        "nat ISTIO_INBOUND has 5 rules where 5 are expected; rule 2 is '-p tcp -m tcp --dport 15091 -j RETURN' \
+         instead of '-p tcp -m tcp --dport 15090 -j RETURN'",
+    );
+    assert_eq!(
+        saves(&topo.pod, flavor),
+        tampered,
+        "a refused run changes nothing"
+    );
+
+    init.clone()
+        .switch("--reconcile")
+        .run()
+        .ok()
+        .says("IPv4 capture reconciled")
+        // Only a jump was missing in IPv6: nothing contradicted the configuration, so it is
+        // completed, as a plain run would.
+        .says("IPv6 capture completed");
+    assert_eq!(saves(&topo.pod, flavor), fresh);
+}
+
+/// `--cleanup-only` removes every rule in both families and `::6`, after which the app reaches the peer
+/// directly; a second cleanup finds nothing to do and succeeds.
+fn cleanup_removes_everything(flavor: Flavor) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let outbound = outbound_proxy(&topo, Family::V4);
+    let app = peer_app(&topo, Family::V4, 80);
+    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
+    init.run().ok();
+    let dst = topo.peer_addr(Family::V4, 80);
+    assert_lands(&topo.pod, APP, dst, &outbound);
+
+    let cleanup = init.clone().switch("--cleanup-only");
+    cleanup.run().ok().says("capture removed");
+    assert_no_istio(&topo.pod, flavor);
+    assert!(!has_ipv6_passthrough(&topo.pod));
+    assert_lands(&topo.pod, APP, dst, &app);
+
+    cleanup.via(Via::Enter).run().ok();
+    assert_no_istio(&topo.pod, flavor);
+}
