@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     let backend = Iptables::new(&fake, Flavor::Legacy);
     let reconcile = ApplyOptions {
         reconcile: true,
-        force: false,
+        ..ApplyOptions::default()
     };
     let _ = backend.apply(spec, reconcile);
     let _ = backend.apply(spec, ApplyOptions::default());

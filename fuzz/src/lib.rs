@@ -230,7 +230,7 @@ pub fn check_spec(spec: &CaptureSpec) {
     let changes = Iptables::new(&empty, Flavor::Nft)
         .apply(spec, ApplyOptions::default())
         .unwrap_or_else(|e| panic!("applying to empty tables failed: {e}"));
-    assert!(changes.iter().all(|(_, c)| *c == Change::Applied), "{changes:?}");
+    assert!(changes.changes.iter().all(|(_, c)| *c == Change::Applied), "{changes:?}");
     let restores = empty.restores.borrow();
     let restored: Vec<&str> = restores.iter().map(|(_, _, p)| p.as_str()).collect();
     assert_eq!(
@@ -262,7 +262,7 @@ pub fn check_spec(spec: &CaptureSpec) {
     let rerun = backend
         .apply(spec, ApplyOptions::default())
         .unwrap_or_else(|e| panic!("rerun failed: {e}"));
-    assert!(rerun.iter().all(|(_, c)| *c == Change::Unchanged), "{rerun:?}");
+    assert!(rerun.changes.iter().all(|(_, c)| *c == Change::Unchanged), "{rerun:?}");
     assert!(
         installed.restores.borrow().is_empty(),
         "a rerun restored something"
