@@ -45,16 +45,12 @@ fn resolve(owner: &mut Owner, flag: &'static str, user: bool) -> Result<(), Erro
     let Owner::Name(name) = owner else {
         return Ok(());
     };
+    // The same databases, the same way, as validation and iptables' owner match.
+    let accounts = capture_core::SystemAccounts;
     let id = if user {
-        nix::unistd::User::from_name(name)
-            .ok()
-            .flatten()
-            .map(|u| u.uid.as_raw())
+        capture_core::Accounts::uid(&accounts, name)
     } else {
-        nix::unistd::Group::from_name(name)
-            .ok()
-            .flatten()
-            .map(|g| g.gid.as_raw())
+        capture_core::Accounts::gid(&accounts, name)
     };
     match id {
         Some(id) => {
