@@ -9,7 +9,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`version`] | the spec versions spoken (0.3.0 … 1.1.0) |
-//! | [`env`] | `CNI_COMMAND` and the variables each command needs; `CNI_ARGS` |
+//! | [`env`](mod@env) | `CNI_COMMAND` and the variables each command needs; `CNI_ARGS` |
 //! | [`conf`] | the stdin configuration and this plugin's fields, with Istio's defaults |
 //! | [`pod`] | which pods are captured, and Istio's annotations over the defaults |
 //! | [`plugin`] | the protocol: one invocation from environment and stdin to stdout and exit |

@@ -257,7 +257,7 @@ impl<E: Exec> Iptables<E> {
     }
 
     /// Removes everything capture wrote in both families, whatever configuration wrote it (our
-    /// chains, jumps to them, and capture's rule shapes in built-in chains; see [`ours`]),
+    /// chains, jumps to them, and capture's rule shapes in built-in chains; see the `ours` module),
     /// leaving every other rule alone. Succeeds when there is nothing to remove. Both families
     /// are read before either is changed, and if the second removal fails the first is put
     /// back, so a failure leaves the rules as they were.
