@@ -181,3 +181,17 @@ impl SpecError {
         }
     }
 }
+
+/// An error and its sources on one line, `message: cause: cause`: how every binary and test
+/// prints an error.
+#[must_use]
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -27,7 +27,7 @@ pub use apply::{
     Applied, ApplyError, ApplyOptions, Change, Flavor, Iptables, State, SystemExec, check, install, uninstall,
 };
 pub use choice::{FlavorChoice, Ipv6Mode};
-pub use error::{Field, SpecError, ValueError};
+pub use error::{Field, SpecError, ValueError, chain};
 pub use istio::{Detected, IstioConfig, NoUsableAddress, Warning, detect_ipv6, parse_resolv_conf};
 pub use lock::{LockError, NetnsLock};
 pub use original_dst::original_dst;

@@ -12,7 +12,6 @@
 //! chooses the directories from the flags and words outcomes and refusals with the flags
 //! that fix them.
 
-use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -102,14 +101,7 @@ fn bpffs_of(pin_dir: &Path) -> &Path {
 impl Failure {
     /// The message with its causes, one line.
     fn report(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = self.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        capture_core::chain(self)
     }
 }
 

@@ -455,15 +455,4 @@ pub fn child_world() -> Option<ChildWorld> {
     })
 }
 
-/// An error with its sources, for panic messages.
-#[must_use]
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
+pub use capture_core::chain;
