@@ -22,6 +22,14 @@ pub enum Flavor {
 }
 
 impl Flavor {
+    /// The other flavor: where a stale or split capture may also be.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Legacy => Self::Nft,
+            Self::Nft => Self::Legacy,
+        }
+    }
+
     /// The flavor's name as `--force-iptables-version` takes it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -130,19 +130,6 @@ impl<E: Exec> Iptables<E> {
         Ok(compare(&expected(&plan(spec, family)), &self.save(family)?))
     }
 
-    /// Foreign rules in `family` that stand before capture's rules in the built-in chains it
-    /// hooks and can end a packet's traversal there: one line each.
-    ///
-    /// # Errors
-    /// When the rules cannot be read.
-    pub fn shadowing(&self, spec: &CaptureSpec, family: Family) -> Result<Vec<String>, ApplyError> {
-        Ok(shadowing_in(
-            &expected(&plan(spec, family)),
-            &self.save(family)?,
-            false,
-        ))
-    }
-
     /// Installs `spec`'s rules in every family it covers, or changes nothing.
     ///
     /// # Errors
@@ -347,11 +334,7 @@ pub(super) fn shadowing_in(
 impl<E: Exec + Clone> Iptables<E> {
     /// The same backend on the other iptables flavor.
     pub(super) fn other_flavor(&self) -> Self {
-        let other = match self.flavor {
-            Flavor::Legacy => Flavor::Nft,
-            Flavor::Nft => Flavor::Legacy,
-        };
-        Self::new(self.exec.clone(), other)
+        Self::new(self.exec.clone(), self.flavor.other())
     }
 
     /// Our chains held by the other flavor, per family, as `"IPv4 nat ISTIO_OUTPUT"`. A flavor

@@ -10,7 +10,9 @@ use capture_e2e::{
 };
 
 use crate::capture_init::{CaptureInit, Run, finished};
-use crate::support::{assert_no_istio, flavor_name, has_ipv6_passthrough, iptables, rules, saves};
+use crate::support::{
+    assert_no_istio, failing_ip6tables_restore, flavor_name, has_ipv6_passthrough, iptables, rules, saves,
+};
 
 test_matrix!(flavor:
     concurrent_runs_never_undo_each_other,
@@ -28,13 +30,6 @@ fn rerun_changes_nothing(init: &CaptureInit) {
         .ok()
         .says("IPv4 capture already in place, nothing changed")
         .says("IPv6 capture already in place, nothing changed");
-}
-
-fn other_flavor(flavor: Flavor) -> Flavor {
-    match flavor {
-        Flavor::Legacy => Flavor::Nft,
-        Flavor::Nft => Flavor::Legacy,
-    }
 }
 
 /// Both families' `-A` lines.
@@ -185,7 +180,7 @@ fn cleanup_with_other_flags_removes_everything(flavor: Flavor) {
         .ok();
     assert!(rules_of("-4").contains("fwmark 0x539 lookup 133"));
     // A stale chain of ours in the other flavour, as a flavour switch leaves behind.
-    let other = other_flavor(flavor);
+    let other = flavor.other();
     run_ok(
         topo.pod
             .command(iptables(other, Family::V4))
@@ -225,11 +220,7 @@ fn failed_cleanup_puts_everything_back(flavor: Flavor) {
     let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
     init.run().ok();
     let fresh = saves(&topo.pod, flavor);
-    let fake = TempDir::new("fake-ip6tables");
-    fake.script(
-        &format!("{}-restore", iptables(flavor, Family::V6)),
-        "#!/bin/sh\necho 'ip6tables-restore: line 2 failed (injected)' >&2\nexit 1\n",
-    );
+    let fake = failing_ip6tables_restore(flavor);
     init.clone()
         .switch("--cleanup-only")
         .path_first(fake.path())
@@ -276,7 +267,7 @@ fn rules_ahead_of_capture_are_reported(flavor: Flavor) {
         .ok()
         .says("IPv4 capture already in place, nothing changed");
 
-    let other = other_flavor(flavor);
+    let other = flavor.other();
     run_ok(
         topo.pod
             .command(iptables(other, Family::V4))
