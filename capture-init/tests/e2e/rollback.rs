@@ -1,9 +1,9 @@
 //! Rollback: a failure between families leaves nothing of the capture.
 
-use capture_e2e::{Family, Flavor, TempDir, Topology, require_root, test_matrix};
+use capture_e2e::{Family, Flavor, Topology, require_root, test_matrix};
 
 use crate::capture_init::CaptureInit;
-use crate::support::{assert_no_istio, has_ipv6_passthrough, iptables, rules, saves};
+use crate::support::{assert_no_istio, failing_ip6tables_restore, has_ipv6_passthrough, rules, saves};
 
 test_matrix!(flavor: failure_between_families_rolls_back);
 
@@ -14,11 +14,7 @@ fn failure_between_families_rolls_back(flavor: Flavor) {
         return;
     }
     let topo = Topology::new();
-    let fake = TempDir::new("fake-ip6tables");
-    fake.script(
-        &format!("{}-restore", iptables(flavor, Family::V6)),
-        "#!/bin/sh\necho 'ip6tables-restore: line 2 failed (injected)' >&2\nexit 1\n",
-    );
+    let fake = failing_ip6tables_restore(flavor);
     let before = saves(&topo.pod, flavor);
 
     let run = CaptureInit::sidecar(&topo.pod, flavor, Family::V6)

@@ -50,6 +50,17 @@ pub(crate) fn ip_family(family: Family) -> &'static str {
     }
 }
 
+/// A directory holding an `ip6tables-<flavor>-restore` that fails without changing anything,
+/// to put first in `PATH` (removed on drop).
+pub(crate) fn failing_ip6tables_restore(flavor: Flavor) -> capture_e2e::TempDir {
+    let fake = capture_e2e::TempDir::new("fake-ip6tables");
+    fake.script(
+        &format!("{}-restore", iptables(flavor, Family::V6)),
+        "#!/bin/sh\necho 'ip6tables-restore: line 2 failed (injected)' >&2\nexit 1\n",
+    );
+    fake
+}
+
 /// Both families' normalized saves.
 pub(crate) fn saves(pod: &NetNs, flavor: Flavor) -> [String; 2] {
     [Family::V4, Family::V6].map(|family| iptables_save_normalized(pod, flavor, family))
