@@ -2,7 +2,6 @@
 //! iptables backend as capture-init.
 
 use std::fs;
-use std::io;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
@@ -146,11 +145,8 @@ pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error
 }
 
 fn remove_lock_file(path: &Path) {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        // Nothing there (nft, or a run_dir that could not be made).
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {}
-        Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
+    if let Err(e) = capture_core::host::remove_xtables_lock_file(path) {
+        log::warn!("cannot remove {}: {e}", path.display());
     }
 }
 

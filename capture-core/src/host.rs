@@ -235,6 +235,18 @@ pub fn xtables_lock_file(dir: &Path, id: NsId) -> PathBuf {
     ))
 }
 
+/// Removes a lock file [`xtables_lock_file`] named; one that is not there (nft never makes one,
+/// nor a run without a writable directory) is not an error.
+///
+/// # Errors
+/// When the file exists but cannot be removed.
+pub fn remove_xtables_lock_file(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if !matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Whether a file name is one [`xtables_lock_file`] makes.
 pub fn is_xtables_lock_file(name: &str) -> bool {
     name.strip_prefix(XTABLES_LOCK_PREFIX)

@@ -144,13 +144,10 @@ fn run(invocation: &Invocation) -> ExitCode {
             Ok(()) => {
                 // The pod-private xtables lock file goes with the capture (as capture-cni's DEL
                 // removes its own), so cleanup leaves nothing behind.
-                if let Some(lock) = pod_lock_file(args) {
-                    match std::fs::remove_file(&lock) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            eprintln!("capture-init: warning: cannot remove {}: {e}", lock.display());
-                        }
-                        _ => {}
-                    }
+                if let Some(lock) = pod_lock_file(args)
+                    && let Err(e) = host::remove_xtables_lock_file(&lock)
+                {
+                    eprintln!("capture-init: warning: cannot remove {}: {e}", lock.display());
                 }
                 eprintln!("capture-init: capture removed ({})", backend.flavor().as_str());
                 ExitCode::SUCCESS
