@@ -6,8 +6,8 @@ use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use capture_core::{
-    ApplyError, ApplyOptions, CaptureSpec, Change, Detected, Family, Flavor, FlavorChoice, Iptables,
-    Ipv6Mode, SystemExec,
+    ApplyError, ApplyOptions, Backend, CaptureSpec, Detected, Family, Flavor, FlavorChoice, Iptables,
+    Ipv6Mode, Outcome, SystemExec,
 };
 
 use crate::conf::NetConf;
@@ -41,20 +41,21 @@ fn legacy_exec(run_dir: &Path, id: NsId) -> SystemExec {
     }
 }
 
-/// The backend for the pod's namespace `id`, in the calling thread's namespace. Only legacy
-/// iptables takes the xtables lock, so only it gets a lock file; detection only reads rules.
-fn pod_backend(conf: &NetConf, id: NsId) -> Result<Iptables<SystemExec>, Error> {
+/// The backend for the pod's namespace `id`, in the calling thread's namespace: the only
+/// place that knows which backend the configuration names. Only legacy iptables takes the
+/// xtables lock, so only it gets a lock file; detection only reads rules.
+fn pod_backend(conf: &NetConf, id: NsId) -> Result<Box<dyn Backend>, Error> {
     let flavor = match conf.capture.iptables_flavor {
         FlavorChoice::Force(flavor) => flavor,
         FlavorChoice::Auto => Iptables::detect(SystemExec::default())
-            .map_err(Error::Apply)?
+            .map_err(|e| Error::Apply(e.into()))?
             .flavor(),
     };
     let exec = match flavor {
         Flavor::Legacy => legacy_exec(&conf.run_dir, id),
         Flavor::Nft => SystemExec::default(),
     };
-    Ok(Iptables::new(exec, flavor))
+    Ok(Box::new(Iptables::new(exec, flavor)))
 }
 
 /// The backend the configuration asks for, in the calling thread's namespace.
@@ -107,20 +108,13 @@ fn pod_spec(conf: &NetConf, capture: &PodCapture) -> Result<CaptureSpec, Error> 
 ///
 /// # Errors
 /// Entering the namespace, reading the pod's addresses, or applying.
-pub fn add(
-    ns: &NetNs,
-    conf: &NetConf,
-    capture: &PodCapture,
-) -> Result<(Flavor, Vec<(Family, Change)>), Error> {
+pub fn add(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<Outcome, Error> {
     ns.run(|| {
         let spec = pod_spec(conf, capture)?;
         let backend = pod_backend(conf, ns.id())?;
-        let applied =
-            capture_core::install(&backend, &spec, ApplyOptions::default()).map_err(Error::Apply)?;
-        for warning in &applied.warnings {
-            log::warn!("{warning}");
-        }
-        Ok((backend.flavor(), applied.changes))
+        backend
+            .install(&spec, ApplyOptions::default())
+            .map_err(Error::Apply)
     })
 }
 
@@ -138,7 +132,11 @@ pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error
         };
         let (spec, _) = capture.to_spec(&detected)?;
         let backend = pod_backend(conf, ns.id())?;
-        capture_core::uninstall(&backend, &spec).map_err(Error::Apply)
+        let outcome = backend.uninstall(&spec).map_err(Error::Apply)?;
+        for warning in outcome.warnings {
+            log::warn!("{warning}");
+        }
+        Ok::<(), Error>(())
     })?;
     remove_lock_file(&lock_file(&conf.run_dir, ns.id()));
     Ok(())
@@ -160,7 +158,7 @@ pub fn check(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Err
     ns.run(|| {
         let spec = pod_spec(conf, capture)?;
         let backend = pod_backend(conf, ns.id())?;
-        let differences = capture_core::check(&backend, &spec).map_err(Error::Apply)?;
+        let differences = backend.check(&spec).map_err(Error::Apply)?;
         if differences.is_empty() {
             Ok(())
         } else {

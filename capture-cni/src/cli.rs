@@ -140,7 +140,7 @@ fn uninstall(location: &Location) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("capture-cni: uninstall failed: {e}");
+            eprintln!("capture-cni: uninstall failed: {}", capture_core::chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -159,7 +159,7 @@ impl Install {
             return match install_once(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("capture-cni: install failed: {e}");
+                    eprintln!("capture-cni: install failed: {}", capture_core::chain(&e));
                     ExitCode::FAILURE
                 }
             };
@@ -244,7 +244,7 @@ fn watch(opts: &InstallOptions, interval: Duration) -> ExitCode {
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
+                let msg = capture_core::chain(&e);
                 if msg != last_error {
                     eprintln!("capture-cni: {msg}; retrying every {}s", interval.as_secs());
                     last_error = msg;

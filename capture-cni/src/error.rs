@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use capture_core::{ApplyError, Family, ValueError};
+use capture_core::{ApplyError, BackendError, ValueError};
 
 use crate::version::Version;
 
@@ -74,11 +74,11 @@ pub enum Error {
         problem: EnvProblem,
     },
     /// Standard input could not be read.
-    #[error("cannot read the network configuration from stdin: {0}")]
+    #[error("cannot read the network configuration from stdin")]
     Stdin(#[source] io::Error),
     /// Standard input is not JSON, or not a JSON object.
     #[error("cannot decode the network configuration: {0}")]
-    Decode(#[source] serde_json::Error),
+    Decode(serde_json::Error),
     /// `prevResult` is not a result object.
     #[error("cannot decode prevResult: {0}")]
     PrevResult(&'static str),
@@ -95,7 +95,7 @@ pub enum Error {
     },
     /// The configuration is well-formed JSON but its fields are wrong.
     #[error("invalid network configuration: {0}")]
-    Config(#[source] serde_json::Error),
+    Config(serde_json::Error),
     /// A field of the plugin configuration has a value that cannot be used.
     #[error("invalid network configuration: invalid value {value:?} for {field}: {reason}")]
     ConfigValue {
@@ -103,8 +103,7 @@ pub enum Error {
         field: String,
         /// The offending value.
         value: String,
-        /// Why.
-        #[source]
+        /// Why (part of the message).
         reason: ValueError,
     },
     /// A pod annotation has a value that cannot be used.
@@ -117,12 +116,11 @@ pub enum Error {
         value: String,
         /// The rejected item of the value (the whole value for single values).
         item: String,
-        /// Why.
-        #[source]
+        /// Why (part of the message).
         reason: ValueError,
     },
     /// The pod's network namespace could not be opened.
-    #[error("cannot open network namespace {}: {source}", path.display())]
+    #[error("cannot open network namespace {}", path.display())]
     NetnsOpen {
         /// `CNI_NETNS`.
         path: PathBuf,
@@ -137,7 +135,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// Entering the pod's network namespace failed.
-    #[error("cannot enter network namespace {}: {source} (needs CAP_SYS_ADMIN)", path.display())]
+    #[error("cannot enter network namespace {} (needs CAP_SYS_ADMIN)", path.display())]
     Setns {
         /// `CNI_NETNS`.
         path: PathBuf,
@@ -146,13 +144,13 @@ pub enum Error {
         source: nix::Error,
     },
     /// The pod's addresses could not be listed.
-    #[error("cannot list the pod's addresses: {0}")]
+    #[error("cannot list the pod's addresses")]
     Addresses(#[source] nix::Error),
     /// The pod has no address that tells whether it uses IPv6.
     #[error("{0}; set capture.ipv6 to \"on\" or \"off\" to decide without one")]
-    NoUsableAddress(#[source] capture_core::NoUsableAddress),
+    NoUsableAddress(capture_core::NoUsableAddress),
     /// A node-side file or directory could not be written.
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}", path.display())]
     Io {
         /// What was being done.
         op: &'static str,
@@ -162,9 +160,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// Applying, checking or removing the rules failed.
-    #[error("{0}")]
-    Apply(#[source] ApplyError),
+    /// Applying, checking or removing the capture failed (the backend's error, with its
+    /// causes).
+    #[error("{}", capture_core::chain(.0.as_ref()))]
+    Apply(BackendError),
     /// `CHECK`: the pod's capture is missing or differs from the configuration.
     #[error("capture in the pod does not match the configuration: {}", differences.join("; "))]
     CheckFailed {
@@ -172,8 +171,8 @@ pub enum Error {
         differences: Vec<String>,
     },
     /// `STATUS`: the backend cannot work on this node.
-    #[error("plugin not available: {0}")]
-    Unavailable(#[source] ApplyError),
+    #[error("plugin not available: {}", capture_core::chain(.0))]
+    Unavailable(ApplyError),
     /// A bug: a panic was caught.
     #[error("internal error: {0}")]
     Internal(String),
@@ -215,7 +214,7 @@ impl Error {
                 "fix {field} in the plugin's entry of the network configuration"
             )),
             Self::CheckFailed { .. } => Some("the pod's capture rules were changed or removed".into()),
-            Self::Apply(ApplyError::Drift { .. }) => Some(
+            Self::Apply(e) if matches!(e.downcast_ref(), Some(ApplyError::Drift { .. })) => Some(
                 "other capture rules are already in the pod's network namespace (an istio-init container?)"
                     .into(),
             ),
@@ -229,7 +228,7 @@ impl Error {
         let mut reply = serde_json::json!({
             "cniVersion": cni_version,
             "code": self.cni_code(),
-            "msg": self.to_string(),
+            "msg": capture_core::chain(self),
         });
         if let Some(details) = self.details() {
             reply["details"] = details.into();
@@ -239,20 +238,15 @@ impl Error {
 }
 
 /// Legacy iptables gave up waiting for its lock: worth retrying.
-fn lock_busy(e: &ApplyError) -> bool {
-    match e {
-        ApplyError::Exec { stderr, .. } => stderr.contains("xtables lock"),
-        ApplyError::RolledBack { source, .. } => lock_busy(source),
-        _ => false,
+fn lock_busy(e: &BackendError) -> bool {
+    fn busy(e: &ApplyError) -> bool {
+        match e {
+            ApplyError::Exec { stderr, .. } => stderr.contains("xtables lock"),
+            ApplyError::RolledBack { failure, .. } => busy(failure),
+            _ => false,
+        }
     }
-}
-
-/// The family a difference was found in, for messages.
-pub(crate) fn family_name(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "IPv4",
-        Family::V6 => "IPv6",
-    }
+    e.downcast_ref().is_some_and(busy)
 }
 
 #[cfg(test)]
@@ -308,9 +302,9 @@ mod tests {
             code: Some(4),
             stderr: "Another app is currently holding the xtables lock. Stopped waiting after 30s.".into(),
         };
-        assert_eq!(Error::Apply(busy).cni_code(), 11);
+        assert_eq!(Error::Apply(busy.into()).cni_code(), 11);
         assert_eq!(
-            Error::Unavailable(ApplyError::NoIptables("none".into())).cni_code(),
+            Error::Unavailable(ApplyError::NoIptables { tried: Vec::new() }).cni_code(),
             50
         );
     }

@@ -50,7 +50,7 @@ const FALLBACK_NAME: &str = "k8s-pod-network";
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     /// A file or directory operation failed.
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}", path.display())]
     Io {
         /// What was being done.
         op: &'static str,

@@ -253,7 +253,7 @@ pub fn run(var: impl Fn(&str) -> Option<OsString>, stdin: &mut dyn Read) -> Outc
         Ok(Some(env)) => env,
         Ok(None) => unreachable!("CNI_COMMAND is set"),
         Err(error) => {
-            log::error!("{error}");
+            log::error!("{}", capture_core::chain(&error));
             return failure(&Failure { version, error });
         }
     };
@@ -270,7 +270,7 @@ pub fn run(var: impl Fn(&str) -> Option<OsString>, stdin: &mut dyn Read) -> Outc
             return failure(&Failure { version, error });
         }
         // DEL goes on with what was read, as with a configuration that does not decode.
-        log::warn!("{error}");
+        log::warn!("{}", capture_core::chain(&error));
     }
     match handle(&env, &input) {
         Ok(Some(result)) => Outcome {
@@ -282,7 +282,7 @@ pub fn run(var: impl Fn(&str) -> Option<OsString>, stdin: &mut dyn Read) -> Outc
             exit: 0,
         },
         Err(f) => {
-            log::error!("{}", f.error);
+            log::error!("{}", capture_core::chain(&f.error));
             failure(&f)
         }
     }
@@ -357,15 +357,12 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
         .as_deref()
         .expect("Env::read requires CNI_NETNS for ADD");
     let ns = NetNs::open(path).map_err(|e| crate::netns::open_error(e, path))?;
-    let (flavor, changes) = capture::add(&ns, conf, &capture)?;
-    for (family, change) in changes {
-        log::info!(
-            "pod {}: {} capture {} ({})",
-            pod.display_name(),
-            crate::error::family_name(family),
-            change.describe(),
-            flavor.as_str()
-        );
+    let outcome = capture::add(&ns, conf, &capture)?;
+    for warning in &outcome.warnings {
+        log::warn!("{warning}");
+    }
+    for step in &outcome.steps {
+        log::info!("pod {}: {step}", pod.display_name());
     }
     Ok(Some(result))
 }

@@ -30,8 +30,8 @@ mod saved;
 #[cfg(test)]
 mod tests;
 
-pub use compare::State;
-pub use error::ApplyError;
+pub use compare::{Difference, State};
+pub use error::{ApplyError, Unusable};
 pub use exec::{Exec, Flavor, Output, SystemExec};
 pub use iptables::Iptables;
 pub use saved::{SavedState, SavedTable};
@@ -39,37 +39,12 @@ pub use saved::{SavedState, SavedTable};
 use compare::{compare, expected};
 use iptables::shadowing_in;
 
+pub use crate::backend::Change;
 use crate::lock::NetnsLock;
 use crate::netlink::{self, TproxyRoutes};
 use crate::plan::plan;
 use crate::spec::{CaptureSpec, InboundPorts};
 use crate::types::Family;
-
-/// What applying did for one family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// The rules were installed.
-    Applied,
-    /// The rules were already exactly right; nothing was run.
-    Unchanged,
-    /// Differing rules were replaced in place.
-    Reconciled,
-    /// Part of exactly this configuration was present (an earlier run was killed half-way);
-    /// the rest was added.
-    Completed,
-}
-
-impl Change {
-    /// How capture-init and capture-cni say it.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Unchanged => "already in place, nothing changed",
-            Self::Reconciled => "reconciled",
-            Self::Completed => "completed (part of it was missing)",
-        }
-    }
-}
 
 /// How to treat rules that are already present.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

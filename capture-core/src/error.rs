@@ -166,8 +166,7 @@ pub struct SpecError {
     pub field: Field,
     /// The offending value, as the user wrote it (one list item, or the whole list).
     pub value: String,
-    /// Why it was rejected.
-    #[source]
+    /// Why it was rejected: part of the message, as a value's reason is no separate cause.
     pub reason: ValueError,
 }
 

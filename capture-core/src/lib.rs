@@ -10,6 +10,7 @@
 //! ```
 
 pub mod apply;
+pub mod backend;
 mod choice;
 mod error;
 pub mod host;
@@ -26,6 +27,7 @@ mod types;
 pub use apply::{
     Applied, ApplyError, ApplyOptions, Change, Flavor, Iptables, State, SystemExec, check, install, uninstall,
 };
+pub use backend::{Backend, BackendError, Outcome, Step};
 pub use choice::{FlavorChoice, Ipv6Mode};
 pub use error::{Field, SpecError, ValueError, chain};
 pub use istio::{Detected, IstioConfig, NoUsableAddress, Warning, detect_ipv6, parse_resolv_conf};

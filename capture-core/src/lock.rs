@@ -30,7 +30,7 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// The namespace file could not be opened or locked.
-    #[error("cannot lock network namespace {}: {source}", path.display())]
+    #[error("cannot lock network namespace {}", path.display())]
     Io {
         /// The namespace file.
         path: PathBuf,

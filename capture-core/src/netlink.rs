@@ -159,8 +159,7 @@ pub enum NetlinkError {
         op: Operation,
         /// The call: `socket`, `bind`, `send`, `recv`, `if_nametoindex(lo)`.
         call: &'static str,
-        /// The error the call returned.
-        #[source]
+        /// The error the call returned (part of the message, followed by the capability hint).
         io: io::Error,
     },
     /// The kernel refused the request.
@@ -168,15 +167,14 @@ pub enum NetlinkError {
     Kernel {
         /// The refused operation.
         op: Operation,
-        /// The errno the kernel answered with.
-        #[source]
+        /// The errno the kernel answered with (part of the message, with the kernel's text).
         io: io::Error,
         /// The kernel's extended acknowledgement text, when it gave one
         /// (`"Nexthop device is not up"`).
         kernel_message: Option<String>,
     },
     /// The kernel's answer could not be decoded.
-    #[error("{op} failed: cannot decode the kernel's answer: {source}")]
+    #[error("{op} failed: cannot decode the kernel's answer")]
     Decode {
         /// The operation whose answer was undecodable.
         op: Operation,

@@ -40,6 +40,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | `backend` | [`Ebpf`]: capture-core's `Backend` seam (install, check, uninstall) |
 //! | `maps` | [`MapPlan`]: the spec as map contents (pure) |
 //! | `owners` | [`resolve_owners`]: names to ids before planning |
 //! | `node` | [`Node`]: load, open, enroll, read back, unload |
@@ -51,6 +52,7 @@
 //! | `sys` | the raw `bpf(2)` commands aya does not make |
 
 mod adopt;
+mod backend;
 mod bpffs;
 mod cgroup;
 mod error;
@@ -62,12 +64,13 @@ mod pin_dir;
 mod probe;
 mod sys;
 
+pub use backend::{Ebpf, Failure, Target};
 pub use bpffs::{is_bpffs, mount_bpffs};
 pub use cgroup::{AttachedCgroup, Attachment, CgroupId, cgroup2_root};
 pub use error::Error;
 pub use maps::{MapEntries, MapPlan, PortPrefix};
 pub use netns::{NetnsCookie, PodNetns};
-pub use node::{Change, Node, Stats};
+pub use node::{Change, Enrollment, Node, Stats};
 pub use owners::resolve_owners;
 pub use pin_dir::{NodeLock, PinDir, unload};
 pub use probe::probe;

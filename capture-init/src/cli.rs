@@ -572,9 +572,23 @@ pub enum NodeCommand {
 /// A command-line problem, printed as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// clap rejected the arguments.
-    #[error("{0}")]
-    Usage(String),
+    /// clap rejected the arguments (its message's first line, without clap's `error: `).
+    #[error("{}", first_line(.0))]
+    Usage(Box<clap::Error>),
+    /// A command was expected after a command group's name.
+    #[error("{group} needs a command: {}", commands.join(", "))]
+    NeedsCommand {
+        /// The group (`capture-init ebpf`).
+        group: String,
+        /// Its commands.
+        commands: Vec<String>,
+    },
+    /// An eBPF flag with another backend.
+    #[error("{flag} only applies to --backend ebpf")]
+    EbpfOnly {
+        /// The flag.
+        flag: &'static str,
+    },
     /// A value that parses but is not acceptable.
     #[error(transparent)]
     Spec(#[from] SpecError),
@@ -587,7 +601,7 @@ pub enum CliError {
         value: String,
     },
     /// A file that had to be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -596,13 +610,21 @@ pub enum CliError {
     },
     /// IPv6 detection found nothing to decide from.
     #[error("{0}; pass --ipv6 on or --ipv6 off")]
-    Detect(#[from] capture_core::istio::NoUsableAddress),
+    Detect(capture_core::istio::NoUsableAddress),
     /// The pod's addresses could not be listed.
     #[error("cannot list the pod's addresses: {0}")]
     Addresses(nix::Error),
     /// Requested behaviour that this build does not have.
     #[error("{0}")]
     Unsupported(&'static str),
+}
+
+/// The detection's message is part of the line (with the flag that decides instead), not a
+/// cause of it.
+impl From<capture_core::istio::NoUsableAddress> for CliError {
+    fn from(e: capture_core::istio::NoUsableAddress) -> Self {
+        Self::Detect(e)
+    }
 }
 
 /// What the command line asks for, fully resolved.
@@ -652,7 +674,7 @@ where
             Ok(m) => m,
             Err(info) => return Ok(Parsed::Info(info)),
         };
-        let node = NodeArgs::from_arg_matches(&matches).map_err(|e| CliError::Usage(e.to_string()))?;
+        let node = NodeArgs::from_arg_matches(&matches).map_err(|e| CliError::Usage(Box::new(e)))?;
         require_ebpf_build()?;
         return Ok(Parsed::Node(node));
     }
@@ -660,7 +682,7 @@ where
         Ok(m) => m,
         Err(info) => return Ok(Parsed::Info(info)),
     };
-    let mut args = Args::from_arg_matches(&matches).map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut args = Args::from_arg_matches(&matches).map_err(|e| CliError::Usage(Box::new(e)))?;
     apply_override(
         &matches,
         "redirect_dns",
@@ -677,7 +699,7 @@ where
                 (args.bpffs.is_some(), "--bpffs"),
             ] {
                 if given {
-                    return Err(CliError::Usage(format!("{flag} only applies to --backend ebpf")));
+                    return Err(CliError::EbpfOnly { flag });
                 }
             }
         }
@@ -713,15 +735,21 @@ fn clap_matches(command: clap::Command, argv: Vec<OsString>) -> Result<Result<Ar
         {
             Ok(Err(e.render().to_string()))
         }
-        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Err(
-            CliError::Usage(format!("{name} needs a command: {}", commands.join(", "))),
-        ),
-        Err(e) => {
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default();
-            Err(CliError::Usage(first.trim_start_matches("error: ").to_owned()))
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            Err(CliError::NeedsCommand {
+                group: name,
+                commands,
+            })
         }
+        Err(e) => Err(CliError::Usage(Box::new(e))),
     }
+}
+
+/// The first line of clap's message, without its `error: `.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_owned()
 }
 
 /// Why a build without the `ebpf` feature refuses `--backend ebpf` and `capture-init ebpf`.

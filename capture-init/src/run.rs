@@ -2,13 +2,12 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use capture_core::host::{self, NetNs, NsId, RunError};
-use capture_core::{ApplyOptions, Iptables, Restore, SystemExec, plan};
+use capture_core::{ApplyOptions, Backend, BackendError, Flavor, Iptables, Outcome, SystemExec, chain};
 
-use crate::cli::{self, Args, Backend, Invocation, NodeArgs, Parsed};
+use crate::cli::{self, Args, Invocation, NodeArgs, Parsed};
 use crate::validate;
 
 /// Exit status when validation finds that redirection does not work (Istio's).
@@ -28,7 +27,7 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
         Ok(Parsed::Node(node)) => return node_command(node),
         Ok(Parsed::Run(args)) => args,
-        Err(e) => return fail(e),
+        Err(e) => return fail(chain(&e)),
     };
     match args.network_namespace.clone() {
         // The work runs on a thread that enters the namespace (the host layer's NetNs::run),
@@ -54,15 +53,42 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
 fn resolve_and_run(args: Box<Args>) -> ExitCode {
     let invocation = match cli::resolve(*args) {
         Ok(invocation) => invocation,
-        Err(e) => return fail(e),
+        Err(e) => return fail(chain(&e)),
     };
     for warning in &invocation.warnings {
         eprintln!("capture-init: warning: {warning}");
     }
-    match invocation.args.backend {
-        Backend::Iptables => run(&invocation),
-        Backend::Ebpf => run_ebpf(&invocation),
+    match backend(&invocation.args) {
+        Ok(backend) => run(&*backend, &invocation),
+        Err(e) => fail(chain(&*e)),
     }
+}
+
+/// The backend the flags name: the only place that knows there is more than one.
+fn backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
+    match args.backend {
+        cli::Backend::Iptables => {
+            // A dry run reads nothing of the host, so it detects nothing either.
+            let flavor = match (args.force_iptables_version, args.dry_run) {
+                (Some(flavor), _) => flavor,
+                (None, true) => Flavor::Nft,
+                (None, false) => return Ok(Box::new(Iptables::detect(exec(args))?)),
+            };
+            Ok(Box::new(Iptables::new(exec(args), flavor)))
+        }
+        cli::Backend::Ebpf => ebpf_backend(args),
+    }
+}
+
+#[cfg(feature = "ebpf")]
+fn ebpf_backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
+    Ok(Box::new(crate::ebpf::backend(args)))
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn ebpf_backend(_: &Args) -> Result<Box<dyn Backend>, BackendError> {
+    // cli::parse refuses --backend ebpf in a build without it.
+    Err(cli::CliError::Unsupported(cli::NO_EBPF).into())
 }
 
 #[cfg(feature = "ebpf")]
@@ -73,25 +99,7 @@ fn node_command(node: NodeArgs) -> ExitCode {
 #[cfg(not(feature = "ebpf"))]
 fn node_command(_: NodeArgs) -> ExitCode {
     // cli::parse refuses the node commands in a build without the eBPF backend.
-    fail(cli::CliError::Unsupported(cli::NO_EBPF))
-}
-
-#[cfg(feature = "ebpf")]
-fn run_ebpf(invocation: &Invocation) -> ExitCode {
-    if let Err(status) = crate::ebpf::run(invocation) {
-        return status;
-    }
-    let Invocation { args, spec, .. } = invocation;
-    if args.run_validation && !args.dry_run && !args.cleanup_only {
-        return validation(spec, args);
-    }
-    ExitCode::SUCCESS
-}
-
-#[cfg(not(feature = "ebpf"))]
-fn run_ebpf(_: &Invocation) -> ExitCode {
-    // cli::parse refuses --backend ebpf in a build without it.
-    fail(cli::CliError::Unsupported(cli::NO_EBPF))
+    fail(chain(&cli::CliError::Unsupported(cli::NO_EBPF)))
 }
 
 /// A [`RunError`] with its causes, as the old in-process `setns` reported them.
@@ -102,79 +110,66 @@ fn error_chain(e: &RunError) -> String {
     }
 }
 
-/// In CNI mode every pod gets its own xtables lock file, so that concurrent pod setups never
-/// queue on the node's `/run/xtables.lock` (Kuma's idea; Istio's pod-scoped lock).
-fn pod_lock_file(args: &Args) -> Option<PathBuf> {
-    if !args.cni_mode {
-        return None;
-    }
-    Some(host::xtables_lock_file(
-        &std::env::temp_dir(),
-        NsId::current().ok()?,
-    ))
+/// How iptables runs. In CNI mode every pod gets its own xtables lock file, so that concurrent
+/// pod setups never queue on the node's `/run/xtables.lock` (Kuma's idea; Istio's pod-scoped
+/// lock); removing the capture removes it.
+fn exec(args: &Args) -> SystemExec {
+    let lock_file = args
+        .cni_mode
+        .then(|| NsId::current().ok())
+        .flatten()
+        .map(|id| host::xtables_lock_file(&std::env::temp_dir(), id));
+    SystemExec { lock_file }
 }
 
-fn run(invocation: &Invocation) -> ExitCode {
+fn print_outcome(outcome: &Outcome) {
+    for warning in &outcome.warnings {
+        eprintln!("capture-init: warning: {warning}");
+    }
+    for step in &outcome.steps {
+        eprintln!("capture-init: {step}");
+    }
+}
+
+fn run(backend: &dyn Backend, invocation: &Invocation) -> ExitCode {
     let Invocation {
         args,
         spec,
         warnings: _,
     } = invocation;
+    // A dry run changes nothing, whatever else is asked (it runs outside the pod's namespace).
     if args.dry_run {
-        let mut out = std::io::stdout().lock();
-        for family in spec.families() {
-            if write!(out, "{}", Restore(&plan(spec, *family))).is_err() {
-                return ExitCode::from(1);
-            }
-        }
-        return ExitCode::SUCCESS;
-    }
-    let exec = SystemExec {
-        lock_file: pod_lock_file(args),
-    };
-    let backend = match args.force_iptables_version {
-        Some(flavor) => Iptables::new(exec, flavor),
-        None => match Iptables::detect(exec) {
-            Ok(backend) => backend,
-            Err(e) => return fail(e),
-        },
-    };
-    if args.cleanup_only {
-        return match capture_core::uninstall(&backend, spec) {
-            Ok(()) => {
-                // The pod-private xtables lock file goes with the capture (as capture-cni's DEL
-                // removes its own), so cleanup leaves nothing behind.
-                if let Some(lock) = pod_lock_file(args)
-                    && let Err(e) = host::remove_xtables_lock_file(&lock)
-                {
-                    eprintln!("capture-init: warning: cannot remove {}: {e}", lock.display());
-                }
-                eprintln!("capture-init: capture removed ({})", backend.flavor().as_str());
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
+        return match backend.dry_run(spec) {
+            Ok(text) => match std::io::stdout().lock().write_all(text.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::from(1),
+            },
+            Err(e) => fail(chain(&*e)),
         };
     }
-    if !args.skip_rule_apply {
+    if args.cleanup_only {
+        return match backend.uninstall(spec) {
+            Ok(outcome) => {
+                print_outcome(&outcome);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(chain(&*e)),
+        };
+    }
+    if args.skip_rule_apply {
+        // The backend still has to accept the configuration.
+        if let Err(e) = backend.dry_run(spec) {
+            return fail(chain(&*e));
+        }
+    } else {
         let options = ApplyOptions {
             reconcile: args.reconcile,
             force: args.force_apply,
             strict: args.strict,
         };
-        match capture_core::install(&backend, spec, options) {
-            Ok(applied) => {
-                for warning in &applied.warnings {
-                    eprintln!("capture-init: warning: {warning}");
-                }
-                for (family, change) in applied.changes {
-                    eprintln!(
-                        "capture-init: {family} capture {} ({})",
-                        change.describe(),
-                        backend.flavor().as_str()
-                    );
-                }
-            }
-            Err(e) => return fail(e),
+        match backend.install(spec, options) {
+            Ok(outcome) => print_outcome(&outcome),
+            Err(e) => return fail(chain(&*e)),
         }
     }
     if args.run_validation {
@@ -186,7 +181,7 @@ fn run(invocation: &Invocation) -> ExitCode {
 /// `--run-validation`: 0 when the probes pass, 126 when they do not.
 fn validation(spec: &capture_core::CaptureSpec, args: &Args) -> ExitCode {
     if let Err(e) = validate::run(spec, args) {
-        eprintln!("capture-init: {e}");
+        eprintln!("capture-init: {}", chain(&e));
         return ExitCode::from(VALIDATION_FAILED);
     }
     eprintln!("capture-init: validation passed");

@@ -25,7 +25,7 @@ use crate::cli::Args;
 #[derive(Debug, thiserror::Error)]
 pub enum ValidationError {
     /// A listener could not be opened.
-    #[error("iptables validation failed: cannot listen on {addr}: {source}")]
+    #[error("iptables validation failed: cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -49,7 +49,7 @@ pub enum ValidationError {
         last: String,
     },
     /// The proxy's identity could not be assumed.
-    #[error("iptables validation failed: cannot run the probe as uid {uid} gid {gid}: {source}")]
+    #[error("iptables validation failed: cannot run the probe as uid {uid} gid {gid}")]
     Identity {
         /// The uid.
         uid: u32,

@@ -2,6 +2,7 @@
 //! with it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use super::ours;
 use super::saved::SavedState;
@@ -68,9 +69,128 @@ pub enum State {
     /// Part of exactly this configuration is present and nothing contradicts it: a run that
     /// was killed between two tables' `COMMIT`s, or a piece removed by hand. Each entry says
     /// what is missing; applying completes it.
-    Partial(Vec<String>),
+    Partial(Vec<Difference>),
     /// Something of ours is present but differs; each entry says what.
-    Differs(Vec<String>),
+    Differs(Vec<Difference>),
+}
+
+/// One way the kernel's rules differ from a configuration's, in `iptables-save`'s words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    /// One of our chains is not there.
+    MissingChain {
+        /// The table.
+        table: TableName,
+        /// The chain.
+        chain: String,
+    },
+    /// One of our chains holds other rules.
+    ChainRules {
+        /// The table.
+        table: TableName,
+        /// The chain.
+        chain: String,
+        /// How many rules it has.
+        found: usize,
+        /// How many this configuration has.
+        expected: usize,
+        /// The first rule that differs (0-based) and the two versions of it (`None`: no rule).
+        at: usize,
+        /// The rule there.
+        found_rule: Option<String>,
+        /// The rule expected there.
+        expected_rule: Option<String>,
+    },
+    /// One of our chains is there that this configuration does not use.
+    StaleChain {
+        /// The table.
+        table: TableName,
+        /// The chain.
+        chain: String,
+    },
+    /// A built-in chain lacks one of our rules.
+    Lacks {
+        /// The table.
+        table: TableName,
+        /// The built-in chain.
+        builtin: String,
+        /// The rule.
+        rule: String,
+    },
+    /// A built-in chain has a rule of ours this configuration does not add.
+    Extra {
+        /// The table.
+        table: TableName,
+        /// The built-in chain.
+        builtin: String,
+        /// The rule.
+        rule: String,
+    },
+    /// Our rules in a built-in chain are all expected ones, but out of order or repeated.
+    OutOfOrder {
+        /// The table.
+        table: TableName,
+        /// The built-in chain.
+        builtin: String,
+    },
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |rule: &Option<String>| {
+            rule.as_ref()
+                .map_or_else(|| "nothing".to_owned(), |r| format!("'{r}'"))
+        };
+        match self {
+            Self::MissingChain { table, chain } => write!(f, "{} chain {chain} is missing", table.as_str()),
+            Self::ChainRules {
+                table,
+                chain,
+                found,
+                expected,
+                at,
+                found_rule,
+                expected_rule,
+            } => write!(
+                f,
+                "{} {chain} has {found} rules where {expected} are expected; rule {} is {} instead of {}",
+                table.as_str(),
+                at + 1,
+                show(found_rule),
+                show(expected_rule)
+            ),
+            Self::StaleChain { table, chain } => write!(
+                f,
+                "{} chain {chain} is present but not part of this configuration",
+                table.as_str()
+            ),
+            Self::Lacks { table, builtin, rule } => write!(f, "{} {builtin} lacks '{rule}'", table.as_str()),
+            Self::Extra { table, builtin, rule } => write!(
+                f,
+                "{} {builtin} has '{rule}' which this configuration does not add",
+                table.as_str()
+            ),
+            Self::OutOfOrder { table, builtin } => {
+                write!(
+                    f,
+                    "{} {builtin}: our rules are out of order or repeated",
+                    table.as_str()
+                )
+            }
+        }
+    }
+}
+
+impl PartialEq<str> for Difference {
+    fn eq(&self, other: &str) -> bool {
+        self.to_string().as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Difference {
+    fn eq(&self, other: &&str) -> bool {
+        self == *other
+    }
 }
 
 /// Whether `part` is `whole` with some entries left out, order kept.
@@ -88,14 +208,17 @@ pub(super) fn compare(expected: &BTreeMap<TableName, ExpectedTable>, saved: &Sav
     for name in tables {
         let exp = expected.get(&name).unwrap_or(&empty);
         let found = saved.tables.get(&name);
-        let t = name.as_str();
+        let table = name;
         for (chain, rules) in &exp.own {
             match found.and_then(|f| f.chains.get(chain)) {
-                None => missing.push(format!("{t} chain {chain} is missing")),
+                None => missing.push(Difference::MissingChain {
+                    table,
+                    chain: chain.clone(),
+                }),
                 Some(actual) => {
                     anything_ours = true;
                     if actual != rules {
-                        conflicts.push(describe_chain_difference(t, chain, rules, actual));
+                        conflicts.push(describe_chain_difference(table, chain, rules, actual));
                     }
                 }
             }
@@ -104,9 +227,10 @@ pub(super) fn compare(expected: &BTreeMap<TableName, ExpectedTable>, saved: &Sav
             for chain in found.chains.keys() {
                 if ours::is_own_chain(chain) && !exp.own.contains_key(chain) {
                     anything_ours = true;
-                    conflicts.push(format!(
-                        "{t} chain {chain} is present but not part of this configuration"
-                    ));
+                    conflicts.push(Difference::StaleChain {
+                        table,
+                        chain: chain.clone(),
+                    });
                 }
             }
             for builtin in BUILTINS {
@@ -125,25 +249,38 @@ pub(super) fn compare(expected: &BTreeMap<TableName, ExpectedTable>, saved: &Sav
                 let lacking = want
                     .iter()
                     .filter(|w| !actual.contains(w))
-                    .map(|w| format!("{t} {builtin} lacks '{w}'"));
+                    .map(|w| Difference::Lacks {
+                        table,
+                        builtin: builtin.to_owned(),
+                        rule: w.clone(),
+                    });
                 if is_subsequence(&ours, want) {
                     missing.extend(lacking);
                     continue;
                 }
                 conflicts.extend(lacking);
                 for extra in ours.iter().filter(|o| !want.contains(o)) {
-                    conflicts.push(format!(
-                        "{t} {builtin} has '{extra}' which this configuration does not add"
-                    ));
+                    conflicts.push(Difference::Extra {
+                        table,
+                        builtin: builtin.to_owned(),
+                        rule: (*extra).clone(),
+                    });
                 }
                 if ours.iter().all(|o| want.contains(o)) {
-                    conflicts.push(format!("{t} {builtin}: our rules are out of order or repeated"));
+                    conflicts.push(Difference::OutOfOrder {
+                        table,
+                        builtin: builtin.to_owned(),
+                    });
                 }
             }
         } else {
             for (builtin, want) in &exp.builtin {
                 if let Some(first) = want.first() {
-                    missing.push(format!("{t} {builtin} lacks '{first}'"));
+                    missing.push(Difference::Lacks {
+                        table,
+                        builtin: builtin.clone(),
+                        rule: first.clone(),
+                    });
                 }
             }
         }
@@ -161,26 +298,23 @@ pub(super) fn compare(expected: &BTreeMap<TableName, ExpectedTable>, saved: &Sav
 }
 
 pub(super) fn describe_chain_difference(
-    table: &str,
+    table: TableName,
     chain: &str,
     want: &[String],
     actual: &[String],
-) -> String {
+) -> Difference {
     let at = want
         .iter()
         .zip(actual)
         .position(|(w, a)| w != a)
         .unwrap_or(want.len().min(actual.len()));
-    let show = |list: &[String]| {
-        list.get(at)
-            .map_or_else(|| "nothing".to_owned(), |r| format!("'{r}'"))
-    };
-    format!(
-        "{table} {chain} has {} rules where {} are expected; rule {} is {} instead of {}",
-        actual.len(),
-        want.len(),
-        at + 1,
-        show(actual),
-        show(want)
-    )
+    Difference::ChainRules {
+        table,
+        chain: chain.to_owned(),
+        found: actual.len(),
+        expected: want.len(),
+        at,
+        found_rule: actual.get(at).cloned(),
+        expected_rule: want.get(at).cloned(),
+    }
 }

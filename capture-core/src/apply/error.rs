@@ -2,6 +2,7 @@
 
 use std::io;
 
+use super::compare::Difference;
 use super::exec::Flavor;
 use crate::lock::LockError;
 use crate::netlink;
@@ -11,7 +12,7 @@ use crate::types::Family;
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// A program could not be started.
-    #[error("cannot run {program}: {source} (is the iptables package installed?)")]
+    #[error("cannot run {program} (is the iptables package installed?)")]
     Spawn {
         /// The program.
         program: &'static str,
@@ -34,7 +35,7 @@ pub enum ApplyError {
     /// Capture rules from another configuration are present.
     #[error(
         "capture rules already present ({family}, {flavor}) differ from this configuration: {}; rerun with --reconcile to replace them, or --cleanup-only to remove them",
-        details.join("; "), flavor = flavor.as_str()
+        joined(details, "; "), flavor = flavor.as_str()
     )]
     Drift {
         /// The family.
@@ -42,17 +43,23 @@ pub enum ApplyError {
         /// The flavor holding them.
         flavor: Flavor,
         /// What differs.
-        details: Vec<String>,
+        details: Vec<Difference>,
     },
     /// No iptables flavor works here.
-    #[error("no usable iptables found: {0}")]
-    NoIptables(String),
-    /// Applying a later family failed; the earlier changes were put back.
-    #[error("{source}; nothing was left applied (changes to {} were rolled back)", rolled_back.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "))]
+    #[error("no usable iptables found: {}", joined(tried, "; "))]
+    NoIptables {
+        /// Each flavor's `*-save` and why it did not work.
+        tried: Vec<Unusable>,
+    },
+    /// Applying a later family failed; the earlier changes were put back. The failure is part
+    /// of the message (it is what happened), not a cause of the rollback.
+    #[error(
+        "{failure}; nothing was left applied (changes to {} were rolled back)",
+        joined(rolled_back, " and ")
+    )]
     RolledBack {
         /// The failure.
-        #[source]
-        source: Box<ApplyError>,
+        failure: Box<ApplyError>,
         /// The families whose changes were undone.
         rolled_back: Vec<Family>,
     },
@@ -69,16 +76,18 @@ pub enum ApplyError {
         details: Vec<String>,
     },
     /// Removing a later family failed; the earlier removals were put back.
-    #[error("{source}; nothing was removed (the removal from {} was put back)", rolled_back.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "))]
+    #[error(
+        "{failure}; nothing was removed (the removal from {} was put back)",
+        joined(rolled_back, " and ")
+    )]
     CleanupRolledBack {
         /// The failure.
-        #[source]
-        source: Box<ApplyError>,
+        failure: Box<ApplyError>,
         /// The families put back.
         rolled_back: Vec<Family>,
     },
     /// A cleanup step after the rules failed: what was removed, what is left.
-    #[error("{removed}, but {left} could not be removed and is still there: {source}")]
+    #[error("{removed}, but {left} could not be removed and is still there")]
     PartlyRemoved {
         /// What was removed.
         removed: String,
@@ -89,12 +98,35 @@ pub enum ApplyError {
         source: Box<ApplyError>,
     },
     /// Applying failed and so did putting things back.
-    #[error("{source}; rolling back also failed, capture may be partly applied: {rollback}")]
+    #[error("{failure}; rolling back also failed, capture may be partly applied: {rollback}")]
     RollbackFailed {
         /// The failure.
-        #[source]
-        source: Box<ApplyError>,
+        failure: Box<ApplyError>,
         /// The rollback's failure.
         rollback: Box<ApplyError>,
     },
+}
+
+/// A flavor's `*-save` that does not work here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    /// The program.
+    pub program: &'static str,
+    /// What it said, or why it could not run.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.program, self.reason)
+    }
+}
+
+/// `items` joined with `separator`, for a message.
+fn joined<T: std::fmt::Display>(items: &[T], separator: &str) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(separator)
 }

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{self, Seek as _, Write as _};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
@@ -79,6 +79,11 @@ pub trait Exec {
     /// # Errors
     /// When the program cannot be started or its pipes fail.
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output>;
+
+    /// The private xtables lock file the programs use, if any: removing the capture removes it.
+    fn lock_file(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// Runs programs on this machine, in the calling thread's network namespace.
@@ -90,6 +95,10 @@ pub struct SystemExec {
 }
 
 impl Exec for SystemExec {
+    fn lock_file(&self) -> Option<&Path> {
+        self.lock_file.as_deref()
+    }
+
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
         let mut cmd = Command::new(program);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());

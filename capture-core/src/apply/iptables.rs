@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::compare::{ExpectedTable, State, compare, expected};
+use super::error::Unusable;
 use super::exec::{Exec, Flavor};
 use super::ours;
 use super::payload::{cleanup_payload, reconcile_payload, restore_ours_payload};
 use super::saved::SavedState;
-use super::{Applied, ApplyError, ApplyOptions, Change};
+use super::{Applied, ApplyError, ApplyOptions};
+use crate::backend::Change;
 use crate::plan::plan;
 use crate::render::Restore;
 use crate::rules::{RuleSet, TableName};
@@ -33,6 +35,11 @@ impl<E: Exec> Iptables<E> {
         self.flavor
     }
 
+    /// How the programs are run.
+    pub fn exec(&self) -> &E {
+        &self.exec
+    }
+
     /// Picks the flavor as Istio does, with Kuma's refinement: the flavor that already holds
     /// rules (ours first, then anyone's) wins, so rules never end up split across both;
     /// otherwise the system's `iptables` alternative; otherwise nft.
@@ -50,8 +57,14 @@ impl<E: Exec> Iptables<E> {
                     let rules = out.stdout.lines().filter(|l| l.starts_with("-A ")).count();
                     counts.push((flavor, ours, rules));
                 }
-                Ok(out) => problems.push(format!("{}: {}", flavor.save(Family::V4), out.stderr.trim())),
-                Err(e) => problems.push(format!("{}: {e}", flavor.save(Family::V4))),
+                Ok(out) => problems.push(Unusable {
+                    program: flavor.save(Family::V4),
+                    reason: out.stderr.trim().to_owned(),
+                }),
+                Err(e) => problems.push(Unusable {
+                    program: flavor.save(Family::V4),
+                    reason: e.to_string(),
+                }),
             }
         }
         let pick = counts
@@ -81,7 +94,7 @@ impl<E: Exec> Iptables<E> {
                 }
             });
         pick.map(|flavor| Self::new(exec, flavor))
-            .ok_or_else(|| ApplyError::NoIptables(problems.join("; ")))
+            .ok_or(ApplyError::NoIptables { tried: problems })
     }
 
     fn run(&self, program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
@@ -220,7 +233,7 @@ impl<E: Exec> Iptables<E> {
                 Ok(now) => restore_ours_payload(saved, &now, &touched, exp),
                 Err(rollback) => {
                     return ApplyError::RollbackFailed {
-                        source: Box::new(error),
+                        failure: Box::new(error),
                         rollback: Box::new(rollback),
                     };
                 }
@@ -228,7 +241,7 @@ impl<E: Exec> Iptables<E> {
             let Some(payload) = payload else { continue };
             if let Err(rollback) = self.restore(*family, &payload, true) {
                 return ApplyError::RollbackFailed {
-                    source: Box::new(error),
+                    failure: Box::new(error),
                     rollback: Box::new(rollback),
                 };
             }
@@ -238,7 +251,7 @@ impl<E: Exec> Iptables<E> {
             return error;
         }
         ApplyError::RolledBack {
-            source: Box::new(error),
+            failure: Box::new(error),
             rolled_back,
         }
     }
@@ -301,7 +314,7 @@ impl<E: Exec> Iptables<E> {
                 Ok(false) => {}
                 Err(rollback) => {
                     return ApplyError::RollbackFailed {
-                        source: Box::new(error),
+                        failure: Box::new(error),
                         rollback: Box::new(rollback),
                     };
                 }
@@ -311,7 +324,7 @@ impl<E: Exec> Iptables<E> {
             return error;
         }
         ApplyError::CleanupRolledBack {
-            source: Box::new(error),
+            failure: Box::new(error),
             rolled_back,
         }
     }

@@ -17,34 +17,17 @@ use super::{Node, ignore_missing, is_missing, keys_of, load_sk_lookup};
 use crate::netns::in_netns;
 use crate::pin_dir::detach_pinned;
 use crate::sys::{AttachType, link_create, obj_pin};
-use crate::{Error, MapEntries, MapPlan, NetnsCookie, OBJECT, PodNetns};
+use crate::{Change, Error, MapEntries, MapPlan, NetnsCookie, OBJECT, PodNetns};
 
-/// What [`Node::apply`] did to a pod; the eBPF backend's counterpart of
-/// `capture_core::Change`, whose `Reconciled` and `Completed` have no meaning here: a pod's
-/// entries are replaced in one switch, never left half-written.
+/// Whether a pod is enrolled, and as what ([`Node::enrollment`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// The pod was not enrolled, and now is (for [`Node::open_or_load`]: the programs were
-    /// loaded).
-    Applied,
-    /// The pod was enrolled exactly so already; nothing was written (for
-    /// [`Node::open_or_load`]: the programs were there).
-    Unchanged,
-    /// The pod was enrolled differently (other flags, or its addresses changed); it was
-    /// enrolled again under the next generation.
-    Updated,
-}
-
-impl Change {
-    /// How capture-init says it.
-    #[must_use]
-    pub fn describe(self) -> &'static str {
-        match self {
-            Change::Applied => "applied",
-            Change::Unchanged => "already in place, nothing changed",
-            Change::Updated => "updated",
-        }
-    }
+pub enum Enrollment {
+    /// The pod is not enrolled.
+    Absent,
+    /// The pod is enrolled exactly as the plan says, at this generation.
+    Equal,
+    /// The pod is enrolled with other entries (other flags, or its addresses changed).
+    Differs,
 }
 
 impl Node {
@@ -101,15 +84,27 @@ impl Node {
         plan: &MapPlan,
         enroll: impl FnOnce(&mut Node) -> Result<(), Error>,
     ) -> Result<Change, Error> {
-        let change = match self.enrolled(pod.cookie)? {
-            Some(current) if current == planned(plan, pod, current.config.generation) => {
-                return Ok(Change::Unchanged);
-            }
-            Some(_) => Change::Updated,
-            None => Change::Applied,
+        let change = match self.enrollment(pod, plan)? {
+            Enrollment::Equal => return Ok(Change::Unchanged),
+            Enrollment::Differs => Change::Updated,
+            Enrollment::Absent => Change::Applied,
         };
         enroll(self)?;
         Ok(change)
+    }
+
+    /// Whether `pod` is enrolled exactly as `plan` says: the entries in force
+    /// ([`Node::enrolled`]) compared with what enrolling would write at their generation, the
+    /// pod's current addresses included.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the maps cannot be read.
+    pub fn enrollment(&self, pod: &PodNetns, plan: &MapPlan) -> Result<Enrollment, Error> {
+        Ok(match self.enrolled(pod.cookie)? {
+            Some(current) if current == planned(plan, pod, current.config.generation) => Enrollment::Equal,
+            Some(_) => Enrollment::Differs,
+            None => Enrollment::Absent,
+        })
     }
 
     /// Enrolls a pod, or replaces its configuration: its connections are captured as `plan`

@@ -36,11 +36,12 @@ use aya::EbpfLoader;
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, SockHash};
 use aya::programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps};
+pub use capture_core::Change;
 use capture_ebpf_common::{
     CIDRS, CidrKey, INBOUND_LISTENERS, ListenerKey, MAP_NAMES, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OrigDst,
     OwnerKey, POD_CONFIG, PORTS, PairKey, PodConfig, PortKey, STATS, programs,
 };
-pub use enroll::Change;
+pub use enroll::Enrollment;
 pub use state::Stats;
 
 use crate::bpffs::is_bpffs;

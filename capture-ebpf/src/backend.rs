@@ -1,0 +1,258 @@
+//! The eBPF backend behind capture-core's [`Backend`] seam: what capture-init's
+//! `--backend ebpf` and capture-cni drive, with no eBPF code of their own.
+//!
+//! ```text
+//! install:   resolve_owners ─> MapPlan::from_spec        (refused flags fail here, nothing changed)
+//!            PinDir::mount ─> Node::open_or_load(cgroup) ─> PodNetns::set_up ─> Node::apply
+//! check:     Node::open ─> Node::enrollment
+//! uninstall: Node::unenroll, and ::6 off lo with IPv6
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use capture_core::{ApplyOptions, Backend, BackendError, CaptureSpec, Change, Outcome, Step};
+
+use crate::{AttachedCgroup, Enrollment, Error, MapPlan, NetnsCookie, Node, PinDir, PodNetns};
+
+/// Why an eBPF run failed, worded with the front end's commands that fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Planning, loading, attaching or writing maps failed.
+    #[error(transparent)]
+    Ebpf(#[from] Error),
+    /// `::6` could not be taken off `lo`.
+    #[error(transparent)]
+    Netlink(#[from] capture_core::netlink::NetlinkError),
+    /// The programs already loaded are attached to a cgroup that does not hold the target.
+    #[error(
+        "eBPF programs under {} are attached to {attached}, and {} is neither that cgroup nor below it, so its processes would not be captured; unload them first ({unload} --bpffs {}){}",
+        pin_dir.display(),
+        target.describe(),
+        bpffs_of(pin_dir).display(),
+        attached.path.as_ref().map(|p| format!(" or pass --cgroup {}", p.display())).unwrap_or_default()
+    )]
+    OtherCgroup {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// Where the programs are attached.
+        attached: AttachedCgroup,
+        /// The cgroup the run was for.
+        target: Target,
+        /// The command that unloads the programs.
+        unload: &'static str,
+    },
+    /// A loaded program's link is attached to no cgroup, so nothing is captured.
+    #[error(
+        "eBPF program {program} under {} is attached to no cgroup (its link was detached, or its cgroup removed), so nothing is captured; unload the programs ({unload} --bpffs {}) and load them again",
+        pin_dir.display(),
+        bpffs_of(pin_dir).display()
+    )]
+    Detached {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// The program.
+        program: &'static str,
+        /// The command that unloads the programs.
+        unload: &'static str,
+    },
+}
+
+/// The cgroup v2 directory a run is for: `--cgroup`, or its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The directory.
+    pub path: PathBuf,
+    /// Whether it is the default (no `--cgroup` given).
+    pub default: bool,
+}
+
+impl Target {
+    /// `given`, else the cgroup v2 root.
+    ///
+    /// # Errors
+    /// When no cgroup v2 hierarchy is mounted.
+    pub fn new(given: Option<&Path>) -> Result<Target, Error> {
+        Ok(match given {
+            Some(path) => Target {
+                path: path.to_owned(),
+                default: false,
+            },
+            None => Target {
+                path: crate::cgroup2_root()?,
+                default: true,
+            },
+        })
+    }
+
+    /// How a message names it.
+    fn describe(&self) -> String {
+        if self.default {
+            format!("the cgroup v2 root {} (--cgroup's default)", self.path.display())
+        } else {
+            format!("--cgroup {}", self.path.display())
+        }
+    }
+}
+
+/// The bpf filesystem a pin directory is in.
+fn bpffs_of(pin_dir: &Path) -> &Path {
+    pin_dir.parent().unwrap_or(pin_dir)
+}
+
+/// The eBPF backend: the node's programs under `pins`, acting on `cgroup`.
+#[derive(Debug, Clone)]
+pub struct Ebpf {
+    /// Where the programs and maps are pinned.
+    pub pins: PinDir,
+    /// The cgroup v2 directory the programs act on (`None`: the cgroup v2 root).
+    pub cgroup: Option<PathBuf>,
+    /// The front end's command that unloads the programs, for messages
+    /// (`capture-init ebpf unload`).
+    pub unload_command: &'static str,
+}
+
+impl Ebpf {
+    /// The plan for `spec`: owner names resolved, flags the programs cannot enforce refused.
+    ///
+    /// # Errors
+    /// A flag the programs cannot enforce, or an owner name that does not resolve.
+    pub fn plan(spec: &CaptureSpec) -> Result<MapPlan, Error> {
+        MapPlan::from_spec(&crate::resolve_owners(spec)?)
+    }
+
+    /// [`Node::open_or_load`] for the target cgroup, with its refusals worded with the flags
+    /// and commands that fix them, and the step that says when the programs were loaded.
+    ///
+    /// # Errors
+    /// As [`Node::open_or_load`].
+    pub fn open_or_load(&self) -> Result<(Node, Option<Step>), Failure> {
+        let target = Target::new(self.cgroup.as_deref())?;
+        let unload = self.unload_command;
+        let (node, change) = Node::open_or_load(&target.path, &self.pins).map_err(|e| match e {
+            Error::AttachedElsewhere {
+                pin_dir, attached, ..
+            } => Failure::OtherCgroup {
+                pin_dir,
+                attached,
+                target: target.clone(),
+                unload,
+            },
+            Error::Detached { pin_dir, program } => Failure::Detached {
+                pin_dir,
+                program,
+                unload,
+            },
+            e => e.into(),
+        })?;
+        let loaded = (change == Change::Applied).then(|| Step {
+            change,
+            message: format!(
+                "eBPF programs loaded, attached to {} and pinned under {}",
+                target.path.display(),
+                self.pins.path().display()
+            ),
+        });
+        Ok((node, loaded))
+    }
+
+    fn enroll(&self, plan: &MapPlan) -> Result<Outcome, Failure> {
+        self.pins.mount()?;
+        let (mut node, loaded) = self.open_or_load()?;
+        let pod = PodNetns::set_up(plan)?;
+        let change = node.apply(&pod, plan)?;
+        let mut steps: Vec<Step> = loaded.into_iter().collect();
+        steps.push(Step {
+            change,
+            message: format!(
+                "eBPF capture {} (netns cookie {}, programs under {})",
+                change.describe(),
+                pod.cookie.0,
+                self.pins.path().display()
+            ),
+        });
+        Ok(Outcome {
+            steps,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn unenroll(&self, spec: &CaptureSpec) -> Result<Outcome, Failure> {
+        let step = if self.pins.is_loaded() {
+            let _lock = self.pins.lock()?;
+            let mut node = Node::open(&self.pins)?;
+            let cookie = NetnsCookie::current()?;
+            if node.unenroll(cookie)? {
+                Step {
+                    change: Change::Removed,
+                    message: format!("eBPF capture removed (netns cookie {})", cookie.0),
+                }
+            } else {
+                Step {
+                    change: Change::NothingToRemove,
+                    message: format!(
+                        "eBPF capture not enrolled (netns cookie {}), nothing to remove",
+                        cookie.0
+                    ),
+                }
+            }
+        } else {
+            Step {
+                change: Change::NothingToRemove,
+                message: format!(
+                    "eBPF capture not loaded (nothing under {}), nothing to remove",
+                    self.pins.path().display()
+                ),
+            }
+        };
+        if spec.ipv6 {
+            capture_core::netlink::remove_ipv6_passthrough_address()?;
+        }
+        Ok(Outcome {
+            steps: vec![step],
+            warnings: Vec::new(),
+        })
+    }
+
+    fn differences(&self, plan: &MapPlan) -> Result<Vec<String>, Failure> {
+        if !self.pins.is_loaded() {
+            return Ok(vec![format!(
+                "eBPF programs are not loaded (nothing under {})",
+                self.pins.path().display()
+            )]);
+        }
+        let target = Target::new(self.cgroup.as_deref())?;
+        let node = Node::open_for(&target.path, &self.pins)?;
+        let pod = PodNetns::current()?;
+        let cookie = pod.cookie.0;
+        Ok(match node.enrollment(&pod, plan)? {
+            Enrollment::Equal => Vec::new(),
+            Enrollment::Absent => vec![format!("eBPF capture is not enrolled (netns cookie {cookie})")],
+            Enrollment::Differs => vec![format!(
+                "eBPF capture is enrolled with another configuration (netns cookie {cookie})"
+            )],
+        })
+    }
+}
+
+impl Backend for Ebpf {
+    fn dry_run(&self, spec: &CaptureSpec) -> Result<String, BackendError> {
+        Ok(Ebpf::plan(spec)?.to_string())
+    }
+
+    /// Rerunning with other flags moves the pod to its next generation in one map update (no
+    /// gap), so `options` change nothing here.
+    fn install(&self, spec: &CaptureSpec, _options: ApplyOptions) -> Result<Outcome, BackendError> {
+        // Plan first: a flag the eBPF backend refuses fails before anything is loaded.
+        let plan = Ebpf::plan(spec)?;
+        Ok(self.enroll(&plan)?)
+    }
+
+    fn check(&self, spec: &CaptureSpec) -> Result<Vec<String>, BackendError> {
+        let plan = Ebpf::plan(spec)?;
+        Ok(self.differences(&plan)?)
+    }
+
+    fn uninstall(&self, spec: &CaptureSpec) -> Result<Outcome, BackendError> {
+        Ok(self.unenroll(spec)?)
+    }
+}
