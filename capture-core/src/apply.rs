@@ -122,7 +122,7 @@ pub fn install<E: Exec + Clone>(
         let other = backend.other_flavor().flavor();
         for chain in backend.other_flavor_chains(spec.families()) {
             applied.warnings.push(format!(
-                "capture chain {chain} also exists in iptables-{}; remove it with --cleanup-only --force-iptables-version {}",
+                "capture chain {chain} also exists in iptables-{}; remove it with --cleanup-only --force-iptables-binary {}",
                 other.as_str(),
                 other.as_str()
             ));

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use capture_core::{
-    CaptureSpec, Detected, Field, Flavor, Ipv6Mode, IstioConfig, SpecError, Warning, parse_resolv_conf,
+    CaptureSpec, Detected, Field, Flavor, FlavorChoice, Ipv6Mode, IstioConfig, SpecError, Warning, parse_resolv_conf,
 };
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::parser::ValueSource;
@@ -129,6 +129,28 @@ impl<T: Copy + Send + Sync + 'static> TypedValueParser for Choice<T> {
                 .iter()
                 .map(|&(name, _, help)| PossibleValue::new(name).help(help)),
         ))
+    }
+}
+
+/// `--force-iptables-binary`: Istio's values, `""` (detect), `legacy`, `nft`.
+fn iptables_binary(s: &str) -> Result<FlavorChoice, String> {
+    match s {
+        "" => Ok(FlavorChoice::Auto),
+        _ => s
+            .parse()
+            .map(FlavorChoice::Force)
+            .map_err(|_| "not \"\" (detect), legacy or nft".to_owned()),
+    }
+}
+
+impl Args {
+    /// The iptables flavour the flags force, if any: `--force-iptables-binary`, else its older
+    /// name `--force-iptables-version`.
+    pub fn forced_flavor(&self) -> Option<Flavor> {
+        match self.force_iptables_binary {
+            Some(choice) => choice.forced(),
+            None => self.force_iptables_version,
+        }
     }
 }
 
@@ -463,7 +485,18 @@ pub struct Args {
     /// Apply even when the rules already look right (fails if the chains exist).
     #[arg(long, env = "FORCE_APPLY", go_bool = true, help_heading = "Operation")]
     pub force_apply: bool,
-    /// Use iptables-legacy or iptables-nft instead of detecting which one the node uses.
+    /// Use iptables-legacy (legacy) or iptables-nft (nft) instead of detecting which one the
+    /// pod and the node use; "" detects (Istio's flag).
+    #[arg(
+        long,
+        env = "FORCE_IPTABLES_BINARY",
+        value_name = "legacy|nft",
+        value_parser = iptables_binary,
+        help_heading = "Operation"
+    )]
+    pub force_iptables_binary: Option<FlavorChoice>,
+    /// The older name of --force-iptables-binary (legacy or nft); the newer wins when both
+    /// are given.
     #[arg(long, env = "FORCE_IPTABLES_VERSION", value_parser = FLAVORS, help_heading = "Operation")]
     pub force_iptables_version: Option<Flavor>,
     /// Program nftables directly (not supported yet: use iptables-nft).

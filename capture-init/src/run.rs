@@ -69,7 +69,7 @@ fn backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
     match args.backend {
         cli::Backend::Iptables => {
             // A dry run reads nothing of the host, so it detects nothing either.
-            let flavor = match (args.force_iptables_version, args.dry_run) {
+            let flavor = match (args.forced_flavor(), args.dry_run) {
                 (Some(flavor), _) => flavor,
                 (None, true) => Flavor::Nft,
                 (None, false) => return Ok(Box::new(Iptables::detect(exec(args))?)),

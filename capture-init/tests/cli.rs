@@ -793,3 +793,48 @@ fn ebpf_usage_errors() {
         assert_eq!(stderr, "capture-init: ebpf needs a command: load, unload, pods\n");
     }
 }
+
+/// Istio's flag for the iptables binary is `--force-iptables-binary` (env
+/// `FORCE_IPTABLES_BINARY`: `""`, `legacy`, `nft`; anything else exits 1); the older
+/// `--force-iptables-version` keeps working, and the newer name wins when both are given.
+#[test]
+fn force_iptables_binary_takes_istios_values_and_keeps_the_old_name() {
+    let base = ["--dry-run", "--ipv6", "off", "-u", "1337"];
+    let plain = capture_init(&base, &[]);
+    assert!(plain.status.success());
+    let with = |extra: &[&str], env: &[(&str, &str)]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        capture_init(&args, env)
+    };
+    for (extra, env) in [
+        (&["--force-iptables-binary", "legacy"][..], &[][..]),
+        (&["--force-iptables-binary", "nft"], &[]),
+        (&["--force-iptables-binary", ""], &[]),
+        (&["--force-iptables-version", "legacy"], &[]),
+        (&[], &[("FORCE_IPTABLES_BINARY", "nft")]),
+        (&[], &[("FORCE_IPTABLES_BINARY", "")]),
+        (
+            &["--force-iptables-binary", "nft", "--force-iptables-version", "legacy"],
+            &[],
+        ),
+    ] {
+        let out = with(extra, env);
+        assert!(
+            out.status.success(),
+            "{extra:?} {env:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, plain.stdout, "{extra:?} {env:?}: the same payload");
+    }
+    for (extra, env) in [
+        (&["--force-iptables-binary", "both"][..], &[][..]),
+        (&[], &[("FORCE_IPTABLES_BINARY", "iptables")]),
+    ] {
+        let out = with(extra, env);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra:?} {env:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{extra:?} {env:?}: no payload");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("--force-iptables-binary"), "{stderr}");
+    }
+}
