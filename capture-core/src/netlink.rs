@@ -159,7 +159,8 @@ pub enum NetlinkError {
         op: Operation,
         /// The call: `socket`, `bind`, `send`, `recv`, `if_nametoindex(lo)`.
         call: &'static str,
-        /// The error the call returned (part of the message, followed by the capability hint).
+        /// The error the call returned.
+        #[source]
         io: io::Error,
     },
     /// The kernel refused the request.
@@ -167,7 +168,8 @@ pub enum NetlinkError {
     Kernel {
         /// The refused operation.
         op: Operation,
-        /// The errno the kernel answered with (part of the message, with the kernel's text).
+        /// The errno the kernel answered with.
+        #[source]
         io: io::Error,
         /// The kernel's extended acknowledgement text, when it gave one
         /// (`"Nexthop device is not up"`).
