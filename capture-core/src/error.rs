@@ -182,15 +182,45 @@ impl SpecError {
 }
 
 /// An error and its sources on one line, `message: cause: cause`: how every binary and test
-/// prints an error.
+/// prints an error. A cause whose text the line already holds is not repeated (an errno that
+/// a message shows before its hint, as `NetlinkError` does).
 #[must_use]
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot lock /x")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("adding a rule failed: {0} (needs CAP_NET_ADMIN)")]
+    struct Shows(#[source] std::io::Error);
+
+    #[test]
+    fn chain_prints_each_cause_once() {
+        let io = || std::io::Error::from_raw_os_error(libc::EPERM);
+        assert_eq!(
+            chain(&Outer(io())),
+            "cannot lock /x: Operation not permitted (os error 1)"
+        );
+        assert_eq!(
+            chain(&Shows(io())),
+            "adding a rule failed: Operation not permitted (os error 1) (needs CAP_NET_ADMIN)"
+        );
+    }
 }
