@@ -1,0 +1,136 @@
+//! Parity with Istio's `--native-nftables` mode: every current upstream golden, byte for byte.
+//!
+//! The cases are the iptables goldens' (`cases::COMMON_CASES`, one table for both) plus the one
+//! case only Istio's nftables tests have. The expected text is the transaction Istio hands to
+//! `nft -f` (see testdata/istio/README.md); a mismatch prints a unified diff.
+
+mod cases;
+
+use capture_core::nft::{Statement, Transaction, Verdict, plan};
+use capture_core::{CaptureSpec, Detected, IstioConfig};
+use cases::{COMMON_CASES, Case, IstioAccounts, assert_same, testdata};
+
+/// Cases only Istio's nftables table has.
+const NFT_ONLY_CASES: &[Case] = &[("inbound-ports-empty-tproxy", |c, _| {
+    c.inbound_ports = String::new();
+    c.interception_mode = "TPROXY".into();
+})];
+
+fn all_cases() -> impl Iterator<Item = &'static Case> {
+    COMMON_CASES.iter().chain(NFT_ONLY_CASES)
+}
+
+fn spec_of(name: &str) -> CaptureSpec {
+    let (_, edit) = all_cases()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no case {name:?} in the case table"));
+    let mut cfg = IstioConfig::default();
+    let mut detected = Detected::default();
+    edit(&mut cfg, &mut detected);
+    let (spec, _warnings) = cfg
+        .to_spec_with(&detected, &IstioAccounts)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    spec
+}
+
+fn check(name: &str) {
+    let golden = std::fs::read_to_string(testdata(&format!("nftables/capture/{name}.golden")))
+        .unwrap_or_else(|e| panic!("{name}: reading the golden: {e}"));
+    let text = Transaction(&plan(&spec_of(name))).to_string();
+    assert_same(name, &golden, &text);
+}
+
+/// One test per golden, so a failure names its case; `TESTED` lists them for the coverage check.
+macro_rules! goldens {
+    ($($test:ident => $name:literal,)*) => {
+        const TESTED: &[&str] = &[$($name),*];
+        $(
+            #[test]
+            fn $test() {
+                check($name);
+            }
+        )*
+    };
+}
+
+goldens! {
+    ipv6_empty_inbound_ports => "ipv6-empty-inbound-ports",
+    ip_range => "ip-range",
+    tproxy => "tproxy",
+    ipv6_inbound_ports => "ipv6-inbound-ports",
+    ipv6_virt_interfaces => "ipv6-virt-interfaces",
+    ipv6_ipnets => "ipv6-ipnets",
+    ipv6_uid_gid => "ipv6-uid-gid",
+    ipv6_outbound_ports => "ipv6-outbound-ports",
+    empty => "empty",
+    kube_virt_interfaces => "kube-virt-interfaces",
+    ipnets => "ipnets",
+    ipnets_with_kube_virt_interfaces => "ipnets-with-kube-virt-interfaces",
+    inbound_ports_include => "inbound-ports-include",
+    inbound_ports_wildcard => "inbound-ports-wildcard",
+    inbound_ports_tproxy => "inbound-ports-tproxy",
+    inbound_ports_wildcard_tproxy => "inbound-ports-wildcard-tproxy",
+    dns_uid_gid => "dns-uid-gid",
+    ipv6_dns_uid_gid => "ipv6-dns-uid-gid",
+    outbound_owner_groups => "outbound-owner-groups",
+    outbound_owner_groups_exclude => "outbound-owner-groups-exclude",
+    ipv6_dns_outbound_owner_groups => "ipv6-dns-outbound-owner-groups",
+    ipv6_dns_outbound_owner_groups_exclude => "ipv6-dns-outbound-owner-groups-exclude",
+    outbound_ports_include => "outbound-ports-include",
+    loopback_outbound_iprange => "loopback-outbound-iprange",
+    basic_exclude_nic => "basic-exclude-nic",
+    drop_invalid => "drop-invalid",
+    host_ipv4_loopback_cidr => "host-ipv4-loopback-cidr",
+    inbound_ports_empty_tproxy => "inbound-ports-empty-tproxy",
+}
+
+#[test]
+fn every_nft_golden_has_exactly_one_case() {
+    let dir = testdata("nftables/capture");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".golden")
+                .unwrap_or_else(|| panic!("{name}: not a .golden file"))
+                .to_owned()
+        })
+        .collect();
+    on_disk.sort();
+    let mut cases: Vec<String> = all_cases().map(|(name, _)| (*name).to_owned()).collect();
+    cases.sort();
+    assert_eq!(cases, on_disk, "every golden file has exactly one case");
+    let mut tested: Vec<String> = TESTED.iter().map(|n| (*n).to_owned()).collect();
+    tested.sort();
+    assert_eq!(tested, on_disk, "every golden file has exactly one test");
+}
+
+/// nft refuses a transaction that jumps to a chain it does not declare: every case's ruleset
+/// declares each chain it jumps to, and declares no chain without rules.
+#[test]
+fn every_jump_targets_a_declared_chain() {
+    for (name, _) in all_cases() {
+        let ruleset = plan(&spec_of(name));
+        for table in &ruleset.tables {
+            for op in &table.operations {
+                assert!(
+                    table.chain(op.chain).is_some(),
+                    "{name}: rule in undeclared {:?}",
+                    op.chain
+                );
+                for s in &op.rule.statements {
+                    if let Statement::Verdict(Verdict::Jump(to)) = s {
+                        assert!(table.chain(*to).is_some(), "{name}: jump to undeclared {to:?}");
+                    }
+                }
+            }
+            for chain in &table.chains {
+                assert!(
+                    table.operations.iter().any(|op| op.chain == chain.name),
+                    "{name}: {:?} declared without rules",
+                    chain.name
+                );
+            }
+        }
+    }
+}
