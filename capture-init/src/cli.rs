@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use capture_core::{
-    CaptureSpec, Detected, Field, Flavor, FlavorChoice, Ipv6Mode, IstioConfig, SpecError, Warning, parse_resolv_conf,
+    CaptureSpec, Detected, Field, Flavor, FlavorChoice, Ipv6Mode, IstioConfig, SpecError, Warning,
+    parse_resolv_conf,
 };
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::parser::ValueSource;
@@ -499,7 +500,9 @@ pub struct Args {
     /// are given.
     #[arg(long, env = "FORCE_IPTABLES_VERSION", value_parser = FLAVORS, help_heading = "Operation")]
     pub force_iptables_version: Option<Flavor>,
-    /// Program nftables directly (not supported yet: use iptables-nft).
+    /// Istio's native nftables rules (tables istio-proxy-nat, -mangle, -raw) instead of
+    /// iptables; wins over --force-iptables-binary. Printing them (--dry-run) works; applying
+    /// is not built yet.
     #[arg(long, env = "NATIVE_NFTABLES", go_bool = true, help_heading = "Operation")]
     pub native_nftables: bool,
     /// Network namespace the rules are for (CNI mode).
@@ -737,12 +740,6 @@ where
             }
         }
     }
-    if args.native_nftables {
-        return Err(CliError::Unsupported(
-            "--native-nftables is not supported yet; the iptables backend drives nf_tables through iptables-nft",
-        ));
-    }
-
     let probe_port = &args.iptables_probe_port;
     probe_port
         .parse::<capture_core::Port>()

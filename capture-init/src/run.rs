@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use capture_core::host::{self, NetNs, NsId, RunError};
+use capture_core::nft::Nftables;
 use capture_core::{ApplyOptions, Backend, BackendError, Flavor, Iptables, Outcome, SystemExec, chain};
 
 use crate::cli::{self, Args, Invocation, NodeArgs, Parsed};
@@ -67,6 +68,14 @@ fn resolve_and_run(args: Box<Args>) -> ExitCode {
 /// The backend the flags name: the only place that knows there is more than one.
 fn backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
     match args.backend {
+        cli::Backend::Iptables if args.native_nftables => {
+            if args.forced_flavor().is_some() {
+                eprintln!(
+                    "capture-init: warning: --native-nftables is set, so --force-iptables-binary is ignored"
+                );
+            }
+            Ok(Box::new(Nftables))
+        }
         cli::Backend::Iptables => {
             // A dry run reads nothing of the host, so it detects nothing either.
             let flavor = match (args.forced_flavor(), args.dry_run) {
