@@ -17,12 +17,14 @@
 //! | `compare` | the expected state in `iptables-save`'s words; `State` |
 //! | `payload` | reconcile and restore-ours payloads |
 //! | `ours` | what in a table is capture's (shapes), shadowing rules |
+//! | `host_state` | `::6` and TPROXY routing, shared with the nftables backend |
 //! | `iptables` | the backend (`Iptables`) |
 //! | here | `install`, `check`, `uninstall`: the whole namespace, under its lock |
 
 mod compare;
 mod error;
 mod exec;
+mod host_state;
 mod iptables;
 mod ours;
 mod payload;
@@ -41,9 +43,8 @@ use iptables::shadowing_in;
 
 pub use crate::backend::Change;
 use crate::lock::NetnsLock;
-use crate::netlink::{self, TproxyRoutes};
 use crate::plan::plan;
-use crate::spec::{CaptureSpec, InboundPorts};
+use crate::spec::CaptureSpec;
 use crate::types::Family;
 
 /// How to treat rules that are already present.
@@ -70,13 +71,6 @@ pub struct Applied {
     pub warnings: Vec<String>,
 }
 
-/// What `spec` needs besides rules: `::6` on `lo` with IPv6 (the inbound passthrough source),
-/// and for TPROXY the `fwmark` rule and `local` route per family.
-fn tproxy_routes(spec: &CaptureSpec) -> Option<TproxyRoutes> {
-    let (mark, table) = spec.tproxy()?;
-    (spec.inbound.ports != InboundPorts::Off).then_some(TproxyRoutes { mark, table })
-}
-
 /// Installs everything `spec` needs in the calling thread's network namespace: kernel state
 /// through netlink first (harmless without the rules), then the rules. If the rules fail, the
 /// netlink state this call added is removed again. The whole run holds the namespace's
@@ -90,32 +84,14 @@ pub fn install<E: Exec + Clone>(
     options: ApplyOptions,
 ) -> Result<Applied, ApplyError> {
     let _lock = NetnsLock::current()?;
-    let mut added_address = false;
-    let mut added_routes = Vec::new();
-    if spec.ipv6 && !netlink::ipv6_passthrough_address_present()? {
-        netlink::ensure_ipv6_passthrough_address()?;
-        added_address = true;
-    }
-    if let Some(routes) = tproxy_routes(spec) {
-        for &family in spec.families() {
-            if !netlink::tproxy_routes_present(&routes, family)? {
-                netlink::ensure_tproxy_routes(&routes, family)?;
-                added_routes.push(family);
-            }
-        }
-    }
-    let undo_netlink = || {
-        // Best effort: the rules error is the one worth reporting.
-        if let Some(routes) = tproxy_routes(spec) {
-            for family in &added_routes {
-                let _ = netlink::remove_tproxy_routes(&routes, *family);
-            }
-        }
-        if added_address {
-            let _ = netlink::remove_ipv6_passthrough_address();
+    let added = host_state::Added::ensure(spec)?;
+    let mut applied = match backend.apply(spec, options) {
+        Ok(applied) => applied,
+        Err(e) => {
+            added.undo();
+            return Err(e);
         }
     };
-    let mut applied = backend.apply(spec, options).inspect_err(|_| undo_netlink())?;
     // A rerun (nothing to change) also looks at the other flavor: our chains there mean two
     // captures, or a stale one that DEL or a flavor switch would trip over.
     if applied.changes.iter().all(|(_, c)| *c == Change::Unchanged) {
@@ -168,16 +144,7 @@ pub fn check<E: Exec + Clone>(backend: &Iptables<E>, spec: &CaptureSpec) -> Resu
     for chain in backend.other_flavor_chains(spec.families()) {
         differences.push(format!("capture chain {chain} also exists in iptables-{other}"));
     }
-    if let Some(routes) = tproxy_routes(spec) {
-        for &family in spec.families() {
-            if !netlink::tproxy_routes_present(&routes, family)? {
-                differences.push(format!("{family} TPROXY policy routing ({routes}) is missing"));
-            }
-        }
-    }
-    if spec.ipv6 && !netlink::ipv6_passthrough_address_present()? {
-        differences.push("::6/128 is missing on lo".into());
-    }
+    differences.extend(host_state::missing(spec)?);
     Ok(differences)
 }
 
@@ -211,36 +178,5 @@ pub fn uninstall<E: Exec + Clone>(backend: &Iptables<E>, spec: &CaptureSpec) -> 
             }
         }
     }
-    let mut routing: Vec<(Family, TproxyRoutes)> = Vec::new();
-    for family in [Family::V4, Family::V6] {
-        if let Some(routes) = spec.tproxy().map(|(mark, table)| TproxyRoutes { mark, table }) {
-            routing.push((family, routes));
-        }
-        // No IPv6 in the namespace's kernel: nothing of IPv6 to remove.
-        let Ok(rules) = netlink::tproxy_rules(family) else {
-            continue;
-        };
-        for routes in rules.into_iter().filter(|r| marks.contains(&r.mark.get())) {
-            if !routing.contains(&(family, routes)) {
-                routing.push((family, routes));
-            }
-        }
-    }
-    for (family, routes) in routing {
-        if let Err(e) = netlink::remove_tproxy_routes(&routes, family) {
-            if family == Family::V6 && e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
-                continue;
-            }
-            return Err(partly(
-                format!("{family} TPROXY policy routing ({routes})"),
-                e.into(),
-            ));
-        }
-    }
-    match netlink::remove_ipv6_passthrough_address() {
-        Ok(()) => Ok(()),
-        // A namespace without IPv6 has no ::6.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::ENODEV)) && !spec.ipv6 => Ok(()),
-        Err(e) => Err(partly("::6/128 on lo".into(), e.into())),
-    }
+    host_state::remove(spec, &marks, &removed_so_far)
 }
