@@ -16,6 +16,7 @@ pub mod host;
 pub mod istio;
 pub mod lock;
 pub mod netlink;
+pub mod nfnetlink;
 pub mod original_dst;
 mod plan;
 pub mod render;
