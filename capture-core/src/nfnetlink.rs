@@ -90,7 +90,7 @@ pub enum Error {
     #[error("{subject} failed: {errno}{}{}", needs_cap(*errno), KernelSays(kernel_message.as_deref()))]
     Refused {
         /// The refused message.
-        subject: Subject,
+        subject: Box<Subject>,
         /// The kernel's error.
         errno: Errno,
         /// The kernel's extended acknowledgement text, when it gave one.
@@ -107,7 +107,7 @@ pub enum Error {
     #[error("{subject}: no rule at index {index} (the batch has put {rules} in that chain before it)")]
     Position {
         /// The rule.
-        subject: Subject,
+        subject: Box<Subject>,
         /// Its index.
         index: usize,
         /// How many rules the chain has at that point of the batch.
@@ -125,7 +125,7 @@ pub enum Error {
     #[error("cannot decode the kernel's answer to {subject}")]
     Malformed {
         /// The request answered.
-        subject: Subject,
+        subject: Box<Subject>,
         /// What is wrong with it.
         #[source]
         source: Malformed,

@@ -176,7 +176,7 @@ impl Plan {
                 Position::Index(at) => {
                     let Some(&target) = rules.get(at) else {
                         return Err(Error::Position {
-                            subject: Subject::add_rule(rule, *count),
+                            subject: Box::new(Subject::add_rule(rule, *count)),
                             index: at,
                             rules: rules.len(),
                         });

@@ -91,7 +91,7 @@ fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&str>) -> Resul
     let decoding = |what| {
         move |source| {
             DumpError::Failed(Error::Malformed {
-                subject: subject(what),
+                subject: Box::new(subject(what)),
                 source,
             })
         }

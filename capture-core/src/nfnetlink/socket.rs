@@ -107,69 +107,26 @@ impl NfSocket {
         self.socket
             .set_non_blocking(true)
             .map_err(Error::syscall("fcntl(O_NONBLOCK)"))?;
-        let mut answers: Vec<Answer> = Vec::new();
+        let mut datagrams = Vec::new();
         loop {
-            let datagram = match self.receive() {
-                Ok(datagram) => datagram,
+            match self.receive() {
+                Ok(datagram) => datagrams.push(datagram),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(io) => return Err(Error::Syscall { call: "recv", io }),
-            };
-            let messages = Message::split(&datagram).map_err(|source| Error::Malformed {
-                subject: Subject::Batch,
-                source,
-            })?;
-            for message in messages.into_iter().filter(|m| m.kind == NLMSG_ERROR) {
-                answers.push(Answer::parse(&message).map_err(|source| Error::Malformed {
-                    subject: Subject::Batch,
-                    source,
-                })?);
             }
         }
         self.socket
             .set_non_blocking(false)
             .map_err(Error::syscall("fcntl(O_NONBLOCK)"))?;
-
-        // The first refusal is the cause; later ones often only follow from it.
-        let refusal = answers.iter().filter(|a| a.errno.is_some()).min_by_key(|a| a.seq);
-        if let Some(answer) = refusal {
-            let errno = answer.errno.expect("filtered on refusals");
-            let Some(sent) = batch.sent.iter().find(|s| s.seq == answer.seq) else {
-                if errno == Errno::ERESTART
-                    && let Some(expected) = generation
-                {
-                    return Err(Error::Changed { expected });
-                }
-                return Err(Error::Refused {
-                    subject: Subject::Batch,
-                    errno,
-                    kernel_message: answer.message.clone(),
-                });
-            };
-            let mut subject = sent.subject.clone();
-            if let (Subject::AddRule { expression, .. }, Some(offset)) = (&mut subject, answer.offset) {
-                *expression = (1..)
-                    .zip(&sent.exprs)
-                    .find(|(_, (begin, end, _))| (*begin..*end).contains(&offset))
-                    .map(|(index, (_, _, name))| (index, name.clone()));
-            }
-            return Err(Error::Refused {
-                subject,
-                errno,
-                kernel_message: answer.message.clone(),
-            });
+        let mut messages = Vec::new();
+        for datagram in &datagrams {
+            messages.extend(Message::split(datagram).map_err(|source| Error::Malformed {
+                subject: Box::new(Subject::Batch),
+                source,
+            })?);
         }
-        let answered = answers
-            .iter()
-            .filter(|a| batch.sent.iter().any(|s| s.seq == a.seq))
-            .count();
-        if answered < batch.sent.len() {
-            return Err(Error::Unanswered {
-                sent: batch.sent.len(),
-                answered,
-            });
-        }
-        Ok(())
+        blame(batch, &messages, generation)
     }
 
     /// Lists objects of one kind: `msg::GET*` with `NLM_F_DUMP`, filtered by `family` and
@@ -185,7 +142,7 @@ impl NfSocket {
         let seq = self.seq;
         self.send(&encode::request(kind, seq, family, filter))?;
         let malformed = |source| Error::Malformed {
-            subject: subject.clone(),
+            subject: Box::new(subject.clone()),
             source,
         };
         let mut found = Vec::new();
@@ -213,7 +170,7 @@ impl NfSocket {
                                 return Err(DumpError::Interrupted);
                             }
                             return Err(DumpError::Failed(Error::Refused {
-                                subject: subject.clone(),
+                                subject: Box::new(subject.clone()),
                                 errno,
                                 kernel_message: answer.message,
                             }));
@@ -241,7 +198,7 @@ impl NfSocket {
         let seq = self.seq;
         self.send(&encode::request(msg::GETGEN, seq, NfProto::Unspec, &[]))?;
         let malformed = |source| Error::Malformed {
-            subject: subject.clone(),
+            subject: Box::new(subject.clone()),
             source,
         };
         loop {
@@ -254,7 +211,7 @@ impl NfSocket {
                     let answer = Answer::parse(&message).map_err(malformed)?;
                     if let Some(errno) = answer.errno {
                         return Err(Error::Refused {
-                            subject,
+                            subject: Box::new(subject),
                             errno,
                             kernel_message: answer.message,
                         });
@@ -270,6 +227,58 @@ impl NfSocket {
             }
         }
     }
+}
+
+/// The outcome of a batch from the kernel's answers to it: the first refusal, named after its
+/// message (and expression, when the kernel points at one), or success when every message was
+/// acknowledged.
+pub(super) fn blame(batch: &Encoded, messages: &[Message<'_>], generation: Option<u32>) -> Result<(), Error> {
+    let mut answers = Vec::new();
+    for message in messages.iter().filter(|m| m.kind == NLMSG_ERROR) {
+        answers.push(Answer::parse(message).map_err(|source| Error::Malformed {
+            subject: Box::new(Subject::Batch),
+            source,
+        })?);
+    }
+    // The first refusal is the cause; later ones often only follow from it.
+    if let Some(answer) = answers.iter().filter(|a| a.errno.is_some()).min_by_key(|a| a.seq) {
+        let errno = answer.errno.expect("filtered on refusals");
+        let kernel_message = answer.message.clone();
+        let Some(sent) = batch.sent.iter().find(|s| s.seq == answer.seq) else {
+            // The begin message: the batch as a whole.
+            if let (Errno::ERESTART, Some(expected)) = (errno, generation) {
+                return Err(Error::Changed { expected });
+            }
+            return Err(Error::Refused {
+                subject: Box::new(Subject::Batch),
+                errno,
+                kernel_message,
+            });
+        };
+        let mut subject = sent.subject.clone();
+        if let (Subject::AddRule { expression, .. }, Some(offset)) = (&mut subject, answer.offset) {
+            *expression = (1..)
+                .zip(&sent.exprs)
+                .find(|(_, (begin, end, _))| (*begin..*end).contains(&offset))
+                .map(|(index, (_, _, name))| (index, name.clone()));
+        }
+        return Err(Error::Refused {
+            subject: Box::new(subject),
+            errno,
+            kernel_message,
+        });
+    }
+    let answered = answers
+        .iter()
+        .filter(|a| batch.sent.iter().any(|s| s.seq == a.seq))
+        .count();
+    if answered < batch.sent.len() {
+        return Err(Error::Unanswered {
+            sent: batch.sent.len(),
+            answered,
+        });
+    }
+    Ok(())
 }
 
 /// An `NLMSG_ERROR` message: an acknowledgement (no errno) or a refusal.
