@@ -12,22 +12,24 @@
 //!
 //! # Why our own encoder
 //!
-//! Checked in 2026 on crates.io:
+//! Checked in 2026 on crates.io, for a crate that speaks nf_tables netlink without C libraries
+//! under a licence that can be linked into this Apache-2.0 code:
 //!
-//! | crate | speaks | why not |
-//! |---|---|---|
-//! | `rustables` 0.9 | netlink, pure Rust | GPL-3.0: cannot be linked into this Apache-2.0 code |
-//! | `nftnl` 0.9 | netlink through libnftnl | links the C library (and libmnl) |
-//! | `nftables` 0.6 | nft's JSON | runs the `nft` binary |
-//! | `netlink-packet-netfilter` 0.4 (MIT) | netlink, pure Rust | its nf_tables part (new in 0.3, August 2026) models 6 of the 10 expressions the rule set needs: no `counter`, `redir`, `tproxy` or `ct`; no batch, acknowledgement or error reporting; it brings `derive_more` and `zerocopy` along |
+//! - `rustables` 0.9: pure Rust netlink, but GPL-3.0.
+//! - `nftnl` 0.9 (MIT/Apache-2.0): links libnftnl and libmnl, C libraries.
+//! - `nftables` 0.6 (MIT/Apache-2.0): writes nft's JSON for the `nft` binary to run.
+//! - `netlink-packet-netfilter` 0.4 (MIT, rust-netlink): pure Rust, but its nf_tables part
+//!   (new in 0.3, August 2026) models 6 of the 10 expressions the rule set needs (no
+//!   `counter`, `redir`, `tproxy` or `ct`), has message types for a batch but nothing that maps
+//!   the kernel's answers back to its messages, and brings `derive_more` and `zerocopy` along.
 //!
-//! What Istio's rule set needs is small and fixed (three `inet` tables, twelve expression
-//! kinds, anonymous port sets), and the part that must be exact, that our messages are
-//! attribute for attribute what nft 1.0.x sends so that `nft list ruleset` prints our rules as
-//! it prints its own, is ours to check either way. So this module is its own encoder and
-//! decoder for exactly those objects (about 1,500 lines), over `netlink-sys`'s socket; anything
-//! else a listing meets is kept as [`Expr::Unknown`], so it shows up in comparisons instead of
-//! failing them.
+//! What Istio's rule set needs is small and fixed (three `inet` tables, ten expression kinds,
+//! anonymous port sets), and the part that must be exact, that our messages are attribute for
+//! attribute what nft 1.0.x sends so that `nft list ruleset` prints our rules as it prints its
+//! own, is ours to check either way. So this module is its own encoder and decoder for exactly
+//! those objects (about 3,000 lines with their documentation), over `netlink-sys`'s socket;
+//! anything else a listing meets is kept as [`Expr::Unknown`], so it shows up in comparisons
+//! instead of failing them.
 //!
 //! # What nft adds to what you write
 //!
@@ -38,9 +40,11 @@
 //!   `meta nfproto ipv4|ipv6` (1 byte), and one on a `tcp`/`udp` field by `meta l4proto tcp|udp`
 //!   (1 byte), right before the field's load, unless the rule already has that same match
 //!   (Istio's explicit `meta l4proto tcp` is one);
-//! - an address prefix loads only its whole bytes (`ip daddr 1.1.0.0/16`: 2 bytes at 16),
-//!   masks with `bitwise` when it ends inside a byte (and for `/0`), and compares with the
-//!   host bits cleared: [`Expr::prefix`];
+//! - an address prefix of whole bytes loads and compares only those (`ip daddr 1.1.0.0/16`: 2
+//!   bytes at offset 16, `/32` all 4); any other prefix, and `/0`, loads the whole address,
+//!   masks it with `bitwise` and compares it with the host bits cleared ([`Expr::prefix`]);
+//! - `tproxy ip to :P` adds no `meta nfproto` of its own; `redirect` and `tproxy` need the
+//!   rule's `meta l4proto`, which Istio writes;
 //! - interface names compare 16 NUL-padded bytes ([`ifname`]); `skuid`, `skgid`, marks and
 //!   `ct mark` 4 bytes in host order; ports 2 bytes in network order;
 //! - `ct state a,b` is a load, a `bitwise` mask of the states and `!= 0` ([`Expr::ct_state`]);
