@@ -122,7 +122,7 @@ pub(super) fn elements(message: &Owned) -> Result<Option<Vec<Bytes>>, Malformed>
 /// A `NEWRULE` message of a listing; `set` finds an anonymous set of the rule's table by its
 /// kernel name.
 pub(super) fn rule<'s>(message: &Owned, set: impl Fn(&str) -> Option<&'s Set>) -> Result<Rule, Malformed> {
-    let [_, table, chain, _, exprs, _, _, userdata] = message.attrs().table::<8>()?;
+    let [_, table, chain, handle, exprs, _, _, userdata] = message.attrs().table::<8>()?;
     let mut decoded = Vec::new();
     if let Some(exprs) = exprs {
         for element in Attrs(exprs).iter() {
@@ -146,6 +146,10 @@ pub(super) fn rule<'s>(message: &Owned, set: impl Fn(&str) -> Option<&'s Set>) -
         exprs: decoded,
         position: Position::Append,
         userdata: userdata.map(Bytes::from),
+        handle: handle
+            .map(|h| h.try_into().map(u64::from_be_bytes))
+            .transpose()
+            .map_err(|_| Malformed::new("rule handle", "it is not 8 bytes long"))?,
     })
 }
 

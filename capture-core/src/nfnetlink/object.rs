@@ -6,6 +6,7 @@
 //! what nft wrote equals the objects that describe it.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use super::expr::{Bytes, Expr};
 
@@ -227,7 +228,8 @@ pub enum Position {
     Prepend,
     /// Before the rule now at this index: `insert rule … index N`, as nft resolves it. The
     /// index counts the rules this batch has put in the chain so far, so use it in chains the
-    /// batch creates or flushes; as in nft, an index with no rule there is an error.
+    /// batch creates or flushes (a rule placed by handle counts as appended); as in nft, an
+    /// index with no rule there is an error.
     Index(usize),
     /// Before the rule with this kernel handle: `insert rule … handle H`.
     Before(u64),
@@ -236,7 +238,11 @@ pub enum Position {
 }
 
 /// A rule: `add rule inet istio-proxy-nat output counter jump istio-output`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Two rules are equal when they are the same rule of the same chain: same expressions and
+/// user data. Where a batch puts them ([`Rule::position`]) and the kernel's [`Rule::handle`]
+/// are not part of that; a listing gives rules in their order instead.
+#[derive(Debug, Clone)]
 pub struct Rule {
     /// Its table's family.
     pub family: NfProto,
@@ -246,10 +252,13 @@ pub struct Rule {
     pub chain: String,
     /// Its expressions, in order.
     pub exprs: Vec<Expr>,
-    /// Where it goes (listed rules: [`Position::Append`]).
+    /// Where a batch puts it (listed rules: [`Position::Append`]).
     pub position: Position,
     /// nft's user data (a `comment`); nft writes none otherwise.
     pub userdata: Option<Bytes>,
+    /// The kernel's handle of a listed rule, for [`Position::Before`] and [`Position::After`];
+    /// a batch ignores it.
+    pub handle: Option<u64>,
 }
 
 impl Rule {
@@ -262,6 +271,35 @@ impl Rule {
             exprs,
             position: Position::Append,
             userdata: None,
+            handle: None,
         }
+    }
+
+    /// What equality and hashing compare.
+    fn value(&self) -> impl PartialEq + Hash + '_ {
+        let Self {
+            family,
+            table,
+            chain,
+            exprs,
+            position: _,
+            userdata,
+            handle: _,
+        } = self;
+        (family, table, chain, exprs, userdata)
+    }
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Self) -> bool {
+        self.value() == other.value()
+    }
+}
+
+impl Eq for Rule {}
+
+impl Hash for Rule {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.value().hash(state);
     }
 }

@@ -526,3 +526,27 @@ fn batch_planned_from_an_old_generation_is_refused() {
         );
     });
 }
+
+#[test]
+fn rules_go_before_and_after_listed_handles() {
+    in_scratch_netns("rules_go_before_and_after_listed_handles", || {
+        let table = build::inet_table("capture-handles");
+        let chain = build::chain(&table, "c", None);
+        let numbered = |n: u32| Rule::new(&chain, build::set_mark(n).to_vec());
+        let mut batch = Batch::new();
+        batch.add_table(table).add_chain(chain.clone());
+        batch.add_rule(numbered(1)).add_rule(numbered(2));
+        batch.commit().unwrap();
+        let listed = list(NfProto::Inet, None).unwrap().rules;
+        let second = listed[1].handle.expect("listed rules have handles");
+        assert_ne!(listed[0].handle, listed[1].handle);
+
+        let mut batch = Batch::new();
+        batch.add_rule(build::at(Position::Before(second), numbered(3)));
+        batch.add_rule(build::at(Position::After(second), numbered(4)));
+        batch.add_rule(build::at(Position::Prepend, numbered(5)));
+        batch.commit().unwrap();
+        let rules = list(NfProto::Inet, None).unwrap().rules;
+        assert_eq!(rules, [5, 1, 3, 2, 4].map(numbered));
+    });
+}
