@@ -550,3 +550,25 @@ fn rules_go_before_and_after_listed_handles() {
         assert_eq!(rules, [5, 1, 3, 2, 4].map(numbered));
     });
 }
+
+#[test]
+fn large_batch_is_acknowledged_whole() {
+    in_scratch_netns("large_batch_is_acknowledged_whole", || {
+        // 3,000 rules with a set each: 9,000 messages, about 1.5 MiB, far past the socket
+        // buffers' defaults.
+        let table = build::inet_table("capture-large");
+        let chain = build::chain(&table, "c", None);
+        let mut batch = Batch::new();
+        batch.add_table(table).add_chain(chain.clone());
+        for n in 0..3000_u16 {
+            let mut exprs =
+                build::ports_not_in(capture_core::nfnetlink::PortField::Destination, &[n, n + 1]).to_vec();
+            exprs.push(Expr::Counter);
+            batch.add_rule(Rule::new(&chain, exprs));
+        }
+        let bytes = batch.encode().unwrap().len();
+        assert!(bytes > 1 << 20, "{bytes} bytes");
+        batch.commit().unwrap();
+        assert_eq!(list(NfProto::Inet, None).unwrap().rules.len(), 3000);
+    });
+}
