@@ -17,6 +17,7 @@ pub mod host;
 pub mod istio;
 pub mod lock;
 pub mod netlink;
+pub mod nfnetlink;
 pub mod nft;
 pub mod original_dst;
 mod plan;

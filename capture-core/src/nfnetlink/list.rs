@@ -1,0 +1,174 @@
+//! Reading the ruleset back: tables, chains and rules (with their anonymous sets), as one
+//! consistent snapshot.
+
+use std::collections::HashMap;
+
+use super::attr::string;
+use super::decode::{self, ListedSet};
+use super::encode::msg;
+use super::expr::Set;
+use super::object::{Chain, NfProto, Rule, Table};
+use super::socket::{DumpError, NfSocket, Owned};
+use super::{Error, Subject};
+
+/// How often a listing that a concurrent change disturbed is started again.
+const ATTEMPTS: u32 = 5;
+
+/// What the kernel holds, as [`list`] read it: comparable with `==` to the objects a
+/// [`Batch`](super::Batch) would write, and written back by
+/// [`Batch::recreate`](super::Batch::recreate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The ruleset generation the listing saw, for
+    /// [`Batch::expect_generation`](super::Batch::expect_generation).
+    pub generation: u32,
+    /// The tables, in the kernel's order (creation order within a family).
+    pub tables: Vec<Table>,
+    /// The chains of those tables, table by table, each table's in creation order.
+    pub chains: Vec<Chain>,
+    /// The rules of those chains, chain by chain, each chain's in order.
+    pub rules: Vec<Rule>,
+}
+
+impl Listing {
+    /// The chains of one table.
+    pub fn chains_of<'a>(&'a self, table: &'a Table) -> impl Iterator<Item = &'a Chain> + 'a {
+        self.chains
+            .iter()
+            .filter(move |c| c.family == table.family && c.table == table.name)
+    }
+
+    /// The rules of one chain, in order.
+    pub fn rules_of<'a>(&'a self, chain: &'a Chain) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules
+            .iter()
+            .filter(move |r| r.family == chain.family && r.table == chain.table && r.chain == chain.name)
+    }
+}
+
+/// Lists the tables of `family` ([`NfProto::Unspec`]: of every family), or only the one named
+/// `table`, with their chains and rules, in the calling thread's network namespace.
+///
+/// The listing is one snapshot: it is read again when the ruleset's generation moved on
+/// while it was read. An absent table gives an empty listing.
+///
+/// # Errors
+/// When the socket fails, the kernel refuses a listing (`EPERM` without `CAP_NET_ADMIN`),
+/// an answer cannot be decoded (a chain bound to devices, a family nf_tables does not have), or
+/// the ruleset keeps changing.
+///
+/// # Examples
+/// ```no_run
+/// use capture_core::nfnetlink::{NfProto, list};
+///
+/// let listing = list(NfProto::Inet, Some("istio-proxy-nat"))?;
+/// for chain in &listing.chains {
+///     println!("{chain}: {} rules", listing.rules_of(chain).count());
+/// }
+/// # Ok::<(), capture_core::nfnetlink::Error>(())
+/// ```
+pub fn list(family: NfProto, table: Option<&str>) -> Result<Listing, Error> {
+    let mut socket = NfSocket::open()?;
+    for _ in 0..ATTEMPTS {
+        let before = socket.generation()?;
+        let listing = match snapshot(&mut socket, family, table) {
+            Ok(listing) => listing,
+            Err(DumpError::Interrupted) => continue,
+            Err(DumpError::Failed(e)) => return Err(e),
+        };
+        if socket.generation()? == before {
+            return Ok(Listing {
+                generation: before,
+                ..listing
+            });
+        }
+    }
+    Err(Error::Interrupted { attempts: ATTEMPTS })
+}
+
+fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&str>) -> Result<Listing, DumpError> {
+    let subject = |what| Subject::List { what, family };
+    let decoding = |what| {
+        move |source| {
+            DumpError::Failed(Error::Malformed {
+                subject: Box::new(subject(what)),
+                source,
+            })
+        }
+    };
+    // The table of a listed object, to skip other tables' objects before decoding them;
+    // objects of families this module does not know are skipped too.
+    let table_of = |message: &Owned, attr: usize| -> Option<String> {
+        NfProto::from_number(message.family)?;
+        let found = message.attrs().table::<3>().ok()?[attr]?;
+        string("table name", found)
+            .ok()
+            .filter(|t| only.is_none_or(|only| only == t))
+    };
+    // Every kernel understands the table filter of rule and set listings.
+    let filter: Vec<(u16, &str)> = only.map(|t| (1, t)).into_iter().collect();
+
+    let mut tables = Vec::new();
+    for message in socket.dump(msg::GETTABLE, &subject("tables"), family, &[])? {
+        // NFTA_TABLE_NAME
+        if table_of(&message, 1).is_some() {
+            tables.push(decode::table(&message).map_err(decoding("tables"))?);
+        }
+    }
+    let mut chains = Vec::new();
+    for message in socket.dump(msg::GETCHAIN, &subject("chains"), family, &[])? {
+        // NFTA_CHAIN_TABLE
+        if table_of(&message, 1).is_some() {
+            chains.push(decode::chain(&message).map_err(decoding("chains"))?);
+        }
+    }
+
+    let mut sets: HashMap<(NfProto, String, String), Set> = HashMap::new();
+    for message in socket.dump(msg::GETSET, &subject("sets"), family, &filter)? {
+        if table_of(&message, 1).is_none() {
+            continue;
+        }
+        let ListedSet {
+            family,
+            table,
+            name,
+            set,
+        } = decode::set(&message).map_err(decoding("sets"))?;
+        let Some(mut set) = set else {
+            continue;
+        };
+        let elements_filter = [(1, table.as_str()), (2, name.as_str())];
+        let mut complete = true;
+        for message in socket.dump(
+            msg::GETSETELEM,
+            &subject("set elements"),
+            family,
+            &elements_filter,
+        )? {
+            match decode::elements(&message).map_err(decoding("set elements"))? {
+                Some(keys) => set.elements.extend(keys),
+                None => complete = false,
+            }
+        }
+        if complete {
+            sets.insert((family, table, name), set);
+        }
+    }
+
+    let mut rules = Vec::new();
+    for message in socket.dump(msg::GETRULE, &subject("rules"), family, &filter)? {
+        // NFTA_RULE_TABLE
+        let Some(table) = table_of(&message, 1) else {
+            continue;
+        };
+        let rule_family = NfProto::from_number(message.family).expect("checked by table_of");
+        let set = |name: &str| sets.get(&(rule_family, table.clone(), name.to_owned()));
+        rules.push(decode::rule(&message, set).map_err(decoding("rules"))?);
+    }
+    Ok(Listing {
+        generation: 0,
+        tables,
+        chains,
+        rules,
+    })
+}
