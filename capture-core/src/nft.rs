@@ -22,11 +22,13 @@
 //! ```
 
 mod backend;
+mod compile;
 pub mod model;
 mod plan;
 mod text;
 
 pub use backend::{Nftables, NotApplicable};
+pub use compile::{CompileError, Compiled, compile};
 pub use model::{
     BaseChain, Chain, ChainType, Cmp, Dir, Keyword, Match, Net, Operation, Ports, Position, Rule, Ruleset,
     Statement, TABLES, Table, TableFamily, Verdict, chain_name, table_name,
