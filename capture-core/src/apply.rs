@@ -24,7 +24,7 @@
 mod compare;
 mod error;
 mod exec;
-mod host_state;
+pub(crate) mod host_state;
 mod iptables;
 mod ours;
 mod payload;

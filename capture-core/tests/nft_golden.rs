@@ -146,7 +146,8 @@ fn every_golden_compiles_to_what_nft_makes_of_it() {
     let names = scratch::goldens();
     assert_eq!(names.len(), 28);
     for name in names {
-        let compiled = compile(&plan(&spec_of(&name)), &IstioAccounts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let compiled =
+            compile(&plan(&spec_of(&name)), &IstioAccounts).unwrap_or_else(|e| panic!("{name}: {e}"));
         let Some((theirs, text)) = scratch::in_scratch_netns(test, || {
             scratch::load(&scratch::golden_script(&name));
             let tables: Vec<_> = compiled
@@ -171,7 +172,9 @@ fn every_golden_compiles_to_what_nft_makes_of_it() {
             for table in &compiled {
                 table.add_to(&mut batch);
             }
-            batch.commit().unwrap_or_else(|e| panic!("{name}: {}", capture_core::chain(&e)));
+            batch
+                .commit()
+                .unwrap_or_else(|e| panic!("{name}: {}", capture_core::chain(&e)));
             scratch::ruleset()
         })
         .unwrap();

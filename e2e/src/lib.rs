@@ -216,6 +216,11 @@ macro_rules! test_matrix {
                 super::$test(Backend::Iptables(Flavor::Nft));
             }
 
+            #[test]
+            fn native() {
+                super::$test(Backend::Nftables);
+            }
+
             #[cfg(feature = "ebpf")]
             #[test]
             fn ebpf() {
@@ -247,6 +252,16 @@ macro_rules! test_matrix {
             #[test]
             fn nft_v6() {
                 super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
+            }
+
+            #[test]
+            fn native_v4() {
+                super::$test(Backend::Nftables, Family::V4);
+            }
+
+            #[test]
+            fn native_v6() {
+                super::$test(Backend::Nftables, Family::V6);
             }
 
             #[cfg(feature = "ebpf")]

@@ -115,6 +115,16 @@ fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&str>) -> Resul
             tables.push(decode::table(&message).map_err(decoding("tables"))?);
         }
     }
+    // A filtered dump of a table that does not exist is refused with ENOENT, which would read
+    // as a table deleted mid-listing: a missing table simply lists as nothing.
+    if only.is_some() && tables.is_empty() {
+        return Ok(Listing {
+            generation: 0,
+            tables,
+            chains: Vec::new(),
+            rules: Vec::new(),
+        });
+    }
     let mut chains = Vec::new();
     for message in socket.dump(msg::GETCHAIN, &subject("chains"), family, &[])? {
         // NFTA_CHAIN_TABLE

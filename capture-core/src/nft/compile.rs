@@ -12,8 +12,8 @@ use super::model::{
     Rule as NftRule, Ruleset, Statement, Table as NftTable, Verdict as NftVerdict, chain_name,
 };
 use crate::nfnetlink::{
-    Batch, BaseChain, Chain, ChainType, CmpOp, CtKey, CtState as NfCtState, Expr, Hook as NfHook, L4Proto, MetaKey,
-    NfProto, PayloadBase, Policy, PortField, Register, Rule, Set, Table, Verdict, ifname,
+    BaseChain, Batch, Chain, ChainType, CmpOp, CtKey, CtState as NfCtState, Expr, Hook as NfHook, L4Proto,
+    MetaKey, NfProto, PayloadBase, Policy, PortField, Register, Rule, Set, Table, Verdict, ifname,
 };
 use crate::rules::{ChainName, CtState, Hook, OwnerMatch, Proto};
 use crate::types::{Accounts, Family, Owner};
@@ -75,7 +75,8 @@ pub fn compile(rules: &Ruleset, accounts: &dyn Accounts) -> Result<Vec<Compiled>
 fn compile_table(t: &NftTable, accounts: &dyn Accounts) -> Result<Compiled, CompileError> {
     let table = Table::new(NfProto::Inet, t.nft_name());
     let chains: Vec<Chain> = t.chains.iter().map(|c| chain(&table, c)).collect();
-    let mut contents: Vec<(ChainName, Vec<&NftRule>)> = t.chains.iter().map(|c| (c.name, Vec::new())).collect();
+    let mut contents: Vec<(ChainName, Vec<&NftRule>)> =
+        t.chains.iter().map(|c| (c.name, Vec::new())).collect();
     for op in &t.operations {
         let Some((_, rules)) = contents.iter_mut().find(|(name, _)| *name == op.chain) else {
             continue;
@@ -152,7 +153,12 @@ fn iface(key: MetaKey, name: &str) -> [Expr; 2] {
 fn owner_id(owner: &Owner, user: bool, accounts: &dyn Accounts) -> Result<u32, CompileError> {
     match owner {
         Owner::Id(id) => Ok(*id),
-        Owner::Name(name) => if user { accounts.uid(name) } else { accounts.gid(name) }.ok_or_else(|| CompileError::UnknownOwner {
+        Owner::Name(name) => if user {
+            accounts.uid(name)
+        } else {
+            accounts.gid(name)
+        }
+        .ok_or_else(|| CompileError::UnknownOwner {
             name: name.clone(),
             user,
         }),
@@ -191,7 +197,9 @@ fn exprs(rule: &NftRule, accounts: &dyn Accounts) -> Result<Vec<Expr>, CompileEr
                 };
                 out.extend(meta_cmp(key, op(*cmp), id.to_ne_bytes()));
             }
-            Match::Mark { cmp, mark } => out.extend(meta_cmp(MetaKey::Mark, op(*cmp), mark.get().to_ne_bytes())),
+            Match::Mark { cmp, mark } => {
+                out.extend(meta_cmp(MetaKey::Mark, op(*cmp), mark.get().to_ne_bytes()))
+            }
             Match::CtState(states) => {
                 let bits = states
                     .iter()

@@ -479,3 +479,16 @@ fn large_batch_is_acknowledged_whole() {
         assert_eq!(list(NfProto::Inet, None).unwrap().rules.len(), 3000);
     });
 }
+
+/// Listing a table that does not exist lists nothing (a filtered dump of it is refused with
+/// ENOENT, which must not read as "changed while listed").
+#[test]
+fn a_missing_table_lists_as_nothing() {
+    let Some(listing) = in_scratch_netns("a_missing_table_lists_as_nothing", || {
+        list(NfProto::Inet, Some("istio-proxy-nat")).map_err(|e| capture_core::chain(&e))
+    }) else {
+        return;
+    };
+    let listing = listing.unwrap();
+    assert!(listing.tables.is_empty() && listing.chains.is_empty() && listing.rules.is_empty());
+}

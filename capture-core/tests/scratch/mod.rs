@@ -99,4 +99,3 @@ pub fn golden_script(name: &str) -> String {
         .replace("skgid ftp", "skgid 20002")
         .replace("skgid != ftp", "skgid != 20002")
 }
-

@@ -18,6 +18,8 @@ pub(crate) const CAPTURE_INIT: &str = env!("CARGO_BIN_EXE_capture-init");
 pub(crate) enum Backend {
     /// `--force-iptables-version legacy|nft` (the default backend).
     Iptables(Flavor),
+    /// `--native-nftables`: Istio's nftables rule set, written over netlink.
+    Nftables,
     /// `--backend ebpf --cgroup <test cgroup> --bpffs <test bpffs>`, in an
     /// [`ebpf_row`](crate::support::ebpf_row).
     #[cfg(feature = "ebpf")]
@@ -27,7 +29,7 @@ pub(crate) enum Backend {
 impl Backend {
     pub(crate) fn is_ebpf(self) -> bool {
         match self {
-            Backend::Iptables(_) => false,
+            Backend::Iptables(_) | Backend::Nftables => false,
             #[cfg(feature = "ebpf")]
             Backend::Ebpf => true,
         }
@@ -76,6 +78,7 @@ impl<'a> CaptureInit<'a> {
         };
         let init = match backend {
             Backend::Iptables(flavor) => init.set("--force-iptables-version", flavor_name(flavor)),
+            Backend::Nftables => init.switch("--native-nftables"),
             #[cfg(feature = "ebpf")]
             Backend::Ebpf => {
                 let world = ebpf::child_world().expect("eBPF rows run inside ebpf_row's cgroup child");

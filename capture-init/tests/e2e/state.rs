@@ -4,7 +4,8 @@ use capture_e2e::{Family, Flavor, Topology, require_root, run_ok, test_matrix};
 
 use crate::capture_init::{Backend, CaptureInit, Via};
 use crate::support::{
-    APP, assert_lands, assert_no_istio, has_ipv6_passthrough, iptables, outbound_proxy, peer_app, saves,
+    APP, assert_lands, assert_no_istio, has_ipv6_passthrough, iptables, nft_ruleset, outbound_proxy,
+    peer_app, saves,
 };
 #[cfg(feature = "ebpf")]
 use crate::support::{ebpf_pods, ebpf_row};
@@ -56,6 +57,7 @@ fn any_destination_is_captured_and_reruns_as_no_op(backend: Backend, family: Fam
 
     let state = || match backend {
         Backend::Iptables(flavor) => saves(&topo.pod, flavor).join(""),
+        Backend::Nftables => nft_ruleset(&topo.pod),
         #[cfg(feature = "ebpf")]
         Backend::Ebpf => ebpf_pods().ok().stdout.clone(),
     };
@@ -64,6 +66,8 @@ fn any_destination_is_captured_and_reruns_as_no_op(backend: Backend, family: Fam
     again.ok();
     if backend.is_ebpf() {
         again.says("eBPF capture already in place, nothing changed");
+    } else if backend == Backend::Nftables {
+        again.says("native nftables capture already in place, nothing changed");
     } else {
         again.says("IPv4 capture already in place, nothing changed");
         if family == Family::V6 {

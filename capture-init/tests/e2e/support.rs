@@ -66,6 +66,21 @@ pub(crate) fn saves(pod: &NetNs, flavor: Flavor) -> [String; 2] {
     [Family::V4, Family::V6].map(|family| iptables_save_normalized(pod, flavor, family))
 }
 
+/// `nft -s list ruleset` in `pod` (without counter values, which traffic moves).
+pub(crate) fn nft_ruleset(pod: &NetNs) -> String {
+    let out = pod
+        .command("nft")
+        .args(["-s", "list", "ruleset"])
+        .output()
+        .expect("run nft (scripts/setup installs the nftables package)");
+    assert!(
+        out.status.success(),
+        "nft list ruleset: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("nft prints UTF-8")
+}
+
 /// The `-A` lines of a save.
 pub(crate) fn rules(save: &str) -> Vec<&str> {
     save.lines().filter(|l| l.starts_with("-A ")).collect()
