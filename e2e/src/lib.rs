@@ -228,6 +228,43 @@ macro_rules! test_matrix {
             }
         }
     )+};
+    (netfilter, family: $($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use $crate::{Family, Flavor};
+
+            use super::Backend;
+
+            #[test]
+            fn legacy_v4() {
+                super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
+            }
+
+            #[test]
+            fn legacy_v6() {
+                super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
+            }
+
+            #[test]
+            fn nft_v4() {
+                super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
+            }
+
+            #[test]
+            fn nft_v6() {
+                super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
+            }
+
+            #[test]
+            fn native_v4() {
+                super::$test(Backend::Nftables, Family::V4);
+            }
+
+            #[test]
+            fn native_v6() {
+                super::$test(Backend::Nftables, Family::V6);
+            }
+        }
+    )+};
     (backend, family: $($test:ident),+ $(,)?) => {$(
         mod $test {
             use $crate::{Family, Flavor};

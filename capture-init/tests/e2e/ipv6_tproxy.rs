@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 
 use capture_e2e::{Family, Flavor, INBOUND_PORT, Listener, Topology, require_root, test_matrix};
 
-use crate::capture_init::CaptureInit;
+use crate::capture_init::{Backend, CaptureInit};
 use crate::support::{
-    APP, ROOT, assert_lands, assert_no_istio, has_ipv6_passthrough, ip_family, outbound_proxy, pod_app, saves,
+    APP, ROOT, assert_lands, assert_no_capture, has_ipv6_passthrough, ip_family, outbound_proxy, pod_app,
+    saves,
 };
 
 test_matrix!(flavor: ipv6_follows_dual_stack_and_ipv6_flag);
@@ -54,13 +55,13 @@ fn ipv6_follows_dual_stack_and_ipv6_flag(flavor: Flavor) {
     assert!(has_ipv6_passthrough(&topo.pod));
 }
 
-test_matrix!(flavor, family: tproxy);
+test_matrix!(netfilter, family: tproxy);
 
 /// `-m TPROXY`: the peer → pod:8080 reaches the transparent inbound proxy, which sees the peer's own
 /// address as client and pod:8080 as its local address and original destination; excluded ports and
 /// outbound capture work as before. capture-init installs the `fwmark` rule and the `local` route in
 /// table 133 and `--cleanup-only` removes them with the rules.
-fn tproxy(flavor: Flavor, family: Family) {
+fn tproxy(backend: Backend, family: Family) {
     if !require_root() {
         return;
     }
@@ -73,7 +74,7 @@ fn tproxy(flavor: Flavor, family: Family) {
     let outbound = outbound_proxy(&topo, family);
     let app = pod_app(&topo, family, 8080);
     let health = pod_app(&topo, family, 15021);
-    let init = CaptureInit::sidecar(&topo.pod, flavor, family).set("-m", "TPROXY");
+    let init = CaptureInit::new(&topo.pod, backend, family).set("-m", "TPROXY");
     init.run().ok();
 
     let f = ip_family(family);
@@ -98,7 +99,7 @@ fn tproxy(flavor: Flavor, family: Family) {
     assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &outbound);
 
     init.clone().switch("--cleanup-only").run().ok();
-    assert_no_istio(&topo.pod, flavor);
+    assert_no_capture(&topo.pod, backend);
     let rules = topo.pod.ip(&[f, "rule", "show"]);
     assert!(!rules.contains("lookup 133"), "{rules}");
     let table = topo.pod.ip(&[f, "route", "show", "table", "133"]);

@@ -15,7 +15,7 @@ use capture_e2e::{
 };
 
 #[cfg(feature = "ebpf")]
-use crate::capture_init::{Run, ebpf_node};
+use crate::capture_init::{Backend, Run, ebpf_node};
 
 /// Who connects: uid and gid.
 pub(crate) type Identity = (u32, u32);
@@ -91,6 +91,24 @@ pub(crate) fn assert_no_istio(pod: &NetNs, flavor: Flavor) {
     for family in [Family::V4, Family::V6] {
         let save = iptables_save_normalized(pod, flavor, family);
         assert!(!save.contains("ISTIO"), "{family:?} rules left behind:\n{save}");
+    }
+}
+
+/// Nothing of capture's rules is left on `backend`: no `ISTIO` chain in either family of an
+/// iptables flavour, or no `istio-proxy-*` table in nftables.
+#[track_caller]
+pub(crate) fn assert_no_capture(pod: &NetNs, backend: Backend) {
+    match backend {
+        Backend::Iptables(flavor) => assert_no_istio(pod, flavor),
+        Backend::Nftables => {
+            let ruleset = nft_ruleset(pod);
+            assert!(
+                !ruleset.contains("istio-proxy"),
+                "nftables tables left behind:\n{ruleset}"
+            );
+        }
+        #[cfg(feature = "ebpf")]
+        Backend::Ebpf => unreachable!("eBPF rows check their maps"),
     }
 }
 
