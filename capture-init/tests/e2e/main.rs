@@ -15,8 +15,8 @@
 //! **One scenario table, every backend.** A scenario is a function of a
 //! [`Backend`](capture_init::Backend) (and usually a
 //! [`Family`](capture_e2e::Family)); `test_matrix!(backend, family: …)` makes one test per row:
-//! `legacy_v4`, `nft_v4`, `ebpf_v4`, and the same for `v6` (`--force-iptables-version legacy|nft`,
-//! or `--backend ebpf`). An eBPF row ([`ebpf_row`](support::ebpf_row)) runs its scenario in a child
+//! `legacy_v4`, `nft_v4`, `native_v4`, `ebpf_v4`, and the same for `v6` (`--force-iptables-version
+//! legacy|nft`, `--native-nftables`, or `--backend ebpf`). An eBPF row ([`ebpf_row`](support::ebpf_row)) runs its scenario in a child
 //! of this test binary inside a test-owned cgroup v2 directory, so `capture-init`, the proxy, the
 //! apps and the clients all run there; `capture-init` loads the programs itself with
 //! `--cgroup <that cgroup> --bpffs <a private bpffs>`, and afterwards `capture-init ebpf unload`
@@ -41,6 +41,7 @@
 //! | `many_pods`       | 8. 20 pods at once                                                        |
 //! | `ebpf_backend`    | 9. the eBPF backend's own life cycle (feature `ebpf`)                     |
 //! | `never_fail_open` | 10. never failing open (issue 8)                                          |
+//! | `native_nftables` | 11. the native nftables backend's life cycle, next to other rules        |
 
 mod capture_init;
 mod support;
@@ -51,6 +52,7 @@ mod inbound;
 mod ipv6_tproxy;
 mod loopback;
 mod many_pods;
+mod native_nftables;
 mod never_fail_open;
 mod outbound;
 mod rollback;
