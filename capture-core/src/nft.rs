@@ -27,7 +27,7 @@ pub mod model;
 mod plan;
 mod text;
 
-pub use backend::{NftError, Nftables};
+pub use backend::{NftError, Nftables, current, replacement};
 pub use compile::{CompileError, Compiled, compile};
 pub use model::{
     BaseChain, Chain, ChainType, Cmp, Dir, Keyword, Match, Net, Operation, Ports, Position, Rule, Ruleset,

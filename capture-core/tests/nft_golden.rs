@@ -7,9 +7,12 @@
 mod cases;
 mod scratch;
 
-use capture_core::nfnetlink::{Batch, NfProto, list};
-use capture_core::nft::{Statement, Transaction, Verdict, compile, plan};
-use capture_core::{CaptureSpec, Detected, IstioConfig};
+use capture_core::nfnetlink::{Batch, Chain, Expr, NfProto, Rule, Verdict as NlVerdict, list};
+use capture_core::nft::{Nftables, Statement, Transaction, Verdict, compile, current, plan, replacement};
+use capture_core::{
+    ApplyOptions, Backend, CaptureSpec, Detected, InterceptMode, IstioConfig, Mark, RouteTable,
+    SystemAccounts,
+};
 use cases::{COMMON_CASES, Case, IstioAccounts, assert_same, testdata};
 
 /// Cases only Istio's nftables table has.
@@ -180,4 +183,63 @@ fn every_golden_compiles_to_what_nft_makes_of_it() {
         .unwrap();
         assert_same(&format!("{name}: nft list ruleset"), &text, &our_text);
     }
+}
+
+/// Everything the namespace's nf_tables holds, as objects and as nft prints it.
+fn state() -> (capture_core::nfnetlink::Listing, String) {
+    let mut listing = list(NfProto::Unspec, None).unwrap();
+    listing.generation = 0;
+    (listing, scratch::ruleset())
+}
+
+/// TPROXY capture in place (three families' worth of rules in nat and mangle); a reconcile to
+/// REDIRECT capture, whose one transaction deletes both tables and adds the new nat table, is
+/// refused by the kernel at its last rule (a jump to a chain that does not exist): nothing of
+/// it happened, in any table or family.
+#[test]
+fn a_refused_replacement_leaves_every_table_as_it_was() {
+    let test = "a_refused_replacement_leaves_every_table_as_it_was";
+    scratch::in_scratch_netns(test, || {
+        lo_up();
+        let mut before = CaptureSpec::sidecar();
+        before.ipv6 = true;
+        before.inbound.mode = InterceptMode::Tproxy {
+            mark: Mark::new(1337),
+            route_table: RouteTable::new(133),
+        };
+        Nftables
+            .install(&before, ApplyOptions::default())
+            .unwrap_or_else(|e| panic!("{}", capture_core::chain(&*e)));
+        let old = state();
+        assert!(old.1.contains("table inet istio-proxy-mangle"), "{}", old.1);
+
+        let (present, generation) = current().unwrap();
+        let mut after = CaptureSpec::sidecar();
+        after.ipv6 = true;
+        let compiled = compile(&plan(&after), &SystemAccounts).unwrap();
+        let mut batch = replacement(&present, &compiled, generation);
+        let nat = &compiled[0];
+        let output: &Chain = nat.chains.iter().find(|c| c.name == "istio-output").unwrap();
+        batch.add_rule(Rule::new(
+            output,
+            vec![Expr::Verdict(NlVerdict::Jump("no-such-chain".into()))],
+        ));
+        let e = batch.commit().unwrap_err();
+        let said = capture_core::chain(&e);
+        assert!(said.contains("istio-output"), "{said}");
+        assert_eq!(state(), old, "a refused transaction changes nothing");
+    });
+}
+
+/// Brings `lo` up in the calling thread's namespace (TPROXY's local route needs it).
+fn lo_up() {
+    let out = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip link set lo up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -185,6 +185,31 @@ fn tables_named(compiled: &[Compiled]) -> String {
         .join(", ")
 }
 
+/// The one transaction that replaces whatever of our tables `present` holds with `compiled`,
+/// valid only if the ruleset is still at `generation`: traffic is never uncaptured in between,
+/// a table the new configuration no longer needs goes with it, and the kernel applies all of it
+/// or nothing.
+pub fn replacement(present: &[Listing], compiled: &[Compiled], generation: u32) -> Batch {
+    let mut batch = Batch::new();
+    batch.expect_generation(generation);
+    for table in existing(present) {
+        batch.delete_table(table);
+    }
+    for table in compiled {
+        table.add_to(&mut batch);
+    }
+    batch
+}
+
+/// Our three tables as the kernel holds them now (empty listings for absent ones), and the
+/// ruleset generation they were read at.
+///
+/// # Errors
+/// When the tables cannot be listed.
+pub fn current() -> Result<(Vec<Listing>, u32), nfnetlink::Error> {
+    read()
+}
+
 fn install(spec: &CaptureSpec, options: ApplyOptions) -> Result<Outcome, NftError> {
     let _lock = NetnsLock::current()?;
     let compiled = compile(&plan(spec), &SystemAccounts)?;
@@ -196,16 +221,7 @@ fn install(spec: &CaptureSpec, options: ApplyOptions) -> Result<Outcome, NftErro
         State::Differs(_) => Change::Reconciled,
     };
     if change != Change::Unchanged {
-        let mut batch = Batch::new();
-        batch.expect_generation(generation);
-        // Replacing in the same transaction: traffic is never uncaptured in between, and a
-        // table this configuration no longer needs goes with it.
-        for table in existing(&present) {
-            batch.delete_table(table);
-        }
-        for table in &compiled {
-            table.add_to(&mut batch);
-        }
+        let batch = replacement(&present, &compiled, generation);
         let added = host_state::Added::ensure(spec)?;
         if let Err(e) = batch.commit() {
             added.undo();
