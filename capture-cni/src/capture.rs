@@ -5,12 +5,13 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
+use capture_core::nft::Nftables;
 use capture_core::{
     ApplyError, ApplyOptions, Backend, CaptureSpec, Detected, Family, Flavor, FlavorChoice, Iptables,
     Ipv6Mode, Outcome, SystemExec,
 };
 
-use crate::conf::NetConf;
+use crate::conf::{self, NetConf};
 use crate::error::Error;
 use crate::log;
 use crate::netns::{NetNs, NsId};
@@ -45,6 +46,9 @@ fn legacy_exec(run_dir: &Path, id: NsId) -> SystemExec {
 /// place that knows which backend the configuration names. Only legacy iptables takes the
 /// xtables lock, so only it gets a lock file; detection only reads rules.
 fn pod_backend(conf: &NetConf, id: NsId) -> Result<Box<dyn Backend>, Error> {
+    if conf.backend() == conf::Backend::Nftables {
+        return Ok(Box::new(Nftables));
+    }
     let flavor = match conf.capture.iptables_flavor {
         FlavorChoice::Force(flavor) => flavor,
         FlavorChoice::Auto => Iptables::detect(SystemExec::default())
@@ -168,17 +172,24 @@ pub fn check(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Err
 }
 
 /// `STATUS`: whether the configured backend works on this node, tried in a scratch network
-/// namespace so the node's own (possibly very large) rule set is never read.
+/// namespace so the node's own (possibly very large) rule set is never read. Says what works.
 ///
 /// # Errors
-/// [`Error::Unavailable`] when no usable iptables is found.
-pub fn status(conf: &NetConf) -> Result<Flavor, Error> {
+/// [`Error::Unavailable`] when no usable iptables is found, or nf_tables cannot be listed.
+pub fn status(conf: &NetConf) -> Result<String, Error> {
     let flavor = conf.capture.iptables_flavor;
+    let native = conf.backend() == conf::Backend::Nftables;
     crate::netns::run_in_scratch_netns(move || {
-        let backend = backend(flavor, SystemExec::default()).map_err(Error::Unavailable)?;
+        if native {
+            capture_core::nft::current().map_err(|e| Error::Unavailable(e.into()))?;
+            return Ok("native nftables".to_owned());
+        }
+        let backend = backend(flavor, SystemExec::default()).map_err(|e| Error::Unavailable(e.into()))?;
         // A forced flavor is not probed by `backend`; make sure it can read rules.
-        backend.save(Family::V4).map_err(Error::Unavailable)?;
-        Ok(backend.flavor())
+        backend
+            .save(Family::V4)
+            .map_err(|e| Error::Unavailable(e.into()))?;
+        Ok(format!("iptables {}", backend.flavor().as_str()))
     })
 }
 

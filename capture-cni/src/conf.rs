@@ -67,6 +67,9 @@ pub struct NetConf {
     /// Where per-namespace xtables lock files are kept (`/run/capture-cni`).
     #[serde(default = "default_run_dir")]
     pub run_dir: PathBuf,
+    /// Istio's `native_nftables`: `true` is `capture.backend: "nftables"`.
+    #[serde(default)]
+    pub native_nftables: bool,
     /// The capture applied to every selected pod, before annotations.
     #[serde(default, deserialize_with = "object")]
     pub capture: CaptureConf,
@@ -76,6 +79,18 @@ pub struct NetConf {
     /// GC: the same list under the key the spec-v1.1.0 text used; libcni sends both.
     #[serde(rename = "cni.dev/attachments", default, deserialize_with = "objects")]
     pub attachments: Option<Vec<Attachment>>,
+}
+
+impl NetConf {
+    /// The backend the configuration names: `capture.backend`, or nftables when Istio's
+    /// `native_nftables` is set.
+    pub fn backend(&self) -> Backend {
+        if self.native_nftables {
+            Backend::Nftables
+        } else {
+            self.capture.backend
+        }
+    }
 }
 
 impl Default for NetConf {
@@ -91,6 +106,7 @@ impl Default for NetConf {
             plugin_log_level: LogLevel::default(),
             log_file: None,
             run_dir: default_run_dir(),
+            native_nftables: false,
             capture: CaptureConf::default(),
             valid_attachments: None,
             attachments: None,
@@ -257,6 +273,8 @@ pub enum Backend {
     /// `iptables-restore`, as capture-init and istio-iptables use it.
     #[default]
     Iptables,
+    /// Istio's native nftables rule set, written over netlink in one transaction (no binary).
+    Nftables,
 }
 
 /// The capture every selected pod gets, before its annotations override parts of it.
@@ -266,7 +284,7 @@ pub enum Backend {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaptureConf {
-    /// The backend: `"iptables"`.
+    /// The backend: `"iptables"` or `"nftables"`.
     pub backend: Backend,
     /// `"auto"` (detect, as capture-init does: the flavor holding rules in the pod wins, else
     /// the node's `iptables` alternative, else nft), `"legacy"` or `"nft"`.
@@ -497,6 +515,18 @@ mod tests {
         assert_eq!(c.capture.exclude_interfaces.as_str(), "");
         assert_eq!(c.capture.iptables_flavor, FlavorChoice::Force(Flavor::Nft));
         assert_eq!(c.runtime_config.pod_annotations["a"], "b");
+    }
+
+    #[test]
+    fn the_backend_is_named_in_capture_or_by_istios_native_nftables() {
+        let base = json!({"name": "n", "type": "t"});
+        assert_eq!(conf(base.clone()).unwrap().backend(), Backend::Iptables);
+        let mut named = base.clone();
+        named["capture"] = json!({"backend": "nftables"});
+        assert_eq!(conf(named).unwrap().backend(), Backend::Nftables);
+        let mut istio = base;
+        istio["native_nftables"] = json!(true);
+        assert_eq!(conf(istio).unwrap().backend(), Backend::Nftables);
     }
 
     #[test]

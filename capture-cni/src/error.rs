@@ -171,8 +171,8 @@ pub enum Error {
         differences: Vec<String>,
     },
     /// `STATUS`: the backend cannot work on this node.
-    #[error("plugin not available: {}", capture_core::chain(.0))]
-    Unavailable(ApplyError),
+    #[error("plugin not available: {}", capture_core::chain(.0.as_ref()))]
+    Unavailable(BackendError),
     /// A bug: a panic was caught.
     #[error("internal error: {0}")]
     Internal(String),
@@ -304,7 +304,7 @@ mod tests {
         };
         assert_eq!(Error::Apply(busy.into()).cni_code(), 11);
         assert_eq!(
-            Error::Unavailable(ApplyError::NoIptables { tried: Vec::new() }).cni_code(),
+            Error::Unavailable(ApplyError::NoIptables { tried: Vec::new() }.into()).cni_code(),
             50
         );
     }

@@ -315,8 +315,8 @@ pub fn handle(env: &Env, input: &[u8]) -> Result<Option<Value>, Failure> {
         Command::Del => unreachable!("DEL is handled above"),
         Command::Check => check(env, conf, *version).map(|()| None).map_err(fail),
         Command::Status => {
-            let flavor = capture::status(conf).map_err(fail)?;
-            log::debug!("ready: iptables {} works", flavor.as_str());
+            let works = capture::status(conf).map_err(fail)?;
+            log::debug!("ready: {works} works");
             Ok(None)
         }
         Command::Gc => {
