@@ -73,7 +73,7 @@ pub use expr::{
     Bytes, CmpOp, CtKey, CtState, Expr, L4Proto, MetaKey, PayloadBase, PortField, Register, Set, Verdict,
     ifname,
 };
-pub use list::{Listing, list};
+pub use list::{Listing, list, list_tables};
 use nix::errno::Errno;
 pub use object::{BaseChain, Chain, ChainType, Hook, NfProto, Policy, Position, Rule, Table};
 

@@ -86,6 +86,33 @@ pub fn list(family: NfProto, table: Option<&str>) -> Result<Listing, Error> {
     Err(Error::Interrupted { attempts: ATTEMPTS })
 }
 
+/// [`list`] of each table named in `tables` (absent ones list as nothing), read over one
+/// socket as one snapshot: all at the same ruleset generation.
+///
+/// # Errors
+/// As [`list`].
+pub fn list_tables(family: NfProto, tables: &[&str]) -> Result<Vec<Listing>, Error> {
+    let mut socket = NfSocket::open()?;
+    'attempt: for _ in 0..ATTEMPTS {
+        let before = socket.generation()?;
+        let mut listings = Vec::with_capacity(tables.len());
+        for table in tables {
+            match snapshot(&mut socket, family, Some(table)) {
+                Ok(listing) => listings.push(listing),
+                Err(DumpError::Interrupted) => continue 'attempt,
+                Err(DumpError::Failed(e)) => return Err(e),
+            }
+        }
+        if socket.generation()? == before {
+            for listing in &mut listings {
+                listing.generation = before;
+            }
+            return Ok(listings);
+        }
+    }
+    Err(Error::Interrupted { attempts: ATTEMPTS })
+}
+
 fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&str>) -> Result<Listing, DumpError> {
     let subject = |what| Subject::List { what, family };
     let decoding = |what| {

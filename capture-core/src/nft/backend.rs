@@ -26,7 +26,7 @@ use crate::apply::host_state;
 use crate::backend::{Backend, BackendError, Change, Outcome, Step};
 use crate::lock::{LockError, NetnsLock};
 use crate::netlink::NetlinkError;
-use crate::nfnetlink::{self, Batch, Expr, Listing, MetaKey, NfProto, list};
+use crate::nfnetlink::{self, Batch, Expr, Listing, MetaKey, NfProto, list_tables};
 use crate::{ApplyOptions, CaptureSpec, SystemAccounts};
 
 /// The native nftables backend (`--native-nftables`).
@@ -76,17 +76,10 @@ enum State {
 /// Our tables as the kernel holds them now (empty listings for absent ones), and the ruleset
 /// generation they were read at.
 fn read() -> Result<(Vec<Listing>, u32), nfnetlink::Error> {
-    loop {
-        let listings: Vec<Listing> = TABLES
-            .iter()
-            .map(|t| list(NfProto::Inet, Some(table_name(*t))))
-            .collect::<Result<_, _>>()?;
-        let generation = listings[0].generation;
-        // Three dumps: one snapshot only if the ruleset did not move in between.
-        if listings.iter().all(|l| l.generation == generation) {
-            return Ok((listings, generation));
-        }
-    }
+    let names = TABLES.map(table_name);
+    let listings = list_tables(NfProto::Inet, &names)?;
+    let generation = listings.first().map_or(0, |l| l.generation);
+    Ok((listings, generation))
 }
 
 fn compare(expected: &[Compiled], present: &[Listing]) -> State {
