@@ -45,6 +45,7 @@
 mod capture_init;
 mod support;
 
+mod dns;
 #[cfg(feature = "ebpf")]
 mod ebpf_backend;
 mod inbound;
