@@ -30,6 +30,7 @@ mod listener;
 mod netns;
 mod tempdir;
 mod topology;
+pub mod udp;
 
 use std::net::IpAddr;
 use std::process::Command;

@@ -46,6 +46,7 @@
 mod capture_init;
 mod support;
 
+mod dns;
 #[cfg(feature = "ebpf")]
 mod ebpf_backend;
 mod inbound;
