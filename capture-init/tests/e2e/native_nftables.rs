@@ -5,7 +5,7 @@
 
 use capture_e2e::{Family, Flavor, Topology, iptables_save_normalized, require_root, run_ok};
 
-use crate::capture_init::{Backend, CaptureInit, Via};
+use crate::capture_init::{Backend, CaptureInit, Via, finished};
 use crate::support::{
     APP, assert_lands, assert_no_capture, has_ipv6_passthrough, iptables, nft_ruleset, outbound_proxy,
     peer_app,
@@ -216,4 +216,93 @@ fn other_softwares_rules_and_tables_are_left_alone_both_ways() {
         theirs_iptables
     );
     assert_eq!(tables(&topo), ["ip filter", "inet other"], "only theirs is left");
+}
+
+/// Two runs started together, with the same flags or with another `-p`, are serialised by the
+/// namespace lock: afterwards the tables are exactly those of a run that succeeded, and the
+/// other run either found them in place or refused naming the difference.
+#[test]
+fn concurrent_runs_never_undo_each_other() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let first = native(&topo);
+    for round in 0..8 {
+        let second = if round % 2 == 0 {
+            first.clone()
+        } else {
+            first.clone().set("-p", "15002")
+        };
+        let (mut a, mut b) = (first.command(), second.command());
+        let (ra, rb) = std::thread::scope(|s| {
+            let ra = s.spawn(|| {
+                let out = a.output();
+                finished(&a, out)
+            });
+            let rb = s.spawn(|| {
+                let out = b.output();
+                finished(&b, out)
+            });
+            (ra.join().unwrap(), rb.join().unwrap())
+        });
+        let winners: Vec<&CaptureInit> = [(&first, &ra), (&second, &rb)]
+            .into_iter()
+            .filter(|(_, r)| r.status.success())
+            .map(|(init, _)| init)
+            .collect();
+        assert!(
+            !winners.is_empty(),
+            "round {round}: both failed:\n{}\n{}",
+            ra.stderr,
+            rb.stderr
+        );
+        for init in &winners {
+            init.run()
+                .ok()
+                .says("native nftables capture already in place, nothing changed");
+        }
+        if winners.len() == 1 {
+            let loser = if ra.status.success() { &rb } else { &ra };
+            loser.code(1).says("differs from this configuration");
+        }
+        first.clone().switch("--cleanup-only").run().ok();
+        assert_no_capture(&topo.pod, Backend::Nftables);
+    }
+}
+
+/// `capture-init` killed (as a container is) at several points of a large TPROXY apply: one
+/// netlink transaction holds all of it, so the namespace holds either none of the tables or all
+/// of them; a plain rerun always succeeds and the one after it changes nothing.
+#[test]
+fn killed_mid_apply_leaves_all_or_nothing() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let cidrs: Vec<String> = (0..8000)
+        .map(|i| format!("10.{}.{}.0/24", 64 + i / 256, i % 256))
+        .collect();
+    let init = native(&topo).set("-m", "TPROXY").set("-x", &cidrs.join(","));
+    for delay_ms in [1, 3, 5, 8, 12, 20, 40] {
+        let mut cmd = init.command();
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().expect("start capture-init");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().expect("reap capture-init");
+        let found = tables(&topo);
+        assert!(
+            found.is_empty() || found == ["inet istio-proxy-nat", "inet istio-proxy-mangle"],
+            "after a kill at {delay_ms} ms: {found:?}"
+        );
+        let rerun = init.run();
+        rerun.ok();
+        init.run()
+            .ok()
+            .says("native nftables capture already in place, nothing changed");
+        init.clone().switch("--cleanup-only").run().ok();
+        assert_no_capture(&topo.pod, Backend::Nftables);
+    }
 }
