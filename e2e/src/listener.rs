@@ -14,7 +14,6 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use crate::NetNs;
-use crate::client::assume_identity;
 
 /// How often the accept loop looks at the stop flag.
 const ACCEPT_TICK: Duration = Duration::from_millis(50);
@@ -71,14 +70,13 @@ impl Listener {
     /// When the credentials cannot be set, or `bind` or `listen` fails.
     #[must_use]
     pub fn spawn_as(ns: &NetNs, uid: u32, gid: u32, addr: SocketAddr, token: &str) -> Listener {
-        let listener = ns
-            .run(|| {
-                if (uid, gid) != (0, 0) {
-                    assume_identity(uid, gid)?;
-                }
-                TcpListener::bind(addr)
-            })
-            .unwrap_or_else(|e| panic!("cannot listen on {addr} in {} as {uid}:{gid}: {e}", ns.name()));
+        let bind = || TcpListener::bind(addr);
+        let listener = if (uid, gid) == (0, 0) {
+            ns.run(bind)
+        } else {
+            ns.run_as(uid, gid, bind)
+        }
+        .unwrap_or_else(|e| panic!("cannot listen on {addr} in {} as {uid}:{gid}: {e}", ns.name()));
         Listener::start(listener, token)
     }
 

@@ -185,8 +185,7 @@ fn reuseport_group_shares_inbound_connections() {
         let workers = ["worker-0", "worker-1"].map(|token| {
             let listener = topo
                 .pod
-                .run(|| -> std::io::Result<TcpListener> {
-                    capture_e2e::assume_identity(PROXY_UID, PROXY_UID)?;
+                .run_as(PROXY_UID, PROXY_UID, || -> std::io::Result<TcpListener> {
                     let fd = socket(
                         AddressFamily::Inet,
                         SockType::Stream,
