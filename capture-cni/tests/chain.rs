@@ -93,8 +93,8 @@ fn bridge_then_capture_in_every_version() {
         let gateway = IpAddr::V4(Ipv4Addr::new(10, 250, index, 1));
         let node_app = Listener::spawn(&node, SocketAddr::new(gateway, 80), "node-app");
         let any = |port| SocketAddr::new(Family::V4.unspecified(), port);
-        let outbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(OUTBOUND_PORT), "outbound");
-        let inbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(INBOUND_PORT), "inbound");
+        let outbound = Listener::spawn_proxy(&pod, any(OUTBOUND_PORT), "outbound");
+        let inbound = Listener::spawn_proxy(&pod, any(INBOUND_PORT), "inbound");
         let to_node = SocketAddr::new(gateway, 80);
         let to_pod = SocketAddr::new(pod_ip, 8080);
         assert_lands(&pod, APP_UID, to_node, &outbound, to_node);
@@ -192,8 +192,8 @@ fn dual_stack_pod_is_captured_in_both_families() {
         let gateway = IpAddr::V6(format!("fd02:250:{index}::1").parse::<Ipv6Addr>().unwrap());
         let node_app = Listener::spawn(&node, SocketAddr::new(gateway, 80), "node-app");
         let any = |port| SocketAddr::new(Family::V6.unspecified(), port);
-        let outbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(OUTBOUND_PORT), "outbound");
-        let inbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(INBOUND_PORT), "inbound");
+        let outbound = Listener::spawn_proxy(&pod, any(OUTBOUND_PORT), "outbound");
+        let inbound = Listener::spawn_proxy(&pod, any(INBOUND_PORT), "inbound");
         let to_node = SocketAddr::new(gateway, 80);
         let to_pod = SocketAddr::new(ips[1], 8080);
         assert_lands(&pod, APP_UID, to_node, &outbound, to_node);

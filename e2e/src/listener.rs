@@ -13,7 +13,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use crate::NetNs;
+use crate::{NetNs, PROXY_UID};
 
 /// How often the accept loop looks at the stop flag.
 const ACCEPT_TICK: Duration = Duration::from_millis(50);
@@ -78,6 +78,18 @@ impl Listener {
         }
         .unwrap_or_else(|e| panic!("cannot listen on {addr} in {} as {uid}:{gid}: {e}", ns.name()));
         Listener::start(listener, token)
+    }
+
+    /// Binds `addr` in `ns` as the sidecar proxy ([`PROXY_UID`](crate::PROXY_UID), uid and
+    /// gid), and starts accepting: the proxy's own listeners, whose traffic capture leaves
+    /// alone.
+    ///
+    /// # Panics
+    ///
+    /// As [`Listener::spawn_as`].
+    #[must_use]
+    pub fn spawn_proxy(ns: &NetNs, addr: SocketAddr, token: &str) -> Listener {
+        Listener::spawn_as(ns, PROXY_UID, PROXY_UID, addr, token)
     }
 
     /// Binds `addr` in `ns` as root with `IP_TRANSPARENT` (`IPV6_TRANSPARENT` for IPv6) set before

@@ -33,10 +33,8 @@ fn inbound_is_captured(family: Family) {
         assert_eq!(sk_lookup_programs(&topo.pod), 1);
         assert_eq!(sk_lookup_programs(&topo.peer), 0, "the peer is not enrolled");
         // The proxy starts after enrollment, as it does after the init container or CNI plugin.
-        let proxy = Listener::spawn_as(
+        let proxy = Listener::spawn_proxy(
             &topo.pod,
-            PROXY_UID,
-            PROXY_UID,
             SocketAddr::new(family.unspecified(), INBOUND_PORT),
             "inbound",
         );
@@ -102,13 +100,7 @@ fn inbound_port_list_captures_only_its_ports() {
                 .to_vec(),
         );
         enroll(node, &topo.pod, &spec);
-        let proxy = Listener::spawn_as(
-            &topo.pod,
-            PROXY_UID,
-            PROXY_UID,
-            (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(),
-            "inbound",
-        );
+        let proxy = Listener::spawn_proxy(&topo.pod, (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(), "inbound");
         let on_8080 = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8080).into(), "pod-8080");
         let on_8082 = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8082).into(), "pod-8082");
         let tunnel = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 15008).into(), "pod-15008");
@@ -142,13 +134,7 @@ fn pod_own_connections_are_not_captured_inbound() {
         // Added after enrolling: the passthrough source is known to the programs regardless.
         topo.pod
             .ip(&["-6", "addr", "add", "::6/128", "dev", "lo", "nodad"]);
-        let proxy = Listener::spawn_as(
-            &topo.pod,
-            PROXY_UID,
-            PROXY_UID,
-            (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(),
-            "inbound",
-        );
+        let proxy = Listener::spawn_proxy(&topo.pod, (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(), "inbound");
         let app = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8080).into(), "pod-app");
         for family in [Family::V4, Family::V6] {
             let dst = topo.pod_addr(family, 8080);
@@ -229,10 +215,8 @@ fn not_enrolled_netns_inbound_is_untouched() {
         let mut proxies = Vec::new();
         let mut apps = Vec::new();
         for (topo, name) in [(&enrolled, "enrolled"), (&other, "other")] {
-            proxies.push(Listener::spawn_as(
+            proxies.push(Listener::spawn_proxy(
                 &topo.pod,
-                PROXY_UID,
-                PROXY_UID,
                 (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(),
                 &format!("{name}-proxy"),
             ));
@@ -271,13 +255,7 @@ fn identical_pods_keep_their_own_inbound_listeners() {
         let cookies = [enroll(node, &a.pod, &spec), enroll(node, &b.pod, &spec)];
         assert_ne!(cookies[0], cookies[1]);
         let proxies = [(&a, "proxy-a"), (&b, "proxy-b")].map(|(topo, token)| {
-            Listener::spawn_as(
-                &topo.pod,
-                PROXY_UID,
-                PROXY_UID,
-                (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(),
-                token,
-            )
+            Listener::spawn_proxy(&topo.pod, (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(), token)
         });
         for family in [Family::V4, Family::V6] {
             for (topo, proxy) in [(&a, &proxies[0]), (&b, &proxies[1])] {
@@ -297,13 +275,7 @@ fn identical_pods_keep_their_own_inbound_listeners() {
 fn early_listener_is_adopted_and_unenroll_detaches() {
     ebpf_test(|node| {
         let topo = Topology::new();
-        let proxy = Listener::spawn_as(
-            &topo.pod,
-            PROXY_UID,
-            PROXY_UID,
-            (Ipv4Addr::UNSPECIFIED, INBOUND_PORT).into(),
-            "inbound",
-        );
+        let proxy = Listener::spawn_proxy(&topo.pod, (Ipv4Addr::UNSPECIFIED, INBOUND_PORT).into(), "inbound");
         let app = Listener::spawn(&topo.pod, topo.pod_addr(Family::V4, 8080), "pod-app");
         let cookie = enroll(node, &topo.pod, &sidecar(false));
         assert_eq!(
@@ -380,13 +352,8 @@ fn loopback_listener_is_not_the_inbound_listener() {
     ebpf_test(|node| {
         let topo = Topology::new();
         enroll(node, &topo.pod, &sidecar(false));
-        let validator = Listener::spawn_as(
-            &topo.pod,
-            PROXY_UID,
-            PROXY_UID,
-            (Ipv4Addr::LOCALHOST, INBOUND_PORT).into(),
-            "validator",
-        );
+        let validator =
+            Listener::spawn_proxy(&topo.pod, (Ipv4Addr::LOCALHOST, INBOUND_PORT).into(), "validator");
         assert!(node.inbound_listeners().unwrap().is_empty());
         let err = connect_as(&topo.peer, 0, 0, topo.pod_addr(Family::V4, 8080)).expect_err("refused");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");

@@ -113,13 +113,13 @@ pub(crate) fn peer_cidr(topo: &Topology, family: Family) -> String {
 /// The proxy's outbound listener, `:15001` as uid 1337.
 pub(crate) fn outbound_proxy(topo: &Topology, family: Family) -> Listener {
     let addr = SocketAddr::new(family.unspecified(), OUTBOUND_PORT);
-    Listener::spawn_as(&topo.pod, PROXY_UID, PROXY_UID, addr, "outbound-proxy")
+    Listener::spawn_proxy(&topo.pod, addr, "outbound-proxy")
 }
 
 /// The proxy's inbound listener, `:15006` as uid 1337.
 pub(crate) fn inbound_proxy(topo: &Topology, family: Family) -> Listener {
     let addr = SocketAddr::new(family.unspecified(), INBOUND_PORT);
-    Listener::spawn_as(&topo.pod, PROXY_UID, PROXY_UID, addr, "inbound-proxy")
+    Listener::spawn_proxy(&topo.pod, addr, "inbound-proxy")
 }
 
 /// An application listening on the peer's `port`.
