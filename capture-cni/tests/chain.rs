@@ -25,6 +25,15 @@ fn plugin_dir() -> PathBuf {
         .to_owned()
 }
 
+/// A runtime in `node` that finds the plugin under test and Debian's plugins.
+fn capture_runtime(node: &NetNs, conflist: Value) -> Runtime<'_> {
+    Runtime::new(
+        node,
+        vec![plugin_dir(), PathBuf::from(DEBIAN_CNI_PLUGINS)],
+        conflist,
+    )
+}
+
 fn capture_entry(run_dir: &Path) -> Value {
     json!({
         "type": "capture-cni",
@@ -71,11 +80,7 @@ fn bridge_then_capture_in_every_version() {
         let scratch = TempDir::new(&format!("chain-{index}"));
         let (ipam, run_dir) = (scratch.path().join("ipam"), scratch.path().join("run"));
         let conflist = bridge_conflist(version, index, &ipam, &[capture_entry(&run_dir)]);
-        let runtime = Runtime::new(
-            &node,
-            vec![plugin_dir(), PathBuf::from(DEBIAN_CNI_PLUGINS)],
-            conflist,
-        );
+        let runtime = capture_runtime(&node, conflist);
         let attachment = injected_pod(format!("chain-{index}"), pod.path());
 
         let results = runtime
@@ -154,11 +159,7 @@ fn dual_stack_pod_is_captured_in_both_families() {
             .as_array_mut()
             .expect("ranges")
             .push(json!([{ "subnet": v6_subnet }]));
-        let runtime = Runtime::new(
-            &node,
-            vec![plugin_dir(), PathBuf::from(DEBIAN_CNI_PLUGINS)],
-            conflist,
-        );
+        let runtime = capture_runtime(&node, conflist);
         let attachment = injected_pod(format!("chain-{index}"), pod.path());
 
         let result = runtime
