@@ -207,12 +207,17 @@ mod tests {
         (server, client)
     }
 
+    /// Without NAT, a connection's original destination is the address it was accepted on.
+    fn assert_original_dst_is_local(listener: &TcpListener) {
+        let local = listener.local_addr().unwrap();
+        let (server, _client) = accept_one(listener, local);
+        assert_eq!(original_dst(&server).unwrap(), local);
+    }
+
     #[test]
     fn loopback_v4_without_nat_is_local_addr() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        let local = listener.local_addr().unwrap();
-        let (server, _client) = accept_one(&listener, local);
-        assert_eq!(original_dst(&server).unwrap(), local);
+        assert_original_dst_is_local(&listener);
     }
 
     #[test]
@@ -221,9 +226,7 @@ mod tests {
             eprintln!("skipping: IPv6 loopback is not available");
             return;
         };
-        let local = listener.local_addr().unwrap();
-        let (server, _client) = accept_one(&listener, local);
-        assert_eq!(original_dst(&server).unwrap(), local);
+        assert_original_dst_is_local(&listener);
     }
 
     #[test]
