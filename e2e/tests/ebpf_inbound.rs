@@ -16,11 +16,11 @@ use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket, sockopt,
 };
 
-use super::ebpf::{ebpf_test, enroll, finish, sidecar};
-use capture_e2e::ebpf::{EbpfWorld, chain, in_cgroup_child, sk_lookup_programs};
+use super::ebpf::{ebpf_test, enroll, finish, installed_here, sidecar};
+use capture_e2e::ebpf::{chain, sk_lookup_programs};
 use capture_e2e::{
     APP_UID, Family, INBOUND_PORT, Listener, NetNs, PROXY_UID, Topology, connect_as, connect_as_from,
-    passthrough, require_root,
+    passthrough,
 };
 
 /// The peer connecting to pod:8080 lands on the proxy's :15006, which learns pod:8080 (the
@@ -304,11 +304,9 @@ fn early_listener_is_adopted_and_unenroll_detaches() {
 /// makes the sockets: it is not in the test cgroup, so the sockops program never sees them.
 #[test]
 fn unknown_listener_refuses_until_registered() {
-    if in_cgroup_child().is_some() || !require_root() {
+    let Some((world, mut node)) = installed_here() else {
         return;
-    }
-    let world = EbpfWorld::new();
-    let mut node = world.node();
+    };
     let topo = Topology::new();
     let cookie = enroll(&mut node, &topo.pod, &sidecar(true));
     let listener = topo
@@ -365,11 +363,9 @@ fn loopback_listener_is_not_the_inbound_listener() {
 /// enrolled detaches their `sk_lookup` programs and leaves no pin.
 #[test]
 fn uninstall_detaches_enrolled_pods() {
-    if in_cgroup_child().is_some() || !require_root() {
+    let Some((world, mut node)) = installed_here() else {
         return;
-    }
-    let world = EbpfWorld::new();
-    let mut node = world.node();
+    };
     let (a, b) = (NetNs::new(), NetNs::new());
     let plan = MapPlan::from_spec(&sidecar(true)).unwrap();
     let pod_a = a.run(PodNetns::current).unwrap();
