@@ -12,6 +12,7 @@ use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeVal;
+use nix::{setsockopt_impl, sockopt_impl};
 
 use crate::{NetNs, PROXY_UID};
 
@@ -210,6 +211,15 @@ impl Drop for Listener {
     }
 }
 
+sockopt_impl!(
+    /// `IPV6_TRANSPARENT`, which nix has no option type for: `IpTransparent` for IPv6.
+    Ipv6Transparent,
+    SetOnly,
+    libc::SOL_IPV6,
+    libc::IPV6_TRANSPARENT,
+    bool
+);
+
 /// A listening socket on `addr` with `IP_TRANSPARENT` / `IPV6_TRANSPARENT` set before `bind`.
 fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let family = if addr.is_ipv4() {
@@ -222,21 +232,7 @@ fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     if addr.is_ipv4() {
         setsockopt(&fd, sockopt::IpTransparent, &true)?;
     } else {
-        // nix has no IPV6_TRANSPARENT option type.
-        let on: libc::c_int = 1;
-        // SAFETY: `fd` is an open socket; the option value is a live c_int and its size is passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_IPV6,
-                libc::IPV6_TRANSPARENT,
-                (&raw const on).cast(),
-                libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("a small size"),
-            )
-        };
-        if rc == -1 {
-            return Err(io::Error::last_os_error());
-        }
+        setsockopt(&fd, Ipv6Transparent, &true)?;
     }
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     listen(&fd, Backlog::new(128)?)?;
