@@ -10,7 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, Runtime, bridge_conflist};
+use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, DEBIAN_CNI_VERSIONS, Runtime, bridge_conflist};
 use capture_e2e::{
     APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, TempDir, connect_as,
     iptables_save_normalized, require_root,
@@ -73,8 +73,7 @@ fn bridge_then_capture_in_every_version() {
     if !require_root() {
         return;
     }
-    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].into_iter().enumerate() {
-        let index = 210 + u8::try_from(i).expect("few versions");
+    for (index, version) in (210..).zip(DEBIAN_CNI_VERSIONS) {
         let node = NetNs::new();
         let pod = NetNs::new();
         let scratch = TempDir::new(&format!("chain-{index}"));
