@@ -26,20 +26,13 @@ pub(crate) const PROXY: Identity = (PROXY_UID, PROXY_UID);
 /// Root, for the peer's clients.
 pub(crate) const ROOT: Identity = (0, 0);
 
-pub(crate) fn flavor_name(flavor: Flavor) -> &'static str {
-    match flavor {
-        Flavor::Legacy => "legacy",
-        Flavor::Nft => "nft",
-    }
-}
-
 /// The `iptables` program of a flavor and family, e.g. `ip6tables-nft`.
 pub(crate) fn iptables(flavor: Flavor, family: Family) -> String {
     let base = match family {
         Family::V4 => "iptables",
         Family::V6 => "ip6tables",
     };
-    format!("{base}-{}", flavor_name(flavor))
+    format!("{base}-{}", flavor.as_str())
 }
 
 /// `-6` for IPv6 `ip` commands.
