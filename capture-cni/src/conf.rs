@@ -409,37 +409,7 @@ impl fmt::Display for ConfText {
 
 impl<'de> Deserialize<'de> for ConfText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = ConfText;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string, a non-negative integer, or an array of them")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ConfText, E> {
-                Ok(ConfText(v.to_owned()))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ConfText, E> {
-                Ok(ConfText(v.to_string()))
-            }
-
-            fn visit_unit<E: de::Error>(self) -> Result<ConfText, E> {
-                Ok(ConfText::default())
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ConfText, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element::<Scalar>()? {
-                    items.push(item.0);
-                }
-                Ok(ConfText(items.join(",")))
-            }
-        }
-
-        d.deserialize_any(TextVisitor)
+        d.deserialize_any(TextVisitor { item: false }).map(ConfText)
     }
 }
 
@@ -448,25 +418,51 @@ struct Scalar(String);
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ScalarVisitor;
+        d.deserialize_any(TextVisitor { item: true }).map(Scalar)
+    }
+}
 
-        impl Visitor<'_> for ScalarVisitor {
-            type Value = Scalar;
+/// Reads a [`ConfText`] (`item: false`), or one item of its array (`item: true`: no `null`,
+/// no nested array).
+struct TextVisitor {
+    item: bool,
+}
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or a non-negative integer")
-            }
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = String;
 
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_owned()))
-            }
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.item {
+            "a string or a non-negative integer"
+        } else {
+            "a string, a non-negative integer, or an array of them"
+        })
+    }
 
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<String, E> {
+        if self.item {
+            return Err(E::invalid_type(de::Unexpected::Unit, &self));
         }
+        Ok(String::new())
+    }
 
-        d.deserialize_any(ScalarVisitor)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<String, A::Error> {
+        if self.item {
+            return Err(de::Error::invalid_type(de::Unexpected::Seq, &self));
+        }
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Scalar>()? {
+            items.push(item.0);
+        }
+        Ok(items.join(","))
     }
 }
 

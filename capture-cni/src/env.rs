@@ -76,10 +76,7 @@ impl CniArgs {
             .map(|item| {
                 item.split_once('=')
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .ok_or_else(|| Error::Env {
-                        name: "CNI_ARGS",
-                        problem: EnvProblem::Invalid(format!("{item:?} is not KEY=VALUE")),
-                    })
+                    .ok_or_else(|| invalid("CNI_ARGS", format!("{item:?} is not KEY=VALUE")))
             })
             .collect::<Result<_, _>>()
             .map(Self)
@@ -133,26 +130,21 @@ impl Env {
             match var(name) {
                 None => Ok(None),
                 Some(v) if v.is_empty() => Ok(None),
-                Some(v) => v.into_string().map(Some).map_err(|_| Error::Env {
-                    name,
-                    problem: EnvProblem::Invalid("not valid UTF-8".into()),
-                }),
+                Some(v) => v
+                    .into_string()
+                    .map(Some)
+                    .map_err(|_| invalid(name, "not valid UTF-8")),
             }
         };
         let Some(command) = text("CNI_COMMAND")? else {
             return Ok(None);
         };
-        let command = Command::parse(&command).ok_or_else(|| Error::Env {
-            name: "CNI_COMMAND",
-            problem: EnvProblem::Invalid(format!("unknown command {command:?}")),
-        })?;
+        let command = Command::parse(&command)
+            .ok_or_else(|| invalid("CNI_COMMAND", format!("unknown command {command:?}")))?;
         let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
         let required = |name: &'static str, value: Option<String>| {
             if per_container && value.is_none() {
-                Err(Error::Env {
-                    name,
-                    problem: EnvProblem::Missing,
-                })
+                Err(unset(name))
             } else {
                 Ok(value)
             }
@@ -167,10 +159,7 @@ impl Env {
         }
         let netns = var("CNI_NETNS").filter(|v| !v.is_empty()).map(PathBuf::from);
         if matches!(command, Command::Add | Command::Check) && netns.is_none() {
-            return Err(Error::Env {
-                name: "CNI_NETNS",
-                problem: EnvProblem::Missing,
-            });
+            return Err(unset("CNI_NETNS"));
         }
         let args = match text("CNI_ARGS")? {
             Some(s) if per_container => CniArgs::parse(&s)?,
@@ -187,6 +176,22 @@ impl Env {
     }
 }
 
+/// [`Error::Env`]: `name` is unset or empty.
+fn unset(name: &'static str) -> Error {
+    Error::Env {
+        name,
+        problem: EnvProblem::Missing,
+    }
+}
+
+/// [`Error::Env`]: `name` has a value that cannot be used, for the reason `why`.
+fn invalid(name: &'static str, why: impl Into<String>) -> Error {
+    Error::Env {
+        name,
+        problem: EnvProblem::Invalid(why.into()),
+    }
+}
+
 /// libcni's rule: an alphanumeric first character, then `[A-Za-z0-9_.-]`.
 fn validate_container_id(id: &str) -> Result<(), Error> {
     let mut chars = id.chars();
@@ -194,12 +199,12 @@ fn validate_container_id(id: &str) -> Result<(), Error> {
     if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
         Ok(())
     } else {
-        Err(Error::Env {
-            name: "CNI_CONTAINERID",
-            problem: EnvProblem::Invalid(format!(
+        Err(invalid(
+            "CNI_CONTAINERID",
+            format!(
                 "{id:?} must start with a letter or digit and contain only letters, digits, '_', '.' and '-'"
-            )),
-        })
+            ),
+        ))
     }
 }
 
@@ -213,12 +218,10 @@ fn validate_ifname(name: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Env {
-            name: "CNI_IFNAME",
-            problem: EnvProblem::Invalid(format!(
-                "{name:?} is not an interface name (1-15 characters, no '/', ':' or whitespace)"
-            )),
-        })
+        Err(invalid(
+            "CNI_IFNAME",
+            format!("{name:?} is not an interface name (1-15 characters, no '/', ':' or whitespace)"),
+        ))
     }
 }
 

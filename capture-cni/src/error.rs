@@ -149,17 +149,6 @@ pub enum Error {
     /// The pod has no address that tells whether it uses IPv6.
     #[error("{0}; set capture.ipv6 to \"on\" or \"off\" to decide without one")]
     NoUsableAddress(capture_core::NoUsableAddress),
-    /// A node-side file or directory could not be written.
-    #[error("cannot {op} {}", path.display())]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
     /// Applying, checking or removing the capture failed (the backend's error, with its
     /// causes).
     #[error("{}", capture_core::chain(.0.as_ref()))]
@@ -187,7 +176,7 @@ impl Error {
             | Self::CommandTooNew { .. }
             | Self::PrevResultVersion { .. } => CODE_INCOMPATIBLE_VERSION,
             Self::Env { .. } => CODE_INVALID_ENV,
-            Self::Stdin(_) | Self::Io { .. } => CODE_IO,
+            Self::Stdin(_) => CODE_IO,
             Self::Decode(_) | Self::PrevResult(_) => CODE_DECODE,
             Self::Config(_) | Self::ConfigValue { .. } | Self::Annotation { .. } => CODE_INVALID_CONFIG,
             Self::NetnsOpen { .. } | Self::NotNetns { .. } | Self::Setns { .. } => CODE_NETNS,

@@ -349,14 +349,7 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
         log::info!("pod {} skipped: {skip}", pod.display_name());
         return Ok(Some(result));
     }
-    // Annotations are checked before the namespace is touched.
-    let capture = PodCapture::new(&conf.capture, pod.annotations)?;
-    capture.to_spec(&capture_core::Detected::default())?;
-    let path = env
-        .netns
-        .as_deref()
-        .expect("Env::read requires CNI_NETNS for ADD");
-    let ns = NetNs::open(path).map_err(|e| crate::netns::open_error(e, path))?;
+    let (capture, ns) = pod_capture(env, conf, &pod)?;
     let outcome = capture::add(&ns, conf, &capture)?;
     for warning in &outcome.warnings {
         log::warn!("{warning}");
@@ -455,16 +448,22 @@ fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), Error> {
         log::debug!("pod {} skipped: {skip}", pod.display_name());
         return Ok(());
     }
+    let (capture, ns) = pod_capture(env, conf, &pod)?;
+    capture::check(&ns, conf, &capture)
+}
+
+/// For ADD and CHECK: the pod's settings, then its namespace. Settings that can never be
+/// applied (the pod's annotations included) are a configuration error (code 7), found before
+/// the namespace is touched.
+fn pod_capture(env: &Env, conf: &NetConf, pod: &Pod<'_>) -> Result<(PodCapture, NetNs), Error> {
     let capture = PodCapture::new(&conf.capture, pod.annotations)?;
-    // As for ADD: settings that can never be applied are a configuration error (code 7),
-    // found before the namespace is touched.
     capture.to_spec(&capture_core::Detected::default())?;
     let path = env
         .netns
         .as_deref()
-        .expect("Env::read requires CNI_NETNS for CHECK");
+        .unwrap_or_else(|| panic!("Env::read requires CNI_NETNS for {}", env.command));
     let ns = NetNs::open(path).map_err(|e| crate::netns::open_error(e, path))?;
-    capture::check(&ns, conf, &capture)
+    Ok((capture, ns))
 }
 
 #[cfg(test)]

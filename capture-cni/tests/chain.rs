@@ -10,7 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, Runtime, bridge_conflist};
+use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, DEBIAN_CNI_VERSIONS, Runtime, bridge_conflist};
 use capture_e2e::{
     APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, TempDir, connect_as,
     iptables_save_normalized, require_root,
@@ -23,6 +23,15 @@ fn plugin_dir() -> PathBuf {
         .parent()
         .expect("a directory")
         .to_owned()
+}
+
+/// A runtime in `node` that finds the plugin under test and Debian's plugins.
+fn capture_runtime(node: &NetNs, conflist: Value) -> Runtime<'_> {
+    Runtime::new(
+        node,
+        vec![plugin_dir(), PathBuf::from(DEBIAN_CNI_PLUGINS)],
+        conflist,
+    )
 }
 
 fn capture_entry(run_dir: &Path) -> Value {
@@ -64,18 +73,13 @@ fn bridge_then_capture_in_every_version() {
     if !require_root() {
         return;
     }
-    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].into_iter().enumerate() {
-        let index = 210 + u8::try_from(i).expect("few versions");
+    for (index, version) in (210..).zip(DEBIAN_CNI_VERSIONS) {
         let node = NetNs::new();
         let pod = NetNs::new();
         let scratch = TempDir::new(&format!("chain-{index}"));
         let (ipam, run_dir) = (scratch.path().join("ipam"), scratch.path().join("run"));
         let conflist = bridge_conflist(version, index, &ipam, &[capture_entry(&run_dir)]);
-        let runtime = Runtime::new(
-            &node,
-            vec![plugin_dir(), PathBuf::from(DEBIAN_CNI_PLUGINS)],
-            conflist,
-        );
+        let runtime = capture_runtime(&node, conflist);
         let attachment = injected_pod(format!("chain-{index}"), pod.path());
 
         let results = runtime
@@ -93,8 +97,8 @@ fn bridge_then_capture_in_every_version() {
         let gateway = IpAddr::V4(Ipv4Addr::new(10, 250, index, 1));
         let node_app = Listener::spawn(&node, SocketAddr::new(gateway, 80), "node-app");
         let any = |port| SocketAddr::new(Family::V4.unspecified(), port);
-        let outbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(OUTBOUND_PORT), "outbound");
-        let inbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(INBOUND_PORT), "inbound");
+        let outbound = Listener::spawn_proxy(&pod, any(OUTBOUND_PORT), "outbound");
+        let inbound = Listener::spawn_proxy(&pod, any(INBOUND_PORT), "inbound");
         let to_node = SocketAddr::new(gateway, 80);
         let to_pod = SocketAddr::new(pod_ip, 8080);
         assert_lands(&pod, APP_UID, to_node, &outbound, to_node);
@@ -154,11 +158,7 @@ fn dual_stack_pod_is_captured_in_both_families() {
             .as_array_mut()
             .expect("ranges")
             .push(json!([{ "subnet": v6_subnet }]));
-        let runtime = Runtime::new(
-            &node,
-            vec![plugin_dir(), PathBuf::from(DEBIAN_CNI_PLUGINS)],
-            conflist,
-        );
+        let runtime = capture_runtime(&node, conflist);
         let attachment = injected_pod(format!("chain-{index}"), pod.path());
 
         let result = runtime
@@ -192,8 +192,8 @@ fn dual_stack_pod_is_captured_in_both_families() {
         let gateway = IpAddr::V6(format!("fd02:250:{index}::1").parse::<Ipv6Addr>().unwrap());
         let node_app = Listener::spawn(&node, SocketAddr::new(gateway, 80), "node-app");
         let any = |port| SocketAddr::new(Family::V6.unspecified(), port);
-        let outbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(OUTBOUND_PORT), "outbound");
-        let inbound = Listener::spawn_as(&pod, PROXY_UID, PROXY_UID, any(INBOUND_PORT), "inbound");
+        let outbound = Listener::spawn_proxy(&pod, any(OUTBOUND_PORT), "outbound");
+        let inbound = Listener::spawn_proxy(&pod, any(INBOUND_PORT), "inbound");
         let to_node = SocketAddr::new(gateway, 80);
         let to_pod = SocketAddr::new(ips[1], 8080);
         assert_lands(&pod, APP_UID, to_node, &outbound, to_node);

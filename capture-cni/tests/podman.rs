@@ -25,8 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use capture_e2e::{
-    Family, Flavor, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, TempDir, iptables_save_normalized,
-    require_root,
+    Family, Flavor, Listener, NetNs, OUTBOUND_PORT, TempDir, iptables_save_normalized, require_root,
 };
 use nix::errno::Errno;
 use nix::mount::{MntFlags, umount2};
@@ -629,7 +628,7 @@ fn scenario(node: &NetNs, podman: &Podman<'_>) {
     let a = podman.start("capture-a", &[]);
     let a_ns = NetNs::open(&a.sandbox).unwrap_or_else(|e| panic!("{}: {e}", a.sandbox.display()));
     let peer = Listener::spawn(node, to_peer, "peer");
-    let proxy = Listener::spawn_as(&a_ns, PROXY_UID, PROXY_UID, any(OUTBOUND_PORT), "proxy");
+    let proxy = Listener::spawn_proxy(&a_ns, any(OUTBOUND_PORT), "proxy");
     let rules = iptables_save_normalized(&a_ns, Flavor::Nft, Family::V4);
     assert!(rules.contains("-j ISTIO_OUTPUT"), "capture in A:\n{rules}");
     // (iptables-nft takes no xtables lock, so ADD leaves no lock file to look for here.)

@@ -61,20 +61,6 @@ impl Ipv6Mode {
     }
 }
 
-impl fmt::Display for Ipv6Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Ipv6Mode {
-    type Err = ValueError;
-
-    fn from_str(s: &str) -> Result<Self, ValueError> {
-        by_name(s, Self::ALL, Self::as_str, Self::NAMES)
-    }
-}
-
 impl Flavor {
     /// Both flavours, in the order of [`Flavor::NAMES`].
     pub const ALL: [Self; 2] = [Self::Legacy, Self::Nft];
@@ -82,19 +68,27 @@ impl Flavor {
     pub const NAMES: &[&str] = &["legacy", "nft"];
 }
 
-impl fmt::Display for Flavor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// `Display` and `FromStr` for choices named by their `as_str`, all of them in `ALL` and their
+/// names in `NAMES`.
+macro_rules! named_choice {
+    ($($choice:ty),+) => {$(
+        impl fmt::Display for $choice {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $choice {
+            type Err = ValueError;
+
+            fn from_str(s: &str) -> Result<Self, ValueError> {
+                by_name(s, Self::ALL, Self::as_str, Self::NAMES)
+            }
+        }
+    )+};
 }
 
-impl FromStr for Flavor {
-    type Err = ValueError;
-
-    fn from_str(s: &str) -> Result<Self, ValueError> {
-        by_name(s, Self::ALL, Self::as_str, Self::NAMES)
-    }
-}
+named_choice!(Ipv6Mode, Flavor);
 
 /// Which iptables flavour a front end drives: detected, or the one asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -241,12 +241,9 @@ impl fmt::Display for KernelSays<'_> {
 /// When `lo` is missing, IPv6 is disabled in the namespace, or the caller lacks
 /// `CAP_NET_ADMIN`.
 pub fn ensure_ipv6_passthrough_address() -> Result<(), NetlinkError> {
-    let op = Operation::AddPassthroughAddress;
-    let mut socket = RouteSocket::open(op)?;
-    let msg = passthrough_address_message(loopback_index(op)?);
-    socket.request(
-        op,
-        RouteNetlinkMessage::NewAddress(msg),
+    change_passthrough_address(
+        Operation::AddPassthroughAddress,
+        RouteNetlinkMessage::NewAddress,
         NLM_F_CREATE | NLM_F_EXCL,
         &[libc::EEXIST],
     )
@@ -259,16 +256,26 @@ pub fn ensure_ipv6_passthrough_address() -> Result<(), NetlinkError> {
 /// # Errors
 /// When `lo` is missing or the caller lacks `CAP_NET_ADMIN`.
 pub fn remove_ipv6_passthrough_address() -> Result<(), NetlinkError> {
-    let op = Operation::RemovePassthroughAddress;
-    let mut socket = RouteSocket::open(op)?;
-    let msg = passthrough_address_message(loopback_index(op)?);
     // IPv6 answers a missing address with EADDRNOTAVAIL ("ipv6: address not found").
-    socket.request(
-        op,
-        RouteNetlinkMessage::DelAddress(msg),
+    change_passthrough_address(
+        Operation::RemovePassthroughAddress,
+        RouteNetlinkMessage::DelAddress,
         0,
         &[libc::EADDRNOTAVAIL, libc::ENOENT, libc::ESRCH],
     )
+}
+
+/// Sends `message` (adding or deleting) for [`IPV6_PASSTHROUGH_ADDRESS`] on `lo`; the errnos
+/// in `tolerated` mean the address is already as asked.
+fn change_passthrough_address(
+    op: Operation,
+    message: fn(AddressMessage) -> RouteNetlinkMessage,
+    flags: u16,
+    tolerated: &[i32],
+) -> Result<(), NetlinkError> {
+    let mut socket = RouteSocket::open(op)?;
+    let msg = passthrough_address_message(loopback_index(op)?);
+    socket.request(op, message(msg), flags, tolerated)
 }
 
 /// Whether `lo` has [`IPV6_PASSTHROUGH_ADDRESS`], for drift checks.

@@ -130,33 +130,24 @@ impl Planner<'_> {
         self.spec.tproxy().map(|(mark, _)| mark)
     }
 
-    /// Excluded interfaces bypass capture in both directions, before anything else matches.
+    /// Excluded interfaces bypass capture in both directions, before anything else matches:
+    /// in nat, and in mangle too when TPROXY captures there.
     fn exclude_interfaces(&mut self) {
-        let ifaces = &self.spec.interfaces.exclude;
-        for iface in ifaces {
-            self.append(
-                Nat,
-                Builtin(PREROUTING),
-                vec![Match::InIface(iface.clone())],
-                Target::Return,
-            );
-            self.append(
-                Nat,
-                Builtin(OUTPUT),
-                vec![Match::OutIface(iface.clone())],
-                Target::Return,
-            );
-        }
-        if self.tproxy_mark().is_some() {
-            for iface in ifaces {
+        let tables: &[TableName] = if self.tproxy_mark().is_some() {
+            &[Nat, Mangle]
+        } else {
+            &[Nat]
+        };
+        for &table in tables {
+            for iface in &self.spec.interfaces.exclude {
                 self.append(
-                    Mangle,
+                    table,
                     Builtin(PREROUTING),
                     vec![Match::InIface(iface.clone())],
                     Target::Return,
                 );
                 self.append(
-                    Mangle,
+                    table,
                     Builtin(OUTPUT),
                     vec![Match::OutIface(iface.clone())],
                     Target::Return,

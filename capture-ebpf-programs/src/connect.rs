@@ -33,7 +33,9 @@ use capture_ebpf_common::{
 };
 
 use crate::maps::{ORIG_BY_COOKIE, OWNERS, count, in_cidrs, in_ports, pod_config};
-use crate::net::{IPPROTO_TCP, Ip, LOCALHOST4, LOCALHOST4_MAPPED, LOCALHOST6, eq16, ip6_words};
+use crate::net::{
+    IPPROTO_TCP, Ip, LOCALHOST4, LOCALHOST4_MAPPED, LOCALHOST6, eq16, ip6_words, read_ip6, write_ip6,
+};
 
 #[cgroup_sock_addr(connect4)]
 pub fn capture_connect4(ctx: SockAddrContext) -> i32 {
@@ -75,12 +77,7 @@ fn connect(ctx: &SockAddrContext, v6: bool) {
     // SAFETY: as above; each word of user_ip6 is read on its own.
     let (dst, port_raw, sk) = unsafe {
         let dst = if v6 {
-            Ip::from_ip6([
-                read_volatile(&raw const (*sa).user_ip6[0]),
-                read_volatile(&raw const (*sa).user_ip6[1]),
-                read_volatile(&raw const (*sa).user_ip6[2]),
-                read_volatile(&raw const (*sa).user_ip6[3]),
-            ])
+            read_ip6(&raw const (*sa).user_ip6)
         } else {
             Ip::from_ip4(read_volatile(&raw const (*sa).user_ip4))
         };
@@ -96,12 +93,7 @@ fn connect(ctx: &SockAddrContext, v6: bool) {
     // SAFETY: `sk` is the context's non-null socket; its address fields allow 4-byte reads.
     let src = unsafe {
         if v6 {
-            Ip::from_ip6([
-                read_volatile(&raw const (*sk).src_ip6[0]),
-                read_volatile(&raw const (*sk).src_ip6[1]),
-                read_volatile(&raw const (*sk).src_ip6[2]),
-                read_volatile(&raw const (*sk).src_ip6[3]),
-            ])
+            read_ip6(&raw const (*sk).src_ip6)
         } else {
             Ip::from_ip4(read_volatile(&raw const (*sk).src_ip4))
         }
@@ -131,10 +123,7 @@ fn connect(ctx: &SockAddrContext, v6: bool) {
     unsafe {
         if v6 {
             let to = ip6_words(if dst.v4 { &LOCALHOST4_MAPPED } else { &LOCALHOST6 });
-            write_volatile(&raw mut (*sa).user_ip6[0], to[0]);
-            write_volatile(&raw mut (*sa).user_ip6[1], to[1]);
-            write_volatile(&raw mut (*sa).user_ip6[2], to[2]);
-            write_volatile(&raw mut (*sa).user_ip6[3], to[3]);
+            write_ip6(&raw mut (*sa).user_ip6, to);
         } else {
             write_volatile(&raw mut (*sa).user_ip4, ip6_words(&LOCALHOST4)[0]);
         }

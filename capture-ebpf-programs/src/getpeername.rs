@@ -13,7 +13,7 @@ use aya_ebpf::programs::SockAddrContext;
 use capture_ebpf_common::{AF_INET, STAT_PEERNAME};
 
 use crate::maps::{ORIG_BY_COOKIE, count};
-use crate::net::ip6_words;
+use crate::net::{ip6_words, write_ip6};
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn capture_getpeername4(ctx: SockAddrContext) -> i32 {
@@ -46,10 +46,7 @@ fn getpeername(ctx: &SockAddrContext, v6: bool) {
             } else {
                 ip6_words(&a)
             };
-            write_volatile(&raw mut (*sa).user_ip6[0], words[0]);
-            write_volatile(&raw mut (*sa).user_ip6[1], words[1]);
-            write_volatile(&raw mut (*sa).user_ip6[2], words[2]);
-            write_volatile(&raw mut (*sa).user_ip6[3], words[3]);
+            write_ip6(&raw mut (*sa).user_ip6, words);
         } else {
             if orig.family != AF_INET {
                 return;

@@ -20,7 +20,7 @@ use aya_ebpf::programs::SockoptContext;
 use capture_ebpf_common::{AF_INET, AF_INET6, OrigDst, PairKey, STAT_ORIG_DST};
 
 use crate::maps::{ORIG_BY_PAIR, count};
-use crate::net::{AF_INET_U32, AF_INET6_U32, IPPROTO_TCP, Ip};
+use crate::net::{AF_INET_U32, AF_INET6_U32, IPPROTO_TCP, Ip, read_ip6};
 
 /// `SO_ORIGINAL_DST` (and `IP6T_SO_ORIGINAL_DST`).
 const SO_ORIGINAL_DST: i32 = 80;
@@ -74,18 +74,8 @@ fn getsockopt(ctx: &SockoptContext) {
                 Ip::from_ip4(read_volatile(&raw const (*sk).dst_ip4)),
             ),
             AF_INET6_U32 => (
-                Ip::from_ip6([
-                    read_volatile(&raw const (*sk).src_ip6[0]),
-                    read_volatile(&raw const (*sk).src_ip6[1]),
-                    read_volatile(&raw const (*sk).src_ip6[2]),
-                    read_volatile(&raw const (*sk).src_ip6[3]),
-                ]),
-                Ip::from_ip6([
-                    read_volatile(&raw const (*sk).dst_ip6[0]),
-                    read_volatile(&raw const (*sk).dst_ip6[1]),
-                    read_volatile(&raw const (*sk).dst_ip6[2]),
-                    read_volatile(&raw const (*sk).dst_ip6[3]),
-                ]),
+                read_ip6(&raw const (*sk).src_ip6),
+                read_ip6(&raw const (*sk).dst_ip6),
             ),
             _ => return,
         }

@@ -1,5 +1,7 @@
 //! Addresses as the programs handle them.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use capture_ebpf_common::{AF_INET, AF_INET6, OrigDst};
 
 /// The first 12 bytes of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
@@ -70,6 +72,43 @@ impl Ip {
             family: if self.v4 { AF_INET } else { AF_INET6 },
             _pad: 0,
         }
+    }
+}
+
+/// Reads an IPv6 address field of a context or its socket (`user_ip6`, `src_ip6`, …) one
+/// 4-byte word at a time, as the verifier allows context fields to be read.
+///
+/// # Safety
+/// `field` points at such a field of the program's context, or of a non-null socket it hands
+/// out.
+#[inline(always)]
+pub unsafe fn read_ip6(field: *const [u32; 4]) -> Ip {
+    let w = field.cast::<u32>();
+    // SAFETY: the caller's field is four readable words.
+    Ip::from_ip6(unsafe {
+        [
+            read_volatile(w),
+            read_volatile(w.add(1)),
+            read_volatile(w.add(2)),
+            read_volatile(w.add(3)),
+        ]
+    })
+}
+
+/// Writes `words` (network byte order) to an IPv6 address field of a context (`user_ip6`) one
+/// 4-byte word at a time, as the verifier allows context fields to be written.
+///
+/// # Safety
+/// `field` points at a writable such field of the program's context.
+#[inline(always)]
+pub unsafe fn write_ip6(field: *mut [u32; 4], words: [u32; 4]) {
+    let w = field.cast::<u32>();
+    // SAFETY: the caller's field is four writable words.
+    unsafe {
+        write_volatile(w, words[0]);
+        write_volatile(w.add(1), words[1]);
+        write_volatile(w.add(2), words[2]);
+        write_volatile(w.add(3), words[3]);
     }
 }
 

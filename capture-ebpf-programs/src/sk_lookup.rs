@@ -36,7 +36,7 @@ use capture_ebpf_common::{
 };
 
 use crate::maps::{INBOUND_LISTENERS, count, in_cidrs, in_ports, pod_config};
-use crate::net::{AF_INET_U32, AF_INET6_U32, IPPROTO_TCP, Ip};
+use crate::net::{AF_INET_U32, AF_INET6_U32, IPPROTO_TCP, Ip, read_ip6};
 
 /// The network namespace cookie of the pod this instance is attached to
 /// (`capture_ebpf_common::NETNS_COOKIE_GLOBAL`).
@@ -86,15 +86,7 @@ fn lookup(ctx: &SkLookupContext) -> Verdict {
     let (v6, remote) = unsafe {
         match family {
             AF_INET_U32 => (false, Ip::from_ip4(read_volatile(&raw const (*lk).remote_ip4))),
-            AF_INET6_U32 => (
-                true,
-                Ip::from_ip6([
-                    read_volatile(&raw const (*lk).remote_ip6[0]),
-                    read_volatile(&raw const (*lk).remote_ip6[1]),
-                    read_volatile(&raw const (*lk).remote_ip6[2]),
-                    read_volatile(&raw const (*lk).remote_ip6[3]),
-                ]),
-            ),
+            AF_INET6_U32 => (true, read_ip6(&raw const (*lk).remote_ip6)),
             _ => return Verdict::Pass,
         }
     };

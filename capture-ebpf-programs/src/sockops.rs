@@ -29,7 +29,7 @@ use aya_ebpf::programs::SockOpsContext;
 use capture_ebpf_common::{AF_INET, AF_INET6, ListenerKey, PairKey, STAT_STATE_FULL};
 
 use crate::maps::{INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PAIR, count, pod_config};
-use crate::net::{AF_INET_U32, AF_INET6_U32, Ip, LOCALHOST6};
+use crate::net::{AF_INET_U32, AF_INET6_U32, Ip, LOCALHOST6, read_ip6};
 
 #[sock_ops]
 pub fn capture_sockops(ctx: SockOpsContext) -> u32 {
@@ -106,12 +106,7 @@ fn listen(ctx: &SockOpsContext) {
                 (AF_INET, ip.bytes[0] == 127)
             }
             AF_INET6_U32 => {
-                let ip = Ip::from_ip6([
-                    read_volatile(&raw const (*ops).local_ip6[0]),
-                    read_volatile(&raw const (*ops).local_ip6[1]),
-                    read_volatile(&raw const (*ops).local_ip6[2]),
-                    read_volatile(&raw const (*ops).local_ip6[3]),
-                ]);
+                let ip = read_ip6(&raw const (*ops).local_ip6);
                 let loopback = if ip.v4 {
                     ip.bytes[0] == 127
                 } else {
@@ -165,18 +160,8 @@ fn pair_key(ctx: &SockOpsContext) -> Option<PairKey> {
                 Ip::from_ip4(read_volatile(&raw const (*ops).remote_ip4)),
             ),
             AF_INET6_U32 => (
-                Ip::from_ip6([
-                    read_volatile(&raw const (*ops).local_ip6[0]),
-                    read_volatile(&raw const (*ops).local_ip6[1]),
-                    read_volatile(&raw const (*ops).local_ip6[2]),
-                    read_volatile(&raw const (*ops).local_ip6[3]),
-                ]),
-                Ip::from_ip6([
-                    read_volatile(&raw const (*ops).remote_ip6[0]),
-                    read_volatile(&raw const (*ops).remote_ip6[1]),
-                    read_volatile(&raw const (*ops).remote_ip6[2]),
-                    read_volatile(&raw const (*ops).remote_ip6[3]),
-                ]),
+                read_ip6(&raw const (*ops).local_ip6),
+                read_ip6(&raw const (*ops).remote_ip6),
             ),
             _ => return None,
         }

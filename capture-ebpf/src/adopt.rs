@@ -18,6 +18,7 @@ use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use crate::Error;
+use crate::netns::in_netns;
 
 /// A listening socket taken from the process that owns it.
 #[derive(Debug)]
@@ -36,36 +37,25 @@ pub(crate) struct Adopted {
 /// [`Error::Syscall`] when the namespace cannot be entered; [`Error::Io`] when its socket
 /// tables cannot be read. Processes that vanish or cannot be inspected are skipped.
 pub(crate) fn listeners(netns: BorrowedFd<'_>, port: u16) -> Result<Vec<Adopted>, Error> {
-    let inodes = std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> Result<Vec<(u16, u64)>, Error> {
-                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    Error::Syscall {
-                        call: "setns(CLONE_NEWNET)",
-                        source: e.into(),
-                    }
-                })?;
-                let mut inodes = Vec::new();
-                for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
-                    let path = Path::new("/proc/thread-self/net").join(file);
-                    let table = match fs::read_to_string(&path) {
-                        Ok(table) => table,
-                        // No IPv6 in this kernel.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(source) => {
-                            return Err(Error::Io {
-                                op: "read",
-                                path,
-                                source,
-                            });
-                        }
-                    };
-                    inodes.extend(listening_inodes(&table, port).into_iter().map(|i| (family, i)));
+    let inodes = in_netns(netns, || {
+        let mut inodes = Vec::new();
+        for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
+            let path = Path::new("/proc/thread-self/net").join(file);
+            let table = match fs::read_to_string(&path) {
+                Ok(table) => table,
+                // No IPv6 in this kernel.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "read",
+                        path,
+                        source,
+                    });
                 }
-                Ok(inodes)
-            })
-            .join()
-            .expect("the netns thread does not panic")
+            };
+            inodes.extend(listening_inodes(&table, port).into_iter().map(|i| (family, i)));
+        }
+        Ok(inodes)
     })?;
     let mut adopted: Vec<Adopted> = Vec::new();
     if inodes.is_empty() {

@@ -1,10 +1,11 @@
 //! Identifying a pod: its network namespace cookie and its own addresses.
 
-use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+use nix::errno::Errno;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, getsockopt, socket};
+use nix::{getsockopt_impl, sockopt_impl};
 
 use crate::{Error, MapPlan};
 
@@ -33,34 +34,29 @@ impl NetnsCookie {
             call: "socket",
             source: e.into(),
         })?;
-        let mut cookie: u64 = 0;
-        let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("8 fits");
-        // SAFETY: `fd` is an open socket; `cookie` is a live u64 and `len` holds its size.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_NETNS_COOKIE,
-                (&raw mut cookie).cast(),
-                &mut len,
-            )
-        };
-        if rc == -1 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
-                return Err(Error::Unsupported {
-                    feature: "SO_NETNS_COOKIE",
-                    min_kernel: "5.14",
-                });
-            }
-            return Err(Error::Syscall {
+        let cookie = getsockopt(&fd, NetnsCookieOpt).map_err(|e| match e {
+            Errno::ENOPROTOOPT => Error::Unsupported {
+                feature: "SO_NETNS_COOKIE",
+                min_kernel: "5.14",
+            },
+            e => Error::Syscall {
                 call: "getsockopt(SO_NETNS_COOKIE)",
-                source: e,
-            });
-        }
+                source: e.into(),
+            },
+        })?;
         Ok(NetnsCookie(cookie))
     }
 }
+
+sockopt_impl!(
+    /// `SO_NETNS_COOKIE`, which nix has no option type for: the socket's network namespace
+    /// cookie.
+    NetnsCookieOpt,
+    GetOnly,
+    libc::SOL_SOCKET,
+    libc::SO_NETNS_COOKIE,
+    u64
+);
 
 /// A pod as the programs know it: its network namespace cookie and its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]

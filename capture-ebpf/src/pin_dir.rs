@@ -162,15 +162,6 @@ pub fn unload(pins: &PinDir) -> Result<(), Error> {
             path: pins.path().to_owned(),
         });
     }
-    let remove = |path: PathBuf| match fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(Error::Io {
-            op: "remove pin",
-            path,
-            source,
-        }),
-    };
     // Links first, each detached explicitly: the kernel drops a removed pin's reference only
     // after an RCU grace period, and the program would stay attached until then.
     for (name, _) in PROGRAMS {
@@ -203,7 +194,7 @@ pub fn unload(pins: &PinDir) -> Result<(), Error> {
         }
     }
     for name in MAP_NAMES {
-        remove(pins.map(name))?;
+        remove_pin(&pins.map(name))?;
     }
     for dir in [pins.links(), pins.maps(), pins.path().to_owned()] {
         fs::remove_dir(&dir).map_err(|source| Error::Io {
@@ -231,12 +222,31 @@ pub(crate) fn detach_pinned(path: &Path) -> Result<(), Error> {
             });
         }
     }
+    remove_pin(path)
+}
+
+/// Removes the pin at `path`; one that is not there is no error.
+fn remove_pin(path: &Path) -> Result<(), Error> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(Error::Io {
             op: "remove pin",
             path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Creates the directory `dir`; one that exists already is no error. Returns whether it made
+/// it.
+pub(crate) fn create_dir(dir: &Path) -> Result<bool, Error> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(Error::Io {
+            op: "create directory",
+            path: dir.to_owned(),
             source,
         }),
     }
@@ -257,16 +267,8 @@ impl Pins {
             files: Vec::new(),
         };
         for dir in [pins.path().to_owned(), pins.maps(), pins.links()] {
-            match fs::create_dir(&dir) {
-                Ok(()) => made.dirs.push(dir),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(source) => {
-                    return Err(Error::Io {
-                        op: "create directory",
-                        path: dir,
-                        source,
-                    });
-                }
+            if create_dir(&dir)? {
+                made.dirs.push(dir);
             }
         }
         Ok(made)

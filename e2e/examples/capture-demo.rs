@@ -82,20 +82,8 @@ fn demo(bin: &PathBuf) -> Result<(), String> {
 
     let any = |family: Family, port| SocketAddr::new(family.unspecified(), port);
     // The stand-in sidecar: listeners owned by the proxy's uid, reporting original destinations.
-    let outbound = Listener::spawn_as(
-        &topo.pod,
-        PROXY_UID,
-        PROXY_UID,
-        any(Family::V6, OUTBOUND_PORT),
-        "proxy:15001",
-    );
-    let inbound = Listener::spawn_as(
-        &topo.pod,
-        PROXY_UID,
-        PROXY_UID,
-        any(Family::V6, INBOUND_PORT),
-        "proxy:15006",
-    );
+    let outbound = Listener::spawn_proxy(&topo.pod, any(Family::V6, OUTBOUND_PORT), "proxy:15001");
+    let inbound = Listener::spawn_proxy(&topo.pod, any(Family::V6, INBOUND_PORT), "proxy:15006");
     let peer_app = Listener::spawn(&topo.peer, any(Family::V6, 80), "peer app :80");
     let pod_app = Listener::spawn(&topo.pod, any(Family::V6, 8080), "pod app :8080");
     let pod_status = Listener::spawn(&topo.pod, any(Family::V6, 15021), "pod app :15021");

@@ -78,9 +78,7 @@ fn connect_inner(
     src: Option<IpAddr>,
     dst: SocketAddr,
 ) -> io::Result<Connected> {
-    // The thread that changes its credentials is thrown away afterwards, so no other code runs as uid.
-    ns.run(|| {
-        assume_identity(uid, gid)?;
+    ns.run_as(uid, gid, || {
         let family = if dst.is_ipv4() {
             AddressFamily::Inet
         } else {
@@ -114,6 +112,9 @@ fn connect_inner(
 ///
 /// Changing the effective uid of any thread resets the process's "dumpable" flag, which only matters for
 /// ptrace and core dumps.
+///
+/// In a test namespace, call it through [`NetNs::run_as`](crate::NetNs::run_as): a thread that
+/// [`NetNs::run`](crate::NetNs::run) put in the namespace must be able to go back.
 ///
 /// # Errors
 ///

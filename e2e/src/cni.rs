@@ -19,6 +19,9 @@ use crate::NetNs;
 /// Where Debian's containernetworking-plugins package installs the reference plugins.
 pub const DEBIAN_CNI_PLUGINS: &str = "/usr/lib/cni";
 
+/// The CNI versions Debian's reference plugins speak (1.1.1 of the package stops at 1.0.0).
+pub const DEBIAN_CNI_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+
 /// A plugin invocation that failed: the spec's error object, or whatever the plugin printed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CniFailure {

@@ -162,157 +162,64 @@ pub fn run_ok(cmd: &mut Command) -> String {
 #[macro_export]
 macro_rules! test_matrix {
     (flavor: $($test:ident),+ $(,)?) => {$(
-        mod $test {
-            use $crate::Flavor;
-
-            #[test]
-            fn legacy() {
-                super::$test(Flavor::Legacy);
-            }
-
-            #[test]
-            fn nft() {
-                super::$test(Flavor::Nft);
-            }
-        }
+        $crate::test_matrix!(@rows $test [use $crate::Flavor;]
+            legacy: super::$test(Flavor::Legacy);
+            nft: super::$test(Flavor::Nft);
+        );
     )+};
     (flavor, family: $($test:ident),+ $(,)?) => {$(
-        mod $test {
-            use $crate::{Family, Flavor};
-
-            #[test]
-            fn legacy_v4() {
-                super::$test(Flavor::Legacy, Family::V4);
-            }
-
-            #[test]
-            fn legacy_v6() {
-                super::$test(Flavor::Legacy, Family::V6);
-            }
-
-            #[test]
-            fn nft_v4() {
-                super::$test(Flavor::Nft, Family::V4);
-            }
-
-            #[test]
-            fn nft_v6() {
-                super::$test(Flavor::Nft, Family::V6);
-            }
-        }
+        $crate::test_matrix!(@rows $test [use $crate::{Family, Flavor};]
+            legacy_v4: super::$test(Flavor::Legacy, Family::V4);
+            legacy_v6: super::$test(Flavor::Legacy, Family::V6);
+            nft_v4: super::$test(Flavor::Nft, Family::V4);
+            nft_v6: super::$test(Flavor::Nft, Family::V6);
+        );
     )+};
     (backend: $($test:ident),+ $(,)?) => {$(
-        mod $test {
-            use $crate::Flavor;
-
-            use super::Backend;
-
-            #[test]
-            fn legacy() {
-                super::$test(Backend::Iptables(Flavor::Legacy));
-            }
-
-            #[test]
-            fn nft() {
-                super::$test(Backend::Iptables(Flavor::Nft));
-            }
-
-            #[test]
-            fn native() {
-                super::$test(Backend::Nftables);
-            }
-
+        $crate::test_matrix!(@rows $test [use $crate::Flavor; use super::Backend;]
+            legacy: super::$test(Backend::Iptables(Flavor::Legacy));
+            nft: super::$test(Backend::Iptables(Flavor::Nft));
+            native: super::$test(Backend::Nftables);
             #[cfg(feature = "ebpf")]
-            #[test]
-            fn ebpf() {
-                super::ebpf_row(|| super::$test(Backend::Ebpf));
-            }
-        }
+            ebpf: super::ebpf_row(|| super::$test(Backend::Ebpf));
+        );
     )+};
     (netfilter, family: $($test:ident),+ $(,)?) => {$(
-        mod $test {
-            use $crate::{Family, Flavor};
-
-            use super::Backend;
-
-            #[test]
-            fn legacy_v4() {
-                super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
-            }
-
-            #[test]
-            fn legacy_v6() {
-                super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
-            }
-
-            #[test]
-            fn nft_v4() {
-                super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
-            }
-
-            #[test]
-            fn nft_v6() {
-                super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
-            }
-
-            #[test]
-            fn native_v4() {
-                super::$test(Backend::Nftables, Family::V4);
-            }
-
-            #[test]
-            fn native_v6() {
-                super::$test(Backend::Nftables, Family::V6);
-            }
-        }
+        $crate::test_matrix!(@rows $test [use $crate::{Family, Flavor}; use super::Backend;]
+            legacy_v4: super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
+            legacy_v6: super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
+            nft_v4: super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
+            nft_v6: super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
+            native_v4: super::$test(Backend::Nftables, Family::V4);
+            native_v6: super::$test(Backend::Nftables, Family::V6);
+        );
     )+};
     (backend, family: $($test:ident),+ $(,)?) => {$(
-        mod $test {
-            use $crate::{Family, Flavor};
-
-            use super::Backend;
-
-            #[test]
-            fn legacy_v4() {
-                super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
-            }
-
-            #[test]
-            fn legacy_v6() {
-                super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
-            }
-
-            #[test]
-            fn nft_v4() {
-                super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
-            }
-
-            #[test]
-            fn nft_v6() {
-                super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
-            }
-
-            #[test]
-            fn native_v4() {
-                super::$test(Backend::Nftables, Family::V4);
-            }
-
-            #[test]
-            fn native_v6() {
-                super::$test(Backend::Nftables, Family::V6);
-            }
-
+        $crate::test_matrix!(@rows $test [use $crate::{Family, Flavor}; use super::Backend;]
+            legacy_v4: super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
+            legacy_v6: super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
+            nft_v4: super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
+            nft_v6: super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
+            native_v4: super::$test(Backend::Nftables, Family::V4);
+            native_v6: super::$test(Backend::Nftables, Family::V6);
             #[cfg(feature = "ebpf")]
-            #[test]
-            fn ebpf_v4() {
-                super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V4));
-            }
-
+            ebpf_v4: super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V4));
             #[cfg(feature = "ebpf")]
-            #[test]
-            fn ebpf_v6() {
-                super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V6));
-            }
-        }
+            ebpf_v6: super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V6));
+        );
     )+};
+    // The module `$test`: its imports, then one test per row, named by the row and calling it.
+    (@rows $test:ident [$($import:item)*] $($(#[$attr:meta])* $row:ident: $call:expr;)+) => {
+        mod $test {
+            $($import)*
+
+            $(
+                $(#[$attr])*
+                #[test]
+                fn $row() {
+                    $call;
+                }
+            )+
+        }
+    };
 }

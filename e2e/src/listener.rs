@@ -12,9 +12,9 @@ use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeVal;
+use nix::{setsockopt_impl, sockopt_impl};
 
-use crate::NetNs;
-use crate::client::assume_identity;
+use crate::{NetNs, PROXY_UID};
 
 /// How often the accept loop looks at the stop flag.
 const ACCEPT_TICK: Duration = Duration::from_millis(50);
@@ -71,15 +71,26 @@ impl Listener {
     /// When the credentials cannot be set, or `bind` or `listen` fails.
     #[must_use]
     pub fn spawn_as(ns: &NetNs, uid: u32, gid: u32, addr: SocketAddr, token: &str) -> Listener {
-        let listener = ns
-            .run(|| {
-                if (uid, gid) != (0, 0) {
-                    assume_identity(uid, gid)?;
-                }
-                TcpListener::bind(addr)
-            })
-            .unwrap_or_else(|e| panic!("cannot listen on {addr} in {} as {uid}:{gid}: {e}", ns.name()));
+        let bind = || TcpListener::bind(addr);
+        let listener = if (uid, gid) == (0, 0) {
+            ns.run(bind)
+        } else {
+            ns.run_as(uid, gid, bind)
+        }
+        .unwrap_or_else(|e| panic!("cannot listen on {addr} in {} as {uid}:{gid}: {e}", ns.name()));
         Listener::start(listener, token)
+    }
+
+    /// Binds `addr` in `ns` as the sidecar proxy ([`PROXY_UID`](crate::PROXY_UID), uid and
+    /// gid), and starts accepting: the proxy's own listeners, whose traffic capture leaves
+    /// alone.
+    ///
+    /// # Panics
+    ///
+    /// As [`Listener::spawn_as`].
+    #[must_use]
+    pub fn spawn_proxy(ns: &NetNs, addr: SocketAddr, token: &str) -> Listener {
+        Listener::spawn_as(ns, PROXY_UID, PROXY_UID, addr, token)
     }
 
     /// Binds `addr` in `ns` as root with `IP_TRANSPARENT` (`IPV6_TRANSPARENT` for IPv6) set before
@@ -200,6 +211,15 @@ impl Drop for Listener {
     }
 }
 
+sockopt_impl!(
+    /// `IPV6_TRANSPARENT`, which nix has no option type for: `IpTransparent` for IPv6.
+    Ipv6Transparent,
+    SetOnly,
+    libc::SOL_IPV6,
+    libc::IPV6_TRANSPARENT,
+    bool
+);
+
 /// A listening socket on `addr` with `IP_TRANSPARENT` / `IPV6_TRANSPARENT` set before `bind`.
 fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let family = if addr.is_ipv4() {
@@ -212,21 +232,7 @@ fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     if addr.is_ipv4() {
         setsockopt(&fd, sockopt::IpTransparent, &true)?;
     } else {
-        // nix has no IPV6_TRANSPARENT option type.
-        let on: libc::c_int = 1;
-        // SAFETY: `fd` is an open socket; the option value is a live c_int and its size is passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_IPV6,
-                libc::IPV6_TRANSPARENT,
-                (&raw const on).cast(),
-                libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("a small size"),
-            )
-        };
-        if rc == -1 {
-            return Err(io::Error::last_os_error());
-        }
+        setsockopt(&fd, Ipv6Transparent, &true)?;
     }
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     listen(&fd, Backlog::new(128)?)?;

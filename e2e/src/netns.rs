@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -11,12 +11,13 @@ use std::process::{self, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::{panic, thread};
 
+use capture_core::chain;
+use capture_core::host::{self, RunError};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, setns, unshare};
 
-use crate::run_ok;
+use crate::{assume_identity, run_ok};
 
 /// Every namespace the harness creates is named `capture-test-<pid>-<n>`, so leaks can be found with
 /// `ip netns ls | grep capture-test`.
@@ -61,16 +62,12 @@ impl NetNs {
         let name = format!("{NETNS_PREFIX}-{}-{n}", process::id());
         let path = Path::new(NETNS_DIR).join(&name);
 
-        let fd = thread::Builder::new()
-            .name(format!("unshare-{name}"))
-            .spawn(|| -> io::Result<OwnedFd> {
-                unshare(CloneFlags::CLONE_NEWNET)?;
-                Ok(File::open("/proc/thread-self/ns/net")?.into())
-            })
-            .expect("spawn the unshare thread")
-            .join()
-            .expect("the unshare thread does not panic")
-            .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET) failed: {e}; needs root (CAP_SYS_ADMIN)"));
+        // The namespace lives on after the thread that made it, held open by `fd`.
+        let fd: OwnedFd =
+            host::run_in_scratch_netns(|| Ok::<_, RunError>(File::open("/proc/thread-self/ns/net")))
+                .unwrap_or_else(|e| panic!("{}; needs root (CAP_SYS_ADMIN)", chain(&e)))
+                .unwrap_or_else(|e| panic!("cannot open the new netns: {e}"))
+                .into();
 
         // Held until the name is mounted, so concurrent NetNs::new and `ip netns add` do not stack
         // /run/netns mounts.
@@ -164,10 +161,13 @@ impl NetNs {
         &self.path
     }
 
-    /// Runs `f` on a new thread that has entered this namespace, and returns its result.
+    /// Runs `f` on a new thread that has entered this namespace ([`host::run_in`]), and returns
+    /// its result.
     ///
     /// Sockets created by `f` belong to this namespace for their whole life, whichever thread uses them
-    /// later. A panic in `f` is resumed on the calling thread.
+    /// later. A panic in `f` is resumed on the calling thread. `f` keeps the thread's credentials
+    /// (the thread goes back to the test's namespace afterwards); [`NetNs::run_as`] runs as
+    /// another user.
     ///
     /// # Panics
     ///
@@ -177,18 +177,43 @@ impl NetNs {
         F: FnOnce() -> T + Send,
         T: Send,
     {
-        let fd = self.fd.as_fd();
-        thread::scope(|scope| {
-            thread::Builder::new()
-                .name(format!("in-{}", self.name))
-                .spawn_scoped(scope, move || {
-                    enter(fd).unwrap_or_else(|e| panic!("setns into {} failed: {e}", self.name));
-                    f()
-                })
-                .expect("spawn a thread for the netns")
-                .join()
+        host::run_in(self.fd.as_fd(), &self.path, || Ok(f())).unwrap_or_else(|e| match e {
+            // Already reported by the panic hook on the worker thread: resumed without a second report.
+            RunError::Panicked(message) => panic::resume_unwind(Box::new(message)),
+            e => panic!("{}", chain(&e)),
         })
-        .unwrap_or_else(|payload| panic::resume_unwind(payload))
+    }
+
+    /// Runs `f` as [`NetNs::run`] does, on a thread that has taken `uid`/`gid` first
+    /// ([`assume_identity`]), and returns its result.
+    ///
+    /// That thread is one of its own, started from the namespace's thread and thrown away after
+    /// `f`: once its credentials are dropped it could not go back to the test's namespace, and
+    /// no other code runs as `uid`. Sockets `f` creates are owned by `uid`.
+    ///
+    /// # Errors
+    ///
+    /// When the credentials cannot be taken (without root, `EPERM`), or `f` fails.
+    ///
+    /// # Panics
+    ///
+    /// As [`NetNs::run`].
+    pub fn run_as<F, T>(&self, uid: u32, gid: u32, f: F) -> io::Result<T>
+    where
+        F: FnOnce() -> io::Result<T> + Send,
+        T: Send,
+    {
+        self.run(|| {
+            thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        assume_identity(uid, gid)?;
+                        f()
+                    })
+                    .join()
+                    .unwrap_or_else(|payload| panic::resume_unwind(payload))
+            })
+        })
     }
 
     /// Returns a [`Command`] for `program` that enters this namespace just before `exec`.
@@ -202,6 +227,10 @@ impl NetNs {
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let fd = self.fd.try_clone().expect("dup the netns descriptor");
         let mut cmd = Command::new(program);
+        // Not capture_core::host: it enters on a thread of its own for the length of a closure,
+        // but this `Command` is spawned later by the caller, from its own thread and often to
+        // outlive the call (listeners, proxies), so the child itself switches between fork and
+        // exec.
         // SAFETY: the hook runs in the forked child before exec. It only calls setns(2), which is
         // async-signal-safe, and builds an io::Error from errno, which does not allocate.
         unsafe {
@@ -324,9 +353,4 @@ fn unmount_all(target: &Path) -> nix::Result<()> {
         }
     }
     Err(Errno::EBUSY)
-}
-
-/// Moves the calling thread into the network namespace `fd`.
-pub(crate) fn enter(fd: impl AsFd) -> nix::Result<()> {
-    setns(fd, CloneFlags::CLONE_NEWNET)
 }

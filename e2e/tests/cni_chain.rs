@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::Map;
 
-use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, Runtime, bridge_conflist};
+use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, DEBIAN_CNI_VERSIONS, Runtime, bridge_conflist};
 use capture_e2e::{Listener, NetNs, TempDir, connect_as, require_root};
 
 #[test]
@@ -13,8 +13,7 @@ fn bridge_chain_add_check_del_in_every_version() {
     if !require_root() {
         return;
     }
-    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].into_iter().enumerate() {
-        let index = 200 + u8::try_from(i).expect("few versions");
+    for (index, version) in (200..).zip(DEBIAN_CNI_VERSIONS) {
         let node = NetNs::new();
         let pod = NetNs::new();
         // host-local's data directory.

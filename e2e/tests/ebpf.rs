@@ -48,6 +48,18 @@ pub(super) fn ebpf_test(body: impl FnOnce(&mut Node)) {
     finish(world);
 }
 
+/// For a test that drives the programs from the test process itself, outside the test cgroup:
+/// the programs installed and their node, or `None` where it does not run (in the cgroup child
+/// of an [`ebpf_test`], or without root). It ends with [`finish`].
+pub(super) fn installed_here() -> Option<(EbpfWorld, Node)> {
+    if in_cgroup_child().is_some() || !require_root() {
+        return None;
+    }
+    let world = EbpfWorld::new();
+    let node = world.node();
+    Some((world, node))
+}
+
 /// The common end of every test: per-connection state gone, clean uninstall.
 pub(super) fn finish(mut world: EbpfWorld) {
     let node = world.node();
@@ -435,11 +447,9 @@ fn connect_close_cycles_leave_no_entries() {
 /// option but `SO_ORIGINAL_DST` alone (merbridge#323 truncated it to 4096 bytes).
 #[test]
 fn iptables_save_is_the_same_inside_the_cgroup() {
-    if in_cgroup_child().is_some() || !require_root() {
+    let Some((world, mut node)) = installed_here() else {
         return;
-    }
-    let world = EbpfWorld::new();
-    let mut node = world.node();
+    };
     let ns = NetNs::new();
     enroll(&mut node, &ns, &sidecar(true));
     let mut payload = String::from("*filter\n:CAPTURE_TEST - [0:0]\n");

@@ -16,11 +16,11 @@ use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket, sockopt,
 };
 
-use super::ebpf::{ebpf_test, enroll, finish, sidecar};
-use capture_e2e::ebpf::{EbpfWorld, chain, in_cgroup_child, sk_lookup_programs};
+use super::ebpf::{ebpf_test, enroll, finish, installed_here, sidecar};
+use capture_e2e::ebpf::{chain, sk_lookup_programs};
 use capture_e2e::{
     APP_UID, Family, INBOUND_PORT, Listener, NetNs, PROXY_UID, Topology, connect_as, connect_as_from,
-    passthrough, require_root,
+    passthrough,
 };
 
 /// The peer connecting to pod:8080 lands on the proxy's :15006, which learns pod:8080 (the
@@ -33,10 +33,8 @@ fn inbound_is_captured(family: Family) {
         assert_eq!(sk_lookup_programs(&topo.pod), 1);
         assert_eq!(sk_lookup_programs(&topo.peer), 0, "the peer is not enrolled");
         // The proxy starts after enrollment, as it does after the init container or CNI plugin.
-        let proxy = Listener::spawn_as(
+        let proxy = Listener::spawn_proxy(
             &topo.pod,
-            PROXY_UID,
-            PROXY_UID,
             SocketAddr::new(family.unspecified(), INBOUND_PORT),
             "inbound",
         );
@@ -102,13 +100,7 @@ fn inbound_port_list_captures_only_its_ports() {
                 .to_vec(),
         );
         enroll(node, &topo.pod, &spec);
-        let proxy = Listener::spawn_as(
-            &topo.pod,
-            PROXY_UID,
-            PROXY_UID,
-            (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(),
-            "inbound",
-        );
+        let proxy = Listener::spawn_proxy(&topo.pod, (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(), "inbound");
         let on_8080 = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8080).into(), "pod-8080");
         let on_8082 = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8082).into(), "pod-8082");
         let tunnel = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 15008).into(), "pod-15008");
@@ -142,13 +134,7 @@ fn pod_own_connections_are_not_captured_inbound() {
         // Added after enrolling: the passthrough source is known to the programs regardless.
         topo.pod
             .ip(&["-6", "addr", "add", "::6/128", "dev", "lo", "nodad"]);
-        let proxy = Listener::spawn_as(
-            &topo.pod,
-            PROXY_UID,
-            PROXY_UID,
-            (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(),
-            "inbound",
-        );
+        let proxy = Listener::spawn_proxy(&topo.pod, (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(), "inbound");
         let app = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8080).into(), "pod-app");
         for family in [Family::V4, Family::V6] {
             let dst = topo.pod_addr(family, 8080);
@@ -185,8 +171,7 @@ fn reuseport_group_shares_inbound_connections() {
         let workers = ["worker-0", "worker-1"].map(|token| {
             let listener = topo
                 .pod
-                .run(|| -> std::io::Result<TcpListener> {
-                    capture_e2e::assume_identity(PROXY_UID, PROXY_UID)?;
+                .run_as(PROXY_UID, PROXY_UID, || -> std::io::Result<TcpListener> {
                     let fd = socket(
                         AddressFamily::Inet,
                         SockType::Stream,
@@ -230,10 +215,8 @@ fn not_enrolled_netns_inbound_is_untouched() {
         let mut proxies = Vec::new();
         let mut apps = Vec::new();
         for (topo, name) in [(&enrolled, "enrolled"), (&other, "other")] {
-            proxies.push(Listener::spawn_as(
+            proxies.push(Listener::spawn_proxy(
                 &topo.pod,
-                PROXY_UID,
-                PROXY_UID,
                 (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(),
                 &format!("{name}-proxy"),
             ));
@@ -272,13 +255,7 @@ fn identical_pods_keep_their_own_inbound_listeners() {
         let cookies = [enroll(node, &a.pod, &spec), enroll(node, &b.pod, &spec)];
         assert_ne!(cookies[0], cookies[1]);
         let proxies = [(&a, "proxy-a"), (&b, "proxy-b")].map(|(topo, token)| {
-            Listener::spawn_as(
-                &topo.pod,
-                PROXY_UID,
-                PROXY_UID,
-                (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(),
-                token,
-            )
+            Listener::spawn_proxy(&topo.pod, (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(), token)
         });
         for family in [Family::V4, Family::V6] {
             for (topo, proxy) in [(&a, &proxies[0]), (&b, &proxies[1])] {
@@ -298,13 +275,7 @@ fn identical_pods_keep_their_own_inbound_listeners() {
 fn early_listener_is_adopted_and_unenroll_detaches() {
     ebpf_test(|node| {
         let topo = Topology::new();
-        let proxy = Listener::spawn_as(
-            &topo.pod,
-            PROXY_UID,
-            PROXY_UID,
-            (Ipv4Addr::UNSPECIFIED, INBOUND_PORT).into(),
-            "inbound",
-        );
+        let proxy = Listener::spawn_proxy(&topo.pod, (Ipv4Addr::UNSPECIFIED, INBOUND_PORT).into(), "inbound");
         let app = Listener::spawn(&topo.pod, topo.pod_addr(Family::V4, 8080), "pod-app");
         let cookie = enroll(node, &topo.pod, &sidecar(false));
         assert_eq!(
@@ -333,11 +304,9 @@ fn early_listener_is_adopted_and_unenroll_detaches() {
 /// makes the sockets: it is not in the test cgroup, so the sockops program never sees them.
 #[test]
 fn unknown_listener_refuses_until_registered() {
-    if in_cgroup_child().is_some() || !require_root() {
+    let Some((world, mut node)) = installed_here() else {
         return;
-    }
-    let world = EbpfWorld::new();
-    let mut node = world.node();
+    };
     let topo = Topology::new();
     let cookie = enroll(&mut node, &topo.pod, &sidecar(true));
     let listener = topo
@@ -381,13 +350,8 @@ fn loopback_listener_is_not_the_inbound_listener() {
     ebpf_test(|node| {
         let topo = Topology::new();
         enroll(node, &topo.pod, &sidecar(false));
-        let validator = Listener::spawn_as(
-            &topo.pod,
-            PROXY_UID,
-            PROXY_UID,
-            (Ipv4Addr::LOCALHOST, INBOUND_PORT).into(),
-            "validator",
-        );
+        let validator =
+            Listener::spawn_proxy(&topo.pod, (Ipv4Addr::LOCALHOST, INBOUND_PORT).into(), "validator");
         assert!(node.inbound_listeners().unwrap().is_empty());
         let err = connect_as(&topo.peer, 0, 0, topo.pod_addr(Family::V4, 8080)).expect_err("refused");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
@@ -399,11 +363,9 @@ fn loopback_listener_is_not_the_inbound_listener() {
 /// enrolled detaches their `sk_lookup` programs and leaves no pin.
 #[test]
 fn uninstall_detaches_enrolled_pods() {
-    if in_cgroup_child().is_some() || !require_root() {
+    let Some((world, mut node)) = installed_here() else {
         return;
-    }
-    let world = EbpfWorld::new();
-    let mut node = world.node();
+    };
     let (a, b) = (NetNs::new(), NetNs::new());
     let plan = MapPlan::from_spec(&sidecar(true)).unwrap();
     let pod_a = a.run(PodNetns::current).unwrap();

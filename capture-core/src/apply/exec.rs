@@ -40,21 +40,21 @@ impl Flavor {
 
     /// The restore program for a family.
     pub fn restore(self, family: Family) -> &'static str {
-        match (self, family) {
-            (Self::Legacy, Family::V4) => "iptables-legacy-restore",
-            (Self::Legacy, Family::V6) => "ip6tables-legacy-restore",
-            (Self::Nft, Family::V4) => "iptables-nft-restore",
-            (Self::Nft, Family::V6) => "ip6tables-nft-restore",
-        }
+        self.programs(family)[0]
     }
 
     /// The save program for a family.
     pub fn save(self, family: Family) -> &'static str {
+        self.programs(family)[1]
+    }
+
+    /// The restore and save programs for a family.
+    fn programs(self, family: Family) -> [&'static str; 2] {
         match (self, family) {
-            (Self::Legacy, Family::V4) => "iptables-legacy-save",
-            (Self::Legacy, Family::V6) => "ip6tables-legacy-save",
-            (Self::Nft, Family::V4) => "iptables-nft-save",
-            (Self::Nft, Family::V6) => "ip6tables-nft-save",
+            (Self::Legacy, Family::V4) => ["iptables-legacy-restore", "iptables-legacy-save"],
+            (Self::Legacy, Family::V6) => ["ip6tables-legacy-restore", "ip6tables-legacy-save"],
+            (Self::Nft, Family::V4) => ["iptables-nft-restore", "iptables-nft-save"],
+            (Self::Nft, Family::V6) => ["ip6tables-nft-restore", "ip6tables-nft-save"],
         }
     }
 }

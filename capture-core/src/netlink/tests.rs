@@ -5,9 +5,9 @@
 
 use std::panic;
 use std::process::Command;
-use std::thread;
 
 use super::*;
+use crate::host::RunError;
 
 const ISTIO: TproxyRoutes = TproxyRoutes {
     mark: Mark::new(1337),
@@ -28,18 +28,15 @@ fn in_new_netns<T: Send>(test: &str, body: impl FnOnce() -> T + Send) -> Option<
         eprintln!("skipping {test}: needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN)");
         return None;
     }
-    let result = thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: unshare only changes this thread's namespaces; no memory is involved.
-                let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", io::Error::last_os_error());
-                ip(&["link", "set", "lo", "up"]);
-                body()
-            })
-            .join()
+    let result = crate::host::run_in_scratch_netns(|| {
+        ip(&["link", "set", "lo", "up"]);
+        Ok::<_, RunError>(body())
     });
-    Some(result.unwrap_or_else(|payload| panic::resume_unwind(payload)))
+    Some(result.unwrap_or_else(|e| match e {
+        // The panic hook reported it on the test's thread already.
+        RunError::Panicked(message) => panic::resume_unwind(Box::new(message)),
+        e => panic!("{}", crate::chain(&e)),
+    }))
 }
 
 /// Runs `ip` in the calling thread's namespace (a child inherits its thread's namespaces) and

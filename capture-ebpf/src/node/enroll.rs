@@ -1,7 +1,7 @@
 //! Enrolling pods: [`Node::apply`] (enroll unless already exactly so), [`Node::enroll`],
 //! [`Node::unenroll`], and the pods' inbound listeners.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
@@ -13,9 +13,9 @@ use capture_ebpf_common::{
     POD_CONFIG, PORTS, programs,
 };
 
-use super::{Node, ignore_missing, is_missing, keys_of, load_sk_lookup};
+use super::{Node, ignore_missing, is_missing, keys_of, load_sk_lookup, map_error};
 use crate::netns::in_netns;
-use crate::pin_dir::detach_pinned;
+use crate::pin_dir::{create_dir, detach_pinned};
 use crate::sys::{AttachType, link_create, obj_pin};
 use crate::{Change, Error, MapEntries, MapPlan, NetnsCookie, OBJECT, PodNetns};
 
@@ -234,18 +234,7 @@ impl Node {
                 call: "bpf(BPF_LINK_CREATE)",
                 source,
             })?;
-        let dir = self.pins.inbound();
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    op: "create directory",
-                    path: dir,
-                    source,
-                });
-            }
-        }
+        create_dir(&self.pins.inbound())?;
         // If pinning fails, dropping `link` (the only reference) detaches the program.
         match obj_pin(link.as_fd(), &path) {
             Ok(()) => Ok(true),
@@ -356,42 +345,28 @@ impl Node {
 
     fn write_entries(&mut self, entries: &MapEntries) -> Result<(), Error> {
         for key in &entries.owners {
-            self.owners.insert(key, 1, 0).map_err(|source| Error::Map {
-                map: OWNERS,
-                op: "insert",
-                source,
-            })?;
+            self.owners
+                .insert(key, 1, 0)
+                .map_err(map_error(OWNERS, "insert"))?;
         }
         for (bits, key) in &entries.ports {
+            let key = Key::new(*bits, *key);
             self.ports
-                .insert(&Key::new(*bits, *key), 1, 0)
-                .map_err(|source| Error::Map {
-                    map: PORTS,
-                    op: "insert",
-                    source,
-                })?;
+                .insert(&key, 1, 0)
+                .map_err(map_error(PORTS, "insert"))?;
         }
         for (bits, key) in &entries.cidrs {
+            let key = Key::new(*bits, *key);
             self.cidrs
-                .insert(&Key::new(*bits, *key), 1, 0)
-                .map_err(|source| Error::Map {
-                    map: CIDRS,
-                    op: "insert",
-                    source,
-                })?;
+                .insert(&key, 1, 0)
+                .map_err(map_error(CIDRS, "insert"))?;
         }
         Ok(())
     }
 
     /// Removes the pod's owner, port and CIDR entries whose generation matches.
     fn remove_entries(&mut self, netns: u64, generation: impl Fn(u32) -> bool) -> Result<(), Error> {
-        let remove_err = |map| {
-            move |source| Error::Map {
-                map,
-                op: "remove",
-                source,
-            }
-        };
+        let remove_err = |map| map_error(map, "remove");
         for key in keys_of(self.owners.keys(), OWNERS)? {
             if key.netns == netns && generation(key.generation) {
                 ignore_missing(self.owners.remove(&key)).map_err(remove_err(OWNERS))?;

@@ -443,9 +443,11 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
 }
 
 fn keys_of<K>(keys: impl Iterator<Item = Result<K, MapError>>, map: &'static str) -> Result<Vec<K>, Error> {
-    keys.collect::<Result<Vec<_>, _>>().map_err(|source| Error::Map {
-        map,
-        op: "iterate",
-        source,
-    })
+    keys.collect::<Result<Vec<_>, _>>()
+        .map_err(map_error(map, "iterate"))
+}
+
+/// An [`Error::Map`] for `op` on `map`, for `map_err`.
+fn map_error(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { map, op, source }
 }

@@ -4,7 +4,8 @@
 use aya::maps::MapError;
 use capture_ebpf_common::{
     CIDRS, CidrKey, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OwnerKey, POD_CONFIG, PORTS, PodConfig, PortKey,
-    STAT_COUNT, STATS,
+    STAT_COUNT, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED, STAT_ORIG_DST, STAT_OUTBOUND, STAT_PASSED,
+    STAT_PEERNAME, STAT_STATE_FULL, STATS,
 };
 
 use super::{Node, keys_of};
@@ -30,6 +31,12 @@ pub struct Stats {
     /// Inbound connections refused because the pod's proxy had no inbound listener.
     pub inbound_refused: u64,
 }
+
+// A slot the programs count must have its field in `Stats`.
+const _: () = assert!(
+    STAT_COUNT as usize * size_of::<u64>() == size_of::<Stats>(),
+    "Stats has one field per STATS slot"
+);
 
 impl Node {
     /// The configuration a pod is enrolled with, if any.
@@ -141,34 +148,23 @@ impl Node {
     /// # Errors
     /// [`Error::Map`] when the map cannot be read.
     pub fn stats(&self) -> Result<Stats, Error> {
-        let mut sums = [0u64; STAT_COUNT as usize];
-        for (index, sum) in (0..STAT_COUNT).zip(sums.iter_mut()) {
+        let sum = |index: u32| -> Result<u64, Error> {
             let values = self.stats.get(&index, 0).map_err(|source| Error::Map {
                 map: STATS,
                 op: "get",
                 source,
             })?;
-            *sum = values.iter().sum();
-        }
-        let [
-            outbound,
-            hairpin,
-            passed,
-            orig_dst,
-            peername,
-            state_full,
-            inbound,
-            inbound_refused,
-        ] = sums;
+            Ok(values.iter().sum())
+        };
         Ok(Stats {
-            outbound,
-            hairpin,
-            passed,
-            orig_dst,
-            peername,
-            state_full,
-            inbound,
-            inbound_refused,
+            outbound: sum(STAT_OUTBOUND)?,
+            hairpin: sum(STAT_HAIRPIN)?,
+            passed: sum(STAT_PASSED)?,
+            orig_dst: sum(STAT_ORIG_DST)?,
+            peername: sum(STAT_PEERNAME)?,
+            state_full: sum(STAT_STATE_FULL)?,
+            inbound: sum(STAT_INBOUND)?,
+            inbound_refused: sum(STAT_INBOUND_REFUSED)?,
         })
     }
 }

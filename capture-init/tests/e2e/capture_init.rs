@@ -8,8 +8,6 @@ use std::process::{Command, ExitStatus};
 use capture_e2e::ebpf;
 use capture_e2e::{Family, Flavor, NetNs, SIDECAR_ARGS};
 
-use crate::support::flavor_name;
-
 /// The binary under test.
 pub(crate) const CAPTURE_INIT: &str = env!("CARGO_BIN_EXE_capture-init");
 
@@ -77,7 +75,7 @@ impl<'a> CaptureInit<'a> {
             path_first: None,
         };
         let init = match backend {
-            Backend::Iptables(flavor) => init.set("--force-iptables-version", flavor_name(flavor)),
+            Backend::Iptables(flavor) => init.set("--force-iptables-version", flavor.as_str()),
             Backend::Nftables => init.switch("--native-nftables"),
             #[cfg(feature = "ebpf")]
             Backend::Ebpf => {

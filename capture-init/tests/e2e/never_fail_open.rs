@@ -11,7 +11,7 @@ use capture_e2e::{
 
 use crate::capture_init::{CaptureInit, Run, finished};
 use crate::support::{
-    assert_no_istio, failing_ip6tables_restore, flavor_name, has_ipv6_passthrough, iptables, rules, saves,
+    assert_no_istio, failing_ip6tables_restore, has_ipv6_passthrough, iptables, rules, saves,
 };
 
 test_matrix!(flavor:
@@ -275,7 +275,7 @@ fn rules_ahead_of_capture_are_reported(flavor: Flavor) {
     );
     init.run().ok().says(&format!(
         "warning: capture chain IPv4 nat ISTIO_OUTPUT also exists in iptables-{}",
-        flavor_name(other)
+        other.as_str()
     ));
     run_ok(
         topo.pod

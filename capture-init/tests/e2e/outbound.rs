@@ -130,10 +130,8 @@ fn outbound_dual_stack_sockets_to_an_ipv4_peer(backend: Backend) {
         return;
     }
     let topo = Topology::new();
-    let outbound = Listener::spawn_as(
+    let outbound = Listener::spawn_proxy(
         &topo.pod,
-        PROXY_UID,
-        PROXY_UID,
         SocketAddr::new(Family::V6.unspecified(), OUTBOUND_PORT),
         "outbound-proxy",
     );

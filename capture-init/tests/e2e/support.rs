@@ -26,20 +26,13 @@ pub(crate) const PROXY: Identity = (PROXY_UID, PROXY_UID);
 /// Root, for the peer's clients.
 pub(crate) const ROOT: Identity = (0, 0);
 
-pub(crate) fn flavor_name(flavor: Flavor) -> &'static str {
-    match flavor {
-        Flavor::Legacy => "legacy",
-        Flavor::Nft => "nft",
-    }
-}
-
 /// The `iptables` program of a flavor and family, e.g. `ip6tables-nft`.
 pub(crate) fn iptables(flavor: Flavor, family: Family) -> String {
     let base = match family {
         Family::V4 => "iptables",
         Family::V6 => "ip6tables",
     };
-    format!("{base}-{}", flavor_name(flavor))
+    format!("{base}-{}", flavor.as_str())
 }
 
 /// `-6` for IPv6 `ip` commands.
@@ -146,13 +139,13 @@ pub(crate) fn peer_cidr(topo: &Topology, family: Family) -> String {
 /// The proxy's outbound listener, `:15001` as uid 1337.
 pub(crate) fn outbound_proxy(topo: &Topology, family: Family) -> Listener {
     let addr = SocketAddr::new(family.unspecified(), OUTBOUND_PORT);
-    Listener::spawn_as(&topo.pod, PROXY_UID, PROXY_UID, addr, "outbound-proxy")
+    Listener::spawn_proxy(&topo.pod, addr, "outbound-proxy")
 }
 
 /// The proxy's inbound listener, `:15006` as uid 1337.
 pub(crate) fn inbound_proxy(topo: &Topology, family: Family) -> Listener {
     let addr = SocketAddr::new(family.unspecified(), INBOUND_PORT);
-    Listener::spawn_as(&topo.pod, PROXY_UID, PROXY_UID, addr, "inbound-proxy")
+    Listener::spawn_proxy(&topo.pod, addr, "inbound-proxy")
 }
 
 /// An application listening on the peer's `port`.
