@@ -142,7 +142,8 @@ fn every_jump_targets_a_declared_chain() {
 
 /// Compiled for the kernel, each case is object for object what nft 1.0.x makes of Istio's
 /// golden (`nft -f` in one scratch namespace, listed back over netlink), and written by our
-/// encoder into another namespace it prints as the same `nft list ruleset`.
+/// encoder into another namespace it prints as the same `nft list ruleset`, which is the
+/// listing committed in testdata/nftables-listing/ (so nft lists our rules without error).
 #[test]
 fn every_golden_compiles_to_what_nft_makes_of_it() {
     let test = "every_golden_compiles_to_what_nft_makes_of_it";
@@ -182,6 +183,16 @@ fn every_golden_compiles_to_what_nft_makes_of_it() {
         })
         .unwrap();
         assert_same(&format!("{name}: nft list ruleset"), &text, &our_text);
+        // And what nft 1.0.x prints is the committed listing (CAPTURE_BLESS=1 writes it anew).
+        let listing = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/nftables-listing")
+            .join(format!("{name}.txt"));
+        if std::env::var_os("CAPTURE_BLESS").is_some() {
+            std::fs::write(&listing, &our_text).unwrap();
+        }
+        let committed = std::fs::read_to_string(&listing)
+            .unwrap_or_else(|e| panic!("{}: {e} (CAPTURE_BLESS=1 writes it)", listing.display()));
+        assert_same(&format!("{name}: committed nft listing"), &committed, &our_text);
     }
 }
 

@@ -22,13 +22,16 @@ fn main() -> ExitCode {
         eprintln!("capture-demo: needs root (network namespaces and iptables)");
         return ExitCode::from(1);
     }
+    // capture-demo [CAPTURE-INIT [FLAGS…]]: FLAGS (say `--native-nftables`) choose the backend.
+    let flags: Vec<String> = std::env::args().skip(2).collect();
     let capture_init = std::env::args_os().nth(1).map(PathBuf::from).unwrap_or_else(|| {
         let exe = std::env::current_exe().expect("own path");
         // target/<profile>/examples/capture-demo → target/<profile>/capture-init
         let examples = exe.parent().expect("a directory holds the example");
         examples.with_file_name("capture-init")
     });
-    match demo(&capture_init) {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    match demo(&capture_init, &flags) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("capture-demo: {e}");
@@ -68,7 +71,7 @@ fn shell_word(word: &str) -> String {
     }
 }
 
-fn demo(bin: &PathBuf) -> Result<(), String> {
+fn demo(bin: &PathBuf, flags: &[&str]) -> Result<(), String> {
     // Dropping the topology removes both namespaces (and with them the veth pair and every
     // rule), also on an early return.
     let topo = Topology::new();
@@ -77,7 +80,7 @@ fn demo(bin: &PathBuf) -> Result<(), String> {
     println!("pod  netns {}: {pod4}, {pod6}", topo.pod.name());
     println!("peer netns {}: {peer4}, {peer6}", topo.peer.name());
     println!();
-    capture_init(bin, &topo, &[])?;
+    capture_init(bin, &topo, flags)?;
     println!();
 
     let any = |family: Family, port| SocketAddr::new(family.unspecified(), port);
@@ -147,7 +150,8 @@ fn demo(bin: &PathBuf) -> Result<(), String> {
     }
     println!();
     drop(cases);
-    capture_init(bin, &topo, &["--cleanup-only"])?;
+    let cleanup: Vec<&str> = flags.iter().copied().chain(["--cleanup-only"]).collect();
+    capture_init(bin, &topo, &cleanup)?;
     drop((outbound, inbound, peer_app, pod_app, pod_status));
     drop(topo);
     println!("removed both network namespaces");

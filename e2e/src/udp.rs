@@ -15,7 +15,6 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::NetNs;
-use crate::client::assume_identity;
 
 /// How often the receive loop looks at the stop flag.
 const RECV_TICK: Duration = Duration::from_millis(50);
@@ -69,12 +68,7 @@ impl Responder {
     #[must_use]
     pub fn spawn_as(ns: &NetNs, uid: u32, gid: u32, addr: SocketAddr, token: &str) -> Responder {
         let socket = ns
-            .run(|| {
-                if (uid, gid) != (0, 0) {
-                    assume_identity(uid, gid)?;
-                }
-                UdpSocket::bind(addr)
-            })
+            .run_as(uid, gid, || UdpSocket::bind(addr))
             .unwrap_or_else(|e| panic!("cannot bind UDP {addr} in {} as {uid}:{gid}: {e}", ns.name()));
         socket
             .set_read_timeout(Some(RECV_TICK))
@@ -228,8 +222,7 @@ pub fn exchange_from_as(
     dst: SocketAddr,
     payload: &[u8],
 ) -> io::Result<Answer> {
-    ns.run(|| {
-        assume_identity(uid, gid)?;
+    ns.run_as(uid, gid, || {
         let socket = UdpSocket::bind(src)?;
         socket.set_read_timeout(Some(CLIENT_TIMEOUT))?;
         socket.send_to(payload, dst)?;
