@@ -153,7 +153,7 @@ fn everything(family: Family) -> &'static str {
 #[non_exhaustive]
 pub enum NetlinkError {
     /// A system call on the netlink socket (or the lookup of `lo`) failed.
-    #[error("{op} failed: {call}: {io}{}", needs_cap(io))]
+    #[error("{op} failed: {call}: {io}{}", needs_cap(io.raw_os_error()))]
     Syscall {
         /// The operation that made the call.
         op: Operation,
@@ -164,7 +164,7 @@ pub enum NetlinkError {
         io: io::Error,
     },
     /// The kernel refused the request.
-    #[error("{op} failed: {io}{}{}", KernelSays(kernel_message.as_deref()), needs_cap(io))]
+    #[error("{op} failed: {io}{}{}", KernelSays(kernel_message.as_deref()), needs_cap(io.raw_os_error()))]
     Kernel {
         /// The refused operation.
         op: Operation,
@@ -214,21 +214,23 @@ impl NetlinkError {
     }
 }
 
-fn needs_cap(io: &io::Error) -> &'static str {
-    if io.raw_os_error() == Some(libc::EPERM) {
+/// The hint a netlink error gets when the errno is `EPERM`, for both netlink layers.
+pub(crate) fn needs_cap(errno: Option<i32>) -> &'static str {
+    if errno == Some(libc::EPERM) {
         " (needs CAP_NET_ADMIN in the network namespace)"
     } else {
         ""
     }
 }
 
-struct KernelSays<'a>(Option<&'a str>);
+/// The kernel's extended-ack text in a message, ` (kernel: …)`, when it gave one.
+pub(crate) struct KernelSays<'a>(pub(crate) Option<&'a str>);
 
 impl fmt::Display for KernelSays<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(message) => write!(f, " (kernel: {message})"),
-            None => Ok(()),
+            Some(message) if !message.is_empty() => write!(f, " (kernel: {message})"),
+            _ => Ok(()),
         }
     }
 }
@@ -276,6 +278,24 @@ fn change_passthrough_address(
     let mut socket = RouteSocket::open(op)?;
     let msg = passthrough_address_message(loopback_index(op)?);
     socket.request(op, message(msg), flags, tolerated)
+}
+
+/// Adds [`IPV6_PASSTHROUGH_ADDRESS`] to `lo` in one request: `true` when this call added it,
+/// `false` when it was there already.
+///
+/// # Errors
+/// When `lo` is missing or the caller lacks `CAP_NET_ADMIN`.
+pub fn add_ipv6_passthrough_address() -> Result<bool, NetlinkError> {
+    match change_passthrough_address(
+        Operation::AddPassthroughAddress,
+        RouteNetlinkMessage::NewAddress,
+        NLM_F_CREATE | NLM_F_EXCL,
+        &[],
+    ) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `lo` has [`IPV6_PASSTHROUGH_ADDRESS`], for drift checks.

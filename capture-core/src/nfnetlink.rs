@@ -66,6 +66,8 @@ mod object;
 mod socket;
 
 use std::fmt;
+
+use crate::netlink::{KernelSays, needs_cap};
 use std::io;
 
 pub use batch::{Batch, Op};
@@ -91,7 +93,7 @@ pub enum Error {
         io: io::Error,
     },
     /// The kernel refused a message; for a batch, nothing of it was applied.
-    #[error("{subject} failed: {errno}{}{}", needs_cap(*errno), KernelSays(kernel_message.as_deref()))]
+    #[error("{subject} failed: {errno}{}{}", needs_cap(Some(*errno as i32)), KernelSays(kernel_message.as_deref()))]
     Refused {
         /// The refused message.
         subject: Box<Subject>,
@@ -154,25 +156,6 @@ impl Error {
 
     pub(super) fn syscall(call: &'static str) -> impl FnOnce(io::Error) -> Self {
         move |io| Self::Syscall { call, io }
-    }
-}
-
-fn needs_cap(errno: Errno) -> &'static str {
-    if errno == Errno::EPERM {
-        " (needs CAP_NET_ADMIN in the network namespace)"
-    } else {
-        ""
-    }
-}
-
-struct KernelSays<'a>(Option<&'a str>);
-
-impl fmt::Display for KernelSays<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(message) if !message.is_empty() => write!(f, " (kernel: {message})"),
-            _ => Ok(()),
-        }
     }
 }
 

@@ -26,9 +26,8 @@ impl Added {
     /// Adds what `spec` needs and is not there yet (harmless without the rules).
     pub(crate) fn ensure(spec: &CaptureSpec) -> Result<Added, NetlinkError> {
         let mut added = Added::default();
-        if spec.ipv6 && !netlink::ipv6_passthrough_address_present()? {
-            netlink::ensure_ipv6_passthrough_address()?;
-            added.address = true;
+        if spec.ipv6 {
+            added.address = netlink::add_ipv6_passthrough_address()?;
         }
         if let Some(routes) = tproxy_routes(spec) {
             for &family in spec.families() {

@@ -71,7 +71,8 @@ pub fn list(family: NfProto, table: Option<&str>) -> Result<Listing, Error> {
     let mut socket = NfSocket::open()?;
     for _ in 0..ATTEMPTS {
         let before = socket.generation()?;
-        let listing = match snapshot(&mut socket, family, table) {
+        let only = table.map(|t| [t]);
+        let listing = match snapshot(&mut socket, family, only.as_ref().map(|t| &t[..])) {
             Ok(listing) => listing,
             Err(DumpError::Interrupted) => continue,
             Err(DumpError::Failed(e)) => return Err(e),
@@ -93,27 +94,44 @@ pub fn list(family: NfProto, table: Option<&str>) -> Result<Listing, Error> {
 /// As [`list`].
 pub fn list_tables(family: NfProto, tables: &[&str]) -> Result<Vec<Listing>, Error> {
     let mut socket = NfSocket::open()?;
-    'attempt: for _ in 0..ATTEMPTS {
+    for _ in 0..ATTEMPTS {
         let before = socket.generation()?;
-        let mut listings = Vec::with_capacity(tables.len());
-        for table in tables {
-            match snapshot(&mut socket, family, Some(table)) {
-                Ok(listing) => listings.push(listing),
-                Err(DumpError::Interrupted) => continue 'attempt,
-                Err(DumpError::Failed(e)) => return Err(e),
-            }
-        }
+        let listing = match snapshot(&mut socket, family, Some(tables)) {
+            Ok(listing) => listing,
+            Err(DumpError::Interrupted) => continue,
+            Err(DumpError::Failed(e)) => return Err(e),
+        };
         if socket.generation()? == before {
-            for listing in &mut listings {
-                listing.generation = before;
-            }
-            return Ok(listings);
+            return Ok(tables
+                .iter()
+                .map(|name| Listing {
+                    generation: before,
+                    tables: listing
+                        .tables
+                        .iter()
+                        .filter(|t| t.name == *name)
+                        .cloned()
+                        .collect(),
+                    chains: listing
+                        .chains
+                        .iter()
+                        .filter(|c| c.table == *name)
+                        .cloned()
+                        .collect(),
+                    rules: listing
+                        .rules
+                        .iter()
+                        .filter(|r| r.table == *name)
+                        .cloned()
+                        .collect(),
+                })
+                .collect());
         }
     }
     Err(Error::Interrupted { attempts: ATTEMPTS })
 }
 
-fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&str>) -> Result<Listing, DumpError> {
+fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&[&str]>) -> Result<Listing, DumpError> {
     let subject = |what| Subject::List { what, family };
     let decoding = |what| {
         move |source| {
@@ -130,10 +148,8 @@ fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&str>) -> Resul
         let found = message.attrs().table::<3>().ok()?[attr]?;
         string("table name", found)
             .ok()
-            .filter(|t| only.is_none_or(|only| only == t))
+            .filter(|t| only.is_none_or(|only| only.contains(&t.as_str())))
     };
-    // Every kernel understands the table filter of rule and set listings.
-    let filter: Vec<(u16, &str)> = only.map(|t| (1, t)).into_iter().collect();
 
     let mut tables = Vec::new();
     for message in socket.dump(msg::GETTABLE, &subject("tables"), family, &[])? {
@@ -152,6 +168,13 @@ fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&str>) -> Resul
             rules: Vec::new(),
         });
     }
+    // Sets and rules are dumped per table asked for (every kernel understands the table filter
+    // of those listings), or all at once.
+    let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+    let filters: Vec<Vec<(u16, &str)>> = match only {
+        Some(_) => names.iter().map(|n| vec![(1, n.as_str())]).collect(),
+        None => vec![Vec::new()],
+    };
     let mut chains = Vec::new();
     for message in socket.dump(msg::GETCHAIN, &subject("chains"), family, &[])? {
         // NFTA_CHAIN_TABLE
@@ -161,46 +184,50 @@ fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&str>) -> Resul
     }
 
     let mut sets: HashMap<(NfProto, String, String), Set> = HashMap::new();
-    for message in socket.dump(msg::GETSET, &subject("sets"), family, &filter)? {
-        if table_of(&message, 1).is_none() {
-            continue;
-        }
-        let ListedSet {
-            family,
-            table,
-            name,
-            set,
-        } = decode::set(&message).map_err(decoding("sets"))?;
-        let Some(mut set) = set else {
-            continue;
-        };
-        let elements_filter = [(1, table.as_str()), (2, name.as_str())];
-        let mut complete = true;
-        for message in socket.dump(
-            msg::GETSETELEM,
-            &subject("set elements"),
-            family,
-            &elements_filter,
-        )? {
-            match decode::elements(&message).map_err(decoding("set elements"))? {
-                Some(keys) => set.elements.extend(keys),
-                None => complete = false,
+    for filter in &filters {
+        for message in socket.dump(msg::GETSET, &subject("sets"), family, filter)? {
+            if table_of(&message, 1).is_none() {
+                continue;
             }
-        }
-        if complete {
-            sets.insert((family, table, name), set);
+            let ListedSet {
+                family,
+                table,
+                name,
+                set,
+            } = decode::set(&message).map_err(decoding("sets"))?;
+            let Some(mut set) = set else {
+                continue;
+            };
+            let elements_filter = [(1, table.as_str()), (2, name.as_str())];
+            let mut complete = true;
+            for message in socket.dump(
+                msg::GETSETELEM,
+                &subject("set elements"),
+                family,
+                &elements_filter,
+            )? {
+                match decode::elements(&message).map_err(decoding("set elements"))? {
+                    Some(keys) => set.elements.extend(keys),
+                    None => complete = false,
+                }
+            }
+            if complete {
+                sets.insert((family, table, name), set);
+            }
         }
     }
 
     let mut rules = Vec::new();
-    for message in socket.dump(msg::GETRULE, &subject("rules"), family, &filter)? {
-        // NFTA_RULE_TABLE
-        let Some(table) = table_of(&message, 1) else {
-            continue;
-        };
-        let rule_family = NfProto::from_number(message.family).expect("checked by table_of");
-        let set = |name: &str| sets.get(&(rule_family, table.clone(), name.to_owned()));
-        rules.push(decode::rule(&message, set).map_err(decoding("rules"))?);
+    for filter in &filters {
+        for message in socket.dump(msg::GETRULE, &subject("rules"), family, filter)? {
+            // NFTA_RULE_TABLE
+            let Some(table) = table_of(&message, 1) else {
+                continue;
+            };
+            let rule_family = NfProto::from_number(message.family).expect("checked by table_of");
+            let set = |name: &str| sets.get(&(rule_family, table.clone(), name.to_owned()));
+            rules.push(decode::rule(&message, set).map_err(decoding("rules"))?);
+        }
     }
     Ok(Listing {
         generation: 0,
