@@ -28,6 +28,7 @@ pub mod ebpf;
 mod iptables;
 mod listener;
 mod netns;
+mod recorder;
 mod tempdir;
 mod topology;
 pub mod udp;

@@ -4,8 +4,8 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::{Mutex, PoisonError};
+use std::thread;
 use std::time::Duration;
 
 use nix::sys::socket::{
@@ -14,6 +14,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 use nix::{setsockopt_impl, sockopt_impl};
 
+use crate::recorder::Recorder;
 use crate::{NetNs, PROXY_UID};
 
 /// How often the accept loop looks at the stop flag.
@@ -40,13 +41,7 @@ pub struct Accepted {
 ///
 /// The accept loop runs on its own thread, which is stopped and joined on `Drop`.
 #[derive(Debug)]
-pub struct Listener {
-    token: String,
-    local: SocketAddr,
-    accepted: Arc<Mutex<Vec<Accepted>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct Listener(Recorder<Accepted>);
 
 impl Listener {
     /// Binds `addr` in `ns` as root and starts accepting.
@@ -139,40 +134,32 @@ impl Listener {
             .local_addr()
             .expect("a bound listener has a local address");
 
-        let accepted = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = thread::Builder::new()
-            .name(format!("listen-{token}"))
-            .spawn({
-                let (accepted, stop, token) = (Arc::clone(&accepted), Arc::clone(&stop), token.to_owned());
-                move || accept_loop(&listener, &token, &accepted, &stop)
-            })
-            .expect("spawn the accept thread");
-        Listener {
-            token: token.to_owned(),
+        Listener(Recorder::spawn(
+            "listener",
+            token,
             local,
-            accepted,
-            stop,
-            thread: Some(thread),
-        }
+            move |token, accepted, stop| {
+                accept_loop(&listener, token, accepted, stop);
+            },
+        ))
     }
 
     /// The token this listener replies with.
     #[must_use]
     pub fn token(&self) -> &str {
-        &self.token
+        self.0.token()
     }
 
     /// The bound address (with the real port if 0 was asked for).
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.0.local_addr()
     }
 
     /// Removes and returns the connections recorded so far, oldest first.
     #[must_use]
     pub fn take_accepted(&self) -> Vec<Accepted> {
-        std::mem::take(&mut *self.accepted.lock().unwrap_or_else(PoisonError::into_inner))
+        self.0.take_all()
     }
 
     /// Returns the one connection recorded so far.
@@ -182,32 +169,7 @@ impl Listener {
     /// When there was not exactly one.
     #[must_use]
     pub fn take_one(&self) -> Accepted {
-        let mut all = self.take_accepted();
-        assert_eq!(
-            all.len(),
-            1,
-            "listener {:?} expected one connection, got {all:#?}",
-            self.token
-        );
-        all.pop().expect("length checked")
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let Self {
-            token,
-            local: _,
-            accepted: _,
-            stop,
-            thread,
-        } = self;
-        stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = thread.take()
-            && thread.join().is_err()
-        {
-            eprintln!("capture-e2e: the accept thread of listener {token:?} panicked");
-        }
+        self.0.take_one()
     }
 }
 

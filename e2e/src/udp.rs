@@ -10,11 +10,12 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::{Mutex, PoisonError};
+use std::thread;
 use std::time::Duration;
 
 use crate::NetNs;
+use crate::recorder::Recorder;
 
 /// How often the receive loop looks at the stop flag.
 const RECV_TICK: Duration = Duration::from_millis(50);
@@ -38,13 +39,7 @@ pub struct Received {
 /// address, so once a client has the answer the record is there. The receive loop runs on its own
 /// thread, which is stopped and joined (and the socket closed) on `Drop`.
 #[derive(Debug)]
-pub struct Responder {
-    token: String,
-    local: SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct Responder(Recorder<Received>);
 
 impl Responder {
     /// Binds `addr` in `ns` as root and starts answering.
@@ -74,40 +69,32 @@ impl Responder {
             .set_read_timeout(Some(RECV_TICK))
             .expect("set SO_RCVTIMEO on the responder");
         let local = socket.local_addr().expect("a bound socket has a local address");
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = thread::Builder::new()
-            .name(format!("udp-{token}"))
-            .spawn({
-                let (received, stop, token) = (Arc::clone(&received), Arc::clone(&stop), token.to_owned());
-                move || answer_loop(&socket, &token, &received, &stop)
-            })
-            .expect("spawn the UDP responder thread");
-        Responder {
-            token: token.to_owned(),
+        Responder(Recorder::spawn(
+            "UDP responder",
+            token,
             local,
-            received,
-            stop,
-            thread: Some(thread),
-        }
+            move |token, received, stop| {
+                answer_loop(&socket, token, received, stop);
+            },
+        ))
     }
 
     /// The token this responder answers with.
     #[must_use]
     pub fn token(&self) -> &str {
-        &self.token
+        self.0.token()
     }
 
     /// The bound address (with the real port if 0 was asked for).
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.0.local_addr()
     }
 
     /// Removes and returns the datagrams recorded so far, oldest first.
     #[must_use]
     pub fn take_received(&self) -> Vec<Received> {
-        std::mem::take(&mut *self.received.lock().unwrap_or_else(PoisonError::into_inner))
+        self.0.take_all()
     }
 
     /// Returns the one datagram recorded so far.
@@ -117,32 +104,7 @@ impl Responder {
     /// When there was not exactly one.
     #[must_use]
     pub fn take_one(&self) -> Received {
-        let mut all = self.take_received();
-        assert_eq!(
-            all.len(),
-            1,
-            "UDP responder {:?} expected one datagram, got {all:#?}",
-            self.token
-        );
-        all.pop().expect("length checked")
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        let Self {
-            token,
-            local: _,
-            received: _,
-            stop,
-            thread,
-        } = self;
-        stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = thread.take()
-            && thread.join().is_err()
-        {
-            eprintln!("capture-e2e: the thread of UDP responder {token:?} panicked");
-        }
+        self.0.take_one()
     }
 }
 

@@ -8,12 +8,12 @@
 use std::net::IpAddr;
 
 use super::model::{
-    Chain as NftChain, ChainType as NftChainType, Cmp, Dir, Match, Net, Ports, Position as NftPosition,
-    Rule as NftRule, Ruleset, Statement, Table as NftTable, Verdict as NftVerdict, chain_name,
+    Chain as NftChain, Cmp, Dir, Match, Net, Ports, Position as NftPosition, Rule as NftRule, Ruleset,
+    Statement, Table as NftTable, Verdict as NftVerdict, chain_name,
 };
 use crate::nfnetlink::{
-    BaseChain, Batch, Chain, ChainType, CmpOp, CtKey, CtState as NfCtState, Expr, Hook as NfHook, L4Proto,
-    MetaKey, NfProto, PayloadBase, Policy, PortField, Register, Rule, Set, Table, Verdict, ifname,
+    BaseChain, Batch, Chain, CmpOp, CtKey, CtState as NfCtState, Expr, Hook as NfHook, L4Proto, MetaKey,
+    NfProto, PayloadBase, Policy, PortField, Register, Rule, Set, Table, Verdict, ifname,
 };
 use crate::rules::{ChainName, CtState, Hook, OwnerMatch, Proto};
 use crate::types::{Accounts, Family, Owner};
@@ -108,11 +108,7 @@ fn chain(table: &Table, c: &NftChain) -> Chain {
         table: table.name.clone(),
         name: chain_name(c.name).to_owned(),
         base: c.base.map(|b| BaseChain {
-            kind: match b.kind {
-                NftChainType::Filter => ChainType::Filter,
-                NftChainType::Nat => ChainType::Nat,
-                NftChainType::Route => ChainType::Route,
-            },
+            kind: b.kind,
             hook: match b.hook {
                 Hook::Prerouting => NfHook::Prerouting,
                 Hook::Output => NfHook::Output,

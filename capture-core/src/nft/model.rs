@@ -12,6 +12,8 @@
 use std::net::IpAddr;
 
 use crate::TableName;
+/// nftables chain types: the netlink layer's, one definition for text and kernel.
+pub use crate::nfnetlink::ChainType;
 use crate::rules::{ChainName, CtState, Hook, OwnChain, OwnerMatch, Proto};
 use crate::types::{Cidr, Family, Iface, Mark, Nameserver, Port, PortRange};
 
@@ -119,28 +121,6 @@ pub struct BaseChain {
     pub hook: Hook,
     /// The priority at the hook (lower runs first): -300 raw, -150 mangle, -100 dstnat.
     pub priority: i32,
-}
-
-/// nftables chain types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChainType {
-    /// `filter`.
-    Filter,
-    /// `nat`: sees the first packet of each connection, may `redirect`.
-    Nat,
-    /// `route`: like filter, but re-routes output packets whose mark or address changed.
-    Route,
-}
-
-impl ChainType {
-    /// The type as `nft` spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Filter => "filter",
-            Self::Nat => "nat",
-            Self::Route => "route",
-        }
-    }
 }
 
 /// A rule added to a chain.

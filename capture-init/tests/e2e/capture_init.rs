@@ -179,6 +179,22 @@ pub(crate) fn run_clean(mut cmd: Command, path_first: Option<&Path>) -> Run {
 }
 
 /// A [`Run`] from a finished command's output.
+/// Starts `a` and `b` at the same moment and waits for both: how the lock tests race two runs.
+pub(crate) fn race(a: &CaptureInit, b: &CaptureInit) -> (Run, Run) {
+    let (mut a, mut b) = (a.command(), b.command());
+    std::thread::scope(|s| {
+        let ra = s.spawn(|| {
+            let out = a.output();
+            finished(&a, out)
+        });
+        let rb = s.spawn(|| {
+            let out = b.output();
+            finished(&b, out)
+        });
+        (ra.join().unwrap(), rb.join().unwrap())
+    })
+}
+
 pub(crate) fn finished(cmd: &Command, out: std::io::Result<std::process::Output>) -> Run {
     let out = out.unwrap_or_else(|e| panic!("cannot run {CAPTURE_INIT}: {e}"));
     Run {

@@ -5,7 +5,7 @@
 
 use capture_e2e::{Family, Flavor, Topology, iptables_save_normalized, require_root, run_ok};
 
-use crate::capture_init::{Backend, CaptureInit, Via, finished};
+use crate::capture_init::{Backend, CaptureInit, Via, race};
 use crate::support::{
     APP, assert_lands, assert_no_capture, has_ipv6_passthrough, iptables, nft_ruleset, outbound_proxy,
     peer_app,
@@ -234,18 +234,7 @@ fn concurrent_runs_never_undo_each_other() {
         } else {
             first.clone().set("-p", "15002")
         };
-        let (mut a, mut b) = (first.command(), second.command());
-        let (ra, rb) = std::thread::scope(|s| {
-            let ra = s.spawn(|| {
-                let out = a.output();
-                finished(&a, out)
-            });
-            let rb = s.spawn(|| {
-                let out = b.output();
-                finished(&b, out)
-            });
-            (ra.join().unwrap(), rb.join().unwrap())
-        });
+        let (ra, rb) = race(&first, &second);
         let winners: Vec<&CaptureInit> = [(&first, &ra), (&second, &rb)]
             .into_iter()
             .filter(|(_, r)| r.status.success())

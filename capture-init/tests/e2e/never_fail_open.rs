@@ -9,7 +9,7 @@ use capture_e2e::{
     Family, Flavor, NetNs, TempDir, Topology, iptables_save_normalized, require_root, run_ok, test_matrix,
 };
 
-use crate::capture_init::{CaptureInit, Run, finished};
+use crate::capture_init::{CaptureInit, Run, finished, race};
 use crate::support::{
     assert_no_istio, failing_ip6tables_restore, has_ipv6_passthrough, iptables, rules, saves,
 };
@@ -54,19 +54,7 @@ fn concurrent_runs_never_undo_each_other(flavor: Flavor) {
         } else {
             first.clone().set("-p", "15002")
         };
-        let mut a = first.command();
-        let mut b = second.command();
-        let (ra, rb) = thread::scope(|s| {
-            let ra = s.spawn(|| {
-                let out = a.output();
-                finished(&a, out)
-            });
-            let rb = s.spawn(|| {
-                let out = b.output();
-                finished(&b, out)
-            });
-            (ra.join().unwrap(), rb.join().unwrap())
-        });
+        let (ra, rb) = race(&first, &second);
         let winners: Vec<(&CaptureInit, &Run)> = [(&first, &ra), (&second, &rb)]
             .into_iter()
             .filter(|(_, r)| r.status.success())
