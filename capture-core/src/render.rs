@@ -1,4 +1,8 @@
 //! Rendering rules as `iptables-restore` input, spelled exactly as istio-iptables spells it.
+//!
+//! Longer than 700 lines on purpose: two spellings of every match and target live side by side
+//! (Istio's restore payload, and `iptables-save`'s canonical form that drift checks compare
+//! with), so that a change to one is seen next to the other; about half the file is their tests.
 
 use std::fmt::{self, Display, Formatter, Write as _};
 use std::net::IpAddr;
