@@ -46,8 +46,10 @@ fn legacy_exec(run_dir: &Path, id: NsId) -> SystemExec {
 /// place that knows which backend the configuration names. Only legacy iptables takes the
 /// xtables lock, so only it gets a lock file; detection only reads rules.
 fn pod_backend(conf: &NetConf, id: NsId) -> Result<Box<dyn Backend>, Error> {
-    if conf.backend() == conf::Backend::Nftables {
-        return Ok(Box::new(Nftables));
+    match conf.backend() {
+        conf::Backend::Nftables => return Ok(Box::new(Nftables)),
+        conf::Backend::Ebpf => return ebpf_backend(conf),
+        conf::Backend::Iptables => {}
     }
     let flavor = match conf.capture.iptables_flavor {
         FlavorChoice::Force(flavor) => flavor,
@@ -60,6 +62,32 @@ fn pod_backend(conf: &NetConf, id: NsId) -> Result<Box<dyn Backend>, Error> {
         Flavor::Nft => SystemExec::default(),
     };
     Ok(Box::new(Iptables::new(exec, flavor)))
+}
+
+/// How the eBPF backend in a build without it says so.
+#[cfg(not(feature = "ebpf"))]
+const NO_EBPF: &str = "this capture-cni was built without the eBPF backend; build it with `cargo build -p capture-cni --features ebpf`";
+
+/// The node's eBPF programs under `capture.bpffs`, acting on `capture.cgroup`; capture-cni never
+/// loads them (the node agent, or `capture-init ebpf load`, does).
+#[cfg(feature = "ebpf")]
+fn ebpf(conf: &NetConf) -> capture_ebpf::Ebpf {
+    capture_ebpf::Ebpf {
+        pins: capture_ebpf::PinDir::new(&conf.capture.bpffs),
+        cgroup: conf.capture.cgroup.clone(),
+        unload_command: "capture-init ebpf unload",
+        load_if_absent: false,
+    }
+}
+
+#[cfg(feature = "ebpf")]
+fn ebpf_backend(conf: &NetConf) -> Result<Box<dyn Backend>, Error> {
+    Ok(Box::new(ebpf(conf)))
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn ebpf_backend(_: &NetConf) -> Result<Box<dyn Backend>, Error> {
+    Err(Error::Apply(NO_EBPF.into()))
 }
 
 /// The backend the configuration asks for, in the calling thread's namespace.
@@ -177,6 +205,9 @@ pub fn check(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Err
 /// # Errors
 /// [`Error::Unavailable`] when no usable iptables is found, or nf_tables cannot be listed.
 pub fn status(conf: &NetConf) -> Result<String, Error> {
+    if conf.backend() == conf::Backend::Ebpf {
+        return ebpf_status(conf);
+    }
     let flavor = conf.capture.iptables_flavor;
     let native = conf.backend() == conf::Backend::Nftables;
     crate::netns::run_in_scratch_netns(move || {
@@ -191,6 +222,19 @@ pub fn status(conf: &NetConf) -> Result<String, Error> {
             .map_err(|e| Error::Unavailable(e.into()))?;
         Ok(format!("iptables {}", backend.flavor().as_str()))
     })
+}
+
+/// STATUS on eBPF: ready when the node's programs are loaded and act on the configured cgroup.
+#[cfg(feature = "ebpf")]
+fn ebpf_status(conf: &NetConf) -> Result<String, Error> {
+    let backend = ebpf(conf);
+    backend.ready().map_err(|e| Error::Unavailable(e.into()))?;
+    Ok(format!("eBPF (programs under {})", backend.pins.path().display()))
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn ebpf_status(_: &NetConf) -> Result<String, Error> {
+    Err(Error::Unavailable(NO_EBPF.into()))
 }
 
 /// `GC`: removes lock files no `iptables` holds. They are the only node-side state; the rules

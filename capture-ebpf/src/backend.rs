@@ -41,6 +41,17 @@ pub enum Failure {
         /// The command that unloads the programs.
         unload: &'static str,
     },
+    /// The node's programs are not loaded, and this front end does not load them (capture-cni:
+    /// the node agent, or `capture-init ebpf load`, does).
+    #[error(
+        "eBPF programs are not loaded under {} (the node agent loads them, or run capture-init ebpf load --bpffs {}); nothing was enrolled",
+        pin_dir.display(),
+        bpffs_of(pin_dir).display()
+    )]
+    NotLoaded {
+        /// The pin directory.
+        pin_dir: PathBuf,
+    },
     /// A loaded program's link is attached to no cgroup, so nothing is captured.
     #[error(
         "eBPF program {program} under {} is attached to no cgroup (its link was detached, or its cgroup removed), so nothing is captured; unload the programs ({unload} --bpffs {}) and load them again",
@@ -109,6 +120,9 @@ pub struct Ebpf {
     /// The front end's command that unloads the programs, for messages
     /// (`capture-init ebpf unload`).
     pub unload_command: &'static str,
+    /// Whether `install` mounts bpffs and loads the programs when none are pinned
+    /// (capture-init), or requires them loaded (capture-cni, where the node agent owns them).
+    pub load_if_absent: bool,
 }
 
 impl Ebpf {
@@ -156,6 +170,11 @@ impl Ebpf {
     }
 
     fn enroll(&self, plan: &MapPlan) -> Result<Outcome, Failure> {
+        if !self.load_if_absent && !self.pins.is_loaded() {
+            return Err(Failure::NotLoaded {
+                pin_dir: self.pins.path().to_owned(),
+            });
+        }
         self.pins.mount()?;
         let (mut node, loaded) = self.open_or_load()?;
         let pod = PodNetns::set_up(plan)?;
@@ -211,6 +230,22 @@ impl Ebpf {
             steps: vec![step],
             warnings: Vec::new(),
         })
+    }
+
+    /// Whether the node's programs are loaded and act on the target cgroup: what a front end
+    /// that does not load them (capture-cni's STATUS) reports as ready.
+    ///
+    /// # Errors
+    /// [`Failure::NotLoaded`], or why the pinned programs cannot be used.
+    pub fn ready(&self) -> Result<(), Failure> {
+        if !self.pins.is_loaded() {
+            return Err(Failure::NotLoaded {
+                pin_dir: self.pins.path().to_owned(),
+            });
+        }
+        let target = Target::new(self.cgroup.as_deref())?;
+        Node::open_for(&target.path, &self.pins)?;
+        Ok(())
     }
 
     fn differences(&self, plan: &MapPlan) -> Result<Vec<String>, Failure> {

@@ -30,6 +30,7 @@ fn ebpf(bpffs: Option<&Path>, cgroup: Option<&Path>) -> Ebpf {
         pins: PinDir::new(bpffs.unwrap_or(Path::new(DEFAULT_BPFFS))),
         cgroup: cgroup.map(Path::to_owned),
         unload_command: UNLOAD,
+        load_if_absent: true,
     }
 }
 
