@@ -89,6 +89,17 @@ pub enum Error {
         #[source]
         source: MapError,
     },
+    /// A map has no room for the pod's entries; the pod keeps its previous configuration.
+    #[error(
+        "map {map} is full: enrolled pods hold its entries; `capture-init ebpf gc` reclaims those of pods whose network namespace is gone, and `capture-init ebpf pods` lists the rest"
+    )]
+    MapFull {
+        /// The map's name.
+        map: &'static str,
+        /// The kernel's error (`ENOSPC`, or `E2BIG` for a hash map).
+        #[source]
+        source: MapError,
+    },
     /// Pinning a link or map failed.
     #[error("pinning {path} failed")]
     Pin {

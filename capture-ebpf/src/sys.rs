@@ -34,6 +34,8 @@ pub(crate) struct LinkInfo {
     pub prog_id: u32,
     /// `bpf_link_info.cgroup.cgroup_id` (meaningful for cgroup links only).
     cgroup_id: u64,
+    /// `bpf_link_info.netns.netns_ino` (meaningful for netns links only).
+    netns_ino: u32,
 }
 
 impl LinkInfo {
@@ -42,6 +44,14 @@ impl LinkInfo {
     pub fn cgroup(&self) -> Option<CgroupId> {
         (self.link_type == bpf_link_type::BPF_LINK_TYPE_CGROUP as u32 && self.cgroup_id != 0)
             .then_some(CgroupId(self.cgroup_id))
+    }
+
+    /// The inode of the network namespace a netns link (`sk_lookup`) is attached to; `None`
+    /// when it is not a netns link, or its namespace is gone (the kernel detaches the link
+    /// then and reports inode 0).
+    pub fn netns(&self) -> Option<u32> {
+        (self.link_type == bpf_link_type::BPF_LINK_TYPE_NETNS as u32 && self.netns_ino != 0)
+            .then_some(self.netns_ino)
     }
 }
 
@@ -120,6 +130,8 @@ pub(crate) fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         // SAFETY: every member of the union is plain integers; for a link that is not a
         // cgroup link the value is meaningless and `LinkInfo::cgroup` ignores it.
         cgroup_id: unsafe { info.__bindgen_anon_1.cgroup.cgroup_id },
+        // SAFETY: as above; meaningful for netns links only (`LinkInfo::netns`).
+        netns_ino: unsafe { info.__bindgen_anon_1.netns.netns_ino },
     })
 }
 

@@ -601,6 +601,19 @@ pub enum NodeCommand {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
+    /// Unenroll the pods whose network namespace is gone (deleted without --cleanup-only or
+    /// CNI DEL), freeing their map entries; the node agent does this by itself.
+    Gc {
+        /// The bpf filesystem the programs are pinned in.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+    /// Print the programs' counters (connections captured, passed, refused; map use).
+    Stats {
+        /// The bpf filesystem the programs are pinned in.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
     /// List the enrolled pods (by network namespace cookie) with the map entries of each.
     Pods {
         /// The bpf filesystem the programs are pinned in.

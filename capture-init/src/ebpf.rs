@@ -40,6 +40,8 @@ pub fn node(args: NodeArgs) -> ExitCode {
         NodeCommand::Load { cgroup, bpffs } => load(cgroup.as_deref(), &bpffs),
         NodeCommand::Unload { bpffs } => unload(&bpffs),
         NodeCommand::Pods { bpffs } => pods(&bpffs),
+        NodeCommand::Gc { bpffs } => gc(&bpffs),
+        NodeCommand::Stats { bpffs } => stats(&bpffs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,6 +83,47 @@ fn unload(bpffs: &Path) -> Result<(), Failure> {
     if pods > 0 {
         eprintln!("capture-init: warning: {pods} enrolled pod(s) are no longer captured");
     }
+    Ok(())
+}
+
+fn gc(bpffs: &Path) -> Result<(), Failure> {
+    let pins = PinDir::new(bpffs);
+    if !pins.is_loaded() {
+        eprintln!(
+            "capture-init: eBPF programs not loaded (nothing under {}), nothing to reclaim",
+            pins.path().display()
+        );
+        return Ok(());
+    }
+    let _lock = pins.lock()?;
+    let mut node = Node::open(&pins)?;
+    let reclaimed = node.gc()?;
+    if reclaimed.is_empty() {
+        eprintln!("capture-init: every enrolled pod's network namespace exists, nothing to reclaim");
+    } else {
+        let cookies: Vec<String> = reclaimed.iter().map(|c| c.0.to_string()).collect();
+        eprintln!(
+            "capture-init: reclaimed {} pod(s) whose network namespace is gone (netns cookies {})",
+            reclaimed.len(),
+            cookies.join(", ")
+        );
+    }
+    for cookie in node.unverifiable()? {
+        eprintln!(
+            "capture-init: warning: pod with netns cookie {} has no sk_lookup link pinned, so whether its namespace exists cannot be told; left enrolled",
+            cookie.0
+        );
+    }
+    Ok(())
+}
+
+fn stats(bpffs: &Path) -> Result<(), Failure> {
+    let node = Node::open(&PinDir::new(bpffs))?;
+    let stats = node.stats()?;
+    let (connections, pairs) = node.connection_entries()?;
+    println!("{stats}");
+    println!("pods enrolled: {}", node.pods()?.len());
+    println!("connections tracked: {connections} by cookie, {pairs} by address pair");
     Ok(())
 }
 

@@ -173,11 +173,7 @@ impl Node {
         let switched = written.and_then(|()| {
             self.pod_config
                 .insert(cookie, entries.config, 0)
-                .map_err(|source| Error::Map {
-                    map: POD_CONFIG,
-                    op: "insert",
-                    source,
-                })
+                .map_err(map_error(POD_CONFIG, "insert"))
         });
         if let Err(e) = switched {
             let _ = self.remove_entries(cookie, |g| g == generation);
@@ -314,33 +310,105 @@ impl Node {
     /// [`Error::Map`] when a map cannot be read or written; [`Error::Syscall`] or [`Error::Io`]
     /// when the link cannot be detached or its pin removed.
     pub fn unenroll(&mut self, cookie: NetnsCookie) -> Result<bool, Error> {
-        let enrolled = match self.pod_config.remove(&cookie.0) {
-            Ok(()) => true,
-            Err(e) if is_missing(&e) => false,
-            Err(source) => {
-                return Err(Error::Map {
-                    map: POD_CONFIG,
+        Ok(self.unenroll_all(&[cookie])?.first().copied().unwrap_or(false))
+    }
+
+    /// [`Node::unenroll`] of several pods, their entries removed in one pass over each map
+    /// (a pass over a full LPM trie costs as much for one pod as for many). Says per pod
+    /// whether it was enrolled.
+    fn unenroll_all(&mut self, cookies: &[NetnsCookie]) -> Result<Vec<bool>, Error> {
+        let mut enrolled = Vec::with_capacity(cookies.len());
+        for &cookie in cookies {
+            enrolled.push(match self.pod_config.remove(&cookie.0) {
+                Ok(()) => true,
+                Err(e) if is_missing(&e) => false,
+                Err(source) => {
+                    return Err(Error::Map {
+                        map: POD_CONFIG,
+                        op: "remove",
+                        source,
+                    });
+                }
+            });
+            // The program passes everything from here on; then it goes.
+            detach_pinned(&self.pins.inbound_link(cookie))?;
+        }
+        let netns: std::collections::BTreeSet<u64> = cookies.iter().map(|c| c.0).collect();
+        self.remove_entries_where(|n, _| netns.contains(&n))?;
+        for &cookie in cookies {
+            for family in [AF_INET, AF_INET6] {
+                let key = ListenerKey {
+                    netns: cookie.0,
+                    family,
+                    _pad: [0; 6],
+                };
+                ignore_missing(self.inbound_listeners.remove(&key)).map_err(|source| Error::Map {
+                    map: INBOUND_LISTENERS,
                     op: "remove",
+                    source,
+                })?;
+            }
+        }
+        Ok(enrolled)
+    }
+
+    /// Unenrolls every pod whose network namespace is gone (deleted without `--cleanup-only`
+    /// or CNI DEL): the kernel detaches a pod's `sk_lookup` link when its namespace goes, so a
+    /// pinned link attached to no namespace marks the pod's entries as garbage. Returns the
+    /// reclaimed pods. A pod whose link pin is missing is left alone (its namespace cannot be
+    /// told), and reported by [`Node::unverifiable`].
+    ///
+    /// # Errors
+    /// When the maps or a link cannot be read or the entries removed.
+    pub fn gc(&mut self) -> Result<Vec<NetnsCookie>, Error> {
+        let mut gone = Vec::new();
+        for (cookie, _) in self.pods()? {
+            if self.netns_of(cookie)? == Some(None) {
+                gone.push(cookie);
+            }
+        }
+        if !gone.is_empty() {
+            self.unenroll_all(&gone)?;
+        }
+        Ok(gone)
+    }
+
+    /// Enrolled pods whose `sk_lookup` link pin is missing, so [`Node::gc`] cannot tell whether
+    /// their namespace exists.
+    ///
+    /// # Errors
+    /// When the maps cannot be read.
+    pub fn unverifiable(&self) -> Result<Vec<NetnsCookie>, Error> {
+        let mut found = Vec::new();
+        for (cookie, _) in self.pods()? {
+            if self.netns_of(cookie)?.is_none() {
+                found.push(cookie);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The inode of the network namespace a pod's `sk_lookup` link is attached to: `None` when
+    /// the link pin is missing, `Some(None)` when the link is attached to no namespace (gone).
+    fn netns_of(&self, cookie: NetnsCookie) -> Result<Option<Option<u32>>, Error> {
+        let path = self.pins.inbound_link(cookie);
+        let link = match crate::sys::obj_get(&path) {
+            Ok(link) => link,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "open pinned link",
+                    path,
                     source,
                 });
             }
         };
-        // The program passes everything from here on; then it goes.
-        detach_pinned(&self.pins.inbound_link(cookie))?;
-        self.remove_entries(cookie.0, |_| true)?;
-        for family in [AF_INET, AF_INET6] {
-            let key = ListenerKey {
-                netns: cookie.0,
-                family,
-                _pad: [0; 6],
-            };
-            ignore_missing(self.inbound_listeners.remove(&key)).map_err(|source| Error::Map {
-                map: INBOUND_LISTENERS,
-                op: "remove",
-                source,
-            })?;
-        }
-        Ok(enrolled)
+        let info = crate::sys::link_info(link.as_fd()).map_err(|source| Error::Io {
+            op: "read link info of",
+            path,
+            source,
+        })?;
+        Ok(Some(info.netns()))
     }
 
     fn write_entries(&mut self, entries: &MapEntries) -> Result<(), Error> {
@@ -366,21 +434,27 @@ impl Node {
 
     /// Removes the pod's owner, port and CIDR entries whose generation matches.
     fn remove_entries(&mut self, netns: u64, generation: impl Fn(u32) -> bool) -> Result<(), Error> {
+        self.remove_entries_where(|n, g| n == netns && generation(g))
+    }
+
+    /// Removes the owner, port and CIDR entries whose (netns cookie, generation) `doomed`
+    /// picks: one pass over each map.
+    fn remove_entries_where(&mut self, doomed: impl Fn(u64, u32) -> bool) -> Result<(), Error> {
         let remove_err = |map| map_error(map, "remove");
         for key in keys_of(self.owners.keys(), OWNERS)? {
-            if key.netns == netns && generation(key.generation) {
+            if doomed(key.netns, key.generation) {
                 ignore_missing(self.owners.remove(&key)).map_err(remove_err(OWNERS))?;
             }
         }
         for key in keys_of(self.ports.keys(), PORTS)? {
             let data = key.data();
-            if data.netns == netns && generation(data.generation) {
+            if doomed(data.netns, data.generation) {
                 ignore_missing(self.ports.remove(&key)).map_err(remove_err(PORTS))?;
             }
         }
         for key in keys_of(self.cidrs.keys(), CIDRS)? {
             let data = key.data();
-            if data.netns == netns && generation(data.generation) {
+            if doomed(data.netns, data.generation) {
                 ignore_missing(self.cidrs.remove(&key)).map_err(remove_err(CIDRS))?;
             }
         }

@@ -449,5 +449,15 @@ fn keys_of<K>(keys: impl Iterator<Item = Result<K, MapError>>, map: &'static str
 
 /// An [`Error::Map`] for `op` on `map`, for `map_err`.
 fn map_error(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> Error {
-    move |source| Error::Map { map, op, source }
+    move |source| {
+        let full = matches!(
+            &source,
+            MapError::SyscallError(e) if matches!(e.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG))
+        );
+        if full && op == "insert" {
+            Error::MapFull { map, source }
+        } else {
+            Error::Map { map, op, source }
+        }
+    }
 }

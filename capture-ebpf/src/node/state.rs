@@ -32,6 +32,30 @@ pub struct Stats {
     pub inbound_refused: u64,
 }
 
+impl std::fmt::Display for Stats {
+    /// One counter a line, `name value`, as `capture-init ebpf stats` prints them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            outbound,
+            hairpin,
+            passed,
+            orig_dst,
+            peername,
+            state_full,
+            inbound,
+            inbound_refused,
+        } = self;
+        writeln!(f, "outbound_redirected {outbound}")?;
+        writeln!(f, "hairpin_redirected {hairpin}")?;
+        writeln!(f, "passed {passed}")?;
+        writeln!(f, "original_dst_answers {orig_dst}")?;
+        writeln!(f, "getpeername_answers {peername}")?;
+        writeln!(f, "passed_state_map_full {state_full}")?;
+        writeln!(f, "inbound_redirected {inbound}")?;
+        write!(f, "inbound_refused_no_listener {inbound_refused}")
+    }
+}
+
 // A slot the programs count must have its field in `Stats`.
 const _: () = assert!(
     STAT_COUNT as usize * size_of::<u64>() == size_of::<Stats>(),
