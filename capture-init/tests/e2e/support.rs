@@ -14,8 +14,9 @@ use capture_e2e::{
     connect_as, iptables_save_normalized,
 };
 
+use crate::capture_init::Backend;
 #[cfg(feature = "ebpf")]
-use crate::capture_init::{Backend, Run, ebpf_node};
+use crate::capture_init::{Run, ebpf_node};
 
 /// Who connects: uid and gid.
 pub(crate) type Identity = (u32, u32);
