@@ -164,7 +164,11 @@ fn every_golden_compiles_to_what_nft_makes_of_it() {
         };
         for (ours, listed) in compiled.iter().zip(&theirs) {
             let table = &ours.table.name;
-            assert_eq!(listed.tables, std::slice::from_ref(&ours.table), "{name}: table {table}");
+            assert_eq!(
+                listed.tables,
+                std::slice::from_ref(&ours.table),
+                "{name}: table {table}"
+            );
             assert_eq!(listed.chains, ours.chains, "{name}: chains of {table}");
             for (i, (l, o)) in listed.rules.iter().zip(&ours.rules).enumerate() {
                 assert_eq!(l, o, "{name}: rule {i} of {table} (chain {})", o.chain);

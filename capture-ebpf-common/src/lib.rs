@@ -54,6 +54,15 @@ pub const MAP_NAMES: [&str; 8] = [
     INBOUND_LISTENERS,
 ];
 
+/// The pin of the one-entry array userspace writes [`LAYOUT_VERSION`] into when it loads the
+/// programs (the programs never read it).
+pub const LAYOUT: &str = "LAYOUT";
+
+/// The version of the maps' keys and values and of their meaning. Bump it with any change to
+/// them: pins of another version are refused, never read with the wrong meaning (the kernel
+/// only checks key and value sizes).
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// How many pods (network namespaces) can be enrolled at once.
 pub const MAX_PODS: u32 = 4096;
 /// Capacity of [`OWNERS`]: owner entries of all pods, both generations during an update.

@@ -89,6 +89,21 @@ pub enum Error {
         #[source]
         source: MapError,
     },
+    /// The pins were made by a capture whose maps mean something else.
+    #[error(
+        "eBPF pins under {} have {}, and this capture has map layout v{expected}: their maps would be read with the wrong meaning; unload them first (capture-init ebpf unload --bpffs {}), which stops capture on this node until the programs are loaded again",
+        pin_dir.display(),
+        found.map_or_else(|| "no layout version (they come from an older capture)".to_owned(), |v| format!("map layout v{v}")),
+        pin_dir.parent().unwrap_or(pin_dir).display()
+    )]
+    Layout {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// The version the pins carry, if any.
+        found: Option<u32>,
+        /// This capture's version.
+        expected: u32,
+    },
     /// A map has no room for the pod's entries; the pod keeps its previous configuration.
     #[error(
         "map {map} is full: enrolled pods hold its entries; `capture-init ebpf gc` reclaims those of pods whose network namespace is gone, and `capture-init ebpf pods` lists the rest"

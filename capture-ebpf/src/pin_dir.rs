@@ -18,7 +18,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use capture_ebpf_common::MAP_NAMES;
+use capture_ebpf_common::{LAYOUT, MAP_NAMES};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::node::PROGRAMS;
@@ -193,7 +193,7 @@ pub fn unload(pins: &PinDir) -> Result<(), Error> {
             });
         }
     }
-    for name in MAP_NAMES {
+    for name in MAP_NAMES.into_iter().chain([LAYOUT]) {
         remove_pin(&pins.map(name))?;
     }
     for dir in [pins.links(), pins.maps(), pins.path().to_owned()] {

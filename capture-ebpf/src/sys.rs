@@ -16,7 +16,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -162,6 +162,42 @@ pub(crate) fn effective_programs(cgroup: BorrowedFd<'_>, attach_type: AttachType
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A new one-entry `BPF_MAP_TYPE_ARRAY` of one `u32` holding `value` (the layout version a
+/// node's pins carry).
+pub(crate) fn version_map_create(value: u32) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_1.map_type = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+    attr.__bindgen_anon_1.key_size = 4;
+    attr.__bindgen_anon_1.value_size = 4;
+    attr.__bindgen_anon_1.max_entries = 1;
+    let mut name = [0 as libc::c_char; 16];
+    for (slot, byte) in name.iter_mut().zip(b"capture_layout") {
+        *slot = *byte as libc::c_char;
+    }
+    attr.__bindgen_anon_1.map_name = name;
+    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a new file descriptor that nothing else owns.
+    let map = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (key, value) = (0u32, value);
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = fd_u32(map.as_fd());
+    attr.__bindgen_anon_2.key = (&raw const key) as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = (&raw const value) as u64;
+    bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr)?;
+    Ok(map)
+}
+
+/// The `u32` in entry 0 of a map made by [`version_map_create`].
+pub(crate) fn version_map_read(map: BorrowedFd<'_>) -> io::Result<u32> {
+    let (key, mut value) = (0u32, 0u32);
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = fd_u32(map);
+    attr.__bindgen_anon_2.key = (&raw const key) as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = (&raw mut value) as u64;
+    bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    Ok(value)
 }
 
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_int> {

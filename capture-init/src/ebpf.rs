@@ -73,9 +73,19 @@ fn unload(bpffs: &Path) -> Result<(), Failure> {
         return Ok(());
     }
     let _lock = pins.lock()?;
-    let node = Node::open(&pins)?;
-    let pods = node.pods()?.len();
-    node.unload()?;
+    // Pins of another map layout cannot be read, but can be unloaded: that is the way out.
+    let pods = match Node::open(&pins) {
+        Ok(node) => {
+            let pods = node.pods()?.len();
+            node.unload()?;
+            pods
+        }
+        Err(capture_ebpf::Error::Layout { .. }) => {
+            capture_ebpf::unload(&pins)?;
+            0
+        }
+        Err(e) => return Err(e.into()),
+    };
     eprintln!(
         "capture-init: eBPF programs detached and unpinned from {}",
         pins.path().display()

@@ -38,8 +38,8 @@ use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, SockHash};
 use aya::programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps};
 pub use capture_core::Change;
 use capture_ebpf_common::{
-    CIDRS, CidrKey, INBOUND_LISTENERS, ListenerKey, MAP_NAMES, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OrigDst,
-    OwnerKey, POD_CONFIG, PORTS, PairKey, PodConfig, PortKey, STATS, programs,
+    CIDRS, CidrKey, INBOUND_LISTENERS, LAYOUT, LAYOUT_VERSION, ListenerKey, MAP_NAMES, ORIG_BY_COOKIE,
+    ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, PORTS, PairKey, PodConfig, PortKey, STATS, programs,
 };
 pub use enroll::Enrollment;
 pub use state::Stats;
@@ -47,7 +47,10 @@ pub use state::Stats;
 use crate::bpffs::is_bpffs;
 use crate::cgroup::is_cgroup2;
 use crate::pin_dir::{NodeLock, PinDir, Pins};
-use crate::sys::{AttachType, LinkInfo, effective_programs, link_create, link_info, obj_get, obj_pin};
+use crate::sys::{
+    AttachType, LinkInfo, effective_programs, link_create, link_info, obj_get, obj_pin, version_map_create,
+    version_map_read,
+};
 use crate::{AttachedCgroup, Attachment, CgroupId, Error, OBJECT, probe};
 
 /// How a cgroup program is attached.
@@ -194,6 +197,17 @@ impl Node {
         load_sk_lookup(&mut ebpf)?;
 
         let mut made = Pins::new(pins)?;
+        let layout = pins.map(LAYOUT);
+        let version = version_map_create(LAYOUT_VERSION).map_err(|source| Error::Syscall {
+            call: "bpf(BPF_MAP_CREATE)",
+            source,
+        })?;
+        obj_pin(version.as_fd(), &layout).map_err(|source| Error::Io {
+            op: "pin map",
+            path: layout.clone(),
+            source,
+        })?;
+        made.push(layout);
         for name in MAP_NAMES {
             let path = pins.map(name);
             let map = ebpf.map(name).ok_or_else(|| Error::Map {
@@ -246,6 +260,7 @@ impl Node {
                 path: pins.path().to_owned(),
             });
         }
+        check_layout(pins)?;
         let open = |name: &'static str| -> Result<Map, Error> {
             let path = pins.map(name);
             let err = |source| Error::Map {
@@ -448,6 +463,35 @@ fn keys_of<K>(keys: impl Iterator<Item = Result<K, MapError>>, map: &'static str
 }
 
 /// An [`Error::Map`] for `op` on `map`, for `map_err`.
+/// [`Error::Layout`] unless the pins under `pins` carry this capture's [`LAYOUT_VERSION`].
+fn check_layout(pins: &PinDir) -> Result<(), Error> {
+    let path = pins.map(LAYOUT);
+    let found = match obj_get(&path) {
+        Ok(map) => Some(version_map_read(map.as_fd()).map_err(|source| Error::Io {
+            op: "read map",
+            path: path.clone(),
+            source,
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(Error::Io {
+                op: "open pinned map",
+                path,
+                source,
+            });
+        }
+    };
+    if found == Some(LAYOUT_VERSION) {
+        Ok(())
+    } else {
+        Err(Error::Layout {
+            pin_dir: pins.path().to_owned(),
+            found,
+            expected: LAYOUT_VERSION,
+        })
+    }
+}
+
 fn map_error(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> Error {
     move |source| {
         let full = matches!(

@@ -441,3 +441,37 @@ fn ebpf_full_map_names_gc_and_gc_makes_room() {
         init.run().ok().says("eBPF capture applied");
     });
 }
+
+/// Pins whose maps have another layout (another version, or none: an older capture) are never
+/// read with the wrong meaning: enrolling exits 1 naming both versions and the way out, and
+/// `ebpf unload` still removes them.
+#[test]
+fn ebpf_pins_of_another_map_layout_are_refused_not_reused() {
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let init = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4);
+        init.run().ok();
+        let world = ebpf::child_world().expect("inside ebpf_row");
+        let layout = world.pin_dir.join("maps/LAYOUT");
+        // What a capture with map layout v999 would have pinned.
+        run_ok(
+            Command::new("bpftool")
+                .args(["map", "update", "pinned"])
+                .arg(&layout)
+                .args(["key", "0", "0", "0", "0", "value", "0xe7", "0x03", "0", "0"]),
+        );
+        init.run()
+            .code(1)
+            .says("have map layout v999, and this capture has map layout v1")
+            .says("unload them first");
+        fs::remove_file(&layout).expect("remove the LAYOUT pin");
+        init.run()
+            .code(1)
+            .says("no layout version (they come from an older capture)");
+        node_command("unload").ok().says("detached and unpinned");
+        init.run()
+            .ok()
+            .says("eBPF programs loaded")
+            .says("eBPF capture applied");
+    });
+}
