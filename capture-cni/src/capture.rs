@@ -77,6 +77,7 @@ fn ebpf(conf: &NetConf) -> capture_ebpf::Ebpf {
         cgroup: conf.capture.cgroup.clone(),
         unload_command: "capture-init ebpf unload",
         load_if_absent: false,
+        mount_bpffs: false,
     }
 }
 

@@ -123,6 +123,9 @@ pub struct Ebpf {
     /// Whether `install` mounts bpffs and loads the programs when none are pinned
     /// (capture-init), or requires them loaded (capture-cni, where the node agent owns them).
     pub load_if_absent: bool,
+    /// Whether `install` mounts a bpf filesystem on the pins' parent when none is there; else
+    /// such a path is refused ([`Error::NotBpffs`]), so a typo never makes a second program set.
+    pub mount_bpffs: bool,
 }
 
 impl Ebpf {
@@ -175,7 +178,9 @@ impl Ebpf {
                 pin_dir: self.pins.path().to_owned(),
             });
         }
-        self.pins.mount()?;
+        if self.mount_bpffs {
+            self.pins.mount()?;
+        }
         let (mut node, loaded) = self.open_or_load()?;
         let pod = PodNetns::set_up(plan)?;
         let change = node.apply(&pod, plan)?;

@@ -125,7 +125,9 @@ pub enum Error {
         source: PinError,
     },
     /// The pin directory's parent is not on a bpf filesystem.
-    #[error("{path} is not on a bpf filesystem; mount one there (mount -t bpf bpf {path})")]
+    #[error(
+        "{path} is not on a bpf filesystem; mount one there (mount -t bpf bpf {path}, or capture-init's --mount-bpffs), or fix the path"
+    )]
     NotBpffs {
         /// The directory.
         path: PathBuf,

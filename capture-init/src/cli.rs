@@ -555,10 +555,14 @@ pub struct Args {
     /// Default: the cgroup v2 root (from /proc/self/mounts).
     #[arg(long, value_name = "PATH", help_heading = "Backend")]
     pub cgroup: Option<PathBuf>,
-    /// eBPF: the bpf filesystem the programs are pinned in (under capture/); mounted if it is not
-    /// one. Default: /sys/fs/bpf.
+    /// eBPF: the bpf filesystem the programs are pinned in (under capture/). Default:
+    /// /sys/fs/bpf.
     #[arg(long, value_name = "PATH", help_heading = "Backend")]
     pub bpffs: Option<PathBuf>,
+    /// eBPF: mount a bpf filesystem on --bpffs when none is there. Without it a path that is not
+    /// a bpffs is refused, so a typo never starts a second set of programs.
+    #[arg(long, help_heading = "Backend")]
+    pub mount_bpffs: bool,
 
     /// Accepted for compatibility with pilot-agent's logging flags; ignored.
     #[arg(long = "log_output_level", hide = true)]
@@ -591,9 +595,12 @@ pub enum NodeCommand {
         /// The cgroup v2 directory to attach to. Default: the cgroup v2 root.
         #[arg(long, value_name = "PATH")]
         cgroup: Option<PathBuf>,
-        /// The bpf filesystem to pin in (under capture/); mounted if it is not one.
+        /// The bpf filesystem to pin in (under capture/).
         #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
+        /// Mount a bpf filesystem on --bpffs when none is there (else such a path is refused).
+        #[arg(long)]
+        mount_bpffs: bool,
     },
     /// Detach and unpin the programs: no pod's connections are captured any more.
     Unload {
@@ -750,6 +757,7 @@ where
             for (given, flag) in [
                 (args.cgroup.is_some(), "--cgroup"),
                 (args.bpffs.is_some(), "--bpffs"),
+                (args.mount_bpffs, "--mount-bpffs"),
             ] {
                 if given {
                     return Err(CliError::EbpfOnly { flag });

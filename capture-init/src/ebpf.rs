@@ -22,22 +22,27 @@ fn fail(e: &Failure) -> ExitCode {
 
 /// The backend `--bpffs` and `--cgroup` describe.
 pub fn backend(args: &Args) -> Ebpf {
-    ebpf(args.bpffs.as_deref(), args.cgroup.as_deref())
+    ebpf(args.bpffs.as_deref(), args.cgroup.as_deref(), args.mount_bpffs)
 }
 
-fn ebpf(bpffs: Option<&Path>, cgroup: Option<&Path>) -> Ebpf {
+fn ebpf(bpffs: Option<&Path>, cgroup: Option<&Path>, mount_bpffs: bool) -> Ebpf {
     Ebpf {
         pins: PinDir::new(bpffs.unwrap_or(Path::new(DEFAULT_BPFFS))),
         cgroup: cgroup.map(Path::to_owned),
         unload_command: UNLOAD,
         load_if_absent: true,
+        mount_bpffs,
     }
 }
 
 /// `capture-init ebpf load|unload|pods`.
 pub fn node(args: NodeArgs) -> ExitCode {
     let result = match args.command {
-        NodeCommand::Load { cgroup, bpffs } => load(cgroup.as_deref(), &bpffs),
+        NodeCommand::Load {
+            cgroup,
+            bpffs,
+            mount_bpffs,
+        } => load(cgroup.as_deref(), &bpffs, mount_bpffs),
         NodeCommand::Unload { bpffs } => unload(&bpffs),
         NodeCommand::Pods { bpffs } => pods(&bpffs),
         NodeCommand::Gc { bpffs } => gc(&bpffs),
@@ -49,9 +54,11 @@ pub fn node(args: NodeArgs) -> ExitCode {
     }
 }
 
-fn load(cgroup: Option<&Path>, bpffs: &Path) -> Result<(), Failure> {
-    let backend = ebpf(Some(bpffs), cgroup);
-    backend.pins.mount()?;
+fn load(cgroup: Option<&Path>, bpffs: &Path, mount_bpffs: bool) -> Result<(), Failure> {
+    let backend = ebpf(Some(bpffs), cgroup, mount_bpffs);
+    if mount_bpffs {
+        backend.pins.mount()?;
+    }
     match backend.open_or_load()? {
         (_, Some(loaded)) => eprintln!("capture-init: {loaded}"),
         (node, None) => eprintln!(
@@ -139,7 +146,11 @@ fn stats(bpffs: &Path) -> Result<(), Failure> {
 
 fn pods(bpffs: &Path) -> Result<(), Failure> {
     let node = Node::open(&PinDir::new(bpffs))?;
-    for (cookie, _) in node.pods()? {
+    let pods = node.pods()?;
+    if pods.is_empty() {
+        eprintln!("capture-init: no pod is enrolled");
+    }
+    for (cookie, _) in pods {
         // A pod unenrolled since the listing is skipped.
         let Some(entries) = node.enrolled(cookie)? else {
             continue;

@@ -828,7 +828,10 @@ fn ebpf_usage_errors() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     if cfg!(feature = "ebpf") {
-        assert_eq!(stderr, "capture-init: ebpf needs a command: load, unload, gc, stats, pods\n");
+        assert_eq!(
+            stderr,
+            "capture-init: ebpf needs a command: load, unload, gc, stats, pods\n"
+        );
     }
 }
 

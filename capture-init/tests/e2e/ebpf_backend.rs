@@ -475,3 +475,36 @@ fn ebpf_pins_of_another_map_layout_are_refused_not_reused() {
             .says("eBPF capture applied");
     });
 }
+
+/// A `--bpffs` that is not a bpf filesystem (a typo) is refused, nothing mounted and nothing
+/// loaded, instead of silently starting a second set of programs there; `--mount-bpffs` mounts
+/// one when that is what is wanted.
+#[test]
+fn ebpf_bpffs_is_mounted_only_when_asked() {
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let dir = capture_e2e::TempDir::new("not-bpffs");
+        let path = dir.path().display().to_string();
+        let init = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4).set("--bpffs", &path);
+        init.run()
+            .code(1)
+            .says("is not on a bpf filesystem")
+            .says("--mount-bpffs");
+        assert!(
+            !capture_ebpf::is_bpffs(dir.path()).unwrap(),
+            "nothing was mounted"
+        );
+        assert!(
+            fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "nothing was pinned"
+        );
+
+        init.clone()
+            .switch("--mount-bpffs")
+            .run()
+            .ok()
+            .says("eBPF capture applied");
+        ebpf_node(&["unload", "--bpffs", &path]).ok();
+        nix::mount::umount(dir.path()).expect("unmount the bpffs --mount-bpffs made");
+    });
+}
