@@ -12,6 +12,7 @@ use capture_e2e::{
 use crate::capture_init::{Backend, CaptureInit, assert_concurrent_runs_serialise, finished};
 use crate::support::{
     assert_no_istio, failing_ip6tables_restore, has_ipv6_passthrough, iptables, rules, saves,
+    sidecar_captured,
 };
 
 test_matrix!(flavor:
@@ -182,9 +183,7 @@ fn failed_cleanup_puts_everything_back(flavor: Flavor) {
         return;
     }
     let topo = Topology::new();
-    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
-    init.run().ok();
-    let fresh = saves(&topo.pod, flavor);
+    let (init, fresh) = sidecar_captured(&topo, flavor);
     let fake = failing_ip6tables_restore(flavor);
     init.clone()
         .switch("--cleanup-only")

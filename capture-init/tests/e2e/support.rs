@@ -14,8 +14,9 @@ use capture_e2e::{
     connect_as, iptables_save_normalized, run_ok,
 };
 
+use crate::capture_init::{Backend, CaptureInit};
 #[cfg(feature = "ebpf")]
-use crate::capture_init::{Backend, Run, ebpf_node};
+use crate::capture_init::{Run, ebpf_node};
 
 /// Who connects: uid and gid.
 pub(crate) type Identity = (u32, u32);
@@ -57,6 +58,14 @@ pub(crate) fn failing_ip6tables_restore(flavor: Flavor) -> capture_e2e::TempDir 
 /// Both families' normalized saves.
 pub(crate) fn saves(pod: &NetNs, flavor: Flavor) -> [String; 2] {
     [Family::V4, Family::V6].map(|family| iptables_save_normalized(pod, flavor, family))
+}
+
+/// The sidecar capture applied in `topo`'s pod, both families in `flavor`, and the saves it left.
+pub(crate) fn sidecar_captured(topo: &Topology, flavor: Flavor) -> (CaptureInit<'_>, [String; 2]) {
+    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
+    init.run().ok();
+    let fresh = saves(&topo.pod, flavor);
+    (init, fresh)
 }
 
 /// `nft -s list ruleset` in `pod` (without counter values, which traffic moves).
