@@ -77,12 +77,15 @@ fn jump(chain: OwnChain) -> Target {
     Target::Jump(Own(chain))
 }
 
-fn uid(owner: &Owner) -> OwnerMatch {
-    OwnerMatch::Uid(owner.clone())
-}
-
 fn gid(owner: &Owner) -> OwnerMatch {
     OwnerMatch::Gid(owner.clone())
+}
+
+/// The proxy's uids, then its gids: the order of Istio's owner rules, in both planners.
+pub(crate) fn proxy_owners(spec: &CaptureSpec) -> Vec<OwnerMatch> {
+    let uids = spec.owner.uids.iter().cloned().map(OwnerMatch::Uid);
+    uids.chain(spec.owner.gids.iter().cloned().map(OwnerMatch::Gid))
+        .collect()
 }
 
 impl Planner<'_> {
@@ -295,17 +298,11 @@ impl Planner<'_> {
         let includes_loopback =
             matches!(&out.include, OutboundCidrs::Only(cidrs) if cidrs.iter().any(Cidr::is_loopback));
         let tunnel = spec.proxy.tunnel;
-        let owners = spec
-            .owner
-            .uids
-            .iter()
-            .map(|u| (uid(u), true))
-            .chain(spec.owner.gids.iter().map(|g| (gid(g), false)));
-        for (owner, is_uid) in owners.collect::<Vec<_>>() {
+        for owner in proxy_owners(spec) {
             // The proxy calling the app through a VIP that resolved to this pod goes back to the
             // inbound listener. With DNS capture the uid form also spares port 53 (Istio keeps
             // the gid form as it was).
-            let spare = if dns.is_some() && is_uid {
+            let spare = if dns.is_some() && matches!(owner, OwnerMatch::Uid(_)) {
                 Match::DstPorts(Neg::not(vec![DNS_PORT, tunnel]))
             } else {
                 Match::DstPort(Neg::not(PortRange::single(tunnel)))
@@ -431,13 +428,7 @@ impl Planner<'_> {
             }
         }
 
-        let owners = spec
-            .owner
-            .uids
-            .iter()
-            .map(uid)
-            .chain(spec.owner.gids.iter().map(gid));
-        for owner in owners.collect::<Vec<_>>() {
+        for owner in proxy_owners(spec) {
             let upstream = vec![udp(), dport(DNS_PORT), Match::Owner(Neg::is(owner.clone()))];
             self.append(Raw, Own(OutputDns), upstream, Target::CtZone(1));
             let reply = vec![
@@ -497,13 +488,7 @@ impl Planner<'_> {
             Target::Return,
         );
         let lo = self.loopback();
-        let owners = spec
-            .owner
-            .uids
-            .iter()
-            .map(uid)
-            .chain(spec.owner.gids.iter().map(gid));
-        for owner in owners.collect::<Vec<_>>() {
+        for owner in proxy_owners(spec) {
             let matches = vec![
                 Match::Dst(Neg::not(lo)),
                 tcp(),

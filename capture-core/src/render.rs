@@ -88,14 +88,8 @@ impl Display for MatchSpec<'_> {
             Match::DstPort(n) => write!(f, "{}--dport {}", n.bang(), n.value),
             Match::SrcPort(port) => write!(f, "--sport {port}"),
             Match::DstPorts(n) => {
-                let mut list = String::new();
-                for (i, port) in n.value.iter().enumerate() {
-                    if i > 0 {
-                        list.push(',');
-                    }
-                    write!(list, "{port}")?;
-                }
-                write!(f, "-m multiport {}--dports {list}", n.bang())
+                write!(f, "-m multiport {}--dports ", n.bang())?;
+                write_joined(f, ",", &n.value)
             }
             Match::Owner(n) => match &n.value {
                 OwnerMatch::Uid(uid) => write!(f, "-m owner {}--uid-owner {uid}", n.bang()),
@@ -105,20 +99,25 @@ impl Display for MatchSpec<'_> {
             Match::Connmark(mark) => write!(f, "-m connmark --mark {mark}"),
             Match::CtState(states) => {
                 f.write_str("-m conntrack --ctstate ")?;
-                for (i, state) in states.iter().enumerate() {
-                    if i > 0 {
-                        f.write_char(',')?;
-                    }
-                    f.write_str(match state {
-                        CtState::Invalid => "INVALID",
-                        CtState::Related => "RELATED",
-                        CtState::Established => "ESTABLISHED",
-                    })?;
-                }
-                Ok(())
+                write_joined(f, ",", states.iter().map(|s| s.name().to_ascii_uppercase()))
             }
         }
     }
+}
+
+/// Writes `items` with `sep` between them: the lists of both renderers (ports, conntrack states).
+pub(crate) fn write_joined<T: Display>(
+    f: &mut Formatter<'_>,
+    sep: &str,
+    items: impl IntoIterator<Item = T>,
+) -> fmt::Result {
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            f.write_str(sep)?;
+        }
+        write!(f, "{item}")?;
+    }
+    Ok(())
 }
 
 struct TargetSpec<'a>(&'a Target);

@@ -213,6 +213,18 @@ pub enum CtState {
     Established,
 }
 
+impl CtState {
+    /// The state's name as conntrack and nft write it (`established`); iptables writes it in
+    /// capitals.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Related => "related",
+            Self::Established => "established",
+        }
+    }
+}
+
 /// One rule condition. Rendered in the order a [`Rule`] lists them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Match {

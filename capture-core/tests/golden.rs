@@ -7,7 +7,7 @@
 mod cases;
 
 use capture_core::{Detected, IstioConfig, Restore, plan};
-use cases::{COMMON_CASES as IPTABLES_CASES, IstioAccounts, assert_same, testdata};
+use cases::{COMMON_CASES as IPTABLES_CASES, IstioAccounts, assert_same, golden_names, testdata};
 
 /// The payloads istio-iptables feeds to iptables-restore, IPv4 then IPv6 when on.
 fn payloads(cfg: &IstioConfig, detected: &Detected) -> String {
@@ -23,17 +23,7 @@ fn payloads(cfg: &IstioConfig, detected: &Detected) -> String {
 #[test]
 fn every_iptables_golden_matches_byte_for_byte() {
     let dir = testdata("iptables");
-    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| {
-            e.unwrap()
-                .file_name()
-                .to_string_lossy()
-                .trim_end_matches(".golden")
-                .to_owned()
-        })
-        .collect();
-    on_disk.sort();
+    let on_disk = golden_names(&dir);
     let mut covered: Vec<String> = IPTABLES_CASES
         .iter()
         .map(|(name, _)| (*name).to_owned())

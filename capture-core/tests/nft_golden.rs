@@ -13,7 +13,7 @@ use capture_core::{
     ApplyOptions, Backend, CaptureSpec, Detected, InterceptMode, IstioConfig, Mark, RouteTable,
     SystemAccounts,
 };
-use cases::{COMMON_CASES, Case, IstioAccounts, assert_same, testdata};
+use cases::{COMMON_CASES, Case, IstioAccounts, assert_same, golden_names, testdata};
 
 /// Cases only Istio's nftables table has.
 const NFT_ONLY_CASES: &[Case] = &[("inbound-ports-empty-tproxy", |c, _| {
@@ -91,17 +91,7 @@ goldens! {
 
 #[test]
 fn every_nft_golden_has_exactly_one_case() {
-    let dir = testdata("nftables/capture");
-    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| {
-            let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".golden")
-                .unwrap_or_else(|| panic!("{name}: not a .golden file"))
-                .to_owned()
-        })
-        .collect();
-    on_disk.sort();
+    let on_disk = golden_names(&testdata("nftables/capture"));
     let mut cases: Vec<String> = all_cases().map(|(name, _)| (*name).to_owned()).collect();
     cases.sort();
     assert_eq!(cases, on_disk, "every golden file has exactly one case");
@@ -248,13 +238,5 @@ fn a_refused_replacement_leaves_every_table_as_it_was() {
 
 /// Brings `lo` up in the calling thread's namespace (TPROXY's local route needs it).
 fn lo_up() {
-    let out = std::process::Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip link set lo up: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    scratch::run("ip", &["link", "set", "lo", "up"]);
 }

@@ -186,29 +186,28 @@ macro_rules! test_matrix {
         );
     )+};
     (netfilter, family: $($test:ident),+ $(,)?) => {$(
-        $crate::test_matrix!(@rows $test [use $crate::{Family, Flavor}; use super::Backend;]
-            legacy_v4: super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
-            legacy_v6: super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
-            nft_v4: super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
-            nft_v6: super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
-            native_v4: super::$test(Backend::Nftables, Family::V4);
-            native_v6: super::$test(Backend::Nftables, Family::V6);
-        );
+        $crate::test_matrix!(@netfilter_family_rows $test);
     )+};
     (backend, family: $($test:ident),+ $(,)?) => {$(
-        $crate::test_matrix!(@rows $test [use $crate::{Family, Flavor}; use super::Backend;]
-            legacy_v4: super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
-            legacy_v6: super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
-            nft_v4: super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
-            nft_v6: super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
-            native_v4: super::$test(Backend::Nftables, Family::V4);
-            native_v6: super::$test(Backend::Nftables, Family::V6);
+        $crate::test_matrix!(@netfilter_family_rows $test
             #[cfg(feature = "ebpf")]
             ebpf_v4: super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V4));
             #[cfg(feature = "ebpf")]
             ebpf_v6: super::ebpf_row(|| super::$test(Backend::Ebpf, Family::V6));
         );
     )+};
+    // The rows of every netfilter backend in both families, then `$more` rows.
+    (@netfilter_family_rows $test:ident $($more:tt)*) => {
+        $crate::test_matrix!(@rows $test [use $crate::{Family, Flavor}; use super::Backend;]
+            legacy_v4: super::$test(Backend::Iptables(Flavor::Legacy), Family::V4);
+            legacy_v6: super::$test(Backend::Iptables(Flavor::Legacy), Family::V6);
+            nft_v4: super::$test(Backend::Iptables(Flavor::Nft), Family::V4);
+            nft_v6: super::$test(Backend::Iptables(Flavor::Nft), Family::V6);
+            native_v4: super::$test(Backend::Nftables, Family::V4);
+            native_v6: super::$test(Backend::Nftables, Family::V6);
+            $($more)*
+        );
+    };
     // The module `$test`: its imports, then one test per row, named by the row and calling it.
     (@rows $test:ident [$($import:item)*] $($(#[$attr:meta])* $row:ident: $call:expr;)+) => {
         mod $test {

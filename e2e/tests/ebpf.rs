@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use capture_core::{CaptureSpec, Cidr, PortRange};
 use capture_ebpf::{MapPlan, NetnsCookie, Node, PinDir, PodNetns};
 use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket, sockopt,
+    AddressFamily, SetSockOpt, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
+    sockopt,
 };
 
 use capture_e2e::ebpf::{EbpfWorld, chain, in_cgroup_child};
@@ -100,6 +101,48 @@ pub(super) fn enroll(node: &mut Node, ns: &NetNs, spec: &CaptureSpec) -> NetnsCo
     pod.cookie
 }
 
+/// The outbound listener the programs redirect to: `ip`:15001, bound as root (the programs
+/// redirect to the port, whoever listens there).
+pub(super) fn outbound_listener(ns: &NetNs, ip: impl Into<IpAddr>, token: &str) -> Listener {
+    Listener::spawn(ns, SocketAddr::new(ip.into(), OUTBOUND_PORT), token)
+}
+
+/// A new pod enrolled with the sidecar spec (IPv6 capture on with `ipv6`), and its proxy's
+/// [`outbound_listener`] on `ip`.
+fn enrolled_with_proxy(
+    node: &mut Node,
+    ipv6: bool,
+    ip: impl Into<IpAddr>,
+    token: &str,
+) -> (Topology, Listener) {
+    let topo = Topology::new();
+    enroll(node, &topo.pod, &sidecar(ipv6));
+    let proxy = outbound_listener(&topo.pod, ip, token);
+    (topo, proxy)
+}
+
+/// Two topologies with identical addresses, each in namespaces of its own.
+pub(super) fn identical_topologies() -> [Topology; 2] {
+    let a = Topology::new();
+    let b = Topology::with_index(a.index());
+    assert_eq!(a.pod_ip(Family::V4), b.pod_ip(Family::V4));
+    [a, b]
+}
+
+/// An IPv4 TCP socket with the boolean option `option` on, bound to `addr`: for sockets that
+/// share an address (`SO_REUSEADDR` clients, `SO_REUSEPORT` listeners).
+pub(super) fn bound_tcp4(addr: SocketAddr, option: impl SetSockOpt<Val = bool>) -> std::io::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, option, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(fd)
+}
+
 pub(super) fn sidecar(ipv6: bool) -> CaptureSpec {
     let mut spec = CaptureSpec::sidecar();
     spec.ipv6 = ipv6;
@@ -110,13 +153,7 @@ pub(super) fn sidecar(ipv6: bool) -> CaptureSpec {
 /// `SO_ORIGINAL_DST`; the app's `getpeername()` still says peer:80.
 fn outbound_is_captured(family: Family) {
     ebpf_test(|node| {
-        let topo = Topology::new();
-        enroll(node, &topo.pod, &sidecar(family == Family::V6));
-        let proxy = Listener::spawn(
-            &topo.pod,
-            SocketAddr::new(family.unspecified(), OUTBOUND_PORT),
-            "outbound",
-        );
+        let (topo, proxy) = enrolled_with_proxy(node, family == Family::V6, family.unspecified(), "outbound");
         let app = Listener::spawn(&topo.peer, topo.peer_addr(family, 80), "peer-app");
         let dst = topo.peer_addr(family, 80);
 
@@ -145,15 +182,7 @@ fn outbound_is_captured(family: Family) {
     });
 }
 
-#[test]
-fn outbound_v4() {
-    outbound_is_captured(Family::V4);
-}
-
-#[test]
-fn outbound_v6() {
-    outbound_is_captured(Family::V6);
-}
+per_family!(outbound_is_captured: outbound_v4, outbound_v6);
 
 /// IPv4 through dual-stack sockets both ways: an `AF_INET6` app socket dialling
 /// `::ffff:peer:80` is captured as IPv4, and a dual-stack `[::]:15001` proxy learns an IPv4
@@ -162,13 +191,7 @@ fn outbound_v6() {
 fn dual_stack_sockets_are_captured_as_ipv4() {
     ebpf_test(|node| {
         // IPv6 capture off: an IPv4-mapped destination is IPv4 traffic all the same.
-        let topo = Topology::new();
-        enroll(node, &topo.pod, &sidecar(false));
-        let proxy = Listener::spawn(
-            &topo.pod,
-            (Ipv4Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
-            "outbound-v4",
-        );
+        let (topo, proxy) = enrolled_with_proxy(node, false, Ipv4Addr::UNSPECIFIED, "outbound-v4");
         let peer = topo.peer_addr(Family::V4, 80);
         let IpAddr::V4(peer_ip) = peer.ip() else {
             unreachable!()
@@ -184,13 +207,7 @@ fn dual_stack_sockets_are_captured_as_ipv4() {
             "getpeername() shows the mapped original destination"
         );
 
-        let topo = Topology::new();
-        enroll(node, &topo.pod, &sidecar(false));
-        let proxy = Listener::spawn(
-            &topo.pod,
-            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
-            "outbound-dual",
-        );
+        let (topo, proxy) = enrolled_with_proxy(node, false, Ipv6Addr::UNSPECIFIED, "outbound-dual");
         let peer = topo.peer_addr(Family::V4, 80);
 
         let (reply, _) = connect_as(&topo.pod, APP_UID, APP_UID, peer).expect("AF_INET app connects");
@@ -210,13 +227,7 @@ fn dual_stack_sockets_are_captured_as_ipv4() {
 #[test]
 fn proxy_uid_and_gid_bypass_capture() {
     ebpf_test(|node| {
-        let topo = Topology::new();
-        enroll(node, &topo.pod, &sidecar(true));
-        let proxy = Listener::spawn(
-            &topo.pod,
-            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
-            "outbound",
-        );
+        let (topo, proxy) = enrolled_with_proxy(node, true, Ipv6Addr::UNSPECIFIED, "outbound");
         for family in [Family::V4, Family::V6] {
             let app = Listener::spawn(&topo.peer, topo.peer_addr(family, 80), "peer-app");
             let dst = topo.peer_addr(family, 80);
@@ -240,11 +251,7 @@ fn proxy_uid_and_gid_bypass_capture() {
 fn excluded_ports_and_cidrs_bypass_capture() {
     ebpf_test(|node| {
         let topo = Topology::new();
-        let proxy = Listener::spawn(
-            &topo.pod,
-            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
-            "outbound",
-        );
+        let proxy = outbound_listener(&topo.pod, Ipv6Addr::UNSPECIFIED, "outbound");
         let on_80 = Listener::spawn(&topo.peer, topo.peer_addr(Family::V4, 80), "peer-80");
         let on_81 = Listener::spawn(&topo.peer, topo.peer_addr(Family::V4, 81), "peer-81");
         let connect = |port| {
@@ -290,16 +297,8 @@ fn not_enrolled_netns_is_untouched() {
         let enrolled = Topology::new();
         let other = Topology::new();
         enroll(node, &enrolled.pod, &sidecar(true));
-        let enrolled_proxy = Listener::spawn(
-            &enrolled.pod,
-            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
-            "enrolled-proxy",
-        );
-        let other_proxy = Listener::spawn(
-            &other.pod,
-            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
-            "other-proxy",
-        );
+        let enrolled_proxy = outbound_listener(&enrolled.pod, Ipv6Addr::UNSPECIFIED, "enrolled-proxy");
+        let other_proxy = outbound_listener(&other.pod, Ipv6Addr::UNSPECIFIED, "other-proxy");
         for family in [Family::V4, Family::V6] {
             let app = Listener::spawn(&other.peer, other.peer_addr(family, 80), "other-peer");
             let dst = other.peer_addr(family, 80);
@@ -331,11 +330,7 @@ fn proxy_to_own_pod_goes_to_inbound_port() {
         let topo = Topology::new();
         enroll(node, &topo.pod, &sidecar(true));
         let inbound = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, INBOUND_PORT).into(), "inbound");
-        let outbound = Listener::spawn(
-            &topo.pod,
-            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
-            "outbound",
-        );
+        let outbound = outbound_listener(&topo.pod, Ipv6Addr::UNSPECIFIED, "outbound");
         let app = Listener::spawn(&topo.pod, (Ipv6Addr::UNSPECIFIED, 8080).into(), "pod-app");
         for family in [Family::V4, Family::V6] {
             let own = topo.pod_addr(family, 8080);
@@ -366,9 +361,7 @@ fn proxy_to_own_pod_goes_to_inbound_port() {
 #[test]
 fn identical_tuples_in_two_pods_do_not_mix() {
     ebpf_test(|node| {
-        let a = Topology::new();
-        let b = Topology::with_index(a.index());
-        assert_eq!(a.pod_ip(Family::V4), b.pod_ip(Family::V4));
+        let [a, b] = identical_topologies();
         let spec = sidecar(false);
         enroll(node, &a.pod, &spec);
         enroll(node, &b.pod, &spec);
@@ -380,14 +373,7 @@ fn identical_tuples_in_two_pods_do_not_mix() {
         let source = a.pod_addr(Family::V4, 40_000);
         let open_client = |ns: &NetNs, dst: SocketAddr| {
             ns.run(|| -> std::io::Result<TcpStream> {
-                let fd = socket(
-                    AddressFamily::Inet,
-                    SockType::Stream,
-                    SockFlag::SOCK_CLOEXEC,
-                    None,
-                )?;
-                setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-                bind(fd.as_raw_fd(), &SockaddrStorage::from(source))?;
+                let fd = bound_tcp4(source, sockopt::ReuseAddr)?;
                 connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
                 Ok(TcpStream::from(fd))
             })
@@ -413,13 +399,7 @@ fn identical_tuples_in_two_pods_do_not_mix() {
 fn connect_close_cycles_leave_no_entries() {
     const CYCLES: u64 = 10_000;
     ebpf_test(|node| {
-        let topo = Topology::new();
-        enroll(node, &topo.pod, &sidecar(false));
-        let proxy = Listener::spawn(
-            &topo.pod,
-            (Ipv4Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
-            "outbound",
-        );
+        let (topo, proxy) = enrolled_with_proxy(node, false, Ipv4Addr::UNSPECIFIED, "outbound");
         let dst = topo.peer_addr(Family::V4, 80);
         // Root is not the proxy's uid, so these are app connections; one thread does them all.
         topo.pod.run(|| {
@@ -611,11 +591,7 @@ fn a_front_end_enrolls_a_pod_with_the_public_api_alone() {
 
     if let Some(world) = capture_e2e::ebpf::child_world() {
         let topo = Topology::new();
-        let proxy = Listener::spawn(
-            &topo.pod,
-            (Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT).into(),
-            "outbound",
-        );
+        let proxy = outbound_listener(&topo.pod, Ipv6Addr::UNSPECIFIED, "outbound");
         let app = Listener::spawn(&topo.peer, topo.peer_addr(Family::V4, 80), "peer-app");
         let dst = topo.peer_addr(Family::V4, 80);
 

@@ -8,15 +8,13 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 
 use capture_core::{InboundPorts, PortRange};
 use capture_ebpf::{MapPlan, PodNetns};
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket, sockopt,
-};
+use nix::sys::socket::{Backlog, listen, sockopt};
 
-use super::ebpf::{ebpf_test, enroll, finish, installed_here, sidecar};
+use super::ebpf::{bound_tcp4, ebpf_test, enroll, finish, identical_topologies, installed_here, sidecar};
 use capture_e2e::ebpf::{chain, sk_lookup_programs};
 use capture_e2e::{
     APP_UID, Family, INBOUND_PORT, Listener, NetNs, PROXY_UID, Topology, connect_as, connect_as_from,
@@ -76,15 +74,7 @@ fn inbound_is_captured(family: Family) {
     });
 }
 
-#[test]
-fn inbound_v4() {
-    inbound_is_captured(Family::V4);
-}
-
-#[test]
-fn inbound_v6() {
-    inbound_is_captured(Family::V6);
-}
+per_family!(inbound_is_captured: inbound_v4, inbound_v6);
 
 /// `-b 8080,15008`: only the listed port is captured, the tunnel port never; 8082 reaches the
 /// app, also over IPv4 to a dual-stack `[::]:15006` proxy (which takes IPv4 when there is no
@@ -172,17 +162,7 @@ fn reuseport_group_shares_inbound_connections() {
             let listener = topo
                 .pod
                 .run_as(PROXY_UID, PROXY_UID, || -> std::io::Result<TcpListener> {
-                    let fd = socket(
-                        AddressFamily::Inet,
-                        SockType::Stream,
-                        SockFlag::SOCK_CLOEXEC,
-                        None,
-                    )?;
-                    setsockopt(&fd, sockopt::ReusePort, &true)?;
-                    bind(
-                        fd.as_raw_fd(),
-                        &SockaddrStorage::from(SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PORT))),
-                    )?;
+                    let fd = bound_tcp4((Ipv4Addr::UNSPECIFIED, INBOUND_PORT).into(), sockopt::ReusePort)?;
                     listen(&fd, Backlog::new(128)?)?;
                     Ok(TcpListener::from(fd))
                 })
@@ -248,9 +228,7 @@ fn not_enrolled_netns_inbound_is_untouched() {
 #[test]
 fn identical_pods_keep_their_own_inbound_listeners() {
     ebpf_test(|node| {
-        let a = Topology::new();
-        let b = Topology::with_index(a.index());
-        assert_eq!(a.pod_ip(Family::V4), b.pod_ip(Family::V4));
+        let [a, b] = identical_topologies();
         let spec = sidecar(true);
         let cookies = [enroll(node, &a.pod, &spec), enroll(node, &b.pod, &spec)];
         assert_ne!(cookies[0], cookies[1]);

@@ -10,6 +10,23 @@
 //! `istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020`
 //! (istio-capture.md §2.1).
 
+/// `per_family!(scenario: v4, v6)`: the tests `v4` and `v6`, which run `scenario(Family::V4)`
+/// and `scenario(Family::V6)`.
+#[cfg(feature = "ebpf")]
+macro_rules! per_family {
+    ($scenario:ident: $v4:ident, $v6:ident) => {
+        #[test]
+        fn $v4() {
+            $scenario(capture_e2e::Family::V4);
+        }
+
+        #[test]
+        fn $v6() {
+            $scenario(capture_e2e::Family::V6);
+        }
+    };
+}
+
 mod cni_chain;
 #[cfg(feature = "ebpf")]
 mod ebpf;

@@ -39,17 +39,18 @@ impl Writer {
         self.buf.len()
     }
 
-    /// Starts a message: `nlmsghdr` (its length filled in by [`Writer::end_message`]) and
-    /// `nfgenmsg`. Returns the message's start, for `end_message`.
-    pub(super) fn begin_message(
+    /// A message: `nlmsghdr` and `nfgenmsg`, then the attributes `fill` writes.
+    pub(super) fn message(
         &mut self,
         kind: u16,
         flags: u16,
         seq: u32,
         family: u8,
         res_id: u16,
-    ) -> usize {
+        fill: impl FnOnce(&mut Self),
+    ) {
         let start = self.buf.len();
+        // The length, filled in below.
         self.buf.extend_from_slice(&0_u32.to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(&flags.to_ne_bytes());
@@ -57,11 +58,7 @@ impl Writer {
         self.buf.extend_from_slice(&0_u32.to_ne_bytes());
         self.buf.extend_from_slice(&[family, NFNETLINK_V0]);
         self.buf.extend_from_slice(&res_id.to_be_bytes());
-        start
-    }
-
-    /// Ends the message begun at `start`.
-    pub(super) fn end_message(&mut self, start: usize) {
+        fill(self);
         let len = u32::try_from(self.buf.len() - start).expect("a netlink message fits in 4 GiB");
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
     }

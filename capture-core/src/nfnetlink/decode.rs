@@ -167,6 +167,27 @@ fn number(what: &'static str, value: Option<&[u8]>) -> Result<u32, Malformed> {
     be32(what, required(what, value)?)
 }
 
+/// What a `meta` or `ct` expression does with its key: loads it into a register, or sets it
+/// from one.
+enum KeyRegister {
+    Load(Register),
+    Set(Register),
+}
+
+/// The register of a `meta` or `ct` expression: exactly one of `dreg` (a load) and `sreg` (a
+/// set), else `None`.
+fn key_register(
+    what: &'static str,
+    dreg: Option<&[u8]>,
+    sreg: Option<&[u8]>,
+) -> Result<Option<KeyRegister>, Malformed> {
+    Ok(match (dreg, sreg) {
+        (Some(_), None) => Some(KeyRegister::Load(register(what, dreg)?)),
+        (None, Some(_)) => Some(KeyRegister::Set(register(what, sreg)?)),
+        _ => None,
+    })
+}
+
 /// An expression of a kind and form this module models, or `None`.
 fn known<'s>(
     name: &str,
@@ -177,16 +198,10 @@ fn known<'s>(
         "meta" => {
             let [_, dreg, key, sreg] = data.table::<4>()?;
             let key = MetaKey::from_number(number("meta key", key)?);
-            match (dreg, sreg) {
-                (Some(_), None) => Expr::Meta {
-                    key,
-                    dreg: register("meta register", dreg)?,
-                },
-                (None, Some(_)) => Expr::MetaSet {
-                    key,
-                    sreg: register("meta register", sreg)?,
-                },
-                _ => return Ok(None),
+            match key_register("meta register", dreg, sreg)? {
+                Some(KeyRegister::Load(dreg)) => Expr::Meta { key, dreg },
+                Some(KeyRegister::Set(sreg)) => Expr::MetaSet { key, sreg },
+                None => return Ok(None),
             }
         }
         "payload" => {
@@ -295,16 +310,10 @@ fn known<'s>(
                 return Ok(None);
             }
             let key = CtKey::from_number(number("ct key", key)?);
-            match (dreg, sreg) {
-                (Some(_), None) => Expr::Ct {
-                    key,
-                    dreg: register("ct register", dreg)?,
-                },
-                (None, Some(_)) => Expr::CtSet {
-                    key,
-                    sreg: register("ct register", sreg)?,
-                },
-                _ => return Ok(None),
+            match key_register("ct register", dreg, sreg)? {
+                Some(KeyRegister::Load(dreg)) => Expr::Ct { key, dreg },
+                Some(KeyRegister::Set(sreg)) => Expr::CtSet { key, sreg },
+                None => return Ok(None),
             }
         }
         _ => return Ok(None),

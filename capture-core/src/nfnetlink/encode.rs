@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::attr::{BATCH_GENID, MSG_BATCH_BEGIN, MSG_BATCH_END, SUBSYS_NFTABLES, Writer};
 use super::batch::{Batch, Op};
-use super::expr::{Expr, Set, Verdict};
+use super::expr::{Expr, Register, Set, Verdict};
 use super::object::{Chain, NfProto, Policy, Position, Rule, Table};
 use super::{Error, Subject};
 
@@ -61,11 +61,11 @@ pub(super) fn encode(batch: &Batch, first_seq: u32) -> Result<Encoded, Error> {
     let mut out = Writer::default();
     let mut sent = Vec::new();
     let mut seq = first_seq;
-    let begin = out.begin_message(MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, SUBSYS_NFTABLES);
-    if let Some(generation) = batch.generation {
-        out.put_u32(BATCH_GENID, generation);
-    }
-    out.end_message(begin);
+    out.message(MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, SUBSYS_NFTABLES, |out| {
+        if let Some(generation) = batch.generation {
+            out.put_u32(BATCH_GENID, generation);
+        }
+    });
     let mut set_id = 0;
     for (index, op) in batch.ops.iter().enumerate() {
         match op {
@@ -75,16 +75,16 @@ pub(super) fn encode(batch: &Batch, first_seq: u32) -> Result<Encoded, Error> {
             }
             Op::DeleteTable { family, name } => {
                 seq += 1;
-                let start = out.begin_message(nft_type(msg::DELTABLE), flags(0), seq, family.number(), 0);
-                out.put_str(TABLE_NAME, name);
-                out.end_message(start);
+                nft_message(&mut out, msg::DELTABLE, 0, seq, *family, |out| {
+                    out.put_str(TABLE_NAME, name)
+                });
                 sent.push(Sent::plain(seq, Subject::delete_table(*family, name)));
             }
             Op::FlushTable { family, name } => {
                 seq += 1;
-                let start = out.begin_message(nft_type(msg::DELRULE), flags(0), seq, family.number(), 0);
-                out.put_str(RULE_TABLE, name);
-                out.end_message(start);
+                nft_message(&mut out, msg::DELRULE, 0, seq, *family, |out| {
+                    out.put_str(RULE_TABLE, name)
+                });
                 sent.push(Sent::plain(seq, Subject::flush_table(*family, name)));
             }
             Op::AddChain(chain) => {
@@ -117,8 +117,7 @@ pub(super) fn encode(batch: &Batch, first_seq: u32) -> Result<Encoded, Error> {
             }
         }
     }
-    let end = out.begin_message(MSG_BATCH_END, NLM_F_REQUEST, seq + 1, 0, SUBSYS_NFTABLES);
-    out.end_message(end);
+    out.message(MSG_BATCH_END, NLM_F_REQUEST, seq + 1, 0, SUBSYS_NFTABLES, |_| {});
     Ok(Encoded {
         bytes: out.into_bytes(),
         sent,
@@ -192,8 +191,18 @@ impl Plan {
     }
 }
 
-fn flags(extra: u16) -> u16 {
-    NLM_F_REQUEST | NLM_F_ACK | extra
+/// An nf_tables message of type `msg` about `family`, acknowledged, with the flags `extra` too;
+/// `attrs` writes its attributes.
+fn nft_message(
+    out: &mut Writer,
+    msg: u8,
+    extra: u16,
+    seq: u32,
+    family: NfProto,
+    attrs: impl FnOnce(&mut Writer),
+) {
+    let flags = NLM_F_REQUEST | NLM_F_ACK | extra;
+    out.message(nft_type(msg), flags, seq, family.number(), 0, attrs);
 }
 
 // NFTA_TABLE_*
@@ -239,91 +248,73 @@ const DATA_VALUE: u16 = 1;
 const DATA_VERDICT: u16 = 2;
 const VERDICT_CODE: u16 = 1;
 const VERDICT_CHAIN: u16 = 2;
+// NFTA_META_* and NFTA_CT_*: the key is 2 in both.
+const KEY_AND_REGISTER_KEY: u16 = 2;
+const META_DREG: u16 = 1;
+const META_SREG: u16 = 3;
+const CT_DREG: u16 = 1;
+const CT_SREG: u16 = 4;
 
 /// The name nft gives an anonymous set; the kernel replaces `%d` with a free number.
 pub(super) const ANONYMOUS_SET_NAME: &str = "__set%d";
 
 fn table_message(out: &mut Writer, seq: u32, table: &Table) -> Sent {
-    let start = out.begin_message(
-        nft_type(msg::NEWTABLE),
-        flags(NLM_F_CREATE),
-        seq,
-        table.family.number(),
-        0,
-    );
-    out.put_str(TABLE_NAME, &table.name);
-    out.put_u32(TABLE_FLAGS, table.flags);
-    out.end_message(start);
+    nft_message(out, msg::NEWTABLE, NLM_F_CREATE, seq, table.family, |out| {
+        out.put_str(TABLE_NAME, &table.name);
+        out.put_u32(TABLE_FLAGS, table.flags);
+    });
     Sent::plain(seq, Subject::add_table(table))
 }
 
 fn chain_message(out: &mut Writer, seq: u32, chain: &Chain) -> Sent {
-    let start = out.begin_message(
-        nft_type(msg::NEWCHAIN),
-        flags(NLM_F_CREATE),
-        seq,
-        chain.family.number(),
-        0,
-    );
-    out.put_str(CHAIN_TABLE, &chain.table);
-    out.put_str(CHAIN_NAME, &chain.name);
-    if let Some(base) = &chain.base {
-        out.put_str(CHAIN_TYPE, base.kind.as_str());
-        // nft sends a policy only when one is written; accept is the kernel's default.
-        if base.policy == Policy::Drop {
-            out.put_u32(CHAIN_POLICY, 0);
+    nft_message(out, msg::NEWCHAIN, NLM_F_CREATE, seq, chain.family, |out| {
+        out.put_str(CHAIN_TABLE, &chain.table);
+        out.put_str(CHAIN_NAME, &chain.name);
+        if let Some(base) = &chain.base {
+            out.put_str(CHAIN_TYPE, base.kind.as_str());
+            // nft sends a policy only when one is written; accept is the kernel's default.
+            if base.policy == Policy::Drop {
+                out.put_u32(CHAIN_POLICY, 0);
+            }
+            out.nest(CHAIN_HOOK, |out| {
+                out.put_u32(HOOK_HOOKNUM, base.hook.number());
+                out.put(HOOK_PRIORITY, &base.priority.to_be_bytes());
+            });
         }
-        out.nest(CHAIN_HOOK, |out| {
-            out.put_u32(HOOK_HOOKNUM, base.hook.number());
-            out.put(HOOK_PRIORITY, &base.priority.to_be_bytes());
-        });
-    }
-    out.end_message(start);
+    });
     Sent::plain(seq, Subject::add_chain(chain))
 }
 
 fn set_message(out: &mut Writer, seq: u32, rule: &Rule, number: usize, set: &Set, id: u32) -> Sent {
-    let start = out.begin_message(
-        nft_type(msg::NEWSET),
-        flags(NLM_F_CREATE),
-        seq,
-        rule.family.number(),
-        0,
-    );
-    out.put_str(SET_TABLE, &rule.table);
-    out.put_str(SET_NAME, ANONYMOUS_SET_NAME);
-    out.put_u32(SET_FLAGS, set.flags);
-    out.put_u32(SET_KEY_TYPE, set.key_type);
-    out.put_u32(SET_KEY_LEN, set.key_len);
-    out.put_u32(SET_ID, id);
-    // nft sizes a constant set to its elements, which lets the kernel pick a compact backend.
-    let size = u32::try_from(set.elements.len()).expect("fewer than 2^32 elements");
-    out.nest(SET_DESC, |out| out.put_u32(SET_DESC_SIZE, size));
-    if let Some(userdata) = &set.userdata {
-        out.put(SET_USERDATA, userdata);
-    }
-    out.end_message(start);
+    nft_message(out, msg::NEWSET, NLM_F_CREATE, seq, rule.family, |out| {
+        out.put_str(SET_TABLE, &rule.table);
+        out.put_str(SET_NAME, ANONYMOUS_SET_NAME);
+        out.put_u32(SET_FLAGS, set.flags);
+        out.put_u32(SET_KEY_TYPE, set.key_type);
+        out.put_u32(SET_KEY_LEN, set.key_len);
+        out.put_u32(SET_ID, id);
+        // nft sizes a constant set to its elements, which lets the kernel pick a compact backend.
+        let size = u32::try_from(set.elements.len()).expect("fewer than 2^32 elements");
+        out.nest(SET_DESC, |out| out.put_u32(SET_DESC_SIZE, size));
+        if let Some(userdata) = &set.userdata {
+            out.put(SET_USERDATA, userdata);
+        }
+    });
     Sent::plain(seq, Subject::add_set(rule, number))
 }
 
 fn elements_message(out: &mut Writer, seq: u32, rule: &Rule, number: usize, set: &Set, id: u32) -> Sent {
-    let start = out.begin_message(
-        nft_type(msg::NEWSETELEM),
-        flags(NLM_F_CREATE),
-        seq,
-        rule.family.number(),
-        0,
-    );
-    out.put_str(ELEM_LIST_TABLE, &rule.table);
-    out.put_str(ELEM_LIST_SET, ANONYMOUS_SET_NAME);
-    out.put_u32(ELEM_LIST_SET_ID, id);
-    out.nest(ELEM_LIST_ELEMENTS, |out| {
-        // libnftnl numbers the list's entries from 1; the kernel reads any type.
-        for (i, element) in (1..).zip(&set.elements) {
-            out.nest(i, |out| out.nest(ELEM_KEY, |out| out.put(DATA_VALUE, element)));
-        }
+    nft_message(out, msg::NEWSETELEM, NLM_F_CREATE, seq, rule.family, |out| {
+        out.put_str(ELEM_LIST_TABLE, &rule.table);
+        out.put_str(ELEM_LIST_SET, ANONYMOUS_SET_NAME);
+        out.put_u32(ELEM_LIST_SET_ID, id);
+        out.nest(ELEM_LIST_ELEMENTS, |out| {
+            // libnftnl numbers the list's entries from 1; the kernel reads any type.
+            for (i, element) in (1..).zip(&set.elements) {
+                out.nest(i, |out| out.nest(ELEM_KEY, |out| out.put(DATA_VALUE, element)));
+            }
+        });
     });
-    out.end_message(start);
     Sent::plain(seq, Subject::add_set(rule, number))
 }
 
@@ -340,37 +331,39 @@ struct RuleIds<'a> {
 fn rule_message(out: &mut Writer, seq: u32, rule: &Rule, number: usize, ids: &RuleIds<'_>) -> Sent {
     let append = matches!(rule.position, Position::Append | Position::After(_));
     let extra = NLM_F_CREATE | if append { NLM_F_APPEND } else { 0 };
-    let start = out.begin_message(nft_type(msg::NEWRULE), flags(extra), seq, rule.family.number(), 0);
-    out.put_str(RULE_TABLE, &rule.table);
-    out.put_str(RULE_CHAIN, &rule.chain);
+    // Where the message starts: each expression's place is told relative to it.
+    let start = out.len();
     let mut exprs = Vec::new();
-    let mut sets = ids.sets.iter();
-    out.nest(RULE_EXPRESSIONS, |out| {
-        for expr in &rule.exprs {
-            let begin = out.len() - start;
-            let set_id = matches!(expr, Expr::Lookup { .. })
-                .then(|| sets.next().copied())
-                .flatten();
-            out.nest(LIST_ELEM, |out| {
-                out.put_str(EXPR_NAME, expr.name());
-                expr_data(out, expr, set_id);
-            });
-            exprs.push((begin, out.len() - start, expr.name().to_owned()));
+    nft_message(out, msg::NEWRULE, extra, seq, rule.family, |out| {
+        out.put_str(RULE_TABLE, &rule.table);
+        out.put_str(RULE_CHAIN, &rule.chain);
+        let mut sets = ids.sets.iter();
+        out.nest(RULE_EXPRESSIONS, |out| {
+            for expr in &rule.exprs {
+                let begin = out.len() - start;
+                let set_id = matches!(expr, Expr::Lookup { .. })
+                    .then(|| sets.next().copied())
+                    .flatten();
+                out.nest(LIST_ELEM, |out| {
+                    out.put_str(EXPR_NAME, expr.name());
+                    expr_data(out, expr, set_id);
+                });
+                exprs.push((begin, out.len() - start, expr.name().to_owned()));
+            }
+        });
+        if let Position::Before(handle) | Position::After(handle) = rule.position {
+            out.put_u64(RULE_POSITION, handle);
+        }
+        if let Some(userdata) = &rule.userdata {
+            out.put(RULE_USERDATA, userdata);
+        }
+        if let Some(id) = ids.own {
+            out.put_u32(RULE_ID, id);
+        }
+        if let Some(id) = ids.position {
+            out.put_u32(RULE_POSITION_ID, id);
         }
     });
-    if let Position::Before(handle) | Position::After(handle) = rule.position {
-        out.put_u64(RULE_POSITION, handle);
-    }
-    if let Some(userdata) = &rule.userdata {
-        out.put(RULE_USERDATA, userdata);
-    }
-    if let Some(id) = ids.own {
-        out.put_u32(RULE_ID, id);
-    }
-    if let Some(id) = ids.position {
-        out.put_u32(RULE_POSITION_ID, id);
-    }
-    out.end_message(start);
     Sent {
         seq,
         subject: Subject::add_rule(rule, number),
@@ -386,14 +379,8 @@ fn expr_data(out: &mut Writer, expr: &Expr, set_id: Option<u32>) {
         return;
     }
     out.nest(EXPR_DATA, |out| match expr {
-        Expr::Meta { key, dreg } => {
-            out.put_u32(2, key.number());
-            out.put_u32(1, dreg.0);
-        }
-        Expr::MetaSet { key, sreg } => {
-            out.put_u32(2, key.number());
-            out.put_u32(3, sreg.0);
-        }
+        Expr::Meta { key, dreg } => key_and_register(out, key.number(), META_DREG, *dreg),
+        Expr::MetaSet { key, sreg } => key_and_register(out, key.number(), META_SREG, *sreg),
         Expr::Payload {
             dreg,
             base,
@@ -466,16 +453,17 @@ fn expr_data(out: &mut Writer, expr: &Expr, set_id: Option<u32>) {
                 out.put_u32(3, reg.0);
             }
         }
-        Expr::Ct { key, dreg } => {
-            out.put_u32(2, key.number());
-            out.put_u32(1, dreg.0);
-        }
-        Expr::CtSet { key, sreg } => {
-            out.put_u32(2, key.number());
-            out.put_u32(4, sreg.0);
-        }
+        Expr::Ct { key, dreg } => key_and_register(out, key.number(), CT_DREG, *dreg),
+        Expr::CtSet { key, sreg } => key_and_register(out, key.number(), CT_SREG, *sreg),
         Expr::Unknown { .. } => unreachable!("written above"),
     });
+}
+
+/// The attributes of a `meta` or `ct` expression, which share a layout: the key, then the
+/// register it is loaded into or set from.
+fn key_and_register(out: &mut Writer, key: u32, register_attr: u16, register: Register) {
+    out.put_u32(KEY_AND_REGISTER_KEY, key);
+    out.put_u32(register_attr, register.0);
 }
 
 fn verdict_attrs(out: &mut Writer, verdict: &Verdict) {
@@ -497,10 +485,17 @@ fn verdict_attrs(out: &mut Writer, verdict: &Verdict) {
 pub(super) fn request(kind: u8, seq: u32, family: NfProto, attrs: &[(u16, &str)]) -> Vec<u8> {
     let mut out = Writer::default();
     let dump = if kind == msg::GETGEN { 0 } else { NLM_F_DUMP };
-    let start = out.begin_message(nft_type(kind), NLM_F_REQUEST | dump, seq, family.number(), 0);
-    for (kind, value) in attrs {
-        out.put_str(*kind, value);
-    }
-    out.end_message(start);
+    out.message(
+        nft_type(kind),
+        NLM_F_REQUEST | dump,
+        seq,
+        family.number(),
+        0,
+        |out| {
+            for (kind, value) in attrs {
+                out.put_str(*kind, value);
+            }
+        },
+    );
     out.into_bytes()
 }

@@ -187,16 +187,16 @@ fn redirect_lists_without_the_kernels_copy_of_its_register() {
     data.put_u32(2, 1);
     data.put_u32(3, 2);
     let mut rule = Writer::default();
-    let start = rule.begin_message(nft_type(msg::NEWRULE), 0, 0, 1, 0);
-    rule.put_str(1, "t");
-    rule.put_str(2, "c");
-    rule.nest(4, |w| {
-        w.nest(1, |w| {
-            w.put_str(1, "redir");
-            w.put(2 | 0x8000, &data.into_bytes());
+    rule.message(nft_type(msg::NEWRULE), 0, 0, 1, 0, |rule| {
+        rule.put_str(1, "t");
+        rule.put_str(2, "c");
+        rule.nest(4, |w| {
+            w.nest(1, |w| {
+                w.put_str(1, "redir");
+                w.put(2 | 0x8000, &data.into_bytes());
+            });
         });
     });
-    rule.end_message(start);
     let (_, _, rules) = decode_batch(&rule.into_bytes());
     assert_eq!(
         rules[0].exprs,
@@ -274,10 +274,11 @@ fn ct_state_masks_in_host_order() {
 /// the offset of the blamed attribute.
 fn refusal(seq: u32, errno: i32, text: &str, offset: u32) -> Vec<u8> {
     let mut out = Writer::default();
-    let start = out.begin_message(2, 0x100 | 0x200, seq, 0, 0);
-    // begin_message wrote an nfgenmsg; an error message has the code there instead.
+    out.message(2, 0x100 | 0x200, seq, 0, 0, |_| {});
+    // message wrote an nfgenmsg after the 16-byte nlmsghdr; an error message has the code
+    // there instead.
     let mut bytes = out.into_bytes();
-    bytes.truncate(start + 16);
+    bytes.truncate(16);
     bytes.extend_from_slice(&(-errno).to_ne_bytes());
     // The answered message's header, capped.
     bytes.extend_from_slice(&36_u32.to_ne_bytes());

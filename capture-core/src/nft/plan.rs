@@ -22,6 +22,7 @@ use super::model::{
     Statement, TABLES, Table, TableFamily, Verdict,
 };
 use crate::TableName::{self, Mangle, Nat, Raw};
+use crate::plan::proxy_owners;
 use crate::rules::{ChainName, CtState, Hook, OwnChain, OwnerMatch, Proto};
 use crate::spec::{
     CaptureSpec, DNS_PORT, DNS_PROXY_PORT, DnsCapture, InboundPorts, InterceptMode, OutboundCidrs,
@@ -185,13 +186,6 @@ fn ret() -> Vec<Statement> {
 
 fn jump(chain: OwnChain) -> Vec<Statement> {
     counted(Verdict::Jump(Own(chain)))
-}
-
-/// The proxy's uids, then its gids.
-fn proxy_owners(spec: &CaptureSpec) -> Vec<OwnerMatch> {
-    let uids = spec.owner.uids.iter().cloned().map(OwnerMatch::Uid);
-    uids.chain(spec.owner.gids.iter().cloned().map(OwnerMatch::Gid))
-        .collect()
 }
 
 impl Planner<'_> {

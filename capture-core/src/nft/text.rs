@@ -8,7 +8,8 @@ use super::model::{
     TABLES, Table, TableFamily, Verdict, chain_name, table_name,
 };
 use crate::TableName;
-use crate::rules::{CtState, Hook, OwnerMatch, Proto};
+use crate::render::write_joined;
+use crate::rules::{Hook, OwnerMatch, Proto};
 use crate::types::Family;
 
 /// The transaction that installs a ruleset: per table `add table`, `flush table` (so a rerun
@@ -178,12 +179,7 @@ impl Display for Ports {
             Self::Range(r) => write!(f, "{}-{}", r.low, r.high),
             Self::Set(ports) => {
                 f.write_str("{ ")?;
-                for (i, port) in ports.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
-                    }
-                    port.fmt(f)?;
-                }
+                write_joined(f, ", ", ports)?;
                 f.write_str(" }")
             }
         }
@@ -229,17 +225,7 @@ impl Display for Match {
             Self::Mark { cmp, mark } => write!(f, "mark {}{mark}", ne(*cmp)),
             Self::CtState(states) => {
                 f.write_str("ct state ")?;
-                for (i, state) in states.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    f.write_str(match state {
-                        CtState::Invalid => "invalid",
-                        CtState::Related => "related",
-                        CtState::Established => "established",
-                    })?;
-                }
-                Ok(())
+                write_joined(f, ",", states.iter().map(|s| s.name()))
             }
             Self::CtMark(mark) => write!(f, "ct mark {mark}"),
         }
@@ -276,7 +262,7 @@ impl Display for Statement {
 mod tests {
     use super::*;
     use crate::nft::model::ChainType;
-    use crate::rules::{ChainName, OwnChain};
+    use crate::rules::{ChainName, CtState, OwnChain};
     use crate::types::{Mark, Owner, Port, PortRange};
 
     fn net(s: &str) -> Net {

@@ -5,7 +5,7 @@
 //! nothing captured by address) and sets what upstream's case table sets
 //! (`../shared/reference/istio/MANIFEST.md` §3).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use capture_core::{Accounts, Detected, IstioConfig, Nameserver};
 
@@ -14,6 +14,21 @@ pub fn testdata(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../testdata/istio")
         .join(rel)
+}
+
+/// The names of the goldens in `dir` (without `.golden`), sorted; any other file is an error.
+pub fn golden_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".golden")
+                .unwrap_or_else(|| panic!("{name}: not a .golden file"))
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 fn servers(list: &[&str]) -> Vec<Nameserver> {

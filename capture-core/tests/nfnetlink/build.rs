@@ -204,33 +204,13 @@ pub fn every_kind() -> (Vec<Table>, Vec<Chain>, Vec<Rule>) {
                 &verdict(Verdict::Accept),
             ],
         ),
-        rule(
-            &pre,
-            &[&[
-                Expr::meta(MetaKey::Mark),
-                Expr::CtSet {
-                    key: CtKey::Mark,
-                    sreg: Register::R1,
-                },
-            ]],
-        ),
+        rule(&pre, &[&save_mark()]),
         rule(
             &route,
-            &[&[
-                Expr::Ct {
-                    key: CtKey::Mark,
-                    dreg: Register::R1,
-                },
-                Expr::cmp(CmpOp::Eq, 1337_u32.to_ne_bytes()),
-                Expr::Ct {
-                    key: CtKey::Mark,
-                    dreg: Register::R1,
-                },
-                Expr::MetaSet {
-                    key: MetaKey::Mark,
-                    sreg: Register::R1,
-                },
-            ]],
+            &[
+                &[ct_mark(), Expr::cmp(CmpOp::Eq, 1337_u32.to_ne_bytes())],
+                &restore_mark(),
+            ],
         ),
         rule(
             &route,
@@ -280,6 +260,51 @@ pub fn tproxy(family: NfProto, port: u16) -> [Expr; 2] {
     ]
 }
 
+/// `ct mark`, loaded into register 1.
+pub fn ct_mark() -> Expr {
+    Expr::Ct {
+        key: CtKey::Mark,
+        dreg: Register::R1,
+    }
+}
+
+/// `ct mark set mark`.
+pub fn save_mark() -> [Expr; 2] {
+    [
+        Expr::meta(MetaKey::Mark),
+        Expr::CtSet {
+            key: CtKey::Mark,
+            sreg: Register::R1,
+        },
+    ]
+}
+
+/// `meta mark set ct mark`.
+pub fn restore_mark() -> [Expr; 2] {
+    [
+        ct_mark(),
+        Expr::MetaSet {
+            key: MetaKey::Mark,
+            sreg: Register::R1,
+        },
+    ]
+}
+
+/// The ops that start a table's part of a transaction: add it, flush it, add its chains.
+fn table_ops(table: &Table, chains: &[&Chain]) -> Vec<capture_core::nfnetlink::Op> {
+    use capture_core::nfnetlink::Op;
+
+    let mut ops = vec![
+        Op::AddTable(table.clone()),
+        Op::FlushTable {
+            family: table.family,
+            name: table.name.clone(),
+        },
+    ];
+    ops.extend(chains.iter().map(|&c| Op::AddChain(c.clone())));
+    ops
+}
+
 pub fn at(position: Position, mut rule: Rule) -> Rule {
     rule.position = position;
     rule
@@ -300,22 +325,29 @@ pub fn tproxy_subset() -> Vec<capture_core::nfnetlink::Op> {
     use capture_core::nfnetlink::Op;
 
     let tcp = l4proto(L4Proto::Tcp);
+    let not_lo4 = ip4(16, [127, 0, 0, 1], 32, Neq);
+    let not_lo6 = ip6(24, LOOPBACK6, 128, Neq);
     let nat = inet_table("istio-proxy-nat");
     let n_output = chain(&nat, "output", Some((ChainType::Nat, Hook::Output, -100)));
     let n_redirect = chain(&nat, "istio-redirect", None);
     let n_in_redirect = chain(&nat, "istio-in-redirect", None);
     let n_output2 = chain(&nat, "istio-output", None);
-    let mut ops = vec![
-        Op::AddTable(nat.clone()),
-        Op::FlushTable {
-            family: nat.family,
-            name: nat.name.clone(),
-        },
-        Op::AddChain(n_output.clone()),
-        Op::AddChain(n_redirect.clone()),
-        Op::AddChain(n_in_redirect.clone()),
-        Op::AddChain(n_output2.clone()),
-    ];
+    let mut ops = table_ops(&nat, &[&n_output, &n_redirect, &n_in_redirect, &n_output2]);
+    // The proxy calling its own pod through a VIP, one rule per family.
+    let to_in_redirect = |not_lo: &[Expr]| {
+        rule(
+            &n_output2,
+            &[
+                &iface(Oifname, Eq, "lo"),
+                &tcp,
+                not_lo,
+                &ports_not_in(PortField::Destination, &[53, 15008]),
+                &owner(Skuid, Eq, 1337),
+                COUNTER,
+                &jump("istio-in-redirect"),
+            ],
+        )
+    };
     let nat_rules = [
         rule(
             &n_output,
@@ -327,30 +359,8 @@ pub fn tproxy_subset() -> Vec<capture_core::nfnetlink::Op> {
         ),
         rule(&n_redirect, &[&tcp, COUNTER, &redirect(15001)]),
         rule(&n_output, &[COUNTER, &jump("istio-output")]),
-        rule(
-            &n_output2,
-            &[
-                &iface(Oifname, Eq, "lo"),
-                &tcp,
-                &ip4(16, [127, 0, 0, 1], 32, Neq),
-                &ports_not_in(PortField::Destination, &[53, 15008]),
-                &owner(Skuid, Eq, 1337),
-                COUNTER,
-                &jump("istio-in-redirect"),
-            ],
-        ),
-        rule(
-            &n_output2,
-            &[
-                &iface(Oifname, Eq, "lo"),
-                &tcp,
-                &ip6(24, LOOPBACK6, 128, Neq),
-                &ports_not_in(PortField::Destination, &[53, 15008]),
-                &owner(Skuid, Eq, 1337),
-                COUNTER,
-                &jump("istio-in-redirect"),
-            ],
-        ),
+        to_in_redirect(&not_lo4),
+        to_in_redirect(&not_lo6),
         rule(
             &n_output2,
             &[&ip4(16, [1, 1, 0, 0], 16, Eq), COUNTER, &verdict(Verdict::Return)],
@@ -372,51 +382,50 @@ pub fn tproxy_subset() -> Vec<capture_core::nfnetlink::Op> {
     let divert = chain(&mangle, "istio-divert", None);
     let tp = chain(&mangle, "istio-tproxy", None);
     let inbound = chain(&mangle, "istio-inbound", None);
-    ops.extend([
-        Op::AddTable(mangle.clone()),
-        Op::FlushTable {
-            family: mangle.family,
-            name: mangle.name.clone(),
-        },
-        Op::AddChain(pre.clone()),
-        Op::AddChain(out.clone()),
-        Op::AddChain(divert.clone()),
-        Op::AddChain(tp.clone()),
-        Op::AddChain(inbound.clone()),
-    ]);
+    ops.extend(table_ops(&mangle, &[&pre, &out, &divert, &tp, &inbound]));
     let accept = verdict(Verdict::Accept);
     let ret = verdict(Verdict::Return);
-    let ct_mark = Expr::Ct {
-        key: CtKey::Mark,
-        dreg: Register::R1,
+    // One rule per family each: TPROXY to :15006, the proxy's loopback traffic marked, and the
+    // passthrough source returned (inserted at index 1).
+    let to_tproxy = |not_lo: &[Expr], family| {
+        rule(
+            &tp,
+            &[
+                &tcp,
+                not_lo,
+                &tproxy(family, 15006),
+                &set_mark(1337),
+                COUNTER,
+                &accept,
+            ],
+        )
+    };
+    let mark_proxy_on_lo = |not_lo: &[Expr], key| {
+        rule(
+            &out,
+            &[
+                &iface(Oifname, Eq, "lo"),
+                &tcp,
+                not_lo,
+                &owner(key, Eq, 1337),
+                COUNTER,
+                &set_mark(1338),
+            ],
+        )
+    };
+    let passthrough = |src: &[Expr]| {
+        at(
+            Position::Index(1),
+            rule(&inbound, &[&iface(Iifname, Eq, "lo"), &tcp, src, COUNTER, &ret]),
+        )
     };
     let mangle_rules = [
         rule(&pre, &[&iface(Iifname, Eq, "not-istio-nic"), COUNTER, &ret]),
         rule(&out, &[&iface(Oifname, Eq, "not-istio-nic"), COUNTER, &ret]),
         rule(&divert, &[COUNTER, &set_mark(1337)]),
         rule(&divert, &[COUNTER, &accept]),
-        rule(
-            &tp,
-            &[
-                &tcp,
-                &ip4(16, [127, 0, 0, 1], 32, Neq),
-                &tproxy(NfProto::Ipv4, 15006),
-                &set_mark(1337),
-                COUNTER,
-                &accept,
-            ],
-        ),
-        rule(
-            &tp,
-            &[
-                &tcp,
-                &ip6(24, LOOPBACK6, 128, Neq),
-                &tproxy(NfProto::Ipv6, 15006),
-                &set_mark(1337),
-                COUNTER,
-                &accept,
-            ],
-        ),
+        to_tproxy(&not_lo4, NfProto::Ipv4),
+        to_tproxy(&not_lo6, NfProto::Ipv6),
         rule(&pre, &[&tcp, COUNTER, &jump("istio-inbound")]),
         rule(
             &inbound,
@@ -428,114 +437,30 @@ pub fn tproxy_subset() -> Vec<capture_core::nfnetlink::Op> {
             ],
         ),
         rule(&inbound, &[&tcp, COUNTER, &jump("istio-tproxy")]),
-        rule(
-            &pre,
-            &[
-                &tcp,
-                &mark(Eq, 1337),
-                COUNTER,
-                &[
-                    Expr::meta(MetaKey::Mark),
-                    Expr::CtSet {
-                        key: CtKey::Mark,
-                        sreg: Register::R1,
-                    },
-                ],
-            ],
-        ),
+        rule(&pre, &[&tcp, &mark(Eq, 1337), COUNTER, &save_mark()]),
         rule(
             &out,
             &[&iface(Oifname, Eq, "lo"), &tcp, &mark(Eq, 1337), COUNTER, &ret],
         ),
-        rule(
-            &out,
-            &[
-                &iface(Oifname, Eq, "lo"),
-                &tcp,
-                &ip4(16, [127, 0, 0, 1], 32, Neq),
-                &owner(Skuid, Eq, 1337),
-                COUNTER,
-                &set_mark(1338),
-            ],
-        ),
-        rule(
-            &out,
-            &[
-                &iface(Oifname, Eq, "lo"),
-                &tcp,
-                &ip6(24, LOOPBACK6, 128, Neq),
-                &owner(Skuid, Eq, 1337),
-                COUNTER,
-                &set_mark(1338),
-            ],
-        ),
-        rule(
-            &out,
-            &[
-                &iface(Oifname, Eq, "lo"),
-                &tcp,
-                &ip4(16, [127, 0, 0, 1], 32, Neq),
-                &owner(Skgid, Eq, 1337),
-                COUNTER,
-                &set_mark(1338),
-            ],
-        ),
-        rule(
-            &out,
-            &[
-                &iface(Oifname, Eq, "lo"),
-                &tcp,
-                &ip6(24, LOOPBACK6, 128, Neq),
-                &owner(Skgid, Eq, 1337),
-                COUNTER,
-                &set_mark(1338),
-            ],
-        ),
+        mark_proxy_on_lo(&not_lo4, Skuid),
+        mark_proxy_on_lo(&not_lo6, Skuid),
+        mark_proxy_on_lo(&not_lo4, Skgid),
+        mark_proxy_on_lo(&not_lo6, Skgid),
         rule(
             &out,
             &[
                 &tcp,
-                &[ct_mark.clone(), Expr::cmp(Eq, 1337_u32.to_ne_bytes())],
+                &[ct_mark(), Expr::cmp(Eq, 1337_u32.to_ne_bytes())],
                 COUNTER,
-                &[
-                    ct_mark,
-                    Expr::MetaSet {
-                        key: MetaKey::Mark,
-                        sreg: Register::R1,
-                    },
-                ],
+                &restore_mark(),
             ],
         ),
         at(
             Position::Index(0),
             rule(&inbound, &[&tcp, &mark(Eq, 1337), COUNTER, &ret]),
         ),
-        at(
-            Position::Index(1),
-            rule(
-                &inbound,
-                &[
-                    &iface(Iifname, Eq, "lo"),
-                    &tcp,
-                    &ip4(12, [127, 0, 0, 6], 32, Eq),
-                    COUNTER,
-                    &ret,
-                ],
-            ),
-        ),
-        at(
-            Position::Index(1),
-            rule(
-                &inbound,
-                &[
-                    &iface(Iifname, Eq, "lo"),
-                    &tcp,
-                    &ip6(8, PASSTHROUGH6, 128, Eq),
-                    COUNTER,
-                    &ret,
-                ],
-            ),
-        ),
+        passthrough(&ip4(12, [127, 0, 0, 6], 32, Eq)),
+        passthrough(&ip6(8, PASSTHROUGH6, 128, Eq)),
         at(
             Position::Index(2),
             rule(

@@ -34,22 +34,24 @@ pub fn in_scratch_netns<T: Send>(test: &str, body: impl FnOnce() -> T + Send) ->
     }
 }
 
-/// Runs nft in the calling thread's namespace (a child inherits its thread's namespaces).
-pub fn nft(args: &[&str]) -> String {
-    let out = Command::new("nft")
+/// Runs `program` in the calling thread's namespace (a child inherits its thread's
+/// namespaces); its output, once it has succeeded.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
         .args(args)
         .output()
-        .expect("run nft (scripts/setup installs the nftables package)");
+        .unwrap_or_else(|e| panic!("run {program} (scripts/setup installs it): {e}"));
     assert!(
         out.status.success(),
-        "nft {args:?}: {}",
+        "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("nft prints UTF-8")
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{program} printed non-UTF-8: {e}"))
 }
 
+/// `nft list ruleset` in the calling thread's namespace.
 pub fn ruleset() -> String {
-    nft(&["list", "ruleset"])
+    run("nft", &["list", "ruleset"])
 }
 
 pub fn golden(name: &str) -> PathBuf {

@@ -8,6 +8,8 @@ use std::process::{Command, ExitStatus};
 use capture_e2e::ebpf;
 use capture_e2e::{Family, Flavor, NetNs, SIDECAR_ARGS};
 
+use crate::support::assert_no_capture;
+
 /// The binary under test.
 pub(crate) const CAPTURE_INIT: &str = env!("CARGO_BIN_EXE_capture-init");
 
@@ -87,6 +89,15 @@ impl<'a> CaptureInit<'a> {
             Family::V4 => init,
             Family::V6 => init.switch("--dual-stack"),
         }
+    }
+
+    /// A large TPROXY apply, which a kill can land in the middle of: `-m TPROXY` with 8,000
+    /// excluded CIDRs.
+    pub(crate) fn large_tproxy(self) -> Self {
+        let cidrs: Vec<String> = (0..8000)
+            .map(|i| format!("10.{}.{}.0/24", 64 + i / 256, i % 256))
+            .collect();
+        self.set("-m", "TPROXY").set("-x", &cidrs.join(","))
     }
 
     /// `--backend ebpf` with the programs attached to `cgroup` and pinned in `bpffs`.
@@ -178,7 +189,50 @@ pub(crate) fn run_clean(mut cmd: Command, path_first: Option<&Path>) -> Run {
     finished(&cmd, out)
 }
 
-/// A [`Run`] from a finished command's output.
+/// Races `first` eight times against a second run, with the same flags or with another `-p` in
+/// turn, on `backend`: in each round at least one run succeeds, a rerun of each that did says
+/// every line of `in_place`, a run that lost says `loser_says` (its configuration differs from
+/// the winner's), and a cleanup leaves nothing of capture's.
+pub(crate) fn assert_concurrent_runs_serialise(
+    first: &CaptureInit,
+    backend: Backend,
+    in_place: &[&str],
+    loser_says: &str,
+) {
+    for round in 0..8 {
+        let second = if round % 2 == 0 {
+            first.clone()
+        } else {
+            first.clone().set("-p", "15002")
+        };
+        let (ra, rb) = race(first, &second);
+        let winners: Vec<&CaptureInit> = [(first, &ra), (&second, &rb)]
+            .into_iter()
+            .filter(|(_, r)| r.status.success())
+            .map(|(init, _)| init)
+            .collect();
+        assert!(
+            !winners.is_empty(),
+            "round {round}: both failed:\n{}\n{}",
+            ra.stderr,
+            rb.stderr
+        );
+        for init in &winners {
+            let rerun = init.run();
+            rerun.ok();
+            for line in in_place {
+                rerun.says(line);
+            }
+        }
+        if winners.len() == 1 {
+            let loser = if ra.status.success() { &rb } else { &ra };
+            loser.code(1).says(loser_says);
+        }
+        first.clone().switch("--cleanup-only").run().ok();
+        assert_no_capture(first.pod, backend);
+    }
+}
+
 /// Starts `a` and `b` at the same moment and waits for both: how the lock tests race two runs.
 pub(crate) fn race(a: &CaptureInit, b: &CaptureInit) -> (Run, Run) {
     let (mut a, mut b) = (a.command(), b.command());
@@ -195,6 +249,7 @@ pub(crate) fn race(a: &CaptureInit, b: &CaptureInit) -> (Run, Run) {
     })
 }
 
+/// A [`Run`] from a finished command's output.
 pub(crate) fn finished(cmd: &Command, out: std::io::Result<std::process::Output>) -> Run {
     let out = out.unwrap_or_else(|e| panic!("cannot run {CAPTURE_INIT}: {e}"));
     Run {

@@ -13,7 +13,7 @@
 //! 1. The pod's `/proc/net/nf_conntrack` shows which zone each flow is in.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::thread;
@@ -31,7 +31,9 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use crate::capture_init::{Backend, CaptureInit};
-use crate::support::{APP, Identity, PROXY, ROOT, assert_lands, inbound_proxy, outbound_proxy, peer_app};
+use crate::support::{
+    APP, Identity, PROXY, ROOT, assert_lands, inbound_proxy, outbound_proxy, peer_app, subnet_host,
+};
 
 /// The agent's DNS port, where `--redirect-dns` sends captured queries.
 const AGENT_DNS_PORT: u16 = 15053;
@@ -361,17 +363,7 @@ impl DnsPod {
 /// A second address of the peer, `10.<n>.0.4` or `fd00:<n>::4`, for a DNS server that resolv.conf
 /// does not name.
 fn other_peer_ip(topo: &Topology, family: Family) -> IpAddr {
-    match topo.peer_ip(family) {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            IpAddr::V4(Ipv4Addr::new(a, b, c, 4))
-        }
-        IpAddr::V6(v6) => {
-            let mut segments = v6.segments();
-            segments[7] = 4;
-            IpAddr::V6(Ipv6Addr::from(segments))
-        }
-    }
+    subnet_host(topo, family, 4)
 }
 
 /// `src=… dst=… sport=… dport=… ` as `/proc/net/nf_conntrack` prints a tuple (IPv6 in full, with

@@ -5,7 +5,7 @@
 
 use capture_e2e::{Family, Flavor, Topology, iptables_save_normalized, require_root, run_ok};
 
-use crate::capture_init::{Backend, CaptureInit, Via, race};
+use crate::capture_init::{Backend, CaptureInit, Via, assert_concurrent_runs_serialise};
 use crate::support::{
     APP, assert_lands, assert_no_capture, has_ipv6_passthrough, iptables, nft_ruleset, outbound_proxy,
     peer_app,
@@ -22,14 +22,11 @@ fn nft(topo: &Topology, args: &[&str]) {
 
 /// `nft -s list table inet NAME` in the pod.
 fn table_text(topo: &Topology, name: &str) -> String {
-    let out = topo
-        .pod
-        .command("nft")
-        .args(["-s", "list", "table", "inet", name])
-        .output()
-        .expect("run nft");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    run_ok(
+        topo.pod
+            .command("nft")
+            .args(["-s", "list", "table", "inet", name]),
+    )
 }
 
 /// The names of the pod's nftables tables, `family name` each.
@@ -227,37 +224,12 @@ fn concurrent_runs_never_undo_each_other() {
         return;
     }
     let topo = Topology::new();
-    let first = native(&topo);
-    for round in 0..8 {
-        let second = if round % 2 == 0 {
-            first.clone()
-        } else {
-            first.clone().set("-p", "15002")
-        };
-        let (ra, rb) = race(&first, &second);
-        let winners: Vec<&CaptureInit> = [(&first, &ra), (&second, &rb)]
-            .into_iter()
-            .filter(|(_, r)| r.status.success())
-            .map(|(init, _)| init)
-            .collect();
-        assert!(
-            !winners.is_empty(),
-            "round {round}: both failed:\n{}\n{}",
-            ra.stderr,
-            rb.stderr
-        );
-        for init in &winners {
-            init.run()
-                .ok()
-                .says("native nftables capture already in place, nothing changed");
-        }
-        if winners.len() == 1 {
-            let loser = if ra.status.success() { &rb } else { &ra };
-            loser.code(1).says("differs from this configuration");
-        }
-        first.clone().switch("--cleanup-only").run().ok();
-        assert_no_capture(&topo.pod, Backend::Nftables);
-    }
+    assert_concurrent_runs_serialise(
+        &native(&topo),
+        Backend::Nftables,
+        &["native nftables capture already in place, nothing changed"],
+        "differs from this configuration",
+    );
 }
 
 /// `capture-init` killed (as a container is) at several points of a large TPROXY apply: one
@@ -269,10 +241,7 @@ fn killed_mid_apply_leaves_all_or_nothing() {
         return;
     }
     let topo = Topology::new();
-    let cidrs: Vec<String> = (0..8000)
-        .map(|i| format!("10.{}.{}.0/24", 64 + i / 256, i % 256))
-        .collect();
-    let init = native(&topo).set("-m", "TPROXY").set("-x", &cidrs.join(","));
+    let init = native(&topo).large_tproxy();
     for delay_ms in [1, 3, 5, 8, 12, 20, 40] {
         let mut cmd = init.command();
         cmd.stdout(std::process::Stdio::null())

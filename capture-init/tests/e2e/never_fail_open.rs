@@ -9,9 +9,10 @@ use capture_e2e::{
     Family, Flavor, NetNs, TempDir, Topology, iptables_save_normalized, require_root, run_ok, test_matrix,
 };
 
-use crate::capture_init::{CaptureInit, Run, finished, race};
+use crate::capture_init::{Backend, CaptureInit, assert_concurrent_runs_serialise, finished};
 use crate::support::{
     assert_no_istio, failing_ip6tables_restore, has_ipv6_passthrough, iptables, rules, saves,
+    sidecar_captured,
 };
 
 test_matrix!(flavor:
@@ -23,13 +24,16 @@ test_matrix!(flavor:
     rules_ahead_of_capture_are_reported,
 );
 
+/// What a rerun says when it finds both families' rules exactly in place.
+const IN_PLACE: [&str; 2] = [
+    "IPv4 capture already in place, nothing changed",
+    "IPv6 capture already in place, nothing changed",
+];
+
 /// A rerun of `init` finds both families' rules exactly in place.
 #[track_caller]
 fn rerun_changes_nothing(init: &CaptureInit) {
-    init.run()
-        .ok()
-        .says("IPv4 capture already in place, nothing changed")
-        .says("IPv6 capture already in place, nothing changed");
+    init.run().ok().says(IN_PLACE[0]).says(IN_PLACE[1]);
 }
 
 /// Both families' `-A` lines.
@@ -48,33 +52,12 @@ fn concurrent_runs_never_undo_each_other(flavor: Flavor) {
     }
     let topo = Topology::new();
     let first = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
-    for round in 0..8 {
-        let second = if round % 2 == 0 {
-            first.clone()
-        } else {
-            first.clone().set("-p", "15002")
-        };
-        let (ra, rb) = race(&first, &second);
-        let winners: Vec<(&CaptureInit, &Run)> = [(&first, &ra), (&second, &rb)]
-            .into_iter()
-            .filter(|(_, r)| r.status.success())
-            .collect();
-        assert!(
-            !winners.is_empty(),
-            "round {round}: both failed:\n{}\n{}",
-            ra.stderr,
-            rb.stderr
-        );
-        for (init, _) in &winners {
-            rerun_changes_nothing(init);
-        }
-        if winners.len() == 1 {
-            let loser = if ra.status.success() { &rb } else { &ra };
-            loser.code(1).says("differ from this configuration");
-        }
-        first.clone().switch("--cleanup-only").run().ok();
-        assert_no_istio(&topo.pod, flavor);
-    }
+    assert_concurrent_runs_serialise(
+        &first,
+        Backend::Iptables(flavor),
+        &IN_PLACE,
+        "differ from this configuration",
+    );
 }
 
 /// `capture-init` and its restore child killed (as a container is) at several points of a large
@@ -85,12 +68,7 @@ fn killed_mid_apply_heals_on_rerun(flavor: Flavor) {
         return;
     }
     let topo = Topology::new();
-    let cidrs: Vec<String> = (0..8000)
-        .map(|i| format!("10.{}.{}.0/24", 64 + i / 256, i % 256))
-        .collect();
-    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6)
-        .set("-m", "TPROXY")
-        .set("-x", &cidrs.join(","));
+    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6).large_tproxy();
     let mut interrupted = 0;
     for delay_ms in [5, 15, 30, 50, 80, 120, 200] {
         let mut cmd = init.command();
@@ -205,9 +183,7 @@ fn failed_cleanup_puts_everything_back(flavor: Flavor) {
         return;
     }
     let topo = Topology::new();
-    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
-    init.run().ok();
-    let fresh = saves(&topo.pod, flavor);
+    let (init, fresh) = sidecar_captured(&topo, flavor);
     let fake = failing_ip6tables_restore(flavor);
     init.clone()
         .switch("--cleanup-only")

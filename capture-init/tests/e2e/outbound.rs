@@ -48,75 +48,74 @@ fn outbound_app_is_captured_proxy_is_not(backend: Backend, family: Family) {
 
 /// `-o 81`: the app → peer:81 goes straight to the peer; peer:80 is still captured.
 fn outbound_excluded_port_goes_direct(backend: Backend, family: Family) {
-    if !require_root() {
-        return;
-    }
-    let topo = Topology::new();
-    let outbound = outbound_proxy(&topo, family);
-    let app81 = peer_app(&topo, family, 81);
-    CaptureInit::new(&topo.pod, backend, family)
-        .set("-o", "81")
-        .run()
-        .ok();
-
-    assert_lands(&topo.pod, APP, topo.peer_addr(family, 81), &app81);
-    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &outbound);
+    assert_direct_and_captured(backend, family, |topo| Bypass {
+        flags: vec![("-o", "81".into())],
+        direct: topo.peer_addr(family, 81),
+        captured: topo.peer_addr(family, 80),
+    });
 }
 
 /// `-x <peer>/32` (`/128`): the app → peer:80 goes straight to the peer; another address of the subnet
 /// is still captured.
 fn outbound_excluded_cidr_goes_direct(backend: Backend, family: Family) {
-    if !require_root() {
-        return;
-    }
-    let topo = Topology::new();
-    let outbound = outbound_proxy(&topo, family);
-    let app = peer_app(&topo, family, 80);
-    CaptureInit::new(&topo.pod, backend, family)
-        .set("-x", &peer_cidr(&topo, family))
-        .run()
-        .ok();
-
-    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &app);
-    assert_lands(&topo.pod, APP, nobody(&topo, family, 80), &outbound);
+    assert_direct_and_captured(backend, family, |topo| Bypass {
+        flags: vec![("-x", peer_cidr(topo, family))],
+        direct: topo.peer_addr(family, 80),
+        captured: nobody(topo, family, 80),
+    });
 }
 
 /// `-i "" -q 82`: no destination is captured by address, but port 82 is captured wherever it goes.
 fn outbound_ports_captured_without_cidrs(backend: Backend, family: Family) {
-    if !require_root() {
-        return;
-    }
-    let topo = Topology::new();
-    let outbound = outbound_proxy(&topo, family);
-    let app = peer_app(&topo, family, 80);
-    CaptureInit::new(&topo.pod, backend, family)
-        .set("-i", "")
-        .set("-q", "82")
-        .run()
-        .ok();
-
-    assert_lands(&topo.pod, APP, topo.peer_addr(family, 82), &outbound);
-    assert_lands(&topo.pod, APP, topo.peer_addr(family, 80), &app);
+    assert_direct_and_captured(backend, family, |topo| Bypass {
+        flags: vec![("-i", String::new()), ("-q", "82".into())],
+        direct: topo.peer_addr(family, 80),
+        captured: topo.peer_addr(family, 82),
+    });
 }
 
 /// `-x <peer>/32 -q 82`: peer:82 goes DIRECT. istio-iptables appends the `-x` RETURN rules to
 /// ISTIO_OUTPUT before the `-q` redirect rules, so an excluded CIDR wins over a captured port; we keep
 /// Istio's order. Port 82 to any other address is still captured.
 fn outbound_excluded_cidr_wins_over_captured_port(backend: Backend, family: Family) {
+    assert_direct_and_captured(backend, family, |topo| Bypass {
+        flags: vec![("-x", peer_cidr(topo, family)), ("-q", "82".into())],
+        direct: topo.peer_addr(family, 82),
+        captured: nobody(topo, family, 82),
+    });
+}
+
+/// A bypass scenario: what capture-init is given, and where the app's connections should go.
+struct Bypass {
+    /// Flags and values added to capture-init's command.
+    flags: Vec<(&'static str, String)>,
+    /// Reaches the peer's app on this port uncaptured.
+    direct: SocketAddr,
+    /// Still lands on the proxy's :15001.
+    captured: SocketAddr,
+}
+
+/// Runs the scenario `bypass` describes for a fresh topology.
+fn assert_direct_and_captured(backend: Backend, family: Family, bypass: impl FnOnce(&Topology) -> Bypass) {
     if !require_root() {
         return;
     }
     let topo = Topology::new();
+    let Bypass {
+        flags,
+        direct,
+        captured,
+    } = bypass(&topo);
     let outbound = outbound_proxy(&topo, family);
-    let app82 = peer_app(&topo, family, 82);
-    CaptureInit::new(&topo.pod, backend, family)
-        .set("-x", &peer_cidr(&topo, family))
-        .set("-q", "82")
-        .run()
-        .ok();
+    let app = peer_app(&topo, family, direct.port());
+    let mut init = CaptureInit::new(&topo.pod, backend, family);
+    for (flag, value) in &flags {
+        init = init.set(flag, value);
+    }
+    init.run().ok();
 
-    assert_lands(&topo.pod, APP, topo.peer_addr(family, 82), &app82);
-    assert_lands(&topo.pod, APP, nobody(&topo, family, 82), &outbound);
+    assert_lands(&topo.pod, APP, direct, &app);
+    assert_lands(&topo.pod, APP, captured, &outbound);
 }
 
 test_matrix!(backend: outbound_dual_stack_sockets_to_an_ipv4_peer);

@@ -5,7 +5,7 @@ use capture_e2e::{Family, Flavor, Topology, require_root, run_ok, test_matrix};
 use crate::capture_init::{Backend, CaptureInit, Via};
 use crate::support::{
     APP, assert_lands, assert_no_istio, has_ipv6_passthrough, iptables, nft_ruleset, outbound_proxy,
-    peer_app, saves,
+    peer_app, saves, sidecar_captured,
 };
 #[cfg(feature = "ebpf")]
 use crate::support::{ebpf_pods, ebpf_row};
@@ -85,9 +85,7 @@ fn drift_fails_and_reconcile_restores(flavor: Flavor) {
         return;
     }
     let topo = Topology::new();
-    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
-    init.run().ok();
-    let fresh = saves(&topo.pod, flavor);
+    let (init, fresh) = sidecar_captured(&topo, flavor);
 
     run_ok(topo.pod.command(iptables(flavor, Family::V4)).args([
         "-t",

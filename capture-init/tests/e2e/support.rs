@@ -11,10 +11,10 @@ use capture_e2e::ebpf::{self, EbpfWorld};
 use capture_e2e::require_root;
 use capture_e2e::{
     APP_UID, Accepted, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, Topology,
-    connect_as, iptables_save_normalized,
+    connect_as, iptables_save_normalized, run_ok,
 };
 
-use crate::capture_init::Backend;
+use crate::capture_init::{Backend, CaptureInit};
 #[cfg(feature = "ebpf")]
 use crate::capture_init::{Run, ebpf_node};
 
@@ -60,19 +60,17 @@ pub(crate) fn saves(pod: &NetNs, flavor: Flavor) -> [String; 2] {
     [Family::V4, Family::V6].map(|family| iptables_save_normalized(pod, flavor, family))
 }
 
+/// The sidecar capture applied in `topo`'s pod, both families in `flavor`, and the saves it left.
+pub(crate) fn sidecar_captured(topo: &Topology, flavor: Flavor) -> (CaptureInit<'_>, [String; 2]) {
+    let init = CaptureInit::sidecar(&topo.pod, flavor, Family::V6);
+    init.run().ok();
+    let fresh = saves(&topo.pod, flavor);
+    (init, fresh)
+}
+
 /// `nft -s list ruleset` in `pod` (without counter values, which traffic moves).
 pub(crate) fn nft_ruleset(pod: &NetNs) -> String {
-    let out = pod
-        .command("nft")
-        .args(["-s", "list", "ruleset"])
-        .output()
-        .expect("run nft (scripts/setup installs the nftables package)");
-    assert!(
-        out.status.success(),
-        "nft list ruleset: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("nft prints UTF-8")
+    run_ok(pod.command("nft").args(["-s", "list", "ruleset"]))
 }
 
 /// The `-A` lines of a save.
@@ -112,21 +110,26 @@ pub(crate) fn has_ipv6_passthrough(pod: &NetNs) -> bool {
         .contains("inet6 ::6/128")
 }
 
-/// An address in the pod's subnet that nobody holds: `10.<n>.0.3` or `fd00:<n>::3`. Captured traffic to
-/// it still reaches the proxy, since the redirect happens before anything is sent.
-pub(crate) fn nobody(topo: &Topology, family: Family, port: u16) -> SocketAddr {
-    let ip = match topo.peer_ip(family) {
+/// Host number `host` of the subnet the pod and the peer share: `10.<n>.0.<host>` or
+/// `fd00:<n>::<host>`.
+pub(crate) fn subnet_host(topo: &Topology, family: Family, host: u8) -> IpAddr {
+    match topo.peer_ip(family) {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
-            IpAddr::V4(Ipv4Addr::new(a, b, c, 3))
+            IpAddr::V4(Ipv4Addr::new(a, b, c, host))
         }
         IpAddr::V6(v6) => {
             let mut segments = v6.segments();
-            segments[7] = 3;
+            segments[7] = u16::from(host);
             IpAddr::V6(Ipv6Addr::from(segments))
         }
-    };
-    SocketAddr::new(ip, port)
+    }
+}
+
+/// An address in the pod's subnet that nobody holds: `10.<n>.0.3` or `fd00:<n>::3`. Captured traffic to
+/// it still reaches the proxy, since the redirect happens before anything is sent.
+pub(crate) fn nobody(topo: &Topology, family: Family, port: u16) -> SocketAddr {
+    SocketAddr::new(subnet_host(topo, family, 3), port)
 }
 
 /// The peer's address as a host CIDR for `-x`.
