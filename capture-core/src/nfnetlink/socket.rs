@@ -59,10 +59,16 @@ impl From<Error> for DumpError {
     }
 }
 
+/// The receive buffer: no datagram the kernel sends is larger. A dump fills at most 32 KiB per
+/// datagram, and no single nf_tables message is larger than 64 KiB (nft receives into as much).
+const RECEIVE_BUFFER: usize = 65536 + 4096;
+
 /// A `NETLINK_NETFILTER` socket in the calling thread's network namespace.
 pub(super) struct NfSocket {
     socket: Socket,
     seq: u32,
+    /// Where each datagram is received: one `recv` per datagram, without asking its size first.
+    buffer: Vec<u8>,
 }
 
 impl NfSocket {
@@ -73,7 +79,11 @@ impl NfSocket {
         // request echoed back. Kernels without them just say less.
         let _ = socket.set_ext_ack(true);
         let _ = socket.set_cap_ack(true);
-        Ok(Self { socket, seq: 0 })
+        Ok(Self {
+            socket,
+            seq: 0,
+            buffer: Vec::with_capacity(RECEIVE_BUFFER),
+        })
     }
 
     fn send(&self, bytes: &[u8]) -> Result<(), Error> {
@@ -84,8 +94,15 @@ impl NfSocket {
         Ok(())
     }
 
-    fn receive(&self) -> io::Result<Vec<u8>> {
-        self.socket.recv_from_full().map(|(datagram, _)| datagram)
+    /// Receives one datagram (`flags`: `MSG_DONTWAIT` or 0). One larger than the buffer, which
+    /// the kernel does not send, would be cut short: that is an error, not a shorter answer.
+    fn receive(&mut self, flags: libc::c_int) -> io::Result<&[u8]> {
+        self.buffer.clear();
+        let len = self.socket.recv(&mut self.buffer, flags | libc::MSG_TRUNC)?;
+        if len > self.buffer.len() {
+            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+        }
+        Ok(&self.buffer)
     }
 
     /// Sends a batch and reads the kernel's verdict on each of its messages.
@@ -104,21 +121,15 @@ impl NfSocket {
         }
         self.send(&batch.bytes)?;
         // The kernel handles a batch inside `sendmsg`: by now every answer is queued.
-        self.socket
-            .set_non_blocking(true)
-            .map_err(Error::syscall("fcntl(O_NONBLOCK)"))?;
         let mut datagrams = Vec::new();
         loop {
-            match self.receive() {
-                Ok(datagram) => datagrams.push(datagram),
+            match self.receive(libc::MSG_DONTWAIT) {
+                Ok(datagram) => datagrams.push(datagram.to_vec()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(io) => return Err(Error::Syscall { call: "recv", io }),
             }
         }
-        self.socket
-            .set_non_blocking(false)
-            .map_err(Error::syscall("fcntl(O_NONBLOCK)"))?;
         let mut messages = Vec::new();
         for datagram in &datagrams {
             messages.extend(Message::split(datagram).map_err(|source| Error::Malformed {
@@ -148,8 +159,10 @@ impl NfSocket {
         let mut found = Vec::new();
         let mut interrupted = false;
         loop {
-            let datagram = self.receive().map_err(|io| Error::Syscall { call: "recv", io })?;
-            for message in Message::split(&datagram).map_err(malformed)? {
+            let datagram = self
+                .receive(0)
+                .map_err(|io| Error::Syscall { call: "recv", io })?;
+            for message in Message::split(datagram).map_err(malformed)? {
                 if message.seq != seq {
                     continue;
                 }
@@ -202,8 +215,10 @@ impl NfSocket {
             source,
         };
         loop {
-            let datagram = self.receive().map_err(|io| Error::Syscall { call: "recv", io })?;
-            for message in Message::split(&datagram).map_err(malformed)? {
+            let datagram = self
+                .receive(0)
+                .map_err(|io| Error::Syscall { call: "recv", io })?;
+            for message in Message::split(datagram).map_err(malformed)? {
                 if message.seq != seq {
                     continue;
                 }
