@@ -68,11 +68,17 @@ impl Listing {
 /// # Ok::<(), capture_core::nfnetlink::Error>(())
 /// ```
 pub fn list(family: NfProto, table: Option<&str>) -> Result<Listing, Error> {
+    let only = table.map(|t| [t]);
+    consistent(family, only.as_ref().map(|t| &t[..]))
+}
+
+/// One [`snapshot`] that no commit interrupted: listed again while the ruleset generation moves
+/// during the listing, at most [`ATTEMPTS`] times.
+fn consistent(family: NfProto, only: Option<&[&str]>) -> Result<Listing, Error> {
     let mut socket = NfSocket::open()?;
     for _ in 0..ATTEMPTS {
         let before = socket.generation()?;
-        let only = table.map(|t| [t]);
-        let listing = match snapshot(&mut socket, family, only.as_ref().map(|t| &t[..])) {
+        let listing = match snapshot(&mut socket, family, only) {
             Ok(listing) => listing,
             Err(DumpError::Interrupted) => continue,
             Err(DumpError::Failed(e)) => return Err(e),
@@ -93,42 +99,31 @@ pub fn list(family: NfProto, table: Option<&str>) -> Result<Listing, Error> {
 /// # Errors
 /// As [`list`].
 pub fn list_tables(family: NfProto, tables: &[&str]) -> Result<Vec<Listing>, Error> {
-    let mut socket = NfSocket::open()?;
-    for _ in 0..ATTEMPTS {
-        let before = socket.generation()?;
-        let listing = match snapshot(&mut socket, family, Some(tables)) {
-            Ok(listing) => listing,
-            Err(DumpError::Interrupted) => continue,
-            Err(DumpError::Failed(e)) => return Err(e),
-        };
-        if socket.generation()? == before {
-            return Ok(tables
+    let listing = consistent(family, Some(tables))?;
+    Ok(tables
+        .iter()
+        .map(|name| Listing {
+            generation: listing.generation,
+            tables: listing
+                .tables
                 .iter()
-                .map(|name| Listing {
-                    generation: before,
-                    tables: listing
-                        .tables
-                        .iter()
-                        .filter(|t| t.name == *name)
-                        .cloned()
-                        .collect(),
-                    chains: listing
-                        .chains
-                        .iter()
-                        .filter(|c| c.table == *name)
-                        .cloned()
-                        .collect(),
-                    rules: listing
-                        .rules
-                        .iter()
-                        .filter(|r| r.table == *name)
-                        .cloned()
-                        .collect(),
-                })
-                .collect());
-        }
-    }
-    Err(Error::Interrupted { attempts: ATTEMPTS })
+                .filter(|t| t.name == *name)
+                .cloned()
+                .collect(),
+            chains: listing
+                .chains
+                .iter()
+                .filter(|c| c.table == *name)
+                .cloned()
+                .collect(),
+            rules: listing
+                .rules
+                .iter()
+                .filter(|r| r.table == *name)
+                .cloned()
+                .collect(),
+        })
+        .collect())
 }
 
 fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&[&str]>) -> Result<Listing, DumpError> {

@@ -73,15 +73,6 @@ enum State {
     Differs(Vec<String>),
 }
 
-/// Our tables as the kernel holds them now (empty listings for absent ones), and the ruleset
-/// generation they were read at.
-fn read() -> Result<(Vec<Listing>, u32), nfnetlink::Error> {
-    let names = TABLES.map(table_name);
-    let listings = list_tables(NfProto::Inet, &names)?;
-    let generation = listings.first().map_or(0, |l| l.generation);
-    Ok((listings, generation))
-}
-
 fn compare(expected: &[Compiled], present: &[Listing]) -> State {
     let mut differences = Vec::new();
     let mut anything = false;
@@ -200,13 +191,16 @@ pub fn replacement(present: &[Listing], compiled: &[Compiled], generation: u32) 
 /// # Errors
 /// When the tables cannot be listed.
 pub fn current() -> Result<(Vec<Listing>, u32), nfnetlink::Error> {
-    read()
+    let names = TABLES.map(table_name);
+    let listings = list_tables(NfProto::Inet, &names)?;
+    let generation = listings.first().map_or(0, |l| l.generation);
+    Ok((listings, generation))
 }
 
 fn install(spec: &CaptureSpec, options: ApplyOptions) -> Result<Outcome, NftError> {
     let _lock = NetnsLock::current()?;
     let compiled = compile(&plan(spec), &SystemAccounts)?;
-    let (present, generation) = read()?;
+    let (present, generation) = current()?;
     let change = match compare(&compiled, &present) {
         State::Equal => Change::Unchanged,
         State::Absent => Change::Applied,
@@ -240,7 +234,7 @@ fn install(spec: &CaptureSpec, options: ApplyOptions) -> Result<Outcome, NftErro
 fn check(spec: &CaptureSpec) -> Result<Vec<String>, NftError> {
     let _lock = NetnsLock::current()?;
     let compiled = compile(&plan(spec), &SystemAccounts)?;
-    let (present, _) = read()?;
+    let (present, _) = current()?;
     let mut differences = match compare(&compiled, &present) {
         State::Equal => Vec::new(),
         State::Absent => vec!["native nftables capture tables are missing".to_owned()],
@@ -252,7 +246,7 @@ fn check(spec: &CaptureSpec) -> Result<Vec<String>, NftError> {
 
 fn uninstall(spec: &CaptureSpec) -> Result<Outcome, NftError> {
     let _lock = NetnsLock::current()?;
-    let (present, generation) = read()?;
+    let (present, generation) = current()?;
     let names: Vec<&str> = existing(&present).map(|t| t.name.as_str()).collect();
     if !names.is_empty() {
         let mut batch = Batch::new();
