@@ -3,6 +3,11 @@
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::process::ExitCode;
+#[cfg(not(test))]
+use std::{
+    ffi::{CStr, OsStr},
+    os::unix::ffi::OsStrExt as _,
+};
 
 use capture_core::host::{self, NetNs, NsId, RunError};
 use capture_core::nft::Nftables;
@@ -17,6 +22,53 @@ const VALIDATION_FAILED: u8 = 126;
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("capture-init: {message}");
     ExitCode::from(1)
+}
+
+/// The process: what std's runtime would do before and after `fn main` that capture-init relies
+/// on, around [`main`].
+///
+/// capture-init is a short-lived command, and std's runtime setup costs it more than a tenth of
+/// a native nftables apply: to report a stack overflow of the main thread by name, it asks glibc
+/// where the main thread's stack is (`pthread_getattr_np`), which reads and parses
+/// `/proc/self/maps` (0.15 ms here). So the entry point is C's `main`, and this does the rest
+/// of the runtime's work: standard streams that are closed are opened on `/dev/null` (so that
+/// no socket becomes stdout or stderr), `SIGPIPE` is ignored (a closed pipe is an error to
+/// report, not a signal that kills), the arguments are taken from `argv` (as they are on musl
+/// too), a panic exits with status 101, and stdout is flushed at the end. A main-thread panic
+/// names the thread `<unnamed>` instead of `main`, and a main-thread stack overflow ends in
+/// SIGSEGV without std's one-line report; neither happens in a correct run.
+///
+/// # Safety
+/// `argv` must point to `argc` NUL-terminated strings, as C's `main` receives them.
+#[cfg(not(test))]
+pub unsafe fn start(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the descriptor's flags; a closed one gives EBADF.
+        let closed = unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF);
+        // SAFETY: open(2) with a NUL-terminated path; the lower descriptors are open, so it
+        // takes `fd`, which stays open (and inheritable, as std leaves it) for the process.
+        if closed && unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) } == -1 {
+            std::process::abort();
+        }
+    }
+    // SAFETY: ignoring a signal installs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let len = usize::try_from(argc).unwrap_or(0);
+    let argv: Vec<OsString> = (0..len)
+        .map(|i| {
+            // SAFETY: the caller passes `argc` valid strings in `argv`.
+            let arg = unsafe { CStr::from_ptr(*argv.add(i)) };
+            OsStr::from_bytes(arg.to_bytes()).to_owned()
+        })
+        .collect();
+    // The panic hook has printed the message; std's runtime exits with 101 then.
+    let code = std::panic::catch_unwind(move || main(argv)).unwrap_or(ExitCode::from(101));
+    let _ = std::io::stdout().flush();
+    // ExitCode has no stable accessor for its number.
+    (0..=u8::MAX)
+        .find(|&n| ExitCode::from(n) == code)
+        .map_or(1, libc::c_int::from)
 }
 
 /// Runs the command and returns its exit status: 0 success, 1 error, 126 validation failure.
