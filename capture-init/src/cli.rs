@@ -738,19 +738,19 @@ where
         require_ebpf_build()?;
         return Ok(Parsed::Node(node));
     }
-    let matches = match clap_matches(Args::command(), argv)? {
+    let mut matches = match clap_matches(Args::command(), argv)? {
         Ok(m) => m,
         Err(info) => return Ok(Parsed::Info(info)),
     };
-    let mut args = Args::from_arg_matches(&matches).map_err(|e| CliError::Usage(Box::new(e)))?;
-    apply_override(
-        &matches,
-        "redirect_dns",
-        "ISTIO_META_DNS_CAPTURE",
-        &mut args.redirect_dns,
-    )?;
-    apply_override(&matches, "drop_invalid", "INVALID_DROP", &mut args.drop_invalid)?;
-    apply_override(&matches, "dual_stack", "ISTIO_DUAL_STACK", &mut args.dual_stack)?;
+    // Where the overridable flags came from, read before their values are moved out (`_mut`
+    // spares a copy of every match).
+    let given = |id| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let (dns_given, invalid_given, dual_given) =
+        (given("redirect_dns"), given("drop_invalid"), given("dual_stack"));
+    let mut args = Args::from_arg_matches_mut(&mut matches).map_err(|e| CliError::Usage(Box::new(e)))?;
+    apply_override(dns_given, "ISTIO_META_DNS_CAPTURE", &mut args.redirect_dns)?;
+    apply_override(invalid_given, "INVALID_DROP", &mut args.drop_invalid)?;
+    apply_override(dual_given, "ISTIO_DUAL_STACK", &mut args.dual_stack)?;
     match args.backend {
         Backend::Ebpf => require_ebpf_build()?,
         Backend::Iptables => {
@@ -833,13 +833,8 @@ pub fn resolve(args: Args) -> Result<Invocation, CliError> {
 }
 
 /// Istio's override variables win over the flag's own variable, but not over the command line.
-fn apply_override(
-    matches: &ArgMatches,
-    id: &str,
-    var: &'static str,
-    value: &mut bool,
-) -> Result<(), CliError> {
-    if matches.value_source(id) == Some(ValueSource::CommandLine) {
+fn apply_override(on_command_line: bool, var: &'static str, value: &mut bool) -> Result<(), CliError> {
+    if on_command_line {
         return Ok(());
     }
     match std::env::var(var) {
