@@ -119,13 +119,11 @@ pub enum Error {
         /// How many rules the chain has at that point of the batch.
         rules: usize,
     },
-    /// The kernel acknowledged fewer messages than were sent and reported no error.
-    #[error("the kernel answered {answered} of the batch's {sent} messages and reported no error")]
+    /// The kernel neither refused the batch nor acknowledged its last message.
+    #[error("the kernel did not acknowledge the batch's last message (sequence {seq}) and reported no error")]
     Unanswered {
-        /// Messages sent with `NLM_F_ACK`.
-        sent: usize,
-        /// Acknowledgements received.
-        answered: usize,
+        /// The sequence number of the message sent with `NLM_F_ACK`.
+        seq: u32,
     },
     /// An answer of the kernel could not be decoded.
     #[error("cannot decode the kernel's answer to {subject}")]

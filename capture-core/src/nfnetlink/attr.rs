@@ -26,6 +26,8 @@ const NFNETLINK_V0: u8 = 0;
 #[derive(Debug, Default)]
 pub(super) struct Writer {
     buf: Vec<u8>,
+    /// Where the last message written starts.
+    last: usize,
 }
 
 impl Writer {
@@ -39,6 +41,13 @@ impl Writer {
         self.buf.len()
     }
 
+    /// Adds `flags` to the header of the last message written.
+    pub(super) fn add_flags_to_last(&mut self, flags: u16) {
+        let at = self.last + 6;
+        let old = u16::from_ne_bytes([self.buf[at], self.buf[at + 1]]);
+        self.buf[at..at + 2].copy_from_slice(&(old | flags).to_ne_bytes());
+    }
+
     /// A message: `nlmsghdr` and `nfgenmsg`, then the attributes `fill` writes.
     pub(super) fn message(
         &mut self,
@@ -50,6 +59,7 @@ impl Writer {
         fill: impl FnOnce(&mut Self),
     ) {
         let start = self.buf.len();
+        self.last = start;
         // The length, filled in below.
         self.buf.extend_from_slice(&0_u32.to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());

@@ -117,6 +117,13 @@ pub(super) fn encode(batch: &Batch, first_seq: u32) -> Result<Encoded, Error> {
             }
         }
     }
+    // The kernel reports every refused message whatever its flags, and acknowledges the
+    // messages that ask only once the batch is committed or aborted: so one acknowledgement, of
+    // the last message, confirms the commit (nft asks for one per message; ~100 fewer answers
+    // to build and read here).
+    if !sent.is_empty() {
+        out.add_flags_to_last(NLM_F_ACK);
+    }
     out.message(MSG_BATCH_END, NLM_F_REQUEST, seq + 1, 0, SUBSYS_NFTABLES, |_| {});
     Ok(Encoded {
         bytes: out.into_bytes(),
@@ -191,7 +198,7 @@ impl Plan {
     }
 }
 
-/// An nf_tables message of type `msg` about `family`, acknowledged, with the flags `extra` too;
+/// An nf_tables message of type `msg` about `family`, with the flags `extra` too;
 /// `attrs` writes its attributes.
 fn nft_message(
     out: &mut Writer,
@@ -201,7 +208,7 @@ fn nft_message(
     family: NfProto,
     attrs: impl FnOnce(&mut Writer),
 ) {
-    let flags = NLM_F_REQUEST | NLM_F_ACK | extra;
+    let flags = NLM_F_REQUEST | extra;
     out.message(nft_type(msg), flags, seq, family.number(), 0, attrs);
 }
 

@@ -245,7 +245,7 @@ impl NfSocket {
 }
 
 /// The outcome of a batch from the kernel's answers to it: the first refusal, named after its
-/// message (and expression, when the kernel points at one), or success when every message was
+/// message (and expression, when the kernel points at one), or success when the last message was
 /// acknowledged.
 pub(super) fn blame(batch: &Encoded, messages: &[Message<'_>], generation: Option<u32>) -> Result<(), Error> {
     let mut answers = Vec::new();
@@ -283,17 +283,12 @@ pub(super) fn blame(batch: &Encoded, messages: &[Message<'_>], generation: Optio
             kernel_message,
         });
     }
-    let answered = answers
-        .iter()
-        .filter(|a| batch.sent.iter().any(|s| s.seq == a.seq))
-        .count();
-    if answered < batch.sent.len() {
-        return Err(Error::Unanswered {
-            sent: batch.sent.len(),
-            answered,
-        });
+    // Only the last message asks for an acknowledgement: without it, the kernel's verdict was
+    // lost (a receive buffer overrun), and the batch cannot be reported as committed.
+    match batch.sent.last() {
+        Some(last) if !answers.iter().any(|a| a.seq == last.seq) => Err(Error::Unanswered { seq: last.seq }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// An `NLMSG_ERROR` message: an acknowledgement (no errno) or a refusal.

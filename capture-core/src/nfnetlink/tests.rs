@@ -328,15 +328,28 @@ fn refusal_names_the_rule_and_the_expression() {
     let answer = refusal(1, libc::ERESTART, "", 0);
     let err = socket::blame(&encoded, &Message::split(&answer).unwrap(), Some(7)).unwrap_err();
     assert!(matches!(err, Error::Changed { expected: 7 }), "{err:?}");
-    // Acknowledgements for only part of the batch, and no error.
+    // No acknowledgement of the last message, and no error: the verdict was lost.
+    let last = encoded.sent.last().unwrap().seq;
     let err = socket::blame(&encoded, &[], None).unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!(
-            "the kernel answered 0 of the batch's {} messages and reported no error",
-            encoded.sent.len()
-        )
+        format!("the kernel did not acknowledge the batch's last message (sequence {last}) and reported no error")
     );
+    let ack = refusal(last, 0, "", 0);
+    socket::blame(&encoded, &Message::split(&ack).unwrap(), None).unwrap();
+}
+
+#[test]
+fn only_the_last_message_of_a_batch_asks_for_an_acknowledgement() {
+    let encoded = encode::encode(&everything(), 1).unwrap();
+    let messages = Message::split(&encoded.bytes).unwrap();
+    let asking: Vec<u32> = messages
+        .iter()
+        .filter(|m| m.flags & encode::NLM_F_ACK != 0)
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(asking, [encoded.sent.last().unwrap().seq]);
+    assert!(messages.len() > 3, "begin, several messages, end");
 }
 
 #[test]
