@@ -63,6 +63,11 @@ pub const LAYOUT: &str = "LAYOUT";
 /// only checks key and value sizes).
 pub const LAYOUT_VERSION: u32 = 1;
 
+/// Older layout versions whose maps mean the same in this one (maps were only added, or
+/// resized): pins of these are upgraded in place (`Node::upgrade`), keeping every entry. A
+/// version whose keys or values changed meaning needs its own migration and is not listed.
+pub const UPGRADES_FROM: &[u32] = &[];
+
 /// How many pods (network namespaces) can be enrolled at once.
 pub const MAX_PODS: u32 = 4096;
 /// Capacity of [`OWNERS`]: owner entries of all pods, both generations during an update.

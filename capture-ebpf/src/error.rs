@@ -91,10 +91,10 @@ pub enum Error {
     },
     /// The pins were made by a capture whose maps mean something else.
     #[error(
-        "eBPF pins under {} have {}, and this capture has map layout v{expected}: their maps would be read with the wrong meaning; unload them first (capture-init ebpf unload --bpffs {}), which stops capture on this node until the programs are loaded again",
+        "eBPF pins under {} have {}, and this capture has map layout v{expected}: {}",
         pin_dir.display(),
         found.map_or_else(|| "no layout version (they come from an older capture)".to_owned(), |v| format!("map layout v{v}")),
-        pin_dir.parent().unwrap_or(pin_dir).display()
+        layout_advice(*found, pin_dir)
     )]
     Layout {
         /// The pin directory.
@@ -103,6 +103,20 @@ pub enum Error {
         found: Option<u32>,
         /// This capture's version.
         expected: u32,
+    },
+    /// A pinned map cannot be carried over into this capture's programs.
+    #[error(
+        "cannot upgrade the eBPF programs under {}: map {map} {reason}; only unloading them (capture-init ebpf unload --bpffs {}) and loading this capture's replaces them, which stops capture on this node in between",
+        pin_dir.display(),
+        pin_dir.parent().unwrap_or(pin_dir).display()
+    )]
+    Migration {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// The map.
+        map: &'static str,
+        /// What stands in the way.
+        reason: String,
     },
     /// A map has no room for the pod's entries; the pod keeps its previous configuration.
     #[error(
@@ -240,5 +254,18 @@ impl From<capture_core::host::RunError> for Error {
                 source: io::Error::other(format!("panicked: {what}")),
             },
         }
+    }
+}
+
+/// What to do about pins of layout `found`.
+fn layout_advice(found: Option<u32>, pin_dir: &std::path::Path) -> String {
+    let bpffs = pin_dir.parent().unwrap_or(pin_dir).display();
+    match found {
+        Some(v) if capture_ebpf_common::UPGRADES_FROM.contains(&v) => format!(
+            "upgrade them in place (capture-init ebpf upgrade --bpffs {bpffs}, or this capture's node agent), which keeps every pod captured"
+        ),
+        _ => format!(
+            "their maps would be read with the wrong meaning; unload them first (capture-init ebpf unload --bpffs {bpffs}), which stops capture on this node until the programs are loaded again"
+        ),
     }
 }

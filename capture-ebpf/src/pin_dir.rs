@@ -108,6 +108,12 @@ impl PinDir {
         self.inbound().join(cookie.0.to_string())
     }
 
+    /// `upgrade/`: new maps while [`Node::upgrade`](crate::Node::upgrade) switches to them.
+    #[must_use]
+    pub fn staging(&self) -> PathBuf {
+        self.path.join("upgrade")
+    }
+
     /// Whether programs are pinned here (their link pins are).
     #[must_use]
     pub fn is_loaded(&self) -> bool {
@@ -196,6 +202,13 @@ pub fn unload(pins: &PinDir) -> Result<(), Error> {
     for name in MAP_NAMES.into_iter().chain([LAYOUT]) {
         remove_pin(&pins.map(name))?;
     }
+    // What an upgrade killed half-way left.
+    if let Ok(entries) = fs::read_dir(pins.staging()) {
+        for entry in entries.flatten() {
+            remove_pin(&entry.path())?;
+        }
+        let _ = fs::remove_dir(pins.staging());
+    }
     for dir in [pins.links(), pins.maps(), pins.path().to_owned()] {
         fs::remove_dir(&dir).map_err(|source| Error::Io {
             op: "remove directory",
@@ -226,7 +239,7 @@ pub(crate) fn detach_pinned(path: &Path) -> Result<(), Error> {
 }
 
 /// Removes the pin at `path`; one that is not there is no error.
-fn remove_pin(path: &Path) -> Result<(), Error> {
+pub(crate) fn remove_pin(path: &Path) -> Result<(), Error> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -13,6 +13,9 @@
 //! | [`obj_pin`], [`obj_get`] | `BPF_OBJ_PIN`, `BPF_OBJ_GET` |
 //! | [`link_info`] | `BPF_OBJ_GET_INFO_BY_FD` on a link |
 //! | [`effective_programs`] | `BPF_PROG_QUERY` with `BPF_F_QUERY_EFFECTIVE` (4.15) |
+//! | [`link_update`] | `BPF_LINK_UPDATE` with `BPF_F_REPLACE` (5.7; netns links 5.8) |
+//! | [`prog_by_id`], [`prog_tag`] | `BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD` on a program |
+//! | [`map_shape`], [`map_copy`] | `BPF_OBJ_GET_INFO_BY_FD` on a map; `BPF_MAP_GET_NEXT_KEY`, `_LOOKUP_ELEM`, `_UPDATE_ELEM` |
 
 use std::ffi::CString;
 use std::io;
@@ -21,7 +24,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 pub(crate) use aya_obj::generated::bpf_attach_type as AttachType;
-use aya_obj::generated::{BPF_F_QUERY_EFFECTIVE, bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
+use aya_obj::generated::{
+    BPF_F_QUERY_EFFECTIVE, BPF_F_REPLACE, bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type, bpf_map_info,
+    bpf_map_type, bpf_prog_info,
+};
 
 use crate::CgroupId;
 
@@ -168,7 +174,7 @@ pub(crate) fn effective_programs(cgroup: BorrowedFd<'_>, attach_type: AttachType
 /// node's pins carry).
 pub(crate) fn version_map_create(value: u32) -> io::Result<OwnedFd> {
     let mut attr = zeroed_attr();
-    attr.__bindgen_anon_1.map_type = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+    attr.__bindgen_anon_1.map_type = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
     attr.__bindgen_anon_1.key_size = 4;
     attr.__bindgen_anon_1.value_size = 4;
     attr.__bindgen_anon_1.max_entries = 1;
@@ -198,6 +204,135 @@ pub(crate) fn version_map_read(map: BorrowedFd<'_>) -> io::Result<u32> {
     attr.__bindgen_anon_2.__bindgen_anon_1.value = (&raw mut value) as u64;
     bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
     Ok(value)
+}
+
+/// `bpf(BPF_LINK_UPDATE)`: the link runs `new` from now on, if it still runs `old`
+/// (`BPF_F_REPLACE`), atomically for every event the link sees.
+pub(crate) fn link_update(link: BorrowedFd<'_>, new: BorrowedFd<'_>, old: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.link_update.link_fd = fd_u32(link);
+    attr.link_update.__bindgen_anon_1.new_prog_fd = fd_u32(new);
+    attr.link_update.flags = BPF_F_REPLACE;
+    attr.link_update.__bindgen_anon_2.old_prog_fd = fd_u32(old);
+    bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// `bpf(BPF_PROG_GET_FD_BY_ID)`: a descriptor of the loaded program `id`.
+pub(crate) fn prog_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = id;
+    let fd = bpf(bpf_cmd::BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: BPF_PROG_GET_FD_BY_ID returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A program's tag: the hash of its instructions with map references left out, so two loads
+/// of the same code have the same tag.
+pub(crate) fn prog_tag(prog: BorrowedFd<'_>) -> io::Result<[u8; 8]> {
+    // SAFETY: bpf_prog_info is a C struct of integers; all-zero bytes are valid.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = fd_u32(prog);
+    attr.info.info_len = u32::try_from(size_of::<bpf_prog_info>()).expect("the struct is small");
+    attr.info.info = (&raw mut info) as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.tag)
+}
+
+/// What decides whether a map's entries fit another map: its type, key and value sizes,
+/// capacity and flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapShape {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+}
+
+/// `bpf(BPF_OBJ_GET_INFO_BY_FD)` on a map.
+pub(crate) fn map_shape(map: BorrowedFd<'_>) -> io::Result<MapShape> {
+    // SAFETY: bpf_map_info is a C struct of integers; all-zero bytes are valid.
+    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = fd_u32(map);
+    attr.info.info_len = u32::try_from(size_of::<bpf_map_info>()).expect("the struct is small");
+    attr.info.info = (&raw mut info) as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(MapShape {
+        map_type: info.type_,
+        key_size: info.key_size,
+        value_size: info.value_size,
+        max_entries: info.max_entries,
+        map_flags: info.map_flags,
+    })
+}
+
+/// Copies every entry of `from` into `to` (maps of the same type, key and value sizes), as
+/// bytes; with `only_missing`, entries `to` already has are left as they are. Returns how many
+/// were written.
+pub(crate) fn map_copy(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    shape: MapShape,
+    only_missing: bool,
+) -> io::Result<usize> {
+    let per_cpu = [
+        bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
+        bpf_map_type::BPF_MAP_TYPE_PERCPU_HASH,
+        bpf_map_type::BPF_MAP_TYPE_LRU_PERCPU_HASH,
+    ]
+    .iter()
+    .any(|t| *t as u32 == shape.map_type);
+    let value_len = if per_cpu {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        (shape.value_size as usize).next_multiple_of(8) * cpus
+    } else {
+        shape.value_size as usize
+    };
+    let mut key = vec![0u8; shape.key_size as usize];
+    let mut next = vec![0u8; shape.key_size as usize];
+    let mut value = vec![0u8; value_len];
+    let mut first = true;
+    let mut copied = 0;
+    loop {
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_2.map_fd = fd_u32(from);
+        // No key: the first one.
+        attr.__bindgen_anon_2.key = if first { 0 } else { key.as_ptr() as u64 };
+        attr.__bindgen_anon_2.__bindgen_anon_1.next_key = next.as_mut_ptr() as u64;
+        match bpf(bpf_cmd::BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(copied),
+            Err(e) => return Err(e),
+        }
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_2.map_fd = fd_u32(from);
+        attr.__bindgen_anon_2.key = key.as_ptr() as u64;
+        attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+        match bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(_) => {}
+            // Deleted since it was listed.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        }
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_2.map_fd = fd_u32(to);
+        attr.__bindgen_anon_2.key = key.as_ptr() as u64;
+        attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_ptr() as u64;
+        attr.__bindgen_anon_2.flags = if only_missing {
+            u64::from(aya_obj::generated::BPF_NOEXIST)
+        } else {
+            0
+        };
+        match bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr) {
+            Ok(_) => copied += 1,
+            Err(e) if only_missing && e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_int> {

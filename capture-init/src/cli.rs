@@ -602,6 +602,20 @@ pub enum NodeCommand {
         #[arg(long)]
         mount_bpffs: bool,
     },
+    /// Replace the loaded programs with this capture-init's on their existing attachments
+    /// (BPF_LINK_UPDATE), keeping every pod enrolled and captured; nothing changes when they
+    /// are this capture-init's already.
+    Upgrade {
+        /// The cgroup v2 directory the programs must act on. Default: the cgroup v2 root.
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
+        /// The bpf filesystem the programs are pinned in.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Replace the programs even when they are this capture-init's (rehearses an upgrade).
+        #[arg(long)]
+        always: bool,
+    },
     /// Detach and unpin the programs: no pod's connections are captured any more.
     Unload {
         /// The bpf filesystem the programs are pinned in.

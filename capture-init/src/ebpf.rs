@@ -1,5 +1,5 @@
 //! The eBPF backend (`--backend ebpf`, built with the `ebpf` feature): choosing capture-ebpf's
-//! [`Ebpf`] backend from the flags, and the node commands `capture-init ebpf load|unload|pods`.
+//! [`Ebpf`] backend from the flags, and the node commands `capture-init ebpf load|upgrade|unload|gc|stats|pods`.
 //!
 //! capture-ebpf owns the backend (the pin layout and node lock in `PinDir`, the refusal of
 //! programs that do not act on `--cgroup`, the rerun comparison, the messages); this module
@@ -35,7 +35,7 @@ fn ebpf(bpffs: Option<&Path>, cgroup: Option<&Path>, mount_bpffs: bool) -> Ebpf 
     }
 }
 
-/// `capture-init ebpf load|unload|pods`.
+/// `capture-init ebpf load|upgrade|unload|gc|stats|pods`.
 pub fn node(args: NodeArgs) -> ExitCode {
     let result = match args.command {
         NodeCommand::Load {
@@ -43,6 +43,11 @@ pub fn node(args: NodeArgs) -> ExitCode {
             bpffs,
             mount_bpffs,
         } => load(cgroup.as_deref(), &bpffs, mount_bpffs),
+        NodeCommand::Upgrade {
+            cgroup,
+            bpffs,
+            always,
+        } => upgrade(cgroup.as_deref(), &bpffs, always),
         NodeCommand::Unload { bpffs } => unload(&bpffs),
         NodeCommand::Pods { bpffs } => pods(&bpffs),
         NodeCommand::Gc { bpffs } => gc(&bpffs),
@@ -67,6 +72,16 @@ fn load(cgroup: Option<&Path>, bpffs: &Path, mount_bpffs: bool) -> Result<(), Fa
             node.attachment()?
         ),
     }
+    Ok(())
+}
+
+fn upgrade(cgroup: Option<&Path>, bpffs: &Path, always: bool) -> Result<(), Failure> {
+    let cgroup = match cgroup {
+        Some(cgroup) => cgroup.to_owned(),
+        None => capture_ebpf::cgroup2_root()?,
+    };
+    let upgrade = Node::upgrade(&cgroup, &PinDir::new(bpffs), always)?;
+    eprintln!("capture-init: {upgrade}");
     Ok(())
 }
 

@@ -830,7 +830,7 @@ fn ebpf_usage_errors() {
     if cfg!(feature = "ebpf") {
         assert_eq!(
             stderr,
-            "capture-init: ebpf needs a command: load, unload, gc, stats, pods\n"
+            "capture-init: ebpf needs a command: load, upgrade, unload, gc, stats, pods\n"
         );
     }
 }

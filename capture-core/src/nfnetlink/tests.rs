@@ -333,7 +333,9 @@ fn refusal_names_the_rule_and_the_expression() {
     let err = socket::blame(&encoded, &[], None).unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("the kernel did not acknowledge the batch's last message (sequence {last}) and reported no error")
+        format!(
+            "the kernel did not acknowledge the batch's last message (sequence {last}) and reported no error"
+        )
     );
     let ack = refusal(last, 0, "", 0);
     socket::blame(&encoded, &Message::split(&ack).unwrap(), None).unwrap();

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::EbpfLoader;
 use aya::maps::lpm_trie::Key;
@@ -211,14 +211,7 @@ impl Node {
                 });
             }
         }
-        let mut loader = EbpfLoader::new();
-        for name in MAP_NAMES {
-            loader.map_pin_path(name, self.pins.map(name));
-        }
-        let mut ebpf = loader
-            .override_global(NETNS_COOKIE_GLOBAL, &cookie.0, true)
-            .load(OBJECT)
-            .map_err(|e| Error::Load(Box::new(e)))?;
+        let mut ebpf = sk_lookup_instance(cookie, |name| self.pins.map(name))?;
         let program = load_sk_lookup(&mut ebpf)?;
         let fd = program.fd().map_err(|source| Error::Program {
             program: programs::SK_LOOKUP,
@@ -485,6 +478,24 @@ fn check_netns(pod: &PodNetns, found: NetnsCookie) -> Result<(), Error> {
             found,
         })
     }
+}
+
+/// The object loaded again for one pod's `sk_lookup` instance: its maps are the node's (the pins
+/// `map_pin` names; a missing pin would be created), the pod's netns cookie is in its
+/// [`NETNS_COOKIE_GLOBAL`]. Nothing is verified yet ([`load_sk_lookup`] does).
+pub(super) fn sk_lookup_instance(
+    cookie: NetnsCookie,
+    map_pin: impl Fn(&str) -> PathBuf,
+) -> Result<aya::Ebpf, Error> {
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<_> = MAP_NAMES.iter().map(|name| (*name, map_pin(name))).collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader
+        .override_global(NETNS_COOKIE_GLOBAL, &cookie.0, true)
+        .load(OBJECT)
+        .map_err(|e| Error::Load(Box::new(e)))
 }
 
 #[cfg(test)]

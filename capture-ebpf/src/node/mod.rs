@@ -11,6 +11,7 @@
 //!                                    ─> next generation's entries ─> POD_CONFIG switch ─> old entries removed
 //! node.unenroll(cookie)              POD_CONFIG entry removed first ─> sk_lookup link detached
 //!                                    ─> the pod's entries and inbound listeners removed
+//! Node::upgrade(cgroup, &pins)      this capture's programs on the pinned links, pods captured throughout (`upgrade`)
 //! node.unload() / unload(&pins)      link pins detached and removed ─> map pins removed ─> directory removed
 //! ```
 //!
@@ -24,9 +25,11 @@
 //! | this one | loading, opening (and checking where the programs act), unloading |
 //! | `enroll` | [`Node::apply`], [`Node::enroll`], [`Node::unenroll`], inbound listeners |
 //! | `state` | reading the maps back: enrolled pods, their entries, counters |
+//! | `upgrade` | [`Node::upgrade`]: new programs on the existing links, maps kept or migrated |
 
 mod enroll;
 mod state;
+mod upgrade;
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -43,6 +46,7 @@ use capture_ebpf_common::{
 };
 pub use enroll::Enrollment;
 pub use state::Stats;
+pub use upgrade::Upgrade;
 
 use crate::bpffs::is_bpffs;
 use crate::cgroup::is_cgroup2;
@@ -174,24 +178,7 @@ impl Node {
         let mut ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        for (name, hook) in PROGRAMS {
-            let program = ebpf.program_mut(name).ok_or(Error::Program {
-                program: name,
-                op: "find",
-                source: aya::programs::ProgramError::NotLoaded,
-            })?;
-            let err = |source| Error::Program {
-                program: name,
-                op: "load",
-                source,
-            };
-            match hook {
-                Hook::SockOps => <&mut SockOps>::try_from(program).map_err(err)?.load(),
-                Hook::GetSockopt => <&mut CgroupSockopt>::try_from(program).map_err(err)?.load(),
-                _ => <&mut CgroupSockAddr>::try_from(program).map_err(err)?.load(),
-            }
-            .map_err(err)?;
-        }
+        load_cgroup_programs(&mut ebpf)?;
         // Verified here once, so that enrolling cannot meet a verifier error; each pod gets its
         // own instance (see `attach_inbound`), this one is dropped unattached.
         load_sk_lookup(&mut ebpf)?;
@@ -313,37 +300,7 @@ impl Node {
     /// ```
     pub fn open_for(cgroup: &Path, pins: &PinDir) -> Result<Node, Error> {
         let node = Node::open(pins)?;
-        let cgroup_id = CgroupId::of(cgroup)?;
-        let dir = File::open(cgroup).map_err(|source| Error::Io {
-            op: "open cgroup",
-            path: cgroup.to_owned(),
-            source,
-        })?;
-        for (program, hook) in PROGRAMS {
-            let link = node.link_info(program)?;
-            let Some(attached) = link.cgroup() else {
-                return Err(Error::Detached {
-                    pin_dir: pins.path().to_owned(),
-                    program,
-                });
-            };
-            if attached == cgroup_id {
-                continue;
-            }
-            let effective =
-                effective_programs(dir.as_fd(), hook.attach_type()).map_err(|source| Error::Syscall {
-                    call: "bpf(BPF_PROG_QUERY)",
-                    source,
-                })?;
-            if !effective.contains(&link.prog_id) {
-                return Err(Error::AttachedElsewhere {
-                    pin_dir: pins.path().to_owned(),
-                    attached: AttachedCgroup::find(attached),
-                    cgroup: cgroup.to_owned(),
-                    cgroup_id,
-                });
-            }
-        }
+        check_acts_on(cgroup, pins)?;
         Ok(node)
     }
 
@@ -356,7 +313,7 @@ impl Node {
     pub fn attachment(&self) -> Result<Attachment, Error> {
         let mut first = None;
         for (program, _) in PROGRAMS {
-            match self.link_info(program)?.cgroup() {
+            match pinned_link_info(&self.pins, program)?.cgroup() {
                 None => return Ok(Attachment::Detached { program }),
                 Some(id) => {
                     first.get_or_insert(id);
@@ -365,20 +322,6 @@ impl Node {
         }
         let id = first.expect("there are programs");
         Ok(Attachment::Cgroup(AttachedCgroup::find(id)))
-    }
-
-    /// The info of `program`'s pinned cgroup link.
-    fn link_info(&self, program: &'static str) -> Result<LinkInfo, Error> {
-        let path = self.pins.link(program);
-        let link = obj_get(&path).map_err(|source| Error::Io {
-            op: "open pinned link",
-            path,
-            source,
-        })?;
-        link_info(link.as_fd()).map_err(|source| Error::Syscall {
-            call: "bpf(BPF_OBJ_GET_INFO_BY_FD)",
-            source,
-        })
     }
 
     /// The pin directory.
@@ -417,6 +360,80 @@ impl Node {
         drop(self);
         crate::unload(&pins)
     }
+}
+
+/// Checks that every program pinned under `pins` acts on the cgroup `cgroup` (see
+/// [`Node::open_for`]).
+fn check_acts_on(cgroup: &Path, pins: &PinDir) -> Result<(), Error> {
+    let cgroup_id = CgroupId::of(cgroup)?;
+    let dir = File::open(cgroup).map_err(|source| Error::Io {
+        op: "open cgroup",
+        path: cgroup.to_owned(),
+        source,
+    })?;
+    for (program, hook) in PROGRAMS {
+        let link = pinned_link_info(pins, program)?;
+        let Some(attached) = link.cgroup() else {
+            return Err(Error::Detached {
+                pin_dir: pins.path().to_owned(),
+                program,
+            });
+        };
+        if attached == cgroup_id {
+            continue;
+        }
+        let effective =
+            effective_programs(dir.as_fd(), hook.attach_type()).map_err(|source| Error::Syscall {
+                call: "bpf(BPF_PROG_QUERY)",
+                source,
+            })?;
+        if !effective.contains(&link.prog_id) {
+            return Err(Error::AttachedElsewhere {
+                pin_dir: pins.path().to_owned(),
+                attached: AttachedCgroup::find(attached),
+                cgroup: cgroup.to_owned(),
+                cgroup_id,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The info of `program`'s pinned cgroup link.
+fn pinned_link_info(pins: &PinDir, program: &'static str) -> Result<LinkInfo, Error> {
+    let path = pins.link(program);
+    let link = obj_get(&path).map_err(|source| Error::Io {
+        op: "open pinned link",
+        path,
+        source,
+    })?;
+    link_info(link.as_fd()).map_err(|source| Error::Syscall {
+        call: "bpf(BPF_OBJ_GET_INFO_BY_FD)",
+        source,
+    })
+}
+
+/// Loads (verifies) every cgroup program of `ebpf`.
+fn load_cgroup_programs(ebpf: &mut aya::Ebpf) -> Result<(), Error> {
+    for (name, hook) in PROGRAMS {
+        let program = ebpf.program_mut(name).ok_or(Error::Program {
+            program: name,
+            op: "find",
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
+        let err = |source| Error::Program {
+            program: name,
+            op: "load",
+            source,
+        };
+        match hook {
+            Hook::SockOps => <&mut SockOps>::try_from(program).map_err(err)?.load(),
+            Hook::GetSockopt => <&mut CgroupSockopt>::try_from(program).map_err(err)?.load(),
+            _ => <&mut CgroupSockAddr>::try_from(program).map_err(err)?.load(),
+        }
+        .map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Finds and loads (verifies) the `sk_lookup` program of `ebpf`.
@@ -465,22 +482,7 @@ fn keys_of<K>(keys: impl Iterator<Item = Result<K, MapError>>, map: &'static str
 /// An [`Error::Map`] for `op` on `map`, for `map_err`.
 /// [`Error::Layout`] unless the pins under `pins` carry this capture's [`LAYOUT_VERSION`].
 fn check_layout(pins: &PinDir) -> Result<(), Error> {
-    let path = pins.map(LAYOUT);
-    let found = match obj_get(&path) {
-        Ok(map) => Some(version_map_read(map.as_fd()).map_err(|source| Error::Io {
-            op: "read map",
-            path: path.clone(),
-            source,
-        })?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(Error::Io {
-                op: "open pinned map",
-                path,
-                source,
-            });
-        }
-    };
+    let found = layout_of(pins)?;
     if found == Some(LAYOUT_VERSION) {
         Ok(())
     } else {
@@ -489,6 +491,27 @@ fn check_layout(pins: &PinDir) -> Result<(), Error> {
             found,
             expected: LAYOUT_VERSION,
         })
+    }
+}
+
+/// The layout version the pins under `pins` carry; `None` for pins of a capture older than
+/// layout versions.
+fn layout_of(pins: &PinDir) -> Result<Option<u32>, Error> {
+    let path = pins.map(LAYOUT);
+    match obj_get(&path) {
+        Ok(map) => Ok(Some(version_map_read(map.as_fd()).map_err(|source| {
+            Error::Io {
+                op: "read map",
+                path: path.clone(),
+                source,
+            }
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            op: "open pinned map",
+            path,
+            source,
+        }),
     }
 }
 

@@ -43,6 +43,7 @@
 //! | `never_fail_open` | 10. never failing open (issue 8)                                          |
 //! | `native_nftables` | 11. the native nftables backend's life cycle, next to other rules        |
 //! | `dns`             | 12. DNS capture to 15053 and `--drop-invalid`, on every netfilter backend |
+//! | `ebpf_upgrade`    | 13. replacing the eBPF programs under traffic (feature `ebpf`)           |
 
 mod capture_init;
 mod support;
@@ -50,6 +51,8 @@ mod support;
 mod dns;
 #[cfg(feature = "ebpf")]
 mod ebpf_backend;
+#[cfg(feature = "ebpf")]
+mod ebpf_upgrade;
 mod inbound;
 mod ipv6_tproxy;
 mod loopback;

@@ -1,0 +1,151 @@
+//! Upgrading the node's programs under running pods (`capture-init ebpf upgrade`): the links
+//! stay, their programs are swapped with `BPF_LINK_UPDATE`, and no connection made meanwhile
+//! goes uncaptured or fails.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use capture_e2e::ebpf::{self, attached_to, sk_lookup_programs};
+use capture_e2e::{APP_UID, Family, Topology, connect_as};
+
+use crate::capture_init::{Backend, CaptureInit, Run, ebpf_node};
+use crate::support::{APP, ROOT, assert_lands, ebpf_row, inbound_proxy, outbound_proxy};
+
+/// `capture-init ebpf upgrade <extra> --bpffs … --cgroup …` for the row's node.
+fn upgrade(extra: &[&str]) -> Run {
+    let world = ebpf::child_world().expect("inside ebpf_row");
+    let (bpffs, cgroup) = (
+        world.bpffs.display().to_string(),
+        world.cgroup.display().to_string(),
+    );
+    let mut args = vec!["upgrade", "--bpffs", &bpffs, "--cgroup", &cgroup];
+    args.extend(extra);
+    ebpf_node(&args)
+}
+
+/// Program ids attached to the row's cgroup.
+fn attached_ids() -> Vec<String> {
+    let world = ebpf::child_world().expect("inside ebpf_row");
+    let mut ids: Vec<String> = attached_to(&world.cgroup)
+        .iter()
+        .map(|l| l.split(' ').next().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Outbound and inbound connections in a loop while the programs are replaced three times:
+/// every one lands on the proxy with its original destination, none fails; afterwards the
+/// cgroup holds as many attachments as before, of other programs, and the pod one `sk_lookup`.
+/// An upgrade to the programs already attached changes nothing.
+#[test]
+fn ebpf_upgrade_under_traffic_keeps_every_connection_captured() {
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let outbound = outbound_proxy(&topo, Family::V4);
+        let inbound = inbound_proxy(&topo, Family::V4);
+        CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4)
+            .run()
+            .ok()
+            .says("eBPF capture applied");
+        let out_dst = topo.peer_addr(Family::V4, 80);
+        let in_dst = topo.pod_addr(Family::V4, 8080);
+        assert_lands(&topo.pod, APP, out_dst, &outbound);
+        assert_lands(&topo.peer, ROOT, in_dst, &inbound);
+        upgrade(&[])
+            .ok()
+            .says("the programs in place are this capture's; nothing changed");
+        let before = attached_ids();
+
+        let stop = AtomicBool::new(false);
+        let made = [AtomicUsize::new(0), AtomicUsize::new(0)];
+        thread::scope(|scope| {
+            let loops = [
+                (&topo.pod, APP_UID, out_dst, outbound.token(), &made[0]),
+                (&topo.peer, 0, in_dst, inbound.token(), &made[1]),
+            ]
+            .map(|(ns, uid, dst, token, made)| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let (reply, _) = connect_as(ns, uid, uid, dst).unwrap_or_else(|e| {
+                            panic!("a connection to {dst} during the upgrade failed: {e}")
+                        });
+                        assert_eq!(
+                            reply, token,
+                            "a connection to {dst} during the upgrade was not captured"
+                        );
+                        made.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            });
+            let _stop = StopOnDrop(&stop);
+            let wait_for_more = || {
+                let counts = made.each_ref().map(|m| m.load(Ordering::SeqCst));
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while made
+                    .iter()
+                    .zip(counts)
+                    .any(|(m, c)| m.load(Ordering::SeqCst) < c + 5)
+                    && !loops.iter().any(thread::ScopedJoinHandle::is_finished)
+                    && Instant::now() < deadline
+                {
+                    thread::sleep(Duration::from_millis(5));
+                }
+            };
+            wait_for_more();
+            for _ in 0..3 {
+                upgrade(&["--always"]).ok().says(
+                    "programs replaced on 6 cgroup hooks and for 1 pods, every pod captured throughout",
+                );
+                wait_for_more();
+            }
+            stop.store(true, Ordering::SeqCst);
+            for handle in loops {
+                handle.join().expect("a traffic thread");
+            }
+        });
+        let counts = made.each_ref().map(|m| m.load(Ordering::SeqCst));
+        assert!(counts.iter().all(|&c| c >= 20), "connections made: {counts:?}");
+        let seen = outbound.take_accepted();
+        assert_eq!(
+            seen.len(),
+            counts[0],
+            "every outbound connection reached the proxy"
+        );
+        assert!(
+            seen.iter()
+                .all(|a| a.original_dst.as_ref().is_ok_and(|d| *d == out_dst)),
+            "original destinations"
+        );
+        let seen = inbound.take_accepted();
+        assert_eq!(
+            seen.len(),
+            counts[1],
+            "every inbound connection reached the proxy"
+        );
+        assert!(seen.iter().all(|a| a.local == in_dst), "dialled addresses");
+
+        let after = attached_ids();
+        assert_eq!(after.len(), before.len(), "{before:?} -> {after:?}");
+        assert!(
+            after.iter().all(|id| !before.contains(id)),
+            "{before:?} -> {after:?}"
+        );
+        assert_eq!(sk_lookup_programs(&topo.pod), 1);
+        assert_lands(&topo.pod, APP, out_dst, &outbound);
+        assert_lands(&topo.peer, ROOT, in_dst, &inbound);
+        let pin_dir = ebpf::child_world().expect("inside ebpf_row").pin_dir;
+        assert!(!pin_dir.join("upgrade").exists(), "the staging directory is gone");
+    });
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
