@@ -149,3 +149,37 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(true, Ordering::SeqCst);
     }
 }
+
+/// A pinned map whose entries cannot be carried over (here: OWNERS replaced by a map with
+/// other key and value sizes) stops the upgrade before anything is switched: it names the map
+/// and what differs, and every attachment keeps its program.
+#[test]
+fn ebpf_upgrade_refuses_a_map_it_cannot_carry_over_and_changes_nothing() {
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let outbound = outbound_proxy(&topo, Family::V4);
+        CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4).run().ok();
+        let pin_dir = ebpf::child_world().expect("inside ebpf_row").pin_dir;
+        let owners = pin_dir.join("maps/OWNERS");
+        let kept = pin_dir.join("maps/OWNERS_kept");
+        std::fs::rename(&owners, &kept).expect("move the OWNERS pin aside");
+        capture_e2e::run_ok(
+            std::process::Command::new("bpftool")
+                .args(["map", "create"])
+                .arg(&owners)
+                .args([
+                    "type", "hash", "key", "4", "value", "1", "entries", "16", "name", "OWNERS",
+                ]),
+        );
+        let before = attached_ids();
+        let run = upgrade(&["--always"]);
+        run.code(1)
+            .says("cannot upgrade the eBPF programs under")
+            .says("map OWNERS has another type, key or value size");
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert_eq!(attached_ids(), before, "nothing was switched");
+        assert!(!pin_dir.join("upgrade").exists(), "the staging directory is gone");
+        std::fs::rename(&kept, &owners).expect("put the OWNERS pin back");
+        assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
+    });
+}
