@@ -247,12 +247,7 @@ impl fmt::Display for KernelSays<'_> {
 /// When `lo` is missing, IPv6 is disabled in the namespace, or the caller lacks
 /// `CAP_NET_ADMIN`.
 pub fn ensure_ipv6_passthrough_address() -> Result<(), NetlinkError> {
-    change_passthrough_address(
-        Operation::AddPassthroughAddress,
-        RouteNetlinkMessage::NewAddress,
-        NLM_F_CREATE | NLM_F_EXCL,
-        &[libc::EEXIST],
-    )
+    add_ipv6_passthrough_address().map(drop)
 }
 
 /// Takes [`IPV6_PASSTHROUGH_ADDRESS`] off `lo`, as `ip -6 addr del ::6/128 dev lo`.

@@ -158,47 +158,31 @@ impl NfSocket {
         };
         let mut found = Vec::new();
         let mut interrupted = false;
-        loop {
-            let datagram = self
-                .receive(0)
-                .map_err(|io| Error::Syscall { call: "recv", io })?;
-            for message in Message::split(datagram).map_err(malformed)? {
-                if message.seq != seq {
-                    continue;
-                }
-                interrupted |= message.flags & NLM_F_DUMP_INTR != 0;
-                match message.kind {
-                    NLMSG_DONE => {
-                        return if interrupted {
-                            Err(DumpError::Interrupted)
-                        } else {
-                            Ok(found)
-                        };
-                    }
-                    NLMSG_ERROR => {
-                        let answer = Answer::parse(&message).map_err(malformed)?;
-                        if let Some(errno) = answer.errno {
-                            // A table or set deleted between two requests of one listing.
-                            if errno == Errno::ENOENT {
-                                return Err(DumpError::Interrupted);
-                            }
-                            return Err(DumpError::Failed(Error::Refused {
-                                subject: Box::new(subject.clone()),
-                                errno,
-                                kernel_message: answer.message,
-                            }));
-                        }
-                    }
-                    _ => {
-                        let (family, attrs) = message.nf_tables().map_err(malformed)?;
-                        found.push(Owned {
-                            family,
-                            attrs: attrs.0.to_vec(),
-                        });
-                    }
+        self.answers(seq, subject, |message| {
+            interrupted |= message.flags & NLM_F_DUMP_INTR != 0;
+            match message.kind {
+                NLMSG_DONE if interrupted => Err(DumpError::Interrupted),
+                NLMSG_DONE => Ok(Some(std::mem::take(&mut found))),
+                NLMSG_ERROR => match Answer::parse(message).map_err(malformed)?.errno_and_message() {
+                    None => Ok(None),
+                    // A table or set deleted between two requests of one listing.
+                    Some((Errno::ENOENT, _)) => Err(DumpError::Interrupted),
+                    Some((errno, kernel_message)) => Err(DumpError::Failed(Error::Refused {
+                        subject: Box::new(subject.clone()),
+                        errno,
+                        kernel_message,
+                    })),
+                },
+                _ => {
+                    let (family, attrs) = message.nf_tables().map_err(malformed)?;
+                    found.push(Owned {
+                        family,
+                        attrs: attrs.0.to_vec(),
+                    });
+                    Ok(None)
                 }
             }
-        }
+        })
     }
 
     /// The ruleset's generation: it changes with every committed batch.
@@ -214,30 +198,46 @@ impl NfSocket {
             subject: Box::new(subject.clone()),
             source,
         };
+        self.answers(seq, &subject, |message| {
+            if message.kind == NLMSG_ERROR {
+                return match Answer::parse(message).map_err(malformed)?.errno_and_message() {
+                    None => Ok(None),
+                    Some((errno, kernel_message)) => Err(Error::Refused {
+                        subject: Box::new(subject.clone()),
+                        errno,
+                        kernel_message,
+                    }),
+                };
+            }
+            if message.kind != encode::nft_type(msg::NEWGEN) {
+                return Ok(None);
+            }
+            let (_, attrs) = message.nf_tables().map_err(malformed)?;
+            let [_, id] = attrs.table::<2>().map_err(malformed)?;
+            let id = attr::required("generation id", id).map_err(malformed)?;
+            attr::be32("generation id", id).map(Some).map_err(malformed)
+        })
+    }
+
+    /// Reads answers until `on` has what it waits for: `on` sees each message answering
+    /// request `seq` (others are skipped) and returns `Some` when done.
+    fn answers<T, E: From<Error>>(
+        &mut self,
+        seq: u32,
+        subject: &Subject,
+        mut on: impl FnMut(&Message<'_>) -> Result<Option<T>, E>,
+    ) -> Result<T, E> {
         loop {
             let datagram = self
                 .receive(0)
                 .map_err(|io| Error::Syscall { call: "recv", io })?;
-            for message in Message::split(datagram).map_err(malformed)? {
-                if message.seq != seq {
-                    continue;
-                }
-                if message.kind == NLMSG_ERROR {
-                    let answer = Answer::parse(&message).map_err(malformed)?;
-                    if let Some(errno) = answer.errno {
-                        return Err(Error::Refused {
-                            subject: Box::new(subject),
-                            errno,
-                            kernel_message: answer.message,
-                        });
-                    }
-                    continue;
-                }
-                if message.kind == encode::nft_type(msg::NEWGEN) {
-                    let (_, attrs) = message.nf_tables().map_err(malformed)?;
-                    let [_, id] = attrs.table::<2>().map_err(malformed)?;
-                    let id = attr::required("generation id", id).map_err(malformed)?;
-                    return attr::be32("generation id", id).map_err(malformed);
+            let messages = Message::split(datagram).map_err(|source| Error::Malformed {
+                subject: Box::new(subject.clone()),
+                source,
+            })?;
+            for message in messages.iter().filter(|m| m.seq == seq) {
+                if let Some(done) = on(message)? {
+                    return Ok(done);
                 }
             }
         }
@@ -304,6 +304,11 @@ struct Answer {
 }
 
 impl Answer {
+    /// The refusal's errno and the kernel's text; `None` for an acknowledgement.
+    fn errno_and_message(self) -> Option<(Errno, Option<String>)> {
+        self.errno.map(|errno| (errno, self.message))
+    }
+
     fn parse(message: &Message<'_>) -> Result<Self, Malformed> {
         let payload = message.payload;
         if payload.len() < 4 + NLMSG_HDRLEN {
