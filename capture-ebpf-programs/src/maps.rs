@@ -2,9 +2,9 @@
 
 use core::ptr::read_volatile;
 
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, SockHash};
 
 use crate::net::Ip;
@@ -42,7 +42,7 @@ pub static INBOUND_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries
 // Only the loader inserts, so the programs never allocate.
 #[map]
 pub static POD_STATS: PerCpuHashMap<u64, PodStats> =
-    PerCpuHashMap::with_max_entries(MAX_POD_STATS, BPF_F_NO_PREALLOC as u32);
+    PerCpuHashMap::with_max_entries(MAX_POD_STATS, BPF_F_NO_PREALLOC);
 
 /// Adds one to a `STAT_*` counter of this CPU, node-wide only; events of a pod use
 /// [`count_pod`].
