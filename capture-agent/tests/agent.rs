@@ -50,7 +50,8 @@ struct Agent {
 
 impl Agent {
     /// Starts the agent on the row's cgroup and bpffs, watching `/run/netns` (where the
-    /// harness pins its namespaces) and collecting garbage every `gc_interval` seconds.
+    /// harness pins its namespaces) unless `extra` names a `--netns-dir`, and collecting
+    /// garbage every `gc_interval` seconds.
     fn start(world: &ChildWorld, gc_interval: u64, extra: &[&str]) -> Agent {
         let ns = NetNs::new();
         let log = TempDir::new("agent-log");
@@ -60,13 +61,16 @@ impl Agent {
             .arg(&world.cgroup)
             .arg("--bpffs")
             .arg(&world.bpffs)
-            .args(["--listen", LISTEN, "--netns-dir", "/run/netns", "--gc-interval"])
+            .args(["--listen", LISTEN, "--gc-interval"])
             .arg(gc_interval.to_string())
             .args(extra)
             .env("CAPTURE_AGENT_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
+        if !extra.contains(&"--netns-dir") {
+            cmd.args(["--netns-dir", "/run/netns"]);
+        }
         let child = cmd.spawn().expect("start capture-agent");
         Agent {
             child: Some(child),
@@ -392,6 +396,52 @@ fn agent_reclaims_a_pod_whose_namespace_is_deleted_without_a_manual_gc() {
             "the reclaimed pod is logged:\n{}",
             agent.log()
         );
+    });
+}
+
+/// A namespace directory missing at start (no pod on the node yet) is watched for: once it
+/// appears, a deletion in it starts a gc (the periodic one is an hour away, and it is the only
+/// directory watched).
+#[test]
+fn agent_watches_a_namespace_directory_that_appears_later() {
+    agent_row(|world| {
+        let base = TempDir::new("agent-netns-dir");
+        let dir = base.path().join("netns");
+        let mut agent = Agent::start(world, 3600, &["--netns-dir", path(&dir)]);
+        agent.wait_ready();
+        let runs = |agent: &Agent| value(&agent.metrics(), "capture_gc_runs_total");
+        // The gc at start.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runs(&agent) < 1.0 {
+            assert!(Instant::now() < deadline, "no gc at start:\n{}", agent.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::create_dir(&dir).expect("create the directory");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !agent.log().contains(&format!(
+            "watching for deleted network namespaces dir={}",
+            dir.display()
+        )) {
+            assert!(
+                Instant::now() < deadline,
+                "the new directory is not watched:\n{}",
+                agent.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        let before = runs(&agent);
+        let pin = dir.join("cni-1234");
+        std::fs::write(&pin, "").expect("a namespace pin");
+        std::fs::remove_file(&pin).expect("delete it");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runs(&agent) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "no gc after the deletion:\n{}",
+                agent.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     });
 }
 
