@@ -79,14 +79,14 @@ pub struct Args {
     /// How often the CNI entry is checked and re-inserted, in seconds.
     #[arg(long, env = "CAPTURE_AGENT_CNI_INTERVAL", value_name = "SECS", default_value = "2", value_parser = positive_secs)]
     pub cni_interval: Duration,
-    /// Log filter (tracing's EnvFilter syntax: error, warn, info, debug, or per module).
+    /// The most detailed log level written: error, warn, info, debug or trace.
     #[arg(
         long,
-        env = "CAPTURE_AGENT_LOG",
-        value_name = "FILTER",
+        env = "CAPTURE_AGENT_LOG_LEVEL",
+        value_name = "LEVEL",
         default_value = "info"
     )]
-    pub log: String,
+    pub log_level: tracing::Level,
 }
 
 fn positive_secs(s: &str) -> Result<Duration, String> {
@@ -129,5 +129,7 @@ mod tests {
         assert!(e.to_string().contains("--gc-interval"), "{e}");
         let e = parse(&["--listen", "15120"]).expect_err("no address");
         assert!(e.to_string().contains("--listen"), "{e}");
+        let e = parse(&["--log-level", "loud"]).expect_err("no level");
+        assert!(e.to_string().contains("--log-level"), "{e}");
     }
 }

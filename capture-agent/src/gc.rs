@@ -88,6 +88,8 @@ pub async fn run(agent: Arc<Agent>, dirs: Vec<PathBuf>, interval: Duration) {
         }
     };
     let mut ticks = tokio::time::interval(interval);
+    // A slow pass delays the next one rather than making a burst of them.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Deleted pins not matched by a reclaimed pod yet, and the next retry.
     let (mut pending, mut retry, mut backoff, mut tries) = (0usize, None::<Instant>, FIRST_RETRY, 0);
     loop {

@@ -82,6 +82,8 @@ pub fn options(args: &Args) -> Result<Option<InstallOptions>, OptionsError> {
 pub async fn run(agent: Arc<Agent>, opts: InstallOptions, interval: Duration) {
     let opts = Arc::new(opts);
     let mut ticks = tokio::time::interval(interval);
+    // A slow pass delays the next one rather than making a burst of them.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error = String::new();
     loop {
         ticks.tick().await;

@@ -68,14 +68,9 @@ enum StartError {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|e| {
-        eprintln!("capture-agent: invalid value {:?} for --log: {e}", args.log);
-        std::process::exit(2);
-    });
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(args.log_level)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
         .init();
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -64,7 +64,7 @@ impl Agent {
             .args(["--listen", LISTEN, "--gc-interval"])
             .arg(gc_interval.to_string())
             .args(extra)
-            .env("CAPTURE_AGENT_LOG", "debug")
+            .env("CAPTURE_AGENT_LOG_LEVEL", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
