@@ -90,8 +90,7 @@ pub async fn run(agent: Arc<Agent>, dirs: Vec<PathBuf>, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     // A slow pass delays the next one rather than making a burst of them.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Deleted pins not matched by a reclaimed pod yet, and the next retry.
-    let (mut pending, mut retry, mut backoff, mut tries) = (0usize, None::<Instant>, FIRST_RETRY, 0);
+    let mut retry = Retry::default();
     loop {
         tokio::select! {
             _ = ticks.tick() => {
@@ -105,25 +104,60 @@ pub async fn run(agent: Arc<Agent>, dirs: Vec<PathBuf>, interval: Duration) {
                 }
                 agent.set_programs(ready);
             }
-            deleted = next_deletions(watcher.as_mut()) => {
-                if deleted > 0 {
-                    pending += deleted;
-                    tries = 0;
-                    backoff = FIRST_RETRY;
-                    retry = Some(Instant::now() + backoff);
-                }
-            }
-            () = wait(retry) => {
+            deleted = next_deletions(watcher.as_mut()) => retry.deleted(deleted, Instant::now()),
+            () = wait(retry.next) => {
                 let reclaimed = pass(&agent, "network namespace deleted").await;
-                pending = pending.saturating_sub(reclaimed);
-                tries += 1;
-                if pending == 0 || tries >= RETRIES {
-                    (pending, retry) = (0, None);
-                } else {
-                    backoff *= 2;
-                    retry = Some(Instant::now() + backoff);
-                }
+                retry.passed(reclaimed, Instant::now());
             }
+        }
+    }
+}
+
+/// When to collect again after deletions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retry {
+    /// Deleted pins not matched by a reclaimed pod yet.
+    pending: usize,
+    /// Passes made since the last deletion.
+    tries: u32,
+    /// The wait before the next pass.
+    backoff: Duration,
+    /// When the next pass is due; `None`: none is.
+    next: Option<Instant>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            pending: 0,
+            tries: 0,
+            backoff: FIRST_RETRY,
+            next: None,
+        }
+    }
+}
+
+impl Retry {
+    /// `count` pins were deleted: a pass soon, and the full number of retries again.
+    fn deleted(&mut self, count: usize, now: Instant) {
+        if count > 0 {
+            self.pending += count;
+            self.tries = 0;
+            self.backoff = FIRST_RETRY;
+            self.next = Some(now + self.backoff);
+        }
+    }
+
+    /// A pass reclaimed `reclaimed` pods: done when that matches the deletions or the retries
+    /// are used up, else again after twice the wait.
+    fn passed(&mut self, reclaimed: usize, now: Instant) {
+        self.pending = self.pending.saturating_sub(reclaimed);
+        self.tries += 1;
+        if self.pending == 0 || self.tries >= RETRIES {
+            *self = Retry::default();
+        } else {
+            self.backoff *= 2;
+            self.next = Some(now + self.backoff);
         }
     }
 }
@@ -263,5 +297,54 @@ impl Watcher {
                 return deleted;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_with_backoff_until_every_deletion_is_reclaimed() {
+        let now = Instant::now();
+        let mut retry = Retry::default();
+        retry.deleted(0, now);
+        assert_eq!(retry.next, None, "no deletion, no pass");
+        retry.deleted(2, now);
+        assert_eq!(retry.next, Some(now + FIRST_RETRY));
+        retry.passed(0, now);
+        assert_eq!(
+            retry.next,
+            Some(now + 2 * FIRST_RETRY),
+            "the namespace is not torn down yet"
+        );
+        retry.passed(1, now);
+        assert_eq!((retry.pending, retry.next), (1, Some(now + 4 * FIRST_RETRY)));
+        retry.passed(1, now);
+        assert_eq!(retry, Retry::default(), "both reclaimed: done");
+    }
+
+    #[test]
+    fn gives_up_after_the_bound_and_a_new_deletion_starts_over() {
+        let now = Instant::now();
+        let mut retry = Retry::default();
+        retry.deleted(1, now);
+        for _ in 1..RETRIES {
+            retry.passed(0, now);
+            assert!(retry.next.is_some());
+        }
+        retry.passed(0, now);
+        assert_eq!(
+            retry,
+            Retry::default(),
+            "a namespace never enrolled is given up on"
+        );
+        retry.deleted(1, now);
+        retry.passed(0, now);
+        retry.deleted(1, now);
+        assert_eq!(
+            (retry.pending, retry.tries, retry.next),
+            (2, 0, Some(now + FIRST_RETRY))
+        );
     }
 }
