@@ -17,6 +17,7 @@
 //! | [`ORIG_BY_PAIR`] | hash | [`PairKey`] | [`OrigDst`] | sockops | getsockopt |
 //! | [`INBOUND_LISTENERS`] | sockhash | [`ListenerKey`] | socket | sockops (listen), loader | sk_lookup |
 //! | [`STATS`] | per-CPU array | `u32` index (`STAT_*`) | `u64` | all programs | loader, tests |
+//! | [`POD_STATS`] | per-CPU hash | netns cookie (`u64`) | [`PodStats`] | all programs (existing entries only) | loader (creates at enroll, deletes at unenroll), node agent |
 //!
 //! Per-pod entries are keyed by the pod's network namespace cookie and a generation, so a
 //! pod's configuration can be replaced by writing the next generation's entries and then
@@ -41,9 +42,13 @@ pub const ORIG_BY_PAIR: &str = "ORIG_BY_PAIR";
 pub const STATS: &str = "STATS";
 /// The proxy's listening sockets on the inbound port, by network namespace cookie and family.
 pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+/// Per-pod counters, by network namespace cookie: the `STAT_*` counters of [`STATS`] for that
+/// pod's events alone. The loader creates a pod's entry when it enrolls it and deletes it when it
+/// unenrolls it; the programs only add to entries that exist.
+pub const POD_STATS: &str = "POD_STATS";
 
 /// Every map, in the order the loader pins them.
-pub const MAP_NAMES: [&str; 8] = [
+pub const MAP_NAMES: [&str; 9] = [
     POD_CONFIG,
     OWNERS,
     PORTS,
@@ -52,6 +57,7 @@ pub const MAP_NAMES: [&str; 8] = [
     ORIG_BY_PAIR,
     STATS,
     INBOUND_LISTENERS,
+    POD_STATS,
 ];
 
 /// The pin of the one-entry array userspace writes [`LAYOUT_VERSION`] into when it loads the
@@ -61,7 +67,7 @@ pub const LAYOUT: &str = "LAYOUT";
 /// The version of the maps' keys and values and of their meaning. Bump it with any change to
 /// them: pins of another version are refused, never read with the wrong meaning (the kernel
 /// only checks key and value sizes).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Older layout versions whose maps mean the same in this one (maps were only added, or
 /// resized): pins of these are upgraded in place (`Node::upgrade`), keeping every entry. A
@@ -300,6 +306,12 @@ pub const STAT_INBOUND: u32 = 6;
 pub const STAT_INBOUND_REFUSED: u32 = 7;
 /// Number of [`STATS`] slots.
 pub const STAT_COUNT: u32 = 8;
+
+/// Value of [`POD_STATS`]: one pod's counters on one CPU, indexed by `STAT_*` as [`STATS`] is.
+pub type PodStats = [u64; STAT_COUNT as usize];
+
+/// Capacity of [`POD_STATS`]: one entry per enrolled pod.
+pub const MAX_POD_STATS: u32 = MAX_PODS;
 
 /// Key of [`INBOUND_LISTENERS`]: the proxy's listener of one family in one pod.
 ///

@@ -32,7 +32,7 @@ use capture_ebpf_common::{
     PORTS_OUT_INCLUDE, PodConfig, STAT_HAIRPIN, STAT_OUTBOUND, STAT_PASSED, STAT_STATE_FULL,
 };
 
-use crate::maps::{ORIG_BY_COOKIE, OWNERS, count, in_cidrs, in_ports, pod_config};
+use crate::maps::{ORIG_BY_COOKIE, OWNERS, count_pod, in_cidrs, in_ports, pod_config};
 use crate::net::{
     IPPROTO_TCP, Ip, LOCALHOST4, LOCALHOST4_MAPPED, LOCALHOST6, eq16, ip6_words, read_ip6, write_ip6,
 };
@@ -105,7 +105,7 @@ fn connect(ctx: &SockAddrContext, v6: bool) {
 
     let (port, stat) = match decide(&cfg, netns, &dst, dport, &src, uid, gid) {
         Verdict::Pass => {
-            count(STAT_PASSED);
+            count_pod(netns, STAT_PASSED);
             return;
         }
         Verdict::Outbound => (cfg.outbound_port, STAT_OUTBOUND),
@@ -115,10 +115,10 @@ fn connect(ctx: &SockAddrContext, v6: bool) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if ORIG_BY_COOKIE.insert(cookie, dst.orig(dport), 0).is_err() {
         // Without a record the proxy could not learn the destination: leave it alone.
-        count(STAT_STATE_FULL);
+        count_pod(netns, STAT_STATE_FULL);
         return;
     }
-    count(stat);
+    count_pod(netns, stat);
     // SAFETY: 4-byte writes of user_ip4, user_ip6[i] and user_port are allowed.
     unsafe {
         if v6 {

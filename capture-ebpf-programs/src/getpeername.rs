@@ -7,12 +7,12 @@
 use core::ptr::write_volatile;
 
 use aya_ebpf::EbpfContext;
-use aya_ebpf::helpers::generated::bpf_get_socket_cookie;
+use aya_ebpf::helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use capture_ebpf_common::{AF_INET, STAT_PEERNAME};
 
-use crate::maps::{ORIG_BY_COOKIE, count};
+use crate::maps::{ORIG_BY_COOKIE, count_pod};
 use crate::net::{ip6_words, write_ip6};
 
 #[cgroup_sock_addr(getpeername4)]
@@ -55,5 +55,7 @@ fn getpeername(ctx: &SockAddrContext, v6: bool) {
         }
         write_volatile(&raw mut (*sa).user_port, u32::from(orig.port.to_be()));
     }
-    count(STAT_PEERNAME);
+    // SAFETY: the helper takes the program's context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    count_pod(netns, STAT_PEERNAME);
 }

@@ -19,7 +19,7 @@ use aya_ebpf::macros::cgroup_sockopt;
 use aya_ebpf::programs::SockoptContext;
 use capture_ebpf_common::{AF_INET, AF_INET6, OrigDst, PairKey, STAT_ORIG_DST};
 
-use crate::maps::{ORIG_BY_PAIR, count};
+use crate::maps::{ORIG_BY_PAIR, count_pod};
 use crate::net::{AF_INET_U32, AF_INET6_U32, IPPROTO_TCP, Ip, read_ip6};
 
 /// `SO_ORIGINAL_DST` (and `IP6T_SO_ORIGINAL_DST`).
@@ -120,7 +120,7 @@ fn getsockopt(ctx: &SockoptContext) {
         write_volatile(&raw mut (*so).optlen, len);
         write_volatile(&raw mut (*so).retval, 0);
     }
-    count(STAT_ORIG_DST);
+    count_pod(netns, STAT_ORIG_DST);
 }
 
 /// `struct sockaddr_in` for an IPv4 original destination.

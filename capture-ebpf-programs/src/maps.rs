@@ -2,15 +2,16 @@
 
 use core::ptr::read_volatile;
 
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, SockHash};
+use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, SockHash};
 
 use crate::net::Ip;
 use capture_ebpf_common::{
     CIDR_KEY_FIXED_BITS, CidrKey, FAMILY_V4, FAMILY_V6, ListenerKey, MAX_CIDR_ENTRIES, MAX_CONNECTIONS,
-    MAX_LISTENERS, MAX_OWNER_ENTRIES, MAX_PODS, MAX_PORT_ENTRIES, OrigDst, OwnerKey, PORT_KEY_FIXED_BITS,
-    PairKey, PodConfig, PortKey, STAT_COUNT,
+    MAX_LISTENERS, MAX_OWNER_ENTRIES, MAX_POD_STATS, MAX_PODS, MAX_PORT_ENTRIES, OrigDst, OwnerKey,
+    PORT_KEY_FIXED_BITS, PairKey, PodConfig, PodStats, PortKey, STAT_COUNT,
 };
 
 #[map]
@@ -37,13 +38,35 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 #[map]
 pub static INBOUND_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(MAX_LISTENERS, 0);
 
-/// Adds one to a `STAT_*` counter of this CPU.
+// Not preallocated: an entry costs memory (a value per CPU) only while its pod is enrolled.
+// Only the loader inserts, so the programs never allocate.
+#[map]
+pub static POD_STATS: PerCpuHashMap<u64, PodStats> =
+    PerCpuHashMap::with_max_entries(MAX_POD_STATS, BPF_F_NO_PREALLOC);
+
+/// Adds one to a `STAT_*` counter of this CPU, node-wide only; events of a pod use
+/// [`count_pod`].
 #[inline(always)]
 pub fn count(stat: u32) {
     if let Some(slot) = STATS.get_ptr_mut(stat) {
         // SAFETY: the pointer is this CPU's slot of a live per-CPU array element, and BPF
         // programs do not preempt each other on one CPU.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Adds one to a `STAT_*` counter of this CPU, node-wide and in the counters of the pod whose
+/// network namespace cookie is `netns` (when it has an entry: enrolled pods do).
+#[inline(always)]
+pub fn count_pod(netns: u64, stat: u32) {
+    count(stat);
+    if stat >= STAT_COUNT {
+        return;
+    }
+    if let Some(counters) = POD_STATS.get_ptr_mut(netns) {
+        // SAFETY: the pointer is this CPU's value of a live per-CPU hash entry, `stat` is in
+        // bounds (checked above), and BPF programs do not preempt each other on one CPU.
+        unsafe { (*counters)[stat as usize] += 1 };
     }
 }
 

@@ -35,7 +35,7 @@ use capture_ebpf_common::{
     PORTS_IN_EXCLUDE, PORTS_IN_INCLUDE, PodConfig, STAT_INBOUND, STAT_INBOUND_REFUSED,
 };
 
-use crate::maps::{INBOUND_LISTENERS, count, in_cidrs, in_ports, pod_config};
+use crate::maps::{INBOUND_LISTENERS, count_pod, in_cidrs, in_ports, pod_config};
 use crate::net::{AF_INET_U32, AF_INET6_U32, IPPROTO_TCP, Ip, read_ip6};
 
 /// The network namespace cookie of the pod this instance is attached to
@@ -115,10 +115,10 @@ fn lookup(ctx: &SkLookupContext) -> Verdict {
                 .is_ok()
     };
     if assigned {
-        count(STAT_INBOUND);
+        count_pod(netns, STAT_INBOUND);
         Verdict::Assigned
     } else {
-        count(STAT_INBOUND_REFUSED);
+        count_pod(netns, STAT_INBOUND_REFUSED);
         Verdict::Refuse
     }
 }

@@ -28,7 +28,7 @@ use aya_ebpf::macros::sock_ops;
 use aya_ebpf::programs::SockOpsContext;
 use capture_ebpf_common::{AF_INET, AF_INET6, ListenerKey, PairKey, STAT_STATE_FULL};
 
-use crate::maps::{INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PAIR, count, pod_config};
+use crate::maps::{INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PAIR, count_pod, pod_config};
 use crate::net::{AF_INET_U32, AF_INET6_U32, Ip, LOCALHOST6, read_ip6};
 
 #[sock_ops]
@@ -57,7 +57,7 @@ fn sockops(ctx: &SockOpsContext) {
                 if let Some(key) = pair_key(ctx)
                     && ORIG_BY_PAIR.insert(key, orig, 0).is_err()
                 {
-                    count(STAT_STATE_FULL);
+                    count_pod(key.netns, STAT_STATE_FULL);
                 }
             }
         }
@@ -130,7 +130,7 @@ fn listen(ctx: &SockOpsContext) {
         .update(&mut key, unsafe { &mut *ops }, u64::from(BPF_ANY))
         .is_err()
     {
-        count(STAT_STATE_FULL);
+        count_pod(netns, STAT_STATE_FULL);
     }
 }
 

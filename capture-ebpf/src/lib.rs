@@ -70,7 +70,7 @@ pub use cgroup::{AttachedCgroup, Attachment, CgroupId, cgroup2_root};
 pub use error::Error;
 pub use maps::{MapEntries, MapPlan, PortPrefix};
 pub use netns::{NetnsCookie, PodNetns};
-pub use node::{Change, Enrollment, Node, Stats, Upgrade};
+pub use node::{Change, Enrollment, MapUsage, Node, Stats, Upgrade};
 pub use owners::resolve_owners;
 pub use pin_dir::{NodeLock, PinDir, unload};
 pub use probe::probe;

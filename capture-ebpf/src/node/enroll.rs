@@ -10,7 +10,7 @@ use aya::EbpfLoader;
 use aya::maps::lpm_trie::Key;
 use capture_ebpf_common::{
     AF_INET, AF_INET6, CIDRS, INBOUND_LISTENERS, ListenerKey, MAP_NAMES, NETNS_COOKIE_GLOBAL, OWNERS,
-    POD_CONFIG, PORTS, programs,
+    POD_CONFIG, POD_STATS, PORTS, STAT_COUNT, programs,
 };
 
 use super::{Node, ignore_missing, is_missing, keys_of, load_sk_lookup, map_error};
@@ -169,7 +169,11 @@ impl Node {
             .clone()
             .with_local_addrs(&pod.local_addrs)
             .entries(cookie, generation);
-        let written = self.write_entries(&entries);
+        let counters = match previous {
+            Some(_) => Ok(()),
+            None => self.create_pod_stats(cookie),
+        };
+        let written = counters.and_then(|()| self.write_entries(&entries));
         let switched = written.and_then(|()| {
             self.pod_config
                 .insert(cookie, entries.config, 0)
@@ -177,6 +181,9 @@ impl Node {
         });
         if let Err(e) = switched {
             let _ = self.remove_entries(cookie, |g| g == generation);
+            if previous.is_none() {
+                let _ = ignore_missing(self.pod_stats.remove(&cookie));
+            }
             if attached {
                 let _ = detach_pinned(&self.pins.inbound_link(pod.cookie));
             }
@@ -191,6 +198,34 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Creates the pod's zeroed [`POD_STATS`] entry unless it has one (the programs only add to
+    /// entries that exist).
+    fn create_pod_stats(&mut self, cookie: u64) -> Result<(), Error> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| Error::Io {
+            op: "read",
+            path: "/sys/devices/system/cpu/possible".into(),
+            source,
+        })?;
+        let zero =
+            aya::maps::PerCpuValues::try_from(vec![[0; STAT_COUNT as usize]; cpus]).map_err(|source| {
+                Error::Io {
+                    op: "make per-CPU values for",
+                    path: self.pins.map(POD_STATS),
+                    source,
+                }
+            })?;
+        // BPF_NOEXIST: counters a pod already has are kept.
+        match self
+            .pod_stats
+            .insert(cookie, zero, u64::from(aya_obj::generated::BPF_NOEXIST))
+        {
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(())
+            }
+            other => other.map_err(map_error(POD_STATS, "insert")),
+        }
     }
 
     /// Attaches the pod's own `sk_lookup` instance to `netns` and pins its link, unless it is
@@ -341,6 +376,7 @@ impl Node {
                     source,
                 })?;
             }
+            ignore_missing(self.pod_stats.remove(&cookie.0)).map_err(map_error(POD_STATS, "remove"))?;
         }
         Ok(enrolled)
     }

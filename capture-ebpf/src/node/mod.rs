@@ -37,15 +37,16 @@ use std::path::Path;
 
 use aya::EbpfLoader;
 use aya::maps::lpm_trie::LpmTrie;
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, SockHash};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, SockHash};
 use aya::programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps};
 pub use capture_core::Change;
 use capture_ebpf_common::{
     CIDRS, CidrKey, INBOUND_LISTENERS, LAYOUT, LAYOUT_VERSION, ListenerKey, MAP_NAMES, ORIG_BY_COOKIE,
-    ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, PORTS, PairKey, PodConfig, PortKey, STATS, programs,
+    ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, POD_STATS, PORTS, PairKey, PodConfig, PodStats,
+    PortKey, STATS, programs,
 };
 pub use enroll::Enrollment;
-pub use state::Stats;
+pub use state::{MapUsage, Stats};
 pub use upgrade::Upgrade;
 
 use crate::bpffs::is_bpffs;
@@ -122,6 +123,7 @@ pub struct Node {
     orig_by_pair: HashMap<MapData, PairKey, OrigDst>,
     stats: PerCpuArray<MapData, u64>,
     inbound_listeners: SockHash<MapData, ListenerKey>,
+    pod_stats: PerCpuHashMap<MapData, u64, PodStats>,
 }
 
 impl std::fmt::Debug for Node {
@@ -274,6 +276,7 @@ impl Node {
             stats: PerCpuArray::try_from(open(STATS)?).map_err(|e| typed(STATS, e))?,
             inbound_listeners: SockHash::try_from(open(INBOUND_LISTENERS)?)
                 .map_err(|e| typed(INBOUND_LISTENERS, e))?,
+            pod_stats: PerCpuHashMap::try_from(open(POD_STATS)?).map_err(|e| typed(POD_STATS, e))?,
         })
     }
 

@@ -1,11 +1,11 @@
 //! Reading a node's maps back: the enrolled pods, what each is enrolled with, and the
 //! programs' counters.
 
-use aya::maps::MapError;
+use aya::maps::{IterableMap, MapData, MapError};
 use capture_ebpf_common::{
-    CIDRS, CidrKey, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OwnerKey, POD_CONFIG, PORTS, PodConfig, PortKey,
-    STAT_COUNT, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED, STAT_ORIG_DST, STAT_OUTBOUND, STAT_PASSED,
-    STAT_PEERNAME, STAT_STATE_FULL, STATS,
+    CIDRS, CidrKey, INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OwnerKey, POD_CONFIG, POD_STATS,
+    PORTS, PodConfig, PodStats, PortKey, STAT_COUNT, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED,
+    STAT_ORIG_DST, STAT_OUTBOUND, STAT_PASSED, STAT_PEERNAME, STAT_STATE_FULL, STATS,
 };
 
 use super::{Node, keys_of};
@@ -190,6 +190,105 @@ impl Node {
             inbound: sum(STAT_INBOUND)?,
             inbound_refused: sum(STAT_INBOUND_REFUSED)?,
         })
+    }
+}
+
+/// How full one map is ([`Node::occupancy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapUsage {
+    /// The map's name (`capture_ebpf_common`'s).
+    pub map: &'static str,
+    /// Entries in it now.
+    pub entries: usize,
+    /// Its capacity (`max_entries`), as the kernel reports it.
+    pub capacity: u32,
+}
+
+impl Node {
+    /// The programs' counters, summed over CPUs, indexed by `STAT_*`: for a front end that
+    /// names each slot itself (the node agent's metrics table), so that a new slot needs no new
+    /// field here.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the map cannot be read.
+    pub fn counters(&self) -> Result<PodStats, Error> {
+        let mut counters = [0; STAT_COUNT as usize];
+        for (index, counter) in (0..STAT_COUNT).zip(counters.iter_mut()) {
+            let values = self.stats.get(&index, 0).map_err(|source| Error::Map {
+                map: STATS,
+                op: "get",
+                source,
+            })?;
+            *counter = values.iter().sum();
+        }
+        Ok(counters)
+    }
+
+    /// Every enrolled pod's own counters ([`POD_STATS`]), summed over CPUs and indexed by
+    /// `STAT_*` as [`Node::counters`], by cookie.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the map cannot be read.
+    pub fn pod_counters(&self) -> Result<Vec<(NetnsCookie, PodStats)>, Error> {
+        let mut pods = Vec::new();
+        for item in self.pod_stats.iter() {
+            let (cookie, per_cpu) = item.map_err(|source| Error::Map {
+                map: POD_STATS,
+                op: "iterate",
+                source,
+            })?;
+            let mut sum = [0u64; STAT_COUNT as usize];
+            for cpu in per_cpu.iter() {
+                for (total, value) in sum.iter_mut().zip(cpu) {
+                    *total += value;
+                }
+            }
+            pods.push((NetnsCookie(cookie), sum));
+        }
+        pods.sort_unstable_by_key(|(cookie, _)| *cookie);
+        Ok(pods)
+    }
+
+    /// How full each map with a variable number of entries is (the array [`STATS`] is always
+    /// full and left out). Each map's keys are walked, one `bpf(2)` call per entry.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when a map cannot be read.
+    pub fn occupancy(&self) -> Result<Vec<MapUsage>, Error> {
+        fn usage<K: aya::Pod>(
+            name: &'static str,
+            map: &MapData,
+            keys: impl Iterator<Item = Result<K, MapError>>,
+        ) -> Result<MapUsage, Error> {
+            let info = map.info().map_err(|source| Error::Map {
+                map: name,
+                op: "read info of",
+                source,
+            })?;
+            Ok(MapUsage {
+                map: name,
+                entries: count(keys, name)?,
+                capacity: info.max_entries(),
+            })
+        }
+        Ok(vec![
+            usage(POD_CONFIG, self.pod_config.map(), self.pod_config.keys())?,
+            usage(OWNERS, self.owners.map(), self.owners.keys())?,
+            usage(PORTS, self.ports.map(), self.ports.keys())?,
+            usage(CIDRS, self.cidrs.map(), self.cidrs.keys())?,
+            usage(
+                ORIG_BY_COOKIE,
+                self.orig_by_cookie.map(),
+                self.orig_by_cookie.keys(),
+            )?,
+            usage(ORIG_BY_PAIR, self.orig_by_pair.map(), self.orig_by_pair.keys())?,
+            usage(
+                INBOUND_LISTENERS,
+                self.inbound_listeners.map(),
+                self.inbound_listeners.keys(),
+            )?,
+            usage(POD_STATS, self.pod_stats.map(), self.pod_stats.keys())?,
+        ])
     }
 }
 

@@ -1,0 +1,351 @@
+//! `/metrics`: the programs' counters (node-wide and per pod), map occupancy and the agent's
+//! own counters, in Prometheus' text exposition format (version 0.0.4).
+//!
+//! Every `STAT_*` slot of the programs is named once, in [`COUNTERS`]: a new slot is one row
+//! there (a unit test fails until it has one). A name shared by several rows is one metric
+//! family with one label telling the rows apart.
+
+use std::fmt::Write as _;
+
+use capture_ebpf::{MapUsage, NetnsCookie, Node};
+use capture_ebpf_common::{
+    PodStats, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED, STAT_ORIG_DST, STAT_OUTBOUND, STAT_PASSED,
+    STAT_PEERNAME, STAT_STATE_FULL,
+};
+
+/// One `STAT_*` slot as a counter: `capture_<name>_total{<label>}` node-wide and
+/// `capture_pod_<name>_total{netns_cookie=…,<label>}` per pod.
+#[derive(Debug, Clone, Copy)]
+pub struct Counter {
+    /// The `STAT_*` index.
+    pub stat: u32,
+    /// The metric's name between `capture_` (or `capture_pod_`) and `_total`.
+    pub name: &'static str,
+    /// The label telling this row from the others of the same name, if any.
+    pub label: Option<(&'static str, &'static str)>,
+    /// The family's help text (the same on every row of a name).
+    pub help: &'static str,
+}
+
+const CONNECTIONS: &str = "Connections redirected: outbound to the proxy's outbound port, hairpin (the proxy calling its own pod) to its inbound port, inbound handed to the proxy's inbound listener.";
+
+/// Every `STAT_*` slot, named.
+pub const COUNTERS: &[Counter] = &[
+    Counter {
+        stat: STAT_OUTBOUND,
+        name: "connections",
+        label: Some(("direction", "outbound")),
+        help: CONNECTIONS,
+    },
+    Counter {
+        stat: STAT_HAIRPIN,
+        name: "connections",
+        label: Some(("direction", "hairpin")),
+        help: CONNECTIONS,
+    },
+    Counter {
+        stat: STAT_INBOUND,
+        name: "connections",
+        label: Some(("direction", "inbound")),
+        help: CONNECTIONS,
+    },
+    Counter {
+        stat: STAT_PASSED,
+        name: "bypassed",
+        label: None,
+        help: "Outbound connections of enrolled pods left alone by the rules (the proxy's own, excluded ports or CIDRs, not included).",
+    },
+    Counter {
+        stat: STAT_INBOUND_REFUSED,
+        name: "inbound_refused",
+        label: None,
+        help: "Captured inbound connections refused because the pod's proxy had no inbound listener.",
+    },
+    Counter {
+        stat: STAT_STATE_FULL,
+        name: "state_map_full",
+        label: None,
+        help: "Connections left alone because a per-connection map was full.",
+    },
+    Counter {
+        stat: STAT_ORIG_DST,
+        name: "original_dst_answers",
+        label: None,
+        help: "SO_ORIGINAL_DST answers given to the proxy.",
+    },
+    Counter {
+        stat: STAT_PEERNAME,
+        name: "getpeername_answers",
+        label: None,
+        help: "getpeername answers given to apps with the original destination.",
+    },
+];
+
+/// What the maps say, read in one go ([`Snapshot::read`]).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Node-wide counters by `STAT_*`.
+    pub counters: PodStats,
+    /// Each enrolled pod's counters.
+    pub pods: Vec<(NetnsCookie, PodStats)>,
+    /// Enrolled pods.
+    pub enrolled: usize,
+    /// Map occupancy.
+    pub maps: Vec<MapUsage>,
+}
+
+impl Snapshot {
+    /// Reads the node's maps.
+    ///
+    /// # Errors
+    /// When a map cannot be read.
+    pub fn read(node: &Node) -> Result<Snapshot, capture_ebpf::Error> {
+        Ok(Snapshot {
+            counters: node.counters()?,
+            pods: node.pod_counters()?,
+            enrolled: node.pods()?.len(),
+            maps: node.occupancy()?,
+        })
+    }
+}
+
+/// The agent's own counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AgentCounters {
+    /// Pods reclaimed by garbage collection.
+    pub gc_reclaimed: u64,
+    /// Garbage collections run.
+    pub gc_runs: u64,
+    /// Garbage collections that failed.
+    pub gc_errors: u64,
+}
+
+/// Extra labels of a pod's series: its Kubernetes namespace and name, once something tells
+/// them (a pod metadata map filled at enrollment). Nothing does yet, so there are none.
+pub fn pod_labels(_cookie: NetnsCookie) -> Vec<(&'static str, String)> {
+    Vec::new()
+}
+
+/// The exposition: the maps' metrics when `snapshot` is there (else `capture_maps_readable 0`
+/// and the reason as a comment), then the agent's counters.
+pub fn render(
+    snapshot: Result<&Snapshot, &str>,
+    agent: AgentCounters,
+    labels: &dyn Fn(NetnsCookie) -> Vec<(&'static str, String)>,
+) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "capture_maps_readable",
+        "gauge",
+        "1 when the node's pinned maps could be read for this scrape.",
+    );
+    let _ = writeln!(out, "capture_maps_readable {}", u8::from(snapshot.is_ok()));
+    match snapshot {
+        Ok(s) => node_metrics(&mut out, s, labels),
+        Err(reason) => {
+            let _ = writeln!(out, "# maps unreadable: {}", reason.replace('\n', " "));
+        }
+    }
+    let AgentCounters {
+        gc_reclaimed,
+        gc_runs,
+        gc_errors,
+    } = agent;
+    for (name, help, value) in [
+        (
+            "capture_gc_reclaimed_pods_total",
+            "Pods whose network namespace was gone, unenrolled by the agent's garbage collection.",
+            gc_reclaimed,
+        ),
+        ("capture_gc_runs_total", "Garbage collections run.", gc_runs),
+        (
+            "capture_gc_errors_total",
+            "Garbage collections that failed.",
+            gc_errors,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
+fn node_metrics(out: &mut String, s: &Snapshot, labels: &dyn Fn(NetnsCookie) -> Vec<(&'static str, String)>) {
+    for (i, row) in COUNTERS.iter().enumerate() {
+        if COUNTERS[..i].iter().any(|r| r.name == row.name) {
+            continue;
+        }
+        let rows = COUNTERS.iter().filter(|r| r.name == row.name);
+        let name = format!("capture_{}_total", row.name);
+        family(out, &name, "counter", row.help);
+        for r in rows.clone() {
+            let label: Vec<(&str, String)> = r.label.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+            series(out, &name, &label, s.counters[r.stat as usize]);
+        }
+        let name = format!("capture_pod_{}_total", row.name);
+        family(out, &name, "counter", &format!("Per pod: {}", row.help));
+        for (cookie, counters) in &s.pods {
+            let mut base = vec![("netns_cookie", cookie.0.to_string())];
+            base.extend(labels(*cookie));
+            for r in rows.clone() {
+                let mut label = base.clone();
+                label.extend(r.label.iter().map(|(k, v)| (*k, (*v).to_owned())));
+                series(out, &name, &label, counters[r.stat as usize]);
+            }
+        }
+    }
+    family(
+        out,
+        "capture_pods_enrolled",
+        "gauge",
+        "Pods enrolled in the node's programs.",
+    );
+    let _ = writeln!(out, "capture_pods_enrolled {}", s.enrolled);
+    family(
+        out,
+        "capture_map_entries",
+        "gauge",
+        "Entries in each of the node's maps.",
+    );
+    for m in &s.maps {
+        series(
+            out,
+            "capture_map_entries",
+            &[("map", m.map.to_owned())],
+            m.entries as u64,
+        );
+    }
+    family(
+        out,
+        "capture_map_capacity",
+        "gauge",
+        "Capacity (max_entries) of each of the node's maps.",
+    );
+    for m in &s.maps {
+        series(
+            out,
+            "capture_map_capacity",
+            &[("map", m.map.to_owned())],
+            u64::from(m.capacity),
+        );
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {}",
+        help.replace('\\', "\\\\").replace('\n', "\\n")
+    );
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn series(out: &mut String, name: &str, labels: &[(&str, String)], value: u64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (key, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let value = value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = write!(out, "{key}=\"{value}\"");
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use capture_ebpf_common::STAT_COUNT;
+
+    use super::*;
+
+    /// Whether every `STAT_*` index is named exactly once.
+    fn table_complete() -> Result<(), String> {
+        for stat in 0..STAT_COUNT {
+            let rows = COUNTERS.iter().filter(|r| r.stat == stat).count();
+            if rows != 1 {
+                return Err(format!("STAT index {stat} has {rows} rows in COUNTERS, not 1"));
+            }
+        }
+        if COUNTERS.len() != STAT_COUNT as usize {
+            return Err(format!(
+                "COUNTERS has {} rows for {STAT_COUNT} slots",
+                COUNTERS.len()
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn every_stat_slot_has_exactly_one_name() {
+        table_complete().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn rows_of_one_name_share_help_and_label_key() {
+        for a in COUNTERS {
+            for b in COUNTERS.iter().filter(|b| b.name == a.name) {
+                assert_eq!(a.help, b.help, "{}", a.name);
+                assert_eq!(a.label.map(|l| l.0), b.label.map(|l| l.0), "{}", a.name);
+            }
+        }
+    }
+
+    #[test]
+    fn renders_node_pod_and_map_series() {
+        let mut counters = [0; STAT_COUNT as usize];
+        counters[STAT_OUTBOUND as usize] = 3;
+        counters[STAT_PASSED as usize] = 2;
+        let mut pod = [0; STAT_COUNT as usize];
+        pod[STAT_OUTBOUND as usize] = 1;
+        let snapshot = Snapshot {
+            counters,
+            pods: vec![(NetnsCookie(4097), pod)],
+            enrolled: 1,
+            maps: vec![MapUsage {
+                map: "POD_CONFIG",
+                entries: 1,
+                capacity: 4096,
+            }],
+        };
+        let agent = AgentCounters {
+            gc_reclaimed: 5,
+            gc_runs: 7,
+            gc_errors: 0,
+        };
+        let text = render(Ok(&snapshot), agent, &|_| vec![("pod", "a\"b".to_owned())]);
+        for line in [
+            "# TYPE capture_connections_total counter",
+            "capture_connections_total{direction=\"outbound\"} 3",
+            "capture_connections_total{direction=\"inbound\"} 0",
+            "capture_bypassed_total 2",
+            "capture_pod_connections_total{netns_cookie=\"4097\",pod=\"a\\\"b\",direction=\"outbound\"} 1",
+            "capture_pod_bypassed_total{netns_cookie=\"4097\",pod=\"a\\\"b\"} 0",
+            "capture_pods_enrolled 1",
+            "capture_map_entries{map=\"POD_CONFIG\"} 1",
+            "capture_map_capacity{map=\"POD_CONFIG\"} 4096",
+            "capture_gc_reclaimed_pods_total 5",
+            "capture_maps_readable 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // One HELP and one TYPE per family.
+        assert_eq!(text.matches("# TYPE capture_connections_total ").count(), 1);
+    }
+
+    #[test]
+    fn unreadable_maps_still_give_the_agent_counters() {
+        let text = render(Err("no programs\nloaded"), AgentCounters::default(), &pod_labels);
+        assert!(text.contains("capture_maps_readable 0\n"), "{text}");
+        assert!(text.contains("# maps unreadable: no programs loaded\n"), "{text}");
+        assert!(text.contains("capture_gc_runs_total 0\n"), "{text}");
+        assert!(!text.contains("capture_connections_total"), "{text}");
+    }
+}
