@@ -1,6 +1,13 @@
 //! DNS capture to the agent's `:15053` (`--redirect-dns`, `--capture-all-dns`) with its conntrack
 //! zones, and `--drop-invalid`.
 //!
+//! Every DNS scenario runs on every backend. The eBPF backend has no conntrack in the way: its
+//! socket programs send the app's queries to the agent (connect4/6 for TCP and connected UDP,
+//! sendmsg4/6 for unconnected UDP) and give the agent's UDP answers the nameserver's address
+//! (recvmsg4/6), so what the app sees is checked on both; the conntrack zones are checked on the
+//! netfilter backends only, and the agent sees a loopback source on eBPF (the socket's
+//! destination is rewritten before the source is chosen), as for outbound TCP.
+//!
 //! The pod's resolv.conf names the peer as its nameserver. The peer runs the real DNS server (UDP
 //! and TCP `:53`), and on a second address another one that resolv.conf does not name; the pod runs
 //! the stand-in agent on loopback `:15053` (UDP and TCP) as the proxy's uid, as istio-agent does.
@@ -31,6 +38,8 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use crate::capture_init::{Backend, CaptureInit};
+#[cfg(feature = "ebpf")]
+use crate::support::ebpf_row;
 use crate::support::{
     APP, Identity, PROXY, ROOT, assert_lands, inbound_proxy, outbound_proxy, peer_app, subnet_host,
 };
@@ -40,14 +49,17 @@ const AGENT_DNS_PORT: u16 = 15053;
 /// The DNS port.
 const DNS_PORT: u16 = 53;
 
-test_matrix!(netfilter, family:
+test_matrix!(backend, family:
     dns_udp_to_the_nameserver_reaches_the_agent_and_answers_from_the_nameserver,
+    dns_udp_from_a_connected_socket_reaches_the_agent,
     dns_tcp_to_the_nameserver_reaches_the_agent,
     dns_of_the_proxy_reaches_the_nameserver,
     dns_of_the_proxy_on_the_apps_port_is_not_redirected,
     dns_to_other_servers_is_captured_only_with_capture_all_dns,
-    drop_invalid_drops_invalid_inbound_segments,
 );
+
+// Dropping conntrack-INVALID packets is a netfilter rule: the eBPF backend refuses INVALID_DROP.
+test_matrix!(netfilter, family: drop_invalid_drops_invalid_inbound_segments);
 
 /// The app (uid 1000) → nameserver:53 over UDP reaches the agent's `:15053` (and not the
 /// nameserver), and the agent's answer reaches the app from nameserver:53: conntrack undoes the
@@ -72,17 +84,56 @@ fn dns_udp_to_the_nameserver_reaches_the_agent_and_answers_from_the_nameserver(
     let seen = pod.agent_udp.take_one();
     assert_eq!(
         seen.peer,
-        pod.pod_addr(answer.local_port),
+        pod.redirected_from(backend, answer.local_port),
         "the agent sees the app"
     );
     assert!(pod.server_udp.take_received().is_empty());
 
-    let flows = pod.udp_flows(answer.local_port, ns);
-    let [flow] = flows.as_slice() else {
-        panic!("one conntrack entry for the app's query expected:\n{flows:#?}");
-    };
-    flow.assert_zone(2)
-        .assert_answered_by(SocketAddr::new(family.loopback(), AGENT_DNS_PORT));
+    if !backend.is_ebpf() {
+        let flows = pod.udp_flows(answer.local_port, ns);
+        let [flow] = flows.as_slice() else {
+            panic!("one conntrack entry for the app's query expected:\n{flows:#?}");
+        };
+        flow.assert_zone(2)
+            .assert_answered_by(SocketAddr::new(family.loopback(), AGENT_DNS_PORT));
+    }
+}
+
+/// The app → nameserver:53 from a connected UDP socket (which only takes datagrams from its
+/// peer) reaches the agent, gets the agent's answer from the nameserver, and its `getpeername`
+/// shows the nameserver, not the agent.
+fn dns_udp_from_a_connected_socket_reaches_the_agent(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let pod = DnsPod::new(family);
+    pod.capture(backend).run().ok();
+
+    let ns = pod.nameserver();
+    let (answer, peer) = udp::exchange_connected_as(&pod.topo.pod, APP_UID, APP_UID, ns, b"dns query")
+        .unwrap_or_else(|e| panic!("app → {ns} over connected UDP: {e}"));
+    assert_eq!(
+        answer.reply,
+        pod.agent_udp.token(),
+        "app → {ns} over connected UDP"
+    );
+    assert_eq!(
+        answer.from, ns,
+        "the answer comes from the nameserver the app asked"
+    );
+    assert_eq!(peer, ns, "getpeername shows the nameserver");
+    assert_eq!(
+        pod.agent_udp.take_one().peer,
+        pod.redirected_from(backend, answer.local_port)
+    );
+    assert!(pod.server_udp.take_received().is_empty());
+
+    // The proxy's connected socket reaches the nameserver itself.
+    let (answer, peer) = udp::exchange_connected_as(&pod.topo.pod, PROXY_UID, PROXY_UID, ns, b"upstream")
+        .unwrap_or_else(|e| panic!("proxy → {ns} over connected UDP: {e}"));
+    assert_eq!(answer.reply, pod.server_udp.token());
+    assert_eq!((answer.from, peer), (ns, ns));
+    assert!(pod.agent_udp.take_received().is_empty());
 }
 
 /// The app → nameserver:53 over TCP reaches the agent's `:15053`, which learns nameserver:53 as the
@@ -115,11 +166,13 @@ fn dns_of_the_proxy_reaches_the_nameserver(backend: Backend, family: Family) {
         assert_eq!(answer.reply, pod.server_udp.token(), "{who:?} → {ns} over UDP");
         assert_eq!(answer.from, ns);
         assert_eq!(pod.server_udp.take_one().peer, pod.pod_addr(answer.local_port));
-        let flows = pod.udp_flows(answer.local_port, ns);
-        let [flow] = flows.as_slice() else {
-            panic!("one conntrack entry for {who:?}'s query expected:\n{flows:#?}");
-        };
-        flow.assert_zone(1).assert_answered_by(ns);
+        if !backend.is_ebpf() {
+            let flows = pod.udp_flows(answer.local_port, ns);
+            let [flow] = flows.as_slice() else {
+                panic!("one conntrack entry for {who:?}'s query expected:\n{flows:#?}");
+            };
+            flow.assert_zone(1).assert_answered_by(ns);
+        }
 
         assert_lands(&pod.topo.pod, who, ns, &pod.server_tcp);
     }
@@ -150,8 +203,15 @@ fn dns_of_the_proxy_on_the_apps_port_is_not_redirected(backend: Backend, family:
         "the proxy's query on the app's 4-tuple went back to the agent"
     );
     assert_eq!(proxy.from, ns);
-    assert_eq!(pod.agent_udp.take_one().peer, pod.pod_addr(app.local_port));
+    assert_eq!(
+        pod.agent_udp.take_one().peer,
+        pod.redirected_from(backend, app.local_port)
+    );
     assert_eq!(pod.server_udp.take_one().peer, pod.pod_addr(app.local_port));
+    if backend.is_ebpf() {
+        // No conntrack entry decides anything on eBPF.
+        return;
+    }
 
     let mut flows = pod.udp_flows(app.local_port, ns);
     flows.sort_by_key(|flow| flow.zone());
@@ -216,13 +276,18 @@ fn dns_to_other_servers_is_captured_only_with_capture_all_dns(backend: Backend, 
         "app → {other} over UDP, all DNS captured"
     );
     assert_eq!(answer.from, other);
-    assert_eq!(pod.agent_udp.take_one().peer, pod.pod_addr(answer.local_port));
-    let flows = pod.udp_flows(answer.local_port, other);
-    let [flow] = flows.as_slice() else {
-        panic!("one conntrack entry for the app's query expected:\n{flows:#?}");
-    };
-    flow.assert_zone(2)
-        .assert_answered_by(SocketAddr::new(family.loopback(), AGENT_DNS_PORT));
+    assert_eq!(
+        pod.agent_udp.take_one().peer,
+        pod.redirected_from(backend, answer.local_port)
+    );
+    if !backend.is_ebpf() {
+        let flows = pod.udp_flows(answer.local_port, other);
+        let [flow] = flows.as_slice() else {
+            panic!("one conntrack entry for the app's query expected:\n{flows:#?}");
+        };
+        flow.assert_zone(2)
+            .assert_answered_by(SocketAddr::new(family.loopback(), AGENT_DNS_PORT));
+    }
     assert_lands(&pod.topo.pod, APP, other, &pod.agent_tcp);
     assert!(pod.other_udp.take_received().is_empty());
     assert!(outbound.take_accepted().is_empty());
@@ -337,6 +402,17 @@ impl DnsPod {
     /// The pod's address with `port`: where the pod's unbound UDP sockets send from.
     fn pod_addr(&self, port: u16) -> SocketAddr {
         self.topo.pod_addr(self.family, port)
+    }
+
+    /// Where the agent sees a redirected query of an unbound socket with `port` come from:
+    /// the pod's address on netfilter (REDIRECT keeps the source the route chose), loopback on
+    /// eBPF (the destination is loopback before the source is chosen).
+    fn redirected_from(&self, backend: Backend, port: u16) -> SocketAddr {
+        if backend.is_ebpf() {
+            SocketAddr::new(self.family.loopback(), port)
+        } else {
+            self.pod_addr(port)
+        }
     }
 
     /// A UDP query from the pod as `who` to `dst`; panics when nothing answers.

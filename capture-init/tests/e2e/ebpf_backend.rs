@@ -301,11 +301,7 @@ fn ebpf_refuses_flags_it_cannot_honour() {
     let world = EbpfWorld::empty();
     let pod = NetNs::new();
     type Edit = fn(CaptureInit<'_>) -> CaptureInit<'_>;
-    let cases: [(Edit, &str); 4] = [
-        (
-            |i| i.switch("--redirect-dns").switch("--capture-all-dns"),
-            "DNS capture",
-        ),
+    let cases: [(Edit, &str); 3] = [
         (|i| i.set("-c", "eth1"), "excluded interfaces (-c)"),
         (|i| i.set("-k", "eth1"), "rerouted interfaces (-k)"),
         (|i| i.switch("--drop-invalid"), "INVALID_DROP"),
