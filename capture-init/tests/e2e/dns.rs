@@ -20,7 +20,7 @@
 //! 1. The pod's `/proc/net/nf_conntrack` shows which zone each flow is in.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::thread;
@@ -56,7 +56,10 @@ test_matrix!(backend, family:
     dns_of_the_proxy_reaches_the_nameserver,
     dns_of_the_proxy_on_the_apps_port_is_not_redirected,
     dns_to_other_servers_is_captured_only_with_capture_all_dns,
+    dns_to_a_resolver_in_the_pod_reaches_the_agent,
 );
+
+test_matrix!(backend: dns_udp_from_dual_stack_sockets_to_an_ipv4_nameserver);
 
 // Dropping conntrack-INVALID packets is a netfilter rule: the eBPF backend refuses INVALID_DROP.
 test_matrix!(netfilter, family: drop_invalid_drops_invalid_inbound_segments);
@@ -134,6 +137,75 @@ fn dns_udp_from_a_connected_socket_reaches_the_agent(backend: Backend, family: F
     assert_eq!(answer.reply, pod.server_udp.token());
     assert_eq!((answer.from, peer), (ns, ns));
     assert!(pod.agent_udp.take_received().is_empty());
+}
+
+/// IPv4 DNS through `AF_INET6` sockets, on an IPv4-only capture: the app's unconnected and
+/// connected dual-stack sockets asking `::ffff:<nameserver>:53` reach the agent, and take its
+/// answer as coming from `::ffff:<nameserver>:53` (and `getpeername` shows that address).
+fn dns_udp_from_dual_stack_sockets_to_an_ipv4_nameserver(backend: Backend) {
+    if !require_root() {
+        return;
+    }
+    let pod = DnsPod::new(Family::V4);
+    pod.capture(backend).run().ok();
+    let ns = pod.nameserver();
+    let IpAddr::V4(ip) = ns.ip() else {
+        unreachable!("an IPv4 nameserver")
+    };
+    let mapped = SocketAddr::new(ip.to_ipv6_mapped().into(), DNS_PORT);
+
+    let answer = pod.query(APP, mapped);
+    assert_eq!(answer.reply, pod.agent_udp.token(), "app → {mapped} over UDP");
+    assert_eq!(answer.from, mapped);
+    assert_eq!(pod.agent_udp.take_one().peer.port(), answer.local_port);
+
+    let (answer, peer) = udp::exchange_connected_as(&pod.topo.pod, APP_UID, APP_UID, mapped, b"dns query")
+        .unwrap_or_else(|e| panic!("app → {mapped} over connected UDP: {e}"));
+    assert_eq!(
+        answer.reply,
+        pod.agent_udp.token(),
+        "app → {mapped} over connected UDP"
+    );
+    assert_eq!((answer.from, peer), (mapped, mapped));
+    assert_eq!(pod.agent_udp.take_one().peer.port(), answer.local_port);
+    assert!(pod.server_udp.take_received().is_empty());
+}
+
+/// A nameserver in the pod itself (`127.0.0.53`, systemd-resolved's, or `::1`): Istio's loopback
+/// rules spare port 53 with DNS capture, so the app's UDP and TCP queries to it reach the agent
+/// (TCP with that original destination), while the proxy's query reaches the resolver.
+fn dns_to_a_resolver_in_the_pod_reaches_the_agent(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let pod = DnsPod::new(family);
+    let local_ip: IpAddr = match family {
+        Family::V4 => Ipv4Addr::new(127, 0, 0, 53).into(),
+        Family::V6 => Ipv6Addr::LOCALHOST.into(),
+    };
+    let local = SocketAddr::new(local_ip, DNS_PORT);
+    let resolver_udp = Responder::spawn(&pod.topo.pod, local, "resolver-udp");
+    let resolver_tcp = Listener::spawn(&pod.topo.pod, local, "resolver-tcp");
+    let resolv_conf = pod
+        ._scratch
+        .file("resolv-local.conf", &format!("nameserver {local_ip}\n"));
+    CaptureInit::new(&pod.topo.pod, backend, family)
+        .switch("--redirect-dns")
+        .set("--resolv-conf", &resolv_conf.display().to_string())
+        .run()
+        .ok();
+
+    let answer = pod.query(APP, local);
+    assert_eq!(answer.reply, pod.agent_udp.token(), "app → {local} over UDP");
+    assert_eq!(answer.from, local);
+    assert_eq!(pod.agent_udp.take_one().peer.port(), answer.local_port);
+    assert_lands(&pod.topo.pod, APP, local, &pod.agent_tcp);
+
+    assert_eq!(pod.query(PROXY, local).reply, resolver_udp.token());
+    assert_lands(&pod.topo.pod, PROXY, local, &resolver_tcp);
+    assert!(pod.agent_udp.take_received().is_empty());
+    // The nameserver of the pod's first resolv.conf is not one any more.
+    assert_eq!(pod.query(APP, pod.nameserver()).reply, pod.server_udp.token());
 }
 
 /// The app → nameserver:53 over TCP reaches the agent's `:15053`, which learns nameserver:53 as the
