@@ -20,7 +20,7 @@
 //! 1. The pod's `/proc/net/nf_conntrack` shows which zone each flow is in.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::thread;
@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use capture_e2e::udp::{self, Answer, Responder};
 use capture_e2e::{
-    APP_UID, Family, Listener, NetNs, PROXY_UID, TempDir, Topology, require_root, run_ok, test_matrix,
+    APP_UID, Family, Listener, NetNs, PROXY_UID, TempDir, Topology, connect_as, require_root, run_ok,
+    test_matrix,
 };
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -57,6 +58,8 @@ test_matrix!(backend, family:
     dns_of_the_proxy_on_the_apps_port_is_not_redirected,
     dns_to_other_servers_is_captured_only_with_capture_all_dns,
     dns_to_a_resolver_in_the_pod_reaches_the_agent,
+    dns_to_an_excluded_port_53_is_not_redirected,
+    dns_udp_socket_connected_elsewhere_is_no_longer_redirected,
 );
 
 test_matrix!(backend: dns_udp_from_dual_stack_sockets_to_an_ipv4_nameserver);
@@ -206,6 +209,89 @@ fn dns_to_a_resolver_in_the_pod_reaches_the_agent(backend: Backend, family: Fami
     assert!(pod.agent_udp.take_received().is_empty());
     // The nameserver of the pod's first resolv.conf is not one any more.
     assert_eq!(pod.query(APP, pod.nameserver()).reply, pod.server_udp.token());
+}
+
+/// `-o 53`: Istio's excluded outbound ports cover UDP too, so neither the app's UDP nor its TCP
+/// query reaches the agent; both reach the nameserver.
+fn dns_to_an_excluded_port_53_is_not_redirected(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let pod = DnsPod::new(family);
+    pod.capture(backend).set("-o", "53").run().ok();
+    let ns = pod.nameserver();
+    assert_eq!(
+        pod.query(APP, ns).reply,
+        pod.server_udp.token(),
+        "app → {ns} over UDP"
+    );
+    assert_eq!(
+        connect_as(&pod.topo.pod, APP_UID, APP_UID, ns)
+            .unwrap_or_else(|e| panic!("app → {ns} over TCP: {e}"))
+            .0,
+        pod.server_tcp.token()
+    );
+    assert!(pod.agent_udp.take_received().is_empty());
+    assert!(pod.agent_tcp.take_accepted().is_empty());
+}
+
+/// A UDP socket connected to the nameserver (its queries captured), disconnected
+/// (`connect(AF_UNSPEC)`) and connected to another DNS server (not captured without
+/// `--capture-all-dns`): its query now reaches that server, whose answer it takes, and
+/// `getpeername` shows that server, not the old nameserver.
+///
+/// The disconnect matters on eBPF: a UDP socket connected to the DNS proxy took a loopback source
+/// address, which only a disconnect resets (docs/design/ebpf.md, DNS capture).
+fn dns_udp_socket_connected_elsewhere_is_no_longer_redirected(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let pod = DnsPod::new(family);
+    pod.capture(backend).run().ok();
+    let (ns, other) = (pod.nameserver(), pod.other_server());
+    let wildcard = SocketAddr::new(family.unspecified(), 0);
+    let exchange = |socket: &UdpSocket, dst: SocketAddr| -> io::Result<(String, SocketAddr)> {
+        socket.connect(dst)?;
+        socket.send(b"dns query")?;
+        let mut buf = [0u8; 64];
+        let len = socket.recv(&mut buf)?;
+        Ok((
+            String::from_utf8_lossy(&buf[..len]).into_owned(),
+            socket.peer_addr()?,
+        ))
+    };
+    let (first, second) = pod
+        .topo
+        .pod
+        .run_as(APP_UID, APP_UID, || {
+            let socket = UdpSocket::bind(wildcard)?;
+            socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let first = exchange(&socket, ns)?;
+            disconnect(&socket)?;
+            Ok((first, exchange(&socket, other)?))
+        })
+        .unwrap_or_else(|e| panic!("app → {ns}, then {other}, over one connected UDP socket: {e}"));
+    assert_eq!(first, (pod.agent_udp.token().to_owned(), ns));
+    assert_eq!(second, (pod.other_udp.token().to_owned(), other));
+    assert_eq!(pod.agent_udp.take_received().len(), 1);
+    assert_eq!(pod.other_udp.take_received().len(), 1);
+}
+
+/// `connect(AF_UNSPEC)`: dissolves a UDP socket's association, and resets the source address its
+/// `connect` chose unless it was bound to one.
+fn disconnect(socket: &UdpSocket) -> io::Result<()> {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr>()).expect("a small sockaddr");
+    // SAFETY: a live socket descriptor, and a sockaddr of the length passed.
+    let rc = unsafe { libc::connect(socket.as_raw_fd(), &raw const unspec, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The app → nameserver:53 over TCP reaches the agent's `:15053`, which learns nameserver:53 as the
