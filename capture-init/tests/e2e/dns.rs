@@ -38,6 +38,8 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
+#[cfg(feature = "ebpf")]
+use crate::capture_init::ebpf_node;
 use crate::capture_init::{Backend, CaptureInit};
 #[cfg(feature = "ebpf")]
 use crate::support::ebpf_row;
@@ -95,7 +97,18 @@ fn dns_udp_to_the_nameserver_reaches_the_agent_and_answers_from_the_nameserver(
     );
     assert!(pod.server_udp.take_received().is_empty());
 
-    if !backend.is_ebpf() {
+    if backend.is_ebpf() {
+        #[cfg(feature = "ebpf")]
+        {
+            // One query redirected (sendmsg), one answer given the nameserver's address (recvmsg).
+            let world = capture_e2e::ebpf::child_world().expect("inside ebpf_row");
+            let stats = ebpf_node(&["stats", "--bpffs", &world.bpffs.display().to_string()]);
+            stats.ok();
+            for line in ["dns_redirected 1\n", "dns_answers_from_resolver 1\n"] {
+                assert!(stats.stdout.contains(line), "{line:?} in:\n{}", stats.stdout);
+            }
+        }
+    } else {
         let flows = pod.udp_flows(answer.local_port, ns);
         let [flow] = flows.as_slice() else {
             panic!("one conntrack entry for the app's query expected:\n{flows:#?}");
