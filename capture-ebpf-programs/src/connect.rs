@@ -111,30 +111,32 @@ fn redirect(ctx: &SockAddrContext, v6: bool, call: Call) {
         IPPROTO_UDP => true,
         _ => return,
     };
+    // SAFETY: as above.
+    let dport = u16::from_be(unsafe { read_volatile(&raw const (*sa).user_port) } as u16);
+    if udp && dport != DNS_PORT {
+        // Nothing but the DNS rules redirects UDP: most datagrams end here, before any lookup
+        // of the pod.
+        pass_udp(ctx, call);
+        return;
+    }
     // SAFETY: the helper takes the program's context.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let Some(cfg) = pod_config(netns) else {
         return;
     };
     // SAFETY: as above; each word of user_ip6 is read on its own.
-    let (dst, port_raw, sk) = unsafe {
+    let (dst, sk) = unsafe {
         let dst = if v6 {
             read_ip6(&raw const (*sa).user_ip6)
         } else {
             Ip::from_ip4(read_volatile(&raw const (*sa).user_ip4))
         };
-        (
-            dst,
-            read_volatile(&raw const (*sa).user_port),
-            read_volatile(&raw const (*sa).__bindgen_anon_1.sk),
-        )
+        (dst, read_volatile(&raw const (*sa).__bindgen_anon_1.sk))
     };
     if sk.is_null() {
         return;
     }
-    let dport = u16::from_be(port_raw as u16);
-    let verdict = if udp && (cfg.flags & FLAG_DNS == 0 || dport != DNS_PORT) {
-        // Nothing but the DNS rules redirects UDP.
+    let verdict = if udp && cfg.flags & FLAG_DNS == 0 {
         Verdict::Pass
     } else {
         // SAFETY: `sk` is the context's non-null socket; its address fields allow 4-byte reads.
@@ -153,13 +155,10 @@ fn redirect(ctx: &SockAddrContext, v6: bool, call: Call) {
 
     let (port, stat) = match verdict {
         Verdict::Pass => {
-            if !udp {
+            if udp {
+                pass_udp(ctx, call);
+            } else {
                 count(STAT_PASSED);
-            } else if call == Call::Connect {
-                // A UDP socket connected elsewhere now: its getpeername and answers are its own.
-                // SAFETY: the helper takes the program's context.
-                let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-                let _ = ORIG_BY_COOKIE.remove(cookie);
             }
             return;
         }
@@ -185,6 +184,18 @@ fn redirect(ctx: &SockAddrContext, v6: bool, call: Call) {
             write_volatile(&raw mut (*sa).user_ip4, ip6_words(&LOCALHOST4)[0]);
         }
         write_volatile(&raw mut (*sa).user_port, u32::from(port.to_be()));
+    }
+}
+
+/// A UDP connect or datagram left alone. A socket connected elsewhere now (it may have been
+/// connected to the DNS proxy before) loses its record: its `getpeername` and answers are its
+/// own again.
+#[inline(always)]
+fn pass_udp(ctx: &SockAddrContext, call: Call) {
+    if call == Call::Connect {
+        // SAFETY: the helper takes the program's context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let _ = ORIG_BY_COOKIE.remove(cookie);
     }
 }
 
