@@ -4,9 +4,9 @@
 //! meant for under the socket's cookie. When that socket receives a datagram from the DNS proxy
 //! (`127.0.0.1:15053`, `::1:15053`, `::ffff:127.0.0.1:15053`), `recvmsg` reports the resolver as
 //! its source instead, as conntrack undoes `REDIRECT` for the answer: resolvers that check where
-//! an answer comes from (glibc, musl) accept it. A connected socket's own peer filter passes
-//! the answer anyway (it is connected to the proxy); its `getpeername` is answered by
-//! getpeername4/6 from the same record.
+//! an answer comes from (musl's unconnected socket) accept it. A connected socket's own peer
+//! filter passes the answer anyway (it is connected to the proxy); its `getpeername` is answered
+//! by getpeername4/6 from the same record.
 //!
 //! The record lives as long as the socket: `sock_release` removes a UDP socket's record when
 //! the socket is released (TCP records are the sockops program's, removed on `TCP_CLOSE`).
