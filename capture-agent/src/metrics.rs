@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 
 use capture_ebpf::{MapUsage, NetnsCookie, Node};
 use capture_ebpf_common::{
-    PodStats, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED, STAT_ORIG_DST, STAT_OUTBOUND, STAT_PASSED,
-    STAT_PEERNAME, STAT_STATE_FULL,
+    PodStats, STAT_DNS, STAT_DNS_ANSWER, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED, STAT_ORIG_DST,
+    STAT_OUTBOUND, STAT_PASSED, STAT_PEERNAME, STAT_STATE_FULL,
 };
 
 /// One `STAT_*` slot as a counter: `capture_<name>_total{<label>}` node-wide and
@@ -78,6 +78,18 @@ pub const COUNTERS: &[Counter] = &[
         name: "getpeername_answers",
         label: None,
         help: "getpeername answers given to apps with the original destination.",
+    },
+    Counter {
+        stat: STAT_DNS,
+        name: "dns_redirected",
+        label: None,
+        help: "DNS queries (UDP datagrams and TCP connections to port 53) redirected to the DNS proxy.",
+    },
+    Counter {
+        stat: STAT_DNS_ANSWER,
+        name: "dns_answers",
+        label: None,
+        help: "DNS proxy answers given to apps as coming from the resolver they asked.",
     },
 ];
 

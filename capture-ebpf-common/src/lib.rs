@@ -13,7 +13,7 @@
 //! | [`OWNERS`] | hash | [`OwnerKey`] | `u8` (1) | loader | connect4/6 |
 //! | [`PORTS`] | LPM trie | [`PortKey`] | `u8` (1) | loader | connect4/6 |
 //! | [`CIDRS`] | LPM trie | [`CidrKey`] | `u8` (1) | loader | connect4/6 |
-//! | [`ORIG_BY_COOKIE`] | hash | socket cookie (`u64`) | [`OrigDst`] | connect4/6 | sockops, getpeername4/6 |
+//! | [`ORIG_BY_COOKIE`] | hash | socket cookie (`u64`) | [`OrigDst`] | connect4/6, sendmsg4/6 (UDP DNS) | sockops, getpeername4/6, recvmsg4/6 |
 //! | [`ORIG_BY_PAIR`] | hash | [`PairKey`] | [`OrigDst`] | sockops | getsockopt |
 //! | [`INBOUND_LISTENERS`] | sockhash | [`ListenerKey`] | socket | sockops (listen), loader | sk_lookup |
 //! | [`STATS`] | per-CPU array | `u32` index (`STAT_*`) | `u64` | all programs | loader, tests |
@@ -22,8 +22,8 @@
 //! Per-pod entries are keyed by the pod's network namespace cookie and a generation, so a
 //! pod's configuration can be replaced by writing the next generation's entries and then
 //! switching [`PodConfig::generation`] in one map update. Per-connection entries
-//! ([`ORIG_BY_COOKIE`], [`ORIG_BY_PAIR`]) are removed by the sockops program when the client
-//! socket closes.
+//! ([`ORIG_BY_COOKIE`], [`ORIG_BY_PAIR`]) are removed by the sockops program when a TCP client
+//! socket closes, and by the `sock_release` program when a UDP socket is released.
 #![no_std]
 
 /// Per-pod configuration, keyed by network namespace cookie.
@@ -34,7 +34,8 @@ pub const OWNERS: &str = "OWNERS";
 pub const PORTS: &str = "PORTS";
 /// Address lists (excluded and included CIDRs, the pod's local addresses).
 pub const CIDRS: &str = "CIDRS";
-/// Original destination of a redirected connection, by the client socket's cookie.
+/// Original destination of a redirected connection, by the client socket's cookie; for a UDP
+/// socket, the resolver its last DNS query redirected to the DNS proxy was sent to.
 pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
 /// Original destination of a redirected connection, by its established 4-tuple.
 pub const ORIG_BY_PAIR: &str = "ORIG_BY_PAIR";
@@ -109,6 +110,16 @@ pub mod programs {
     /// `sk_lookup`: hands connections arriving at an enrolled pod to the proxy's inbound
     /// listener; attached to each enrolled pod's network namespace, one instance per pod.
     pub const SK_LOOKUP: &str = "capture_sk_lookup";
+    /// `cgroup/sendmsg4`: an unconnected UDP DNS query goes to the DNS proxy.
+    pub const SENDMSG4: &str = "capture_sendmsg4";
+    /// `cgroup/sendmsg6`: the same for IPv6.
+    pub const SENDMSG6: &str = "capture_sendmsg6";
+    /// `cgroup/recvmsg4`: the DNS proxy's answer is seen coming from the resolver asked.
+    pub const RECVMSG4: &str = "capture_recvmsg4";
+    /// `cgroup/recvmsg6`: the same for IPv6 (and IPv4-mapped) sockets.
+    pub const RECVMSG6: &str = "capture_recvmsg6";
+    /// `cgroup/sock_release`: removes a released UDP socket's record.
+    pub const SOCK_RELEASE: &str = "capture_sock_release";
 }
 
 /// [`PodConfig::flags`]: capture IPv6 connections too (istio-iptables `ISTIO_DUAL_STACK`,
@@ -125,6 +136,18 @@ pub const FLAG_INBOUND_OFF: u32 = 1 << 3;
 /// [`PodConfig::flags`]: only the inbound ports in [`PORTS_IN_INCLUDE`] are captured
 /// (`-b 80,443`).
 pub const FLAG_INBOUND_ONLY: u32 = 1 << 4;
+/// [`PodConfig::flags`]: DNS capture (`--redirect-dns`): TCP and UDP to port [`DNS_PORT`] of the
+/// [`CIDRS_DNS`] servers go to the DNS proxy on [`DNS_PROXY_PORT`], and the loopback owner rules
+/// spare TCP port 53 as Istio's do then.
+pub const FLAG_DNS: u32 = 1 << 5;
+/// [`PodConfig::flags`]: with [`FLAG_DNS`], port 53 of every destination goes to the DNS proxy
+/// (`--capture-all-dns`), not only the [`CIDRS_DNS`] servers.
+pub const FLAG_DNS_ALL: u32 = 1 << 6;
+
+/// The DNS port, host byte order.
+pub const DNS_PORT: u16 = 53;
+/// The port the agent's DNS proxy listens on (127.0.0.1 and ::1), host byte order.
+pub const DNS_PROXY_PORT: u16 = 15053;
 
 /// What a pod's connections are redirected to and how its loopback rules behave.
 ///
@@ -218,6 +241,9 @@ pub const CIDRS_OUT_EXCLUDE: u8 = 1;
 pub const CIDRS_OUT_INCLUDE: u8 = 2;
 /// [`CidrKey::list`]: addresses of the pod itself, whose traffic goes over `lo`.
 pub const CIDRS_LOCAL: u8 = 3;
+/// [`CidrKey::list`]: the pod's nameservers (resolv.conf), whose port 53 goes to the DNS proxy
+/// when [`FLAG_DNS`] is set without [`FLAG_DNS_ALL`].
+pub const CIDRS_DNS: u8 = 4;
 
 /// [`CidrKey::family`] for IPv4 (the address in the first 4 bytes).
 pub const FAMILY_V4: u8 = 4;
@@ -304,8 +330,14 @@ pub const STAT_INBOUND: u32 = 6;
 /// [`STATS`] slot: inbound connections refused because the pod's proxy had no inbound
 /// listener (as `REDIRECT` to a port nobody listens on is).
 pub const STAT_INBOUND_REFUSED: u32 = 7;
+/// [`STATS`] slot: DNS queries sent to the DNS proxy: TCP connects, connected UDP sockets
+/// (at `connect`) and unconnected UDP datagrams (each `sendmsg`).
+pub const STAT_DNS: u32 = 8;
+/// [`STATS`] slot: UDP answers from the DNS proxy whose source was given back as the resolver
+/// the app asked (`recvmsg`).
+pub const STAT_DNS_ANSWER: u32 = 9;
 /// Number of [`STATS`] slots.
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_COUNT: u32 = 10;
 
 /// Value of [`POD_STATS`]: one pod's counters on one CPU, indexed by `STAT_*` as [`STATS`] is.
 pub type PodStats = [u64; STAT_COUNT as usize];

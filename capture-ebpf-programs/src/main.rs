@@ -3,10 +3,13 @@
 //!
 //! | program | section | job |
 //! |---|---|---|
-//! | `capture_connect4` / `capture_connect6` | `cgroup/connect4`, `cgroup/connect6` | redirect an enrolled pod's TCP connect as Istio's nat `OUTPUT` rules would, recording the original destination by socket cookie |
+//! | `capture_connect4` / `capture_connect6` | `cgroup/connect4`, `cgroup/connect6` | redirect an enrolled pod's TCP connect (and UDP DNS connect) as Istio's nat `OUTPUT` rules would, recording the original destination by socket cookie |
 //! | `capture_sockops` | `sockops` | move the record to the established 4-tuple (with the netns cookie); delete both when the socket closes |
 //! | `capture_getsockopt` | `cgroup/getsockopt` | answer `SO_ORIGINAL_DST` on the proxy's accepted socket; every other option passes untouched |
 //! | `capture_getpeername4` / `capture_getpeername6` | `cgroup/getpeername4`, `cgroup/getpeername6` | the app sees its original peer, not the proxy |
+//! | `capture_sendmsg4` / `capture_sendmsg6` | `cgroup/sendmsg4`, `cgroup/sendmsg6` | send an enrolled pod's unconnected UDP DNS queries to the DNS proxy, recording the resolver by socket cookie |
+//! | `capture_recvmsg4` / `capture_recvmsg6` | `cgroup/recvmsg4`, `cgroup/recvmsg6` | the DNS proxy's UDP answer comes from the resolver the app asked |
+//! | `capture_sock_release` | `cgroup/sock_release` | remove a released UDP socket's record |
 //! | `capture_sk_lookup` | `sk_lookup` | hand connections arriving at an enrolled pod to its proxy's inbound listener (one instance per pod netns) |
 //!
 //! Context fields are read and written with `read_volatile`/`write_volatile`: LLVM would
@@ -15,6 +18,7 @@
 #![no_main]
 
 mod connect;
+mod dns;
 mod getpeername;
 mod getsockopt;
 mod maps;

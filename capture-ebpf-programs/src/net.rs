@@ -167,6 +167,8 @@ pub const PASSTHROUGH6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 
 /// `IPPROTO_TCP`.
 pub const IPPROTO_TCP: u32 = 6;
+/// `IPPROTO_UDP`.
+pub const IPPROTO_UDP: u32 = 17;
 /// `AF_INET` as context fields hold it.
 pub const AF_INET_U32: u32 = 2;
 /// `AF_INET6` as context fields hold it.

@@ -30,6 +30,9 @@
 //! | `sockops` | keys the original destination by the connection's 4-tuple and netns cookie; removes every per-connection entry when the socket closes |
 //! | `cgroup/getsockopt` | answers `SO_ORIGINAL_DST` (`SOL_IP`, `SOL_IPV6`) on the proxy's accepted socket, so [`capture_core::original_dst()`] works unchanged; touches no other option |
 //! | `cgroup/getpeername4`, `getpeername6` | the app sees its original peer, not the proxy |
+//! | `cgroup/sendmsg4`, `sendmsg6` (and connect4/6 for TCP and connected UDP) | DNS capture: an app's port-53 query goes to the DNS proxy on `:15053`, the resolver is recorded by socket cookie |
+//! | `cgroup/recvmsg4`, `recvmsg6` | DNS capture: the DNS proxy's UDP answer comes from the resolver the app asked |
+//! | `cgroup/sock_release` | removes a released UDP socket's record |
 //! | `sockops` at `listen()` | records the proxy's listener on the inbound port of an enrolled pod |
 //! | `sk_lookup` (one instance per enrolled pod, linked to its network namespace) | hands connections from outside the pod to that listener unless Istio's inbound rules exempt them; the proxy's socket keeps the dialled address, so [`capture_core::original_dst()`] returns it |
 //!

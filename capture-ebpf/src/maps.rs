@@ -9,7 +9,8 @@
 //! | proxy ports, IPv6 on/off, IPv4 loopback range, first owner, inbound mode (`-b '*'`, a list, `""`) | [`PodConfig`] |
 //! | `-u`, `-g`, owner groups | [`OwnerKey`]s in `OWNERS` |
 //! | `-o`, `-q`, `-b`/`-d` port ranges | [`PortKey`] prefixes in the `PORTS` LPM trie (a range costs at most 30) |
-//! | `-x`, `-i`, the pod's own addresses | [`CidrKey`]s in the `CIDRS` LPM trie |
+//! | `-x`, `-i`, the pod's own addresses, the nameservers of DNS capture | [`CidrKey`]s in the `CIDRS` LPM trie |
+//! | DNS capture (`--redirect-dns`, `--capture-all-dns`) | `FLAG_DNS`, `FLAG_DNS_ALL` in [`PodConfig`] |
 //!
 //! Lists have no fixed size: every entry of the spec becomes an entry of a map, and a map that
 //! is full fails the enrollment instead of dropping entries.
@@ -20,12 +21,15 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use capture_core::{CaptureSpec, Cidr, InboundPorts, OutboundCidrs, Owner, OwnerGroups, PortRange};
+use capture_core::{
+    CaptureSpec, Cidr, DnsCapture, InboundPorts, OutboundCidrs, Owner, OwnerGroups, PortRange,
+};
 use capture_ebpf_common::{
-    CIDR_KEY_FIXED_BITS, CIDRS_LOCAL, CIDRS_OUT_EXCLUDE, CIDRS_OUT_INCLUDE, CidrKey, FAMILY_V4, FAMILY_V6,
-    FLAG_INBOUND_OFF, FLAG_INBOUND_ONLY, FLAG_INCLUDES_LOOPBACK, FLAG_IPV6, FLAG_ONLY_GROUPS,
-    OWNER_EXCLUDED_GROUP, OWNER_ONLY_GROUP, OWNER_PROXY_GID, OWNER_PROXY_UID, OwnerKey, PORT_KEY_FIXED_BITS,
-    PORTS_IN_EXCLUDE, PORTS_IN_INCLUDE, PORTS_OUT_EXCLUDE, PORTS_OUT_INCLUDE, PodConfig, PortKey,
+    CIDR_KEY_FIXED_BITS, CIDRS_DNS, CIDRS_LOCAL, CIDRS_OUT_EXCLUDE, CIDRS_OUT_INCLUDE, CidrKey, FAMILY_V4,
+    FAMILY_V6, FLAG_DNS, FLAG_DNS_ALL, FLAG_INBOUND_OFF, FLAG_INBOUND_ONLY, FLAG_INCLUDES_LOOPBACK,
+    FLAG_IPV6, FLAG_ONLY_GROUPS, OWNER_EXCLUDED_GROUP, OWNER_ONLY_GROUP, OWNER_PROXY_GID, OWNER_PROXY_UID,
+    OwnerKey, PORT_KEY_FIXED_BITS, PORTS_IN_EXCLUDE, PORTS_IN_INCLUDE, PORTS_OUT_EXCLUDE, PORTS_OUT_INCLUDE,
+    PodConfig, PortKey,
 };
 
 use crate::Error;
@@ -89,7 +93,7 @@ impl MapPlan {
     /// - [`Error::OwnerName`] for a uid, gid or group given by name: the kernel sees numbers,
     ///   and resolving names would read the host's user database;
     /// - [`Error::NotImplemented`] for capture features the eBPF backend does not do yet
-    ///   (DNS capture, interface exclusion and rerouting, dropping INVALID packets), rather
+    ///   (interface exclusion and rerouting, dropping INVALID packets), rather
     ///   than ignoring them.
     pub fn from_spec(spec: &CaptureSpec) -> Result<MapPlan, Error> {
         spec.validate()?;
@@ -104,11 +108,6 @@ impl MapPlan {
             ipv4_loopback,
             ipv6,
         } = spec;
-        if dns.is_some() {
-            return Err(Error::NotImplemented {
-                feature: "DNS capture",
-            });
-        }
         if !interfaces.exclude.is_empty() {
             return Err(Error::NotImplemented {
                 feature: "excluded interfaces (-c)",
@@ -211,6 +210,16 @@ impl MapPlan {
                 }
             }
             OutboundCidrs::Off => {}
+        }
+        match dns {
+            None => {}
+            Some(DnsCapture::All) => flags |= FLAG_DNS | FLAG_DNS_ALL,
+            Some(DnsCapture::Only(servers)) => {
+                flags |= FLAG_DNS;
+                for server in servers {
+                    cidrs.push((CIDRS_DNS, Cidr::host(server.addr())));
+                }
+            }
         }
         dedup_cidrs(&mut cidrs);
 
@@ -403,6 +412,7 @@ impl fmt::Display for MapPlan {
             let list = match *list {
                 CIDRS_OUT_EXCLUDE => "out-exclude",
                 CIDRS_OUT_INCLUDE => "out-include",
+                CIDRS_DNS => "dns-server",
                 _ => "local",
             };
             writeln!(f, "CIDRS {list} {net}")?;
@@ -719,18 +729,44 @@ mod tests {
     }
 
     #[test]
+    fn dns_capture_is_two_flags_and_the_nameservers() {
+        let all = plan(|s| s.dns = Some(DnsCapture::All));
+        assert_eq!(
+            all.config.flags & (FLAG_DNS | FLAG_DNS_ALL),
+            FLAG_DNS | FLAG_DNS_ALL
+        );
+        assert!(all.cidrs.iter().all(|(list, _)| *list != CIDRS_DNS));
+
+        let only = plan(|s| {
+            s.dns = Some(DnsCapture::Only(vec![
+                "10.96.0.10".parse().unwrap(),
+                "fd00::a".parse().unwrap(),
+                "10.96.0.10".parse().unwrap(),
+            ]))
+        });
+        assert_eq!(only.config.flags & (FLAG_DNS | FLAG_DNS_ALL), FLAG_DNS);
+        let servers: Vec<String> = only
+            .cidrs
+            .iter()
+            .filter(|(list, _)| *list == CIDRS_DNS)
+            .map(|(_, net)| net.to_string())
+            .collect();
+        assert_eq!(servers, ["10.96.0.10/32", "fd00::a/128"]);
+        assert!(only.to_string().contains("CIDRS dns-server 10.96.0.10/32\n"));
+        let entries = only.entries(7, 3);
+        assert_eq!(MapPlan::from_entries(&entries), only);
+
+        let off = plan(|_| {});
+        assert_eq!(off.config.flags & (FLAG_DNS | FLAG_DNS_ALL), 0);
+    }
+
+    #[test]
     fn unsupported_features_are_refused_not_ignored() {
         let refuse = |edit: fn(&mut CaptureSpec)| {
             let mut spec = CaptureSpec::sidecar();
             edit(&mut spec);
             MapPlan::from_spec(&spec).unwrap_err()
         };
-        assert!(matches!(
-            refuse(|s| s.dns = Some(DnsCapture::All)),
-            Error::NotImplemented {
-                feature: "DNS capture"
-            }
-        ));
         assert!(matches!(
             refuse(|s| s.interfaces.exclude = vec!["eth1".parse().unwrap()]),
             Error::NotImplemented { .. }

@@ -18,6 +18,7 @@ pub fn probe() -> Result<(), Error> {
         (ProgramType::CgroupSockAddr, "cgroup sock_addr programs", "4.17"),
         (ProgramType::SockOps, "sock_ops programs", "4.13"),
         (ProgramType::CgroupSockopt, "cgroup sockopt programs", "5.3"),
+        (ProgramType::CgroupSock, "cgroup sock programs", "4.10"),
         (ProgramType::SkLookup, "sk_lookup programs", "5.9"),
     ];
     for (program_type, feature, min_kernel) in program_types {
@@ -85,6 +86,12 @@ pub fn probe() -> Result<(), Error> {
             "4.18",
         ),
         (
+            ProgramType::CgroupSock,
+            BpfHelper::BPF_FUNC_get_socket_cookie,
+            "bpf_get_socket_cookie in cgroup sock programs",
+            "5.7",
+        ),
+        (
             ProgramType::SkLookup,
             BpfHelper::BPF_FUNC_sk_assign,
             "bpf_sk_assign in sk_lookup programs",
@@ -98,8 +105,9 @@ pub fn probe() -> Result<(), Error> {
             return Err(Error::Unsupported { feature, min_kernel });
         }
     }
-    // cgroup bpf_links (5.7), the getpeername hooks (5.8) and listening sockets in a sockhash
-    // from sock_ops (5.7) have no cheap probe of their own; the helper probes above already require 5.15.
+    // cgroup bpf_links (5.7), the getpeername hooks (5.8), the UDP sendmsg (4.18) and recvmsg
+    // (5.2) hooks, sock_release (5.9) and listening sockets in a sockhash from sock_ops (5.7)
+    // have no cheap probe of their own; the helper probes above already require 5.15.
     Ok(())
 }
 

@@ -58,8 +58,8 @@ BACKENDS:
   /sys/fs/bpf, mounted if it is not one), first if they are not there yet. Running again with
   the same flags changes nothing; with other flags it replaces the pod's configuration
   atomically; --cleanup-only unenrolls the pod; --dry-run prints the map entries it would
-  write. Flags the eBPF backend cannot honour yet (DNS capture, -c, -k, INVALID_DROP) are
-  refused. Node commands:
+  write. Flags the eBPF backend cannot honour yet (-c, -k, INVALID_DROP) are refused.
+  Node commands:
     capture-init ebpf load   [--cgroup PATH] [--bpffs PATH]   load, attach and pin the programs
     capture-init ebpf unload [--bpffs PATH]                   detach and unpin them (no pod is captured)
     capture-init ebpf pods   [--bpffs PATH]                   list enrolled pods and their configuration

@@ -783,6 +783,57 @@ fn ebpf_dry_run_prints_the_map_plan() {
     );
 }
 
+/// `--backend ebpf` plans DNS capture as two flags and the nameservers: `--redirect-dns` with
+/// resolv.conf's nameservers; `ISTIO_META_DNS_CAPTURE` with `--capture-all-dns`, with none.
+#[cfg(feature = "ebpf")]
+#[test]
+fn ebpf_dry_run_plans_dns_capture() {
+    let dir = TempDir::new("resolv");
+    let resolv_conf = dir.file("resolv.conf", "nameserver 10.96.0.10\nnameserver fd00::a\n");
+    let resolv_conf = resolv_conf.to_str().unwrap();
+    let base = [
+        "--backend",
+        "ebpf",
+        "--dry-run",
+        "--ipv6",
+        "on",
+        "-u",
+        "1337",
+        "-b",
+        "*",
+    ];
+    let dns_lines = |out: Output| {
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let config = stdout.lines().next().unwrap().to_owned();
+        let servers: Vec<String> = stdout
+            .lines()
+            .filter(|l| l.starts_with("CIDRS dns-server"))
+            .map(str::to_owned)
+            .collect();
+        (config, servers)
+    };
+
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--redirect-dns", "--resolv-conf", resolv_conf])
+        .collect();
+    let (config, servers) = dns_lines(capture_init(&args, &[]));
+    // FLAG_IPV6 | FLAG_DNS
+    assert!(config.contains(" flags=0x21 "), "{config}");
+    assert_eq!(
+        servers,
+        ["CIDRS dns-server 10.96.0.10/32", "CIDRS dns-server fd00::a/128"]
+    );
+
+    let args: Vec<&str> = base.iter().copied().chain(["--capture-all-dns"]).collect();
+    let (config, servers) = dns_lines(capture_init(&args, &[("ISTIO_META_DNS_CAPTURE", "true")]));
+    // FLAG_IPV6 | FLAG_DNS | FLAG_DNS_ALL
+    assert!(config.contains(" flags=0x61 "), "{config}");
+    assert!(servers.is_empty(), "{servers:?}");
+}
+
 /// A build without the feature `ebpf` refuses the eBPF backend and its node commands, naming
 /// the feature.
 #[cfg(not(feature = "ebpf"))]

@@ -197,3 +197,38 @@ pub fn exchange_from_as(
         })
     })
 }
+
+/// Like [`exchange_as`], but with a connected socket: bound to the wildcard of `dst`'s family,
+/// `connect`ed to `dst`, so the kernel only delivers datagrams whose source is the connected
+/// peer. Returns the answer and the socket's peer (`getpeername`) after it came.
+///
+/// # Errors
+///
+/// As [`exchange_as`], and the error of `connect` or `getpeername`.
+pub fn exchange_connected_as(
+    ns: &NetNs,
+    uid: u32,
+    gid: u32,
+    dst: SocketAddr,
+    payload: &[u8],
+) -> io::Result<(Answer, SocketAddr)> {
+    let wildcard: SocketAddr = if dst.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    ns.run_as(uid, gid, || {
+        let socket = UdpSocket::bind(wildcard)?;
+        socket.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        socket.connect(dst)?;
+        socket.send(payload)?;
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let (len, from) = socket.recv_from(&mut buf)?;
+        let answer = Answer {
+            reply: String::from_utf8_lossy(&buf[..len]).into_owned(),
+            from,
+            local_port: socket.local_addr()?.port(),
+        };
+        Ok((answer, socket.peer_addr()?))
+    })
+}

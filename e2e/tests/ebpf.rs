@@ -42,8 +42,9 @@ pub(super) fn ebpf_test(body: impl FnOnce(&mut Node)) {
     let attached = world.attached();
     assert_eq!(
         attached.len(),
-        6,
-        "six programs attached to the test cgroup: {attached:#?}"
+        11,
+        "eleven programs attached to the test cgroup (connect4/6, sockops, getsockopt, \
+         getpeername4/6, sendmsg4/6, recvmsg4/6, sock_release): {attached:#?}"
     );
     world.run_in_cgroup();
     finish(world);

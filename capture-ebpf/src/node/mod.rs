@@ -38,7 +38,7 @@ use std::path::Path;
 use aya::EbpfLoader;
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, SockHash};
-use aya::programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps};
+use aya::programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, SkLookup, SockOps};
 pub use capture_core::Change;
 use capture_ebpf_common::{
     CIDRS, CidrKey, INBOUND_LISTENERS, LAYOUT, LAYOUT_VERSION, ListenerKey, MAP_NAMES, ORIG_BY_COOKIE,
@@ -67,6 +67,11 @@ pub(crate) enum Hook {
     GetSockopt,
     GetPeerName4,
     GetPeerName6,
+    SendMsg4,
+    SendMsg6,
+    RecvMsg4,
+    RecvMsg6,
+    SockRelease,
 }
 
 impl Hook {
@@ -79,19 +84,29 @@ impl Hook {
             Hook::GetSockopt => AttachType::BPF_CGROUP_GETSOCKOPT,
             Hook::GetPeerName4 => AttachType::BPF_CGROUP_INET4_GETPEERNAME,
             Hook::GetPeerName6 => AttachType::BPF_CGROUP_INET6_GETPEERNAME,
+            Hook::SendMsg4 => AttachType::BPF_CGROUP_UDP4_SENDMSG,
+            Hook::SendMsg6 => AttachType::BPF_CGROUP_UDP6_SENDMSG,
+            Hook::RecvMsg4 => AttachType::BPF_CGROUP_UDP4_RECVMSG,
+            Hook::RecvMsg6 => AttachType::BPF_CGROUP_UDP6_RECVMSG,
+            Hook::SockRelease => AttachType::BPF_CGROUP_INET_SOCK_RELEASE,
         }
     }
 }
 
 /// Every cgroup program in the object with its hook (the `sk_lookup` program is attached per
 /// pod, not to the cgroup).
-pub(crate) const PROGRAMS: [(&str, Hook); 6] = [
+pub(crate) const PROGRAMS: [(&str, Hook); 11] = [
     (programs::CONNECT4, Hook::Connect4),
     (programs::CONNECT6, Hook::Connect6),
     (programs::SOCKOPS, Hook::SockOps),
     (programs::GETSOCKOPT, Hook::GetSockopt),
     (programs::GETPEERNAME4, Hook::GetPeerName4),
     (programs::GETPEERNAME6, Hook::GetPeerName6),
+    (programs::SENDMSG4, Hook::SendMsg4),
+    (programs::SENDMSG6, Hook::SendMsg6),
+    (programs::RECVMSG4, Hook::RecvMsg4),
+    (programs::RECVMSG6, Hook::RecvMsg6),
+    (programs::SOCK_RELEASE, Hook::SockRelease),
 ];
 
 /// The node's loaded programs, reached through their pinned maps.
@@ -432,6 +447,7 @@ fn load_cgroup_programs(ebpf: &mut aya::Ebpf) -> Result<(), Error> {
         match hook {
             Hook::SockOps => <&mut SockOps>::try_from(program).map_err(err)?.load(),
             Hook::GetSockopt => <&mut CgroupSockopt>::try_from(program).map_err(err)?.load(),
+            Hook::SockRelease => <&mut CgroupSock>::try_from(program).map_err(err)?.load(),
             _ => <&mut CgroupSockAddr>::try_from(program).map_err(err)?.load(),
         }
         .map_err(err)?;

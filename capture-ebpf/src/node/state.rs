@@ -4,8 +4,8 @@
 use aya::maps::{IterableMap, MapData, MapError};
 use capture_ebpf_common::{
     CIDRS, CidrKey, INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OwnerKey, POD_CONFIG, POD_STATS,
-    PORTS, PodConfig, PodStats, PortKey, STAT_COUNT, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED,
-    STAT_ORIG_DST, STAT_OUTBOUND, STAT_PASSED, STAT_PEERNAME, STAT_STATE_FULL, STATS,
+    PORTS, PodConfig, PodStats, PortKey, STAT_COUNT, STAT_DNS, STAT_DNS_ANSWER, STAT_HAIRPIN, STAT_INBOUND,
+    STAT_INBOUND_REFUSED, STAT_ORIG_DST, STAT_OUTBOUND, STAT_PASSED, STAT_PEERNAME, STAT_STATE_FULL, STATS,
 };
 
 use super::{Node, keys_of};
@@ -30,6 +30,10 @@ pub struct Stats {
     pub inbound: u64,
     /// Inbound connections refused because the pod's proxy had no inbound listener.
     pub inbound_refused: u64,
+    /// DNS queries sent to the DNS proxy (TCP and UDP connects, unconnected UDP datagrams).
+    pub dns: u64,
+    /// UDP answers of the DNS proxy given back the resolver's address as their source.
+    pub dns_answers: u64,
 }
 
 impl std::fmt::Display for Stats {
@@ -44,6 +48,8 @@ impl std::fmt::Display for Stats {
             state_full,
             inbound,
             inbound_refused,
+            dns,
+            dns_answers,
         } = self;
         writeln!(f, "outbound_redirected {outbound}")?;
         writeln!(f, "hairpin_redirected {hairpin}")?;
@@ -52,7 +58,9 @@ impl std::fmt::Display for Stats {
         writeln!(f, "getpeername_answers {peername}")?;
         writeln!(f, "passed_state_map_full {state_full}")?;
         writeln!(f, "inbound_redirected {inbound}")?;
-        write!(f, "inbound_refused_no_listener {inbound_refused}")
+        writeln!(f, "inbound_refused_no_listener {inbound_refused}")?;
+        writeln!(f, "dns_redirected {dns}")?;
+        write!(f, "dns_answers_from_resolver {dns_answers}")
     }
 }
 
@@ -189,6 +197,8 @@ impl Node {
             state_full: sum(STAT_STATE_FULL)?,
             inbound: sum(STAT_INBOUND)?,
             inbound_refused: sum(STAT_INBOUND_REFUSED)?,
+            dns: sum(STAT_DNS)?,
+            dns_answers: sum(STAT_DNS_ANSWER)?,
         })
     }
 }

@@ -1,6 +1,13 @@
 //! DNS capture to the agent's `:15053` (`--redirect-dns`, `--capture-all-dns`) with its conntrack
 //! zones, and `--drop-invalid`.
 //!
+//! Every DNS scenario runs on every backend. The eBPF backend has no conntrack in the way: its
+//! socket programs send the app's queries to the agent (connect4/6 for TCP and connected UDP,
+//! sendmsg4/6 for unconnected UDP) and give the agent's UDP answers the nameserver's address
+//! (recvmsg4/6), so what the app sees is checked on both; the conntrack zones are checked on the
+//! netfilter backends only, and the agent sees a loopback source on eBPF (the socket's
+//! destination is rewritten before the source is chosen), as for outbound TCP.
+//!
 //! The pod's resolv.conf names the peer as its nameserver. The peer runs the real DNS server (UDP
 //! and TCP `:53`), and on a second address another one that resolv.conf does not name; the pod runs
 //! the stand-in agent on loopback `:15053` (UDP and TCP) as the proxy's uid, as istio-agent does.
@@ -13,7 +20,7 @@
 //! 1. The pod's `/proc/net/nf_conntrack` shows which zone each flow is in.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::thread;
@@ -21,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use capture_e2e::udp::{self, Answer, Responder};
 use capture_e2e::{
-    APP_UID, Family, Listener, NetNs, PROXY_UID, TempDir, Topology, require_root, run_ok, test_matrix,
+    APP_UID, Family, Listener, NetNs, PROXY_UID, TempDir, Topology, connect_as, require_root, run_ok,
+    test_matrix,
 };
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -30,7 +38,11 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
+#[cfg(feature = "ebpf")]
+use crate::capture_init::ebpf_node;
 use crate::capture_init::{Backend, CaptureInit};
+#[cfg(feature = "ebpf")]
+use crate::support::ebpf_row;
 use crate::support::{
     APP, Identity, PROXY, ROOT, assert_lands, inbound_proxy, outbound_proxy, peer_app, subnet_host,
 };
@@ -40,14 +52,22 @@ const AGENT_DNS_PORT: u16 = 15053;
 /// The DNS port.
 const DNS_PORT: u16 = 53;
 
-test_matrix!(netfilter, family:
+test_matrix!(backend, family:
     dns_udp_to_the_nameserver_reaches_the_agent_and_answers_from_the_nameserver,
+    dns_udp_from_a_connected_socket_reaches_the_agent,
     dns_tcp_to_the_nameserver_reaches_the_agent,
     dns_of_the_proxy_reaches_the_nameserver,
     dns_of_the_proxy_on_the_apps_port_is_not_redirected,
     dns_to_other_servers_is_captured_only_with_capture_all_dns,
-    drop_invalid_drops_invalid_inbound_segments,
+    dns_to_a_resolver_in_the_pod_reaches_the_agent,
+    dns_to_an_excluded_port_53_is_not_redirected,
+    dns_udp_socket_connected_elsewhere_is_no_longer_redirected,
 );
+
+test_matrix!(backend: dns_udp_from_dual_stack_sockets_to_an_ipv4_nameserver);
+
+// Dropping conntrack-INVALID packets is a netfilter rule: the eBPF backend refuses INVALID_DROP.
+test_matrix!(netfilter, family: drop_invalid_drops_invalid_inbound_segments);
 
 /// The app (uid 1000) → nameserver:53 over UDP reaches the agent's `:15053` (and not the
 /// nameserver), and the agent's answer reaches the app from nameserver:53: conntrack undoes the
@@ -72,17 +92,219 @@ fn dns_udp_to_the_nameserver_reaches_the_agent_and_answers_from_the_nameserver(
     let seen = pod.agent_udp.take_one();
     assert_eq!(
         seen.peer,
-        pod.pod_addr(answer.local_port),
+        pod.redirected_from(backend, answer.local_port),
         "the agent sees the app"
     );
     assert!(pod.server_udp.take_received().is_empty());
 
-    let flows = pod.udp_flows(answer.local_port, ns);
-    let [flow] = flows.as_slice() else {
-        panic!("one conntrack entry for the app's query expected:\n{flows:#?}");
+    if backend.is_ebpf() {
+        #[cfg(feature = "ebpf")]
+        {
+            // One query redirected (sendmsg), one answer given the nameserver's address (recvmsg).
+            let world = capture_e2e::ebpf::child_world().expect("inside ebpf_row");
+            let stats = ebpf_node(&["stats", "--bpffs", &world.bpffs.display().to_string()]);
+            stats.ok();
+            for line in ["dns_redirected 1\n", "dns_answers_from_resolver 1\n"] {
+                assert!(stats.stdout.contains(line), "{line:?} in:\n{}", stats.stdout);
+            }
+        }
+    } else {
+        let flows = pod.udp_flows(answer.local_port, ns);
+        let [flow] = flows.as_slice() else {
+            panic!("one conntrack entry for the app's query expected:\n{flows:#?}");
+        };
+        flow.assert_zone(2)
+            .assert_answered_by(SocketAddr::new(family.loopback(), AGENT_DNS_PORT));
+    }
+}
+
+/// The app → nameserver:53 from a connected UDP socket (which only takes datagrams from its
+/// peer) reaches the agent, gets the agent's answer from the nameserver, and its `getpeername`
+/// shows the nameserver, not the agent.
+fn dns_udp_from_a_connected_socket_reaches_the_agent(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let pod = DnsPod::new(family);
+    pod.capture(backend).run().ok();
+
+    let ns = pod.nameserver();
+    let (answer, peer) = udp::exchange_connected_as(&pod.topo.pod, APP_UID, APP_UID, ns, b"dns query")
+        .unwrap_or_else(|e| panic!("app → {ns} over connected UDP: {e}"));
+    assert_eq!(
+        answer.reply,
+        pod.agent_udp.token(),
+        "app → {ns} over connected UDP"
+    );
+    assert_eq!(
+        answer.from, ns,
+        "the answer comes from the nameserver the app asked"
+    );
+    assert_eq!(peer, ns, "getpeername shows the nameserver");
+    assert_eq!(
+        pod.agent_udp.take_one().peer,
+        pod.redirected_from(backend, answer.local_port)
+    );
+    assert!(pod.server_udp.take_received().is_empty());
+
+    // The proxy's connected socket reaches the nameserver itself.
+    let (answer, peer) = udp::exchange_connected_as(&pod.topo.pod, PROXY_UID, PROXY_UID, ns, b"upstream")
+        .unwrap_or_else(|e| panic!("proxy → {ns} over connected UDP: {e}"));
+    assert_eq!(answer.reply, pod.server_udp.token());
+    assert_eq!((answer.from, peer), (ns, ns));
+    assert!(pod.agent_udp.take_received().is_empty());
+}
+
+/// IPv4 DNS through `AF_INET6` sockets, on an IPv4-only capture: the app's unconnected and
+/// connected dual-stack sockets asking `::ffff:<nameserver>:53` reach the agent, and take its
+/// answer as coming from `::ffff:<nameserver>:53` (and `getpeername` shows that address).
+fn dns_udp_from_dual_stack_sockets_to_an_ipv4_nameserver(backend: Backend) {
+    if !require_root() {
+        return;
+    }
+    let pod = DnsPod::new(Family::V4);
+    pod.capture(backend).run().ok();
+    let ns = pod.nameserver();
+    let IpAddr::V4(ip) = ns.ip() else {
+        unreachable!("an IPv4 nameserver")
     };
-    flow.assert_zone(2)
-        .assert_answered_by(SocketAddr::new(family.loopback(), AGENT_DNS_PORT));
+    let mapped = SocketAddr::new(ip.to_ipv6_mapped().into(), DNS_PORT);
+
+    let answer = pod.query(APP, mapped);
+    assert_eq!(answer.reply, pod.agent_udp.token(), "app → {mapped} over UDP");
+    assert_eq!(answer.from, mapped);
+    assert_eq!(pod.agent_udp.take_one().peer.port(), answer.local_port);
+
+    let (answer, peer) = udp::exchange_connected_as(&pod.topo.pod, APP_UID, APP_UID, mapped, b"dns query")
+        .unwrap_or_else(|e| panic!("app → {mapped} over connected UDP: {e}"));
+    assert_eq!(
+        answer.reply,
+        pod.agent_udp.token(),
+        "app → {mapped} over connected UDP"
+    );
+    assert_eq!((answer.from, peer), (mapped, mapped));
+    assert_eq!(pod.agent_udp.take_one().peer.port(), answer.local_port);
+    assert!(pod.server_udp.take_received().is_empty());
+}
+
+/// A nameserver in the pod itself (`127.0.0.53`, systemd-resolved's, or `::1`): Istio's loopback
+/// rules spare port 53 with DNS capture, so the app's UDP and TCP queries to it reach the agent
+/// (TCP with that original destination), while the proxy's query reaches the resolver.
+fn dns_to_a_resolver_in_the_pod_reaches_the_agent(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let pod = DnsPod::new(family);
+    let local_ip: IpAddr = match family {
+        Family::V4 => Ipv4Addr::new(127, 0, 0, 53).into(),
+        Family::V6 => Ipv6Addr::LOCALHOST.into(),
+    };
+    let local = SocketAddr::new(local_ip, DNS_PORT);
+    let resolver_udp = Responder::spawn(&pod.topo.pod, local, "resolver-udp");
+    let resolver_tcp = Listener::spawn(&pod.topo.pod, local, "resolver-tcp");
+    let resolv_conf = pod
+        ._scratch
+        .file("resolv-local.conf", &format!("nameserver {local_ip}\n"));
+    CaptureInit::new(&pod.topo.pod, backend, family)
+        .switch("--redirect-dns")
+        .set("--resolv-conf", &resolv_conf.display().to_string())
+        .run()
+        .ok();
+
+    let answer = pod.query(APP, local);
+    assert_eq!(answer.reply, pod.agent_udp.token(), "app → {local} over UDP");
+    assert_eq!(answer.from, local);
+    assert_eq!(pod.agent_udp.take_one().peer.port(), answer.local_port);
+    assert_lands(&pod.topo.pod, APP, local, &pod.agent_tcp);
+
+    assert_eq!(pod.query(PROXY, local).reply, resolver_udp.token());
+    assert_lands(&pod.topo.pod, PROXY, local, &resolver_tcp);
+    assert!(pod.agent_udp.take_received().is_empty());
+    // The nameserver of the pod's first resolv.conf is not one any more.
+    assert_eq!(pod.query(APP, pod.nameserver()).reply, pod.server_udp.token());
+}
+
+/// `-o 53`: Istio's excluded outbound ports cover UDP too, so neither the app's UDP nor its TCP
+/// query reaches the agent; both reach the nameserver.
+fn dns_to_an_excluded_port_53_is_not_redirected(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let pod = DnsPod::new(family);
+    pod.capture(backend).set("-o", "53").run().ok();
+    let ns = pod.nameserver();
+    assert_eq!(
+        pod.query(APP, ns).reply,
+        pod.server_udp.token(),
+        "app → {ns} over UDP"
+    );
+    assert_eq!(
+        connect_as(&pod.topo.pod, APP_UID, APP_UID, ns)
+            .unwrap_or_else(|e| panic!("app → {ns} over TCP: {e}"))
+            .0,
+        pod.server_tcp.token()
+    );
+    assert!(pod.agent_udp.take_received().is_empty());
+    assert!(pod.agent_tcp.take_accepted().is_empty());
+}
+
+/// A UDP socket connected to the nameserver (its queries captured), disconnected
+/// (`connect(AF_UNSPEC)`) and connected to another DNS server (not captured without
+/// `--capture-all-dns`): its query now reaches that server, whose answer it takes, and
+/// `getpeername` shows that server, not the old nameserver.
+///
+/// The disconnect matters on eBPF: a UDP socket connected to the DNS proxy took a loopback source
+/// address, which only a disconnect resets (docs/design/ebpf.md, DNS capture).
+fn dns_udp_socket_connected_elsewhere_is_no_longer_redirected(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let pod = DnsPod::new(family);
+    pod.capture(backend).run().ok();
+    let (ns, other) = (pod.nameserver(), pod.other_server());
+    let wildcard = SocketAddr::new(family.unspecified(), 0);
+    let exchange = |socket: &UdpSocket, dst: SocketAddr| -> io::Result<(String, SocketAddr)> {
+        socket.connect(dst)?;
+        socket.send(b"dns query")?;
+        let mut buf = [0u8; 64];
+        let len = socket.recv(&mut buf)?;
+        Ok((
+            String::from_utf8_lossy(&buf[..len]).into_owned(),
+            socket.peer_addr()?,
+        ))
+    };
+    let (first, second) = pod
+        .topo
+        .pod
+        .run_as(APP_UID, APP_UID, || {
+            let socket = UdpSocket::bind(wildcard)?;
+            socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let first = exchange(&socket, ns)?;
+            disconnect(&socket)?;
+            Ok((first, exchange(&socket, other)?))
+        })
+        .unwrap_or_else(|e| panic!("app → {ns}, then {other}, over one connected UDP socket: {e}"));
+    assert_eq!(first, (pod.agent_udp.token().to_owned(), ns));
+    assert_eq!(second, (pod.other_udp.token().to_owned(), other));
+    assert_eq!(pod.agent_udp.take_received().len(), 1);
+    assert_eq!(pod.other_udp.take_received().len(), 1);
+}
+
+/// `connect(AF_UNSPEC)`: dissolves a UDP socket's association, and resets the source address its
+/// `connect` chose unless it was bound to one.
+fn disconnect(socket: &UdpSocket) -> io::Result<()> {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr>()).expect("a small sockaddr");
+    // SAFETY: a live socket descriptor, and a sockaddr of the length passed.
+    let rc = unsafe { libc::connect(socket.as_raw_fd(), &raw const unspec, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The app → nameserver:53 over TCP reaches the agent's `:15053`, which learns nameserver:53 as the
@@ -115,11 +337,13 @@ fn dns_of_the_proxy_reaches_the_nameserver(backend: Backend, family: Family) {
         assert_eq!(answer.reply, pod.server_udp.token(), "{who:?} → {ns} over UDP");
         assert_eq!(answer.from, ns);
         assert_eq!(pod.server_udp.take_one().peer, pod.pod_addr(answer.local_port));
-        let flows = pod.udp_flows(answer.local_port, ns);
-        let [flow] = flows.as_slice() else {
-            panic!("one conntrack entry for {who:?}'s query expected:\n{flows:#?}");
-        };
-        flow.assert_zone(1).assert_answered_by(ns);
+        if !backend.is_ebpf() {
+            let flows = pod.udp_flows(answer.local_port, ns);
+            let [flow] = flows.as_slice() else {
+                panic!("one conntrack entry for {who:?}'s query expected:\n{flows:#?}");
+            };
+            flow.assert_zone(1).assert_answered_by(ns);
+        }
 
         assert_lands(&pod.topo.pod, who, ns, &pod.server_tcp);
     }
@@ -150,8 +374,15 @@ fn dns_of_the_proxy_on_the_apps_port_is_not_redirected(backend: Backend, family:
         "the proxy's query on the app's 4-tuple went back to the agent"
     );
     assert_eq!(proxy.from, ns);
-    assert_eq!(pod.agent_udp.take_one().peer, pod.pod_addr(app.local_port));
+    assert_eq!(
+        pod.agent_udp.take_one().peer,
+        pod.redirected_from(backend, app.local_port)
+    );
     assert_eq!(pod.server_udp.take_one().peer, pod.pod_addr(app.local_port));
+    if backend.is_ebpf() {
+        // No conntrack entry decides anything on eBPF.
+        return;
+    }
 
     let mut flows = pod.udp_flows(app.local_port, ns);
     flows.sort_by_key(|flow| flow.zone());
@@ -216,13 +447,18 @@ fn dns_to_other_servers_is_captured_only_with_capture_all_dns(backend: Backend, 
         "app → {other} over UDP, all DNS captured"
     );
     assert_eq!(answer.from, other);
-    assert_eq!(pod.agent_udp.take_one().peer, pod.pod_addr(answer.local_port));
-    let flows = pod.udp_flows(answer.local_port, other);
-    let [flow] = flows.as_slice() else {
-        panic!("one conntrack entry for the app's query expected:\n{flows:#?}");
-    };
-    flow.assert_zone(2)
-        .assert_answered_by(SocketAddr::new(family.loopback(), AGENT_DNS_PORT));
+    assert_eq!(
+        pod.agent_udp.take_one().peer,
+        pod.redirected_from(backend, answer.local_port)
+    );
+    if !backend.is_ebpf() {
+        let flows = pod.udp_flows(answer.local_port, other);
+        let [flow] = flows.as_slice() else {
+            panic!("one conntrack entry for the app's query expected:\n{flows:#?}");
+        };
+        flow.assert_zone(2)
+            .assert_answered_by(SocketAddr::new(family.loopback(), AGENT_DNS_PORT));
+    }
     assert_lands(&pod.topo.pod, APP, other, &pod.agent_tcp);
     assert!(pod.other_udp.take_received().is_empty());
     assert!(outbound.take_accepted().is_empty());
@@ -337,6 +573,17 @@ impl DnsPod {
     /// The pod's address with `port`: where the pod's unbound UDP sockets send from.
     fn pod_addr(&self, port: u16) -> SocketAddr {
         self.topo.pod_addr(self.family, port)
+    }
+
+    /// Where the agent sees a redirected query of an unbound socket with `port` come from:
+    /// the pod's address on netfilter (REDIRECT keeps the source the route chose), loopback on
+    /// eBPF (the destination is loopback before the source is chosen).
+    fn redirected_from(&self, backend: Backend, port: u16) -> SocketAddr {
+        if backend.is_ebpf() {
+            SocketAddr::new(self.family.loopback(), port)
+        } else {
+            self.pod_addr(port)
+        }
     }
 
     /// A UDP query from the pod as `who` to `dst`; panics when nothing answers.

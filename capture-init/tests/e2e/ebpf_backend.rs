@@ -13,6 +13,10 @@ use crate::capture_init::{Backend, CaptureInit, Run, Via, ebpf_node};
 use crate::support::{APP, assert_lands, has_ipv6_passthrough, outbound_proxy, peer_app};
 use crate::support::{ebpf_pods, ebpf_row};
 
+/// The cgroup programs a load attaches: connect4/6, sockops, getsockopt, getpeername4/6,
+/// sendmsg4/6, recvmsg4/6 and sock_release.
+const EBPF_PROGRAMS: usize = 11;
+
 /// The first run loads the programs and enrolls the pod; the same command again (either way of
 /// entering the pod) changes nothing and says so: same generation, same entries.
 #[test]
@@ -162,7 +166,7 @@ fn ebpf_load_and_unload() {
         ebpf_node(&["load", "--cgroup", &cgroup, "--bpffs", &bpffs])
             .ok()
             .says("eBPF programs loaded, attached to");
-        assert_eq!(ebpf::attached_to(&world.cgroup).len(), 6);
+        assert_eq!(ebpf::attached_to(&world.cgroup).len(), EBPF_PROGRAMS);
         ebpf_node(&["load", "--cgroup", &cgroup, "--bpffs", &bpffs])
             .ok()
             .says("already loaded")
@@ -216,7 +220,7 @@ fn ebpf_programs_attached_elsewhere_are_refused() {
         ebpf_node(&["load", "--cgroup", &d, "--bpffs", &bpffs])
             .ok()
             .says(&format!("eBPF programs loaded, attached to {d}"));
-        assert_eq!(ebpf::attached_to(sub.path()).len(), 6);
+        assert_eq!(ebpf::attached_to(sub.path()).len(), EBPF_PROGRAMS);
         // The kernel's id of the links' cgroup is D's inode number.
         let d_id = std::os::unix::fs::MetadataExt::ino(&fs::metadata(sub.path()).unwrap());
         let links = world.pin_dir.join("links");
@@ -301,11 +305,7 @@ fn ebpf_refuses_flags_it_cannot_honour() {
     let world = EbpfWorld::empty();
     let pod = NetNs::new();
     type Edit = fn(CaptureInit<'_>) -> CaptureInit<'_>;
-    let cases: [(Edit, &str); 4] = [
-        (
-            |i| i.switch("--redirect-dns").switch("--capture-all-dns"),
-            "DNS capture",
-        ),
+    let cases: [(Edit, &str); 3] = [
         (|i| i.set("-c", "eth1"), "excluded interfaces (-c)"),
         (|i| i.set("-k", "eth1"), "rerouted interfaces (-k)"),
         (|i| i.switch("--drop-invalid"), "INVALID_DROP"),

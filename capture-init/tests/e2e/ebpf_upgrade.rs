@@ -97,7 +97,7 @@ fn ebpf_upgrade_under_traffic_keeps_every_connection_captured() {
             wait_for_more();
             for _ in 0..3 {
                 upgrade(&["--always"]).ok().says(
-                    "programs replaced on 6 cgroup hooks and for 1 pods, every pod captured throughout",
+                    "programs replaced on 11 cgroup hooks and for 1 pods, every pod captured throughout",
                 );
                 wait_for_more();
             }

@@ -42,7 +42,7 @@
 //! | `ebpf_backend`    | 9. the eBPF backend's own life cycle (feature `ebpf`)                     |
 //! | `never_fail_open` | 10. never failing open (issue 8)                                          |
 //! | `native_nftables` | 11. the native nftables backend's life cycle, next to other rules        |
-//! | `dns`             | 12. DNS capture to 15053 and `--drop-invalid`, on every netfilter backend |
+//! | `dns`             | 12. DNS capture to 15053 (every backend) and `--drop-invalid` (netfilter) |
 //! | `ebpf_upgrade`    | 13. replacing the eBPF programs under traffic (feature `ebpf`)           |
 
 mod capture_init;
