@@ -73,7 +73,10 @@ pub const LAYOUT_VERSION: u32 = 2;
 /// Older layout versions whose maps mean the same in this one (maps were only added, or
 /// resized): pins of these are upgraded in place (`Node::upgrade`), keeping every entry. A
 /// version whose keys or values changed meaning needs its own migration and is not listed.
-pub const UPGRADES_FROM: &[u32] = &[];
+///
+/// v1 -> v2 added `POD_STATS`, two `STATS` slots (DNS), the `CIDRS` list of DNS servers and the
+/// DNS flags of `PodConfig`; every v1 entry means the same in v2.
+pub const UPGRADES_FROM: &[u32] = &[1];
 
 /// How many pods (network namespaces) can be enrolled at once.
 pub const MAX_PODS: u32 = 4096;

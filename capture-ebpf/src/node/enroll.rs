@@ -202,7 +202,7 @@ impl Node {
 
     /// Creates the pod's zeroed [`POD_STATS`] entry unless it has one (the programs only add to
     /// entries that exist).
-    fn create_pod_stats(&mut self, cookie: u64) -> Result<(), Error> {
+    pub(super) fn create_pod_stats(&mut self, cookie: u64) -> Result<(), Error> {
         let cpus = aya::util::nr_cpus().map_err(|(_, source)| Error::Io {
             op: "read",
             path: "/sys/devices/system/cpu/possible".into(),

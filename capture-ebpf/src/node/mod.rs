@@ -318,7 +318,7 @@ impl Node {
     /// ```
     pub fn open_for(cgroup: &Path, pins: &PinDir) -> Result<Node, Error> {
         let node = Node::open(pins)?;
-        check_acts_on(cgroup, pins)?;
+        check_acts_on(cgroup, pins, false)?;
         Ok(node)
     }
 
@@ -381,8 +381,9 @@ impl Node {
 }
 
 /// Checks that every program pinned under `pins` acts on the cgroup `cgroup` (see
-/// [`Node::open_for`]).
-fn check_acts_on(cgroup: &Path, pins: &PinDir) -> Result<(), Error> {
+/// [`Node::open_for`]); with `missing_ok`, a hook without a pinned link (one added since the
+/// programs were loaded, for an upgrade) is skipped.
+fn check_acts_on(cgroup: &Path, pins: &PinDir, missing_ok: bool) -> Result<(), Error> {
     let cgroup_id = CgroupId::of(cgroup)?;
     let dir = File::open(cgroup).map_err(|source| Error::Io {
         op: "open cgroup",
@@ -390,6 +391,9 @@ fn check_acts_on(cgroup: &Path, pins: &PinDir) -> Result<(), Error> {
         source,
     })?;
     for (program, hook) in PROGRAMS {
+        if missing_ok && !pins.link(program).exists() {
+            continue;
+        }
         let link = pinned_link_info(pins, program)?;
         let Some(attached) = link.cgroup() else {
             return Err(Error::Detached {

@@ -25,12 +25,12 @@ use capture_ebpf_common::{LAYOUT, LAYOUT_VERSION, MAP_NAMES, UPGRADES_FROM, prog
 
 use super::enroll::sk_lookup_instance;
 use super::{PROGRAMS, check_acts_on, layout_of, load_cgroup_programs, load_sk_lookup, pinned_link_info};
-use crate::pin_dir::{NodeLock, PinDir, create_dir, remove_pin};
+use crate::pin_dir::{NodeLock, PinDir, create_dir, detach_pinned, remove_pin};
 use crate::sys::{
-    MapShape, link_info, link_update, map_copy, map_shape, obj_get, obj_pin, prog_by_id, prog_tag,
-    version_map_create,
+    MapShape, link_create, link_info, link_update, map_copy, map_shape, obj_get, obj_pin, prog_by_id,
+    prog_tag, version_map_create,
 };
-use crate::{Error, NetnsCookie, Node, OBJECT, probe};
+use crate::{AttachedCgroup, Error, NetnsCookie, Node, OBJECT, probe};
 
 /// What [`Node::upgrade`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub struct Upgrade {
     pub from_layout: u32,
     /// Cgroup hooks whose program was replaced.
     pub hooks: usize,
+    /// Hooks this capture has and the pins had not, attached now.
+    pub added_hooks: Vec<&'static str>,
     /// Pods whose `sk_lookup` instance was replaced.
     pub pods: usize,
     /// Maps this layout has and the pins had not, created empty.
@@ -51,7 +53,11 @@ impl Upgrade {
     /// Whether nothing was changed: the same programs were attached to the same maps.
     #[must_use]
     pub fn is_nothing(&self) -> bool {
-        self.hooks == 0 && self.pods == 0 && self.created.is_empty() && self.migrated.is_empty()
+        self.hooks == 0
+            && self.added_hooks.is_empty()
+            && self.pods == 0
+            && self.created.is_empty()
+            && self.migrated.is_empty()
     }
 }
 
@@ -65,6 +71,13 @@ impl std::fmt::Display for Upgrade {
             "programs replaced on {} cgroup hooks and for {} pods, every pod captured throughout",
             self.hooks, self.pods
         )?;
+        if !self.added_hooks.is_empty() {
+            write!(
+                f,
+                "; programs attached to new hooks: {}",
+                self.added_hooks.join(", ")
+            )?;
+        }
         if !self.created.is_empty() {
             write!(f, "; maps created: {}", self.created.join(", "))?;
         }
@@ -88,10 +101,12 @@ enum Step {
     Create,
 }
 
-/// Links switched so far, each with its previous program, put back on failure.
+/// Links switched so far, each with its previous program, put back on failure; and the pins
+/// of links created, detached and removed on failure.
 #[derive(Default)]
 struct Switched {
     links: Vec<(OwnedFd, OwnedFd, OwnedFd)>,
+    created: Vec<PathBuf>,
 }
 
 impl Switched {
@@ -103,6 +118,9 @@ impl Switched {
 
     /// Puts every link back on its old program, last switched first.
     fn undo(self) {
+        for pin in self.created.iter().rev() {
+            let _ = detach_pinned(pin);
+        }
         for (link, new, old) in self.links.into_iter().rev() {
             let _ = link_update(link.as_fd(), old.as_fd(), new.as_fd());
         }
@@ -142,11 +160,12 @@ impl Node {
                 });
             }
         };
-        check_acts_on(cgroup, pins)?;
+        check_acts_on(cgroup, pins, true)?;
         let staging = pins.staging();
         clear_staging(&staging)?;
         let result = Upgrader {
             pins,
+            cgroup,
             staging: &staging,
             from_layout,
             always,
@@ -160,6 +179,8 @@ impl Node {
 
 struct Upgrader<'a> {
     pins: &'a PinDir,
+    /// Where hooks the pins have no link for yet are attached, unless the others are elsewhere.
+    cgroup: &'a Path,
     staging: &'a Path,
     from_layout: u32,
     always: bool,
@@ -203,12 +224,28 @@ impl Upgrader<'_> {
 
         // The cgroup links and what each would switch to.
         let mut hooks = Vec::new();
-        for (name, _) in PROGRAMS {
-            let link = open_pin(&self.pins.link(name), "open pinned link")?;
-            let old = prog_by_id(pinned_link_info(self.pins, name)?.prog_id)
-                .map_err(syscall("bpf(BPF_PROG_GET_FD_BY_ID)"))?;
+        let mut added = Vec::new();
+        let mut attached_to = None;
+        for (name, hook) in PROGRAMS {
             let program = ebpf.program(name).expect("loaded above");
             let new = program_fd(program.fd(), name)?;
+            let link = match obj_get(&self.pins.link(name)) {
+                Ok(link) => link,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    added.push((name, hook, new));
+                    continue;
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "open pinned link",
+                        path: self.pins.link(name),
+                        source,
+                    });
+                }
+            };
+            let info = pinned_link_info(self.pins, name)?;
+            attached_to = attached_to.or(info.cgroup());
+            let old = prog_by_id(info.prog_id).map_err(syscall("bpf(BPF_PROG_GET_FD_BY_ID)"))?;
             hooks.push((link, new, old));
         }
         let pods = self.pods()?;
@@ -217,10 +254,16 @@ impl Upgrader<'_> {
                 .iter()
                 .all(|(_, _, old)| prog_tag(old.as_fd()).ok() == Some(sk_lookup_tag));
         let same_maps = steps.iter().all(|(_, step)| matches!(step, Step::Reuse));
-        if same_programs && same_maps && self.from_layout == LAYOUT_VERSION && !self.always {
+        if same_programs
+            && added.is_empty()
+            && same_maps
+            && self.from_layout == LAYOUT_VERSION
+            && !self.always
+        {
             return Ok(Upgrade {
                 from_layout: self.from_layout,
                 hooks: 0,
+                added_hooks: Vec::new(),
                 pods: 0,
                 created: Vec::new(),
                 migrated: Vec::new(),
@@ -234,6 +277,26 @@ impl Upgrader<'_> {
                 switched
                     .switch(link, new, old)
                     .map_err(syscall("bpf(BPF_LINK_UPDATE)"))?;
+            }
+            // Hooks added since: attached where the other programs are.
+            let cgroup = attached_to
+                .and_then(|id| AttachedCgroup::find(id).path)
+                .unwrap_or_else(|| self.cgroup.to_owned());
+            let dir = fs::File::open(&cgroup).map_err(|source| Error::Io {
+                op: "open cgroup",
+                path: cgroup.clone(),
+                source,
+            })?;
+            for (name, hook, new) in &added {
+                let link = link_create(new.as_fd(), dir.as_fd(), hook.attach_type())
+                    .map_err(syscall("bpf(BPF_LINK_CREATE)"))?;
+                let pin = self.pins.link(name);
+                obj_pin(link.as_fd(), &pin).map_err(|source| Error::Io {
+                    op: "pin link",
+                    path: pin.clone(),
+                    source,
+                })?;
+                switched.created.push(pin);
             }
             let pod_count = pods.len();
             for (cookie, link, old) in pods {
@@ -256,6 +319,16 @@ impl Upgrader<'_> {
             switched.undo();
             return Err(e);
         }
+        // Pods enrolled before their per-pod counters existed get theirs now.
+        if steps
+            .iter()
+            .any(|(name, step)| *name == capture_ebpf_common::POD_STATS && matches!(step, Step::Create))
+        {
+            let mut node = Node::open(self.pins)?;
+            for (cookie, _) in node.pods()? {
+                node.create_pod_stats(cookie.0)?;
+            }
+        }
         // Entries the old programs wrote into a migrated map after the first copy.
         for (name, step) in &steps {
             if let Step::Migrate { old, shape } = step
@@ -267,6 +340,7 @@ impl Upgrader<'_> {
         Ok(Upgrade {
             from_layout: self.from_layout,
             hooks,
+            added_hooks: added.iter().map(|(name, _, _)| *name).collect(),
             pods,
             created: steps
                 .iter()

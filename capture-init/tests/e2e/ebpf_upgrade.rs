@@ -183,3 +183,82 @@ fn ebpf_upgrade_refuses_a_map_it_cannot_carry_over_and_changes_nothing() {
         assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
     });
 }
+
+/// A node loaded by the previous release (map layout v1: no `POD_STATS`, an 8-slot `STATS`, no
+/// DNS hooks) is upgraded in place: the enrolled pod stays captured, the hooks v2 added are
+/// attached, `POD_STATS` is created (with the pod's entry), `STATS` is migrated with its
+/// entries, and the layout becomes v2. Before the upgrade, enrolling refuses the old pins and
+/// names the upgrade. The v1 node is made from a v2 one by taking away what v2 added.
+#[test]
+fn ebpf_upgrade_carries_a_layout_v1_node_to_v2() {
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let outbound = outbound_proxy(&topo, Family::V4);
+        CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4).run().ok();
+        let pin_dir = ebpf::child_world().expect("inside ebpf_row").pin_dir;
+        let bpftool = |args: &[&str]| capture_e2e::run_ok(std::process::Command::new("bpftool").args(args));
+        let v2_hooks = [
+            "capture_sendmsg4",
+            "capture_sendmsg6",
+            "capture_recvmsg4",
+            "capture_recvmsg6",
+            "capture_sock_release",
+        ];
+        for name in v2_hooks {
+            let pin = pin_dir.join("links").join(name);
+            bpftool(&["link", "detach", "pinned", &pin.display().to_string()]);
+            std::fs::remove_file(&pin).expect("remove a v2 link pin");
+        }
+        std::fs::remove_file(pin_dir.join("maps/POD_STATS")).expect("remove POD_STATS");
+        let stats = pin_dir.join("maps/STATS").display().to_string();
+        std::fs::remove_file(&stats).expect("remove STATS");
+        bpftool(&[
+            "map",
+            "create",
+            &stats,
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "8",
+            "name",
+            "STATS",
+        ]);
+        let layout = pin_dir.join("maps/LAYOUT").display().to_string();
+        bpftool(&[
+            "map", "update", "pinned", &layout, "key", "0", "0", "0", "0", "value", "1", "0", "0", "0",
+        ]);
+        assert_eq!(attached_ids().len(), 6, "a v1 node has six hooks");
+
+        let other = Topology::new();
+        CaptureInit::new(&other.pod, Backend::Ebpf, Family::V4)
+            .run()
+            .code(1)
+            .says("have map layout v1, and this capture has map layout v2")
+            .says("upgrade them in place (capture-init ebpf upgrade");
+        assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
+
+        upgrade(&[])
+            .ok()
+            .says("programs replaced on 6 cgroup hooks and for 1 pods")
+            .says("programs attached to new hooks: capture_sendmsg4, capture_sendmsg6, capture_recvmsg4, capture_recvmsg6, capture_sock_release")
+            .says("maps created: POD_STATS")
+            .says("map STATS resized, 8 entries carried over")
+            .says("map layout v1 -> v2");
+        assert_eq!(attached_ids().len(), 11);
+        upgrade(&[]).ok().says("nothing changed");
+        assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
+        let other_proxy = outbound_proxy(&other, Family::V4);
+        CaptureInit::new(&other.pod, Backend::Ebpf, Family::V4)
+            .run()
+            .ok()
+            .says("eBPF capture applied");
+        assert_lands(&other.pod, APP, other.peer_addr(Family::V4, 80), &other_proxy);
+        let world = ebpf::child_world().expect("inside ebpf_row");
+        let stats = ebpf_node(&["stats", "--bpffs", &world.bpffs.display().to_string()]);
+        stats.ok();
+    });
+}
