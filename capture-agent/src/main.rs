@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! start ─> HTTP on --listen (/healthz 200; /readyz 503 until ready)
+//!       ─> Node::upgrade when programs are pinned (older ones replaced on their links, pods captured)
 //!       ─> Ebpf::open_or_load (load and attach once per node, or reuse the pins; other layouts refused)
 //!       ─> tasks: gc (start, inotify on --netns-dir, every --gc-interval), CNI installer (--cni-conf-dir)
 //! SIGTERM/SIGINT ─> exit 0, nothing unloaded: pods stay captured across a restart or upgrade
@@ -27,7 +28,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use capture_ebpf::{Ebpf, Failure, PinDir};
+use capture_ebpf::{Ebpf, Failure, Node, PinDir};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -133,6 +134,18 @@ async fn run(args: Args) -> Result<(), StartError> {
 fn load(backend: &Ebpf) -> Result<String, Failure> {
     if backend.mount_bpffs {
         backend.pins.mount()?;
+    }
+    // Programs of an older capture (or another build) are replaced on their links first, with
+    // every pod captured throughout; the same programs are left as they are.
+    if backend.pins.is_loaded() {
+        let cgroup = match &backend.cgroup {
+            Some(cgroup) => cgroup.clone(),
+            None => capture_ebpf::cgroup2_root()?,
+        };
+        let upgrade = Node::upgrade(&cgroup, &backend.pins, false)?;
+        if !upgrade.is_nothing() {
+            tracing::info!("eBPF programs upgraded: {upgrade}");
+        }
     }
     let (node, loaded) = backend.open_or_load()?;
     Ok(match loaded {

@@ -256,7 +256,7 @@ fn enroll(world: &ChildWorld, pod: &NetNs) -> u64 {
 fn attached(world: &ChildWorld) -> Vec<String> {
     assert!(PinDir::new(&world.bpffs).is_loaded(), "the programs are pinned");
     let programs = ebpf::attached_to(&world.cgroup);
-    assert_eq!(programs.len(), 6, "one link per cgroup program: {programs:?}");
+    assert_eq!(programs.len(), 11, "one link per cgroup program: {programs:?}");
     programs
 }
 
@@ -470,6 +470,54 @@ fn agent_exits_on_sigterm_leaving_pods_captured_and_a_restart_reuses_the_pins() 
         assert_eq!(attached(world), programs, "no second program set");
         assert_eq!(value(&second.metrics(), "capture_pods_enrolled"), 1.0);
         assert_eq!(connect(&topo, APP_UID, dst), proxy.token());
+    });
+}
+
+/// A new agent on a node loaded by an older capture (pins of map layout v1) upgrades it in
+/// place: the enrolled pod stays captured, the same links carry the new programs, the layout is
+/// v2, and a restart after that changes nothing.
+#[test]
+fn agent_upgrades_the_programs_of_an_older_capture_in_place() {
+    agent_row(|world| {
+        let mut first = Agent::start(world, 3600, &[]);
+        first.wait_ready();
+        let topo = Topology::new();
+        let proxy = outbound_proxy(&topo);
+        enroll(world, &topo.pod);
+        let dst = topo.peer_addr(Family::V4, 80);
+        assert_eq!(first.terminate().code(), Some(0));
+        let before = attached(world);
+        let layout = world.pin_dir.join("maps/LAYOUT");
+        let out = Command::new("bpftool")
+            .args(["map", "update", "pinned"])
+            .arg(&layout)
+            .args(["key", "0", "0", "0", "0", "value", "1", "0", "0", "0"])
+            .output()
+            .expect("run bpftool");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+        let mut second = Agent::start(world, 3600, &[]);
+        second.wait_ready();
+        let log = second.log();
+        assert!(
+            log.contains("eBPF programs upgraded: programs replaced on 11 cgroup hooks and for 1 pods"),
+            "{log}"
+        );
+        assert!(log.contains("map layout v1 -> v2"), "{log}");
+        let after = attached(world);
+        assert_eq!(
+            after.len(),
+            before.len(),
+            "the same links: {before:?} -> {after:?}"
+        );
+        assert_ne!(after, before, "new programs on them");
+        assert_eq!(connect(&topo, APP_UID, dst), proxy.token(), "still captured");
+        assert_eq!(second.terminate().code(), Some(0));
+
+        let mut third = Agent::start(world, 3600, &[]);
+        third.wait_ready();
+        assert!(!third.log().contains("upgraded"), "{}", third.log());
+        assert_eq!(attached(world), after);
     });
 }
 
