@@ -10,7 +10,7 @@ use crate::net::Ip;
 use capture_ebpf_common::{
     CIDR_KEY_FIXED_BITS, CidrKey, FAMILY_V4, FAMILY_V6, ListenerKey, MAX_CIDR_ENTRIES, MAX_CONNECTIONS,
     MAX_LISTENERS, MAX_OWNER_ENTRIES, MAX_PODS, MAX_PORT_ENTRIES, OrigDst, OwnerKey, PORT_KEY_FIXED_BITS,
-    PairKey, PodConfig, PortKey, STAT_COUNT,
+    PairKey, PodConfig, PodMeta, PortKey, STAT_COUNT,
 };
 
 #[map]
@@ -36,6 +36,12 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 
 #[map]
 pub static INBOUND_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(MAX_LISTENERS, 0);
+
+/// Userspace only (capture-cni's enrollments, CNI GC); no program reads it. Not preallocated:
+/// most nodes' pods leave most of it unused.
+#[map]
+pub static POD_META: HashMap<u64, PodMeta> =
+    HashMap::with_max_entries(MAX_PODS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Adds one to a `STAT_*` counter of this CPU.
 #[inline(always)]

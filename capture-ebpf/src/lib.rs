@@ -42,6 +42,7 @@
 //! |---|---|
 //! | `backend` | [`Ebpf`]: capture-core's `Backend` seam (install, check, uninstall) |
 //! | `maps` | [`MapPlan`]: the spec as map contents (pure) |
+//! | `meta` | [`PodMetadata`]: who enrolled a pod (CNI container id, interface, pod name) |
 //! | `owners` | [`resolve_owners`]: names to ids before planning |
 //! | `node` | [`Node`]: load, open, enroll, read back, unload |
 //! | `pin_dir` | [`PinDir`]: the pin layout and the node lock; [`unload`] |
@@ -57,6 +58,7 @@ mod bpffs;
 mod cgroup;
 mod error;
 mod maps;
+mod meta;
 mod netns;
 mod node;
 mod owners;
@@ -69,8 +71,9 @@ pub use bpffs::{is_bpffs, mount_bpffs};
 pub use cgroup::{AttachedCgroup, Attachment, CgroupId, cgroup2_root};
 pub use error::Error;
 pub use maps::{MapEntries, MapPlan, PortPrefix};
+pub use meta::PodMetadata;
 pub use netns::{NetnsCookie, PodNetns};
-pub use node::{Change, Enrollment, Node, Stats};
+pub use node::{Change, Enrollment, NetnsLink, Node, Stats};
 pub use owners::resolve_owners;
 pub use pin_dir::{NodeLock, PinDir, unload};
 pub use probe::probe;

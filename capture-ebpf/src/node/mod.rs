@@ -24,8 +24,10 @@
 //! | this one | loading, opening (and checking where the programs act), unloading |
 //! | `enroll` | [`Node::apply`], [`Node::enroll`], [`Node::unenroll`], inbound listeners |
 //! | `state` | reading the maps back: enrolled pods, their entries, counters |
+//! | `meta` | who enrolled a pod ([`PodMetadata`](crate::PodMetadata)), CNI GC, entry counts |
 
 mod enroll;
+mod meta;
 mod state;
 
 use std::fs::File;
@@ -39,9 +41,11 @@ use aya::programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps};
 pub use capture_core::Change;
 use capture_ebpf_common::{
     CIDRS, CidrKey, INBOUND_LISTENERS, LAYOUT, LAYOUT_VERSION, ListenerKey, MAP_NAMES, ORIG_BY_COOKIE,
-    ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, PORTS, PairKey, PodConfig, PortKey, STATS, programs,
+    ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, POD_META, PORTS, PairKey, PodConfig, PodMeta,
+    PortKey, STATS, programs,
 };
 pub use enroll::Enrollment;
+pub use meta::NetnsLink;
 pub use state::Stats;
 
 use crate::bpffs::is_bpffs;
@@ -118,6 +122,7 @@ pub struct Node {
     orig_by_pair: HashMap<MapData, PairKey, OrigDst>,
     stats: PerCpuArray<MapData, u64>,
     inbound_listeners: SockHash<MapData, ListenerKey>,
+    pod_meta: HashMap<MapData, u64, PodMeta>,
 }
 
 impl std::fmt::Debug for Node {
@@ -287,6 +292,7 @@ impl Node {
             stats: PerCpuArray::try_from(open(STATS)?).map_err(|e| typed(STATS, e))?,
             inbound_listeners: SockHash::try_from(open(INBOUND_LISTENERS)?)
                 .map_err(|e| typed(INBOUND_LISTENERS, e))?,
+            pod_meta: HashMap::try_from(open(POD_META)?).map_err(|e| typed(POD_META, e))?,
         })
     }
 
