@@ -7,7 +7,7 @@
 //! | `DEL` | removes it; succeeds when `CNI_NETNS` is empty or gone, whatever the configuration | nothing |
 //! | `CHECK` | fails (code 101) when the pod's capture is missing or differs | nothing |
 //! | `STATUS` | fails (code 50) when no usable iptables is found | nothing |
-//! | `GC` | removes idle lock files | nothing |
+//! | `GC` | removes idle lock files; on eBPF unenrolls pods whose attachment is not valid, and pods whose namespace is gone | nothing |
 //!
 //! Failures print the spec's error object on stdout and exit 1.
 //!
@@ -327,6 +327,11 @@ pub fn handle(env: &Env, input: &[u8]) -> Result<Option<Value>, Failure> {
                 .map_or(0, Vec::len);
             let removed = capture::collect_lock_files(&conf.run_dir);
             log::debug!("{attachments} valid attachments; removed {removed} idle lock files");
+            if conf.backend() == crate::conf::Backend::Ebpf {
+                let valid = conf.valid_attachments.as_ref().or(conf.attachments.as_ref());
+                let done = capture::ebpf_gc(conf, valid.map(Vec::as_slice)).map_err(fail)?;
+                log::info!("{done}");
+            }
             Ok(None)
         }
         Command::Version => Ok(Some(version_report(input))),
@@ -350,7 +355,14 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
         return Ok(Some(result));
     }
     let (capture, ns) = pod_capture(env, conf, &pod)?;
-    let outcome = capture::add(&ns, conf, &capture)?;
+    let who = capture::Attachment {
+        container_id: env.container_id.as_deref().unwrap_or_default(),
+        ifname: env.ifname.as_deref().unwrap_or_default(),
+        pod_namespace: pod.namespace,
+        pod_name: pod.name,
+        netns: env.netns.as_deref().unwrap_or(std::path::Path::new("")),
+    };
+    let outcome = capture::add(&ns, conf, &capture, &who)?;
     for warning in &outcome.warnings {
         log::warn!("{warning}");
     }

@@ -41,6 +41,168 @@ fn call(command: &str, netns: &NetNs, stdin: &str) -> Reply {
     invoke(&cni_env(command, netns.path().to_str().unwrap(), POD_ARGS), stdin)
 }
 
+/// `command` for the container `container_id` with the pod name `pod`.
+fn call_for(command: &str, netns: &NetNs, container_id: &str, pod: &str, stdin: &str) -> Reply {
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={pod}");
+    let mut env = cni_env(command, netns.path().to_str().unwrap(), &args);
+    for (key, value) in &mut env {
+        if *key == "CNI_CONTAINERID" {
+            *value = container_id;
+        }
+    }
+    invoke(&env, stdin)
+}
+
+/// A GC request naming `valid` (container id, interface) as the attachments in use.
+fn gc_request(stdin: &str, valid: &[(&str, &str)]) -> String {
+    let mut request: Value = serde_json::from_str(stdin).unwrap();
+    request["cni.dev/valid-attachments"] = valid
+        .iter()
+        .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
+        .collect();
+    request.to_string()
+}
+
+/// The node's programs, loaded the node agent's way (capture-ebpf's API) on the child's cgroup.
+fn load_node_programs(world: &capture_e2e::ebpf::ChildWorld) -> PinDir {
+    let pins = PinDir::new(&world.bpffs);
+    pins.mount().unwrap_or_else(|e| panic!("mount: {}", chain(&e)));
+    let (node, _) =
+        Node::open_or_load(&world.cgroup, &pins).unwrap_or_else(|e| panic!("load: {}", chain(&e)));
+    drop(node);
+    pins
+}
+
+/// Runs the calling test's body in a child inside a test cgroup; afterwards nothing may stay
+/// attached or pinned.
+fn run_in_test_cgroup() {
+    let world = EbpfWorld::empty();
+    world.run_in_cgroup();
+    capture_ebpf::unload(&world.pins()).unwrap_or_else(|e| panic!("unload: {}", chain(&e)));
+    let attached = world.attached();
+    assert!(attached.is_empty(), "programs left attached: {attached:#?}");
+    let pins = world.bpffs.contents();
+    assert!(pins.is_empty(), "pins left behind: {pins:#?}");
+}
+
+/// ADD records who the pod is with its enrollment: the container id, the interface, the pod's
+/// namespace and name and the netns path the runtime gave; DEL removes it with the rest.
+#[test]
+fn add_records_the_attachment_and_the_pod_with_the_enrollment() {
+    if let Some(world) = child_world() {
+        let pins = load_node_programs(&world);
+        let topo = Topology::new();
+        let stdin = request("1.1.0", &world.bpffs, &world.cgroup);
+        call("ADD", &topo.pod, &stdin).ok();
+        let node = Node::open(&pins).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+        let [(cookie, _)] = node.pods().unwrap()[..] else {
+            panic!("one pod enrolled: {:?}", node.pods());
+        };
+        let meta = node.metadata(cookie).unwrap().expect("metadata recorded");
+        assert_eq!(
+            meta,
+            capture_ebpf::PodMetadata {
+                container_id: "c0ffee0123".into(),
+                ifname: "eth0".into(),
+                pod_namespace: Some("shop".into()),
+                pod_name: Some("cart-1".into()),
+                netns_path: Some(topo.pod.path().to_owned()),
+            }
+        );
+        call("DEL", &topo.pod, &stdin).ok();
+        assert_eq!(node.metadata(cookie).unwrap(), None, "DEL removes the metadata");
+        let counts = node.entry_counts().unwrap();
+        assert!(
+            counts.iter().all(|(map, n)| *map == "STATS" || *n == 0),
+            "{counts:?}"
+        );
+        return;
+    }
+    if !require_root() {
+        return;
+    }
+    run_in_test_cgroup();
+}
+
+/// GC with `cni.dev/valid-attachments` naming one of three pods ADD enrolled unenrolls the other
+/// two (no map entry, no metadata, no `sk_lookup` pin left) and keeps the named one captured.
+#[test]
+fn gc_unenrolls_the_attachments_the_runtime_no_longer_names() {
+    if let Some(world) = child_world() {
+        let pins = load_node_programs(&world);
+        let pods: Vec<Topology> = (0..3).map(|_| Topology::new()).collect();
+        let ids = ["gc-keep", "gc-drop-1", "gc-drop-2"];
+        let stdin = request("1.1.0", &world.bpffs, &world.cgroup);
+        for (topo, id) in pods.iter().zip(ids) {
+            call_for("ADD", &topo.pod, id, id, &stdin).ok();
+        }
+        let node = Node::open(&pins).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+        let by_id: std::collections::BTreeMap<String, capture_ebpf::NetnsCookie> = node
+            .all_metadata()
+            .unwrap()
+            .into_iter()
+            .map(|(cookie, meta)| (meta.container_id, cookie))
+            .collect();
+        assert_eq!(by_id.len(), 3, "{by_id:?}");
+
+        let gc = gc_request(&stdin, &[("gc-keep", "eth0"), ("not-enrolled", "eth0")]);
+        invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc).ok();
+
+        let kept = by_id["gc-keep"];
+        assert_eq!(
+            node.pods().unwrap().iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            [kept],
+            "only the named attachment stays enrolled"
+        );
+        for id in &ids[1..] {
+            let cookie = by_id[*id];
+            assert_eq!(node.pod_entries(cookie).unwrap(), 0, "{id}: no map entry left");
+            assert_eq!(node.metadata(cookie).unwrap(), None, "{id}: no metadata left");
+            assert!(
+                !pins.path().join("inbound").join(cookie.0.to_string()).exists(),
+                "{id}: its sk_lookup pin is gone"
+            );
+        }
+        assert!(node.metadata(kept).unwrap().is_some());
+        assert!(node.inbound_attached(kept));
+
+        // The kept pod is still captured; a dropped one is not.
+        for (topo, captured) in [(&pods[0], true), (&pods[1], false)] {
+            let proxy = Listener::spawn_proxy(
+                &topo.pod,
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), OUTBOUND_PORT),
+                "outbound",
+            );
+            let app = Listener::spawn(
+                &topo.peer,
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 80),
+                "peer-app",
+            );
+            let dst = topo.peer_addr(Family::V4, 80);
+            let (reply, _) = connect_as(&topo.pod, APP_UID, APP_UID, dst).expect("the app connects");
+            if captured {
+                assert_eq!(reply, "outbound");
+                assert_eq!(proxy.take_one().original_dst.expect("original_dst"), dst);
+            } else {
+                assert_eq!(reply, "peer-app");
+                let _ = app.take_one();
+            }
+        }
+
+        // A GC with every attachment valid changes nothing; DEL of the kept pod clears the rest.
+        let gc = gc_request(&stdin, &[("gc-keep", "eth0")]);
+        invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc).ok();
+        assert_eq!(node.pods().unwrap().len(), 1);
+        call_for("DEL", &pods[0].pod, "gc-keep", "gc-keep", &stdin).ok();
+        assert!(node.pods().unwrap().is_empty());
+        return;
+    }
+    if !require_root() {
+        return;
+    }
+    run_in_test_cgroup();
+}
+
 /// ADD enrolls the pod (no iptables rule, no nftables table in it) and its app's connections
 /// reach the proxy with their original destination while the proxy's own go out; ADD again
 /// changes nothing; CHECK passes; DEL unenrolls (the app reaches the peer directly again, CHECK

@@ -66,7 +66,7 @@ mod pin_dir;
 mod probe;
 mod sys;
 
-pub use backend::{Ebpf, Failure, Target};
+pub use backend::{Collected, Ebpf, Failure, Target};
 pub use bpffs::{is_bpffs, mount_bpffs};
 pub use cgroup::{AttachedCgroup, Attachment, CgroupId, cgroup2_root};
 pub use error::Error;
