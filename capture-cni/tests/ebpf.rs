@@ -305,3 +305,103 @@ fn without_the_nodes_programs_add_fails_and_status_is_not_ready() {
         "{failure}"
     );
 }
+
+/// A network namespace of its own, unnamed and held by the returned descriptor alone: it goes
+/// when the descriptor is closed (also when the test fails). Made on a short-lived thread, so
+/// the test's threads never move.
+fn anonymous_netns() -> std::os::fd::OwnedFd {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        std::os::fd::OwnedFd::from(
+            std::fs::File::open("/proc/thread-self/ns/net").expect("open the new netns"),
+        )
+    })
+    .join()
+    .expect("the unshare thread")
+}
+
+/// What is pinned under `<pin dir>/inbound`: the pods' `sk_lookup` links.
+fn inbound_pins(pins: &PinDir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(pins.path().join("inbound"))
+        .map(|dir| {
+            dir.map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort_unstable();
+    names
+}
+
+/// 1,000 pods enrolled (with capture-cni's metadata) and deleted, in rounds of 100: half
+/// unenrolled as DEL does, half by deleting their network namespace and letting `Node::gc`
+/// reclaim them. Afterwards every map holds exactly as many entries as before, and no
+/// `sk_lookup` link is pinned.
+#[test]
+fn a_thousand_enroll_delete_cycles_leave_the_maps_as_they_were() {
+    use std::collections::BTreeSet;
+    use std::os::fd::AsFd as _;
+    use std::time::{Duration, Instant};
+
+    const ROUNDS: usize = 10;
+    const PODS: usize = 100;
+    if !require_root() {
+        return;
+    }
+    let world = EbpfWorld::new();
+    let mut node = world.node();
+    let pins = world.pins();
+    let mut spec = capture_core::CaptureSpec::sidecar();
+    spec.ipv6 = false;
+    let plan = capture_ebpf::Ebpf::plan(&spec).unwrap_or_else(|e| panic!("plan: {}", chain(&e)));
+    let before = (node.entry_counts().unwrap(), inbound_pins(&pins));
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let mut pods = Vec::with_capacity(PODS);
+        for i in 0..PODS {
+            let netns = anonymous_netns();
+            let pod = capture_ebpf::PodNetns::set_up_netns(netns.as_fd(), &plan)
+                .unwrap_or_else(|e| panic!("round {round} pod {i}: {}", chain(&e)));
+            node.enroll_netns(netns.as_fd(), &pod, &plan)
+                .unwrap_or_else(|e| panic!("round {round} pod {i}: enroll: {}", chain(&e)));
+            let meta = capture_ebpf::PodMetadata {
+                container_id: format!("cycle-{round}-{i}"),
+                ifname: "eth0".into(),
+                pod_namespace: Some("shop".into()),
+                pod_name: Some(format!("cart-{i}")),
+                netns_path: None,
+            };
+            node.set_metadata(pod.cookie, &meta)
+                .unwrap_or_else(|e| panic!("round {round} pod {i}: metadata: {}", chain(&e)));
+            pods.push((netns, pod.cookie));
+        }
+        assert_eq!(node.pods().unwrap().len(), PODS, "round {round}");
+        assert_eq!(inbound_pins(&pins).len(), PODS, "round {round}");
+        let deleted = pods.split_off(PODS / 2);
+        for (netns, cookie) in pods {
+            assert!(node.unenroll(cookie).unwrap(), "round {round}: enrolled");
+            drop(netns);
+        }
+        let gone: BTreeSet<_> = deleted.iter().map(|(_, cookie)| *cookie).collect();
+        drop(deleted);
+        // The kernel destroys a namespace (and detaches its link) shortly after its last
+        // reference goes.
+        let mut reclaimed = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reclaimed.len() < gone.len() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: gc reclaimed {} of {}",
+                reclaimed.len(),
+                gone.len()
+            );
+            reclaimed.extend(node.gc().unwrap_or_else(|e| panic!("gc: {}", chain(&e))));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            reclaimed, gone,
+            "round {round}: gc reclaims exactly the deleted pods"
+        );
+    }
+    eprintln!("{} cycles in {:?}", ROUNDS * PODS, started.elapsed());
+    assert_eq!((node.entry_counts().unwrap(), inbound_pins(&pins)), before);
+}
