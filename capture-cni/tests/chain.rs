@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use capture_e2e::cni::{Attachment, DEBIAN_CNI_PLUGINS, DEBIAN_CNI_VERSIONS, Runtime, bridge_conflist};
 use capture_e2e::{
     APP_UID, Family, Flavor, INBOUND_PORT, Listener, NetNs, OUTBOUND_PORT, PROXY_UID, TempDir, connect_as,
-    iptables_save_normalized, require_root, run_ok,
+    iptables_save_normalized, require_root,
 };
 use serde_json::{Map, Value, json};
 
@@ -226,6 +226,7 @@ fn dual_stack_pod_is_captured_in_both_families() {
 #[test]
 fn bridge_then_capture_on_ebpf() {
     use capture_e2e::ebpf::{EbpfWorld, child_world};
+    use capture_e2e::run_ok;
     use capture_ebpf::{Node, PinDir};
 
     const INDEX: u8 = 230;
