@@ -793,6 +793,7 @@ fn podman_drives_capture_cni() {
 }
 
 /// The `0::` line of `/proc/<pid>/cgroup`: the process's cgroup v2 path, from the v2 root.
+#[cfg(feature = "ebpf")]
 fn cgroup_v2_of(pid: u64) -> String {
     let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/<pid>/cgroup");
     cgroups
