@@ -145,6 +145,10 @@ fn gc_unenrolls_the_attachments_the_runtime_no_longer_names() {
             .collect();
         assert_eq!(by_id.len(), 3, "{by_id:?}");
 
+        // Without a list of valid attachments nothing is unenrolled by attachment.
+        invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &stdin).ok();
+        assert_eq!(node.pods().unwrap().len(), 3, "GC without a list keeps every pod");
+
         let gc = gc_request(&stdin, &[("gc-keep", "eth0"), ("not-enrolled", "eth0")]);
         invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc).ok();
 
@@ -189,10 +193,34 @@ fn gc_unenrolls_the_attachments_the_runtime_no_longer_names() {
             }
         }
 
-        // A GC with every attachment valid changes nothing; DEL of the kept pod clears the rest.
-        let gc = gc_request(&stdin, &[("gc-keep", "eth0")]);
+        // A GC with every attachment valid changes nothing.
+        let gc = gc_request(&stdin, &[("gc-keep", "eth0"), ("gc-gone", "eth0")]);
         invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc).ok();
         assert_eq!(node.pods().unwrap().len(), 1);
+
+        // A pod still named valid whose namespace was deleted without DEL is reclaimed too,
+        // once the kernel has destroyed the namespace.
+        let gone = Topology::new();
+        call_for("ADD", &gone.pod, "gc-gone", "gc-gone", &stdin).ok();
+        assert_eq!(node.pods().unwrap().len(), 2);
+        drop(gone);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while node.pods().unwrap().len() > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "GC never reclaimed the gone pod"
+            );
+            invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc).ok();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(node.pods().unwrap()[0].0, kept);
+        assert_eq!(
+            node.all_metadata().unwrap().len(),
+            1,
+            "the gone pod's metadata went too"
+        );
+
+        // DEL of the kept pod clears the rest.
         call_for("DEL", &pods[0].pod, "gc-keep", "gc-keep", &stdin).ok();
         assert!(node.pods().unwrap().is_empty());
         return;
@@ -304,6 +332,36 @@ fn without_the_nodes_programs_add_fails_and_status_is_not_ready() {
         failure["msg"].as_str().unwrap().contains("not loaded"),
         "{failure}"
     );
+    // GC has nothing to collect then, and succeeds.
+    let gc = gc_request(&stdin, &[]);
+    invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc).ok();
+    assert!(bpffs.contents().is_empty(), "GC loaded nothing");
+}
+
+/// A container id longer than the node's record of it holds fails ADD with one line naming it
+/// (code 100), and nothing is enrolled.
+#[test]
+fn a_container_id_too_long_to_record_fails_add_and_enrolls_nothing() {
+    if let Some(world) = child_world() {
+        let pins = load_node_programs(&world);
+        let topo = Topology::new();
+        let stdin = request("1.1.0", &world.bpffs, &world.cgroup);
+        let id = "c".repeat(200);
+        let failure = call_for("ADD", &topo.pod, &id, "cart-1", &stdin).error(100);
+        let msg = failure["msg"].as_str().unwrap();
+        assert!(
+            msg.contains("container id") && msg.contains("is 200 bytes, more than the 128"),
+            "{msg}"
+        );
+        let node = Node::open(&pins).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+        assert!(node.pods().unwrap().is_empty(), "nothing enrolled");
+        assert_eq!(inbound_pins(&pins), Vec::<String>::new(), "no sk_lookup link");
+        return;
+    }
+    if !require_root() {
+        return;
+    }
+    run_in_test_cgroup();
 }
 
 /// A network namespace of its own, unnamed and held by the returned descriptor alone: it goes
