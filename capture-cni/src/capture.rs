@@ -219,6 +219,34 @@ pub fn ebpf_gc(conf: &NetConf, valid: Option<&[conf::Attachment]>) -> Result<Str
     ))
 }
 
+/// `DEL` on eBPF when the pod's namespace is gone: unenrolls the pod recorded for the
+/// attachment (`container_id`, `ifname`), if any. Says what it did.
+///
+/// # Errors
+/// [`Error::Gc`] when the node's maps cannot be read or written.
+#[cfg(feature = "ebpf")]
+pub fn ebpf_forget(conf: &NetConf, container_id: &str, ifname: &str) -> Result<Option<String>, Error> {
+    let collected = ebpf(conf)
+        .forget(container_id, ifname)
+        .map_err(|e| Error::Gc(e.into()))?;
+    Ok(collected.map(|cookies| {
+        format!(
+            "eBPF capture of {container_id} {ifname} removed (netns cookie {})",
+            cookies
+                .iter()
+                .map(|c| c.0.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }))
+}
+
+/// `DEL` on eBPF in a build without it: nothing can have been enrolled.
+#[cfg(not(feature = "ebpf"))]
+pub fn ebpf_forget(_: &NetConf, _: &str, _: &str) -> Result<Option<String>, Error> {
+    Ok(None)
+}
+
 /// `GC` on eBPF in a build without it: nothing can have been enrolled.
 #[cfg(not(feature = "ebpf"))]
 pub fn ebpf_gc(_: &NetConf, _: Option<&[conf::Attachment]>) -> Result<String, Error> {

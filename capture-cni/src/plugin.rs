@@ -417,6 +417,7 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
             "pod {}: no network namespace, nothing to remove",
             pod.display_name()
         );
+        forget_ebpf_attachment(env, conf, &pod);
         return Ok(());
     };
     let ns = match NetNs::open(path) {
@@ -427,6 +428,7 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
                 pod.display_name(),
                 path.display()
             );
+            forget_ebpf_attachment(env, conf, &pod);
             return Ok(());
         }
         Err(e) => return Err(fail(crate::netns::open_error(e, path))),
@@ -451,6 +453,27 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
     capture::del(&ns, conf, &capture).map_err(fail)?;
     log::info!("pod {}: capture removed", pod.display_name());
     Ok(())
+}
+
+/// DEL without the pod's namespace on eBPF: the pod's entries are node state that outlives it,
+/// so the enrollment recorded for the attachment is removed now rather than at the next GC. A
+/// failure is logged, never returned: DEL must not be blocked, and GC still reclaims the pod.
+fn forget_ebpf_attachment(env: &Env, conf: &NetConf, pod: &Pod<'_>) {
+    if conf.backend() != crate::conf::Backend::Ebpf {
+        return;
+    }
+    let (Some(container_id), Some(ifname)) = (env.container_id.as_deref(), env.ifname.as_deref()) else {
+        return;
+    };
+    match capture::ebpf_forget(conf, container_id, ifname) {
+        Ok(Some(done)) => log::info!("pod {}: {done}", pod.display_name()),
+        Ok(None) => {}
+        Err(e) => log::warn!(
+            "pod {}: {}; GC reclaims it later",
+            pod.display_name(),
+            capture_core::chain(&e)
+        ),
+    }
 }
 
 fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), Error> {

@@ -43,8 +43,13 @@ fn call(command: &str, netns: &NetNs, stdin: &str) -> Reply {
 
 /// `command` for the container `container_id` with the pod name `pod`.
 fn call_for(command: &str, netns: &NetNs, container_id: &str, pod: &str, stdin: &str) -> Reply {
+    call_at(command, netns.path(), container_id, pod, stdin)
+}
+
+/// [`call_for`] with the namespace's path, which may be gone.
+fn call_at(command: &str, netns: &Path, container_id: &str, pod: &str, stdin: &str) -> Reply {
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={pod}");
-    let mut env = cni_env(command, netns.path().to_str().unwrap(), &args);
+    let mut env = cni_env(command, netns.to_str().unwrap(), &args);
     for (key, value) in &mut env {
         if *key == "CNI_CONTAINERID" {
             *value = container_id;
@@ -336,6 +341,49 @@ fn without_the_nodes_programs_add_fails_and_status_is_not_ready() {
     let gc = gc_request(&stdin, &[]);
     invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc).ok();
     assert!(bpffs.contents().is_empty(), "GC loaded nothing");
+}
+
+/// DEL for a pod whose namespace is already gone unenrolls it at once, found by its attachment
+/// (container id and interface): no map entry, metadata or `sk_lookup` pin is left waiting for
+/// GC. Another pod's enrollment stays.
+#[test]
+fn del_after_the_netns_is_gone_unenrolls_the_attachment() {
+    if let Some(world) = child_world() {
+        let pins = load_node_programs(&world);
+        let stdin = request("1.1.0", &world.bpffs, &world.cgroup);
+        let other = Topology::new();
+        call_for("ADD", &other.pod, "del-other", "other", &stdin).ok();
+        let topo = Topology::new();
+        call_for("ADD", &topo.pod, "del-gone", "gone", &stdin).ok();
+        let node = Node::open(&pins).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+        assert_eq!(node.pods().unwrap().len(), 2);
+        let path = topo.pod.path().to_owned();
+        drop(topo);
+        assert!(!path.exists(), "the namespace is gone");
+        let del = call_at("DEL", &path, "del-gone", "gone", &stdin);
+        del.ok();
+        let left: Vec<String> = node
+            .all_metadata()
+            .unwrap()
+            .into_iter()
+            .map(|(_, meta)| meta.container_id)
+            .collect();
+        assert_eq!(left, ["del-other"], "{}", del.stderr);
+        assert_eq!(
+            node.pods().unwrap().len(),
+            1,
+            "DEL unenrolled the gone pod at once"
+        );
+        assert_eq!(inbound_pins(&pins).len(), 1, "its sk_lookup pin went too");
+        call_at("DEL", &path, "del-gone", "gone", &stdin).ok();
+        call_for("DEL", &other.pod, "del-other", "other", &stdin).ok();
+        assert!(node.pods().unwrap().is_empty());
+        return;
+    }
+    if !require_root() {
+        return;
+    }
+    run_in_test_cgroup();
 }
 
 /// A container id longer than the node's record of it holds fails ADD with one line naming it

@@ -8,6 +8,7 @@
 //! uninstall: Node::unenroll, and ::6 off lo with IPv6
 //! install_pod: install, plus Node::set_metadata (capture-cni's ADD: container id, ifname, pod)
 //! collect:   node lock ─> Node::unenroll_unless(attachment kept) ─> Node::gc   (CNI GC)
+//! forget:    node lock ─> Node::unenroll_unless(not this attachment)          (CNI DEL, netns gone)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -210,6 +211,22 @@ impl Ebpf {
         let unattached = node.unenroll_unless(keep)?;
         let gone = node.gc()?;
         Ok(Some(Collected { unattached, gone }))
+    }
+
+    /// CNI DEL without the pod's namespace: unenrolls the pods recorded
+    /// ([`Ebpf::install_pod`]) for the attachment `container_id`, `ifname`. `None` when none
+    /// is, or the programs are not loaded.
+    ///
+    /// # Errors
+    /// When the node lock cannot be taken or the maps read or written.
+    pub fn forget(&self, container_id: &str, ifname: &str) -> Result<Option<Vec<NetnsCookie>>, Failure> {
+        if !self.pins.is_loaded() {
+            return Ok(None);
+        }
+        let _lock = self.pins.lock()?;
+        let mut node = Node::open(&self.pins)?;
+        let removed = node.unenroll_unless(|m| m.container_id != container_id || m.ifname != ifname)?;
+        Ok((!removed.is_empty()).then(|| removed.into_iter().map(|(cookie, _)| cookie).collect()))
     }
 
     fn enroll(&self, plan: &MapPlan, meta: Option<&PodMetadata>) -> Result<Outcome, Failure> {
