@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use capture_ebpf::{MapUsage, NetnsCookie, Node};
+use capture_ebpf::{MapUsage, NetnsCookie, Node, PodMetadata};
 use capture_ebpf_common::{
     PodStats, STAT_DNS, STAT_DNS_ANSWER, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED, STAT_ORIG_DST,
     STAT_OUTBOUND, STAT_PASSED, STAT_PEERNAME, STAT_STATE_FULL,
@@ -104,6 +104,8 @@ pub struct Snapshot {
     pub enrolled: usize,
     /// Map occupancy.
     pub maps: Vec<MapUsage>,
+    /// Who the pods enrolled by capture-cni are (`POD_META`).
+    pub metadata: Vec<(NetnsCookie, PodMetadata)>,
 }
 
 impl Snapshot {
@@ -117,7 +119,25 @@ impl Snapshot {
             pods: node.pod_counters()?,
             enrolled: node.pods()?.len(),
             maps: node.occupancy()?,
+            metadata: node.all_metadata()?,
         })
+    }
+
+    /// Extra labels of a pod's series: its Kubernetes namespace and name when capture-cni
+    /// enrolled it (pods enrolled by capture-init have only their netns cookie).
+    #[must_use]
+    pub fn pod_labels(&self, cookie: NetnsCookie) -> Vec<(&'static str, String)> {
+        let Some((_, meta)) = self.metadata.iter().find(|(c, _)| *c == cookie) else {
+            return Vec::new();
+        };
+        let mut labels = Vec::new();
+        if let Some(namespace) = &meta.pod_namespace {
+            labels.push(("namespace", namespace.clone()));
+        }
+        if let Some(name) = &meta.pod_name {
+            labels.push(("pod", name.clone()));
+        }
+        labels
     }
 }
 
@@ -132,14 +152,9 @@ pub struct AgentCounters {
     pub gc_errors: u64,
 }
 
-/// Extra labels of a pod's series: its Kubernetes namespace and name, once something tells
-/// them (a pod metadata map filled at enrollment). Nothing does yet, so there are none.
-pub fn pod_labels(_cookie: NetnsCookie) -> Vec<(&'static str, String)> {
-    Vec::new()
-}
-
 /// The exposition: the maps' metrics when `snapshot` is there (else `capture_maps_readable 0`
-/// and the reason as a comment), then the agent's counters.
+/// and the reason as a comment), then the agent's counters; `labels` gives a pod's series their
+/// extra labels ([`Snapshot::pod_labels`]).
 pub fn render(
     snapshot: Result<&Snapshot, &str>,
     agent: AgentCounters,
@@ -326,7 +341,22 @@ mod tests {
                 entries: 1,
                 capacity: 4096,
             }],
+            metadata: vec![(
+                NetnsCookie(4097),
+                PodMetadata {
+                    container_id: "c1".into(),
+                    ifname: "eth0".into(),
+                    pod_namespace: Some("default".into()),
+                    pod_name: Some("web".into()),
+                    netns_path: None,
+                },
+            )],
         };
+        assert_eq!(
+            snapshot.pod_labels(NetnsCookie(4097)),
+            [("namespace", "default".to_owned()), ("pod", "web".to_owned())]
+        );
+        assert!(snapshot.pod_labels(NetnsCookie(1)).is_empty());
         let agent = AgentCounters {
             gc_reclaimed: 5,
             gc_runs: 7,
@@ -354,7 +384,7 @@ mod tests {
 
     #[test]
     fn unreadable_maps_still_give_the_agent_counters() {
-        let text = render(Err("no programs\nloaded"), AgentCounters::default(), &pod_labels);
+        let text = render(Err("no programs\nloaded"), AgentCounters::default(), &|_| Vec::new());
         assert!(text.contains("capture_maps_readable 0\n"), "{text}");
         assert!(text.contains("# maps unreadable: no programs loaded\n"), "{text}");
         assert!(text.contains("capture_gc_runs_total 0\n"), "{text}");

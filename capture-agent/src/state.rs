@@ -73,10 +73,12 @@ impl Agent {
             gc_runs: self.gc_runs.load(Ordering::Relaxed),
             gc_errors: self.gc_errors.load(Ordering::Relaxed),
         };
-        metrics::render(
-            snapshot.as_ref().map_err(String::as_str),
-            agent,
-            &metrics::pod_labels,
-        )
+        let labels = |cookie| {
+            snapshot
+                .as_ref()
+                .map(|snapshot| snapshot.pod_labels(cookie))
+                .unwrap_or_default()
+        };
+        metrics::render(snapshot.as_ref().map_err(String::as_str), agent, &labels)
     }
 }

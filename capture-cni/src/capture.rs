@@ -136,14 +136,134 @@ fn pod_spec(conf: &NetConf, capture: &PodCapture) -> Result<CaptureSpec, Error> 
     Ok(spec)
 }
 
+/// Who a pod is, as the runtime named it: recorded node-side with an eBPF enrollment, where
+/// CNI GC finds it by its container id and interface.
+#[derive(Debug, Clone, Copy)]
+pub struct Attachment<'a> {
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
+    /// `K8S_POD_NAMESPACE`.
+    pub pod_namespace: Option<&'a str>,
+    /// `K8S_POD_NAME`.
+    pub pod_name: Option<&'a str>,
+    /// `CNI_NETNS`.
+    pub netns: &'a Path,
+}
+
+/// ADD on eBPF: the pod enrolled with its [`Attachment`] recorded.
+#[cfg(feature = "ebpf")]
+fn ebpf_add(conf: &NetConf, spec: &CaptureSpec, who: &Attachment<'_>) -> Result<Outcome, Error> {
+    let meta = capture_ebpf::PodMetadata {
+        container_id: who.container_id.to_owned(),
+        ifname: who.ifname.to_owned(),
+        pod_namespace: who.pod_namespace.map(str::to_owned),
+        pod_name: who.pod_name.map(str::to_owned),
+        netns_path: Some(who.netns.to_owned()),
+    };
+    ebpf(conf).install_pod(spec, &meta).map_err(Error::Apply)
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn ebpf_add(_: &NetConf, _: &CaptureSpec, _: &Attachment<'_>) -> Result<Outcome, Error> {
+    Err(Error::Apply(NO_EBPF.into()))
+}
+
+/// `GC` on eBPF: unenrolls every pod capture-cni enrolled whose attachment (container id,
+/// interface) is not in `valid`, then every pod whose network namespace is gone. Without a
+/// `valid` list only the latter. Says what it did, for the log.
+///
+/// # Errors
+/// [`Error::Gc`] when the node's maps cannot be read or written.
+#[cfg(feature = "ebpf")]
+pub fn ebpf_gc(conf: &NetConf, valid: Option<&[conf::Attachment]>) -> Result<String, Error> {
+    let valid: Option<std::collections::BTreeSet<(&str, &str)>> = valid.map(|list| {
+        list.iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect()
+    });
+    let backend = ebpf(conf);
+    let collected = backend
+        .collect(|meta| {
+            valid
+                .as_ref()
+                .is_none_or(|v| v.contains(&(meta.container_id.as_str(), meta.ifname.as_str())))
+        })
+        .map_err(|e| Error::Gc(e.into()))?;
+    let Some(collected) = collected else {
+        return Ok(format!(
+            "eBPF programs not loaded (nothing under {}), nothing to collect",
+            backend.pins.path().display()
+        ));
+    };
+    let unattached: Vec<String> = collected
+        .unattached
+        .iter()
+        .map(|(cookie, meta)| {
+            format!(
+                "{} {} (pod {}, netns cookie {})",
+                meta.container_id,
+                meta.ifname,
+                meta.pod(),
+                cookie.0
+            )
+        })
+        .collect();
+    Ok(format!(
+        "eBPF: unenrolled {} attachment(s) not in the valid list{}{}; reclaimed {} pod(s) whose network namespace is gone",
+        unattached.len(),
+        if unattached.is_empty() { "" } else { ": " },
+        unattached.join(", "),
+        collected.gone.len()
+    ))
+}
+
+/// `DEL` on eBPF when the pod's namespace is gone: unenrolls the pod recorded for the
+/// attachment (`container_id`, `ifname`), if any. Says what it did.
+///
+/// # Errors
+/// [`Error::Gc`] when the node's maps cannot be read or written.
+#[cfg(feature = "ebpf")]
+pub fn ebpf_forget(conf: &NetConf, container_id: &str, ifname: &str) -> Result<Option<String>, Error> {
+    let collected = ebpf(conf)
+        .forget(container_id, ifname)
+        .map_err(|e| Error::Gc(e.into()))?;
+    Ok(collected.map(|cookies| {
+        format!(
+            "eBPF capture of {container_id} {ifname} removed (netns cookie {})",
+            cookies
+                .iter()
+                .map(|c| c.0.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }))
+}
+
+/// `DEL` on eBPF in a build without it: nothing can have been enrolled.
+#[cfg(not(feature = "ebpf"))]
+pub fn ebpf_forget(_: &NetConf, _: &str, _: &str) -> Result<Option<String>, Error> {
+    Ok(None)
+}
+
+/// `GC` on eBPF in a build without it: nothing can have been enrolled.
+#[cfg(not(feature = "ebpf"))]
+pub fn ebpf_gc(_: &NetConf, _: Option<&[conf::Attachment]>) -> Result<String, Error> {
+    Ok("this capture-cni was built without the eBPF backend, nothing to collect".to_owned())
+}
+
 /// `ADD`: installs the pod's capture. Rules already exactly in place are left as they are;
 /// different capture rules make it fail without changing anything.
 ///
 /// # Errors
 /// Entering the namespace, reading the pod's addresses, or applying.
-pub fn add(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<Outcome, Error> {
+pub fn add(ns: &NetNs, conf: &NetConf, capture: &PodCapture, who: &Attachment<'_>) -> Result<Outcome, Error> {
     ns.run(|| {
         let spec = pod_spec(conf, capture)?;
+        if conf.backend() == conf::Backend::Ebpf {
+            return ebpf_add(conf, &spec, who);
+        }
         let backend = pod_backend(conf, ns.id())?;
         backend
             .install(&spec, ApplyOptions::default())
@@ -238,8 +358,9 @@ fn ebpf_status(_: &NetConf) -> Result<String, Error> {
     Err(Error::Unavailable(NO_EBPF.into()))
 }
 
-/// `GC`: removes lock files no `iptables` holds. They are the only node-side state; the rules
-/// themselves live and die with each pod's namespace.
+/// `GC`: removes lock files no `iptables` holds. They are the only node-side state of the
+/// iptables and nftables backends; the rules themselves live and die with each pod's namespace,
+/// so there is nothing else to collect for them (the eBPF backend's is [`ebpf_gc`]).
 pub fn collect_lock_files(run_dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(run_dir) else {
         return 0;

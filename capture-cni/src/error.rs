@@ -162,6 +162,9 @@ pub enum Error {
     /// `STATUS`: the backend cannot work on this node.
     #[error("plugin not available: {}", capture_core::chain(.0.as_ref()))]
     Unavailable(BackendError),
+    /// `GC`: the eBPF backend's garbage collection failed (the node lock, or its maps).
+    #[error("garbage collection failed: {}", capture_core::chain(.0.as_ref()))]
+    Gc(BackendError),
     /// A bug: a panic was caught.
     #[error("internal error: {0}")]
     Internal(String),
@@ -182,7 +185,7 @@ impl Error {
             Self::NetnsOpen { .. } | Self::NotNetns { .. } | Self::Setns { .. } => CODE_NETNS,
             Self::Addresses(_) | Self::NoUsableAddress(_) => CODE_POD_ADDRESSES,
             Self::Apply(e) if lock_busy(e) => CODE_TRY_AGAIN,
-            Self::Apply(_) => CODE_CAPTURE_FAILED,
+            Self::Apply(_) | Self::Gc(_) => CODE_CAPTURE_FAILED,
             Self::CheckFailed { .. } => CODE_CHECK_FAILED,
             Self::Unavailable(_) => CODE_NOT_AVAILABLE,
             Self::Internal(_) => CODE_INTERNAL,

@@ -7,7 +7,7 @@
 //! | `DEL` | removes it; succeeds when `CNI_NETNS` is empty or gone, whatever the configuration | nothing |
 //! | `CHECK` | fails (code 101) when the pod's capture is missing or differs | nothing |
 //! | `STATUS` | fails (code 50) when no usable iptables is found | nothing |
-//! | `GC` | removes idle lock files | nothing |
+//! | `GC` | removes idle lock files; on eBPF unenrolls pods whose attachment is not valid, and pods whose namespace is gone | nothing |
 //!
 //! Failures print the spec's error object on stdout and exit 1.
 //!
@@ -327,6 +327,11 @@ pub fn handle(env: &Env, input: &[u8]) -> Result<Option<Value>, Failure> {
                 .map_or(0, Vec::len);
             let removed = capture::collect_lock_files(&conf.run_dir);
             log::debug!("{attachments} valid attachments; removed {removed} idle lock files");
+            if conf.backend() == crate::conf::Backend::Ebpf {
+                let valid = conf.valid_attachments.as_ref().or(conf.attachments.as_ref());
+                let done = capture::ebpf_gc(conf, valid.map(Vec::as_slice)).map_err(fail)?;
+                log::info!("{done}");
+            }
             Ok(None)
         }
         Command::Version => Ok(Some(version_report(input))),
@@ -350,7 +355,14 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
         return Ok(Some(result));
     }
     let (capture, ns) = pod_capture(env, conf, &pod)?;
-    let outcome = capture::add(&ns, conf, &capture)?;
+    let who = capture::Attachment {
+        container_id: env.container_id.as_deref().unwrap_or_default(),
+        ifname: env.ifname.as_deref().unwrap_or_default(),
+        pod_namespace: pod.namespace,
+        pod_name: pod.name,
+        netns: env.netns.as_deref().unwrap_or(std::path::Path::new("")),
+    };
+    let outcome = capture::add(&ns, conf, &capture, &who)?;
     for warning in &outcome.warnings {
         log::warn!("{warning}");
     }
@@ -405,6 +417,7 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
             "pod {}: no network namespace, nothing to remove",
             pod.display_name()
         );
+        forget_ebpf_attachment(env, conf, &pod);
         return Ok(());
     };
     let ns = match NetNs::open(path) {
@@ -415,6 +428,7 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
                 pod.display_name(),
                 path.display()
             );
+            forget_ebpf_attachment(env, conf, &pod);
             return Ok(());
         }
         Err(e) => return Err(fail(crate::netns::open_error(e, path))),
@@ -439,6 +453,27 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
     capture::del(&ns, conf, &capture).map_err(fail)?;
     log::info!("pod {}: capture removed", pod.display_name());
     Ok(())
+}
+
+/// DEL without the pod's namespace on eBPF: the pod's entries are node state that outlives it,
+/// so the enrollment recorded for the attachment is removed now rather than at the next GC. A
+/// failure is logged, never returned: DEL must not be blocked, and GC still reclaims the pod.
+fn forget_ebpf_attachment(env: &Env, conf: &NetConf, pod: &Pod<'_>) {
+    if conf.backend() != crate::conf::Backend::Ebpf {
+        return;
+    }
+    let (Some(container_id), Some(ifname)) = (env.container_id.as_deref(), env.ifname.as_deref()) else {
+        return;
+    };
+    match capture::ebpf_forget(conf, container_id, ifname) {
+        Ok(Some(done)) => log::info!("pod {}: {done}", pod.display_name()),
+        Ok(None) => {}
+        Err(e) => log::warn!(
+            "pod {}: {}; GC reclaims it later",
+            pod.display_name(),
+            capture_core::chain(&e)
+        ),
+    }
 }
 
 fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), Error> {

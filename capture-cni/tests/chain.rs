@@ -214,3 +214,175 @@ fn dual_stack_pod_is_captured_in_both_families() {
         drop((outbound, inbound, node_app));
     }
 }
+
+/// The same chain with `capture.backend: "ebpf"`: the node's programs loaded once on a test
+/// cgroup and bpffs (as the node agent or `capture-init ebpf load` loads them, through
+/// capture-ebpf), bridge + host-local giving the pod IPv4 and IPv6, capture-cni enrolling it. The
+/// pod holds no iptables rule and no nftables table, and is captured as the shared scenario
+/// table says: outbound with its original destination, the proxy's uid passing, an excluded
+/// port and an excluded CIDR passing, inbound with its original destination, an excluded
+/// inbound port reaching the app; in both families. DEL leaves no map entry or pin of the pod.
+#[cfg(feature = "ebpf")]
+#[test]
+fn bridge_then_capture_on_ebpf() {
+    use capture_e2e::ebpf::{EbpfWorld, child_world};
+    use capture_e2e::run_ok;
+    use capture_ebpf::{Node, PinDir};
+
+    const INDEX: u8 = 230;
+    let Some(world) = child_world() else {
+        if !require_root() {
+            return;
+        }
+        let world = EbpfWorld::empty();
+        world.run_in_cgroup();
+        capture_ebpf::unload(&world.pins()).unwrap_or_else(|e| panic!("unload: {}", capture_core::chain(&e)));
+        let attached = world.attached();
+        assert!(attached.is_empty(), "programs left attached: {attached:#?}");
+        let pins = world.bpffs.contents();
+        assert!(pins.is_empty(), "pins left behind: {pins:#?}");
+        return;
+    };
+    let pins = PinDir::new(&world.bpffs);
+    pins.mount()
+        .unwrap_or_else(|e| panic!("mount: {}", capture_core::chain(&e)));
+    drop(
+        Node::open_or_load(&world.cgroup, &pins)
+            .unwrap_or_else(|e| panic!("load: {}", capture_core::chain(&e))),
+    );
+
+    let node = NetNs::new();
+    let pod = NetNs::new();
+    for ns in [&node, &pod] {
+        ns.run(|| std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0"))
+            .expect("turn DAD off in a test namespace");
+    }
+    let scratch = TempDir::new(&format!("chain-{INDEX}"));
+    let (ipam, run_dir) = (scratch.path().join("ipam"), scratch.path().join("run"));
+    let (v4_excluded, v6_excluded) = (format!("10.250.{INDEX}.200"), format!("fd02:250:{INDEX}::200"));
+    let entry = json!({
+        "type": "capture-cni",
+        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+        "run_dir": run_dir,
+        "capture": {
+            "backend": "ebpf",
+            "bpffs": world.bpffs,
+            "cgroup": world.cgroup,
+            "exclude_outbound_ports": "8081",
+            "exclude_outbound_ip_ranges": format!("{v4_excluded}/32,{v6_excluded}/128"),
+            "exclude_inbound_ports": "8090",
+        },
+    });
+    let mut conflist = bridge_conflist("1.0.0", INDEX, &ipam, &[entry]);
+    conflist["plugins"][0]["ipam"]["ranges"]
+        .as_array_mut()
+        .expect("ranges")
+        .push(json!([{ "subnet": format!("fd02:250:{INDEX}::/64") }]));
+    let runtime = capture_runtime(&node, conflist);
+    let attachment = injected_pod(format!("chain-{INDEX}"), pod.path());
+    let result = runtime.add(&attachment).unwrap_or_else(|e| panic!("ADD: {e:?}"));
+    let ips: Vec<IpAddr> = result["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|ip| {
+            ip["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let [IpAddr::V4(pod_v4), IpAddr::V6(pod_v6)] = ips[..] else {
+        panic!("IPv4 and IPv6: {result}");
+    };
+
+    // No rule of any kind in the pod.
+    let iptables = run_ok(&mut pod.command("iptables-save"));
+    let ip6tables = run_ok(&mut pod.command("ip6tables-save"));
+    for save in [&iptables, &ip6tables] {
+        assert!(
+            save.lines().all(|l| l.starts_with('#')),
+            "no iptables rule or chain in the pod:\n{save}"
+        );
+    }
+    let nft = run_ok(pod.command("nft").args(["list", "ruleset"]));
+    assert!(nft.trim().is_empty(), "no nftables table in the pod:\n{nft}");
+
+    let bridge = format!("capbr{INDEX}");
+    node.ip(&["addr", "add", &format!("{v4_excluded}/24"), "dev", &bridge]);
+    node.ip(&[
+        "addr",
+        "add",
+        &format!("{v6_excluded}/64"),
+        "dev",
+        &bridge,
+        "nodad",
+    ]);
+    let any = |port| SocketAddr::new(Family::V6.unspecified(), port);
+    let outbound = Listener::spawn_proxy(&pod, any(OUTBOUND_PORT), "outbound");
+    let inbound = Listener::spawn_proxy(&pod, any(INBOUND_PORT), "inbound");
+    let node_app = Listener::spawn(&node, any(80), "node-app");
+    let node_excluded_port = Listener::spawn(&node, any(8081), "node-app-8081");
+    let pod_excluded_port = Listener::spawn(&pod, any(8090), "pod-app-8090");
+    let gateways: [IpAddr; 2] = [
+        Ipv4Addr::new(10, 250, INDEX, 1).into(),
+        format!("fd02:250:{INDEX}::1").parse::<Ipv6Addr>().unwrap().into(),
+    ];
+    let excluded: [IpAddr; 2] = [v4_excluded.parse().unwrap(), v6_excluded.parse().unwrap()];
+    for (family, gateway, excluded, pod_ip) in [
+        ("IPv4", gateways[0], excluded[0], IpAddr::V4(pod_v4)),
+        ("IPv6", gateways[1], excluded[1], IpAddr::V6(pod_v6)),
+    ] {
+        let to_node = SocketAddr::new(gateway, 80);
+        assert_lands(&pod, APP_UID, to_node, &outbound, to_node);
+        assert_lands(&pod, PROXY_UID, to_node, &node_app, to_node);
+        let to_port = SocketAddr::new(gateway, 8081);
+        assert_lands(&pod, APP_UID, to_port, &node_excluded_port, to_port);
+        let to_cidr = SocketAddr::new(excluded, 80);
+        assert_lands(&pod, APP_UID, to_cidr, &node_app, to_cidr);
+        let to_pod = SocketAddr::new(pod_ip, 8080);
+        assert_lands(&node, APP_UID, to_pod, &inbound, to_pod);
+        let to_pod_excluded = SocketAddr::new(pod_ip, 8090);
+        assert_lands(
+            &node,
+            APP_UID,
+            to_pod_excluded,
+            &pod_excluded_port,
+            to_pod_excluded,
+        );
+        eprintln!("{family}: every scenario landed as expected");
+    }
+
+    let maps = Node::open(&pins).unwrap_or_else(|e| panic!("open: {}", capture_core::chain(&e)));
+    let [(cookie, _)] = maps.pods().unwrap()[..] else {
+        panic!("one pod enrolled: {:?}", maps.pods());
+    };
+    runtime
+        .check(&attachment, &result)
+        .unwrap_or_else(|e| panic!("CHECK: {e:?}"));
+    runtime
+        .del(&attachment, Some(&result))
+        .unwrap_or_else(|e| panic!("DEL: {e:?}"));
+    drop((outbound, inbound, node_app, node_excluded_port, pod_excluded_port));
+    assert!(maps.pods().unwrap().is_empty(), "DEL unenrolls the pod");
+    assert_eq!(
+        maps.pod_entries(cookie).unwrap(),
+        0,
+        "no map entry of the pod left"
+    );
+    assert_eq!(
+        maps.metadata(cookie).unwrap(),
+        None,
+        "no metadata of the pod left"
+    );
+    assert!(!maps.inbound_attached(cookie), "no sk_lookup pin of the pod left");
+    assert_eq!(
+        maps.inbound_listeners().unwrap(),
+        [],
+        "no inbound listener of the pod left"
+    );
+}

@@ -105,8 +105,14 @@ fn has_interpreter(elf: &[u8]) -> bool {
     (0..usize::from(phnum)).any(|i| u32_at(phoff + i * usize::from(phentsize)) == Some(PT_INTERP))
 }
 
-/// The conflist podman reads from its network configuration directory.
-fn conflist(dir: &Path) -> Value {
+/// capture-cni's `capture` settings in the conflist of [`podman_drives_capture_cni`].
+fn iptables_capture() -> Value {
+    json!({ "iptables_flavor": "nft" })
+}
+
+/// The conflist podman reads from its network configuration directory, with capture-cni's
+/// `capture` settings.
+fn conflist(dir: &Path, capture: &Value) -> Value {
     json!({
         "cniVersion": "1.0.0",
         "name": NETWORK,
@@ -130,7 +136,7 @@ fn conflist(dir: &Path) -> Value {
                 "run_dir": dir.join("run"),
                 "plugin_log_level": "debug",
                 "log_file": dir.join("capture-cni.log"),
-                "capture": { "iptables_flavor": "nft" },
+                "capture": capture,
             },
         ],
     })
@@ -228,6 +234,13 @@ struct Podman<'a> {
 
 impl<'a> Podman<'a> {
     fn new(node: &'a NetNs, dir: &Path) -> Self {
+        let cgroup_parent = format!("/capture-test-podman-{}", std::process::id());
+        Self::with(node, dir, &iptables_capture(), cgroup_parent)
+    }
+
+    /// Podman whose network's capture-cni has `capture` settings and whose containers' cgroups
+    /// are made below `cgroup_parent` (relative to each hierarchy's root).
+    fn with(node: &'a NetNs, dir: &Path, capture: &Value, cgroup_parent: String) -> Self {
         let created_state_dirs = RUNTIME_STATE_DIRS
             .iter()
             .map(PathBuf::from)
@@ -248,13 +261,13 @@ impl<'a> Podman<'a> {
         fs::write(dir.join("storage.conf"), storage_conf(dir)).unwrap();
         fs::write(
             dir.join("net.d").join(format!("{NETWORK}.conflist")),
-            serde_json::to_string_pretty(&conflist(dir)).unwrap(),
+            serde_json::to_string_pretty(&conflist(dir, capture)).unwrap(),
         )
         .unwrap();
         Self {
             node,
             dir: dir.to_owned(),
-            cgroup_parent: format!("/capture-test-podman-{}", std::process::id()),
+            cgroup_parent,
             created_state_dirs,
             sandboxes: std::cell::RefCell::default(),
         }
@@ -776,5 +789,148 @@ fn podman_drives_capture_cni() {
         cgroup_dirs(&cgroup_parent),
         Vec::<PathBuf>::new(),
         "cgroups removed"
+    );
+}
+
+/// The `0::` line of `/proc/<pid>/cgroup`: the process's cgroup v2 path, from the v2 root.
+#[cfg(feature = "ebpf")]
+fn cgroup_v2_of(pid: u64) -> String {
+    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/<pid>/cgroup");
+    cgroups
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line in {cgroups}"))
+        .to_owned()
+}
+
+/// Podman on the eBPF backend: the node's programs are loaded on a test cgroup (v2) and bpffs,
+/// podman puts the container below that cgroup (`--cgroup-parent`), and capture-cni with
+/// `capture.backend: "ebpf"` enrolls its namespace. The app's connection reaches the proxy in
+/// the container's namespace with its original destination, uid 1337 goes direct, no iptables
+/// rule, chain or nftables table is anywhere in the container's namespace, and `podman rm -f`
+/// (DEL) unenrolls it. The test's body runs in a child inside the cgroup, so the proxy's
+/// `SO_ORIGINAL_DST` is answered by the programs too.
+#[cfg(feature = "ebpf")]
+#[test]
+fn podman_drives_capture_cni_on_ebpf() {
+    use capture_e2e::ebpf::{EbpfWorld, child_world};
+    use capture_ebpf::{Node, PinDir};
+
+    let Some(world) = child_world() else {
+        if !require_root() {
+            return;
+        }
+        check_tools();
+        let world = EbpfWorld::empty();
+        world.run_in_cgroup();
+        capture_ebpf::unload(&world.pins()).unwrap_or_else(|e| panic!("unload: {}", capture_core::chain(&e)));
+        let attached = world.attached();
+        assert!(attached.is_empty(), "programs left attached: {attached:#?}");
+        let pins = world.bpffs.contents();
+        assert!(pins.is_empty(), "pins left behind: {pins:#?}");
+        return;
+    };
+    set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    let pins = PinDir::new(&world.bpffs);
+    pins.mount()
+        .unwrap_or_else(|e| panic!("mount: {}", capture_core::chain(&e)));
+    drop(
+        Node::open_or_load(&world.cgroup, &pins)
+            .unwrap_or_else(|e| panic!("load: {}", capture_core::chain(&e))),
+    );
+    // The containers' cgroups go below the test cgroup in the v2 hierarchy (and below a
+    // directory of the same name in each v1 one, removed afterwards).
+    let test_cgroup = world
+        .cgroup
+        .file_name()
+        .expect("a cgroup name")
+        .to_string_lossy()
+        .into_owned();
+    let cgroup_parent = format!("/{test_cgroup}/podman");
+    let capture = json!({"backend": "ebpf", "bpffs": world.bpffs, "cgroup": world.cgroup});
+    let scratch = TempDir::new("podman-ebpf");
+    // Dropped after podman's cleanup (which removes `<hierarchy>/<test cgroup>/podman`), also
+    // when the test fails: the v1 hierarchies' `<test cgroup>` directories runc made are ours to
+    // remove; the v2 one is the test cgroup itself.
+    struct V1Parents<'a>(String, &'a Path);
+    impl Drop for V1Parents<'_> {
+        fn drop(&mut self) {
+            for dir in cgroup_dirs(&self.0).into_iter().filter(|d| d != self.1) {
+                if let Err(e) = fs::remove_dir(&dir) {
+                    eprintln!("podman test: cannot remove cgroup {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+    let v1_parents = V1Parents(format!("/{test_cgroup}"), &world.cgroup);
+    {
+        let node = NetNs::new();
+        let podman = Podman::with(&node, scratch.path(), &capture, cgroup_parent.clone());
+        let a = podman.start("capture-ebpf-a", &[]);
+        let inspect: Value = serde_json::from_str(&podman.ok(&["inspect", &a.name], &[])).unwrap();
+        let pid = inspect[0]["State"]["Pid"].as_u64().expect("the container's pid");
+        let cgroup = cgroup_v2_of(pid);
+        assert!(
+            cgroup.starts_with(&format!("{cgroup_parent}/")),
+            "the container runs below {cgroup_parent} in the cgroup v2 hierarchy: {cgroup}"
+        );
+
+        let a_ns = NetNs::open(&a.sandbox).unwrap_or_else(|e| panic!("{}: {e}", a.sandbox.display()));
+        let maps = Node::open(&pins).unwrap_or_else(|e| panic!("open: {}", capture_core::chain(&e)));
+        let [(cookie, _)] = maps.pods().unwrap()[..] else {
+            panic!("one pod enrolled: {:?}", maps.pods());
+        };
+        let meta = maps
+            .metadata(cookie)
+            .unwrap()
+            .expect("ADD recorded the attachment");
+        assert_eq!(
+            (meta.container_id.as_str(), meta.ifname.as_str()),
+            (a.id.as_str(), "eth0")
+        );
+        for save in ["iptables-save", "ip6tables-save", "iptables-legacy-save"] {
+            let out = capture_e2e::run_ok(&mut a_ns.command(save));
+            assert!(
+                out.lines().all(|l| l.starts_with('#')),
+                "{save}: no rule or chain in the container's namespace:\n{out}"
+            );
+        }
+        let nft = capture_e2e::run_ok(a_ns.command("nft").args(["list", "ruleset"]));
+        assert!(
+            nft.trim().is_empty(),
+            "no nftables table in the container:\n{nft}"
+        );
+
+        let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+        let to_peer = SocketAddr::new(IpAddr::V4(GATEWAY), PEER_PORT);
+        let peer = Listener::spawn(&node, to_peer, "peer");
+        let proxy = Listener::spawn_proxy(&a_ns, any(OUTBOUND_PORT), "proxy");
+        assert_eq!(podman.connect(&a, None), "proxy");
+        let seen = proxy.take_one();
+        assert_eq!(seen.original_dst.expect("an original destination"), to_peer);
+        // connect4 rewrote the destination to 127.0.0.1 before the route was chosen.
+        assert!(seen.peer.ip().is_loopback(), "{}", seen.peer);
+        assert!(peer.take_accepted().is_empty(), "captured, not direct");
+        assert_eq!(podman.connect(&a, Some("1337:1337")), "peer");
+        assert!(proxy.take_accepted().is_empty(), "uid 1337 is never captured");
+
+        drop(proxy);
+        podman.ok(&["rm", "--force", "--time", "0", &a.name], &[]);
+        assert!(maps.pods().unwrap().is_empty(), "DEL unenrolled the container");
+        assert_eq!(maps.pod_entries(cookie).unwrap(), 0);
+        assert_eq!(maps.metadata(cookie).unwrap(), None);
+        assert!(!maps.inbound_attached(cookie), "no sk_lookup pin left");
+        drop(peer);
+    }
+    drop(v1_parents);
+    assert_eq!(
+        cgroup_dirs(&cgroup_parent),
+        Vec::<PathBuf>::new(),
+        "cgroups removed"
+    );
+    assert_eq!(
+        cgroup_dirs(&format!("/{test_cgroup}")),
+        std::slice::from_ref(&world.cgroup),
+        "only the test cgroup is left, for the harness to remove"
     );
 }

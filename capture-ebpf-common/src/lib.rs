@@ -18,6 +18,7 @@
 //! | [`INBOUND_LISTENERS`] | sockhash | [`ListenerKey`] | socket | sockops (listen), loader | sk_lookup |
 //! | [`STATS`] | per-CPU array | `u32` index (`STAT_*`) | `u64` | all programs | loader, tests |
 //! | [`POD_STATS`] | per-CPU hash | netns cookie (`u64`) | [`PodStats`] | all programs (existing entries only) | loader (creates at enroll, deletes at unenroll), node agent |
+//! | [`POD_META`] | hash | netns cookie (`u64`) | [`PodMeta`] | loader (enroll by capture-cni) | loader only (CNI GC, `ebpf pods`) |
 //!
 //! Per-pod entries are keyed by the pod's network namespace cookie and a generation, so a
 //! pod's configuration can be replaced by writing the next generation's entries and then
@@ -47,9 +48,12 @@ pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
 /// pod's events alone. The loader creates a pod's entry when it enrolls it and deletes it when it
 /// unenrolls it; the programs only add to entries that exist.
 pub const POD_STATS: &str = "POD_STATS";
+/// Who enrolled a pod and as what (CNI container id, interface, pod name), by network namespace
+/// cookie. Userspace only: the programs never read it; it lives and dies with the pins.
+pub const POD_META: &str = "POD_META";
 
 /// Every map, in the order the loader pins them.
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 10] = [
     POD_CONFIG,
     OWNERS,
     PORTS,
@@ -59,6 +63,7 @@ pub const MAP_NAMES: [&str; 9] = [
     STATS,
     INBOUND_LISTENERS,
     POD_STATS,
+    POD_META,
 ];
 
 /// The pin of the one-entry array userspace writes [`LAYOUT_VERSION`] into when it loads the
@@ -74,7 +79,7 @@ pub const LAYOUT_VERSION: u32 = 2;
 /// resized): pins of these are upgraded in place (`Node::upgrade`), keeping every entry. A
 /// version whose keys or values changed meaning needs its own migration and is not listed.
 ///
-/// v1 -> v2 added `POD_STATS`, two `STATS` slots (DNS), the `CIDRS` list of DNS servers and the
+/// v1 -> v2 added `POD_STATS`, `POD_META`, two `STATS` slots (DNS), the `CIDRS` list of DNS servers and the
 /// DNS flags of `PodConfig`; every v1 entry means the same in v2.
 pub const UPGRADES_FROM: &[u32] = &[1];
 
@@ -363,9 +368,54 @@ pub struct ListenerKey {
     pub _pad: [u8; 6],
 }
 
+/// Capacity of [`PodMeta::container_id`] in bytes.
+pub const META_CONTAINER_ID_MAX: usize = 128;
+/// Capacity of [`PodMeta::ifname`] in bytes (`IFNAMSIZ`).
+pub const META_IFNAME_MAX: usize = 16;
+/// Capacity of [`PodMeta::pod_namespace`] in bytes (a Kubernetes namespace is a DNS label).
+pub const META_POD_NAMESPACE_MAX: usize = 64;
+/// Capacity of [`PodMeta::pod_name`] in bytes (a Kubernetes name is a DNS subdomain).
+pub const META_POD_NAME_MAX: usize = 256;
+/// Capacity of [`PodMeta::netns_path`] in bytes.
+pub const META_NETNS_PATH_MAX: usize = 256;
+
+/// [`PodMeta::source`]: enrolled by capture-cni (ADD); CNI GC may unenroll it.
+pub const META_SOURCE_CNI: u16 = 1;
+
+/// The value of [`POD_META`]: who enrolled a pod and as what. Each text is UTF-8, its length
+/// in the matching `*_len` field, the rest of its array zero; length 0 is "not given".
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodMeta {
+    /// `META_SOURCE_*`.
+    pub source: u16,
+    /// Bytes used in [`PodMeta::container_id`].
+    pub container_id_len: u16,
+    /// Bytes used in [`PodMeta::ifname`].
+    pub ifname_len: u16,
+    /// Bytes used in [`PodMeta::pod_namespace`].
+    pub pod_namespace_len: u16,
+    /// Bytes used in [`PodMeta::pod_name`].
+    pub pod_name_len: u16,
+    /// Bytes used in [`PodMeta::netns_path`].
+    pub netns_path_len: u16,
+    /// Zero.
+    pub _pad: [u8; 4],
+    /// The CNI container id (`CNI_CONTAINERID`).
+    pub container_id: [u8; META_CONTAINER_ID_MAX],
+    /// The CNI interface name (`CNI_IFNAME`).
+    pub ifname: [u8; META_IFNAME_MAX],
+    /// `K8S_POD_NAMESPACE` from `CNI_ARGS`.
+    pub pod_namespace: [u8; META_POD_NAMESPACE_MAX],
+    /// `K8S_POD_NAME` from `CNI_ARGS`.
+    pub pod_name: [u8; META_POD_NAME_MAX],
+    /// The network namespace's path as the runtime gave it (`CNI_NETNS`).
+    pub netns_path: [u8; META_NETNS_PATH_MAX],
+}
+
 #[cfg(feature = "user")]
 mod user {
-    use super::{CidrKey, ListenerKey, OrigDst, OwnerKey, PairKey, PodConfig, PortKey};
+    use super::{CidrKey, ListenerKey, OrigDst, OwnerKey, PairKey, PodConfig, PodMeta, PortKey};
 
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with explicit
     // padding fields so that no byte is uninitialised; every bit pattern is a valid value.
@@ -382,6 +432,8 @@ mod user {
     unsafe impl aya::Pod for PairKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ListenerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PodMeta {}
 }
 
 // Layouts are part of the contract between the programs and the loader.
@@ -393,4 +445,5 @@ const _: () = {
     assert!(size_of::<OrigDst>() == 24);
     assert!(size_of::<PairKey>() == 48);
     assert!(size_of::<ListenerKey>() == 16);
+    assert!(size_of::<PodMeta>() == 736);
 };

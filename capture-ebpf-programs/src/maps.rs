@@ -11,7 +11,7 @@ use crate::net::Ip;
 use capture_ebpf_common::{
     CIDR_KEY_FIXED_BITS, CidrKey, FAMILY_V4, FAMILY_V6, ListenerKey, MAX_CIDR_ENTRIES, MAX_CONNECTIONS,
     MAX_LISTENERS, MAX_OWNER_ENTRIES, MAX_POD_STATS, MAX_PODS, MAX_PORT_ENTRIES, OrigDst, OwnerKey,
-    PORT_KEY_FIXED_BITS, PairKey, PodConfig, PodStats, PortKey, STAT_COUNT,
+    PORT_KEY_FIXED_BITS, PairKey, PodConfig, PodMeta, PodStats, PortKey, STAT_COUNT,
 };
 
 #[map]
@@ -37,6 +37,13 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 
 #[map]
 pub static INBOUND_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(MAX_LISTENERS, 0);
+
+/// Userspace only (capture-cni's enrollments, CNI GC); no program reads it. Not preallocated:
+/// most nodes' pods leave most of it unused.
+#[map]
+pub static POD_META: HashMap<u64, PodMeta> =
+    HashMap::with_max_entries(MAX_PODS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
 
 // Not preallocated: an entry costs memory (a value per CPU) only while its pod is enrolled.
 // Only the loader inserts, so the programs never allocate.

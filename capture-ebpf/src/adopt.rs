@@ -39,6 +39,12 @@ pub(crate) struct Adopted {
 pub(crate) fn listeners(netns: BorrowedFd<'_>, port: u16) -> Result<Vec<Adopted>, Error> {
     let inodes = in_netns(netns, || {
         let mut inodes = Vec::new();
+        // Reading the tables walks the node's whole TCP hash whatever the namespace holds; the
+        // namespace's own counters tell first whether it has a TCP socket at all (a pod that
+        // just started has none).
+        if !has_tcp_sockets() {
+            return Ok(inodes);
+        }
         for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
             let path = Path::new("/proc/thread-self/net").join(file);
             let table = match fs::read_to_string(&path) {
@@ -96,6 +102,34 @@ pub(crate) fn listeners(netns: BorrowedFd<'_>, port: u16) -> Result<Vec<Adopted>
         }
     }
     Ok(adopted)
+}
+
+/// Whether the calling thread's network namespace may have a TCP socket: the `inuse` counts of
+/// `/proc/thread-self/net/sockstat` (`TCP:`) and `sockstat6` (`TCP6:`), which count listening
+/// sockets too. True when they cannot be read.
+fn has_tcp_sockets() -> bool {
+    [("sockstat", "TCP:"), ("sockstat6", "TCP6:")]
+        .iter()
+        .any(|(file, label)| {
+            match fs::read_to_string(Path::new("/proc/thread-self/net").join(file)) {
+                Ok(text) => tcp_in_use(&text, label) != Some(0),
+                // No IPv6 in this kernel: no IPv6 sockets either.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && *file == "sockstat6" => false,
+                Err(_) => true,
+            }
+        })
+}
+
+/// The `inuse` count on the `label` line of a sockstat file (`TCP: inuse 3 orphan 0 …`).
+fn tcp_in_use(text: &str, label: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(label))?;
+    let mut words = line.split_whitespace().skip(1);
+    while let Some(word) = words.next() {
+        if word == "inuse" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
 }
 
 /// `AF_INET` as [`Adopted::family`] holds it.
@@ -178,6 +212,15 @@ fn take_fd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockstat_tells_how_many_tcp_sockets_the_namespace_has() {
+        let sockstat = "sockets: used 180\nTCP: inuse 2 orphan 0 tw 0 alloc 3 mem 1\nUDP: inuse 0 mem 0\n";
+        assert_eq!(tcp_in_use(sockstat, "TCP:"), Some(2));
+        let sockstat6 = "TCP6: inuse 0\nUDP6: inuse 0\n";
+        assert_eq!(tcp_in_use(sockstat6, "TCP6:"), Some(0));
+        assert_eq!(tcp_in_use(sockstat6, "TCP:"), None);
+    }
 
     #[test]
     fn listeners_are_read_from_proc_net_tables() {

@@ -6,13 +6,16 @@
 //!            PinDir::mount ─> Node::open_or_load(cgroup) ─> PodNetns::set_up ─> Node::apply
 //! check:     Node::open ─> Node::enrollment
 //! uninstall: Node::unenroll, and ::6 off lo with IPv6
+//! install_pod: install, plus Node::set_metadata (capture-cni's ADD: container id, ifname, pod)
+//! collect:   node lock ─> Node::unenroll_unless(attachment kept) ─> Node::gc   (CNI GC)
+//! forget:    node lock ─> Node::unenroll_unless(not this attachment)          (CNI DEL, netns gone)
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use capture_core::{ApplyOptions, Backend, BackendError, CaptureSpec, Change, Outcome, Step};
 
-use crate::{AttachedCgroup, Enrollment, Error, MapPlan, NetnsCookie, Node, PinDir, PodNetns};
+use crate::{AttachedCgroup, Enrollment, Error, MapPlan, NetnsCookie, Node, PinDir, PodMetadata, PodNetns};
 
 /// Why an eBPF run failed, worded with the front end's commands that fix it.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,15 @@ fn bpffs_of(pin_dir: &Path) -> &Path {
     pin_dir.parent().unwrap_or(pin_dir)
 }
 
+/// What CNI GC ([`Ebpf::collect`]) unenrolled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Pods whose attachment the runtime no longer names, with what was recorded for them.
+    pub unattached: Vec<(NetnsCookie, PodMetadata)>,
+    /// Pods whose network namespace is gone.
+    pub gone: Vec<NetnsCookie>,
+}
+
 /// The eBPF backend: the node's programs under `pins`, acting on `cgroup`.
 #[derive(Debug, Clone)]
 pub struct Ebpf {
@@ -172,7 +184,52 @@ impl Ebpf {
         Ok((node, loaded))
     }
 
-    fn enroll(&self, plan: &MapPlan) -> Result<Outcome, Failure> {
+    /// [`Backend::install`] for a pod enrolled by a CNI plugin: the pod's [`PodMetadata`] is
+    /// recorded with its enrollment ([`Node::set_metadata`]), so that CNI GC
+    /// ([`Ebpf::collect`]) finds it by its attachment. Call it in the pod's network namespace.
+    ///
+    /// # Errors
+    /// As [`Backend::install`], and [`Error::MetadataTooLong`] before anything is changed.
+    pub fn install_pod(&self, spec: &CaptureSpec, meta: &PodMetadata) -> Result<Outcome, BackendError> {
+        let plan = Ebpf::plan(spec)?;
+        meta.to_value()?;
+        Ok(self.enroll(&plan, Some(meta))?)
+    }
+
+    /// CNI GC: unenrolls every pod a CNI plugin enrolled ([`Ebpf::install_pod`]) whose
+    /// attachment `keep` does not keep, then every pod whose network namespace is gone
+    /// ([`Node::gc`]). `None` when the programs are not loaded (nothing to collect).
+    ///
+    /// # Errors
+    /// When the node lock cannot be taken or the maps read or written.
+    pub fn collect(&self, keep: impl Fn(&PodMetadata) -> bool) -> Result<Option<Collected>, Failure> {
+        if !self.pins.is_loaded() {
+            return Ok(None);
+        }
+        let _lock = self.pins.lock()?;
+        let mut node = Node::open(&self.pins)?;
+        let unattached = node.unenroll_unless(keep)?;
+        let gone = node.gc()?;
+        Ok(Some(Collected { unattached, gone }))
+    }
+
+    /// CNI DEL without the pod's namespace: unenrolls the pods recorded
+    /// ([`Ebpf::install_pod`]) for the attachment `container_id`, `ifname`. `None` when none
+    /// is, or the programs are not loaded.
+    ///
+    /// # Errors
+    /// When the node lock cannot be taken or the maps read or written.
+    pub fn forget(&self, container_id: &str, ifname: &str) -> Result<Option<Vec<NetnsCookie>>, Failure> {
+        if !self.pins.is_loaded() {
+            return Ok(None);
+        }
+        let _lock = self.pins.lock()?;
+        let mut node = Node::open(&self.pins)?;
+        let removed = node.unenroll_unless(|m| m.container_id != container_id || m.ifname != ifname)?;
+        Ok((!removed.is_empty()).then(|| removed.into_iter().map(|(cookie, _)| cookie).collect()))
+    }
+
+    fn enroll(&self, plan: &MapPlan, meta: Option<&PodMetadata>) -> Result<Outcome, Failure> {
         if !self.load_if_absent && !self.pins.is_loaded() {
             return Err(Failure::NotLoaded {
                 pin_dir: self.pins.path().to_owned(),
@@ -184,6 +241,15 @@ impl Ebpf {
         let (mut node, loaded) = self.open_or_load()?;
         let pod = PodNetns::set_up(plan)?;
         let change = node.apply(&pod, plan)?;
+        if let Some(meta) = meta
+            && let Err(e) = node.set_metadata(pod.cookie, meta)
+        {
+            // A pod enrolled by this call is not left enrolled without its metadata.
+            if change == Change::Applied {
+                let _ = node.unenroll(pod.cookie);
+            }
+            return Err(e.into());
+        }
         let mut steps: Vec<Step> = loaded.into_iter().collect();
         steps.push(Step {
             change,
@@ -284,7 +350,7 @@ impl Backend for Ebpf {
     fn install(&self, spec: &CaptureSpec, _options: ApplyOptions) -> Result<Outcome, BackendError> {
         // Plan first: a flag the eBPF backend refuses fails before anything is loaded.
         let plan = Ebpf::plan(spec)?;
-        Ok(self.enroll(&plan)?)
+        Ok(self.enroll(&plan, None)?)
     }
 
     fn check(&self, spec: &CaptureSpec) -> Result<Vec<String>, BackendError> {

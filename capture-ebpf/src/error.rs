@@ -129,6 +129,16 @@ pub enum Error {
         #[source]
         source: MapError,
     },
+    /// A text of a pod's metadata does not fit its field of the map value.
+    #[error("{field} {value:?} is {} bytes, more than the {max} the eBPF pod metadata holds", value.len())]
+    MetadataTooLong {
+        /// Which text.
+        field: &'static str,
+        /// The text.
+        value: String,
+        /// The field's capacity in bytes.
+        max: usize,
+    },
     /// Pinning a link or map failed.
     #[error("pinning {path} failed")]
     Pin {

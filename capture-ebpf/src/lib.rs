@@ -45,6 +45,7 @@
 //! |---|---|
 //! | `backend` | [`Ebpf`]: capture-core's `Backend` seam (install, check, uninstall) |
 //! | `maps` | [`MapPlan`]: the spec as map contents (pure) |
+//! | `meta` | [`PodMetadata`]: who enrolled a pod (CNI container id, interface, pod name) |
 //! | `owners` | [`resolve_owners`]: names to ids before planning |
 //! | `node` | [`Node`]: load, open, enroll, read back, unload |
 //! | `pin_dir` | [`PinDir`]: the pin layout and the node lock; [`unload`] |
@@ -60,6 +61,7 @@ mod bpffs;
 mod cgroup;
 mod error;
 mod maps;
+mod meta;
 mod netns;
 mod node;
 mod owners;
@@ -67,13 +69,14 @@ mod pin_dir;
 mod probe;
 mod sys;
 
-pub use backend::{Ebpf, Failure, Target};
+pub use backend::{Collected, Ebpf, Failure, Target};
 pub use bpffs::{is_bpffs, mount_bpffs};
 pub use cgroup::{AttachedCgroup, Attachment, CgroupId, cgroup2_root};
 pub use error::Error;
 pub use maps::{MapEntries, MapPlan, PortPrefix};
+pub use meta::PodMetadata;
 pub use netns::{NetnsCookie, PodNetns};
-pub use node::{Change, Enrollment, MapUsage, Node, Stats, Upgrade};
+pub use node::{Change, Enrollment, MapUsage, NetnsLink, Node, Stats, Upgrade};
 pub use owners::resolve_owners;
 pub use pin_dir::{NodeLock, PinDir, unload};
 pub use probe::probe;

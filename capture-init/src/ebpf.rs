@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use capture_ebpf::{Ebpf, Failure, MapPlan, Node, PinDir};
+use capture_ebpf::{Ebpf, Failure, MapPlan, NetnsLink, Node, PinDir};
 
 use crate::cli::{Args, DEFAULT_BPFFS, NodeArgs, NodeCommand};
 
@@ -165,6 +165,7 @@ fn pods(bpffs: &Path) -> Result<(), Failure> {
     if pods.is_empty() {
         eprintln!("capture-init: no pod is enrolled");
     }
+    let listeners = node.inbound_listeners()?;
     for (cookie, _) in pods {
         // A pod unenrolled since the listing is skipped.
         let Some(entries) = node.enrolled(cookie)? else {
@@ -174,6 +175,41 @@ fn pods(bpffs: &Path) -> Result<(), Failure> {
             "netns-cookie {} generation {}",
             cookie.0, entries.config.generation
         );
+        let meta = node.metadata(cookie)?;
+        let path = meta
+            .as_ref()
+            .and_then(|m| m.netns_path.as_ref())
+            .map(|p| format!(" path {}", p.display()))
+            .unwrap_or_default();
+        match node.netns_link(cookie)? {
+            NetnsLink::Attached { inode } => println!("  netns inode {inode}{path}"),
+            NetnsLink::Gone => println!("  netns gone{path} (capture-init ebpf gc reclaims the pod)"),
+            NetnsLink::NotPinned => println!("  netns unknown{path} (no sk_lookup link pinned)"),
+        }
+        if let Some(meta) = &meta {
+            println!(
+                "  cni container {} ifname {} pod {}",
+                meta.container_id,
+                meta.ifname,
+                meta.pod()
+            );
+        }
+        let families: Vec<&str> = listeners
+            .iter()
+            .filter(|(c, _)| *c == cookie)
+            .map(|(_, family)| {
+                if *family == libc::AF_INET6 as u16 {
+                    "ipv6"
+                } else {
+                    "ipv4"
+                }
+            })
+            .collect();
+        if families.is_empty() {
+            println!("  inbound listener none recorded");
+        } else {
+            println!("  inbound listener {}", families.join(" "));
+        }
         for line in MapPlan::from_entries(&entries).to_string().lines() {
             println!("  {line}");
         }

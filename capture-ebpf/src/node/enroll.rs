@@ -331,7 +331,7 @@ impl Node {
 
     /// Stops capturing a pod's connections and removes its entries: its configuration first
     /// (every program then leaves the pod alone), then its `sk_lookup` link, its owner, port
-    /// and CIDR entries and its recorded inbound listeners. Returns whether it was enrolled.
+    /// and CIDR entries, its recorded inbound listeners and its metadata. Returns whether it was enrolled.
     /// Works from any network namespace, also after the pod's is gone.
     ///
     /// # Errors
@@ -344,7 +344,7 @@ impl Node {
     /// [`Node::unenroll`] of several pods, their entries removed in one pass over each map
     /// (a pass over a full LPM trie costs as much for one pod as for many). Says per pod
     /// whether it was enrolled.
-    fn unenroll_all(&mut self, cookies: &[NetnsCookie]) -> Result<Vec<bool>, Error> {
+    pub(super) fn unenroll_all(&mut self, cookies: &[NetnsCookie]) -> Result<Vec<bool>, Error> {
         let mut enrolled = Vec::with_capacity(cookies.len());
         for &cookie in cookies {
             enrolled.push(match self.pod_config.remove(&cookie.0) {
@@ -378,6 +378,7 @@ impl Node {
             }
             ignore_missing(self.pod_stats.remove(&cookie.0)).map_err(map_error(POD_STATS, "remove"))?;
         }
+        self.remove_metadata(cookies)?;
         Ok(enrolled)
     }
 
@@ -385,7 +386,7 @@ impl Node {
     /// or CNI DEL): the kernel detaches a pod's `sk_lookup` link when its namespace goes, so a
     /// pinned link attached to no namespace marks the pod's entries as garbage. Returns the
     /// reclaimed pods. A pod whose link pin is missing is left alone (its namespace cannot be
-    /// told), and reported by [`Node::unverifiable`].
+    /// told), and reported by [`Node::unverifiable`]. Metadata of pods not enrolled goes too.
     ///
     /// # Errors
     /// When the maps or a link cannot be read or the entries removed.
@@ -399,6 +400,7 @@ impl Node {
         if !gone.is_empty() {
             self.unenroll_all(&gone)?;
         }
+        self.remove_orphan_metadata()?;
         Ok(gone)
     }
 
@@ -419,7 +421,7 @@ impl Node {
 
     /// The inode of the network namespace a pod's `sk_lookup` link is attached to: `None` when
     /// the link pin is missing, `Some(None)` when the link is attached to no namespace (gone).
-    fn netns_of(&self, cookie: NetnsCookie) -> Result<Option<Option<u32>>, Error> {
+    pub(super) fn netns_of(&self, cookie: NetnsCookie) -> Result<Option<Option<u32>>, Error> {
         let path = self.pins.inbound_link(cookie);
         let link = match crate::sys::obj_get(&path) {
             Ok(link) => link,

@@ -26,8 +26,10 @@
 //! | `enroll` | [`Node::apply`], [`Node::enroll`], [`Node::unenroll`], inbound listeners |
 //! | `state` | reading the maps back: enrolled pods, their entries, counters |
 //! | `upgrade` | [`Node::upgrade`]: new programs on the existing links, maps kept or migrated |
+//! | `meta` | who enrolled a pod ([`PodMetadata`](crate::PodMetadata)), CNI GC, entry counts |
 
 mod enroll;
+mod meta;
 mod state;
 mod upgrade;
 
@@ -42,10 +44,11 @@ use aya::programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, SkLookup, SockOps
 pub use capture_core::Change;
 use capture_ebpf_common::{
     CIDRS, CidrKey, INBOUND_LISTENERS, LAYOUT, LAYOUT_VERSION, ListenerKey, MAP_NAMES, ORIG_BY_COOKIE,
-    ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, POD_STATS, PORTS, PairKey, PodConfig, PodStats,
-    PortKey, STATS, programs,
+    ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, POD_META, POD_STATS, PORTS, PairKey, PodConfig,
+    PodMeta, PodStats, PortKey, STATS, programs,
 };
 pub use enroll::Enrollment;
+pub use meta::NetnsLink;
 pub use state::{MapUsage, Stats};
 pub use upgrade::Upgrade;
 
@@ -139,6 +142,7 @@ pub struct Node {
     stats: PerCpuArray<MapData, u64>,
     inbound_listeners: SockHash<MapData, ListenerKey>,
     pod_stats: PerCpuHashMap<MapData, u64, PodStats>,
+    pod_meta: HashMap<MapData, u64, PodMeta>,
 }
 
 impl std::fmt::Debug for Node {
@@ -292,6 +296,7 @@ impl Node {
             inbound_listeners: SockHash::try_from(open(INBOUND_LISTENERS)?)
                 .map_err(|e| typed(INBOUND_LISTENERS, e))?,
             pod_stats: PerCpuHashMap::try_from(open(POD_STATS)?).map_err(|e| typed(POD_STATS, e))?,
+            pod_meta: HashMap::try_from(open(POD_META)?).map_err(|e| typed(POD_META, e))?,
         })
     }
 

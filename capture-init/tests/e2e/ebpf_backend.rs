@@ -508,3 +508,73 @@ fn ebpf_bpffs_is_mounted_only_when_asked() {
         nix::mount::umount(dir.path()).expect("unmount the bpffs --mount-bpffs made");
     });
 }
+
+/// `ebpf pods` says per pod where its network namespace is (inode, and the path the runtime gave
+/// when a CNI plugin enrolled it), who enrolled it (the CNI container id, interface and pod
+/// namespace/name, for a pod capture-cni's ADD enrolled through `Ebpf::install_pod`), and whether
+/// an inbound listener is recorded, before the configuration.
+#[test]
+fn ebpf_pods_shows_the_netns_the_cni_attachment_and_the_inbound_listener() {
+    use std::os::unix::fs::MetadataExt as _;
+
+    ebpf_row(|| {
+        let world = ebpf::child_world().expect("inside ebpf_row");
+        let by_init = Topology::new();
+        CaptureInit::new(&by_init.pod, Backend::Ebpf, Family::V4)
+            .run()
+            .ok()
+            .says("eBPF capture applied");
+        // What capture-cni's ADD does in the pod's namespace.
+        let by_cni = Topology::new();
+        let backend = capture_ebpf::Ebpf {
+            pins: capture_ebpf::PinDir::new(&world.bpffs),
+            cgroup: Some(world.cgroup.clone()),
+            unload_command: "capture-init ebpf unload",
+            load_if_absent: false,
+            mount_bpffs: false,
+        };
+        let meta = capture_ebpf::PodMetadata {
+            container_id: "c0ffee0123".into(),
+            ifname: "eth0".into(),
+            pod_namespace: Some("shop".into()),
+            pod_name: Some("cart-1".into()),
+            netns_path: Some(by_cni.pod.path().to_owned()),
+        };
+        let mut spec = capture_core::CaptureSpec::sidecar();
+        spec.ipv6 = false;
+        let ns = capture_core::host::NetNs::open(by_cni.pod.path()).expect("open the pod's netns");
+        ns.run::<_, capture_ebpf::Error>(|| {
+            Ok(backend
+                .install_pod(&spec, &meta)
+                .map_err(|e| capture_core::chain(&*e)))
+        })
+        .expect("enter the pod")
+        .expect("enroll the pod as capture-cni does");
+        let _inbound = crate::support::inbound_proxy(&by_cni, Family::V4);
+
+        let pods = ebpf_pods().ok().stdout.clone();
+        let inode = |ns: &NetNs| fs::metadata(ns.path()).expect("stat the netns").ino();
+        let cni_block = format!(
+            "  netns inode {} path {}\n  cni container c0ffee0123 ifname eth0 pod shop/cart-1\n  inbound listener ipv4\n  POD_CONFIG ",
+            inode(&by_cni.pod),
+            by_cni.pod.path().display()
+        );
+        assert!(pods.contains(&cni_block), "{cni_block}\nnot in\n{pods}");
+        let init_block = format!(
+            "  netns inode {}\n  inbound listener none recorded\n  POD_CONFIG ",
+            inode(&by_init.pod)
+        );
+        assert!(pods.contains(&init_block), "{init_block}\nnot in\n{pods}");
+        assert_eq!(pods.matches("cni container").count(), 1, "{pods}");
+
+        CaptureInit::new(&by_init.pod, Backend::Ebpf, Family::V4)
+            .switch("--cleanup-only")
+            .run()
+            .ok();
+        ns.run::<_, capture_ebpf::Error>(|| {
+            Ok(capture_core::Backend::uninstall(&backend, &spec).map_err(|e| capture_core::chain(&*e)))
+        })
+        .expect("enter the pod")
+        .expect("unenroll the pod");
+    });
+}

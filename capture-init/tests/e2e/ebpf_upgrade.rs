@@ -185,8 +185,8 @@ fn ebpf_upgrade_refuses_a_map_it_cannot_carry_over_and_changes_nothing() {
 }
 
 /// A node loaded by the previous release (map layout v1: no `POD_STATS`, an 8-slot `STATS`, no
-/// DNS hooks) is upgraded in place: the enrolled pod stays captured, the hooks v2 added are
-/// attached, `POD_STATS` is created (with the pod's entry), `STATS` is migrated with its
+/// POD_META, no DNS hooks) is upgraded in place: the enrolled pod stays captured, the hooks v2 added are
+/// attached, `POD_STATS` and `POD_META` are created (with the pod's counters), `STATS` is migrated with its
 /// entries, and the layout becomes v2. Before the upgrade, enrolling refuses the old pins and
 /// names the upgrade. The v1 node is made from a v2 one by taking away what v2 added.
 #[test]
@@ -209,7 +209,9 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_v2() {
             bpftool(&["link", "detach", "pinned", &pin.display().to_string()]);
             std::fs::remove_file(&pin).expect("remove a v2 link pin");
         }
-        std::fs::remove_file(pin_dir.join("maps/POD_STATS")).expect("remove POD_STATS");
+        for map in ["POD_STATS", "POD_META"] {
+            std::fs::remove_file(pin_dir.join("maps").join(map)).expect("remove a v2 map");
+        }
         let stats = pin_dir.join("maps/STATS").display().to_string();
         std::fs::remove_file(&stats).expect("remove STATS");
         bpftool(&[
@@ -245,7 +247,7 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_v2() {
             .ok()
             .says("programs replaced on 6 cgroup hooks and for 1 pods")
             .says("programs attached to new hooks: capture_sendmsg4, capture_sendmsg6, capture_recvmsg4, capture_recvmsg6, capture_sock_release")
-            .says("maps created: POD_STATS")
+            .says("maps created: POD_STATS, POD_META")
             .says("map STATS resized, 8 entries carried over")
             .says("map layout v1 -> v2");
         assert_eq!(attached_ids().len(), 11);
