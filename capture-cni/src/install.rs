@@ -24,7 +24,8 @@
 //!
 //! **Staying on one file.** [`Installer`] remembers the file it chained into and keeps to it
 //! while it exists: while the primary plugin rewrites it (briefly partial or invalid) the pass
-//! fails and is retried, rather than chaining into the next file in the directory. `uninstall`
+//! fails and is retried, rather than chaining into the next file in the directory. Only a
+//! valid file that sorts before it (which the runtime would now use) takes over. `uninstall`
 //! removes our entry from every file in the directory that has one.
 //!
 //! **Where this differs from Istio's installer** (`cni/pkg/install`, fixtures in
@@ -414,9 +415,9 @@ impl Installer {
         self.file.as_deref()
     }
 
-    /// The file to chain into and its content: `conf_file`, else the file of the last pass
-    /// while it exists (an invalid one is an error to retry, not a reason to move on), else
-    /// the primary configuration.
+    /// The file to chain into and its content: `conf_file`, else the primary configuration,
+    /// except that while the file of the last pass exists, a later file is never taken (that
+    /// file being invalid is an error to retry: the primary plugin is rewriting it).
     fn locate(&self) -> Result<(PathBuf, NetworkConfig), InstallError> {
         let opts = &self.opts;
         if let Some(name) = &opts.conf_file {
@@ -428,25 +429,25 @@ impl Installer {
             })?;
             return Ok((path, config));
         }
-        if let Some(path) = &self.file
-            && fs::symlink_metadata(path).is_ok()
+        let primary = primary_config(&opts.conf_dir)?;
+        if let Some(file) = &self.file
+            && fs::symlink_metadata(file).is_ok()
         {
-            match read_config(path, true) {
-                Ok(Some(config)) => return Ok((path.clone(), config)),
-                Ok(None) => {
+            // The runtime uses the first valid file: one before ours takes over; the first
+            // valid one being after ours means ours is not valid right now.
+            match primary {
+                Some((path, config)) if path <= *file => return Ok((path, config)),
+                _ => {
                     return Err(InstallError::Invalid {
-                        path: path.clone(),
+                        path: file.clone(),
                         reason: "not a valid network configuration now (being rewritten?); \
-                                 retrying this file, not moving to another"
+                                 retrying this file, not moving to a later one"
                             .into(),
                     });
                 }
-                // Removed since: look again.
-                Err(InstallError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
             }
         }
-        primary_config(&opts.conf_dir)?.ok_or_else(|| InstallError::NoPrimary {
+        primary.ok_or_else(|| InstallError::NoPrimary {
             dir: opts.conf_dir.clone(),
         })
     }

@@ -466,13 +466,8 @@ fn the_library_refuses_settings_add_would_refuse() {
     let mut plugin_config = Map::new();
     plugin_config.insert("capture".into(), json!({"inbound_port": "x"}));
     let opts = install::InstallOptions {
-        conf_dir: conf.clone(),
-        bin_dir: bin.clone(),
-        binary: BIN.into(),
-        conf_file: None,
         plugin_config,
-        remove_istio_cni: false,
-        allow_istio_cni: false,
+        ..options(&conf, &bin)
     };
     let e = install::install(&opts).unwrap_err();
     assert!(e.to_string().contains("capture.inbound_port"), "{e}");
@@ -553,6 +548,58 @@ fn watch_keeps_to_its_file_while_the_primary_plugin_rewrites_it() {
     let (code, stderr) = watcher.terminate();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("retrying"), "{stderr}");
+}
+
+fn options(conf: &Path, bin: &Path) -> install::InstallOptions {
+    install::InstallOptions {
+        conf_dir: conf.to_owned(),
+        bin_dir: bin.to_owned(),
+        binary: BIN.into(),
+        conf_file: None,
+        plugin_config: Map::new(),
+        remove_istio_cni: false,
+        allow_istio_cni: false,
+    }
+}
+
+/// Item 2, pass by pass: the installer keeps to its file while it is invalid (an error to
+/// retry), and moves only to a valid file that sorts before it (the runtime's new primary).
+#[test]
+fn the_installer_keeps_to_its_file_and_moves_only_to_an_earlier_one() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    let (b, c) = (conf.join("10-b.conflist"), conf.join("20-c.conflist"));
+    std::fs::write(&b, LIST_A).unwrap();
+    std::fs::write(&c, LIST_B).unwrap();
+    let mut installer = install::Installer::new(options(&conf, &bin));
+    installer.install().unwrap();
+    assert_eq!(installer.file(), Some(b.as_path()));
+
+    std::fs::write(&b, &LIST_A[..30]).unwrap();
+    let e = installer.install().unwrap_err().to_string();
+    assert!(e.contains("10-b.conflist") && e.contains("retrying"), "{e}");
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), LIST_B, "not moved to 20-c");
+    std::fs::write(&b, LIST_A).unwrap();
+    let report = installer.install().unwrap();
+    assert_eq!(report.conf_file, Some((b.clone(), true)));
+
+    let a = conf.join("05-a.conflist");
+    std::fs::write(&a, LIST_B).unwrap();
+    let report = installer.install().unwrap();
+    assert_eq!(
+        report.conf_file,
+        Some((a.clone(), true)),
+        "an earlier file takes over"
+    );
+    assert_eq!(installer.file(), Some(a.as_path()));
+    std::fs::remove_file(&a).unwrap();
+    let report = installer.install().unwrap();
+    assert_eq!(
+        report.conf_file,
+        Some((b.clone(), false)),
+        "gone: the primary again"
+    );
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), LIST_B);
 }
 
 /// Item 2: uninstall removes our entry from every file that has one (a watcher may have
