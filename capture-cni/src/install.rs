@@ -334,7 +334,8 @@ pub fn primary_config(conf_dir: &Path) -> Result<Option<(PathBuf, NetworkConfig)
     Ok(None)
 }
 
-/// The file a write to `path` changes: `path`, or the file a symlink at `path` leads to.
+/// The file a write to `path` changes: `path`, or the file a symlink at `path` leads to (a
+/// configuration is edited through its link; the binary is not: a link there is replaced).
 fn through_links(path: &Path) -> Result<PathBuf, InstallError> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => {
@@ -345,10 +346,8 @@ fn through_links(path: &Path) -> Result<PathBuf, InstallError> {
 }
 
 /// Writes `bytes` to `path` atomically with `mode`, unless the file already holds exactly
-/// them. A symlink is written through: its target is replaced in its own directory. Returns
-/// whether it wrote.
+/// them. Returns whether it wrote.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, InstallError> {
-    let path = &through_links(path)?;
     if fs::read(path).is_ok_and(|old| old == bytes) {
         // Same content; make sure the mode is right too.
         let perm = fs::metadata(path).map_err(io_err("stat", path))?.permissions();
@@ -485,7 +484,7 @@ impl Installer {
         } else {
             path.clone()
         };
-        let changed = write_atomic(&target, render(&doc).as_bytes(), CONF_MODE)?;
+        let changed = write_atomic(&through_links(&target)?, render(&doc).as_bytes(), CONF_MODE)?;
         if target != path {
             fs::remove_file(&path).map_err(io_err("remove", &path))?;
         }
@@ -532,7 +531,7 @@ pub fn uninstall(
         };
         let (doc, changed) = remove_entry(&config);
         if changed {
-            write_atomic(&path, render(&doc).as_bytes(), CONF_MODE)?;
+            write_atomic(&through_links(&path)?, render(&doc).as_bytes(), CONF_MODE)?;
             report.removed_from.push(path);
         }
     }
