@@ -22,7 +22,10 @@ the plugin on a node and take it off again.";
 const INSTALL_LONG_ABOUT: &str = "\
 Copy this binary to BIN-DIR/capture-cni (0755) and chain the plugin last into the node's primary \
 network configuration: the lexically first valid .conf/.conflist in CONF-DIR, or CONF-DIR/NAME. A \
-.conf becomes a .conflist. Writes are atomic (0600); a second run changes nothing. The settings are checked as the plugin will read them before anything is written. With --watch it keeps to the file it chained into, and on SIGTERM/SIGINT removes its entry and the binary (unless --keep-on-exit).";
+.conf becomes a .conflist. Writes are atomic (0600); a second run changes nothing. The settings \
+are checked as the plugin will read them before anything is written. With --watch it keeps to the \
+file it chained into, and on SIGTERM/SIGINT removes its entry and the binary (unless \
+--keep-on-exit).";
 
 /// The command line of the installer.
 #[derive(Debug, Parser)]
