@@ -73,9 +73,21 @@ pub struct Args {
     /// Chain into this file of --cni-conf-dir instead of the detected primary configuration.
     #[arg(long, env = "CAPTURE_AGENT_CNI_CONF_FILE", value_name = "NAME")]
     pub cni_conf_file: Option<String>,
-    /// Also remove istio-cni entries (two capture plugins must not both run).
-    #[arg(long, env = "CAPTURE_AGENT_CNI_REMOVE_ISTIO_CNI")]
+    /// Remove istio-cni entries (two capture plugins must not both run); without this or
+    /// --cni-allow-istio-cni a configuration with one is refused.
+    #[arg(
+        long,
+        env = "CAPTURE_AGENT_CNI_REMOVE_ISTIO_CNI",
+        conflicts_with = "cni_allow_istio_cni"
+    )]
     pub cni_remove_istio_cni: bool,
+    /// Chain next to an istio-cni entry, with a warning (capture-cni install --allow-istio-cni).
+    #[arg(long, env = "CAPTURE_AGENT_CNI_ALLOW_ISTIO_CNI")]
+    pub cni_allow_istio_cni: bool,
+    /// On SIGTERM/SIGINT leave the CNI plugin installed (for upgrades: the next agent takes
+    /// over); by default the entry and the binary are removed.
+    #[arg(long, env = "CAPTURE_AGENT_CNI_KEEP_ON_EXIT")]
+    pub cni_keep_on_exit: bool,
     /// How often the CNI entry is checked and re-inserted, in seconds.
     #[arg(long, env = "CAPTURE_AGENT_CNI_INTERVAL", value_name = "SECS", default_value = "2", value_parser = positive_secs)]
     pub cni_interval: Duration,

@@ -5,7 +5,8 @@
 //!       ─> Node::upgrade when programs are pinned (older ones replaced on their links, pods captured)
 //!       ─> Ebpf::open_or_load (load and attach once per node, or reuse the pins; other layouts refused)
 //!       ─> tasks: gc (start, inotify on --netns-dir, every --gc-interval), CNI installer (--cni-conf-dir)
-//! SIGTERM/SIGINT ─> exit 0, nothing unloaded: pods stay captured across a restart or upgrade
+//! SIGTERM/SIGINT ─> exit 0, nothing unloaded: pods stay captured across a restart or upgrade;
+//!                   the CNI plugin is removed unless --cni-keep-on-exit
 //! ```
 //!
 //! | module | what |
@@ -28,6 +29,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use capture_cni::install::Installer;
 use capture_ebpf::{Ebpf, Failure, Node, PinDir};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -119,12 +121,28 @@ async fn run(args: Args) -> Result<(), StartError> {
         args.netns_dirs.clone(),
         args.gc_interval,
     ));
-    if let Some(opts) = cni {
-        tokio::spawn(install::run(Arc::clone(&agent), opts, args.cni_interval));
-    }
+    let cni = cni.map(|opts| {
+        let installer = install::Shared::new(std::sync::Mutex::new(Installer::new(opts)));
+        let task = tokio::spawn(install::run(
+            Arc::clone(&agent),
+            Arc::clone(&installer),
+            args.cni_interval,
+        ));
+        (installer, task)
+    });
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: exiting, the programs stay loaded"),
         _ = int.recv() => tracing::info!("SIGINT: exiting, the programs stay loaded"),
+    }
+    if let Some((installer, task)) = cni {
+        task.abort();
+        // Cancelled at its next await: no pass starts after this.
+        let _ = task.await;
+        if args.cni_keep_on_exit {
+            tracing::info!("the CNI plugin stays installed (--cni-keep-on-exit)");
+        } else {
+            install::remove(installer).await;
+        }
     }
     Ok(())
 }

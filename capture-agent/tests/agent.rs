@@ -155,6 +155,16 @@ impl Agent {
 
     /// Sends SIGTERM and waits (at most 10 s) for the exit.
     fn terminate(mut self) -> ExitStatus {
+        self.term()
+    }
+
+    /// [`Agent::terminate`], and what the agent logged up to its exit.
+    fn terminate_logged(mut self) -> (ExitStatus, String) {
+        let status = self.term();
+        (status, self.log())
+    }
+
+    fn term(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
@@ -599,6 +609,58 @@ fn agent_is_ready_only_once_the_cni_plugin_is_chained() {
         let chained = std::fs::read_to_string(conf.join("10-bridge.conflist")).expect("read");
         assert!(chained.contains("\"type\": \"capture-cni\""), "{chained}");
         assert!(bin.join("capture-cni").is_file());
+    });
+}
+
+/// On SIGTERM the agent removes the plugin's entry and binary (it is the node's installer);
+/// with `--cni-keep-on-exit` (upgrades: the next agent takes over) it leaves both.
+#[test]
+fn agent_removes_the_cni_plugin_on_sigterm_unless_kept() {
+    agent_row(|world| {
+        let dirs = TempDir::new("agent-cni");
+        let (conf, bin) = (dirs.path().join("net.d"), dirs.path().join("bin"));
+        std::fs::create_dir_all(&conf).expect("conf dir");
+        let plugin = dirs.file("capture-cni", "#!/bin/sh\n");
+        let list = conf.join("10-bridge.conflist");
+        std::fs::write(
+            &list,
+            r#"{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"}]}"#,
+        )
+        .expect("write the primary configuration");
+        let chained = || {
+            std::fs::read_to_string(&list)
+                .expect("read")
+                .contains("\"type\": \"capture-cni\"")
+        };
+        let flags = |keep: bool| {
+            let mut flags = vec![
+                "--cni-conf-dir",
+                path(&conf),
+                "--cni-bin-dir",
+                path(&bin),
+                "--cni-plugin",
+                path(&plugin),
+                "--cni-interval",
+                "1",
+            ];
+            if keep {
+                flags.push("--cni-keep-on-exit");
+            }
+            flags
+        };
+        let mut kept = Agent::start(world, 3600, &flags(true));
+        kept.wait_ready();
+        assert!(chained() && bin.join("capture-cni").is_file());
+        assert_eq!(kept.terminate().code(), Some(0));
+        assert!(chained(), "--cni-keep-on-exit leaves the entry");
+        assert!(bin.join("capture-cni").is_file(), "and the binary");
+
+        let mut agent = Agent::start(world, 3600, &flags(false));
+        agent.wait_ready();
+        let (status, log) = agent.terminate_logged();
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert!(!chained(), "entry removed: {log}");
+        assert!(!bin.join("capture-cni").exists(), "binary removed: {log}");
     });
 }
 

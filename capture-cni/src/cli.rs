@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
-use crate::install::{self, InstallError, InstallOptions};
+use crate::install::{self, InstallError, InstallOptions, Installer};
 use crate::plugin;
 
 const LONG_ABOUT: &str = "\
@@ -22,7 +22,10 @@ the plugin on a node and take it off again.";
 const INSTALL_LONG_ABOUT: &str = "\
 Copy this binary to BIN-DIR/capture-cni (0755) and chain the plugin last into the node's primary \
 network configuration: the lexically first valid .conf/.conflist in CONF-DIR, or CONF-DIR/NAME. A \
-.conf becomes a .conflist. Writes are atomic; a second run changes nothing.";
+.conf becomes a .conflist. Writes are atomic (0600); a second run changes nothing. The settings \
+are checked as the plugin will read them before anything is written. With --watch it keeps to the \
+file it chained into, and on SIGTERM/SIGINT removes its entry and the binary (unless \
+--keep-on-exit).";
 
 /// The command line of the installer.
 #[derive(Debug, Parser)]
@@ -45,7 +48,7 @@ enum Command {
     /// network configuration
     #[command(long_about = INSTALL_LONG_ABOUT, args_override_self = true)]
     Install(Install),
-    /// Remove exactly the capture-cni entry and the binary
+    /// Remove the capture-cni entry from every configuration that has one, then the binary
     #[command(args_override_self = true)]
     Uninstall(Location),
 }
@@ -73,13 +76,23 @@ struct Install {
     /// pod_selection, plugin_log_level, log_file, capture).
     #[arg(long, value_name = "FILE")]
     plugin_config: Option<PathBuf>,
-    /// Also remove an istio-cni entry (when migrating from Istio's plugin).
-    #[arg(long)]
+    /// Remove an istio-cni entry (when migrating from Istio's plugin); without this or
+    /// --allow-istio-cni a configuration with one is refused.
+    #[arg(long, conflicts_with = "allow_istio_cni")]
     remove_istio_cni: bool,
+    /// Chain next to an istio-cni entry (with a warning): two capture plugins in one chain
+    /// fight over the pod's traffic.
+    #[arg(long)]
+    allow_istio_cni: bool,
     /// Keep running and re-install whenever the configuration loses the entry (e.g. when the
-    /// primary plugin rewrites it); exits on SIGTERM/SIGINT.
+    /// primary plugin rewrites it); on SIGTERM/SIGINT remove the entry and the binary, and
+    /// exit.
     #[arg(long)]
     watch: bool,
+    /// With --watch: on SIGTERM/SIGINT leave the plugin installed (for upgrades, when the
+    /// next installer takes over).
+    #[arg(long, requires = "watch")]
+    keep_on_exit: bool,
     /// How often --watch looks, in seconds.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = positive_secs)]
     interval: Duration,
@@ -132,11 +145,7 @@ fn uninstall(location: &Location) -> ExitCode {
     } = location;
     match install::uninstall(conf_dir, bin_dir, conf_file.as_deref()) {
         Ok(report) => {
-            match &report.conf_file {
-                Some((path, true)) => eprintln!("capture-cni: removed from {}", path.display()),
-                Some((path, false)) => eprintln!("capture-cni: not in {}", path.display()),
-                None => eprintln!("capture-cni: no network configuration found"),
-            }
+            print_uninstall(&report, conf_dir);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -146,17 +155,30 @@ fn uninstall(location: &Location) -> ExitCode {
     }
 }
 
+fn print_uninstall(report: &install::UninstallReport, conf_dir: &std::path::Path) {
+    for path in &report.removed_from {
+        eprintln!("capture-cni: removed from {}", path.display());
+    }
+    if report.removed_from.is_empty() {
+        eprintln!("capture-cni: no entry in {}", conf_dir.display());
+    }
+    if report.binary_removed {
+        eprintln!("capture-cni: removed the plugin binary");
+    }
+}
+
 impl Install {
+    /// Exit 1 for every failure: settings, configuration, I/O (usage errors are clap's, 2).
     fn run(&self) -> ExitCode {
         let opts = match self.options() {
             Ok(opts) => opts,
             Err(msg) => {
-                eprintln!("capture-cni: {msg}");
-                return ExitCode::from(2);
+                eprintln!("capture-cni: install failed: {msg}");
+                return ExitCode::FAILURE;
             }
         };
         if !self.watch {
-            return match install_once(&opts) {
+            return match install_once(opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("capture-cni: install failed: {}", capture_core::chain(&e));
@@ -164,7 +186,7 @@ impl Install {
                 }
             };
         }
-        watch(&opts, self.interval)
+        watch(opts, self.interval, self.keep_on_exit)
     }
 
     fn options(&self) -> Result<InstallOptions, String> {
@@ -180,6 +202,10 @@ impl Install {
                 }
             }
         };
+        if let Some(path) = &self.plugin_config {
+            install::check_settings(&plugin_config)
+                .map_err(|e| format!("--plugin-config {}: {e}", path.display()))?;
+        }
         let binary = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
         Ok(InstallOptions {
             conf_dir: self.location.conf_dir.clone(),
@@ -188,16 +214,25 @@ impl Install {
             conf_file: self.location.conf_file.clone(),
             plugin_config,
             remove_istio_cni: self.remove_istio_cni,
+            allow_istio_cni: self.allow_istio_cni,
         })
     }
 }
 
-fn install_once(opts: &InstallOptions) -> Result<(), InstallError> {
-    let report = install::install(opts)?;
+fn print_warnings(report: &install::Report) {
+    for warning in &report.warnings {
+        eprintln!("capture-cni: WARNING: {warning}");
+    }
+}
+
+fn install_once(opts: InstallOptions) -> Result<(), InstallError> {
+    let bin_dir = opts.bin_dir.clone();
+    let report = Installer::new(opts).install()?;
+    print_warnings(&report);
     if report.binary_changed {
         eprintln!(
             "capture-cni: installed {}",
-            opts.bin_dir.join(install::PLUGIN_TYPE).display()
+            bin_dir.join(install::PLUGIN_TYPE).display()
         );
     }
     if let Some((path, changed)) = &report.conf_file {
@@ -213,9 +248,10 @@ extern "C" fn request_stop(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
-/// Re-installs every `interval` until SIGTERM or SIGINT. A missing primary configuration
-/// (the node's network plugin not installed yet) is waited for, not fatal.
-fn watch(opts: &InstallOptions, interval: Duration) -> ExitCode {
+/// Re-installs every `interval` until SIGTERM or SIGINT, keeping to the file it chained into.
+/// A missing primary configuration (the node's network plugin not installed yet) is waited
+/// for, not fatal. On the signal the entry and the binary are removed, unless `keep_on_exit`.
+fn watch(opts: InstallOptions, interval: Duration, keep_on_exit: bool) -> ExitCode {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
     let action = SigAction::new(
         SigHandler::Handler(request_stop),
@@ -228,18 +264,24 @@ fn watch(opts: &InstallOptions, interval: Duration) -> ExitCode {
             eprintln!("capture-cni: cannot handle {signal}: {e}");
         }
     }
+    let mut installer = Installer::new(opts);
     let mut last_error = String::new();
+    let mut last_warnings = Vec::new();
     while !STOP.load(Ordering::Relaxed) {
-        match install::install(opts) {
+        match installer.install() {
             Ok(report) => {
                 last_error.clear();
+                if report.warnings != last_warnings {
+                    print_warnings(&report);
+                    last_warnings.clone_from(&report.warnings);
+                }
                 if let Some((path, true)) = &report.conf_file {
                     eprintln!("capture-cni: chained into {}", path.display());
                 }
                 if report.binary_changed {
                     eprintln!(
                         "capture-cni: installed {}",
-                        opts.bin_dir.join(install::PLUGIN_TYPE).display()
+                        installer.options().bin_dir.join(install::PLUGIN_TYPE).display()
                     );
                 }
             }
@@ -258,6 +300,20 @@ fn watch(opts: &InstallOptions, interval: Duration) -> ExitCode {
             waited += step;
         }
     }
-    eprintln!("capture-cni: stopping; the plugin stays installed (run `capture-cni uninstall` to remove it)");
-    ExitCode::SUCCESS
+    let opts = installer.options();
+    if keep_on_exit {
+        eprintln!("capture-cni: stopping; the plugin stays installed (--keep-on-exit)");
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("capture-cni: stopping; removing the plugin (--keep-on-exit keeps it)");
+    match install::uninstall(&opts.conf_dir, &opts.bin_dir, opts.conf_file.as_deref()) {
+        Ok(report) => {
+            print_uninstall(&report, &opts.conf_dir);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("capture-cni: uninstall failed: {}", capture_core::chain(&e));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -20,6 +20,7 @@
 //! `runtimeConfig`, each GC attachment) must be JSON objects: serde's derived structs would
 //! also take an array and fill the fields by position.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -136,6 +137,44 @@ impl NetConf {
             .filter_map(|ip| ip.get("address")?.as_str())
             .filter_map(|cidr| cidr.split_once('/').map_or(cidr, |(addr, _)| addr).parse().ok())
             .collect()
+    }
+}
+
+impl NetConf {
+    /// The top-level keys the plugin reads, as its derived decoder lists them (renames
+    /// included), so the installer can refuse a key ADD would ignore without a second list.
+    pub fn fields() -> &'static [&'static str] {
+        let fields = Cell::new(&[][..]);
+        // The probe always fails after recording the list; only the list is wanted.
+        let _ = Self::deserialize(FieldProbe(&fields));
+        fields.get()
+    }
+}
+
+/// A deserializer that records the field list a derived struct decoder offers it, then
+/// fails.
+struct FieldProbe<'a>(&'a Cell<&'static [&'static str]>);
+
+impl<'de> Deserializer<'de> for FieldProbe<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.set(fields);
+        Err(de::Error::custom("field names recorded"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
     }
 }
 
@@ -630,6 +669,22 @@ mod tests {
                 .starts_with("capture.ipv6: invalid type: integer `6`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn fields_are_the_decoders_own_names() {
+        let fields = NetConf::fields();
+        for key in [
+            "name",
+            "type",
+            "prevResult",
+            "runtimeConfig",
+            "exclude_namespaces",
+            "capture",
+        ] {
+            assert!(fields.contains(&key), "{key}: {fields:?}");
+        }
+        assert!(!fields.contains(&"plugin_type") && !fields.contains(&"cniVersion"));
     }
 
     #[test]

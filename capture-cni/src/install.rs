@@ -12,8 +12,21 @@
 //! - A single `.conf` becomes a list named and versioned as the conf was
 //!   (`{"cniVersion": <its version>, "name": <its name>, "plugins": [<conf without
 //!   cniVersion>, <ours>]}`), written as `<stem>.conflist`; the `.conf` is then removed.
-//! - The file is written atomically (a temporary file in the same directory, mode 0644, then
-//!   rename) and only when its content changes, so a second run leaves it byte-identical.
+//! - The file is written atomically (a temporary file in the same directory, mode 0600 as
+//!   Istio now writes it, then rename) and only when its content changes, so a second run
+//!   leaves it byte-identical; an existing file of another mode is narrowed to 0600. A
+//!   symlinked configuration is edited through the link: its target is rewritten in the
+//!   target's own directory and the link stays.
+//!
+//! **Nothing is written that would break the node.** Before the binary is copied or a file
+//! touched, the settings are checked as ADD reads them ([`crate::plugin::check_entry`]), and
+//! a list that already chains `istio-cni` is refused unless told what to do with it.
+//!
+//! **Staying on one file.** [`Installer`] remembers the file it chained into and keeps to it
+//! while it exists: while the primary plugin rewrites it (briefly partial or invalid) the pass
+//! fails and is retried, rather than chaining into the next file in the directory. Only a
+//! valid file that sorts before it (which the runtime would now use) takes over. `uninstall`
+//! removes our entry from every file in the directory that has one.
 //!
 //! **Where this differs from Istio's installer** (`cni/pkg/install`, fixtures in
 //! `testdata/istio/cni-install`):
@@ -23,9 +36,10 @@
 //! - Istio re-serialises with every object's keys sorted; we keep the file's key order and
 //!   only touch the `plugins` array.
 //! - Istio replaces an entry of type `istio-cni`; we replace entries of type `capture-cni`.
-//!   An `istio-cni` entry is left alone by default: it belongs to Istio's installer, which
-//!   would put it back, and two capture plugins must not both run. `--remove-istio-cni`
-//!   removes it when migrating from Istio's plugin (after Istio's installer is gone).
+//!   A list with an `istio-cni` entry is refused by default: two capture plugins in one
+//!   chain fight over the pod's traffic, and the entry belongs to Istio's installer, which
+//!   would put it back. `--remove-istio-cni` removes it when migrating from Istio's plugin
+//!   (after Istio's installer is gone); `--allow-istio-cni` keeps both, with a warning.
 //! - Our entry declares `capabilities: {"io.kubernetes.cri.pod-annotations": true}`: the pod's
 //!   annotations come from the runtime, not from the API server, so no kubeconfig is needed.
 
@@ -45,6 +59,10 @@ pub const ISTIO_PLUGIN_TYPE: &str = "istio-cni";
 /// The version and name Istio gives a list made from a single `.conf` that has none.
 const FALLBACK_VERSION: &str = "0.3.1";
 const FALLBACK_NAME: &str = "k8s-pod-network";
+/// The mode of every configuration file written (Istio's, since istio/istio#59075).
+pub const CONF_MODE: u32 = 0o600;
+/// The mode of the installed binary.
+pub const BINARY_MODE: u32 = 0o755;
 
 /// Why installing or uninstalling failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +95,19 @@ pub enum InstallError {
         /// Why.
         reason: String,
     },
+    /// The plugin settings would make ADD fail for every pod.
+    #[error("plugin settings refused: {0}")]
+    Settings(crate::Error),
+    /// The list already chains Istio's plugin.
+    #[error(
+        "{} already chains istio-cni, and two capture plugins in one chain fight over the pod's traffic; \
+         pass --remove-istio-cni to remove it (migrating from Istio's plugin) or --allow-istio-cni to keep both",
+        path.display()
+    )]
+    IstioCni {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError {
@@ -97,17 +128,30 @@ pub struct InstallOptions {
     pub conf_file: Option<String>,
     /// Plugin settings merged into our entry (`exclude_namespaces`, `capture`, …).
     pub plugin_config: Map<String, Value>,
-    /// Also remove `istio-cni` entries.
+    /// Remove `istio-cni` entries.
     pub remove_istio_cni: bool,
+    /// Chain next to an `istio-cni` entry (with a warning) instead of refusing.
+    pub allow_istio_cni: bool,
 }
 
-/// What an install or uninstall changed.
+/// What an install changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
-    /// The binary was written (or removed).
+    /// The binary was written.
     pub binary_changed: bool,
     /// The configuration file touched, and whether its content changed.
     pub conf_file: Option<(PathBuf, bool)>,
+    /// What the caller should say loudly (an `istio-cni` entry kept by `allow_istio_cni`).
+    pub warnings: Vec<String>,
+}
+
+/// What an uninstall changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UninstallReport {
+    /// The files our entry was removed from.
+    pub removed_from: Vec<PathBuf>,
+    /// The binary was removed.
+    pub binary_removed: bool,
 }
 
 /// Our plugin entry: `type`, `name`, the pod-annotations capability, then `settings`
@@ -135,6 +179,17 @@ pub fn plugin_entry(settings: &Map<String, Value>) -> Value {
     Value::Object(entry)
 }
 
+/// Checks plugin settings as ADD will read the entry made of them (the plugin's own decoder
+/// and checks, [`crate::plugin::check_entry`]).
+///
+/// # Errors
+/// The plugin's error, naming the field.
+pub fn check_settings(settings: &Map<String, Value>) -> Result<(), crate::Error> {
+    match plugin_entry(settings) {
+        Value::Object(entry) => crate::plugin::check_entry(&entry),
+        _ => unreachable!("plugin_entry makes an object"),
+    }
+}
 /// A configuration file's content, by kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NetworkConfig {
@@ -212,6 +267,15 @@ fn is_ours(plugin: &Value) -> bool {
     has_type(plugin, PLUGIN_TYPE)
 }
 
+fn has_istio_cni(config: &NetworkConfig) -> bool {
+    match config {
+        NetworkConfig::List(list) => list["plugins"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| has_type(p, ISTIO_PLUGIN_TYPE))),
+        NetworkConfig::Single(conf) => conf.get("type").and_then(Value::as_str) == Some(ISTIO_PLUGIN_TYPE),
+    }
+}
+
 /// The file text: two-space indented JSON and a final newline.
 pub fn render(doc: &Value) -> String {
     let mut text = serde_json::to_string_pretty(doc).expect("a JSON value always serialises");
@@ -242,18 +306,23 @@ fn read_config(path: &Path, strict_extension: bool) -> Result<Option<NetworkConf
     }))
 }
 
-/// The node's primary network configuration: the lexically first valid `.conf`/`.conflist`.
-///
-/// # Errors
-/// When the directory cannot be read.
-pub fn primary_config(conf_dir: &Path) -> Result<Option<(PathBuf, NetworkConfig)>, InstallError> {
+/// The `.conf`/`.conflist` names in `conf_dir`, sorted.
+fn config_names(conf_dir: &Path) -> Result<Vec<String>, InstallError> {
     let mut names: Vec<String> = fs::read_dir(conf_dir)
         .map_err(io_err("read directory", conf_dir))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| is_config_name(n))
         .collect();
     names.sort();
-    for name in names {
+    Ok(names)
+}
+
+/// The node's primary network configuration: the lexically first valid `.conf`/`.conflist`.
+///
+/// # Errors
+/// When the directory cannot be read.
+pub fn primary_config(conf_dir: &Path) -> Result<Option<(PathBuf, NetworkConfig)>, InstallError> {
+    for name in config_names(conf_dir)? {
         let path = conf_dir.join(&name);
         if !path.is_file() {
             continue;
@@ -263,6 +332,17 @@ pub fn primary_config(conf_dir: &Path) -> Result<Option<(PathBuf, NetworkConfig)
         }
     }
     Ok(None)
+}
+
+/// The file a write to `path` changes: `path`, or the file a symlink at `path` leads to (a
+/// configuration is edited through its link; the binary is not: a link there is replaced).
+fn through_links(path: &Path) -> Result<PathBuf, InstallError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::canonicalize(path).map_err(io_err("follow the symlink", path))
+        }
+        _ => Ok(path.to_owned()),
+    }
 }
 
 /// Writes `bytes` to `path` atomically with `mode`, unless the file already holds exactly
@@ -288,10 +368,11 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, InstallErr
             .mode(mode)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
-        f.write_all(bytes).map_err(io_err("write", &tmp))?;
-        // The umask may have narrowed the mode given to open.
+        // The umask may have narrowed the mode given to open, and an old file of the same
+        // name may have had another.
         f.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_err("chmod", &tmp))?;
+        f.write_all(bytes).map_err(io_err("write", &tmp))?;
         f.sync_all().map_err(io_err("sync", &tmp))?;
         fs::rename(&tmp, path).map_err(io_err("rename into place", path))
     })();
@@ -301,68 +382,162 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, InstallErr
     result.map(|()| true)
 }
 
-/// Installs the binary and chains the plugin into the primary configuration.
+/// Installs the binary and chains the plugin into the primary configuration, once (see
+/// [`Installer`] for repeated passes).
 ///
 /// # Errors
-/// [`InstallError::NoPrimary`] when there is no configuration to chain into yet; I/O errors.
+/// As [`Installer::install`].
 pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
-    let binary = fs::read(&opts.binary).map_err(io_err("read", &opts.binary))?;
-    fs::create_dir_all(&opts.bin_dir).map_err(io_err("create directory", &opts.bin_dir))?;
-    let binary_changed = write_atomic(&opts.bin_dir.join(PLUGIN_TYPE), &binary, 0o755)?;
+    Installer::new(opts.clone()).install()
+}
 
-    let (path, config) = match &opts.conf_file {
-        Some(name) => {
+/// The installer across passes: it remembers the file it chained into and keeps to it.
+#[derive(Debug, Clone)]
+pub struct Installer {
+    opts: InstallOptions,
+    file: Option<PathBuf>,
+}
+
+impl Installer {
+    /// An installer that has not chained into any file yet.
+    pub fn new(opts: InstallOptions) -> Self {
+        Self { opts, file: None }
+    }
+
+    /// Its options.
+    pub fn options(&self) -> &InstallOptions {
+        &self.opts
+    }
+
+    /// The file the last successful pass chained into.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// The file to chain into and its content: `conf_file`, else the primary configuration,
+    /// except that while the file of the last pass exists, a later file is never taken (that
+    /// file being invalid is an error to retry: the primary plugin is rewriting it).
+    fn locate(&self) -> Result<(PathBuf, NetworkConfig), InstallError> {
+        let opts = &self.opts;
+        if let Some(name) = &opts.conf_file {
             let path = opts.conf_dir.join(name);
             let config = read_config(&path, false)?.ok_or_else(|| InstallError::Invalid {
                 path: path.clone(),
                 reason: "not a network configuration (a .conf needs \"type\", a .conflist \"plugins\")"
                     .into(),
             })?;
-            (path, config)
+            return Ok((path, config));
         }
-        None => primary_config(&opts.conf_dir)?.ok_or_else(|| InstallError::NoPrimary {
+        let primary = primary_config(&opts.conf_dir)?;
+        if let Some(file) = &self.file
+            && fs::symlink_metadata(file).is_ok()
+        {
+            // The runtime uses the first valid file: one before ours takes over; the first
+            // valid one being after ours means ours is not valid right now.
+            match primary {
+                Some((path, config)) if path <= *file => return Ok((path, config)),
+                _ => {
+                    return Err(InstallError::Invalid {
+                        path: file.clone(),
+                        reason: "not a valid network configuration now (being rewritten?); \
+                                 retrying this file, not moving to a later one"
+                            .into(),
+                    });
+                }
+            }
+        }
+        primary.ok_or_else(|| InstallError::NoPrimary {
             dir: opts.conf_dir.clone(),
-        })?,
-    };
-    let doc = insert_entry(&config, &plugin_entry(&opts.plugin_config), opts.remove_istio_cni);
-    let target = if path.extension().is_some_and(|e| e == "conf") {
-        path.with_extension("conflist")
-    } else {
-        path.clone()
-    };
-    let changed = write_atomic(&target, render(&doc).as_bytes(), 0o644)?;
-    if target != path {
-        fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        })
     }
-    Ok(Report {
-        binary_changed,
-        conf_file: Some((target, changed || path.extension().is_some_and(|e| e == "conf"))),
-    })
+
+    /// One pass: checks the settings and the file, then copies the binary and chains the
+    /// plugin. Nothing is written when a check fails.
+    ///
+    /// # Errors
+    /// [`InstallError::Settings`] for settings ADD would refuse; [`InstallError::NoPrimary`]
+    /// when there is no configuration to chain into yet; [`InstallError::Invalid`] for a file
+    /// that cannot be chained (the remembered one included); [`InstallError::IstioCni`];
+    /// I/O errors.
+    pub fn install(&mut self) -> Result<Report, InstallError> {
+        let opts = &self.opts;
+        check_settings(&opts.plugin_config).map_err(InstallError::Settings)?;
+        let binary = fs::read(&opts.binary).map_err(io_err("read", &opts.binary))?;
+        let (path, config) = self.locate()?;
+        let mut warnings = Vec::new();
+        if has_istio_cni(&config) && !opts.remove_istio_cni {
+            if !opts.allow_istio_cni {
+                return Err(InstallError::IstioCni { path });
+            }
+            warnings.push(format!(
+                "{} also chains istio-cni (--allow-istio-cni): two capture plugins in one chain fight over the pod's traffic",
+                path.display()
+            ));
+        }
+        let doc = insert_entry(&config, &plugin_entry(&opts.plugin_config), opts.remove_istio_cni);
+
+        fs::create_dir_all(&opts.bin_dir).map_err(io_err("create directory", &opts.bin_dir))?;
+        let binary_changed = write_atomic(&opts.bin_dir.join(PLUGIN_TYPE), &binary, BINARY_MODE)?;
+        let single = path.extension().is_some_and(|e| e == "conf");
+        let target = if single {
+            path.with_extension("conflist")
+        } else {
+            path.clone()
+        };
+        let changed = write_atomic(&through_links(&target)?, render(&doc).as_bytes(), CONF_MODE)?;
+        if target != path {
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        }
+        self.file = Some(target.clone());
+        Ok(Report {
+            binary_changed,
+            conf_file: Some((target, changed || single)),
+            warnings,
+        })
+    }
 }
 
-/// Removes our entry from the primary configuration (the file is left a list) and our binary.
+/// Removes our entry from every configuration in `conf_dir` that has one (and from
+/// `conf_file`, whatever its name), then our binary. Each file is left a list.
 ///
 /// # Errors
-/// I/O errors. A missing configuration or binary is not an error.
-pub fn uninstall(conf_dir: &Path, bin_dir: &Path, conf_file: Option<&str>) -> Result<Report, InstallError> {
-    let found = match conf_file {
-        Some(name) => {
-            let path = conf_dir.join(name);
-            read_config(&path, false)?.map(|c| (path, c))
-        }
-        None => primary_config(conf_dir)?,
+/// I/O errors. No configuration or binary is not an error.
+pub fn uninstall(
+    conf_dir: &Path,
+    bin_dir: &Path,
+    conf_file: Option<&str>,
+) -> Result<UninstallReport, InstallError> {
+    let mut names = match config_names(conf_dir) {
+        Ok(names) => names,
+        Err(InstallError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
     };
-    let mut report = Report::default();
-    if let Some((path, config)) = found {
+    if let Some(name) = conf_file
+        && !names.iter().any(|n| n == name)
+    {
+        names.push(name.to_owned());
+    }
+    let mut report = UninstallReport::default();
+    for name in names {
+        let path = conf_dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let config = match read_config(&path, false) {
+            Ok(Some(config)) => config,
+            Ok(None) => continue,
+            Err(InstallError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         let (doc, changed) = remove_entry(&config);
         if changed {
-            write_atomic(&path, render(&doc).as_bytes(), 0o644)?;
+            write_atomic(&through_links(&path)?, render(&doc).as_bytes(), CONF_MODE)?;
+            report.removed_from.push(path);
         }
-        report.conf_file = Some((path, changed));
     }
     let binary = bin_dir.join(PLUGIN_TYPE);
     match fs::remove_file(&binary) {
-        Ok(()) => report.binary_changed = true,
+        Ok(()) => report.binary_removed = true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("remove", &binary)(e)),
     }

@@ -348,7 +348,7 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
     let result = add_result(conf.prev_result.as_ref(), version);
     // The settings are checked for every pod, so a broken configuration shows at once rather
     // than at the first injected pod.
-    PodCapture::new(&conf.capture, &Default::default())?.to_spec(&capture_core::Detected::default())?;
+    check_settings(conf)?;
     let pod = Pod::new(&env.args, conf);
     if let Some(skip) = skip_reason(conf, &pod) {
         log::info!("pod {} skipped: {skip}", pod.display_name());
@@ -370,6 +370,40 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
         log::info!("pod {}: {step}", pod.display_name());
     }
     Ok(Some(result))
+}
+
+/// The check ADD makes of a decoded configuration's settings for every pod, whatever its
+/// annotations: the capture they describe must be one `to_spec` accepts.
+///
+/// # Errors
+/// [`Error::ConfigValue`] naming the `capture.*` field.
+pub fn check_settings(conf: &NetConf) -> Result<(), Error> {
+    PodCapture::new(&conf.capture, &BTreeMap::new())?.to_spec(&capture_core::Detected::default())?;
+    Ok(())
+}
+
+/// Checks a plugin entry as the installer writes it (no `cniVersion`, which a list's plugins
+/// take from the list) the way ADD will read it: [`decode`] and [`check_settings`]. Stricter
+/// than ADD in one way: a top-level key the plugin does not read is refused (ADD must ignore
+/// the runtime's own keys; an entry the installer writes has none, so such a key is a typo).
+/// `capabilities` and `cniVersion` are the spec's.
+///
+/// # Errors
+/// [`Error::Config`] or [`Error::ConfigValue`], naming the field.
+pub fn check_entry(entry: &Map<String, Value>) -> Result<(), Error> {
+    let fields = NetConf::fields();
+    if let Some(key) = entry
+        .keys()
+        .find(|k| !fields.contains(&k.as_str()) && !matches!(k.as_str(), "capabilities" | "cniVersion"))
+    {
+        let e: serde_json::Error = serde::de::Error::unknown_field(key, fields);
+        return Err(Error::Config(decode_error(&escape_controls(&e.to_string()))));
+    }
+    let mut conf = entry.clone();
+    conf.insert("cniVersion".into(), Version::LATEST.as_str().into());
+    let input = serde_json::to_vec(&conf).expect("a JSON object always serialises");
+    let Request { conf, .. } = decode(&input, Command::Add).map_err(|f| f.error)?;
+    check_settings(&conf)
 }
 
 /// The log settings of a configuration that does not decode, each field read on its own.

@@ -7,7 +7,8 @@
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 use capture_cni::install::{self, NetworkConfig, PLUGIN_TYPE};
 use capture_e2e::TempDir;
@@ -209,7 +210,7 @@ fn install_twice_changes_nothing_and_uninstall_removes_exactly_ours() {
     assert_eq!(plugins(&doc).last().unwrap()["type"], PLUGIN_TYPE);
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o644
+        0o600
     );
     let installed = bin.join("capture-cni");
     assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(BIN).unwrap());
@@ -381,4 +382,420 @@ fn deploy_plugin_config_is_valid() {
         .unwrap()
         .to_spec(&capture_core::Detected::default())
         .unwrap();
+}
+
+fn output(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run capture-cni")
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn has_ours(path: &Path) -> bool {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(NetworkConfig::from_value)
+        .is_some_and(|c| install::remove_entry(&c).1)
+}
+
+const LIST_A: &str = r#"{"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "bridge"}]}"#;
+const LIST_B: &str = r#"{"cniVersion": "1.0.0", "name": "b", "plugins": [{"type": "ptp"}]}"#;
+
+/// Item 1: settings ADD would refuse for every pod are refused by the installer, exit 1, one
+/// line naming the field, before the binary is copied or the configuration touched.
+#[test]
+fn plugin_config_that_add_would_refuse_is_refused_before_anything_is_written() {
+    for (settings, named) in [
+        (r#"{"capture": {"proxy_uid": "abc"}}"#, "capture.proxy_uid"),
+        (
+            r#"{"capture": {"exclude_inbound_port": "15020"}}"#,
+            "exclude_inbound_port",
+        ),
+        (
+            r#"{"capture": {"outbound_port": 70000}}"#,
+            "capture.outbound_port",
+        ),
+        (r#"{"pod_selection": "bogus"}"#, "pod_selection"),
+        (r#"{"exclude_namespace": ["kube-system"]}"#, "exclude_namespace"),
+        (r#"{"capture": ["iptables"]}"#, "capture"),
+        ("[1]", "not a JSON object"),
+        ("{", "--plugin-config"),
+    ] {
+        let tmp = TempDir::new("install");
+        let (conf, bin) = dirs(&tmp);
+        let list = conf.join("10-a.conflist");
+        std::fs::write(&list, LIST_A).unwrap();
+        let file = tmp.path().join("settings.json");
+        std::fs::write(&file, settings).unwrap();
+        let mut args = install_args(&conf, &bin);
+        args.extend(["--plugin-config", file.to_str().unwrap()]);
+        let out = output(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{settings}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{settings}: one line: {stderr}");
+        assert!(stderr.contains(named), "{settings}: names {named}: {stderr}");
+        assert_eq!(
+            std::fs::read_to_string(&list).unwrap(),
+            LIST_A,
+            "{settings}: untouched"
+        );
+        assert_eq!(listing(&conf), ["10-a.conflist"], "{settings}");
+        assert!(!bin.join(PLUGIN_TYPE).exists(), "{settings}: binary not copied");
+    }
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    std::fs::write(conf.join("10-a.conflist"), LIST_A).unwrap();
+    let mut args = install_args(&conf, &bin);
+    let missing = tmp.path().join("missing.json");
+    args.extend(["--plugin-config", missing.to_str().unwrap()]);
+    assert_eq!(
+        output(&args).status.code(),
+        Some(1),
+        "an unreadable file is exit 1 too"
+    );
+}
+
+/// The library refuses them too (capture-agent calls it with its own flag's settings).
+#[test]
+fn the_library_refuses_settings_add_would_refuse() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    std::fs::write(conf.join("10-a.conflist"), LIST_A).unwrap();
+    let mut plugin_config = Map::new();
+    plugin_config.insert("capture".into(), json!({"inbound_port": "x"}));
+    let opts = install::InstallOptions {
+        plugin_config,
+        ..options(&conf, &bin)
+    };
+    let e = install::install(&opts).unwrap_err();
+    assert!(e.to_string().contains("capture.inbound_port"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(conf.join("10-a.conflist")).unwrap(),
+        LIST_A
+    );
+    assert!(!bin.exists());
+}
+
+/// A running `install --watch`, killed when the test ends however it ends.
+struct Watcher(Child);
+
+impl Watcher {
+    fn start(args: &[&str]) -> Self {
+        let child = Command::new(BIN)
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start capture-cni install --watch");
+        Self(child)
+    }
+
+    /// Sends SIGTERM and returns the exit code and stderr.
+    fn terminate(mut self) -> (Option<i32>, String) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running 10 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[track_caller]
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Item 2: while the file it chained into is briefly invalid (the primary plugin rewriting
+/// it), `--watch` retries that file rather than chaining into the next one.
+#[test]
+fn watch_keeps_to_its_file_while_the_primary_plugin_rewrites_it() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    let (a, b) = (conf.join("10-a.conflist"), conf.join("20-b.conflist"));
+    std::fs::write(&a, LIST_A).unwrap();
+    std::fs::write(&b, LIST_B).unwrap();
+    let mut args = install_args(&conf, &bin);
+    args.extend(["--watch", "--interval", "1"]);
+    let watcher = Watcher::start(&args);
+    wait_for("chained into 10-a", || has_ours(&a));
+    // Half-written, as a non-atomic rewrite leaves it for a moment.
+    std::fs::write(&a, &LIST_A[..30]).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(std::fs::read_to_string(&b).unwrap(), LIST_B, "not moved to 20-b");
+    std::fs::write(&a, LIST_A).unwrap();
+    wait_for("chained into 10-a again", || has_ours(&a));
+    assert_eq!(std::fs::read_to_string(&b).unwrap(), LIST_B);
+    let (code, stderr) = watcher.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("retrying"), "{stderr}");
+}
+
+fn options(conf: &Path, bin: &Path) -> install::InstallOptions {
+    install::InstallOptions {
+        conf_dir: conf.to_owned(),
+        bin_dir: bin.to_owned(),
+        binary: BIN.into(),
+        conf_file: None,
+        plugin_config: Map::new(),
+        remove_istio_cni: false,
+        allow_istio_cni: false,
+    }
+}
+
+/// Item 2, pass by pass: the installer keeps to its file while it is invalid (an error to
+/// retry), and moves only to a valid file that sorts before it (the runtime's new primary).
+#[test]
+fn the_installer_keeps_to_its_file_and_moves_only_to_an_earlier_one() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    let (b, c) = (conf.join("10-b.conflist"), conf.join("20-c.conflist"));
+    std::fs::write(&b, LIST_A).unwrap();
+    std::fs::write(&c, LIST_B).unwrap();
+    let mut installer = install::Installer::new(options(&conf, &bin));
+    installer.install().unwrap();
+    assert_eq!(installer.file(), Some(b.as_path()));
+
+    std::fs::write(&b, &LIST_A[..30]).unwrap();
+    let e = installer.install().unwrap_err().to_string();
+    assert!(e.contains("10-b.conflist") && e.contains("retrying"), "{e}");
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), LIST_B, "not moved to 20-c");
+    std::fs::write(&b, LIST_A).unwrap();
+    let report = installer.install().unwrap();
+    assert_eq!(report.conf_file, Some((b.clone(), true)));
+
+    let a = conf.join("05-a.conflist");
+    std::fs::write(&a, LIST_B).unwrap();
+    let report = installer.install().unwrap();
+    assert_eq!(
+        report.conf_file,
+        Some((a.clone(), true)),
+        "an earlier file takes over"
+    );
+    assert_eq!(installer.file(), Some(a.as_path()));
+    std::fs::remove_file(&a).unwrap();
+    let report = installer.install().unwrap();
+    assert_eq!(
+        report.conf_file,
+        Some((b.clone(), false)),
+        "gone: the primary again"
+    );
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), LIST_B);
+}
+
+/// Item 2: uninstall removes our entry from every file that has one (a watcher may have
+/// written several over time), and leaves the others byte-identical.
+#[test]
+fn uninstall_removes_our_entry_from_every_file() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join(PLUGIN_TYPE), "plugin").unwrap();
+    let chained = |text: &str| {
+        let config = NetworkConfig::from_value(serde_json::from_str(text).unwrap()).unwrap();
+        install::render(&install::insert_entry(&config, &ours(), false))
+    };
+    std::fs::write(conf.join("10-a.conflist"), chained(LIST_A)).unwrap();
+    std::fs::write(conf.join("20-b.conflist"), chained(LIST_B)).unwrap();
+    std::fs::write(conf.join("30-c.conflist"), LIST_B).unwrap();
+    run(&[
+        "uninstall",
+        "--conf-dir",
+        conf.to_str().unwrap(),
+        "--bin-dir",
+        bin.to_str().unwrap(),
+    ]);
+    for (name, want) in [("10-a.conflist", LIST_A), ("20-b.conflist", LIST_B)] {
+        let got: Value = serde_json::from_slice(&std::fs::read(conf.join(name)).unwrap()).unwrap();
+        assert_eq!(got, serde_json::from_str::<Value>(want).unwrap(), "{name}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(conf.join("30-c.conflist")).unwrap(),
+        LIST_B
+    );
+    assert!(!bin.join(PLUGIN_TYPE).exists());
+}
+
+/// Item 3: a symlinked primary configuration is edited through the link: the target is
+/// rewritten (atomically, in its own directory) and the link stays a link.
+#[test]
+fn a_symlinked_conflist_is_edited_through_the_link() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    let real_dir = tmp.path().join("real");
+    std::fs::create_dir_all(&real_dir).unwrap();
+    let real = real_dir.join("a.conflist");
+    std::fs::write(&real, LIST_A).unwrap();
+    let link = conf.join("10-a.conflist");
+    std::os::unix::fs::symlink("../real/a.conflist", &link).unwrap();
+
+    run(&install_args(&conf, &bin));
+    assert!(
+        std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+        "still a link"
+    );
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("../real/a.conflist")
+    );
+    assert!(has_ours(&real), "the target has our entry");
+    assert_eq!(mode(&real), 0o600);
+    assert_eq!(listing(&conf), ["10-a.conflist"], "no temporary file left");
+    assert_eq!(listing(&real_dir), ["a.conflist"], "no temporary file left");
+
+    run(&[
+        "uninstall",
+        "--conf-dir",
+        conf.to_str().unwrap(),
+        "--bin-dir",
+        bin.to_str().unwrap(),
+    ]);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(!has_ours(&real));
+}
+
+/// Item 4: a list that chains istio-cni is refused (two capture plugins fight), unless
+/// `--allow-istio-cni` (loud warning) or `--remove-istio-cni`.
+#[test]
+fn an_istio_cni_entry_is_refused_unless_allowed_or_removed() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    let list = conf.join("10-main.conflist");
+    std::fs::copy(fixture_path("list-with-istio.conflist"), &list).unwrap();
+    let original = std::fs::read(&list).unwrap();
+
+    let out = output(&install_args(&conf, &bin));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for named in [
+        "10-main.conflist",
+        "istio-cni",
+        "--remove-istio-cni",
+        "--allow-istio-cni",
+    ] {
+        assert!(stderr.contains(named), "names {named}: {stderr}");
+    }
+    assert_eq!(std::fs::read(&list).unwrap(), original, "untouched");
+    assert!(!bin.join(PLUGIN_TYPE).exists(), "binary not copied");
+
+    let mut allow = install_args(&conf, &bin);
+    allow.push("--allow-istio-cni");
+    let stderr = run(&allow);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("istio-cni"),
+        "{stderr}"
+    );
+    let doc: Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    let types: Vec<&str> = plugins(&doc)
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["bridge", "tuning", "istio-cni", "capture-cni"]);
+
+    let mut remove = install_args(&conf, &bin);
+    remove.push("--remove-istio-cni");
+    run(&remove);
+    let doc: Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    let types: Vec<&str> = plugins(&doc)
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["bridge", "tuning", "capture-cni"]);
+
+    let mut both = install_args(&conf, &bin);
+    both.extend(["--allow-istio-cni", "--remove-istio-cni"]);
+    assert_eq!(output(&both).status.code(), Some(2), "a usage error");
+}
+
+/// Item 5: on SIGTERM, `install --watch` removes its entry and its binary and exits 0.
+#[test]
+fn sigterm_removes_the_entry_and_the_binary() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    let a = conf.join("10-a.conflist");
+    std::fs::write(&a, LIST_A).unwrap();
+    let mut args = install_args(&conf, &bin);
+    args.extend(["--watch", "--interval", "1"]);
+    let watcher = Watcher::start(&args);
+    wait_for("chained", || has_ours(&a));
+    assert!(bin.join(PLUGIN_TYPE).is_file());
+    let (code, stderr) = watcher.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!has_ours(&a), "entry removed: {stderr}");
+    assert!(!bin.join(PLUGIN_TYPE).exists(), "binary removed: {stderr}");
+    assert_eq!(listing(&conf), ["10-a.conflist"]);
+}
+
+/// Item 5: `--keep-on-exit` (upgrades: the next installer takes over) leaves both.
+#[test]
+fn keep_on_exit_leaves_the_plugin_installed() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    let a = conf.join("10-a.conflist");
+    std::fs::write(&a, LIST_A).unwrap();
+    let mut args = install_args(&conf, &bin);
+    args.extend(["--watch", "--interval", "1", "--keep-on-exit"]);
+    let watcher = Watcher::start(&args);
+    wait_for("chained", || has_ours(&a));
+    let (code, stderr) = watcher.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(has_ours(&a), "{stderr}");
+    assert!(bin.join(PLUGIN_TYPE).is_file(), "{stderr}");
+    // Without --watch there is nothing to keep.
+    let mut once = install_args(&conf, &bin);
+    once.push("--keep-on-exit");
+    assert_eq!(output(&once).status.code(), Some(2));
+}
+
+/// Item 6: every configuration written is 0600 (istio/istio#59075), also one that replaces a
+/// 0644 file, one that already had our entry, and the list made from a `.conf`.
+#[test]
+fn configurations_are_written_0600_also_over_0644_files() {
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    let a = conf.join("10-a.conflist");
+    std::fs::write(&a, LIST_A).unwrap();
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644)).unwrap();
+    run(&install_args(&conf, &bin));
+    assert!(has_ours(&a));
+    assert_eq!(mode(&a), 0o600, "replacing a 0644 file");
+
+    // Already chained but 0644 (an older installer's): narrowed, content unchanged.
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = std::fs::read(&a).unwrap();
+    run(&install_args(&conf, &bin));
+    assert_eq!(std::fs::read(&a).unwrap(), before);
+    assert_eq!(mode(&a), 0o600, "an unchanged 0644 file");
+
+    let tmp = TempDir::new("install");
+    let (conf, bin) = dirs(&tmp);
+    let single = conf.join("10-bridge.conf");
+    std::fs::copy(fixture_path("bridge.conf"), &single).unwrap();
+    std::fs::set_permissions(&single, std::fs::Permissions::from_mode(0o644)).unwrap();
+    run(&install_args(&conf, &bin));
+    assert_eq!(
+        mode(&conf.join("10-bridge.conflist")),
+        0o600,
+        "a list made from a .conf"
+    );
 }
