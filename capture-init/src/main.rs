@@ -4,11 +4,17 @@
 //! does in the runtime's place.
 #![cfg_attr(not(test), no_main)]
 
+mod arena;
 mod cli;
 #[cfg(feature = "ebpf")]
 mod ebpf;
 mod run;
 mod validate;
+
+/// See [`arena`]: a one-shot command's allocations as pointer bumps.
+#[cfg(not(test))]
+#[global_allocator]
+static ALLOCATOR: arena::Arena = arena::Arena::new();
 
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
