@@ -44,7 +44,6 @@ pub static INBOUND_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries
 pub static POD_META: HashMap<u64, PodMeta> =
     HashMap::with_max_entries(MAX_PODS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
-
 // Not preallocated: an entry costs memory (a value per CPU) only while its pod is enrolled.
 // Only the loader inserts, so the programs never allocate.
 #[map]
