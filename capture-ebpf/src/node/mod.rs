@@ -49,7 +49,7 @@ use capture_ebpf_common::{
 };
 pub use enroll::Enrollment;
 pub use meta::NetnsLink;
-pub use state::{MapUsage, Stats};
+pub use state::{Bypassed, MapUsage, Stats};
 pub use upgrade::Upgrade;
 
 use crate::bpffs::is_bpffs;
