@@ -509,6 +509,38 @@ fn agent_counts_each_bypass_reason_once() {
     });
 }
 
+/// An inbound connection refused because the pod's proxy has no inbound listener is logged by
+/// the `sk_lookup` program (aya-log, the pinned `AYA_LOGS` ring buffer of the pod's own
+/// instance) and the agent writes the record to its log, naming the port and the pod.
+#[test]
+fn agent_logs_an_inbound_connection_refused_for_lack_of_a_listener() {
+    agent_row(|world| {
+        let mut agent = Agent::start(world, 3600, &[]);
+        agent.wait_ready();
+        let topo = Topology::new();
+        let cookie = enroll(world, &topo.pod);
+        let dst = topo.pod_addr(Family::V4, 8080);
+        let refused = connect_as(&topo.peer, 0, 0, dst).expect_err("no proxy listens on 15006");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+        let line = format!(
+            "inbound connection to port 8080 of netns {cookie} refused: the proxy has no inbound listener"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !agent.log().contains(&line) {
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} within 10 s:\n{}",
+                agent.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        let logged = agent.log();
+        let record = logged.lines().find(|l| l.contains(&line)).expect("found above");
+        assert!(record.contains("WARN"), "{record}");
+        assert_eq!(value(&agent.metrics(), "capture_inbound_refused_total"), 1.0);
+    });
+}
+
 /// What `capture-init ebpf stats` prints for the row's pins (its counters' lines).
 fn stats(world: &ChildWorld) -> String {
     let stats = capture_ebpf::Node::open(&PinDir::new(&world.bpffs))

@@ -19,6 +19,7 @@
 //! | [`STATS`] | per-CPU array ([`STAT_SLOTS`]) | `u32` index (`STAT_*`) | `u64` | all programs | loader, tests |
 //! | [`POD_STATS`] | per-CPU hash | netns cookie (`u64`) | [`PodStats`] | all programs (existing entries only) | loader (creates at enroll, deletes at unenroll), node agent |
 //! | [`POD_META`] | hash | netns cookie (`u64`) | [`PodMeta`] | loader (enroll by capture-cni) | loader only (CNI GC, `ebpf pods`) |
+//! | [`AYA_LOGS`] | ring buffer | | aya-log records | programs (rare events) | node agent |
 //!
 //! Per-pod entries are keyed by the pod's network namespace cookie and a generation, so a
 //! pod's configuration can be replaced by writing the next generation's entries and then
@@ -52,8 +53,13 @@ pub const POD_STATS: &str = "POD_STATS";
 /// cookie. Userspace only: the programs never read it; it lives and dies with the pins.
 pub const POD_META: &str = "POD_META";
 
+/// The ring buffer of aya-log's records (aya-log-ebpf names it): written by the programs on
+/// rare events only (a full map, an inbound connection refused), read by the node agent. Pinned
+/// like the others, so every per-pod `sk_lookup` instance writes into the one the agent reads.
+pub const AYA_LOGS: &str = "AYA_LOGS";
+
 /// Every map, in the order the loader pins them.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 11] = [
     POD_CONFIG,
     OWNERS,
     PORTS,
@@ -64,6 +70,7 @@ pub const MAP_NAMES: [&str; 10] = [
     INBOUND_LISTENERS,
     POD_STATS,
     POD_META,
+    AYA_LOGS,
 ];
 
 /// The pin of the one-entry array userspace writes [`LAYOUT_VERSION`] into when it loads the
@@ -82,8 +89,8 @@ pub const LAYOUT_VERSION: u32 = 3;
 /// v1 -> v2 added `POD_STATS`, `POD_META`, two `STATS` slots (DNS), the `CIDRS` list of DNS servers and the
 /// DNS flags of `PodConfig`; every v1 entry means the same in v2.
 ///
-/// v2 -> v3 gave `STATS` and each `POD_STATS` value room for [`STAT_SLOTS`] counters (the
-/// `STAT_BYPASS_*` ones added); a v2 `POD_STATS` value is copied into the first slots of the
+/// v2 -> v3 added `AYA_LOGS`, gave `STATS` and each `POD_STATS` value room for
+/// [`STAT_SLOTS`] counters (the `STAT_BYPASS_*` ones added); a v2 `POD_STATS` value is copied into the first slots of the
 /// wider one (`Node::upgrade`'s one value-size migration), every other entry means the same.
 pub const UPGRADES_FROM: &[u32] = &[1, 2];
 

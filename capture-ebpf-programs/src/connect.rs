@@ -175,6 +175,12 @@ fn redirect(ctx: &SockAddrContext, v6: bool, call: Call) {
         // Without a record the proxy could not learn the destination (nor could a UDP client
         // be given the answer from it): leave it alone.
         count_pod(netns, STAT_STATE_FULL);
+        aya_log_ebpf::warn!(
+            ctx,
+            "ORIG_BY_COOKIE is full: a connection of netns {} to port {} left uncaptured",
+            netns,
+            dport
+        );
         return;
     }
     count_pod(netns, stat);

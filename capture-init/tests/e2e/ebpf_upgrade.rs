@@ -213,8 +213,8 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_the_current_layout() {
             bpftool(&["link", "detach", "pinned", &pin.display().to_string()]);
             std::fs::remove_file(&pin).expect("remove a v2 link pin");
         }
-        for map in ["POD_STATS", "POD_META"] {
-            std::fs::remove_file(pin_dir.join("maps").join(map)).expect("remove a v2 map");
+        for map in ["POD_STATS", "POD_META", "AYA_LOGS"] {
+            std::fs::remove_file(pin_dir.join("maps").join(map)).expect("remove a map v1 had not");
         }
         let stats = pin_dir.join("maps/STATS").display().to_string();
         std::fs::remove_file(&stats).expect("remove STATS");
@@ -253,7 +253,7 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_the_current_layout() {
             .ok()
             .says("programs replaced on 6 cgroup hooks and for 1 pods")
             .says("programs attached to new hooks: capture_sendmsg4, capture_sendmsg6, capture_recvmsg4, capture_recvmsg6, capture_sock_release")
-            .says("maps created: POD_STATS, POD_META")
+            .says("maps created: POD_STATS, POD_META, AYA_LOGS")
             .says("map STATS resized, 8 entries carried over")
             .says(&format!("map layout v1 -> v{LAYOUT_VERSION}"));
         assert_eq!(attached_ids().len(), 11);
@@ -284,7 +284,7 @@ fn possible_cpus() -> u64 {
 }
 
 /// A node loaded by a layout v2 capture (`STATS` of 10 slots, `POD_STATS` values of 10
-/// counters) is upgraded in place: `STATS` is migrated with its counts, each pod's `POD_STATS`
+/// counters, no `AYA_LOGS`) is upgraded in place: `AYA_LOGS` is created, `STATS` is migrated with its counts, each pod's `POD_STATS`
 /// entry is copied into the first slots of the wider value (its counts kept, the new slots
 /// zero), the layout becomes this capture's, and the new programs count into the migrated map.
 /// The v2 node is made from a current one by putting maps of v2's shapes in place.
@@ -313,6 +313,8 @@ fn ebpf_upgrade_carries_a_layout_v2_node_keeping_its_pods_counters() {
         };
         let pin = |name: &str| pin_dir.join("maps").join(name).display().to_string();
 
+        // v2 had no log ring buffer.
+        std::fs::remove_file(pin("AYA_LOGS")).expect("remove AYA_LOGS");
         // v2's STATS: 10 slots, 3 connections passed on each CPU.
         std::fs::remove_file(pin("STATS")).expect("remove STATS");
         bpftool(&[
@@ -407,6 +409,7 @@ fn ebpf_upgrade_carries_a_layout_v2_node_keeping_its_pods_counters() {
         upgrade(&[])
             .ok()
             .says("programs replaced on 11 cgroup hooks and for 1 pods")
+            .says("maps created: AYA_LOGS")
             .says("map STATS resized, 10 entries carried over")
             .says("map POD_STATS resized, 1 entries carried over")
             .says(&format!("map layout v2 -> v{LAYOUT_VERSION}"));
