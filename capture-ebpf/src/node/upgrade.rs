@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! node lock ─> pins of this layout, or of one it upgrades from (UPGRADES_FROM), acting on the cgroup
-//!   ─> each map: pinned and of the same shape: reused | same entries, other capacity: migrated | not pinned: created
+//!   ─> each map: pinned and of the same shape: reused | same entries, other capacity: migrated
+//!      | POD_STATS of narrower values (layout v2): migrated, each value into the first slots | not pinned: created
 //!   ─> the object loaded and verified (new and migrated maps pinned in <pin_dir>/upgrade/), entries copied
 //!   ─> same programs, same maps: nothing to do
 //!   ─> BPF_LINK_UPDATE of each cgroup link, then of each pod's sk_lookup link (its own new instance)
