@@ -4,7 +4,8 @@
 //! start ─> HTTP on --listen (/healthz 200; /readyz 503 until ready)
 //!       ─> Node::upgrade when programs are pinned (older ones replaced on their links, pods captured)
 //!       ─> Ebpf::open_or_load (load and attach once per node, or reuse the pins; other layouts refused)
-//!       ─> tasks: gc (start, inotify on --netns-dir, every --gc-interval), CNI installer (--cni-conf-dir)
+//!       ─> tasks: gc (start, inotify on --netns-dir, every --gc-interval), CNI installer (--cni-conf-dir),
+//!                 the programs' log records (AYA_LOGS) as tracing events
 //! SIGTERM/SIGINT ─> exit 0, nothing unloaded: pods stay captured across a restart or upgrade;
 //!                   the CNI plugin is removed unless --cni-keep-on-exit
 //! ```
@@ -16,9 +17,11 @@
 //! | `http` | the three-path HTTP/1.1 server |
 //! | `metrics` | the exposition, and the table naming each `STAT_*` counter |
 //! | `gc` | garbage collection: at start, on namespace deletions, periodically |
+//! | `ebpf_log` | the programs' rare-event log records (aya-log), as tracing events |
 //! | `install` | the CNI installer (capture-cni's library) |
 
 mod cli;
+mod ebpf_log;
 mod gc;
 mod http;
 mod install;
@@ -115,6 +118,13 @@ async fn run(args: Args) -> Result<(), StartError> {
         .map_err(StartError::Panicked)??;
     tracing::info!("{loaded}");
     agent.set_programs(Ok(()));
+    // Without it capture works the same; only the programs' rare-event records are lost.
+    match ebpf_log::open(&args_pins(&args)) {
+        Ok(logs) => {
+            tokio::spawn(ebpf_log::run(logs));
+        }
+        Err(e) => tracing::warn!("{}", capture_core::chain(&e)),
+    }
 
     tokio::spawn(gc::run(
         Arc::clone(&agent),
@@ -145,6 +155,10 @@ async fn run(args: Args) -> Result<(), StartError> {
         }
     }
     Ok(())
+}
+
+fn args_pins(args: &Args) -> PinDir {
+    PinDir::new(&args.bpffs)
 }
 
 /// Loads and attaches the programs, or checks the pinned ones act on the cgroup; releases the

@@ -9,8 +9,10 @@ use std::fmt::Write as _;
 
 use capture_ebpf::{MapUsage, NetnsCookie, Node, PodMetadata};
 use capture_ebpf_common::{
-    PodStats, STAT_DNS, STAT_DNS_ANSWER, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED, STAT_ORIG_DST,
-    STAT_OUTBOUND, STAT_PASSED, STAT_PEERNAME, STAT_STATE_FULL,
+    PodStats, STAT_BYPASS_CIDR, STAT_BYPASS_GID, STAT_BYPASS_GROUP, STAT_BYPASS_IPV6, STAT_BYPASS_LOOPBACK,
+    STAT_BYPASS_NOT_INCLUDED, STAT_BYPASS_PASSTHROUGH, STAT_BYPASS_PORT, STAT_BYPASS_UID, STAT_DNS,
+    STAT_DNS_ANSWER, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED, STAT_ORIG_DST, STAT_OUTBOUND,
+    STAT_PASSED, STAT_PEERNAME, STAT_STATE_FULL,
 };
 
 /// One `STAT_*` slot as a counter: `capture_<name>_total{<label>}` node-wide and
@@ -28,6 +30,8 @@ pub struct Counter {
 }
 
 const CONNECTIONS: &str = "Connections redirected: outbound to the proxy's outbound port, hairpin (the proxy calling its own pod) to its inbound port, inbound handed to the proxy's inbound listener.";
+
+const BYPASSED: &str = "Outbound TCP connections of enrolled pods left alone, by reason: port (excluded port, -o), passthrough (from 127.0.0.6 or ::6), loopback (to the pod itself or the loopback range, not the proxy's hairpin), uid and gid (the proxy's, -u and -g), group (the owner-group filter), cidr (excluded CIDR, -x), not_included (neither port -q nor CIDR -i included), ipv6 (IPv6 destination without IPv6 capture).";
 
 /// Every `STAT_*` slot, named.
 pub const COUNTERS: &[Counter] = &[
@@ -51,9 +55,63 @@ pub const COUNTERS: &[Counter] = &[
     },
     Counter {
         stat: STAT_PASSED,
-        name: "bypassed",
+        name: "passed",
         label: None,
-        help: "Outbound connections of enrolled pods left alone by the rules (the proxy's own, excluded ports or CIDRs, not included).",
+        help: "Outbound TCP connections of enrolled pods left alone by the rules, whatever the reason (capture_bypassed_total by reason, plus those counted before reasons were).",
+    },
+    Counter {
+        stat: STAT_BYPASS_PORT,
+        name: "bypassed",
+        label: Some(("reason", "port")),
+        help: BYPASSED,
+    },
+    Counter {
+        stat: STAT_BYPASS_PASSTHROUGH,
+        name: "bypassed",
+        label: Some(("reason", "passthrough")),
+        help: BYPASSED,
+    },
+    Counter {
+        stat: STAT_BYPASS_LOOPBACK,
+        name: "bypassed",
+        label: Some(("reason", "loopback")),
+        help: BYPASSED,
+    },
+    Counter {
+        stat: STAT_BYPASS_UID,
+        name: "bypassed",
+        label: Some(("reason", "uid")),
+        help: BYPASSED,
+    },
+    Counter {
+        stat: STAT_BYPASS_GID,
+        name: "bypassed",
+        label: Some(("reason", "gid")),
+        help: BYPASSED,
+    },
+    Counter {
+        stat: STAT_BYPASS_GROUP,
+        name: "bypassed",
+        label: Some(("reason", "group")),
+        help: BYPASSED,
+    },
+    Counter {
+        stat: STAT_BYPASS_CIDR,
+        name: "bypassed",
+        label: Some(("reason", "cidr")),
+        help: BYPASSED,
+    },
+    Counter {
+        stat: STAT_BYPASS_NOT_INCLUDED,
+        name: "bypassed",
+        label: Some(("reason", "not_included")),
+        help: BYPASSED,
+    },
+    Counter {
+        stat: STAT_BYPASS_IPV6,
+        name: "bypassed",
+        label: Some(("reason", "ipv6")),
+        help: BYPASSED,
     },
     Counter {
         stat: STAT_INBOUND_REFUSED,
@@ -289,7 +347,7 @@ fn series(out: &mut String, name: &str, labels: &[(&str, String)], value: u64) {
 
 #[cfg(test)]
 mod tests {
-    use capture_ebpf_common::STAT_COUNT;
+    use capture_ebpf_common::{STAT_COUNT, STAT_SLOTS};
 
     use super::*;
 
@@ -327,11 +385,13 @@ mod tests {
 
     #[test]
     fn renders_node_pod_and_map_series() {
-        let mut counters = [0; STAT_COUNT as usize];
+        let mut counters = [0; STAT_SLOTS as usize];
         counters[STAT_OUTBOUND as usize] = 3;
         counters[STAT_PASSED as usize] = 2;
-        let mut pod = [0; STAT_COUNT as usize];
+        counters[STAT_BYPASS_UID as usize] = 2;
+        let mut pod = [0; STAT_SLOTS as usize];
         pod[STAT_OUTBOUND as usize] = 1;
+        pod[STAT_BYPASS_CIDR as usize] = 1;
         let snapshot = Snapshot {
             counters,
             pods: vec![(NetnsCookie(4097), pod)],
@@ -367,9 +427,12 @@ mod tests {
             "# TYPE capture_connections_total counter",
             "capture_connections_total{direction=\"outbound\"} 3",
             "capture_connections_total{direction=\"inbound\"} 0",
-            "capture_bypassed_total 2",
+            "capture_passed_total 2",
+            "capture_bypassed_total{reason=\"uid\"} 2",
+            "capture_bypassed_total{reason=\"gid\"} 0",
             "capture_pod_connections_total{netns_cookie=\"4097\",pod=\"a\\\"b\",direction=\"outbound\"} 1",
-            "capture_pod_bypassed_total{netns_cookie=\"4097\",pod=\"a\\\"b\"} 0",
+            "capture_pod_passed_total{netns_cookie=\"4097\",pod=\"a\\\"b\"} 0",
+            "capture_pod_bypassed_total{netns_cookie=\"4097\",pod=\"a\\\"b\",reason=\"cidr\"} 1",
             "capture_pods_enrolled 1",
             "capture_map_entries{map=\"POD_CONFIG\"} 1",
             "capture_map_capacity{map=\"POD_CONFIG\"} 4096",
@@ -380,6 +443,7 @@ mod tests {
         }
         // One HELP and one TYPE per family.
         assert_eq!(text.matches("# TYPE capture_connections_total ").count(), 1);
+        assert_eq!(text.matches("# TYPE capture_bypassed_total ").count(), 1);
     }
 
     #[test]

@@ -17,10 +17,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use capture_core::{ApplyOptions, Backend, CaptureSpec};
+use capture_core::{
+    ApplyOptions, Backend, CaptureSpec, Cidr, OutboundCidrs, Owner, OwnerGroups, Port, PortRange,
+};
 use capture_e2e::ebpf::{self, ChildWorld, EbpfWorld};
-use capture_e2e::{APP_UID, Family, Listener, NetNs, PROXY_UID, TempDir, Topology, connect_as, require_root};
+use capture_e2e::{
+    APP_UID, Family, Listener, NetNs, PROXY_UID, TempDir, Topology, connect_as, connect_as_from, require_root,
+};
 use capture_ebpf::{Ebpf, PinDir};
+use capture_ebpf_common::LAYOUT_VERSION;
 
 /// Where the agent listens, inside its own namespace.
 const LISTEN: &str = "127.0.0.1:15120";
@@ -249,9 +254,14 @@ fn backend(world: &ChildWorld) -> Ebpf {
 
 /// Enrolls `pod` with Istio's default sidecar capture; returns its netns cookie.
 fn enroll(world: &ChildWorld, pod: &NetNs) -> u64 {
+    enroll_with(world, pod, &CaptureSpec::sidecar())
+}
+
+/// Enrolls `pod` with `spec` (again: its configuration is replaced); returns its netns cookie.
+fn enroll_with(world: &ChildWorld, pod: &NetNs, spec: &CaptureSpec) -> u64 {
     let backend = backend(world);
     let outcome = pod
-        .run(|| backend.install(&CaptureSpec::sidecar(), ApplyOptions::default()))
+        .run(|| backend.install(spec, ApplyOptions::default()))
         .unwrap_or_else(|e| panic!("enroll {}: {}", pod.name(), capture_core::chain(&*e)));
     let message = &outcome.steps.last().expect("a step").message;
     message
@@ -300,7 +310,8 @@ fn agent_loads_the_programs_and_serves_health_readiness_and_metrics() {
         for key in [
             "capture_maps_readable",
             "capture_connections_total{direction=\"outbound\"}",
-            "capture_bypassed_total",
+            "capture_passed_total",
+            "capture_bypassed_total{reason=\"uid\"}",
             "capture_inbound_refused_total",
             "capture_pods_enrolled",
             "capture_map_entries{map=\"POD_CONFIG\"}",
@@ -357,12 +368,193 @@ fn agent_counts_a_pods_captured_and_bypassed_connections() {
         let after = agent.metrics();
         let delta = |key: &str| value(&after, key) - value(&before, key);
         assert_eq!(delta("capture_connections_total{direction=\"outbound\"}"), 1.0);
-        assert_eq!(delta("capture_bypassed_total"), 1.0);
+        assert_eq!(delta("capture_passed_total"), 1.0);
+        assert_eq!(delta("capture_bypassed_total{reason=\"uid\"}"), 1.0);
         assert_eq!(delta(&outbound), 1.0);
-        assert_eq!(delta(&pod("bypassed", "")), 1.0);
+        assert_eq!(delta(&pod("passed", "")), 1.0);
+        assert_eq!(delta(&pod("bypassed", "reason=\"uid\"")), 1.0);
         assert_eq!(delta(&pod("connections", "direction=\"inbound\"")), 0.0);
         assert_eq!(value(&after, "capture_map_entries{map=\"POD_STATS\"}"), 1.0);
     });
+}
+
+/// One connection left alone for each reason the connect walk has moves that reason's
+/// `capture_bypassed_total{reason=…}` (node-wide and the pod's) by exactly one, the total
+/// `capture_passed_total` by one each, and `capture-init ebpf stats` prints the same counts.
+#[test]
+fn agent_counts_each_bypass_reason_once() {
+    const PROXY_GID: u32 = 1338;
+    const EXCLUDED_GROUP: u32 = 4242;
+    const EXCLUDED_PORT: u16 = 9090;
+    agent_row(|world| {
+        let mut agent = Agent::start(world, 3600, &[]);
+        agent.wait_ready();
+        let topo = Topology::new();
+        let _proxy = outbound_proxy(&topo);
+        let peer = topo.peer_addr(Family::V4, 80);
+        let app = Listener::spawn(&topo.peer, peer, "peer-app");
+        let excluded = Listener::spawn(
+            &topo.peer,
+            topo.peer_addr(Family::V4, EXCLUDED_PORT),
+            "peer-excluded",
+        );
+        let peer6 = topo.peer_addr(Family::V6, 80);
+        let app6 = Listener::spawn(&topo.peer, peer6, "peer-app6");
+        let local = Listener::spawn(&topo.pod, topo.pod_addr(Family::V4, 8080), "pod-app");
+        let loopback = Listener::spawn(
+            &topo.pod,
+            "127.0.0.1:8081".parse().expect("an address"),
+            "pod-loopback",
+        );
+
+        // The peer's port 80 is excluded by address; every rule before that one still has its
+        // say, so each of these passes for its own reason.
+        let mut spec = CaptureSpec::sidecar();
+        spec.owner.gids = vec![Owner::Id(PROXY_GID)];
+        spec.outbound.owner_groups = OwnerGroups::All {
+            except: vec![Owner::Id(EXCLUDED_GROUP)],
+        };
+        spec.outbound.exclude_ports = vec![PortRange::single(Port::new(EXCLUDED_PORT))];
+        spec.outbound.exclude_cidrs = vec![Cidr::new(topo.peer_ip(Family::V4), 32).expect("a CIDR")];
+        let cookie = enroll_with(world, &topo.pod, &spec);
+        let before = agent.metrics();
+        let stats_before = stats(world);
+        let reason = |r: &str| format!("capture_bypassed_total{{reason=\"{r}\"}}");
+        let pod_reason =
+            |r: &str| format!("capture_pod_bypassed_total{{netns_cookie=\"{cookie}\",reason=\"{r}\"}}");
+        for r in [
+            "port",
+            "passthrough",
+            "loopback",
+            "uid",
+            "gid",
+            "group",
+            "cidr",
+            "not_included",
+            "ipv6",
+        ] {
+            assert!(before.contains_key(&reason(r)), "no {} in {before:?}", reason(r));
+            assert!(
+                before.contains_key(&pod_reason(r)),
+                "no {} in {before:?}",
+                pod_reason(r)
+            );
+        }
+
+        let reply = |uid, gid, dst| {
+            connect_as(&topo.pod, uid, gid, dst)
+                .unwrap_or_else(|e| panic!("{uid}:{gid} → {dst}: {e}"))
+                .0
+        };
+        let mut expected = vec![];
+        assert_eq!(
+            reply(APP_UID, APP_UID, topo.peer_addr(Family::V4, EXCLUDED_PORT)),
+            excluded.token()
+        );
+        expected.push(("port", "passed_excluded_port"));
+        let (answer, _) = connect_as_from(
+            &topo.pod,
+            PROXY_UID,
+            PROXY_GID,
+            "127.0.0.6".parse().expect("an address"),
+            topo.pod_addr(Family::V4, 8080),
+        )
+        .expect("passthrough connect");
+        assert_eq!(answer, local.token());
+        expected.push(("passthrough", "passed_passthrough_source"));
+        assert_eq!(
+            reply(APP_UID, APP_UID, "127.0.0.1:8081".parse().expect("an address")),
+            loopback.token()
+        );
+        expected.push(("loopback", "passed_loopback"));
+        assert_eq!(reply(PROXY_UID, PROXY_UID, peer), app.token());
+        expected.push(("uid", "passed_proxy_uid"));
+        assert_eq!(reply(APP_UID, PROXY_GID, peer), app.token());
+        expected.push(("gid", "passed_proxy_gid"));
+        assert_eq!(reply(APP_UID, EXCLUDED_GROUP, peer), app.token());
+        expected.push(("group", "passed_owner_group"));
+        assert_eq!(reply(APP_UID, APP_UID, peer), app.token());
+        expected.push(("cidr", "passed_excluded_cidr"));
+        // No IPv6 capture for this pod.
+        assert_eq!(reply(APP_UID, APP_UID, peer6), app6.token());
+        expected.push(("ipv6", "passed_ipv6_not_captured"));
+        // Only another network included: the peer is simply not included.
+        let mut narrow = CaptureSpec::sidecar();
+        narrow.outbound.include = OutboundCidrs::Only(vec![
+            Cidr::new("192.0.2.0".parse().expect("an address"), 24).expect("a CIDR"),
+        ]);
+        assert_eq!(enroll_with(world, &topo.pod, &narrow), cookie);
+        assert_eq!(reply(APP_UID, APP_UID, peer), app.token());
+        expected.push(("not_included", "passed_not_included"));
+
+        let after = agent.metrics();
+        let stats_after = stats(world);
+        let delta = |key: &str| value(&after, key) - value(&before, key);
+        for (r, line) in &expected {
+            assert_eq!(delta(&reason(r)), 1.0, "{}", reason(r));
+            assert_eq!(delta(&pod_reason(r)), 1.0, "{}", pod_reason(r));
+            assert_eq!(
+                stat(&stats_after, line) - stat(&stats_before, line),
+                1,
+                "{line} in\n{stats_after}"
+            );
+        }
+        let passed = expected.len() as f64;
+        assert_eq!(delta("capture_passed_total"), passed);
+        assert_eq!(
+            delta(&format!("capture_pod_passed_total{{netns_cookie=\"{cookie}\"}}")),
+            passed
+        );
+        assert_eq!(delta("capture_connections_total{direction=\"outbound\"}"), 0.0);
+    });
+}
+
+/// An inbound connection refused because the pod's proxy has no inbound listener is logged by
+/// the `sk_lookup` program (aya-log, the pinned `AYA_LOGS` ring buffer of the pod's own
+/// instance) and the agent writes the record to its log, naming the port and the pod.
+#[test]
+fn agent_logs_an_inbound_connection_refused_for_lack_of_a_listener() {
+    agent_row(|world| {
+        let mut agent = Agent::start(world, 3600, &[]);
+        agent.wait_ready();
+        let topo = Topology::new();
+        let cookie = enroll(world, &topo.pod);
+        let dst = topo.pod_addr(Family::V4, 8080);
+        let refused = connect_as(&topo.peer, 0, 0, dst).expect_err("no proxy listens on 15006");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+        let line = format!(
+            "inbound connection to port 8080 of netns {cookie} refused: the proxy has no inbound listener"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !agent.log().contains(&line) {
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} within 10 s:\n{}",
+                agent.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        let logged = agent.log();
+        let record = logged.lines().find(|l| l.contains(&line)).expect("found above");
+        assert!(record.contains("WARN"), "{record}");
+        assert_eq!(value(&agent.metrics(), "capture_inbound_refused_total"), 1.0);
+    });
+}
+
+/// What `capture-init ebpf stats` prints for the row's pins (its counters' lines).
+fn stats(world: &ChildWorld) -> String {
+    let stats = capture_ebpf::Node::open(&PinDir::new(&world.bpffs))
+        .and_then(|node| node.stats())
+        .unwrap_or_else(|e| panic!("read the counters: {e}"));
+    stats.to_string()
+}
+
+/// The value of one `name value` line of [`stats`].
+fn stat(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{stats}"))
 }
 
 /// A pod whose namespace is deleted without unenrolling is reclaimed by the inotify path alone
@@ -485,7 +677,7 @@ fn agent_exits_on_sigterm_leaving_pods_captured_and_a_restart_reuses_the_pins() 
 
 /// A new agent on a node loaded by an older capture (pins of map layout v1) upgrades it in
 /// place: the enrolled pod stays captured, the same links carry the new programs, the layout is
-/// v2, and a restart after that changes nothing.
+/// this capture's, and a restart after that changes nothing.
 #[test]
 fn agent_upgrades_the_programs_of_an_older_capture_in_place() {
     agent_row(|world| {
@@ -513,7 +705,10 @@ fn agent_upgrades_the_programs_of_an_older_capture_in_place() {
             log.contains("eBPF programs upgraded: programs replaced on 11 cgroup hooks and for 1 pods"),
             "{log}"
         );
-        assert!(log.contains("map layout v1 -> v2"), "{log}");
+        assert!(
+            log.contains(&format!("map layout v1 -> v{LAYOUT_VERSION}")),
+            "{log}"
+        );
         let after = attached(world);
         assert_eq!(
             after.len(),
@@ -554,7 +749,7 @@ fn agent_refuses_pins_of_another_map_layout() {
         assert_eq!(status.code(), Some(1), "{status}");
         let log = second.log();
         assert!(
-            log.contains("map layout v999") && log.contains("map layout v2"),
+            log.contains("map layout v999") && log.contains(&format!("map layout v{LAYOUT_VERSION}")),
             "{log}"
         );
         assert!(

@@ -16,9 +16,10 @@
 //! | [`ORIG_BY_COOKIE`] | hash | socket cookie (`u64`) | [`OrigDst`] | connect4/6, sendmsg4/6 (UDP DNS) | sockops, getpeername4/6, recvmsg4/6 |
 //! | [`ORIG_BY_PAIR`] | hash | [`PairKey`] | [`OrigDst`] | sockops | getsockopt |
 //! | [`INBOUND_LISTENERS`] | sockhash | [`ListenerKey`] | socket | sockops (listen), loader | sk_lookup |
-//! | [`STATS`] | per-CPU array | `u32` index (`STAT_*`) | `u64` | all programs | loader, tests |
+//! | [`STATS`] | per-CPU array ([`STAT_SLOTS`]) | `u32` index (`STAT_*`) | `u64` | all programs | loader, tests |
 //! | [`POD_STATS`] | per-CPU hash | netns cookie (`u64`) | [`PodStats`] | all programs (existing entries only) | loader (creates at enroll, deletes at unenroll), node agent |
 //! | [`POD_META`] | hash | netns cookie (`u64`) | [`PodMeta`] | loader (enroll by capture-cni) | loader only (CNI GC, `ebpf pods`) |
+//! | [`AYA_LOGS`] | ring buffer | | aya-log records | programs (rare events) | node agent |
 //!
 //! Per-pod entries are keyed by the pod's network namespace cookie and a generation, so a
 //! pod's configuration can be replaced by writing the next generation's entries and then
@@ -52,8 +53,13 @@ pub const POD_STATS: &str = "POD_STATS";
 /// cookie. Userspace only: the programs never read it; it lives and dies with the pins.
 pub const POD_META: &str = "POD_META";
 
+/// The ring buffer of aya-log's records (aya-log-ebpf names it): written by the programs on
+/// rare events only (a full map, an inbound connection refused), read by the node agent. Pinned
+/// like the others, so every per-pod `sk_lookup` instance writes into the one the agent reads.
+pub const AYA_LOGS: &str = "AYA_LOGS";
+
 /// Every map, in the order the loader pins them.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 11] = [
     POD_CONFIG,
     OWNERS,
     PORTS,
@@ -64,6 +70,7 @@ pub const MAP_NAMES: [&str; 10] = [
     INBOUND_LISTENERS,
     POD_STATS,
     POD_META,
+    AYA_LOGS,
 ];
 
 /// The pin of the one-entry array userspace writes [`LAYOUT_VERSION`] into when it loads the
@@ -73,7 +80,7 @@ pub const LAYOUT: &str = "LAYOUT";
 /// The version of the maps' keys and values and of their meaning. Bump it with any change to
 /// them: pins of another version are refused, never read with the wrong meaning (the kernel
 /// only checks key and value sizes).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Older layout versions whose maps mean the same in this one (maps were only added, or
 /// resized): pins of these are upgraded in place (`Node::upgrade`), keeping every entry. A
@@ -81,7 +88,11 @@ pub const LAYOUT_VERSION: u32 = 2;
 ///
 /// v1 -> v2 added `POD_STATS`, `POD_META`, two `STATS` slots (DNS), the `CIDRS` list of DNS servers and the
 /// DNS flags of `PodConfig`; every v1 entry means the same in v2.
-pub const UPGRADES_FROM: &[u32] = &[1];
+///
+/// v2 -> v3 added `AYA_LOGS`, gave `STATS` and each `POD_STATS` value room for
+/// [`STAT_SLOTS`] counters (the `STAT_BYPASS_*` ones added); a v2 `POD_STATS` value is copied into the first slots of the
+/// wider one (`Node::upgrade`'s one value-size migration), every other entry means the same.
+pub const UPGRADES_FROM: &[u32] = &[1, 2];
 
 /// How many pods (network namespaces) can be enrolled at once.
 pub const MAX_PODS: u32 = 4096;
@@ -325,7 +336,8 @@ pub struct PairKey {
 pub const STAT_OUTBOUND: u32 = 0;
 /// [`STATS`] slot: connections redirected to the inbound port (the proxy calling its own pod).
 pub const STAT_HAIRPIN: u32 = 1;
-/// [`STATS`] slot: connections of enrolled pods left alone by the rules.
+/// [`STATS`] slot: TCP connections of enrolled pods left alone by the rules, whatever the
+/// reason: the sum of the `STAT_BYPASS_*` slots (plus what was counted before they existed).
 pub const STAT_PASSED: u32 = 2;
 /// [`STATS`] slot: `SO_ORIGINAL_DST` answered.
 pub const STAT_ORIG_DST: u32 = 3;
@@ -344,11 +356,39 @@ pub const STAT_DNS: u32 = 8;
 /// [`STATS`] slot: UDP answers from the DNS proxy whose source was given back as the resolver
 /// the app asked (`recvmsg`).
 pub const STAT_DNS_ANSWER: u32 = 9;
-/// Number of [`STATS`] slots.
-pub const STAT_COUNT: u32 = 10;
+/// [`STATS`] slot: a TCP connection left alone because its destination port is excluded
+/// (`-o`).
+pub const STAT_BYPASS_PORT: u32 = 10;
+/// [`STATS`] slot: a TCP connection left alone because it comes from the inbound passthrough
+/// source (`127.0.0.6`, `::6`).
+pub const STAT_BYPASS_PASSTHROUGH: u32 = 11;
+/// [`STATS`] slot: a TCP connection left alone because it goes to the pod itself or to the
+/// loopback range and is not the proxy's hairpin (the `-o lo` and `-d 127.0.0.1/32` rules).
+pub const STAT_BYPASS_LOOPBACK: u32 = 12;
+/// [`STATS`] slot: a TCP connection of a proxy uid (`-u`) left alone.
+pub const STAT_BYPASS_UID: u32 = 13;
+/// [`STATS`] slot: a TCP connection of a proxy gid (`-g`) left alone.
+pub const STAT_BYPASS_GID: u32 = 14;
+/// [`STATS`] slot: a TCP connection left alone by the owner-group filter (an excluded group,
+/// or not one of the only groups captured).
+pub const STAT_BYPASS_GROUP: u32 = 15;
+/// [`STATS`] slot: a TCP connection left alone because its destination is in an excluded CIDR
+/// (`-x`).
+pub const STAT_BYPASS_CIDR: u32 = 16;
+/// [`STATS`] slot: a TCP connection left alone because neither its port (`-q`) nor its
+/// destination (`-i`) is included.
+pub const STAT_BYPASS_NOT_INCLUDED: u32 = 17;
+/// [`STATS`] slot: a TCP connection to an IPv6 destination of a pod without IPv6 capture.
+pub const STAT_BYPASS_IPV6: u32 = 18;
+/// Number of [`STATS`] slots the programs count.
+pub const STAT_COUNT: u32 = 19;
+/// Number of slots [`STATS`] and each [`POD_STATS`] value have room for: more than
+/// [`STAT_COUNT`], so that a new counter needs no migration of either map.
+pub const STAT_SLOTS: u32 = 32;
 
-/// Value of [`POD_STATS`]: one pod's counters on one CPU, indexed by `STAT_*` as [`STATS`] is.
-pub type PodStats = [u64; STAT_COUNT as usize];
+/// Value of [`POD_STATS`]: one pod's counters on one CPU, indexed by `STAT_*` as [`STATS`] is
+/// (slots from [`STAT_COUNT`] on stay zero).
+pub type PodStats = [u64; STAT_SLOTS as usize];
 
 /// Capacity of [`POD_STATS`]: one entry per enrolled pod.
 pub const MAX_POD_STATS: u32 = MAX_PODS;

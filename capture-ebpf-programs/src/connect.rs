@@ -44,10 +44,12 @@ use capture_ebpf_common::{
     CIDRS_DNS, CIDRS_LOCAL, CIDRS_OUT_EXCLUDE, CIDRS_OUT_INCLUDE, DNS_PORT, DNS_PROXY_PORT, FLAG_DNS,
     FLAG_DNS_ALL, FLAG_INCLUDES_LOOPBACK, FLAG_IPV6, FLAG_ONLY_GROUPS, OWNER_EXCLUDED_GROUP,
     OWNER_ONLY_GROUP, OWNER_PROXY_GID, OWNER_PROXY_UID, OwnerKey, PORTS_OUT_EXCLUDE, PORTS_OUT_INCLUDE,
-    PodConfig, STAT_DNS, STAT_HAIRPIN, STAT_OUTBOUND, STAT_PASSED, STAT_STATE_FULL,
+    PodConfig, STAT_BYPASS_CIDR, STAT_BYPASS_GID, STAT_BYPASS_GROUP, STAT_BYPASS_IPV6, STAT_BYPASS_LOOPBACK,
+    STAT_BYPASS_NOT_INCLUDED, STAT_BYPASS_PASSTHROUGH, STAT_BYPASS_PORT, STAT_BYPASS_UID, STAT_DNS,
+    STAT_HAIRPIN, STAT_OUTBOUND, STAT_PASSED, STAT_STATE_FULL,
 };
 
-use crate::maps::{ORIG_BY_COOKIE, OWNERS, count_pod, in_cidrs, in_ports, pod_config};
+use crate::maps::{ORIG_BY_COOKIE, OWNERS, count_pod, count_pod2, in_cidrs, in_ports, pod_config};
 use crate::net::{
     IPPROTO_TCP, IPPROTO_UDP, Ip, LOCALHOST4, LOCALHOST4_MAPPED, LOCALHOST6, eq16, ip6_words, read_ip6,
     write_ip6,
@@ -90,8 +92,9 @@ enum Call {
 
 /// Where a connection goes.
 enum Verdict {
-    /// Untouched.
-    Pass,
+    /// Untouched, for the reason this `STAT_BYPASS_*` slot counts (TCP only: UDP passes are
+    /// not counted).
+    Pass(u32),
     /// To the proxy's outbound port.
     Outbound,
     /// To the proxy's inbound port (the proxy calling its own pod).
@@ -137,7 +140,7 @@ fn redirect(ctx: &SockAddrContext, v6: bool, call: Call) {
         return;
     }
     let verdict = if udp && cfg.flags & FLAG_DNS == 0 {
-        Verdict::Pass
+        Verdict::Pass(STAT_BYPASS_NOT_INCLUDED)
     } else {
         // SAFETY: `sk` is the context's non-null socket; its address fields allow 4-byte reads.
         let src = unsafe {
@@ -154,11 +157,11 @@ fn redirect(ctx: &SockAddrContext, v6: bool, call: Call) {
     };
 
     let (port, stat) = match verdict {
-        Verdict::Pass => {
+        Verdict::Pass(reason) => {
             if udp {
                 pass_udp(ctx, call);
             } else {
-                count_pod(netns, STAT_PASSED);
+                count_pod2(netns, STAT_PASSED, reason);
             }
             return;
         }
@@ -172,6 +175,12 @@ fn redirect(ctx: &SockAddrContext, v6: bool, call: Call) {
         // Without a record the proxy could not learn the destination (nor could a UDP client
         // be given the answer from it): leave it alone.
         count_pod(netns, STAT_STATE_FULL);
+        aya_log_ebpf::warn!(
+            ctx,
+            "ORIG_BY_COOKIE is full: a connection of netns {} to port {} left uncaptured",
+            netns,
+            dport
+        );
         return;
     }
     count_pod(netns, stat);
@@ -219,14 +228,14 @@ fn decide(
     let generation = cfg.generation;
     if !dst.v4 && cfg.flags & FLAG_IPV6 == 0 {
         // No ip6tables rules without IPv6 capture.
-        return Verdict::Pass;
+        return Verdict::Pass(STAT_BYPASS_IPV6);
     }
     // `-o` excludes UDP as well as TCP.
     if in_ports(netns, generation, PORTS_OUT_EXCLUDE, dport) {
-        return Verdict::Pass;
+        return Verdict::Pass(STAT_BYPASS_PORT);
     }
     if src.is_passthrough() {
-        return Verdict::Pass;
+        return Verdict::Pass(STAT_BYPASS_PASSTHROUGH);
     }
     let dns = cfg.flags & FLAG_DNS != 0 && dport == DNS_PORT;
     let is_uid = is_owner(netns, generation, OWNER_PROXY_UID, uid);
@@ -234,13 +243,13 @@ fn decide(
     if udp {
         // The hairpin and loopback rules are TCP only (with DNS capture); the proxy's own
         // queries go out untouched.
-        if is_uid || is_gid || group_passes(cfg, netns, gid) {
-            return Verdict::Pass;
+        if let Some(reason) = owner_passes(cfg, netns, is_uid, is_gid, gid) {
+            return Verdict::Pass(reason);
         }
         return if dns_server(cfg, netns, dst) {
             Verdict::Dns
         } else {
-            Verdict::Pass
+            Verdict::Pass(STAT_BYPASS_NOT_INCLUDED)
         };
     }
     let in_loopback_range = in_loopback_range(cfg, dst);
@@ -249,13 +258,13 @@ fn decide(
         let hairpin = if !in_loopback_range && dport != cfg.tunnel_port {
             Verdict::Inbound
         } else {
-            Verdict::Pass
+            Verdict::Pass(STAT_BYPASS_LOOPBACK)
         };
         if dns {
             // With DNS capture the "! --uid-owner … -j RETURN" rules spare TCP port 53 and the
             // uid hairpin rules skip it ("! --dports 53,15008"); the gid ones do not.
             if is_uid {
-                return Verdict::Pass;
+                return Verdict::Pass(STAT_BYPASS_UID);
             }
             if is_gid {
                 return hairpin;
@@ -275,24 +284,42 @@ fn decide(
             if first == cfg.first_owner_id {
                 return hairpin;
             }
-            return Verdict::Pass;
+            return Verdict::Pass(STAT_BYPASS_LOOPBACK);
         }
     }
-    if is_uid || is_gid || group_passes(cfg, netns, gid) {
-        return Verdict::Pass;
+    if let Some(reason) = owner_passes(cfg, netns, is_uid, is_gid, gid) {
+        return Verdict::Pass(reason);
     }
     if dns && dns_server(cfg, netns, dst) {
         return Verdict::Dns;
     }
-    if in_loopback_range || in_cidrs(netns, generation, CIDRS_OUT_EXCLUDE, dst) {
-        return Verdict::Pass;
+    if in_loopback_range {
+        return Verdict::Pass(STAT_BYPASS_LOOPBACK);
+    }
+    if in_cidrs(netns, generation, CIDRS_OUT_EXCLUDE, dst) {
+        return Verdict::Pass(STAT_BYPASS_CIDR);
     }
     if in_ports(netns, generation, PORTS_OUT_INCLUDE, dport)
         || in_cidrs(netns, generation, CIDRS_OUT_INCLUDE, dst)
     {
         return Verdict::Outbound;
     }
-    Verdict::Pass
+    Verdict::Pass(STAT_BYPASS_NOT_INCLUDED)
+}
+
+/// The `STAT_BYPASS_*` reason the owner rules let a connection pass for (the proxy's uids,
+/// its gids, the owner-group filter, in Istio's order), if they do.
+#[inline(always)]
+fn owner_passes(cfg: &PodConfig, netns: u64, is_uid: bool, is_gid: bool, gid: u32) -> Option<u32> {
+    if is_uid {
+        Some(STAT_BYPASS_UID)
+    } else if is_gid {
+        Some(STAT_BYPASS_GID)
+    } else if group_passes(cfg, netns, gid) {
+        Some(STAT_BYPASS_GROUP)
+    } else {
+        None
+    }
 }
 
 /// Whether the owner-group rules let a process of group `gid` pass.

@@ -11,7 +11,7 @@ use crate::net::Ip;
 use capture_ebpf_common::{
     CIDR_KEY_FIXED_BITS, CidrKey, FAMILY_V4, FAMILY_V6, ListenerKey, MAX_CIDR_ENTRIES, MAX_CONNECTIONS,
     MAX_LISTENERS, MAX_OWNER_ENTRIES, MAX_POD_STATS, MAX_PODS, MAX_PORT_ENTRIES, OrigDst, OwnerKey,
-    PORT_KEY_FIXED_BITS, PairKey, PodConfig, PodMeta, PodStats, PortKey, STAT_COUNT,
+    PORT_KEY_FIXED_BITS, PairKey, PodConfig, PodMeta, PodStats, PortKey, STAT_COUNT, STAT_SLOTS,
 };
 
 #[map]
@@ -33,7 +33,7 @@ pub static ORIG_BY_COOKIE: HashMap<u64, OrigDst> = HashMap::with_max_entries(MAX
 pub static ORIG_BY_PAIR: HashMap<PairKey, OrigDst> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 #[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
 #[map]
 pub static INBOUND_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(MAX_LISTENERS, 0);
@@ -73,6 +73,24 @@ pub fn count_pod(netns: u64, stat: u32) {
         // SAFETY: the pointer is this CPU's value of a live per-CPU hash entry, `stat` is in
         // bounds (checked above), and BPF programs do not preempt each other on one CPU.
         unsafe { (*counters)[stat as usize] += 1 };
+    }
+}
+
+/// Adds one to two `STAT_*` counters of this CPU (a total and its reason), node-wide and in
+/// the pod's counters, with one lookup of the pod's entry.
+#[inline(always)]
+pub fn count_pod2(netns: u64, total: u32, reason: u32) {
+    count(total);
+    count(reason);
+    if total >= STAT_COUNT || reason >= STAT_COUNT {
+        return;
+    }
+    if let Some(counters) = POD_STATS.get_ptr_mut(netns) {
+        // SAFETY: as in `count_pod`; both indexes are in bounds (checked above).
+        unsafe {
+            (*counters)[total as usize] += 1;
+            (*counters)[reason as usize] += 1;
+        }
     }
 }
 

@@ -119,6 +119,12 @@ fn lookup(ctx: &SkLookupContext) -> Verdict {
         Verdict::Assigned
     } else {
         count_pod(netns, STAT_INBOUND_REFUSED);
+        aya_log_ebpf::warn!(
+            ctx,
+            "inbound connection to port {} of netns {} refused: the proxy has no inbound listener",
+            local_port,
+            netns
+        );
         Verdict::Refuse
     }
 }

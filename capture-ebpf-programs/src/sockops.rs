@@ -58,6 +58,11 @@ fn sockops(ctx: &SockOpsContext) {
                     && ORIG_BY_PAIR.insert(key, orig, 0).is_err()
                 {
                     count_pod(key.netns, STAT_STATE_FULL);
+                    aya_log_ebpf::warn!(
+                        ctx,
+                        "ORIG_BY_PAIR is full: the proxy cannot learn the original destination of a connection of netns {}",
+                        key.netns
+                    );
                 }
             }
         }
@@ -131,6 +136,11 @@ fn listen(ctx: &SockOpsContext) {
         .is_err()
     {
         count_pod(netns, STAT_STATE_FULL);
+        aya_log_ebpf::warn!(
+            ctx,
+            "INBOUND_LISTENERS is full: the inbound listener of netns {} not recorded",
+            netns
+        );
     }
 }
 

@@ -268,15 +268,27 @@ pub(crate) fn map_shape(map: BorrowedFd<'_>) -> io::Result<MapShape> {
     })
 }
 
-/// Copies every entry of `from` into `to` (maps of the same type, key and value sizes), as
-/// bytes; with `only_missing`, entries `to` already has are left as they are. Returns how many
-/// were written.
+/// Copies every entry of `from` into `to` (maps of the same type and key size), as bytes;
+/// with `only_missing`, entries `to` already has are left as they are. `to_value_size` is
+/// `to`'s value size: when larger than `from`'s, each value (each CPU's, for a per-CPU map) is
+/// written into the first bytes of the wider one, the rest zero. Returns how many were
+/// written.
 pub(crate) fn map_copy(
     from: BorrowedFd<'_>,
     to: BorrowedFd<'_>,
     shape: MapShape,
+    to_value_size: u32,
     only_missing: bool,
 ) -> io::Result<usize> {
+    if to_value_size < shape.value_size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "values would shrink from {} to {to_value_size} bytes",
+                shape.value_size
+            ),
+        ));
+    }
     let per_cpu = [
         bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
         bpf_map_type::BPF_MAP_TYPE_PERCPU_HASH,
@@ -284,12 +296,19 @@ pub(crate) fn map_copy(
     ]
     .iter()
     .any(|t| *t as u32 == shape.map_type);
-    let value_len = if per_cpu {
+    // Per-CPU values come one per possible CPU, each padded to 8 bytes.
+    let (cpus, from_len, to_len) = if per_cpu {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        (shape.value_size as usize).next_multiple_of(8) * cpus
+        (
+            cpus,
+            (shape.value_size as usize).next_multiple_of(8),
+            (to_value_size as usize).next_multiple_of(8),
+        )
     } else {
-        shape.value_size as usize
+        (1, shape.value_size as usize, to_value_size as usize)
     };
+    let value_len = from_len * cpus;
+    let mut wide = vec![0u8; to_len * cpus];
     let mut key = vec![0u8; shape.key_size as usize];
     let mut next = vec![0u8; shape.key_size as usize];
     let mut value = vec![0u8; value_len];
@@ -318,10 +337,18 @@ pub(crate) fn map_copy(
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(e) => return Err(e),
         }
+        let written = if to_len == from_len {
+            &value
+        } else {
+            for (to, from) in wide.chunks_exact_mut(to_len).zip(value.chunks_exact(from_len)) {
+                to[..from_len].copy_from_slice(from);
+            }
+            &wide
+        };
         let mut attr = zeroed_attr();
         attr.__bindgen_anon_2.map_fd = fd_u32(to);
         attr.__bindgen_anon_2.key = key.as_ptr() as u64;
-        attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_ptr() as u64;
+        attr.__bindgen_anon_2.__bindgen_anon_1.value = written.as_ptr() as u64;
         attr.__bindgen_anon_2.flags = if only_missing {
             u64::from(aya_obj::generated::BPF_NOEXIST)
         } else {

@@ -10,7 +10,7 @@ use aya::EbpfLoader;
 use aya::maps::lpm_trie::Key;
 use capture_ebpf_common::{
     AF_INET, AF_INET6, CIDRS, INBOUND_LISTENERS, ListenerKey, MAP_NAMES, NETNS_COOKIE_GLOBAL, OWNERS,
-    POD_CONFIG, POD_STATS, PORTS, STAT_COUNT, programs,
+    POD_CONFIG, POD_STATS, PORTS, STAT_SLOTS, programs,
 };
 
 use super::{Node, ignore_missing, is_missing, keys_of, load_sk_lookup, map_error};
@@ -209,7 +209,7 @@ impl Node {
             source,
         })?;
         let zero =
-            aya::maps::PerCpuValues::try_from(vec![[0; STAT_COUNT as usize]; cpus]).map_err(|source| {
+            aya::maps::PerCpuValues::try_from(vec![[0; STAT_SLOTS as usize]; cpus]).map_err(|source| {
                 Error::Io {
                     op: "make per-CPU values for",
                     path: self.pins.map(POD_STATS),

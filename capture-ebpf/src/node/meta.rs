@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use aya::maps::MapError;
 use capture_ebpf_common::{
-    CIDRS, INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, POD_CONFIG, POD_META, PORTS, STAT_COUNT,
+    CIDRS, INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, POD_CONFIG, POD_META, PORTS, STAT_SLOTS,
     STATS,
 };
 
@@ -134,7 +134,7 @@ impl Node {
     }
 
     /// How many entries each map holds, by name, in pin order (the per-CPU `STATS` array always
-    /// holds its `STAT_COUNT` slots).
+    /// holds its `STAT_SLOTS` slots).
     ///
     /// # Errors
     /// [`Error::Map`] when a map cannot be read.
@@ -152,7 +152,7 @@ impl Node {
                 ORIG_BY_PAIR,
                 keys_of(self.orig_by_pair.keys(), ORIG_BY_PAIR)?.len(),
             ),
-            (STATS, STAT_COUNT as usize),
+            (STATS, STAT_SLOTS as usize),
             (
                 INBOUND_LISTENERS,
                 keys_of(self.inbound_listeners.keys(), INBOUND_LISTENERS)?.len(),

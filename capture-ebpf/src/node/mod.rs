@@ -49,7 +49,7 @@ use capture_ebpf_common::{
 };
 pub use enroll::Enrollment;
 pub use meta::NetnsLink;
-pub use state::{MapUsage, Stats};
+pub use state::{Bypassed, MapUsage, Stats};
 pub use upgrade::Upgrade;
 
 use crate::bpffs::is_bpffs;
@@ -427,6 +427,17 @@ fn check_acts_on(cgroup: &Path, pins: &PinDir, missing_ok: bool) -> Result<(), E
 }
 
 /// The info of `program`'s pinned cgroup link.
+impl Node {
+    /// The id of the program on the node's pinned `connect4` link: a program that uses the
+    /// pinned `AYA_LOGS` ring buffer, by which aya-log's `EbpfLogger::init_from_id` finds it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the link is not pinned, [`Error::Syscall`] when it cannot be read.
+    pub fn log_program_id(pins: &PinDir) -> Result<u32, Error> {
+        Ok(pinned_link_info(pins, programs::CONNECT4)?.prog_id)
+    }
+}
+
 fn pinned_link_info(pins: &PinDir, program: &'static str) -> Result<LinkInfo, Error> {
     let path = pins.link(program);
     let link = obj_get(&path).map_err(|source| Error::Io {

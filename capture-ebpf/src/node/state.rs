@@ -4,8 +4,11 @@
 use aya::maps::{IterableMap, MapData, MapError};
 use capture_ebpf_common::{
     CIDRS, CidrKey, INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OwnerKey, POD_CONFIG, POD_STATS,
-    PORTS, PodConfig, PodStats, PortKey, STAT_COUNT, STAT_DNS, STAT_DNS_ANSWER, STAT_HAIRPIN, STAT_INBOUND,
-    STAT_INBOUND_REFUSED, STAT_ORIG_DST, STAT_OUTBOUND, STAT_PASSED, STAT_PEERNAME, STAT_STATE_FULL, STATS,
+    PORTS, PodConfig, PodStats, PortKey, STAT_BYPASS_CIDR, STAT_BYPASS_GID, STAT_BYPASS_GROUP,
+    STAT_BYPASS_IPV6, STAT_BYPASS_LOOPBACK, STAT_BYPASS_NOT_INCLUDED, STAT_BYPASS_PASSTHROUGH,
+    STAT_BYPASS_PORT, STAT_BYPASS_UID, STAT_COUNT, STAT_DNS, STAT_DNS_ANSWER, STAT_HAIRPIN, STAT_INBOUND,
+    STAT_INBOUND_REFUSED, STAT_ORIG_DST, STAT_OUTBOUND, STAT_PASSED, STAT_PEERNAME, STAT_SLOTS,
+    STAT_STATE_FULL, STATS,
 };
 
 use super::{Node, keys_of};
@@ -18,7 +21,7 @@ pub struct Stats {
     pub outbound: u64,
     /// Connections redirected to the inbound port (the proxy calling its own pod).
     pub hairpin: u64,
-    /// Connections of enrolled pods left alone.
+    /// TCP connections of enrolled pods left alone, for any reason.
     pub passed: u64,
     /// `SO_ORIGINAL_DST` answers.
     pub orig_dst: u64,
@@ -34,6 +37,32 @@ pub struct Stats {
     pub dns: u64,
     /// UDP answers of the DNS proxy given back the resolver's address as their source.
     pub dns_answers: u64,
+    /// Of [`Stats::passed`], why each was left alone.
+    pub bypassed: Bypassed,
+}
+
+/// Why TCP connections of enrolled pods were left alone (the `STAT_BYPASS_*` slots), summed
+/// over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bypassed {
+    /// Excluded destination port (`-o`).
+    pub port: u64,
+    /// From the inbound passthrough source (`127.0.0.6`, `::6`).
+    pub passthrough: u64,
+    /// To the pod itself or the loopback range, and not the proxy's hairpin.
+    pub loopback: u64,
+    /// A proxy uid's (`-u`).
+    pub uid: u64,
+    /// A proxy gid's (`-g`).
+    pub gid: u64,
+    /// Left alone by the owner-group filter.
+    pub group: u64,
+    /// Destination in an excluded CIDR (`-x`).
+    pub cidr: u64,
+    /// Neither port (`-q`) nor destination (`-i`) included.
+    pub not_included: u64,
+    /// An IPv6 destination of a pod without IPv6 capture.
+    pub ipv6: u64,
 }
 
 impl std::fmt::Display for Stats {
@@ -50,6 +79,18 @@ impl std::fmt::Display for Stats {
             inbound_refused,
             dns,
             dns_answers,
+            bypassed:
+                Bypassed {
+                    port,
+                    passthrough,
+                    loopback,
+                    uid,
+                    gid,
+                    group,
+                    cidr,
+                    not_included,
+                    ipv6,
+                },
         } = self;
         writeln!(f, "outbound_redirected {outbound}")?;
         writeln!(f, "hairpin_redirected {hairpin}")?;
@@ -60,7 +101,16 @@ impl std::fmt::Display for Stats {
         writeln!(f, "inbound_redirected {inbound}")?;
         writeln!(f, "inbound_refused_no_listener {inbound_refused}")?;
         writeln!(f, "dns_redirected {dns}")?;
-        write!(f, "dns_answers_from_resolver {dns_answers}")
+        writeln!(f, "dns_answers_from_resolver {dns_answers}")?;
+        writeln!(f, "passed_excluded_port {port}")?;
+        writeln!(f, "passed_passthrough_source {passthrough}")?;
+        writeln!(f, "passed_loopback {loopback}")?;
+        writeln!(f, "passed_proxy_uid {uid}")?;
+        writeln!(f, "passed_proxy_gid {gid}")?;
+        writeln!(f, "passed_owner_group {group}")?;
+        writeln!(f, "passed_excluded_cidr {cidr}")?;
+        writeln!(f, "passed_not_included {not_included}")?;
+        write!(f, "passed_ipv6_not_captured {ipv6}")
     }
 }
 
@@ -69,6 +119,7 @@ const _: () = assert!(
     STAT_COUNT as usize * size_of::<u64>() == size_of::<Stats>(),
     "Stats has one field per STATS slot"
 );
+const _: () = assert!(STAT_COUNT <= STAT_SLOTS, "STATS has room for every counter");
 
 impl Node {
     /// The configuration a pod is enrolled with, if any.
@@ -199,6 +250,17 @@ impl Node {
             inbound_refused: sum(STAT_INBOUND_REFUSED)?,
             dns: sum(STAT_DNS)?,
             dns_answers: sum(STAT_DNS_ANSWER)?,
+            bypassed: Bypassed {
+                port: sum(STAT_BYPASS_PORT)?,
+                passthrough: sum(STAT_BYPASS_PASSTHROUGH)?,
+                loopback: sum(STAT_BYPASS_LOOPBACK)?,
+                uid: sum(STAT_BYPASS_UID)?,
+                gid: sum(STAT_BYPASS_GID)?,
+                group: sum(STAT_BYPASS_GROUP)?,
+                cidr: sum(STAT_BYPASS_CIDR)?,
+                not_included: sum(STAT_BYPASS_NOT_INCLUDED)?,
+                ipv6: sum(STAT_BYPASS_IPV6)?,
+            },
         })
     }
 }
@@ -222,7 +284,7 @@ impl Node {
     /// # Errors
     /// [`Error::Map`] when the map cannot be read.
     pub fn counters(&self) -> Result<PodStats, Error> {
-        let mut counters = [0; STAT_COUNT as usize];
+        let mut counters = [0; STAT_SLOTS as usize];
         for (index, counter) in (0..STAT_COUNT).zip(counters.iter_mut()) {
             let values = self.stats.get(&index, 0).map_err(|source| Error::Map {
                 map: STATS,
@@ -247,7 +309,7 @@ impl Node {
                 op: "iterate",
                 source,
             })?;
-            let mut sum = [0u64; STAT_COUNT as usize];
+            let mut sum = [0u64; STAT_SLOTS as usize];
             for cpu in per_cpu.iter() {
                 for (total, value) in sum.iter_mut().zip(cpu) {
                     *total += value;

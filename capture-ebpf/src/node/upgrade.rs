@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! node lock ─> pins of this layout, or of one it upgrades from (UPGRADES_FROM), acting on the cgroup
-//!   ─> each map: pinned and of the same shape: reused | same entries, other capacity: migrated | not pinned: created
+//!   ─> each map: pinned and of the same shape: reused | same entries, other capacity: migrated
+//!      | POD_STATS of narrower values (layout v2): migrated, each value into the first slots | not pinned: created
 //!   ─> the object loaded and verified (new and migrated maps pinned in <pin_dir>/upgrade/), entries copied
 //!   ─> same programs, same maps: nothing to do
 //!   ─> BPF_LINK_UPDATE of each cgroup link, then of each pod's sk_lookup link (its own new instance)
@@ -95,8 +96,13 @@ impl std::fmt::Display for Upgrade {
 enum Step {
     /// The pinned map is used as it is.
     Reuse,
-    /// A new map, filled from the pinned one (`old`, of shape `shape`).
-    Migrate { old: OwnedFd, shape: MapShape },
+    /// A new map, filled from the pinned one (`old`, of shape `shape`), whose values are
+    /// `value_size` bytes (more than `shape`'s only for a widened `POD_STATS`).
+    Migrate {
+        old: OwnedFd,
+        shape: MapShape,
+        value_size: u32,
+    },
     /// A new, empty map.
     Create,
 }
@@ -210,13 +216,20 @@ impl Upgrader<'_> {
 
         let mut migrated = Vec::new();
         for (name, step) in &steps {
-            if let Step::Migrate { old, shape } = step {
+            if let Step::Migrate {
+                old,
+                shape,
+                value_size,
+            } = step
+            {
                 let new = open_pin(&self.staging.join(name), "open pinned map")?;
                 let copied =
-                    map_copy(old.as_fd(), new.as_fd(), *shape, false).map_err(|source| Error::Migration {
-                        pin_dir: self.pins.path().to_owned(),
-                        map: name,
-                        reason: format!("could not be copied: {source}"),
+                    map_copy(old.as_fd(), new.as_fd(), *shape, *value_size, false).map_err(|source| {
+                        Error::Migration {
+                            pin_dir: self.pins.path().to_owned(),
+                            map: name,
+                            reason: format!("could not be copied: {source}"),
+                        }
                     })?;
                 migrated.push((*name, copied));
             }
@@ -331,10 +344,14 @@ impl Upgrader<'_> {
         }
         // Entries the old programs wrote into a migrated map after the first copy.
         for (name, step) in &steps {
-            if let Step::Migrate { old, shape } = step
+            if let Step::Migrate {
+                old,
+                shape,
+                value_size,
+            } = step
                 && let Ok(new) = obj_get(&self.pins.map(name))
             {
-                let _ = map_copy(old.as_fd(), new.as_fd(), *shape, true);
+                let _ = map_copy(old.as_fd(), new.as_fd(), *shape, *value_size, true);
             }
         }
         Ok(Upgrade {
@@ -385,6 +402,19 @@ impl Upgrader<'_> {
             let shape = map_shape(old.as_fd()).map_err(syscall("bpf(BPF_OBJ_GET_INFO_BY_FD)"))?;
             let step = if shape == want {
                 Step::Reuse
+            } else if name == capture_ebpf_common::POD_STATS
+                && (shape.map_type, shape.key_size, shape.map_flags)
+                    == (want.map_type, want.key_size, want.map_flags)
+                && shape.value_size < want.value_size
+                && shape.value_size % 8 == 0
+            {
+                // Layout v2's counters (fewer `STAT_*` slots): each pod's are copied into the
+                // first slots of the wider value, the new slots zero.
+                Step::Migrate {
+                    old,
+                    shape,
+                    value_size: want.value_size,
+                }
             } else if (shape.map_type, shape.key_size, shape.value_size, shape.map_flags)
                 != (want.map_type, want.key_size, want.value_size, want.map_flags)
             {
@@ -413,7 +443,11 @@ impl Upgrader<'_> {
                     ),
                 });
             } else {
-                Step::Migrate { old, shape }
+                Step::Migrate {
+                    old,
+                    shape,
+                    value_size: want.value_size,
+                }
             };
             steps.push((name, step));
         }

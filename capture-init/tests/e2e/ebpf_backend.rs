@@ -462,7 +462,10 @@ fn ebpf_pins_of_another_map_layout_are_refused_not_reused() {
         );
         init.run()
             .code(1)
-            .says("have map layout v999, and this capture has map layout v2")
+            .says(&format!(
+                "have map layout v999, and this capture has map layout v{}",
+                capture_ebpf_common::LAYOUT_VERSION
+            ))
             .says("unload them first");
         fs::remove_file(&layout).expect("remove the LAYOUT pin");
         init.run()

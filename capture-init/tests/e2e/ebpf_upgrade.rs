@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use capture_e2e::ebpf::{self, attached_to, sk_lookup_programs};
 use capture_e2e::{APP_UID, Family, Topology, connect_as};
 
+use capture_ebpf::{Node, PinDir};
+use capture_ebpf_common::{LAYOUT_VERSION, STAT_OUTBOUND, STAT_PASSED};
+
 use crate::capture_init::{Backend, CaptureInit, Run, ebpf_node};
 use crate::support::{APP, ROOT, assert_lands, ebpf_row, inbound_proxy, outbound_proxy};
 
@@ -187,10 +190,11 @@ fn ebpf_upgrade_refuses_a_map_it_cannot_carry_over_and_changes_nothing() {
 /// A node loaded by the previous release (map layout v1: no `POD_STATS`, an 8-slot `STATS`, no
 /// POD_META, no DNS hooks) is upgraded in place: the enrolled pod stays captured, the hooks v2 added are
 /// attached, `POD_STATS` and `POD_META` are created (with the pod's counters), `STATS` is migrated with its
-/// entries, and the layout becomes v2. Before the upgrade, enrolling refuses the old pins and
-/// names the upgrade. The v1 node is made from a v2 one by taking away what v2 added.
+/// entries, and the layout becomes this capture's. Before the upgrade, enrolling refuses the old
+/// pins and names the upgrade. The v1 node is made from a current one by taking away what later
+/// layouts added.
 #[test]
-fn ebpf_upgrade_carries_a_layout_v1_node_to_v2() {
+fn ebpf_upgrade_carries_a_layout_v1_node_to_the_current_layout() {
     ebpf_row(|| {
         let topo = Topology::new();
         let outbound = outbound_proxy(&topo, Family::V4);
@@ -209,8 +213,8 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_v2() {
             bpftool(&["link", "detach", "pinned", &pin.display().to_string()]);
             std::fs::remove_file(&pin).expect("remove a v2 link pin");
         }
-        for map in ["POD_STATS", "POD_META"] {
-            std::fs::remove_file(pin_dir.join("maps").join(map)).expect("remove a v2 map");
+        for map in ["POD_STATS", "POD_META", "AYA_LOGS"] {
+            std::fs::remove_file(pin_dir.join("maps").join(map)).expect("remove a map v1 had not");
         }
         let stats = pin_dir.join("maps/STATS").display().to_string();
         std::fs::remove_file(&stats).expect("remove STATS");
@@ -239,7 +243,9 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_v2() {
         CaptureInit::new(&other.pod, Backend::Ebpf, Family::V4)
             .run()
             .code(1)
-            .says("have map layout v1, and this capture has map layout v2")
+            .says(&format!(
+                "have map layout v1, and this capture has map layout v{LAYOUT_VERSION}"
+            ))
             .says("upgrade them in place (capture-init ebpf upgrade");
         assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
 
@@ -247,9 +253,9 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_v2() {
             .ok()
             .says("programs replaced on 6 cgroup hooks and for 1 pods")
             .says("programs attached to new hooks: capture_sendmsg4, capture_sendmsg6, capture_recvmsg4, capture_recvmsg6, capture_sock_release")
-            .says("maps created: POD_STATS, POD_META")
+            .says("maps created: POD_STATS, POD_META, AYA_LOGS")
             .says("map STATS resized, 8 entries carried over")
-            .says("map layout v1 -> v2");
+            .says(&format!("map layout v1 -> v{LAYOUT_VERSION}"));
         assert_eq!(attached_ids().len(), 11);
         upgrade(&[]).ok().says("nothing changed");
         assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
@@ -262,5 +268,178 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_v2() {
         let world = ebpf::child_world().expect("inside ebpf_row");
         let stats = ebpf_node(&["stats", "--bpffs", &world.bpffs.display().to_string()]);
         stats.ok();
+    });
+}
+
+/// How many CPUs the kernel keeps per-CPU map values for (`/sys/devices/system/cpu/possible`).
+fn possible_cpus() -> u64 {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").expect("read possible CPUs");
+    text.trim()
+        .split(',')
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => b.parse::<u64>().expect("a CPU") - a.parse::<u64>().expect("a CPU") + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// A node loaded by a layout v2 capture (`STATS` of 10 slots, `POD_STATS` values of 10
+/// counters, no `AYA_LOGS`) is upgraded in place: `AYA_LOGS` is created, `STATS` is migrated with its counts, each pod's `POD_STATS`
+/// entry is copied into the first slots of the wider value (its counts kept, the new slots
+/// zero), the layout becomes this capture's, and the new programs count into the migrated map.
+/// The v2 node is made from a current one by putting maps of v2's shapes in place.
+#[test]
+fn ebpf_upgrade_carries_a_layout_v2_node_keeping_its_pods_counters() {
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let outbound = outbound_proxy(&topo, Family::V4);
+        CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4).run().ok();
+        let world = ebpf::child_world().expect("inside ebpf_row");
+        let pin_dir = world.pin_dir.clone();
+        let pins = PinDir::new(&world.bpffs);
+        let cookie = {
+            let node = Node::open(&pins).expect("open the node");
+            let pods = node.pods().expect("list pods");
+            assert_eq!(pods.len(), 1, "{pods:?}");
+            pods[0].0
+        };
+        let bpftool = |args: &[&str]| capture_e2e::run_ok(std::process::Command::new("bpftool").args(args));
+        let bytes = |values: &[u64]| -> Vec<String> {
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .map(|b| b.to_string())
+                .collect()
+        };
+        let pin = |name: &str| pin_dir.join("maps").join(name).display().to_string();
+
+        // v2 had no log ring buffer.
+        std::fs::remove_file(pin("AYA_LOGS")).expect("remove AYA_LOGS");
+        // v2's STATS: 10 slots, 3 connections passed on each CPU.
+        std::fs::remove_file(pin("STATS")).expect("remove STATS");
+        bpftool(&[
+            "map",
+            "create",
+            &pin("STATS"),
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "10",
+            "name",
+            "STATS",
+        ]);
+        let mut args = vec![
+            "map".to_owned(),
+            "update".into(),
+            "pinned".into(),
+            pin("STATS"),
+            "key".into(),
+        ];
+        args.extend(
+            bytes(&[])
+                .into_iter()
+                .chain(STAT_PASSED.to_le_bytes().map(|b| b.to_string())),
+        );
+        args.push("value".into());
+        args.extend(bytes(&[3]));
+        bpftool(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+        // v2's POD_STATS: 10 counters a value; the pod had 5 outbound and 7 passed on each CPU.
+        std::fs::remove_file(pin("POD_STATS")).expect("remove POD_STATS");
+        bpftool(&[
+            "map",
+            "create",
+            &pin("POD_STATS"),
+            "type",
+            "percpu_hash",
+            "key",
+            "8",
+            "value",
+            "80",
+            "entries",
+            "4096",
+            "flags",
+            "1",
+            "name",
+            "POD_STATS",
+        ]);
+        let mut old = [0u64; 10];
+        old[STAT_OUTBOUND as usize] = 5;
+        old[STAT_PASSED as usize] = 7;
+        let mut args = vec![
+            "map".to_owned(),
+            "update".into(),
+            "pinned".into(),
+            pin("POD_STATS"),
+            "key".into(),
+        ];
+        args.extend(bytes(&[cookie.0]));
+        args.push("value".into());
+        args.extend(bytes(&old));
+        bpftool(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        bpftool(&[
+            "map",
+            "update",
+            "pinned",
+            &pin("LAYOUT"),
+            "key",
+            "0",
+            "0",
+            "0",
+            "0",
+            "value",
+            "2",
+            "0",
+            "0",
+            "0",
+        ]);
+
+        let other = Topology::new();
+        CaptureInit::new(&other.pod, Backend::Ebpf, Family::V4)
+            .run()
+            .code(1)
+            .says(&format!(
+                "have map layout v2, and this capture has map layout v{LAYOUT_VERSION}"
+            ));
+
+        upgrade(&[])
+            .ok()
+            .says("programs replaced on 11 cgroup hooks and for 1 pods")
+            .says("maps created: AYA_LOGS")
+            .says("map STATS resized, 10 entries carried over")
+            .says("map POD_STATS resized, 1 entries carried over")
+            .says(&format!("map layout v2 -> v{LAYOUT_VERSION}"));
+        upgrade(&[]).ok().says("nothing changed");
+
+        let cpus = possible_cpus();
+        let node = Node::open(&pins).expect("open the upgraded node");
+        assert_eq!(node.stats().expect("stats").passed, 3 * cpus);
+        let counters = |node: &Node| {
+            node.pod_counters()
+                .expect("pod counters")
+                .into_iter()
+                .find(|(c, _)| *c == cookie)
+                .expect("the pod's counters")
+                .1
+        };
+        let kept = counters(&node);
+        assert_eq!(kept[STAT_OUTBOUND as usize], 5 * cpus, "{kept:?}");
+        assert_eq!(kept[STAT_PASSED as usize], 7 * cpus, "{kept:?}");
+        assert!(
+            kept.iter()
+                .enumerate()
+                .all(|(i, v)| *v == 0 || i == STAT_OUTBOUND as usize || i == STAT_PASSED as usize),
+            "the new slots start at zero: {kept:?}"
+        );
+        assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
+        assert_eq!(
+            counters(&node)[STAT_OUTBOUND as usize],
+            5 * cpus + 1,
+            "the new programs count into the migrated map"
+        );
     });
 }
