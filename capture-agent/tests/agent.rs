@@ -574,7 +574,11 @@ fn agent_reclaims_a_pod_whose_namespace_is_deleted_without_a_manual_gc() {
         let deadline = Instant::now() + Duration::from_secs(15);
         let metrics = loop {
             let metrics = agent.metrics();
-            if value(&metrics, "capture_pods_enrolled") == 1.0 || Instant::now() > deadline {
+            // The pod leaves POD_CONFIG first and is counted once the whole pass ends: wait
+            // for both, so the reading below is not taken in between.
+            let done = value(&metrics, "capture_pods_enrolled") == 1.0
+                && value(&metrics, "capture_gc_reclaimed_pods_total") == 1.0;
+            if done || Instant::now() > deadline {
                 break metrics;
             }
             thread::sleep(Duration::from_millis(50));
