@@ -29,7 +29,7 @@
 //! removes our entry from every file in the directory that has one.
 //!
 //! **Where this differs from Istio's installer** (`cni/pkg/install`, fixtures in
-//! `testdata/istio/cni-install`):
+//! `capture-core/testdata/istio/cni-install`):
 //! - Istio names a list made from a single conf `k8s-pod-network`, version `0.3.1`; we keep
 //!   the conf's own `name` and `cniVersion`, so the network and the spec version the runtime
 //!   negotiates do not change when the plugin is chained.

@@ -51,7 +51,7 @@ const CASES: &[(&str, &str, Edit)] = &[
 
 fn golden(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/istio/cni-plugin")
+        .join("../capture-core/testdata/istio/cni-plugin")
         .join(format!("{name}.txt.golden"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

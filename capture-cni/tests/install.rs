@@ -1,4 +1,4 @@
-//! The installer against Istio's installer fixtures (`testdata/istio/cni-install`,
+//! The installer against Istio's installer fixtures (`capture-core/testdata/istio/cni-install`,
 //! MANIFEST.md §5) and through the real binary on scratch directories.
 //!
 //! Our entry differs from Istio's, so results are compared by structure: the other plugins
@@ -18,7 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_capture-cni");
 
 fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/istio/cni-install")
+        .join("../capture-core/testdata/istio/cni-install")
         .join(name)
 }
 

@@ -838,7 +838,7 @@ mod recorded {
             Family::V6 => "v6",
         };
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata/saved")
+            .join("testdata/saved")
             .join(format!("{name}.{v}.{suffix}"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         (path, text)

@@ -102,7 +102,7 @@ fn every_cni_plugin_golden_matches_byte_for_byte() {
 /// upstream's code (istio-capture.md §2.1), not produced by us.
 #[test]
 fn default_sidecar_command() {
-    let expected_v4 = include_str!("../../testdata/sidecar.v4.restore");
+    let expected_v4 = include_str!("../testdata/sidecar.v4.restore");
     let expected_v6 = expected_v4
         .replace("127.0.0.6/32", "::6/128")
         .replace("127.0.0.1/32", "::1/128");

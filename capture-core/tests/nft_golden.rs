@@ -179,7 +179,7 @@ fn every_golden_compiles_to_what_nft_makes_of_it() {
         assert_same(&format!("{name}: nft list ruleset"), &text, &our_text);
         // And what nft 1.0.x prints is the committed listing (CAPTURE_BLESS=1 writes it anew).
         let listing = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata/nftables-listing")
+            .join("testdata/nftables-listing")
             .join(format!("{name}.txt"));
         if std::env::var_os("CAPTURE_BLESS").is_some() {
             std::fs::write(&listing, &our_text).unwrap();

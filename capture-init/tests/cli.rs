@@ -8,8 +8,9 @@ use capture_e2e::{SIDECAR_ARGS, TempDir};
 
 /// Istio's `--native-nftables` transaction for a case.
 fn nft_golden(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../testdata/istio/nftables/capture/{name}.golden"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../capture-core/testdata/istio/nftables/capture/{name}.golden"
+    ));
     std::fs::read_to_string(path).unwrap()
 }
 
@@ -23,8 +24,8 @@ enum Rules {
 }
 
 fn golden(name: &str) -> String {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../testdata/istio/iptables/{name}.golden"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../capture-core/testdata/istio/iptables/{name}.golden"));
     let log = std::fs::read_to_string(path).unwrap();
     // The call log minus the iptables-save calls is the restore payloads, IPv4 then IPv6.
     log.lines()
@@ -357,7 +358,7 @@ fn golden_through_the_binary(case: &Case, rules: Rules) {
 }
 
 fn sidecar_payload(v6: bool) -> String {
-    let v4 = include_str!("../../testdata/sidecar.v4.restore");
+    let v4 = include_str!("../../capture-core/testdata/sidecar.v4.restore");
     if v6 {
         format!(
             "{v4}{}",

@@ -331,7 +331,7 @@ fn netns_drop_finds_its_mount_under_a_later_run_netns_mount() {
     });
 }
 
-/// `testdata/saved/` holds payloads with what iptables 1.8.9 saved after restoring them (capture-core's
+/// `capture-core/testdata/saved/` holds payloads with what iptables 1.8.9 saved after restoring them (capture-core's
 /// `Saved` is checked against those files); the iptables installed here must still save them alike, in
 /// each recorded flavor.
 #[test]
@@ -339,10 +339,10 @@ fn recorded_saves_hold_for_the_installed_iptables() {
     if !require_root() {
         return;
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/saved");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../capture-core/testdata/saved");
     let mut checked = Vec::new();
     let mut restores: Vec<_> = std::fs::read_dir(&dir)
-        .expect("read testdata/saved")
+        .expect("read capture-core/testdata/saved")
         .map(|e| e.expect("a directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "restore"))
         .collect();
@@ -364,7 +364,7 @@ fn recorded_saves_hold_for_the_installed_iptables() {
             assert_eq!(
                 iptables_save_normalized(&ns, flavor, family),
                 capture_e2e::normalize_save(&recorded_text),
-                "{} saves differently here; see testdata/saved/README.md",
+                "{} saves differently here; see capture-core/testdata/saved/README.md",
                 recorded.display()
             );
             checked.push(recorded);

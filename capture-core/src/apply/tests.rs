@@ -16,7 +16,7 @@ use crate::rules::TableName;
 
 /// `iptables-save` after applying the default sidecar's IPv4 rules (iptables 1.8.9; legacy and
 /// nft print the same rules).
-const SAVED_SIDECAR: &str = include_str!("../../../testdata/sidecar.v4.save");
+const SAVED_SIDECAR: &str = include_str!("../../testdata/sidecar.v4.save");
 
 fn sidecar_expected() -> BTreeMap<TableName, ExpectedTable> {
     expected(&plan(&CaptureSpec::sidecar(), Family::V4))
@@ -81,7 +81,7 @@ fn reconcile_flushes_refills_and_drops_stale_chains_in_one_commit() {
 
 /// `iptables-save` after `-m TPROXY -c eth0 -k veth9` with the sidecar's other flags
 /// (iptables 1.8.9 legacy).
-const SAVED_TPROXY: &str = include_str!("../../../testdata/tproxy-exclude-ifaces.v4.save");
+const SAVED_TPROXY: &str = include_str!("../../testdata/tproxy-exclude-ifaces.v4.save");
 
 /// A table-by-table model of what `iptables-restore --noflush` does with a payload, enough
 /// for the payloads capture writes: `:CHAIN` creates or flushes, `-N`, `-A`, `-I [n]`, `-D`,

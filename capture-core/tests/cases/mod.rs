@@ -12,7 +12,7 @@ use capture_core::{Accounts, Detected, IstioConfig, Nameserver};
 /// A file under the repository's copy of Istio's fixtures (`testdata/istio`).
 pub fn testdata(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/istio")
+        .join("testdata/istio")
         .join(rel)
 }
 

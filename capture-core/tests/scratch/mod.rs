@@ -56,7 +56,7 @@ pub fn ruleset() -> String {
 
 pub fn golden(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/istio/nftables/capture")
+        .join("testdata/istio/nftables/capture")
         .join(format!("{name}.golden"))
 }
 

@@ -9,7 +9,7 @@ use crate::support::saves;
 
 /// The default sidecar's IPv4 rules as `iptables-save` shows them (both flavors), normalized.
 fn sidecar_save_v4() -> String {
-    normalize_save(include_str!("../../../testdata/sidecar.v4.save"))
+    normalize_save(include_str!("../../../capture-core/testdata/sidecar.v4.save"))
 }
 
 /// 20 pods set up at the same time, alternating flavors and the two ways of entering the namespace,
