@@ -203,12 +203,7 @@ pub fn unload(pins: &PinDir) -> Result<(), Error> {
         remove_pin(&pins.map(name))?;
     }
     // What an upgrade killed half-way left.
-    if let Ok(entries) = fs::read_dir(pins.staging()) {
-        for entry in entries.flatten() {
-            remove_pin(&entry.path())?;
-        }
-        let _ = fs::remove_dir(pins.staging());
-    }
+    clear_staging(&pins.staging())?;
     for dir in [pins.links(), pins.maps(), pins.path().to_owned()] {
         fs::remove_dir(&dir).map_err(|source| Error::Io {
             op: "remove directory",
@@ -217,6 +212,29 @@ pub fn unload(pins: &PinDir) -> Result<(), Error> {
         })?;
     }
     Ok(())
+}
+
+/// Removes what an earlier, interrupted upgrade left in the staging directory.
+pub(crate) fn clear_staging(staging: &Path) -> Result<(), Error> {
+    let entries = match fs::read_dir(staging) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Io {
+                op: "read directory",
+                path: staging.to_owned(),
+                source,
+            });
+        }
+    };
+    for entry in entries.flatten() {
+        remove_pin(&entry.path())?;
+    }
+    fs::remove_dir(staging).map_err(|source| Error::Io {
+        op: "remove directory",
+        path: staging.to_owned(),
+        source,
+    })
 }
 
 /// Detaches the link pinned at `path` (if any) and removes the pin.

@@ -26,7 +26,7 @@ use capture_ebpf_common::{LAYOUT, LAYOUT_VERSION, MAP_NAMES, UPGRADES_FROM, prog
 
 use super::enroll::sk_lookup_instance;
 use super::{PROGRAMS, check_acts_on, layout_of, load_cgroup_programs, load_sk_lookup, pinned_link_info};
-use crate::pin_dir::{NodeLock, PinDir, create_dir, detach_pinned, remove_pin};
+use crate::pin_dir::{NodeLock, PinDir, clear_staging, create_dir, detach_pinned, remove_pin};
 use crate::sys::{
     MapShape, link_create, link_info, link_update, map_copy, map_shape, obj_get, obj_pin, prog_by_id,
     prog_tag, version_map_create,
@@ -542,29 +542,6 @@ impl Upgrader<'_> {
             source,
         })
     }
-}
-
-/// Removes what an earlier, interrupted upgrade left in the staging directory.
-fn clear_staging(staging: &Path) -> Result<(), Error> {
-    let entries = match fs::read_dir(staging) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(Error::Io {
-                op: "read directory",
-                path: staging.to_owned(),
-                source,
-            });
-        }
-    };
-    for entry in entries.flatten() {
-        remove_pin(&entry.path())?;
-    }
-    fs::remove_dir(staging).map_err(|source| Error::Io {
-        op: "remove directory",
-        path: staging.to_owned(),
-        source,
-    })
 }
 
 fn open_pin(path: &Path, op: &'static str) -> Result<OwnedFd, Error> {
