@@ -24,7 +24,9 @@ fn static_plugin() -> Option<PathBuf> {
                 std::env::var_os("CI").is_none(),
                 "CAPTURE_STATIC_DIR is not set: scripts/test builds the static binaries (scripts/build-static) and sets it"
             );
-            eprintln!("skipping: CAPTURE_STATIC_DIR is not set (scripts/build-static builds the static binaries)");
+            eprintln!(
+                "skipping: CAPTURE_STATIC_DIR is not set (scripts/build-static builds the static binaries)"
+            );
             None
         }
     }
@@ -105,7 +107,12 @@ fn the_static_plugin_captures_from_an_empty_root() {
 
     let topo = Topology::new();
     let version = succeeded(
-        &in_chroot(root.path(), topo.pod.path(), "VERSION", r#"{"cniVersion":"1.0.0"}"#),
+        &in_chroot(
+            root.path(),
+            topo.pod.path(),
+            "VERSION",
+            r#"{"cniVersion":"1.0.0"}"#,
+        ),
         "VERSION",
     );
     assert!(
@@ -134,18 +141,40 @@ fn the_static_plugin_captures_from_an_empty_root() {
     })
     .to_string();
     let added = succeeded(&in_chroot(root.path(), topo.pod.path(), "ADD", &request), "ADD");
-    assert_eq!(added["ips"][0]["address"], format!("{}/24", topo.pod_ip(Family::V4)));
-    assert!(nft_ruleset(&topo).contains("table inet istio-proxy-nat"), "{}", nft_ruleset(&topo));
+    assert_eq!(
+        added["ips"][0]["address"],
+        format!("{}/24", topo.pod_ip(Family::V4))
+    );
+    assert!(
+        nft_ruleset(&topo).contains("table inet istio-proxy-nat"),
+        "{}",
+        nft_ruleset(&topo)
+    );
 
-    let outbound = Listener::spawn(&topo.pod, (Family::V6.unspecified(), OUTBOUND_PORT).into(), "outbound");
+    let outbound = Listener::spawn(
+        &topo.pod,
+        (Family::V6.unspecified(), OUTBOUND_PORT).into(),
+        "outbound",
+    );
     for family in [Family::V4, Family::V6] {
         let dst = topo.peer_addr(family, 80);
         let (reply, _) = connect_as(&topo.pod, APP_UID, APP_UID, dst).expect("the app connects");
         assert_eq!(reply, "outbound", "{family:?}");
-        assert_eq!(outbound.take_one().original_dst.expect("an original destination"), dst);
+        assert_eq!(
+            outbound.take_one().original_dst.expect("an original destination"),
+            dst
+        );
     }
 
     let out = in_chroot(root.path(), topo.pod.path(), "DEL", &request);
-    assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(!nft_ruleset(&topo).contains("istio-proxy"), "{}", nft_ruleset(&topo));
+    assert!(
+        out.status.success(),
+        "DEL: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !nft_ruleset(&topo).contains("istio-proxy"),
+        "{}",
+        nft_ruleset(&topo)
+    );
 }
