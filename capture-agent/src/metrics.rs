@@ -384,7 +384,9 @@ mod tests {
 
     #[test]
     fn unreadable_maps_still_give_the_agent_counters() {
-        let text = render(Err("no programs\nloaded"), AgentCounters::default(), &|_| Vec::new());
+        let text = render(Err("no programs\nloaded"), AgentCounters::default(), &|_| {
+            Vec::new()
+        });
         assert!(text.contains("capture_maps_readable 0\n"), "{text}");
         assert!(text.contains("# maps unreadable: no programs loaded\n"), "{text}");
         assert!(text.contains("capture_gc_runs_total 0\n"), "{text}");
