@@ -146,8 +146,11 @@ fn backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
             Ok(Box::new(Nftables))
         }
         cli::Backend::Iptables => {
-            // A dry run reads nothing of the host, so it detects nothing either.
-            let flavor = match (args.forced_flavor(), args.dry_run) {
+            // A dry run reads nothing of the host, so it detects nothing either; nor does
+            // --skip-rule-apply, which only checks the configuration (as a dry run does) before
+            // validating: the validation container has no capability to run iptables with.
+            let reads_nothing = args.dry_run || (args.skip_rule_apply && !args.cleanup_only);
+            let flavor = match (args.forced_flavor(), reads_nothing) {
                 (Some(flavor), _) => flavor,
                 (None, true) => Flavor::Nft,
                 (None, false) => return Ok(Box::new(Iptables::detect(exec(args))?)),

@@ -24,8 +24,11 @@ use std::os::unix::fs::PermissionsExt as _;
 
 /// The init container's security settings (deploy/init-container.yaml): podman's flags for
 /// `runAsUser`/`runAsGroup` 65534, `capabilities: {drop: [ALL], add: [NET_ADMIN, NET_RAW]}` and
-/// `allowPrivilegeEscalation: false` (no_new_privs).
-const INIT_SECURITY: [&str; 8] = [
+/// `allowPrivilegeEscalation: false` (no_new_privs), `readOnlyRootFilesystem: true` (without
+/// podman's tmpfs mounts, which Kubernetes does not add).
+const INIT_SECURITY: [&str; 10] = [
+    "--read-only",
+    "--read-only-tmpfs=false",
     "--user",
     "65534:65534",
     "--cap-drop",
@@ -36,8 +39,10 @@ const INIT_SECURITY: [&str; 8] = [
     "no-new-privileges",
 ];
 /// The validation container's (deploy/validation-init-container.yaml): the proxy's uid, no
-/// capability at all, no_new_privs.
-const VALIDATION_SECURITY: [&str; 6] = [
+/// capability at all, no_new_privs, a read-only root.
+const VALIDATION_SECURITY: [&str; 8] = [
+    "--read-only",
+    "--read-only-tmpfs=false",
     "--user",
     "1337:1337",
     "--cap-drop",
@@ -220,11 +225,13 @@ impl Podman<'_> {
     }
 }
 
-/// capture-init's arguments: Istio's sidecar capture, plus `extra`.
+/// capture-init's arguments: Istio's sidecar capture as deploy/init-container.yaml passes it,
+/// plus `extra`.
 fn init_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     SIDECAR_ARGS
         .iter()
         .copied()
+        .chain(["--log_output_level=default:info"])
         .chain(extra.iter().copied())
         .collect()
 }
@@ -248,13 +255,8 @@ fn capture_a_pod(
     rules: fn(&NetNs) -> bool,
 ) {
     let pod = podman.pod(name);
-    let validate = init_args(
-        &[
-            &["--run-validation", "--skip-rule-apply", "--probe-timeout", "2s"],
-            backend_args,
-        ]
-        .concat(),
-    );
+    // deploy/validation-init-container.yaml's arguments, whichever backend captured the pod.
+    let validate = init_args(&["--run-validation", "--skip-rule-apply", "--probe-timeout", "2s"]);
 
     // The validation container, before capture: it runs (no capability needed to execute the
     // image's binary) and fails as Istio's does, 126.
@@ -266,7 +268,9 @@ fn capture_a_pod(
     );
 
     // The init container, as non-root with NET_ADMIN and NET_RAW and no_new_privs.
+    let started = std::time::Instant::now();
     let init = podman.run_in_pod(&pod, &INIT_SECURITY, &images.init, None, &init_args(backend_args));
+    eprintln!("{name}: init container ran in {:?}", started.elapsed());
     assert_ran(&init, &format!("the init container ({backend_args:?})"));
     assert!(rules(&pod.netns), "capture rules in the pod ({backend_args:?})");
 
@@ -365,8 +369,10 @@ fn init_image_captures_a_pod_as_non_root() {
         capture_a_pod(
             &podman,
             &images,
+            // The manifest's own arguments: the flavour is detected (the image's `iptables` is
+            // iptables-nft).
             "capture-iptables-nft",
-            &["--force-iptables-binary", "nft"],
+            &[],
             has_iptables_nft_rules,
         );
     }
