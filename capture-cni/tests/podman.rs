@@ -312,7 +312,7 @@ impl<'a> Podman<'a> {
         // the reader waiting.
         let out_path = self.dir.join("out").join(format!("{n}.out"));
         let err_path = self.dir.join("out").join(format!("{n}.err"));
-        let status = self
+        let mut child = self
             .command("timeout")
             .args(["--kill-after=5", &PODMAN_TIMEOUT_SECS.to_string(), "podman"])
             .args(args)
@@ -320,8 +320,18 @@ impl<'a> Podman<'a> {
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out_path).unwrap())
             .stderr(fs::File::create(&err_path).unwrap())
-            .status()
+            .spawn()
             .unwrap_or_else(|e| panic!("cannot run podman {args:?}: {e}"));
+        // While it runs, collect the conmon processes that exit meanwhile (the test is their
+        // subreaper): podman waits for a container's conmon to be gone, and an unreaped zombie
+        // keeps a foreground `podman run` waiting ~20 s for it.
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for podman") {
+                break status;
+            }
+            reap_zombies_except(child.id());
+            thread::sleep(Duration::from_millis(20));
+        };
         Run {
             ok: status.success(),
             status: status.to_string(),
@@ -504,6 +514,35 @@ fn reap_children() -> bool {
             Ok(WaitStatus::StillAlive) => return true,
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => return false,
+        }
+    }
+}
+
+/// Reaps this process's children that have exited, except `keep`.
+fn reap_zombies_except(keep: u32) {
+    let me = std::process::id().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …
+        let mut fields = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split(' '))
+            .into_iter()
+            .flatten();
+        let (state, ppid) = (fields.next(), fields.next());
+        if pid != keep && state == Some("Z") && ppid == Some(me.as_str()) {
+            let _ = waitpid(
+                Pid::from_raw(i32::try_from(pid).expect("a pid")),
+                Some(WaitPidFlag::WNOHANG),
+            );
         }
     }
 }

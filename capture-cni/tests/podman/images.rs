@@ -268,9 +268,7 @@ fn capture_a_pod(
     );
 
     // The init container, as non-root with NET_ADMIN and NET_RAW and no_new_privs.
-    let started = std::time::Instant::now();
     let init = podman.run_in_pod(&pod, &INIT_SECURITY, &images.init, None, &init_args(backend_args));
-    eprintln!("{name}: init container ran in {:?}", started.elapsed());
     assert_ran(&init, &format!("the init container ({backend_args:?})"));
     assert!(rules(&pod.netns), "capture rules in the pod ({backend_args:?})");
 
