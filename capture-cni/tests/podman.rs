@@ -35,6 +35,9 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
+#[path = "podman/images.rs"]
+mod images;
+
 /// The podman network (the conflist's `name`) and the bridge it makes in the node namespace.
 const NETWORK: &str = "capture-podman";
 const BRIDGE: &str = "cappod0";
@@ -57,6 +60,17 @@ const BUSYBOX: &str = "/bin/busybox";
 const RUNTIME_STATE_DIRS: [&str; 3] = ["/run/runc", "/var/lib/cni/results", "/var/lib/cni"];
 /// The container's command: wait until the test asks it to exit, then exit 0.
 const WAIT_FOR_STOP: &str = "while [ ! -e /tmp/stop ]; do sleep 0.1; done";
+
+/// The tests of this binary that drive podman run one at a time: a failing one's cleanup kills
+/// every child process of the test process.
+static PODMAN_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`PODMAN_TESTS`], also after another test failed holding it.
+fn one_podman_test() -> std::sync::MutexGuard<'static, ()> {
+    PODMAN_TESTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Where cargo put the plugin under test; podman finds it there through `cni_plugin_dirs`.
 fn plugin_dir() -> PathBuf {
@@ -110,14 +124,10 @@ fn iptables_capture() -> Value {
     json!({ "iptables_flavor": "nft" })
 }
 
-/// The conflist podman reads from its network configuration directory, with capture-cni's
-/// `capture` settings.
-fn conflist(dir: &Path, capture: &Value) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": NETWORK,
-        "plugins": [
-            {
+/// The conflist podman reads from its network configuration directory: the bridge, then
+/// capture-cni with `capture` settings when given.
+fn conflist(dir: &Path, capture: Option<&Value>) -> Value {
+    let mut plugins = vec![json!({
                 "type": "bridge",
                 "bridge": BRIDGE,
                 "isGateway": true,
@@ -127,8 +137,9 @@ fn conflist(dir: &Path, capture: &Value) -> Value {
                     "ranges": [[{ "subnet": SUBNET, "gateway": GATEWAY.to_string() }]],
                     "dataDir": dir.join("ipam"),
                 },
-            },
-            {
+    })];
+    if let Some(capture) = capture {
+        plugins.push(json!({
                 "type": "capture-cni",
                 // Podman passes no pod annotations, and only K8S_POD_NAME as identity.
                 "pod_selection": "all",
@@ -137,9 +148,9 @@ fn conflist(dir: &Path, capture: &Value) -> Value {
                 "plugin_log_level": "debug",
                 "log_file": dir.join("capture-cni.log"),
                 "capture": capture,
-            },
-        ],
-    })
+        }));
+    }
+    json!({ "cniVersion": "1.0.0", "name": NETWORK, "plugins": plugins })
 }
 
 /// Podman's own configuration: every path in the scratch directory.
@@ -235,12 +246,19 @@ struct Podman<'a> {
 impl<'a> Podman<'a> {
     fn new(node: &'a NetNs, dir: &Path) -> Self {
         let cgroup_parent = format!("/capture-test-podman-{}", std::process::id());
-        Self::with(node, dir, &iptables_capture(), cgroup_parent)
+        Self::with(node, dir, Some(&iptables_capture()), cgroup_parent)
+    }
+
+    /// Podman whose network is the bridge alone (no capture-cni), containers' cgroups below a
+    /// test-named parent.
+    fn bridge_only(node: &'a NetNs, dir: &Path) -> Self {
+        let cgroup_parent = format!("/capture-test-podman-{}", std::process::id());
+        Self::with(node, dir, None, cgroup_parent)
     }
 
     /// Podman whose network's capture-cni has `capture` settings and whose containers' cgroups
     /// are made below `cgroup_parent` (relative to each hierarchy's root).
-    fn with(node: &'a NetNs, dir: &Path, capture: &Value, cgroup_parent: String) -> Self {
+    fn with(node: &'a NetNs, dir: &Path, capture: Option<&Value>, cgroup_parent: String) -> Self {
         let created_state_dirs = RUNTIME_STATE_DIRS
             .iter()
             .map(PathBuf::from)
@@ -273,6 +291,19 @@ impl<'a> Podman<'a> {
         }
     }
 
+    /// `program` in the node namespace with the test's podman configuration as its whole
+    /// environment (and `PATH`).
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = self.node.command(program);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.dir)
+            .env("TMPDIR", self.dir.join("podman-tmp"))
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"));
+        cmd
+    }
+
     /// Runs `podman args…` in the node namespace with the test's configuration and `env`.
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -281,23 +312,26 @@ impl<'a> Podman<'a> {
         // the reader waiting.
         let out_path = self.dir.join("out").join(format!("{n}.out"));
         let err_path = self.dir.join("out").join(format!("{n}.err"));
-        let status = self
-            .node
+        let mut child = self
             .command("timeout")
             .args(["--kill-after=5", &PODMAN_TIMEOUT_SECS.to_string(), "podman"])
             .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &self.dir)
-            .env("TMPDIR", self.dir.join("podman-tmp"))
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out_path).unwrap())
             .stderr(fs::File::create(&err_path).unwrap())
-            .status()
+            .spawn()
             .unwrap_or_else(|e| panic!("cannot run podman {args:?}: {e}"));
+        // While it runs, collect the conmon processes that exit meanwhile (the test is their
+        // subreaper): podman waits for a container's conmon to be gone, and an unreaped zombie
+        // keeps a foreground `podman run` waiting ~20 s for it.
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for podman") {
+                break status;
+            }
+            reap_zombies_except(child.id());
+            thread::sleep(Duration::from_millis(20));
+        };
         Run {
             ok: status.success(),
             status: status.to_string(),
@@ -415,7 +449,11 @@ impl<'a> Podman<'a> {
 
 impl Drop for Podman<'_> {
     fn drop(&mut self) {
-        // Containers first: a container podman still knows is torn down by podman (CNI DEL).
+        // Pods and containers first: what podman still knows it tears down (CNI DEL).
+        let rm = self.run(&["pod", "rm", "--force", "--all", "--time", "0"], &[]);
+        if !rm.ok {
+            eprintln!("podman pod rm --all: {}\n{}", rm.status, rm.stderr);
+        }
         let rm = self.run(&["rm", "--force", "--all", "--time", "0"], &[]);
         if !rm.ok {
             eprintln!("podman rm --all: {}\n{}", rm.status, rm.stderr);
@@ -476,6 +514,35 @@ fn reap_children() -> bool {
             Ok(WaitStatus::StillAlive) => return true,
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => return false,
+        }
+    }
+}
+
+/// Reaps this process's children that have exited, except `keep`.
+fn reap_zombies_except(keep: u32) {
+    let me = std::process::id().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …
+        let mut fields = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split(' '))
+            .into_iter()
+            .flatten();
+        let (state, ppid) = (fields.next(), fields.next());
+        if pid != keep && state == Some("Z") && ppid == Some(me.as_str()) {
+            let _ = waitpid(
+                Pid::from_raw(i32::try_from(pid).expect("a pid")),
+                Some(WaitPidFlag::WNOHANG),
+            );
         }
     }
 }
@@ -761,6 +828,7 @@ fn podman_drives_capture_cni() {
         return;
     }
     check_tools();
+    let _serial = one_podman_test();
     // conmon daemonizes; as subreaper the test collects it and its exit command itself.
     set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
     let scratch = TempDir::new("podman");
@@ -865,7 +933,7 @@ fn podman_drives_capture_cni_on_ebpf() {
     let v1_parents = V1Parents(format!("/{test_cgroup}"), &world.cgroup);
     {
         let node = NetNs::new();
-        let podman = Podman::with(&node, scratch.path(), &capture, cgroup_parent.clone());
+        let podman = Podman::with(&node, scratch.path(), Some(&capture), cgroup_parent.clone());
         let a = podman.start("capture-ebpf-a", &[]);
         let inspect: Value = serde_json::from_str(&podman.ok(&["inspect", &a.name], &[])).unwrap();
         let pid = inspect[0]["State"]["Pid"].as_u64().expect("the container's pid");

@@ -54,6 +54,7 @@ pub unsafe fn start(argc: libc::c_int, argv: *const *const libc::c_char) -> libc
     }
     // SAFETY: ignoring a signal installs no handler code.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    raise_permitted_capabilities();
     let len = usize::try_from(argc).unwrap_or(0);
     let argv: Vec<OsString> = (0..len)
         .map(|i| {
@@ -69,6 +70,22 @@ pub unsafe fn start(argc: libc::c_int, argv: *const *const libc::c_char) -> libc
     (0..=u8::MAX)
         .find(|&n| ExitCode::from(n) == code)
         .map_or(1, libc::c_int::from)
+}
+
+/// Makes the permitted capabilities effective. A non-root run (the image's default user) gets
+/// NET_ADMIN and NET_RAW from the binary's file capabilities, which are permitted only
+/// (`cap_net_admin,cap_net_raw+p`, images/): with the effective bit the kernel would refuse to
+/// execute the binary wherever the runtime grants neither capability, as in the validation
+/// container, which needs none. As root the runtime has made them effective already. A failure
+/// changes nothing: the step that lacks the capability then fails naming itself.
+#[cfg(not(test))]
+fn raise_permitted_capabilities() {
+    if let Ok(mut sets) = rustix::thread::capabilities(None)
+        && sets.effective != sets.permitted
+    {
+        sets.effective = sets.permitted;
+        let _ = rustix::thread::set_capabilities(None, sets);
+    }
 }
 
 /// Runs the command and returns its exit status: 0 success, 1 error, 126 validation failure.
@@ -129,8 +146,11 @@ fn backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
             Ok(Box::new(Nftables))
         }
         cli::Backend::Iptables => {
-            // A dry run reads nothing of the host, so it detects nothing either.
-            let flavor = match (args.forced_flavor(), args.dry_run) {
+            // A dry run reads nothing of the host, so it detects nothing either; nor does
+            // --skip-rule-apply, which only checks the configuration (as a dry run does) before
+            // validating: the validation container has no capability to run iptables with.
+            let reads_nothing = args.dry_run || (args.skip_rule_apply && !args.cleanup_only);
+            let flavor = match (args.forced_flavor(), reads_nothing) {
                 (Some(flavor), _) => flavor,
                 (None, true) => Flavor::Nft,
                 (None, false) => return Ok(Box::new(Iptables::detect(exec(args))?)),
