@@ -51,6 +51,10 @@ enum Command {
     /// Remove the capture-cni entry from every configuration that has one, then the binary
     #[command(args_override_self = true)]
     Uninstall(Location),
+    /// Exit 0 when the runtime will run the plugin (the configuration it uses ends with our
+    /// entry and the binary is there), else 1 naming what is missing: a readiness probe
+    #[command(args_override_self = true)]
+    Chained(Location),
 }
 
 /// Where the node's CNI configuration and binaries are.
@@ -123,6 +127,9 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
         Ok(Cli {
             command: Command::Uninstall(location),
         }) => uninstall(&location),
+        Ok(Cli {
+            command: Command::Chained(location),
+        }) => chained(&location),
         // `--help`, `--version` and `help` print to stdout and exit 0.
         Err(e) if e.exit_code() == 0 => {
             let _ = e.print();
@@ -133,6 +140,24 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
             let first = text.lines().next().unwrap_or_default();
             eprintln!("capture-cni: {}", first.trim_start_matches("error: "));
             ExitCode::from(2)
+        }
+    }
+}
+
+fn chained(location: &Location) -> ExitCode {
+    let Location {
+        conf_dir,
+        bin_dir,
+        conf_file,
+    } = location;
+    match install::chained(conf_dir, bin_dir, conf_file.as_deref()) {
+        Ok(path) => {
+            eprintln!("capture-cni: chained in {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("capture-cni: {}", capture_core::chain(&e));
+            ExitCode::FAILURE
         }
     }
 }

@@ -87,6 +87,12 @@ pub enum InstallError {
         /// The configuration directory.
         dir: PathBuf,
     },
+    /// The runtime would not run the plugin ([`chained`]).
+    #[error("capture-cni is not chained: {reason}")]
+    NotChained {
+        /// What is missing.
+        reason: String,
+    },
     /// A configuration file that cannot be chained.
     #[error("{}: {reason}", path.display())]
     Invalid {
@@ -219,6 +225,53 @@ impl NetworkConfig {
             None
         }
     }
+}
+
+/// Where the plugin is chained, if the runtime will run it: the file the runtime uses
+/// (`conf_file` in `conf_dir`, else the primary configuration) ends with our entry, and our
+/// binary is in `bin_dir`. What the installer DaemonSet's readiness probe asks
+/// (`capture-cni chained`).
+///
+/// # Errors
+/// [`InstallError::NotChained`] naming what is missing; errors reading the directory.
+pub fn chained(conf_dir: &Path, bin_dir: &Path, conf_file: Option<&str>) -> Result<PathBuf, InstallError> {
+    let not = |reason: String| InstallError::NotChained { reason };
+    let (path, config) = match conf_file {
+        Some(name) => {
+            let path = conf_dir.join(name);
+            if !path.exists() {
+                return Err(not(format!("{} does not exist", path.display())));
+            }
+            match read_config(&path, false)? {
+                Some(config) => (path, config),
+                None => return Err(not(format!("{} is not a network configuration", path.display()))),
+            }
+        }
+        None => primary_config(conf_dir)?.ok_or_else(|| {
+            not(format!(
+                "no valid network configuration in {}",
+                conf_dir.display()
+            ))
+        })?,
+    };
+    let last_is_ours = match &config {
+        NetworkConfig::List(list) => list["plugins"]
+            .as_array()
+            .and_then(|p| p.last())
+            .is_some_and(is_ours),
+        NetworkConfig::Single(_) => false,
+    };
+    if !last_is_ours {
+        return Err(not(format!(
+            "{} (the configuration the runtime uses) does not end with a {PLUGIN_TYPE} entry",
+            path.display()
+        )));
+    }
+    let binary = bin_dir.join(PLUGIN_TYPE);
+    if !binary.is_file() {
+        return Err(not(format!("{} is missing", binary.display())));
+    }
+    Ok(path)
 }
 
 /// Chains `entry` last into `config` and returns the resulting list. Pure; the fixtures'

@@ -799,3 +799,55 @@ fn configurations_are_written_0600_also_over_0644_files() {
         "a list made from a .conf"
     );
 }
+
+/// `capture-cni chained`, the installer DaemonSet's readiness probe: 1 naming what is missing
+/// until the configuration the runtime uses ends with our entry and the binary is there, then 0;
+/// 1 again when the primary plugin rewrites the file without us, or the binary goes.
+#[test]
+fn chained_is_true_only_while_the_runtime_would_run_the_plugin() {
+    let tmp = TempDir::new("chained");
+    let (conf, bin) = dirs(&tmp);
+    let location = [
+        "--conf-dir",
+        conf.to_str().unwrap(),
+        "--bin-dir",
+        bin.to_str().unwrap(),
+    ];
+    let chained = || {
+        let out = output(&[&["chained"][..], &location[..]].concat());
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, said) = chained();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("not chained: no valid network configuration in"),
+        "{said}"
+    );
+
+    let primary = conf.join("10-bridge.conflist");
+    std::fs::copy(fixture_path("list.conflist"), &primary).unwrap();
+    let (code, said) = chained();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("does not end with a capture-cni entry"), "{said}");
+
+    run(&install_args(&conf, &bin));
+    let (code, said) = chained();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("chained in {}", primary.display())),
+        "{said}"
+    );
+
+    // The primary plugin rewrites its file without our entry.
+    std::fs::copy(fixture_path("list.conflist"), &primary).unwrap();
+    assert_eq!(chained().0, Some(1));
+    run(&install_args(&conf, &bin));
+    assert_eq!(chained().0, Some(0));
+    std::fs::remove_file(bin.join("capture-cni")).unwrap();
+    let (code, said) = chained();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("capture-cni is missing"), "{said}");
+}

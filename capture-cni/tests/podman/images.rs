@@ -414,18 +414,41 @@ fn node_image_installs_the_plugin() {
             format!("{}:/host/opt/cni/bin", bin.display()),
             format!("{}:/etc/capture-cni:ro", config.display()),
         ];
-        let mut argv = vec!["run", "--rm", "--network", "none", "--privileged"];
+        // The installer DaemonSet's securityContext: root for the two root-owned hostPaths, no
+        // capability, no privilege escalation, a read-only root filesystem.
+        let mut base = vec![
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "0:0",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--read-only",
+        ];
         for mount in &mounts {
-            argv.extend(["--volume", mount]);
+            base.extend(["--volume", mount]);
         }
-        argv.extend([
-            images.node.as_str(),
-            "install",
-            "--conf-dir=/host/etc/cni/net.d",
-            "--bin-dir=/host/opt/cni/bin",
-            "--plugin-config=/etc/capture-cni/plugin.json",
-        ]);
-        podman.ok(&argv, &[]);
+        base.push(images.node.as_str());
+        let location = ["--conf-dir=/host/etc/cni/net.d", "--bin-dir=/host/opt/cni/bin"];
+        // The readiness probe: not ready before the plugin is chained.
+        let probe = [&base[..], &["chained"], &location[..]].concat();
+        let before = podman.run(&probe, &[]);
+        assert!(!before.ok, "ready before installing: {}", before.stderr);
+        assert!(before.stderr.contains("not chained"), "{}", before.stderr);
+        let install = [
+            &base[..],
+            &["install"],
+            &location[..],
+            &["--plugin-config=/etc/capture-cni/plugin.json"],
+        ]
+        .concat();
+        podman.ok(&install, &[]);
+        let after = podman.run(&probe, &[]);
+        assert!(after.ok, "not ready after installing: {}", after.stderr);
 
         let doc: Value =
             serde_json::from_str(&fs::read_to_string(conf.join("10-node.conflist")).unwrap()).unwrap();
