@@ -11,7 +11,7 @@ use capture_e2e::{APP_UID, Family, Flavor, NetNs, Topology, connect_as, require_
 
 use crate::capture_init::{Backend, CaptureInit, Run, Via, ebpf_node};
 use crate::support::{APP, assert_lands, has_ipv6_passthrough, outbound_proxy, peer_app};
-use crate::support::{ebpf_pods, ebpf_row};
+use crate::support::{StopOnDrop, ebpf_pods, ebpf_row};
 
 /// The cgroup programs a load attaches: connect4/6, sockops, getsockopt, getpeername4/6,
 /// sendmsg4/6, recvmsg4/6 and sock_release.
@@ -113,15 +113,6 @@ fn ebpf_flag_change_switches_traffic_atomically() {
         assert!(pods.contains("generation 2\n"), "{pods}");
         assert!(pods.contains("PORTS out-exclude 80/16"), "{pods}");
     });
-}
-
-/// Sets the flag when dropped.
-struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
 }
 
 /// `--cleanup-only` unenrolls the pod (its connections go direct again) and takes `::6` off `lo`;

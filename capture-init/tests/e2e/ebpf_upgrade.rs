@@ -13,7 +13,7 @@ use capture_ebpf::{Node, PinDir};
 use capture_ebpf_common::{LAYOUT_VERSION, STAT_OUTBOUND, STAT_PASSED};
 
 use crate::capture_init::{Backend, CaptureInit, Run, ebpf_node};
-use crate::support::{APP, ROOT, assert_lands, ebpf_row, inbound_proxy, outbound_proxy};
+use crate::support::{APP, ROOT, StopOnDrop, assert_lands, ebpf_row, inbound_proxy, outbound_proxy};
 
 /// `capture-init ebpf upgrade <extra> --bpffs … --cgroup …` for the row's node.
 fn upgrade(extra: &[&str]) -> Run {
@@ -142,15 +142,6 @@ fn ebpf_upgrade_under_traffic_keeps_every_connection_captured() {
         let pin_dir = ebpf::child_world().expect("inside ebpf_row").pin_dir;
         assert!(!pin_dir.join("upgrade").exists(), "the staging directory is gone");
     });
-}
-
-/// Sets the flag when dropped.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
 }
 
 /// A pinned map whose entries cannot be carried over (here: OWNERS replaced by a map with

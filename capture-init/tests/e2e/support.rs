@@ -237,3 +237,14 @@ pub(crate) fn ebpf_pods() -> Run {
     let world = ebpf::child_world().expect("inside ebpf_row");
     ebpf_node(&["pods", "--bpffs", &world.bpffs.display().to_string()])
 }
+
+/// Sets the flag when dropped: stops a traffic thread however the test leaves its scope.
+#[cfg(feature = "ebpf")]
+pub(crate) struct StopOnDrop<'a>(pub(crate) &'a std::sync::atomic::AtomicBool);
+
+#[cfg(feature = "ebpf")]
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
