@@ -91,14 +91,22 @@ pub struct Args {
     /// How often the CNI entry is checked and re-inserted, in seconds.
     #[arg(long, env = "CAPTURE_AGENT_CNI_INTERVAL", value_name = "SECS", default_value = "2", value_parser = positive_secs)]
     pub cni_interval: Duration,
-    /// The most detailed log level written: error, warn, info, debug or trace.
+    /// How much each scope logs, as Istio's --log_output_level: a level (error, warn, info,
+    /// debug, none) or scope:level pairs (default:info,ebpf:debug). Scopes: default, agent,
+    /// ebpf, cni, host (a scope not named follows default).
     #[arg(
         long,
+        alias = "log_output_level",
         env = "CAPTURE_AGENT_LOG_LEVEL",
         value_name = "LEVEL",
-        default_value = "info"
+        default_value = "info",
+        value_parser = capture_log::OutputLevel::parse
     )]
-    pub log_level: tracing::Level,
+    pub log_level: capture_log::OutputLevel,
+    /// Write the log (stderr) as one JSON object per line with RFC 3339 times (Istio's
+    /// --log_as_json).
+    #[arg(long, alias = "log_as_json", env = "CAPTURE_AGENT_LOG_AS_JSON")]
+    pub log_json: bool,
 }
 
 fn positive_secs(s: &str) -> Result<Duration, String> {

@@ -74,10 +74,12 @@ enum StartError {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_max_level(args.log_level)
-        .with_writer(std::io::stderr)
-        .init();
+    capture_log::init(capture_log::Config {
+        format: capture_log::Format::json(args.log_json),
+        levels: args.log_level.levels.clone(),
+        file: None,
+    });
+    args.log_level.report();
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

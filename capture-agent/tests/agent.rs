@@ -511,11 +511,12 @@ fn agent_counts_each_bypass_reason_once() {
 
 /// An inbound connection refused because the pod's proxy has no inbound listener is logged by
 /// the `sk_lookup` program (aya-log, the pinned `AYA_LOGS` ring buffer of the pod's own
-/// instance) and the agent writes the record to its log, naming the port and the pod.
+/// instance) and the agent writes the record to its log, naming the port and the pod. The
+/// agent runs with `--log-json`: every line it writes is one JSON object.
 #[test]
 fn agent_logs_an_inbound_connection_refused_for_lack_of_a_listener() {
     agent_row(|world| {
-        let mut agent = Agent::start(world, 3600, &[]);
+        let mut agent = Agent::start(world, 3600, &["--log-json"]);
         agent.wait_ready();
         let topo = Topology::new();
         let cookie = enroll(world, &topo.pod);
@@ -535,8 +536,25 @@ fn agent_logs_an_inbound_connection_refused_for_lack_of_a_listener() {
             thread::sleep(Duration::from_millis(50));
         }
         let logged = agent.log();
-        let record = logged.lines().find(|l| l.contains(&line)).expect("found above");
-        assert!(record.contains("WARN"), "{record}");
+        let records: Vec<serde_json::Value> = logged
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        for r in &records {
+            assert!(
+                r["time"].as_str().is_some_and(|t| t.ends_with('Z')) && r["level"].is_string(),
+                "{r}"
+            );
+        }
+        let record = records
+            .iter()
+            .find(|r| r["msg"].as_str().is_some_and(|m| m.contains(&line)))
+            .expect("found above");
+        assert_eq!(
+            (record["level"].as_str(), record["scope"].as_str()),
+            (Some("warn"), Some("ebpf")),
+            "{record}"
+        );
         assert_eq!(value(&agent.metrics(), "capture_inbound_refused_total"), 1.0);
     });
 }

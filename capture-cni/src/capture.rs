@@ -13,7 +13,6 @@ use capture_core::{
 
 use crate::conf::{self, NetConf};
 use crate::error::Error;
-use crate::log;
 use crate::netns::{NetNs, NsId};
 use crate::pod::PodCapture;
 
@@ -33,7 +32,7 @@ fn legacy_exec(run_dir: &Path, id: NsId) -> SystemExec {
             lock_file: Some(lock_file(run_dir, id)),
         },
         Err(e) => {
-            log::warn!(
+            tracing::warn!(
                 "cannot create {}: {e}; legacy iptables uses its default lock /run/xtables.lock",
                 run_dir.display()
             );
@@ -131,7 +130,7 @@ fn pod_spec(conf: &NetConf, capture: &PodCapture) -> Result<CaptureSpec, Error> 
     };
     let (spec, warnings) = capture.to_spec(&detected)?;
     for warning in warnings {
-        log::warn!("{warning}");
+        tracing::warn!("{warning}");
     }
     Ok(spec)
 }
@@ -287,7 +286,7 @@ pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error
         let backend = pod_backend(conf, ns.id())?;
         let outcome = backend.uninstall(&spec).map_err(Error::Apply)?;
         for warning in outcome.warnings {
-            log::warn!("{warning}");
+            tracing::warn!("{warning}");
         }
         Ok::<(), Error>(())
     })?;
@@ -297,7 +296,7 @@ pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error
 
 fn remove_lock_file(path: &Path) {
     if let Err(e) = capture_core::host::remove_xtables_lock_file(path) {
-        log::warn!("cannot remove {}: {e}", path.display());
+        tracing::warn!("cannot remove {}: {e}", path.display());
     }
 }
 

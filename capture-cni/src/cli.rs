@@ -40,6 +40,13 @@ file it chained into, and on SIGTERM/SIGINT removes its entry and the binary (un
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How much each scope logs, as Istio's flag: scope:level pairs (default:info,
+    /// default:debug,cni:warn, all:none). Levels: none, error, warn, info, debug.
+    #[arg(long = "log_output_level", env = "LOG_OUTPUT_LEVEL", value_name = "SCOPE:LEVEL,...", global = true, value_parser = capture_log::OutputLevel::parse)]
+    log_output_level: Option<capture_log::OutputLevel>,
+    /// Write the log (stderr) as one JSON object per line, with RFC 3339 times.
+    #[arg(long = "log_as_json", env = "LOG_AS_JSON", value_name = "BOOL", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    log_as_json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,27 +127,44 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
         let _ = out.flush();
         return ExitCode::from(outcome.exit);
     }
-    match Cli::try_parse_from(argv) {
-        Ok(Cli {
-            command: Command::Install(install),
-        }) => install.run(),
-        Ok(Cli {
-            command: Command::Uninstall(location),
-        }) => uninstall(&location),
-        Ok(Cli {
-            command: Command::Chained(location),
-        }) => chained(&location),
+    let json = argv
+        .iter()
+        .any(|a| a == "--log_as_json" || a == "--log_as_json=true")
+        || std::env::var("LOG_AS_JSON").is_ok_and(|v| v == "true");
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
         // `--help`, `--version` and `help` print to stdout and exit 0.
         Err(e) if e.exit_code() == 0 => {
             let _ = e.print();
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
         Err(e) => {
+            capture_log::init(capture_log::Config {
+                format: capture_log::Format::json(json),
+                ..capture_log::Config::default()
+            });
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or_default();
-            eprintln!("capture-cni: {}", first.trim_start_matches("error: "));
-            ExitCode::from(2)
+            tracing::error!("{}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
         }
+    };
+    capture_log::init(capture_log::Config {
+        format: capture_log::Format::json(cli.log_as_json),
+        levels: cli
+            .log_output_level
+            .as_ref()
+            .map(|l| l.levels.clone())
+            .unwrap_or_default(),
+        file: None,
+    });
+    if let Some(level) = &cli.log_output_level {
+        level.report();
+    }
+    match cli.command {
+        Command::Install(install) => install.run(),
+        Command::Uninstall(location) => uninstall(&location),
+        Command::Chained(location) => chained(&location),
     }
 }
 
@@ -152,11 +176,11 @@ fn chained(location: &Location) -> ExitCode {
     } = location;
     match install::chained(conf_dir, bin_dir, conf_file.as_deref()) {
         Ok(path) => {
-            eprintln!("capture-cni: chained in {}", path.display());
+            tracing::info!("chained in {}", path.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("capture-cni: {}", capture_core::chain(&e));
+            tracing::error!("{}", capture_core::chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -174,7 +198,7 @@ fn uninstall(location: &Location) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("capture-cni: uninstall failed: {}", capture_core::chain(&e));
+            tracing::error!("uninstall failed: {}", capture_core::chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -182,13 +206,13 @@ fn uninstall(location: &Location) -> ExitCode {
 
 fn print_uninstall(report: &install::UninstallReport, conf_dir: &std::path::Path) {
     for path in &report.removed_from {
-        eprintln!("capture-cni: removed from {}", path.display());
+        tracing::info!("removed from {}", path.display());
     }
     if report.removed_from.is_empty() {
-        eprintln!("capture-cni: no entry in {}", conf_dir.display());
+        tracing::info!("no entry in {}", conf_dir.display());
     }
     if report.binary_removed {
-        eprintln!("capture-cni: removed the plugin binary");
+        tracing::info!("removed the plugin binary");
     }
 }
 
@@ -198,7 +222,7 @@ impl Install {
         let opts = match self.options() {
             Ok(opts) => opts,
             Err(msg) => {
-                eprintln!("capture-cni: install failed: {msg}");
+                tracing::error!("install failed: {msg}");
                 return ExitCode::FAILURE;
             }
         };
@@ -206,7 +230,7 @@ impl Install {
             return match install_once(opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("capture-cni: install failed: {}", capture_core::chain(&e));
+                    tracing::error!("install failed: {}", capture_core::chain(&e));
                     ExitCode::FAILURE
                 }
             };
@@ -246,7 +270,7 @@ impl Install {
 
 fn print_warnings(report: &install::Report) {
     for warning in &report.warnings {
-        eprintln!("capture-cni: WARNING: {warning}");
+        tracing::warn!("{warning}");
     }
 }
 
@@ -255,14 +279,11 @@ fn install_once(opts: InstallOptions) -> Result<(), InstallError> {
     let report = Installer::new(opts).install()?;
     print_warnings(&report);
     if report.binary_changed {
-        eprintln!(
-            "capture-cni: installed {}",
-            bin_dir.join(install::PLUGIN_TYPE).display()
-        );
+        tracing::info!("installed {}", bin_dir.join(install::PLUGIN_TYPE).display());
     }
     if let Some((path, changed)) = &report.conf_file {
         let what = if *changed { "chained into" } else { "already in" };
-        eprintln!("capture-cni: {what} {}", path.display());
+        tracing::info!("{what} {}", path.display());
     }
     Ok(())
 }
@@ -286,7 +307,7 @@ fn watch(opts: InstallOptions, interval: Duration, keep_on_exit: bool) -> ExitCo
     for signal in [Signal::SIGTERM, Signal::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         if let Err(e) = unsafe { sigaction(signal, &action) } {
-            eprintln!("capture-cni: cannot handle {signal}: {e}");
+            tracing::error!("cannot handle {signal}: {e}");
         }
     }
     let mut installer = Installer::new(opts);
@@ -301,11 +322,11 @@ fn watch(opts: InstallOptions, interval: Duration, keep_on_exit: bool) -> ExitCo
                     last_warnings.clone_from(&report.warnings);
                 }
                 if let Some((path, true)) = &report.conf_file {
-                    eprintln!("capture-cni: chained into {}", path.display());
+                    tracing::info!("chained into {}", path.display());
                 }
                 if report.binary_changed {
-                    eprintln!(
-                        "capture-cni: installed {}",
+                    tracing::info!(
+                        "installed {}",
                         installer.options().bin_dir.join(install::PLUGIN_TYPE).display()
                     );
                 }
@@ -313,7 +334,7 @@ fn watch(opts: InstallOptions, interval: Duration, keep_on_exit: bool) -> ExitCo
             Err(e) => {
                 let msg = capture_core::chain(&e);
                 if msg != last_error {
-                    eprintln!("capture-cni: {msg}; retrying every {}s", interval.as_secs());
+                    tracing::warn!("{msg}; retrying every {}s", interval.as_secs());
                     last_error = msg;
                 }
             }
@@ -327,17 +348,17 @@ fn watch(opts: InstallOptions, interval: Duration, keep_on_exit: bool) -> ExitCo
     }
     let opts = installer.options();
     if keep_on_exit {
-        eprintln!("capture-cni: stopping; the plugin stays installed (--keep-on-exit)");
+        tracing::info!("stopping; the plugin stays installed (--keep-on-exit)");
         return ExitCode::SUCCESS;
     }
-    eprintln!("capture-cni: stopping; removing the plugin (--keep-on-exit keeps it)");
+    tracing::info!("stopping; removing the plugin (--keep-on-exit keeps it)");
     match install::uninstall(&opts.conf_dir, &opts.bin_dir, opts.conf_file.as_deref()) {
         Ok(report) => {
             print_uninstall(&report, &opts.conf_dir);
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("capture-cni: uninstall failed: {}", capture_core::chain(&e));
+            tracing::error!("uninstall failed: {}", capture_core::chain(&e));
             ExitCode::FAILURE
         }
     }

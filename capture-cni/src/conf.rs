@@ -8,6 +8,7 @@
 //!   "pod_selection": "injected",
 //!   "plugin_log_level": "info",
 //!   "log_file": "/var/log/capture-cni.log",
+//!   "log_format": "json",
 //!   "run_dir": "/run/capture-cni",
 //!   "capture": {"backend": "iptables", "iptables_flavor": "auto", "proxy_uid": 1337, "…": "…"}
 //! }
@@ -69,9 +70,13 @@ pub struct NetConf {
     /// How much is logged (Istio's `plugin_log_level`).
     #[serde(default)]
     pub plugin_log_level: LogLevel,
-    /// A file that log lines are appended to, besides stderr.
+    /// A file that log lines are appended to, besides stderr; it is kept under about 10 MiB
+    /// (at 10 MiB it becomes `<file>.1` and a new one starts), as Istio's plugin keeps its own.
     #[serde(default)]
     pub log_file: Option<PathBuf>,
+    /// `text` (the default) or `json`: one JSON object per line, as Istio's plugin logs.
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Where per-namespace xtables lock files are kept (`/run/capture-cni`).
     #[serde(default = "default_run_dir")]
     pub run_dir: PathBuf,
@@ -113,6 +118,7 @@ impl Default for NetConf {
             pod_selection: PodSelection::default(),
             plugin_log_level: LogLevel::default(),
             log_file: None,
+            log_format: LogFormat::default(),
             run_dir: default_run_dir(),
             native_nftables: false,
             capture: CaptureConf::default(),
@@ -308,6 +314,39 @@ impl LogLevel {
             Self::Warn => "warn",
             Self::Info => "info",
             Self::Debug => "debug",
+        }
+    }
+}
+
+impl LogLevel {
+    /// The level as capture-log's levels (every scope).
+    pub fn levels(self) -> capture_log::Levels {
+        capture_log::Levels::all(match self {
+            Self::None => capture_log::LevelFilter::OFF,
+            Self::Error => capture_log::LevelFilter::ERROR,
+            Self::Warn => capture_log::LevelFilter::WARN,
+            Self::Info => capture_log::LevelFilter::INFO,
+            Self::Debug => capture_log::LevelFilter::DEBUG,
+        })
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Tab-separated, for people.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormat> for capture_log::Format {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Text => Self::Text,
+            LogFormat::Json => Self::Json,
         }
     }
 }

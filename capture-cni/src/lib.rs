@@ -24,7 +24,6 @@ pub mod conf;
 pub mod env;
 pub mod error;
 pub mod install;
-mod log;
 pub mod netns;
 pub mod plugin;
 pub mod pod;

@@ -42,10 +42,9 @@ use std::path::PathBuf;
 use serde_json::{Map, Value, json};
 
 use crate::capture;
-use crate::conf::{CaptureConf, LogLevel, NetConf};
+use crate::conf::{CaptureConf, LogFormat, LogLevel, NetConf};
 use crate::env::{Command, Env};
 use crate::error::Error;
-use crate::log;
 use crate::netns::NetNs;
 use crate::pod::{Pod, PodCapture, skip_reason};
 use crate::version::{IMPLIED_WHEN_MISSING, SUPPORTED, Version};
@@ -246,6 +245,8 @@ pub fn run(var: impl Fn(&str) -> Option<OsString>, stdin: &mut dyn Read) -> Outc
             exit: 0,
         };
     }
+    // stderr at info until the configuration names its level, format and file.
+    capture_log::init(capture_log::Config::default());
     let mut input = Vec::new();
     let read = stdin.read_to_end(&mut input);
     let version = reply_version(serde_json::from_slice::<Value>(&input).ok().as_ref());
@@ -253,7 +254,7 @@ pub fn run(var: impl Fn(&str) -> Option<OsString>, stdin: &mut dyn Read) -> Outc
         Ok(Some(env)) => env,
         Ok(None) => unreachable!("CNI_COMMAND is set"),
         Err(error) => {
-            log::error!("{}", capture_core::chain(&error));
+            tracing::error!("{}", capture_core::chain(&error));
             return failure(&Failure { version, error });
         }
     };
@@ -270,7 +271,7 @@ pub fn run(var: impl Fn(&str) -> Option<OsString>, stdin: &mut dyn Read) -> Outc
             return failure(&Failure { version, error });
         }
         // DEL goes on with what was read, as with a configuration that does not decode.
-        log::warn!("{}", capture_core::chain(&error));
+        tracing::warn!("{}", capture_core::chain(&error));
     }
     match handle(&env, &input) {
         Ok(Some(result)) => Outcome {
@@ -282,7 +283,7 @@ pub fn run(var: impl Fn(&str) -> Option<OsString>, stdin: &mut dyn Read) -> Outc
             exit: 0,
         },
         Err(f) => {
-            log::error!("{}", capture_core::chain(&f.error));
+            tracing::error!("{}", capture_core::chain(&f.error));
             failure(&f)
         }
     }
@@ -309,14 +310,14 @@ pub fn handle(env: &Env, input: &[u8]) -> Result<Option<Value>, Failure> {
         version: version.as_str().into(),
         error,
     };
-    log::configure(conf.plugin_log_level, conf.log_file.clone(), log_context(env));
+    configure_log(conf.plugin_log_level, conf.log_format, conf.log_file.clone(), env);
     match env.command {
         Command::Add => add(env, conf, *version).map_err(fail),
         Command::Del => unreachable!("DEL is handled above"),
         Command::Check => check(env, conf, *version).map(|()| None).map_err(fail),
         Command::Status => {
             let works = capture::status(conf).map_err(fail)?;
-            log::debug!("ready: {works} works");
+            tracing::debug!("ready: {works} works");
             Ok(None)
         }
         Command::Gc => {
@@ -326,11 +327,11 @@ pub fn handle(env: &Env, input: &[u8]) -> Result<Option<Value>, Failure> {
                 .or(conf.attachments.as_ref())
                 .map_or(0, Vec::len);
             let removed = capture::collect_lock_files(&conf.run_dir);
-            log::debug!("{attachments} valid attachments; removed {removed} idle lock files");
+            tracing::debug!("{attachments} valid attachments; removed {removed} idle lock files");
             if conf.backend() == crate::conf::Backend::Ebpf {
                 let valid = conf.valid_attachments.as_ref().or(conf.attachments.as_ref());
                 let done = capture::ebpf_gc(conf, valid.map(Vec::as_slice)).map_err(fail)?;
-                log::info!("{done}");
+                tracing::info!("{done}");
             }
             Ok(None)
         }
@@ -339,8 +340,37 @@ pub fn handle(env: &Env, input: &[u8]) -> Result<Option<Value>, Failure> {
 }
 
 /// What every log line of the invocation starts with: the command and the container.
-fn log_context(env: &Env) -> String {
-    format!("{} {}", env.command, env.container_id.as_deref().unwrap_or("-"))
+/// Logs at the configuration's level and format, to stderr and its file, every line with the
+/// command and the container.
+fn configure_log(level: LogLevel, format: LogFormat, file: Option<PathBuf>, env: &Env) {
+    capture_log::init(capture_log::Config {
+        format: format.into(),
+        levels: level.levels(),
+        file: file.map(|path| capture_log::LogFile {
+            path,
+            max_bytes: capture_log::LogFile::DEFAULT_MAX_BYTES,
+        }),
+    });
+    capture_log::set_context(log_context(env, None));
+}
+
+/// The fields every line of this invocation carries; the pod's once it is known.
+fn log_context(env: &Env, pod: Option<&Pod<'_>>) -> Vec<(&'static str, String)> {
+    let mut fields = vec![("command", env.command.to_string())];
+    if let Some(id) = &env.container_id {
+        fields.push(("container_id", id.clone()));
+    }
+    if let Some(netns) = &env.netns {
+        fields.push(("netns", netns.display().to_string()));
+    }
+    if let Some(ifname) = &env.ifname {
+        fields.push(("ifname", ifname.clone()));
+    }
+    if let Some(pod) = pod {
+        fields.extend(pod.namespace.map(|ns| ("pod_namespace", ns.to_owned())));
+        fields.extend(pod.name.map(|name| ("pod", name.to_owned())));
+    }
+    fields
 }
 
 fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Error> {
@@ -350,8 +380,9 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
     // than at the first injected pod.
     check_settings(conf)?;
     let pod = Pod::new(&env.args, conf);
+    capture_log::set_context(log_context(env, Some(&pod)));
     if let Some(skip) = skip_reason(conf, &pod) {
-        log::info!("pod {} skipped: {skip}", pod.display_name());
+        tracing::info!("pod {} skipped: {skip}", pod.display_name());
         return Ok(Some(result));
     }
     let (capture, ns) = pod_capture(env, conf, &pod)?;
@@ -364,10 +395,10 @@ fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Option<Value>, Err
     };
     let outcome = capture::add(&ns, conf, &capture, &who)?;
     for warning in &outcome.warnings {
-        log::warn!("{warning}");
+        tracing::warn!("{warning}");
     }
     for step in &outcome.steps {
-        log::info!("pod {}: {step}", pod.display_name());
+        tracing::info!("pod {}: {step}", pod.display_name());
     }
     Ok(Some(result))
 }
@@ -407,14 +438,17 @@ pub fn check_entry(entry: &Map<String, Value>) -> Result<(), Error> {
 }
 
 /// The log settings of a configuration that does not decode, each field read on its own.
-fn log_settings(input: &[u8]) -> (LogLevel, Option<PathBuf>) {
+fn log_settings(input: &[u8]) -> (LogLevel, LogFormat, Option<PathBuf>) {
     let raw = serde_json::from_slice::<Value>(input).ok();
     let field = |key| raw.as_ref()?.get(key).cloned();
     let level = field("plugin_log_level")
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
+    let format = field("log_format")
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
     let file = field("log_file").and_then(|v| serde_json::from_value(v).ok());
-    (level, file)
+    (level, format, file)
 }
 
 /// `DEL`: succeeds whatever the configuration says (see the module's documentation).
@@ -423,13 +457,13 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
     let defaults;
     let (conf, version) = match &decoded {
         Ok(Request { version, conf }) => {
-            log::configure(conf.plugin_log_level, conf.log_file.clone(), log_context(env));
+            configure_log(conf.plugin_log_level, conf.log_format, conf.log_file.clone(), env);
             (conf, version.as_str().to_owned())
         }
         Err(failure) => {
-            let (level, file) = log_settings(input);
-            log::configure(level, file, log_context(env));
-            log::warn!("{}; DEL goes on with the default settings", failure.error);
+            let (level, format, file) = log_settings(input);
+            configure_log(level, format, file, env);
+            tracing::warn!("{}; DEL goes on with the default settings", failure.error);
             defaults = NetConf::default();
             (&defaults, failure.version.clone())
         }
@@ -439,15 +473,16 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
         error,
     };
     let pod = Pod::new(&env.args, conf);
+    capture_log::set_context(log_context(env, Some(&pod)));
     // ADD's skip decision, when the configuration says what it was.
     if decoded.is_ok()
         && let Some(skip) = skip_reason(conf, &pod)
     {
-        log::debug!("pod {} skipped: {skip}", pod.display_name());
+        tracing::debug!("pod {} skipped: {skip}", pod.display_name());
         return Ok(());
     }
     let Some(path) = env.netns.as_deref() else {
-        log::info!(
+        tracing::info!(
             "pod {}: no network namespace, nothing to remove",
             pod.display_name()
         );
@@ -457,7 +492,7 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
     let ns = match NetNs::open(path) {
         Ok(ns) => ns,
         Err(e) if e.is_gone() => {
-            log::info!(
+            tracing::info!(
                 "pod {}: {} is gone, nothing to remove",
                 pod.display_name(),
                 path.display()
@@ -476,16 +511,16 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
     let no_annotations = BTreeMap::new();
     let capture = usable(&conf.capture, pod.annotations)
         .or_else(|e| {
-            log::warn!("{e}; removing capture as the configuration alone describes it");
+            tracing::warn!("{e}; removing capture as the configuration alone describes it");
             usable(&conf.capture, &no_annotations)
         })
         .or_else(|e| {
-            log::warn!("{e}; removing capture as the defaults describe it");
+            tracing::warn!("{e}; removing capture as the defaults describe it");
             usable(&CaptureConf::default(), &no_annotations)
         })
         .map_err(fail)?;
     capture::del(&ns, conf, &capture).map_err(fail)?;
-    log::info!("pod {}: capture removed", pod.display_name());
+    tracing::info!("pod {}: capture removed", pod.display_name());
     Ok(())
 }
 
@@ -500,9 +535,9 @@ fn forget_ebpf_attachment(env: &Env, conf: &NetConf, pod: &Pod<'_>) {
         return;
     };
     match capture::ebpf_forget(conf, container_id, ifname) {
-        Ok(Some(done)) => log::info!("pod {}: {done}", pod.display_name()),
+        Ok(Some(done)) => tracing::info!("pod {}: {done}", pod.display_name()),
         Ok(None) => {}
-        Err(e) => log::warn!(
+        Err(e) => tracing::warn!(
             "pod {}: {}; GC reclaims it later",
             pod.display_name(),
             capture_core::chain(&e)
@@ -513,8 +548,9 @@ fn forget_ebpf_attachment(env: &Env, conf: &NetConf, pod: &Pod<'_>) {
 fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), Error> {
     check_prev_result(conf.prev_result.as_ref(), version)?;
     let pod = Pod::new(&env.args, conf);
+    capture_log::set_context(log_context(env, Some(&pod)));
     if let Some(skip) = skip_reason(conf, &pod) {
-        log::debug!("pod {} skipped: {skip}", pod.display_name());
+        tracing::debug!("pod {} skipped: {skip}", pod.display_name());
         return Ok(());
     }
     let (capture, ns) = pod_capture(env, conf, &pod)?;

@@ -702,7 +702,7 @@ fn an_istio_cni_entry_is_refused_unless_allowed_or_removed() {
     allow.push("--allow-istio-cni");
     let stderr = run(&allow);
     assert!(
-        stderr.contains("WARNING") && stderr.contains("istio-cni"),
+        stderr.contains("\twarn\t") && stderr.contains("istio-cni"),
         "{stderr}"
     );
     let doc: Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();

@@ -426,10 +426,45 @@ fn logs_go_to_stderr_and_the_log_file_never_stdout() {
     assert_eq!(reply.ok(), "{\"cniVersion\":\"1.0.0\"}\n");
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
-        logged.contains("ADD c0ffee0123") && logged.contains("skipped"),
+        logged.contains("command=ADD container_id=c0ffee0123") && logged.contains("skipped"),
         "{logged}"
     );
     assert!(reply.stderr.contains("skipped"));
     let quiet = conf("1.0.0", json!({"plugin_log_level": "none"}));
     assert_eq!(add("", &quiet).stderr, "");
+}
+
+/// `log_format: "json"`: every line, on stderr and in the file, is one JSON object with Istio's
+/// keys and the invocation's container, netns and pod.
+#[test]
+fn json_logs_carry_the_container_netns_and_pod() {
+    let tmp = TempDir::new("jsonlog");
+    let log = tmp.path().join("plugin.log");
+    let stdin = conf(
+        "1.0.0",
+        json!({"log_file": log, "plugin_log_level": "debug", "log_format": "json", "exclude_namespaces": ["kube-system"]}),
+    );
+    let reply = add("K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-1", &stdin);
+    reply.ok();
+    let file = std::fs::read_to_string(&log).unwrap();
+    for (what, text) in [("stderr", reply.stderr.as_str()), ("file", file.as_str())] {
+        assert!(text.contains("skipped"), "{what}: {text}");
+        for line in text.lines() {
+            let v: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {line}"));
+            for (key, want) in [
+                ("scope", "cni"),
+                ("command", "ADD"),
+                ("container_id", "c0ffee0123"),
+                ("netns", "/nonexistent/netns"),
+                ("ifname", "eth0"),
+                ("pod_namespace", "kube-system"),
+                ("pod", "coredns-1"),
+            ] {
+                assert_eq!(v[key], want, "{what}: {key} in {line}");
+            }
+            assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+            assert!(v["level"].is_string() && v["msg"].is_string(), "{line}");
+        }
+    }
 }

@@ -16,6 +16,7 @@ mod error;
 pub mod host;
 pub mod istio;
 pub mod lock;
+pub mod logged;
 pub mod netlink;
 pub mod nfnetlink;
 pub mod nft;

@@ -81,10 +81,22 @@ impl NetnsLock {
         let fd = nix::fcntl::open(path, OFlag::O_RDONLY, Mode::empty()).map_err(|e| io_error(e.into()))?;
         let mut file = File::from(fd);
         let started = Instant::now();
+        let mut waited = false;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(Self { _lock: lock }),
+                Ok(lock) => {
+                    if waited {
+                        tracing::debug!("got the network namespace's lock after {:?}", started.elapsed());
+                    }
+                    return Ok(Self { _lock: lock });
+                }
                 Err((back, nix::Error::EWOULDBLOCK)) if started.elapsed() < wait => {
+                    if !waited {
+                        tracing::debug!(
+                            "another capture run holds the network namespace's lock; waiting up to {wait:?}"
+                        );
+                        waited = true;
+                    }
                     file = back;
                     std::thread::sleep(Duration::from_millis(2));
                 }

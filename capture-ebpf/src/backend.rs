@@ -239,8 +239,24 @@ impl Ebpf {
             self.pins.mount()?;
         }
         let (mut node, loaded) = self.open_or_load()?;
+        if loaded.is_none() {
+            tracing::debug!(pins = %self.pins.path().display(), "eBPF programs already loaded, using them");
+        }
         let pod = PodNetns::set_up(plan)?;
         let change = node.apply(&pod, plan)?;
+        if change == Change::Unchanged {
+            tracing::debug!(
+                netns_cookie = pod.cookie.0,
+                "the pod's map entries are as configured"
+            );
+        } else {
+            tracing::info!(
+                "eBPF map entries written ({}, netns cookie {}):\n{}",
+                change.describe(),
+                pod.cookie.0,
+                capture_core::logged::Bounded(&plan.to_string())
+            );
+        }
         if let Some(meta) = meta
             && let Err(e) = node.set_metadata(pod.cookie, meta)
         {

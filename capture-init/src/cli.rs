@@ -564,12 +564,148 @@ pub struct Args {
     #[arg(long, help_heading = "Backend")]
     pub mount_bpffs: bool,
 
-    /// Accepted for compatibility with pilot-agent's logging flags; ignored.
-    #[arg(long = "log_output_level", hide = true)]
-    pub log_output_level: Option<String>,
-    /// Accepted for compatibility with pilot-agent's logging flags; ignored.
-    #[arg(long = "log_as_json", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub log_as_json: Option<bool>,
+    /// How much each scope logs, as pilot-agent's flag: scope:level pairs, comma-separated
+    /// (default:info, default:debug,ebpf:warn, all:none). Levels: none, error, warn, info,
+    /// debug. Scopes: default, iptables, nftables, host, ebpf (a scope not named follows
+    /// default). Debug shows every decision: the iptables flavour and why, IPv6 and why, the
+    /// state found, what was changed.
+    #[arg(long = "log_output_level", env = "LOG_OUTPUT_LEVEL", value_name = "SCOPE:LEVEL,...", value_parser = capture_log::OutputLevel::parse, help_heading = "Logging")]
+    pub log_output_level: Option<capture_log::OutputLevel>,
+    /// Write the log (stderr) as one JSON object per line, with RFC 3339 times, as pilot-agent's
+    /// flag does.
+    #[arg(long = "log_as_json", env = "LOG_AS_JSON", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, help_heading = "Logging")]
+    pub log_as_json: bool,
+
+    /// Every setting with its value and where it came from (filled in by [`parse`]).
+    #[arg(skip)]
+    pub settings: Vec<Setting>,
+}
+
+/// Where a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The command line.
+    CommandLine,
+    /// This environment variable.
+    Env(String),
+    /// The default.
+    Default,
+}
+
+/// One setting of a run, for the log of the effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The flag (`--envoy-port`), or the variable for settings that only have one.
+    pub name: String,
+    /// Its value as given (lists as one comma-separated string).
+    pub value: String,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Every flag's value and source, read from clap's matches before the values are moved out;
+/// flags with no value and no default (unset paths) are left out.
+fn settings(command: &clap::Command, matches: &ArgMatches) -> Vec<Setting> {
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let id = arg.get_id().as_str();
+            let source = match matches.value_source(id)? {
+                ValueSource::CommandLine => Source::CommandLine,
+                ValueSource::EnvVariable => Source::Env(
+                    arg.get_env()
+                        .map(|v| v.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+                _ => Source::Default,
+            };
+            let value = matches
+                .get_raw(id)?
+                .map(|v| v.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(",");
+            let name = arg.get_long().map_or_else(|| id.to_owned(), |l| format!("--{l}"));
+            Some(Setting { name, value, source })
+        })
+        .filter(|s| s.name != "--help" && s.name != "--version")
+        .collect()
+}
+
+/// The variables read with no flag of their own, as settings.
+fn env_only_settings() -> impl Iterator<Item = Setting> {
+    [
+        ("ISTIO_OUTBOUND_OWNER_GROUPS", "*"),
+        ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", ""),
+        ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/32"),
+        ("ENVOY_USER", "istio-proxy"),
+    ]
+    .into_iter()
+    .map(|(var, default)| match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Setting {
+            name: var.to_owned(),
+            value,
+            source: Source::Env(var.to_owned()),
+        },
+        _ => Setting {
+            name: var.to_owned(),
+            value: default.to_owned(),
+            source: Source::Default,
+        },
+    })
+}
+
+/// How a run that failed before its flags were read logs: JSON when `--log_as_json` (or
+/// `LOG_AS_JSON`) asks for it, and at the levels of a readable `--log_output_level` (or
+/// `LOG_OUTPUT_LEVEL`), whatever else is wrong with the command line.
+pub fn early_log_config(argv: &[OsString]) -> capture_log::Config {
+    let flag = argv.iter().skip(1).rev().find_map(|a| {
+        let a = a.to_str()?;
+        match a.strip_prefix("--log_as_json") {
+            Some("") => Some(true),
+            Some(rest) => rest.strip_prefix('=').map(|v| go_bool(v).unwrap_or(false)),
+            None => None,
+        }
+    });
+    let json = flag.unwrap_or_else(|| {
+        std::env::var("LOG_AS_JSON")
+            .ok()
+            .and_then(|v| go_bool(&v).ok())
+            .unwrap_or(false)
+    });
+    let given =
+        (1..argv.len())
+            .rev()
+            .find_map(|i| match argv[i].to_str()?.strip_prefix("--log_output_level") {
+                Some("") => argv.get(i + 1).and_then(|n| n.to_str()).map(str::to_owned),
+                Some(rest) => rest.strip_prefix('=').map(str::to_owned),
+                None => None,
+            });
+    let levels = given
+        .or_else(|| std::env::var("LOG_OUTPUT_LEVEL").ok())
+        .and_then(|text| capture_log::Levels::parse(&text).ok())
+        .map(|(levels, _)| levels)
+        .unwrap_or_default();
+    capture_log::Config {
+        format: capture_log::Format::json(json),
+        levels,
+        file: None,
+    }
+}
+
+impl Args {
+    /// The logging these flags ask for.
+    pub fn log_config(&self) -> capture_log::Config {
+        capture_log::Config {
+            format: capture_log::Format::json(self.log_as_json),
+            // A dry run's output is its payload: unless asked, its log says only what is wrong.
+            levels: match &self.log_output_level {
+                Some(l) => l.levels.clone(),
+                None if self.dry_run => capture_log::Levels::all(capture_log::LevelFilter::WARN),
+                None => capture_log::Levels::default(),
+            },
+            file: None,
+        }
+    }
 }
 
 /// `capture-init ebpf …`: the eBPF backend's node-level commands.
@@ -761,10 +897,37 @@ where
     let given = |id| matches.value_source(id) == Some(ValueSource::CommandLine);
     let (dns_given, invalid_given, dual_given) =
         (given("redirect_dns"), given("drop_invalid"), given("dual_stack"));
+    let mut settings = settings(&Args::command(), &matches);
     let mut args = Args::from_arg_matches_mut(&mut matches).map_err(|e| CliError::Usage(Box::new(e)))?;
-    apply_override(dns_given, "ISTIO_META_DNS_CAPTURE", &mut args.redirect_dns)?;
-    apply_override(invalid_given, "INVALID_DROP", &mut args.drop_invalid)?;
-    apply_override(dual_given, "ISTIO_DUAL_STACK", &mut args.dual_stack)?;
+    for (given, var, flag, value) in [
+        (
+            dns_given,
+            "ISTIO_META_DNS_CAPTURE",
+            "--redirect-dns",
+            &mut args.redirect_dns,
+        ),
+        (
+            invalid_given,
+            "INVALID_DROP",
+            "--drop-invalid",
+            &mut args.drop_invalid,
+        ),
+        (
+            dual_given,
+            "ISTIO_DUAL_STACK",
+            "--dual-stack",
+            &mut args.dual_stack,
+        ),
+    ] {
+        if apply_override(given, var, value)?
+            && let Some(setting) = settings.iter_mut().find(|s| s.name == flag)
+        {
+            setting.value = value.to_string();
+            setting.source = Source::Env(var.to_owned());
+        }
+    }
+    settings.extend(env_only_settings());
+    args.settings = settings;
     match args.backend {
         Backend::Ebpf => require_ebpf_build()?,
         Backend::Iptables => {
@@ -847,16 +1010,17 @@ pub fn resolve(args: Args) -> Result<Invocation, CliError> {
 }
 
 /// Istio's override variables win over the flag's own variable, but not over the command line.
-fn apply_override(on_command_line: bool, var: &'static str, value: &mut bool) -> Result<(), CliError> {
+/// Returns whether the variable decided.
+fn apply_override(on_command_line: bool, var: &'static str, value: &mut bool) -> Result<bool, CliError> {
     if on_command_line {
-        return Ok(());
+        return Ok(false);
     }
     match std::env::var(var) {
         Ok(text) if !text.is_empty() => {
             *value = go_bool(&text).map_err(|_| CliError::EnvBool { var, value: text })?;
-            Ok(())
+            Ok(true)
         }
-        _ => Ok(()),
+        _ => Ok(false),
     }
 }
 
@@ -914,11 +1078,26 @@ fn default_proxy_uid() -> String {
 fn detect(args: &Args) -> Result<(Detected, Vec<Warning>), CliError> {
     let mut ipv6_warning = None;
     let ipv6 = match args.ipv6 {
-        Ipv6Mode::On => true,
-        Ipv6Mode::Off => false,
+        Ipv6Mode::On | Ipv6Mode::Off => {
+            let on = args.ipv6 == Ipv6Mode::On;
+            let word = if on { "on" } else { "off" };
+            tracing::info!("IPv6 {word} (--ipv6 {word})");
+            on
+        }
         mode @ (Ipv6Mode::Auto | Ipv6Mode::FirstAddress) => {
             let addrs = capture_core::host::addresses().map_err(CliError::Addresses)?;
             let ipv6 = mode.decide(&addrs, args.dual_stack)?;
+            let rule = if args.dual_stack || mode == Ipv6Mode::Auto {
+                "--dual-stack: IPv6 when the pod has any IPv6 address"
+            } else {
+                "istio-iptables' rule: the pod's first usable address decides"
+            };
+            let listed: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                addresses = listed.join(","),
+                "IPv6 {} ({rule})",
+                if ipv6 { "on" } else { "off" }
+            );
             if !ipv6 {
                 // Istio's rule: the first address decides. Say so when that leaves one uncaptured.
                 let uncaptured = addrs.iter().find_map(|a| match a {

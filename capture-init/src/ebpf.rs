@@ -16,7 +16,7 @@ use crate::cli::{Args, DEFAULT_BPFFS, NodeArgs, NodeCommand};
 const UNLOAD: &str = "capture-init ebpf unload";
 
 fn fail(e: &Failure) -> ExitCode {
-    eprintln!("capture-init: {}", capture_core::chain(e));
+    tracing::error!("{}", capture_core::chain(e));
     ExitCode::from(1)
 }
 
@@ -65,9 +65,9 @@ fn load(cgroup: Option<&Path>, bpffs: &Path, mount_bpffs: bool) -> Result<(), Fa
         backend.pins.mount()?;
     }
     match backend.open_or_load()? {
-        (_, Some(loaded)) => eprintln!("capture-init: {loaded}"),
-        (node, None) => eprintln!(
-            "capture-init: eBPF programs already loaded under {}, attached to {}, nothing changed",
+        (_, Some(loaded)) => tracing::info!("{loaded}"),
+        (node, None) => tracing::info!(
+            "eBPF programs already loaded under {}, attached to {}, nothing changed",
             backend.pins.path().display(),
             node.attachment()?
         ),
@@ -81,15 +81,15 @@ fn upgrade(cgroup: Option<&Path>, bpffs: &Path, always: bool) -> Result<(), Fail
         None => capture_ebpf::cgroup2_root()?,
     };
     let upgrade = Node::upgrade(&cgroup, &PinDir::new(bpffs), always)?;
-    eprintln!("capture-init: {upgrade}");
+    tracing::info!("{upgrade}");
     Ok(())
 }
 
 fn unload(bpffs: &Path) -> Result<(), Failure> {
     let pins = PinDir::new(bpffs);
     if !pins.is_loaded() {
-        eprintln!(
-            "capture-init: eBPF programs not loaded (nothing under {}), nothing to do",
+        tracing::info!(
+            "eBPF programs not loaded (nothing under {}), nothing to do",
             pins.path().display()
         );
         return Ok(());
@@ -108,12 +108,12 @@ fn unload(bpffs: &Path) -> Result<(), Failure> {
         }
         Err(e) => return Err(e.into()),
     };
-    eprintln!(
-        "capture-init: eBPF programs detached and unpinned from {}",
+    tracing::info!(
+        "eBPF programs detached and unpinned from {}",
         pins.path().display()
     );
     if pods > 0 {
-        eprintln!("capture-init: warning: {pods} enrolled pod(s) are no longer captured");
+        tracing::warn!("{pods} enrolled pod(s) are no longer captured");
     }
     Ok(())
 }
@@ -121,8 +121,8 @@ fn unload(bpffs: &Path) -> Result<(), Failure> {
 fn gc(bpffs: &Path) -> Result<(), Failure> {
     let pins = PinDir::new(bpffs);
     if !pins.is_loaded() {
-        eprintln!(
-            "capture-init: eBPF programs not loaded (nothing under {}), nothing to reclaim",
+        tracing::info!(
+            "eBPF programs not loaded (nothing under {}), nothing to reclaim",
             pins.path().display()
         );
         return Ok(());
@@ -131,18 +131,18 @@ fn gc(bpffs: &Path) -> Result<(), Failure> {
     let mut node = Node::open(&pins)?;
     let reclaimed = node.gc()?;
     if reclaimed.is_empty() {
-        eprintln!("capture-init: every enrolled pod's network namespace exists, nothing to reclaim");
+        tracing::info!("every enrolled pod's network namespace exists, nothing to reclaim");
     } else {
         let cookies: Vec<String> = reclaimed.iter().map(|c| c.0.to_string()).collect();
-        eprintln!(
-            "capture-init: reclaimed {} pod(s) whose network namespace is gone (netns cookies {})",
+        tracing::info!(
+            "reclaimed {} pod(s) whose network namespace is gone (netns cookies {})",
             reclaimed.len(),
             cookies.join(", ")
         );
     }
     for cookie in node.unverifiable()? {
-        eprintln!(
-            "capture-init: warning: pod with netns cookie {} has no sk_lookup link pinned, so whether its namespace exists cannot be told; left enrolled",
+        tracing::warn!(
+            "pod with netns cookie {} has no sk_lookup link pinned, so whether its namespace exists cannot be told; left enrolled",
             cookie.0
         );
     }
@@ -163,7 +163,7 @@ fn pods(bpffs: &Path) -> Result<(), Failure> {
     let node = Node::open(&PinDir::new(bpffs))?;
     let pods = node.pods()?;
     if pods.is_empty() {
-        eprintln!("capture-init: no pod is enrolled");
+        tracing::info!("no pod is enrolled");
     }
     let listeners = node.inbound_listeners()?;
     for (cookie, _) in pods {

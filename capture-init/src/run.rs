@@ -20,7 +20,7 @@ use crate::validate;
 const VALIDATION_FAILED: u8 = 126;
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("capture-init: {message}");
+    tracing::error!("{message}");
     ExitCode::from(1)
 }
 
@@ -90,15 +90,30 @@ fn raise_permitted_capabilities() {
 
 /// Runs the command and returns its exit status: 0 success, 1 error, 126 validation failure.
 pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let argv: Vec<OsString> = argv.into_iter().collect();
+    let early = cli::early_log_config(&argv);
     let args = match cli::parse(argv) {
         Ok(Parsed::Info(text)) => {
             println!("{}", text.trim_end());
             return ExitCode::SUCCESS;
         }
-        Ok(Parsed::Node(node)) => return node_command(node),
+        Ok(Parsed::Node(node)) => {
+            capture_log::init(early);
+            return node_command(node);
+        }
         Ok(Parsed::Run(args)) => args,
-        Err(e) => return fail(chain(&e)),
+        Err(e) => {
+            capture_log::init(early);
+            return fail(chain(&e));
+        }
     };
+    capture_log::init(args.log_config());
+    if let Some(level) = &args.log_output_level {
+        level.report();
+    }
+    if !args.dry_run {
+        log_settings(&args.settings);
+    }
     match args.network_namespace.clone() {
         // The work runs on a thread that enters the namespace (the host layer's NetNs::run),
         // so the process itself never leaves its own.
@@ -126,7 +141,7 @@ fn resolve_and_run(args: Box<Args>) -> ExitCode {
         Err(e) => return fail(chain(&e)),
     };
     for warning in &invocation.warnings {
-        eprintln!("capture-init: warning: {warning}");
+        tracing::warn!("{warning}");
     }
     match backend(&invocation.args) {
         Ok(backend) => run(&*backend, &invocation),
@@ -139,9 +154,7 @@ fn backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
     match args.backend {
         cli::Backend::Iptables if args.native_nftables => {
             if args.forced_flavor().is_some() {
-                eprintln!(
-                    "capture-init: warning: --native-nftables is set, so --force-iptables-binary is ignored"
-                );
+                tracing::warn!("--native-nftables is set, so --force-iptables-binary is ignored");
             }
             Ok(Box::new(Nftables))
         }
@@ -151,7 +164,10 @@ fn backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
             // validating: the validation container has no capability to run iptables with.
             let reads_nothing = args.dry_run || (args.skip_rule_apply && !args.cleanup_only);
             let flavor = match (args.forced_flavor(), reads_nothing) {
-                (Some(flavor), _) => flavor,
+                (Some(flavor), _) => {
+                    tracing::debug!("iptables flavour {} (forced by the flags)", flavor.as_str());
+                    flavor
+                }
                 (None, true) => Flavor::Nft,
                 (None, false) => return Ok(Box::new(Iptables::detect(exec(args))?)),
             };
@@ -205,11 +221,61 @@ fn exec(args: &Args) -> SystemExec {
 
 fn print_outcome(outcome: &Outcome) {
     for warning in &outcome.warnings {
-        eprintln!("capture-init: warning: {warning}");
+        tracing::warn!("{warning}");
     }
     for step in &outcome.steps {
-        eprintln!("capture-init: {step}");
+        tracing::info!("{step}");
     }
+}
+
+/// Logs the effective configuration, every setting with where it came from (the command line,
+/// a variable, the default), so a pod's log explains its capture. Long lists are summarised.
+fn log_settings(settings: &[cli::Setting]) {
+    let line = |wanted: fn(&cli::Source) -> bool, with_var: bool| {
+        settings
+            .iter()
+            .filter(|s| wanted(&s.source))
+            .map(|s| {
+                let value = summarise(&s.value);
+                match &s.source {
+                    cli::Source::Env(var) if with_var && *var != s.name => {
+                        format!("{var}={value} ({})", s.name)
+                    }
+                    _ => format!("{}={value}", s.name),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let flags = line(|s| *s == cli::Source::CommandLine, false);
+    let env = line(|s| matches!(s, cli::Source::Env(_)), true);
+    let defaults = line(|s| *s == cli::Source::Default, false);
+    tracing::info!("settings from the command line: {}", or_none(&flags));
+    tracing::info!("settings from the environment: {}", or_none(&env));
+    tracing::info!("settings left at their defaults: {}", or_none(&defaults));
+}
+
+fn or_none(text: &str) -> &str {
+    if text.is_empty() { "none" } else { text }
+}
+
+/// A value as logged: an empty one quoted, a list of more than eight items as its first four
+/// and a count.
+fn summarise(value: &str) -> String {
+    const SHOWN: usize = 4;
+    if value.is_empty() {
+        return "\"\"".to_owned();
+    }
+    let items: Vec<&str> = value.split(',').collect();
+    if items.len() <= 2 * SHOWN {
+        return value.to_owned();
+    }
+    format!(
+        "{},… ({} items, {} more)",
+        items[..SHOWN].join(","),
+        items.len(),
+        items.len() - SHOWN
+    )
 }
 
 fn run(backend: &dyn Backend, invocation: &Invocation) -> ExitCode {
@@ -262,9 +328,9 @@ fn run(backend: &dyn Backend, invocation: &Invocation) -> ExitCode {
 /// `--run-validation`: 0 when the probes pass, 126 when they do not.
 fn validation(spec: &capture_core::CaptureSpec, args: &Args) -> ExitCode {
     if let Err(e) = validate::run(spec, args) {
-        eprintln!("capture-init: {}", chain(&e));
+        tracing::error!("{}", chain(&e));
         return ExitCode::from(VALIDATION_FAILED);
     }
-    eprintln!("capture-init: validation passed");
+    tracing::info!("validation passed");
     ExitCode::SUCCESS
 }

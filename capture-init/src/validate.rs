@@ -90,9 +90,7 @@ pub fn run(spec: &CaptureSpec, args: &Args) -> Result<(), ValidationError> {
             args.probe_timeout,
         )? == Probed::NoRoute
         {
-            eprintln!(
-                "capture-init: warning: no route to {passthrough}; {family} hairpin capture not validated"
-            );
+            tracing::warn!("no route to {passthrough}; {family} hairpin capture not validated");
         }
         if root && let Some(target) = outbound_target(spec, family, probe_port) {
             // nobody/nogroup: an identity that is neither root nor the proxy.
@@ -107,9 +105,7 @@ pub fn run(spec: &CaptureSpec, args: &Args) -> Result<(), ValidationError> {
                 args.probe_timeout,
             )? == Probed::NoRoute
             {
-                eprintln!(
-                    "capture-init: warning: no route to {target}; {family} outbound capture not validated"
-                );
+                tracing::warn!("no route to {target}; {family} outbound capture not validated");
             }
         }
     }

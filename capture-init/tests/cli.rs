@@ -473,7 +473,7 @@ fn accepted_quirks() {
     assert_eq!(out.stdout, run(&["-m", "REDIRECT"]).stdout);
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.contains("warning") && stderr.contains("\"FOO\"") && stderr.contains("REDIRECT"),
+        stderr.contains("\twarn\t") && stderr.contains("\"FOO\"") && stderr.contains("REDIRECT"),
         "{stderr}"
     );
 }
@@ -637,19 +637,19 @@ fn a_user_that_is_no_group_is_refused_as_the_default_gid() {
     for (extra, expected) in [
         (
             &["-u", "nobody"][..],
-            "capture-init: invalid value \"nobody\" for -g/--proxy-gid: no such group (when no group \
+            "error\tinvalid value \"nobody\" for -g/--proxy-gid: no such group (when no group \
              list is given, the user list is used as groups)\n",
         ),
         (
             &["-u", "1337", "-g", "nobody"],
-            "capture-init: invalid value \"nobody\" for -g/--proxy-gid: no such group\n",
+            "error\tinvalid value \"nobody\" for -g/--proxy-gid: no such group\n",
         ),
     ] {
         let args: Vec<&str> = dry.iter().chain(extra).copied().collect();
         let out = capture_init(&args, &[]);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?}: no payload");
-        assert_eq!(String::from_utf8(out.stderr).unwrap(), expected, "{args:?}");
+        assert_eq!(untimed(&out.stderr), expected, "{args:?}");
     }
     // With a group given, the user name is fine, and stays a name in the rules.
     let out = capture_init(
@@ -780,7 +780,7 @@ fn ebpf_dry_run_prints_the_map_plan() {
     assert!(out.stdout.is_empty());
     assert_eq!(
         stderr,
-        "capture-init: rerouted interfaces (-k) is not supported by the eBPF backend yet; use the iptables backend\n"
+        "error\trerouted interfaces (-k) is not supported by the eBPF backend yet; use the iptables backend\n"
     );
 }
 
@@ -860,21 +860,21 @@ fn ebpf_usage_errors() {
     let cases: [(&[&str], &str); 3] = [
         (
             &["--cgroup", "/sys/fs/cgroup", "--dry-run", "--ipv6", "off"],
-            "capture-init: --cgroup only applies to --backend ebpf\n",
+            "error\t--cgroup only applies to --backend ebpf\n",
         ),
         (
             &["--bpffs", "/sys/fs/bpf", "--dry-run", "--ipv6", "off"],
-            "capture-init: --bpffs only applies to --backend ebpf\n",
+            "error\t--bpffs only applies to --backend ebpf\n",
         ),
         (
             &["--backend", "nat", "--dry-run"],
-            "capture-init: invalid value 'nat' for '--backend <BACKEND>'\n",
+            "error\tinvalid value 'nat' for '--backend <BACKEND>'\n",
         ),
     ];
     for (args, expected) in cases {
         let out = capture_init(args, &[]);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert_eq!(String::from_utf8(out.stderr).unwrap(), expected, "{args:?}");
+        assert_eq!(untimed(&out.stderr), expected, "{args:?}");
     }
     let out = capture_init(&["ebpf"], &[]);
     assert_eq!(out.status.code(), Some(1));
@@ -882,7 +882,7 @@ fn ebpf_usage_errors() {
     if cfg!(feature = "ebpf") {
         assert_eq!(
             stderr,
-            "capture-init: ebpf needs a command: load, upgrade, unload, gc, stats, pods\n"
+            "error\tebpf needs a command: load, upgrade, unload, gc, stats, pods\n"
         );
     }
 }
@@ -962,4 +962,144 @@ fn native_nftables_wins_over_force_iptables_binary() {
         "nftables wins"
     );
     assert!(stderr.contains("--force-iptables-binary is ignored"), "{stderr}");
+}
+
+/// stderr without each line's time: `level<TAB>message`.
+fn untimed(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .map(|line| format!("{}\n", line.split_once('\t').map_or(line, |(_, rest)| rest)))
+        .collect()
+}
+
+/// Every stderr line of a `--log_as_json` run (or `LOG_AS_JSON=true`) is one JSON object
+/// with Istio's keys and an RFC 3339 UTC time, whatever the run ends with.
+#[test]
+fn every_json_log_line_parses() {
+    let sidecar_dry: Vec<&str> = SIDECAR_ARGS.into_iter().chain(["--dry-run"]).collect();
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        sidecar_dry.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        // A bad value: the only line is the error.
+        (with(&["--log_as_json", "--ipv6", "maybe"]), vec![], "error"),
+        (with(&["--ipv6", "maybe"]), vec![("LOG_AS_JSON", "true")], "error"),
+        (with(&["--log_as_json=1", "-u", "no such user"]), vec![], "error"),
+        // A dry run asked for debug: the IPv6 decision and the unknown scope's warning.
+        (
+            with(&[
+                "--log_as_json",
+                "--ipv6",
+                "off",
+                "--log_output_level=default:debug,cache:debug",
+            ]),
+            vec![],
+            "warn",
+        ),
+        (vec!["ebpf", "frobnicate"], vec![("LOG_AS_JSON", "true")], "error"),
+        (vec!["--log_as_json", "--no-such-flag"], vec![], "error"),
+    ];
+    for (args, env, level) in cases {
+        let out = capture_init(&args, &env);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!stderr.is_empty(), "{args:?}: a line at least");
+        let mut levels = Vec::new();
+        for line in stderr.lines() {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"));
+            let field = |key: &str| {
+                value[key]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{args:?}: no {key} in {line}"))
+                    .to_owned()
+            };
+            assert_rfc3339(&field("time"));
+            assert!(!field("msg").is_empty(), "{line}");
+            assert_eq!(field("scope"), "default", "{line}");
+            levels.push(field("level"));
+        }
+        assert!(
+            levels.iter().any(|l| l == level),
+            "{args:?}: a {level} line in {stderr}"
+        );
+    }
+}
+
+/// `2026-12-01T16:46:55.123456Z`.
+#[track_caller]
+fn assert_rfc3339(time: &str) {
+    let digits =
+        |r: std::ops::Range<usize>| time.get(r).is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()));
+    assert!(
+        time.len() == 27
+            && digits(0..4)
+            && &time[4..5] == "-"
+            && digits(5..7)
+            && &time[7..8] == "-"
+            && digits(8..10)
+            && &time[10..11] == "T"
+            && digits(11..13)
+            && digits(14..16)
+            && digits(17..19)
+            && &time[19..20] == "."
+            && digits(20..26)
+            && time.ends_with('Z'),
+        "not RFC 3339 UTC: {time}"
+    );
+}
+
+/// `--log_output_level` takes Istio's forms and names itself and the item it cannot honour;
+/// scopes capture-init does not have are reported, not silently dropped; `none` is silence.
+#[test]
+fn log_levels_are_istios() {
+    let dry = |extra: &[&str]| -> Output {
+        let args: Vec<&str> = SIDECAR_ARGS
+            .into_iter()
+            .chain(["--dry-run", "--ipv6", "off"])
+            .chain(extra.iter().copied())
+            .collect();
+        capture_init(&args, &[])
+    };
+    for bad in ["default:loud", "verbose", "iptables:"] {
+        let out = dry(&[&format!("--log_output_level={bad}")]);
+        let stderr = untimed(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{bad}: one line: {stderr}");
+        assert!(
+            stderr.starts_with("error\t") && stderr.contains("--log_output_level") && stderr.contains(bad),
+            "{bad}: {stderr}"
+        );
+    }
+    let out = capture_init(
+        &["--dry-run", "--ipv6", "off"],
+        &[("LOG_OUTPUT_LEVEL", "default:loud")],
+    );
+    let stderr = untimed(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--log_output_level"),
+        "the variable is named by its flag: {stderr}"
+    );
+
+    // Quiet by default in a dry run; its decisions at info when asked.
+    assert!(dry(&[]).stderr.is_empty());
+    let info = untimed(&dry(&["--log_output_level=default:info"]).stderr);
+    assert_eq!(info, "info\tIPv6 off (--ipv6 off)\n");
+    for form in ["cache:debug", "default=info,cache=debug"] {
+        let out = dry(&[&format!("--log_output_level={form}")]);
+        let stderr = untimed(&out.stderr);
+        assert!(out.status.success(), "{form}: {stderr}");
+        assert!(
+            stderr.contains("warn\t--log_output_level: there is no scope \"cache\""),
+            "{form}: {stderr}"
+        );
+    }
+    // `none` silences even the error; the exit status still tells.
+    let out = capture_init(
+        &["--dry-run", "--ipv6", "maybe", "--log_output_level=all:none"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -11,6 +11,7 @@ use super::payload::{cleanup_payload, reconcile_payload, restore_ours_payload};
 use super::saved::SavedState;
 use super::{Applied, ApplyError, ApplyOptions};
 use crate::backend::Change;
+use crate::logged::Bounded;
 use crate::plan::plan;
 use crate::render::Restore;
 use crate::rules::{RuleSet, TableName};
@@ -55,6 +56,13 @@ impl<E: Exec> Iptables<E> {
                     let state = SavedState::parse(&out.stdout);
                     let ours = !state.own_chains().is_empty();
                     let rules = out.stdout.lines().filter(|l| l.starts_with("-A ")).count();
+                    tracing::debug!(
+                        program = flavor.save(Family::V4),
+                        rules,
+                        capture_chains = ours,
+                        "iptables flavour {} is usable",
+                        flavor.as_str()
+                    );
                     counts.push((flavor, ours, rules));
                 }
                 Ok(out) => problems.push(Unusable {
@@ -67,14 +75,21 @@ impl<E: Exec> Iptables<E> {
                 }),
             }
         }
+        for problem in &problems {
+            tracing::debug!("iptables flavour not usable: {problem}");
+        }
         let pick = counts
             .iter()
             .find(|(_, ours, _)| *ours)
+            .inspect(|(f, ..)| tracing::debug!("iptables flavour {}: it holds capture's chains", f.as_str()))
             .or_else(|| {
                 counts
                     .iter()
                     .filter(|(_, _, rules)| *rules > 0)
                     .max_by_key(|(_, _, rules)| *rules)
+                    .inspect(|(f, _, n)| {
+                        tracing::debug!("iptables flavour {}: it holds the most rules ({n})", f.as_str());
+                    })
             })
             .map(|(f, _, _)| *f)
             .or_else(|| {
@@ -87,11 +102,19 @@ impl<E: Exec> Iptables<E> {
                     Some(o) if o.stdout.contains("legacy") => Flavor::Legacy,
                     _ => Flavor::Nft,
                 };
-                if available.contains(&preferred) {
+                let pick = if available.contains(&preferred) {
                     Some(preferred)
                 } else {
                     available.first().copied()
+                };
+                if let Some(f) = pick {
+                    tracing::debug!(
+                        "iptables flavour {}: no rules in either, and the system's iptables is {}",
+                        f.as_str(),
+                        preferred.as_str()
+                    );
                 }
+                pick
             });
         pick.map(|flavor| Self::new(exec, flavor))
             .ok_or(ApplyError::NoIptables { tried: problems })
@@ -158,6 +181,7 @@ impl<E: Exec> Iptables<E> {
             let exp = expected(&rules);
             let saved = self.save(family)?;
             let state = compare(&exp, &saved);
+            log_state(family, self.flavor, &state);
             let payload = match (&state, options) {
                 (State::Equal, ApplyOptions { force: false, .. }) => None,
                 (State::Partial(_), ApplyOptions { force: false, .. }) => {
@@ -206,6 +230,12 @@ impl<E: Exec> Iptables<E> {
                 continue;
             };
             done.push((*family, exp, rules, saved));
+            tracing::info!(
+                "{} input ({family}, {}):\n{}",
+                self.flavor.restore(*family),
+                change.describe(),
+                Bounded(payload)
+            );
             if let Err(e) = self.restore(*family, payload, true) {
                 return Err(self.roll_back(e, &done));
             }
@@ -239,6 +269,12 @@ impl<E: Exec> Iptables<E> {
                 }
             };
             let Some(payload) = payload else { continue };
+            tracing::warn!("{family}: putting capture's rules back as they were: {error}");
+            tracing::info!(
+                "{} input ({family}, rollback):\n{}",
+                self.flavor.restore(*family),
+                Bounded(&payload)
+            );
             if let Err(rollback) = self.restore(*family, &payload, true) {
                 return ApplyError::RollbackFailed {
                     failure: Box::new(error),
@@ -279,13 +315,22 @@ impl<E: Exec> Iptables<E> {
             };
             marks.extend(ours::tproxy_marks(&saved));
             let exp = expected(&plan(spec, family));
-            if let Some(payload) = cleanup_payload(&exp, &saved) {
-                work.push((family, exp, saved, payload));
+            match cleanup_payload(&exp, &saved) {
+                Some(payload) => work.push((family, exp, saved, payload)),
+                None => tracing::debug!(
+                    "{family}: no rules of capture's to remove ({})",
+                    self.flavor.as_str()
+                ),
             }
         }
         let mut done: Vec<(Family, &BTreeMap<TableName, ExpectedTable>, &SavedState)> = Vec::new();
         for (family, exp, saved, payload) in &work {
             done.push((*family, exp, saved));
+            tracing::info!(
+                "{} input ({family}, cleanup):\n{}",
+                self.flavor.restore(*family),
+                Bounded(payload)
+            );
             if let Err(error) = self.restore(*family, payload, true) {
                 return Err(self.put_back(error, &done));
             }
@@ -363,5 +408,27 @@ impl<E: Exec + Clone> Iptables<E> {
             }
         }
         found
+    }
+}
+
+/// The state found, as one debug event.
+fn log_state(family: Family, flavor: Flavor, state: &State) {
+    match state {
+        State::Absent => tracing::debug!("{family}: no rules of capture's are there ({})", flavor.as_str()),
+        State::Equal => tracing::debug!("{family}: capture's rules are all there ({})", flavor.as_str()),
+        State::Partial(missing) => tracing::debug!(
+            "{family}: part of capture's rules are there, {} missing ({})",
+            missing.len(),
+            flavor.as_str()
+        ),
+        State::Differs(details) => tracing::debug!(
+            "{family}: other capture rules are there ({}): {}",
+            flavor.as_str(),
+            details
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     }
 }

@@ -25,6 +25,7 @@ use crate::apply::ApplyError;
 use crate::apply::host_state;
 use crate::backend::{Backend, BackendError, Change, Outcome, Step};
 use crate::lock::{LockError, NetnsLock};
+use crate::logged::Bounded;
 use crate::netlink::NetlinkError;
 use crate::nfnetlink::{self, Batch, Expr, Listing, MetaKey, NfProto, list_tables};
 use crate::{ApplyOptions, CaptureSpec, SystemAccounts};
@@ -201,7 +202,15 @@ fn install(spec: &CaptureSpec, options: ApplyOptions) -> Result<Outcome, NftErro
     let _lock = NetnsLock::current()?;
     let compiled = compile(&plan(spec), &SystemAccounts)?;
     let (present, generation) = current()?;
-    let change = match compare(&compiled, &present) {
+    let state = compare(&compiled, &present);
+    match &state {
+        State::Equal => tracing::debug!("capture's nftables tables are there as configured"),
+        State::Absent => tracing::debug!("none of capture's nftables tables are there"),
+        State::Differs(details) => {
+            tracing::debug!("capture's nftables tables differ: {}", details.join("; "));
+        }
+    }
+    let change = match state {
         State::Equal => Change::Unchanged,
         State::Absent => Change::Applied,
         State::Differs(details) if !options.reconcile => return Err(NftError::Drift { details }),
@@ -209,6 +218,11 @@ fn install(spec: &CaptureSpec, options: ApplyOptions) -> Result<Outcome, NftErro
     };
     if change != Change::Unchanged {
         let batch = replacement(&present, &compiled, generation);
+        tracing::info!(
+            "nftables transaction ({}; one netlink batch, in nft -f form):\n{}",
+            change.describe(),
+            Bounded(&Transaction(&plan(spec)).to_string())
+        );
         let added = host_state::Added::ensure(spec)?;
         if let Err(e) = batch.commit() {
             added.undo();
@@ -248,6 +262,14 @@ fn uninstall(spec: &CaptureSpec) -> Result<Outcome, NftError> {
     let _lock = NetnsLock::current()?;
     let (present, generation) = current()?;
     let names: Vec<&str> = existing(&present).map(|t| t.name.as_str()).collect();
+    tracing::debug!(
+        "capture's nftables tables found: {}",
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    );
     if !names.is_empty() {
         let mut batch = Batch::new();
         batch.expect_generation(generation);

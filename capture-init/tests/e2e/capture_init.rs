@@ -311,6 +311,23 @@ impl Run {
         self
     }
 
+    /// Asserts that the run failed with one clear line: exactly one error, the last line, and
+    /// no warning (the lines before it are the log of the configuration).
+    #[track_caller]
+    pub(crate) fn one_error_line(&self) -> &Self {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        let errors = lines.iter().filter(|l| l.contains("\terror\t")).count();
+        assert!(
+            errors == 1
+                && lines.last().is_some_and(|l| l.contains("\terror\t"))
+                && !self.stderr.contains("\twarn\t"),
+            "{}: one error line expected, last:\n{}",
+            self.command,
+            self.stderr
+        );
+        self
+    }
+
     /// Asserts that stderr does not contain `text`.
     #[cfg(feature = "ebpf")]
     #[track_caller]

@@ -239,7 +239,7 @@ fn ebpf_programs_attached_elsewhere_are_refused() {
                 .says(&format!(
                     "unload them first (capture-init ebpf unload --bpffs {bpffs}) or pass --cgroup {d}"
                 ));
-            assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+            run.one_error_line();
         };
         let run = init.run();
         // Whatever the run says, the app's connection (made in C, not under D) is not captured…
@@ -309,7 +309,7 @@ fn ebpf_refuses_flags_it_cannot_honour() {
         run.code(1)
             .says(feature)
             .says("not supported by the eBPF backend yet; use the iptables backend");
-        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        run.one_error_line();
     }
     assert!(world.attached().is_empty());
     assert!(world.bpffs.contents().is_empty());

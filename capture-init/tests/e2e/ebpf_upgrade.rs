@@ -170,7 +170,7 @@ fn ebpf_upgrade_refuses_a_map_it_cannot_carry_over_and_changes_nothing() {
         run.code(1)
             .says("cannot upgrade the eBPF programs under")
             .says("map OWNERS has another type, key or value size");
-        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        run.one_error_line();
         assert_eq!(attached_ids(), before, "nothing was switched");
         assert!(!pin_dir.join("upgrade").exists(), "the staging directory is gone");
         std::fs::rename(&kept, &owners).expect("put the OWNERS pin back");

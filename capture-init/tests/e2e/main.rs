@@ -44,6 +44,7 @@
 //! | `native_nftables` | 11. the native nftables backend's life cycle, next to other rules        |
 //! | `dns`             | 12. DNS capture to 15053 (every backend) and `--drop-invalid` (netfilter) |
 //! | `ebpf_upgrade`    | 13. replacing the eBPF programs under traffic (feature `ebpf`)           |
+//! | `logging`         | 14. the log of a run: JSON lines, configuration, decisions, payload       |
 
 mod capture_init;
 mod support;
@@ -55,6 +56,7 @@ mod ebpf_backend;
 mod ebpf_upgrade;
 mod inbound;
 mod ipv6_tproxy;
+mod logging;
 mod loopback;
 mod many_pods;
 mod native_nftables;

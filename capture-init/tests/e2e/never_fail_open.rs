@@ -216,7 +216,7 @@ fn rules_ahead_of_capture_are_reported(flavor: Flavor) {
     );
     init.run()
         .ok()
-        .says("warning: IPv4: nat OUTPUT rule 1 '-j RETURN' comes before capture's rules and can end the packet's traversal");
+        .says("warn\tIPv4: nat OUTPUT rule 1 '-j RETURN' comes before capture's rules and can end the packet's traversal");
     init.clone()
         .switch("--strict")
         .run()
@@ -238,7 +238,7 @@ fn rules_ahead_of_capture_are_reported(flavor: Flavor) {
             .args(["-t", "nat", "-N", "ISTIO_OUTPUT"]),
     );
     init.run().ok().says(&format!(
-        "warning: capture chain IPv4 nat ISTIO_OUTPUT also exists in iptables-{}",
+        "warn\tcapture chain IPv4 nat ISTIO_OUTPUT also exists in iptables-{}",
         other.as_str()
     ));
     run_ok(
