@@ -202,17 +202,7 @@ async fn serve(listener: TcpListener, direction: Direction) {
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
-                tokio::spawn(async move {
-                    let peer = plain(peer);
-                    let what = direction.as_str();
-                    match forward(client, direction, port).await {
-                        Ok((dst, sent, back)) => eprintln!(
-                            "transparent-proxy: {what} {peer} -> {dst} (original destination): \
-                             {sent} bytes sent, {back} bytes back"
-                        ),
-                        Err(e) => eprintln!("transparent-proxy: {what} {peer}: {e}"),
-                    }
-                });
+                tokio::spawn(handle(client, plain(peer), direction, port));
             }
             Err(e) => {
                 // Out of descriptors and the like: wait a little instead of spinning.
@@ -223,31 +213,50 @@ async fn serve(listener: TcpListener, direction: Direction) {
     }
 }
 
-/// Forwards one accepted connection to its original destination; returns the destination and
-/// the bytes copied each way.
+/// One connection, start to end, and its log line.
+async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, listen_port: u16) {
+    let what = direction.as_str();
+    // Where the client was going: the one call a transparent proxy needs.
+    let dst = match capture_core::original_dst(&client) {
+        Ok(dst) => dst,
+        Err(e) => {
+            eprintln!("transparent-proxy: {what} {peer}: no original destination: {e}");
+            return;
+        }
+    };
+    match forward(client, dst, direction, listen_port).await {
+        Ok((sent, back)) => eprintln!(
+            "transparent-proxy: {what} {peer} -> {dst} (original destination): \
+             {sent} bytes sent, {back} bytes back"
+        ),
+        Err(e) => eprintln!("transparent-proxy: {what} {peer} -> {dst} (original destination): {e}"),
+    }
+}
+
+/// Forwards one accepted connection to its original destination `dst`; returns the bytes
+/// copied each way.
 async fn forward(
     mut client: TcpStream,
+    dst: SocketAddr,
     direction: Direction,
     listen_port: u16,
-) -> Result<(SocketAddr, u64, u64), String> {
-    let dst = capture_core::original_dst(&client).map_err(|e| format!("no original destination: {e}"))?;
+) -> Result<(u64, u64), String> {
     let local = client
         .local_addr()
         .map_err(|e| format!("no local address: {e}"))?;
     if dst == plain(local) && local.port() == listen_port {
         // Nothing redirected this connection: it was made to the proxy port itself, and
         // forwarding it would connect the proxy to itself.
-        return Err(format!("{dst} is the proxy's own listener, not captured; closed"));
+        return Err("the proxy's own listener, not captured; closed".to_owned());
     }
     let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, connect(dst, direction)).await {
         Ok(Ok(upstream)) => upstream,
-        Ok(Err(e)) => return Err(format!("-> {dst} (original destination): connect failed: {e}")),
-        Err(_) => return Err(format!("-> {dst} (original destination): connect timed out")),
+        Ok(Err(e)) => return Err(format!("connect failed: {e}")),
+        Err(_) => return Err(format!("connect timed out after {CONNECT_TIMEOUT:?}")),
     };
-    let (sent, back) = copy_bidirectional(&mut client, &mut upstream)
+    copy_bidirectional(&mut client, &mut upstream)
         .await
-        .map_err(|e| format!("-> {dst} (original destination): {e}"))?;
-    Ok((dst, sent, back))
+        .map_err(|e| format!("forwarding failed: {e}"))
 }
 
 /// Connects to `dst`; an inbound connection from the passthrough source (`127.0.0.6`, `::6`).

@@ -44,6 +44,7 @@
 //! | `native_nftables` | 11. the native nftables backend's life cycle, next to other rules        |
 //! | `dns`             | 12. DNS capture to 15053 (every backend) and `--drop-invalid` (netfilter) |
 //! | `ebpf_upgrade`    | 13. replacing the eBPF programs under traffic (feature `ebpf`)           |
+//! | `real_proxy`      | 14. the example transparent proxy as the sidecar, every backend          |
 
 mod capture_init;
 mod support;
@@ -60,6 +61,7 @@ mod many_pods;
 mod native_nftables;
 mod never_fail_open;
 mod outbound;
+mod real_proxy;
 mod rollback;
 mod state;
 mod validation;
