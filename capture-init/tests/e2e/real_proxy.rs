@@ -9,13 +9,14 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use capture_e2e::{
-    Family, INBOUND_PORT, NetNs, OUTBOUND_PORT, PROXY_UID, Topology, passthrough, require_root, test_matrix,
+    Family, INBOUND_PORT, NetNs, OUTBOUND_PORT, ProxyProcess, Topology, passthrough, require_root,
+    test_matrix,
 };
 
 use crate::capture_init::{Backend, CaptureInit};
@@ -59,7 +60,14 @@ fn through_the_proxy(backend: Backend, family: Family, tproxy: bool) {
     }
     init.run().ok();
     // After capture-init: the eBPF backend learns the inbound listener when it starts listening.
-    let proxy = Proxy::start(&topo.pod, tproxy);
+    let proxy = ProxyProcess::start(
+        &topo.pod,
+        transparent_proxy(),
+        if tproxy { &["--transparent"] } else { &[][..] },
+    );
+    proxy.wait_for(&format!(
+        "listening on [::]:{OUTBOUND_PORT} (outbound) and [::]:{INBOUND_PORT} (inbound"
+    ));
 
     // A destination nobody listens on: the proxy logs the failure and goes on.
     let refused = topo.peer_addr(family, 81);
@@ -185,92 +193,6 @@ fn transparent_proxy() -> &'static Path {
         );
         profile_dir.join("examples").join("transparent-proxy")
     })
-}
-
-/// The example proxy running in a pod, its stderr collected.
-struct Proxy {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    /// Starts the proxy in `pod` as root with `--user 1337:1337` (and `--transparent` for TPROXY),
-    /// and waits until it listens; checks it then runs as uid 1337.
-    fn start(pod: &NetNs, transparent: bool) -> Proxy {
-        let bin = transparent_proxy();
-        let mut cmd = pod.command(bin);
-        cmd.args(["--user", &format!("{PROXY_UID}:{PROXY_UID}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if transparent {
-            cmd.arg("--transparent");
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let reader = {
-            let log = Arc::clone(&log);
-            thread::spawn(move || {
-                let mut stderr = io::BufReader::new(stderr);
-                let mut line = String::new();
-                while matches!(io::BufRead::read_line(&mut stderr, &mut line), Ok(n) if n > 0) {
-                    log.lock().unwrap_or_else(PoisonError::into_inner).push_str(&line);
-                    line.clear();
-                }
-            })
-        };
-        let proxy = Proxy {
-            child,
-            log,
-            reader: Some(reader),
-        };
-        proxy.wait_for(&format!(
-            "listening on [::]:{OUTBOUND_PORT} (outbound) and [::]:{INBOUND_PORT} (inbound"
-        ));
-        let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id()))
-            .expect("the proxy's /proc status");
-        let uid = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .expect("a Uid line");
-        let ids: Vec<&str> = uid.split_whitespace().skip(1).collect();
-        assert_eq!(
-            ids, ["1337"; 4],
-            "the proxy's real, effective, saved and fs uid: {uid}"
-        );
-        proxy
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    /// Waits until a line of the log contains `needle`.
-    #[track_caller]
-    fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if self.log().lines().any(|line| line.contains(needle)) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        panic!("the proxy never logged {needle:?}; its log:\n{}", self.log());
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-    }
 }
 
 /// An echo server on `addr` in `ns` for one connection: reads to the end, writes it back,
