@@ -21,6 +21,8 @@
 //! kernel's NAT lookup leaves the length as given, the eBPF hook sets 16 or 28), so the family
 //! and the length of the answer are checked here.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
