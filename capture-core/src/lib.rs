@@ -8,7 +8,24 @@
 //! ```text
 //! istio flags ─> IstioConfig ─> CaptureSpec ─plan(family)─> RuleSet ─Restore─> iptables-restore text
 //! ```
+//!
+//! A proxy needs none of that, only [`original_dst()`]: with `default-features = false` the
+//! crate is that function alone (libc and socket2, no netlink crates). Everything else is the
+//! default feature `apply`.
 
+pub mod original_dst;
+pub use original_dst::original_dst;
+
+/// Marks every item it wraps `#[cfg(feature = "apply")]`: the modules and re-exports below are
+/// the crate without the proxy's part.
+macro_rules! with_apply {
+    ($($item:item)*) => {$(
+        #[cfg(feature = "apply")]
+        $item
+    )*};
+}
+
+with_apply! {
 pub mod apply;
 pub mod backend;
 mod choice;
@@ -20,7 +37,6 @@ pub mod logged;
 pub mod netlink;
 pub mod nfnetlink;
 pub mod nft;
-pub mod original_dst;
 mod plan;
 pub mod render;
 pub mod rules;
@@ -35,7 +51,6 @@ pub use choice::{FlavorChoice, Ipv6Mode};
 pub use error::{Field, SpecError, ValueError, chain};
 pub use istio::{Detected, IstioConfig, NoUsableAddress, Warning, detect_ipv6, parse_resolv_conf};
 pub use lock::{LockError, NetnsLock};
-pub use original_dst::original_dst;
 pub use plan::plan;
 pub use render::Restore;
 pub use rules::{RuleSet, TableName};
@@ -48,3 +63,4 @@ pub use types::{
     Accounts, Cidr, Family, Iface, MAX_OWNER_ID, Mark, Nameserver, Owner, Port, PortRange, RouteTable,
     SystemAccounts, passthrough_source,
 };
+}

@@ -9,12 +9,25 @@
 //! | `TPROXY`     | none (local delivery)    | the accepted socket's own local address                  |
 //! | not captured | none                     | the accepted socket's own local address                  |
 //!
-//! [`original_dst`] covers all three rows, so a proxy calls it on every accepted connection.
+//! [`original_dst`] covers all three rows, so a proxy calls it on every accepted connection. The
+//! eBPF backend answers the same `SO_ORIGINAL_DST` from its `getsockopt` hook, and its inbound
+//! `sk_lookup` delivers like `TPROXY`, so nothing here depends on the backend.
+//!
+//! The system calls are socket2's (`getsockname`, `SO_ORIGINAL_DST` at `SOL_IP` and
+//! `IP6T_SO_ORIGINAL_DST` at `SOL_IPV6`, `SO_TYPE`), which leaves this module without unsafe code.
+//! socket2 only makes the calls; what makes the behaviour is here and stays as it was: which
+//! level to ask (a dual-stack socket's v4-mapped connection is an IPv4 flow) and the fallback to
+//! the local address when there is no NAT entry. socket2 reads into a `sockaddr_storage` (the
+//! kernel's NAT lookup leaves the length as given, the eBPF hook sets 16 or 28), so the family
+//! and the length of the answer are checked here.
+
+#![forbid(unsafe_code)]
 
 use std::io;
-use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+
+use socket2::{SockAddr, SockRef, Type};
 
 /// Returns the destination a client originally connected to, before `REDIRECT` rewrote it.
 ///
@@ -57,19 +70,23 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn original_dst<S: AsFd>(sock: &S) -> io::Result<SocketAddr> {
-    let fd = sock.as_fd();
-    let local = local_addr(fd)?;
+    let sock = SockRef::from(sock);
+    let local = local_addr(&sock)?;
     let nat = match local {
-        SocketAddr::V4(_) => nat_dst_v4(fd),
-        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => nat_dst_v4(fd),
-        SocketAddr::V6(_) => nat_dst_v6(fd),
+        SocketAddr::V4(_) => nat_dst(sock.original_dst_v4(), Level::Ip),
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
+            nat_dst(sock.original_dst_v4(), Level::Ip)
+        }
+        SocketAddr::V6(_) => nat_dst(sock.original_dst_v6(), Level::Ipv6),
     };
     match nat {
         Ok(dst) => Ok(dst),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(plain(local)),
         // Without conntrack the kernel registers no handler for option 80 at all. TCP can then not have
         // been NATed; for other protocols the error is real.
-        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) && is_stream(fd)? => Ok(plain(local)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) && sock.r#type()? == Type::STREAM => {
+            Ok(plain(local))
+        }
         Err(e) => Err(e),
     }
 }
@@ -80,115 +97,50 @@ fn plain(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Reads the socket's local address with `getsockname(2)`; v4-mapped addresses stay IPv6 here.
-fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = socklen::<libc::sockaddr_storage>();
-    // SAFETY: `storage` is a writable sockaddr_storage and `len` holds its size, so the kernel writes at
-    // most that many bytes; `fd` is a live descriptor borrowed for the duration of the call.
-    let rc = unsafe { libc::getsockname(fd.as_raw_fd(), storage.as_mut_ptr().cast(), &mut len) };
-    if rc == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: sockaddr_storage is plain old data, valid for any bit pattern, and it was zero-initialised.
-    let storage = unsafe { storage.assume_init() };
-    match libc::c_int::from(storage.ss_family) {
-        libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the kernel reported AF_INET with enough bytes, so the storage holds a sockaddr_in;
-            // sockaddr_storage is at least as large and as aligned as every sockaddr type.
-            let sin = unsafe { &*(&raw const storage).cast::<libc::sockaddr_in>() };
-            v4_from_c(sin).map(SocketAddr::V4)
-        }
-        libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: as above, for AF_INET6 and sockaddr_in6.
-            let sin6 = unsafe { &*(&raw const storage).cast::<libc::sockaddr_in6>() };
-            v6_from_c(sin6).map(SocketAddr::V6)
-        }
-        family => Err(io::Error::new(
+fn local_addr(sock: &SockRef<'_>) -> io::Result<SocketAddr> {
+    let local = sock.local_addr()?;
+    local.as_socket().ok_or_else(|| {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("original_dst needs an AF_INET or AF_INET6 socket, got address family {family}"),
-        )),
-    }
+            format!(
+                "original_dst needs an AF_INET or AF_INET6 socket, got address family {}",
+                local.family()
+            ),
+        )
+    })
 }
 
-/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`: the pre-NAT destination of an IPv4 flow.
-fn nat_dst_v4(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    // SAFETY: sockaddr_in is a plain C struct, valid for any bit pattern.
-    let sin: libc::sockaddr_in = unsafe { sockopt(fd, libc::SOL_IP, libc::SO_ORIGINAL_DST)? };
-    v4_from_c(&sin).map(SocketAddr::V4)
+/// The level `SO_ORIGINAL_DST` was asked at, which decides the family of the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    /// `SOL_IP`: a `sockaddr_in`.
+    Ip,
+    /// `SOL_IPV6`: a `sockaddr_in6`.
+    Ipv6,
 }
 
-/// `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)`: the pre-NAT destination of an IPv6 flow.
-fn nat_dst_v6(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    // SAFETY: sockaddr_in6 is a plain C struct, valid for any bit pattern.
-    let sin6: libc::sockaddr_in6 = unsafe { sockopt(fd, libc::SOL_IPV6, libc::IP6T_SO_ORIGINAL_DST)? };
-    v6_from_c(&sin6).map(SocketAddr::V6)
-}
-
-/// Whether `fd` is a `SOCK_STREAM` socket.
-fn is_stream(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    // SAFETY: c_int is valid for any bit pattern.
-    let ty: libc::c_int = unsafe { sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE)? };
-    Ok(ty == libc::SOCK_STREAM)
-}
-
-/// Reads a fixed-size socket option and checks that the kernel filled it completely.
-///
-/// # Safety
-///
-/// `T` must be valid for any bit pattern (a C integer or a plain C struct such as `sockaddr_in`).
-unsafe fn sockopt<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
-    let mut value = MaybeUninit::<T>::zeroed();
-    let mut len = socklen::<T>();
-    // SAFETY: `value` is writable for `len` bytes, and the kernel writes at most `len` bytes; `fd` is a
-    // live descriptor borrowed for the duration of the call.
-    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, value.as_mut_ptr().cast(), &mut len) };
-    if rc == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    if len != socklen::<T>() {
+/// Checks the answer of `SO_ORIGINAL_DST` (`SOL_IP`) or `IP6T_SO_ORIGINAL_DST` (`SOL_IPV6`):
+/// a whole `sockaddr_in` or `sockaddr_in6` of the family asked for.
+fn nat_dst(answer: io::Result<SockAddr>, want: Level) -> io::Result<SocketAddr> {
+    let addr = answer?;
+    let (family, size) = match want {
+        Level::Ip => (libc::AF_INET, size_of::<libc::sockaddr_in>()),
+        Level::Ipv6 => (libc::AF_INET6, size_of::<libc::sockaddr_in6>()),
+    };
+    let got = libc::c_int::from(addr.family());
+    if got != family {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "getsockopt({level}, {name}) returned {len} bytes, expected {}",
-                socklen::<T>()
-            ),
+            format!("kernel returned address family {got}, expected {family}"),
         ));
     }
-    // SAFETY: the memory was zeroed and then written by the kernel, and the caller guarantees that any bit
-    // pattern is a valid `T`.
-    Ok(unsafe { value.assume_init() })
-}
-
-fn socklen<T>() -> libc::socklen_t {
-    libc::socklen_t::try_from(size_of::<T>()).expect("socket structures are smaller than 4 GiB")
-}
-
-fn v4_from_c(sin: &libc::sockaddr_in) -> io::Result<SocketAddrV4> {
-    check_family(sin.sin_family, libc::AF_INET)?;
-    let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-    Ok(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)))
-}
-
-fn v6_from_c(sin6: &libc::sockaddr_in6) -> io::Result<SocketAddrV6> {
-    check_family(sin6.sin6_family, libc::AF_INET6)?;
-    let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-    // std keeps sin6_flowinfo as the raw field value, too.
-    Ok(SocketAddrV6::new(
-        ip,
-        u16::from_be(sin6.sin6_port),
-        sin6.sin6_flowinfo,
-        sin6.sin6_scope_id,
-    ))
-}
-
-fn check_family(got: libc::sa_family_t, want: libc::c_int) -> io::Result<()> {
-    if libc::c_int::from(got) == want {
-        Ok(())
-    } else {
-        Err(io::Error::new(
+    let len = usize::try_from(addr.len()).unwrap_or(usize::MAX);
+    match addr.as_socket() {
+        Some(dst) if len >= size => Ok(dst),
+        _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("kernel returned address family {got}, expected {want}"),
-        ))
+            format!("kernel returned a {len}-byte address of family {got}, expected at least {size} bytes"),
+        )),
     }
 }
 

@@ -1,20 +1,22 @@
 //! A live demonstration of capture on a throwaway pod: creates a pod and a peer network
 //! namespace joined by a veth pair (no route anywhere else), applies Istio's default sidecar
-//! capture in the pod with the real `capture-init`, runs a stand-in proxy on 15001/15006 as
-//! uid 1337, sends a few connections, prints where each one landed and what the proxy learned
-//! as its original destination, then removes everything it created.
+//! capture in the pod with the real `capture-init`, runs the example transparent proxy
+//! (`capture-core/examples/transparent-proxy.rs`) on 15001/15006 as uid 1337, sends a few
+//! connections, prints where each one landed (through the proxy, with the original destination
+//! it forwarded to, or directly) and the proxy's log, then removes everything it created.
 //!
-//! Usage: `capture-demo [PATH-TO-capture-init]` (default: the `capture-init` cargo built beside
-//! this example, in the directory above `examples/`). Needs root. `scripts/demo` builds both and
-//! runs it.
+//! Usage: `capture-demo [PATH-TO-capture-init [FLAGS…]]` (default: the `capture-init` cargo
+//! built beside this example, in the directory above `examples/`; the proxy is the
+//! `transparent-proxy` example beside this one). Needs root. `scripts/demo` builds all three
+//! and runs it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use capture_e2e::{
-    APP_UID, Family, INBOUND_PORT, Listener, OUTBOUND_PORT, PROXY_UID, SIDECAR_ARGS, Topology, connect_as,
-    connect_as_from, passthrough,
+    APP_UID, Family, Listener, PROXY_UID, ProxyProcess, SIDECAR_ARGS, Topology, connect_as, connect_as_from,
+    passthrough,
 };
 
 fn main() -> ExitCode {
@@ -31,7 +33,18 @@ fn main() -> ExitCode {
         examples.with_file_name("capture-init")
     });
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    match demo(&capture_init, &flags) {
+    // target/<profile>/examples/capture-demo → target/<profile>/examples/transparent-proxy
+    let proxy = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("transparent-proxy");
+    if !proxy.exists() {
+        eprintln!(
+            "capture-demo: no proxy at {}: build it with `cargo build -p capture-core --example transparent-proxy`",
+            proxy.display()
+        );
+        return ExitCode::from(1);
+    }
+    match demo(&capture_init, &proxy, &flags) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("capture-demo: {e}");
@@ -71,7 +84,14 @@ fn shell_word(word: &str) -> String {
     }
 }
 
-fn demo(bin: &PathBuf, flags: &[&str]) -> Result<(), String> {
+/// Whether the flags ask for `-m TPROXY`, whose inbound listener must be transparent.
+fn tproxy(flags: &[&str]) -> bool {
+    flags
+        .windows(2)
+        .any(|w| matches!(w[0], "-m" | "--istio-inbound-interception-mode") && w[1] == "TPROXY")
+}
+
+fn demo(bin: &PathBuf, proxy_bin: &Path, flags: &[&str]) -> Result<(), String> {
     // Dropping the topology removes both namespaces (and with them the veth pair and every
     // rule), also on an early return.
     let topo = Topology::new();
@@ -83,14 +103,24 @@ fn demo(bin: &PathBuf, flags: &[&str]) -> Result<(), String> {
     capture_init(bin, &topo, flags)?;
     println!();
 
+    // The sidecar: the example proxy. Started as root, it binds 15001 and 15006 and then runs
+    // as uid 1337, which capture leaves alone.
+    let proxy_args: &[&str] = if tproxy(flags) { &["--transparent"] } else { &[] };
+    println!(
+        "$ transparent-proxy --user {PROXY_UID}:{PROXY_UID}{}",
+        proxy_args.iter().map(|a| format!(" {a}")).collect::<String>()
+    );
+    let proxy = ProxyProcess::start(&topo.pod, proxy_bin, proxy_args);
+    for line in proxy.lines() {
+        println!("  {line}");
+    }
+    println!();
+
     let any = |family: Family, port| SocketAddr::new(family.unspecified(), port);
-    // The stand-in sidecar: listeners owned by the proxy's uid, reporting original destinations.
-    let outbound = Listener::spawn_proxy(&topo.pod, any(Family::V6, OUTBOUND_PORT), "proxy:15001");
-    let inbound = Listener::spawn_proxy(&topo.pod, any(Family::V6, INBOUND_PORT), "proxy:15006");
     let peer_app = Listener::spawn(&topo.peer, any(Family::V6, 80), "peer app :80");
     let pod_app = Listener::spawn(&topo.pod, any(Family::V6, 8080), "pod app :8080");
     let pod_status = Listener::spawn(&topo.pod, any(Family::V6, 15021), "pod app :15021");
-    let listeners = [&outbound, &inbound, &peer_app, &pod_app, &pod_status];
+    let listeners = [&peer_app, &pod_app, &pod_status];
 
     type Connect<'a> = Box<dyn Fn() -> std::io::Result<(String, SocketAddr)> + 'a>;
     let cases: Vec<(String, Connect)> = vec![
@@ -127,20 +157,25 @@ fn demo(bin: &PathBuf, flags: &[&str]) -> Result<(), String> {
             }),
         ),
     ];
+    let logged_before = proxy.lines().len();
     for (what, connect) in &cases {
         let line = match connect() {
-            Ok((reply, _)) => {
+            Ok((reply, client)) => {
                 let seen = listeners.iter().flat_map(|l| l.take_accepted()).next();
                 match seen {
-                    Some(seen) => match seen.original_dst {
-                        Ok(orig)
-                            if orig == SocketAddr::new(seen.local.ip().to_canonical(), seen.local.port()) =>
-                        {
-                            format!("reached {reply} directly")
+                    // The app saw another connection than the client's: the proxy's.
+                    Some(seen)
+                        if SocketAddr::new(seen.peer.ip().to_canonical(), seen.peer.port()) != client =>
+                    {
+                        let logged = proxy.wait_for(&format!(" {client} -> "));
+                        match original_destination(&logged) {
+                            Some(orig) => format!(
+                                "captured: reached {reply} through the proxy, original destination {orig}"
+                            ),
+                            None => format!("captured: reached {reply} through the proxy"),
                         }
-                        Ok(orig) => format!("captured: {reply}, original destination {orig}"),
-                        Err(e) => format!("reached {reply}, original destination unknown: {e}"),
-                    },
+                    }
+                    Some(_) => format!("reached {reply} directly"),
                     None => format!("reached {reply}"),
                 }
             }
@@ -149,11 +184,22 @@ fn demo(bin: &PathBuf, flags: &[&str]) -> Result<(), String> {
         println!("{what:<52} {line}");
     }
     println!();
+    println!("the proxy logged:");
+    for line in proxy.lines().iter().skip(logged_before) {
+        println!("  {line}");
+    }
+    println!();
     drop(cases);
     let cleanup: Vec<&str> = flags.iter().copied().chain(["--cleanup-only"]).collect();
     capture_init(bin, &topo, &cleanup)?;
-    drop((outbound, inbound, peer_app, pod_app, pod_status));
+    drop((proxy, peer_app, pod_app, pod_status));
     drop(topo);
     println!("removed both network namespaces");
     Ok(())
+}
+
+/// The original destination in a line of the proxy's log: `… -> DST (original destination): …`.
+fn original_destination(line: &str) -> Option<&str> {
+    let (before, _) = line.split_once(" (original destination)")?;
+    before.rsplit_once(" -> ").map(|(_, dst)| dst)
 }

@@ -15,6 +15,7 @@
 //! | [`iptables_save_normalized`] | `iptables-save` without counters and comments, for comparisons          |
 //! | [`TempDir`]                  | a scratch directory under `$TMPDIR`, removed on `Drop`                  |
 //! | [`passthrough`]              | the proxy's inbound passthrough source, `127.0.0.6` or `::6`            |
+//! | [`ProxyProcess`]             | the example transparent proxy running in a pod as uid 1337, its log     |
 //! | `ebpf` (feature `ebpf`)      | test cgroups and bpffs mounts with capture's eBPF programs installed,   |
 //! |                              | and running a test's body in a child process inside the cgroup          |
 //!
@@ -28,6 +29,7 @@ pub mod ebpf;
 mod iptables;
 mod listener;
 mod netns;
+mod proxy;
 mod recorder;
 mod tempdir;
 mod topology;
@@ -41,6 +43,7 @@ pub use client::{Connected, assume_identity, connect_as, connect_as_from, connec
 pub use iptables::{iptables_restore, iptables_save_normalized, normalize_save};
 pub use listener::{Accepted, Listener};
 pub use netns::{NETNS_PREFIX, NetNs};
+pub use proxy::ProxyProcess;
 pub use tempdir::TempDir;
 pub use topology::Topology;
 

@@ -45,6 +45,7 @@
 //! | `dns`             | 12. DNS capture to 15053 (every backend) and `--drop-invalid` (netfilter) |
 //! | `ebpf_upgrade`    | 13. replacing the eBPF programs under traffic (feature `ebpf`)           |
 //! | `logging`         | 14. the log of a run: JSON lines, configuration, decisions, payload       |
+//! | `real_proxy`      | 15. the example transparent proxy as the sidecar, every backend          |
 
 mod capture_init;
 mod support;
@@ -62,6 +63,7 @@ mod many_pods;
 mod native_nftables;
 mod never_fail_open;
 mod outbound;
+mod real_proxy;
 mod rollback;
 mod state;
 mod validation;
