@@ -643,7 +643,7 @@ fn agent_watches_a_namespace_directory_that_appears_later() {
         std::fs::create_dir(&dir).expect("create the directory");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !agent.log().contains(&format!(
-            "watching for deleted network namespaces dir={}",
+            "watching for deleted network namespaces\tdir={}",
             dir.display()
         )) {
             assert!(

@@ -563,6 +563,18 @@ fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), Error> {
 fn pod_capture(env: &Env, conf: &NetConf, pod: &Pod<'_>) -> Result<(PodCapture, NetNs), Error> {
     let capture = PodCapture::new(&conf.capture, pod.annotations)?;
     capture.to_spec(&capture_core::Detected::default())?;
+    let annotations = capture.annotations_used();
+    tracing::info!(
+        backend = ?conf.backend(),
+        "pod {}: capture from the configuration{}",
+        pod.display_name(),
+        if annotations.is_empty() {
+            String::new()
+        } else {
+            format!(" and the annotations {}", annotations.join(", "))
+        }
+    );
+    tracing::debug!("pod {}: {:?}", pod.display_name(), capture.config);
     let path = env
         .netns
         .as_deref()

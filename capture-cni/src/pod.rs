@@ -312,6 +312,17 @@ impl PodCapture {
         self.config.to_spec(detected).map_err(|e| self.error(e))
     }
 
+    /// The annotations that set a value, as `key=value`, in the order they are read.
+    pub fn annotations_used(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter_map(|(_, source)| match source {
+                Source::Annotation { key, value } => Some(format!("{key}={value:?}")),
+                Source::Conf { .. } => None,
+            })
+            .collect()
+    }
+
     /// Names the annotation or configuration field a rejected value came from.
     fn error(&self, e: SpecError) -> Error {
         let source = self
