@@ -814,8 +814,24 @@ fn clap_matches(command: clap::Command, argv: Vec<OsString>) -> Result<Result<Ar
     }
 }
 
-/// The first line of clap's message, without its `error: `.
+/// clap's message as one line, without its `error: `. A refused value is said as the run's
+/// own checks say it (`invalid value "on\nfoo" for --ipv6: not one of auto, on, off`): the
+/// value escaped, so a newline in it cannot cut the line, and the flag without its placeholder.
 fn first_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation)
+        && let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg)
+        && let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue)
+    {
+        // `--ipv6 <IPV6>`, `--run-validation[=<BOOL>]`: the flag is the first word.
+        let flag = arg.split([' ', '[', '=']).next().unwrap_or(arg);
+        let reason = match (e.get(ContextKind::ValidValue), std::error::Error::source(e)) {
+            (Some(ContextValue::Strings(valid)), _) => format!("not one of {}", valid.join(", ")),
+            (_, Some(cause)) => cause.to_string(),
+            _ => "not accepted".to_owned(),
+        };
+        return format!("invalid value {value:?} for {flag}: {reason}");
+    }
     let text = e.render().to_string();
     let first = text.lines().next().unwrap_or_default();
     first.trim_start_matches("error: ").to_owned()

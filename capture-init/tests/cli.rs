@@ -868,7 +868,7 @@ fn ebpf_usage_errors() {
         ),
         (
             &["--backend", "nat", "--dry-run"],
-            "capture-init: invalid value 'nat' for '--backend <BACKEND>'\n",
+            "capture-init: invalid value \"nat\" for --backend: not one of iptables, ebpf\n",
         ),
     ];
     for (args, expected) in cases {
@@ -962,4 +962,29 @@ fn native_nftables_wins_over_force_iptables_binary() {
         "nftables wins"
     );
     assert!(stderr.contains("--force-iptables-binary is ignored"), "{stderr}");
+}
+
+/// A value clap refuses (a choice, a boolean, a duration) is one line naming the flag and the
+/// value, escaped: a newline inside the value never cuts the line short.
+#[test]
+fn refused_values_name_the_flag_on_one_line_even_with_a_newline() {
+    let cases: [(&[&str], &str, &str); 5] = [
+        (&["--ipv6", "on\nfoo"], "--ipv6", r#""on\nfoo""#),
+        (&["--ipv6", "bogus"], "--ipv6", r#""bogus""#),
+        (&["--backend", "x\ny"], "--backend", r#""x\ny""#),
+        (&["--probe-timeout", "1\ns"], "--probe-timeout", r#""1\ns""#),
+        (&["--run-validation=x\ny"], "--run-validation", r#""x\ny""#),
+    ];
+    for (extra, flag, value) in cases {
+        let args: Vec<&str> = ["--dry-run", "-u", "1337"].iter().chain(extra).copied().collect();
+        let out = capture_init(&args, &[]);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: no payload");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr:?}");
+        assert!(
+            stderr.starts_with(&format!("capture-init: invalid value {value} for {flag}: ")),
+            "{args:?}: {stderr:?} names {flag} and {value}"
+        );
+    }
 }
