@@ -294,8 +294,13 @@ impl Ebpf {
                 ),
             }
         };
-        if spec.ipv6 {
-            capture_core::netlink::remove_ipv6_passthrough_address()?;
+        // `::6` goes whatever the flags say (cleanup removes what any configuration added),
+        // as with the netfilter backends; a namespace without IPv6 has none.
+        match capture_core::netlink::remove_ipv6_passthrough_address() {
+            Err(e) if spec.ipv6 || !matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::ENODEV)) => {
+                return Err(e.into());
+            }
+            _ => {}
         }
         Ok(Outcome {
             steps: vec![step],

@@ -932,6 +932,10 @@ fn detect(args: &Args) -> Result<(Detected, Vec<Warning>), CliError> {
     let ipv6 = match args.ipv6 {
         Ipv6Mode::On => true,
         Ipv6Mode::Off => false,
+        // Cleanup removes both families whatever the flags say, so it has nothing to decide
+        // (and a namespace without a usable address must not stop it); off is the value that
+        // tolerates a namespace without IPv6.
+        Ipv6Mode::Auto | Ipv6Mode::FirstAddress if args.cleanup_only => false,
         mode @ (Ipv6Mode::Auto | Ipv6Mode::FirstAddress) => {
             let addrs = capture_core::host::addresses().map_err(CliError::Addresses)?;
             let ipv6 = mode.decide(&addrs, args.dual_stack)?;

@@ -1,10 +1,10 @@
 //! State: idempotence, drift, `--reconcile`, `--cleanup-only`.
 
-use capture_e2e::{Family, Flavor, Topology, require_root, run_ok, test_matrix};
+use capture_e2e::{Family, Flavor, NetNs, Topology, require_root, run_ok, test_matrix};
 
 use crate::capture_init::{Backend, CaptureInit, Via};
 use crate::support::{
-    APP, assert_lands, assert_no_istio, has_ipv6_passthrough, iptables, nft_ruleset, outbound_proxy,
+    APP, assert_lands, assert_no_capture, assert_no_istio, has_ipv6_passthrough, iptables, nft_ruleset, outbound_proxy,
     peer_app, saves, sidecar_captured,
 };
 #[cfg(feature = "ebpf")]
@@ -154,4 +154,32 @@ fn cleanup_removes_everything(flavor: Flavor) {
 
     cleanup.via(Via::Enter).run().ok();
     assert_no_istio(&topo.pod, flavor);
+}
+
+test_matrix!(backend: cleanup_needs_no_address);
+
+/// `--cleanup-only` removes both families whatever it is told, so it does not decide IPv6: in a
+/// namespace with no address but loopback (where a run without `--ipv6` cannot tell), it
+/// removes an IPv4 capture, then a dual-stack one with its `::6`.
+fn cleanup_needs_no_address(backend: Backend) {
+    if !require_root() {
+        return;
+    }
+    let ns = NetNs::new();
+    let init = CaptureInit::new(&ns, backend, Family::V4);
+    let cleanup = init.clone().switch("--cleanup-only");
+    for ipv6 in ["off", "on"] {
+        init.clone().set("--ipv6", ipv6).run().ok();
+        assert_eq!(has_ipv6_passthrough(&ns), ipv6 == "on", "--ipv6 {ipv6}: ::6");
+        cleanup.run().ok().says("removed");
+        assert!(!has_ipv6_passthrough(&ns), "--ipv6 {ipv6}: ::6 removed");
+        match backend {
+            Backend::Iptables(_) | Backend::Nftables => assert_no_capture(&ns, backend),
+            #[cfg(feature = "ebpf")]
+            Backend::Ebpf => {
+                let pods = ebpf_pods().ok().stdout.clone();
+                assert!(!pods.contains("netns-cookie"), "--ipv6 {ipv6}: still enrolled:\n{pods}");
+            }
+        }
+    }
 }
