@@ -272,12 +272,12 @@ pub fn add(ns: &NetNs, conf: &NetConf, capture: &PodCapture, who: &Attachment<'_
 }
 
 /// `DEL`: removes the pod's capture (rules in both families, TPROXY routing, `::6`) and the
-/// namespace's lock file. Succeeds when nothing is there.
+/// namespace's lock file. Succeeds when nothing is there; returns whether capture was there.
 ///
 /// # Errors
 /// Entering the namespace or removing the rules.
-pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error> {
-    ns.run(|| {
+pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<bool, Error> {
+    let removed = ns.run(|| {
         // The pod's addresses decide only whether ::6 is removed; without them, leave it.
         let detected = Detected {
             ipv6: ipv6(conf).unwrap_or(false),
@@ -286,13 +286,13 @@ pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error
         let (spec, _) = capture.to_spec(&detected)?;
         let backend = pod_backend(conf, ns.id())?;
         let outcome = backend.uninstall(&spec).map_err(Error::Apply)?;
-        for warning in outcome.warnings {
+        for warning in &outcome.warnings {
             log::warn!("{warning}");
         }
-        Ok::<(), Error>(())
+        Ok::<bool, Error>(!outcome.unchanged())
     })?;
     remove_lock_file(&lock_file(&conf.run_dir, ns.id()));
-    Ok(())
+    Ok(removed)
 }
 
 fn remove_lock_file(path: &Path) {

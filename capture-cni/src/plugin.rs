@@ -484,8 +484,11 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
             usable(&CaptureConf::default(), &no_annotations)
         })
         .map_err(fail)?;
-    capture::del(&ns, conf, &capture).map_err(fail)?;
-    log::info!("pod {}: capture removed", pod.display_name());
+    if capture::del(&ns, conf, &capture).map_err(fail)? {
+        log::info!("pod {}: capture removed", pod.display_name());
+    } else {
+        log::info!("pod {}: no capture there, nothing to remove", pod.display_name());
+    }
     Ok(())
 }
 

@@ -163,7 +163,7 @@ impl<E: Exec + Clone> Backend for Iptables<E> {
     }
 
     fn uninstall(&self, spec: &CaptureSpec) -> Result<Outcome, BackendError> {
-        apply::uninstall(self, spec)?;
+        let removed = apply::uninstall(self, spec)?;
         let mut warnings = Vec::new();
         // The pod-private xtables lock file goes with the capture, so cleanup leaves nothing.
         if let Some(lock) = self.exec().lock_file()
@@ -171,11 +171,20 @@ impl<E: Exec + Clone> Backend for Iptables<E> {
         {
             warnings.push(format!("cannot remove {}: {e}", lock.display()));
         }
-        Ok(Outcome {
-            steps: vec![Step {
+        let flavor = self.flavor().as_str();
+        let step = if removed {
+            Step {
                 change: Change::Removed,
-                message: format!("capture removed ({})", self.flavor().as_str()),
-            }],
+                message: format!("capture removed ({flavor})"),
+            }
+        } else {
+            Step {
+                change: Change::NothingToRemove,
+                message: format!("capture not there ({flavor}), nothing to remove"),
+            }
+        };
+        Ok(Outcome {
+            steps: vec![step],
             warnings,
         })
     }

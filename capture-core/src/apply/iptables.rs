@@ -24,6 +24,15 @@ pub struct Iptables<E: Exec> {
     flavor: Flavor,
 }
 
+/// What [`Iptables::cleanup`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// The TPROXY marks the removed rules used.
+    pub marks: BTreeSet<u32>,
+    /// The families that had rules of capture's, which are gone now.
+    pub families: Vec<Family>,
+}
+
 impl<E: Exec> Iptables<E> {
     /// A backend driving `flavor` through `exec`.
     pub fn new(exec: E, flavor: Flavor) -> Self {
@@ -263,12 +272,12 @@ impl<E: Exec> Iptables<E> {
     /// back, so a failure leaves the rules as they were.
     ///
     /// Returns the TPROXY marks the removed rules used (for the policy routing that goes with
-    /// them).
+    /// them) and the families it removed rules from.
     ///
     /// # Errors
     /// When the rules cannot be read or the removal fails. IPv6 is skipped when the kernel
     /// has no IPv6 iptables and `spec` does not use IPv6.
-    pub fn cleanup(&self, spec: &CaptureSpec) -> Result<BTreeSet<u32>, ApplyError> {
+    pub fn cleanup(&self, spec: &CaptureSpec) -> Result<Cleaned, ApplyError> {
         let mut work = Vec::new();
         let mut marks = BTreeSet::new();
         for family in [Family::V4, Family::V6] {
@@ -290,7 +299,10 @@ impl<E: Exec> Iptables<E> {
                 return Err(self.put_back(error, &done));
             }
         }
-        Ok(marks)
+        Ok(Cleaned {
+            marks,
+            families: work.iter().map(|(family, ..)| *family).collect(),
+        })
     }
 
     /// Undoes a cleanup that failed part-way: capture's part of each family is restored from

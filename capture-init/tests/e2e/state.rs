@@ -183,3 +183,26 @@ fn cleanup_needs_no_address(backend: Backend) {
         }
     }
 }
+
+test_matrix!(backend: a_second_cleanup_says_nothing_to_remove);
+
+/// Every backend says the same of a cleanup: "removed" when capture was there, "nothing to
+/// remove" when it was not (a fresh namespace, or a second cleanup), exit 0 both times.
+fn a_second_cleanup_says_nothing_to_remove(backend: Backend) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let init = CaptureInit::new(&topo.pod, backend, Family::V4);
+    let cleanup = init.clone().switch("--cleanup-only");
+    let nothing = |run: &crate::capture_init::Run| {
+        run.ok().says("nothing to remove");
+        assert!(!run.stderr.contains("removed"), "{}", run.stderr);
+    };
+    nothing(&cleanup.run());
+    init.run().ok();
+    let first = cleanup.run();
+    first.ok().says("removed");
+    assert!(!first.stderr.contains("nothing to remove"), "{}", first.stderr);
+    nothing(&cleanup.run());
+}
