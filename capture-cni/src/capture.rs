@@ -211,11 +211,11 @@ pub fn ebpf_gc(conf: &NetConf, valid: Option<&[conf::Attachment]>) -> Result<Str
         })
         .collect();
     Ok(format!(
-        "eBPF: unenrolled {} attachment(s) not in the valid list{}{}; reclaimed {} pod(s) whose network namespace is gone",
-        unattached.len(),
+        "eBPF: unenrolled {} not in the valid list{}{}; reclaimed {} whose network namespace is gone",
+        capture_core::count(unattached.len(), "attachment", "attachments"),
         if unattached.is_empty() { "" } else { ": " },
         unattached.join(", "),
-        collected.gone.len()
+        capture_core::count(collected.gone.len(), "pod", "pods")
     ))
 }
 

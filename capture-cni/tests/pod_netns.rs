@@ -170,7 +170,11 @@ fn pod_lifecycle(flavor: Flavor) {
 
     let del = call("DEL", topo.pod.path(), &stdin);
     del.ok();
-    assert!(del.stderr.contains("pod shop/cart-1: capture removed"), "{}", del.stderr);
+    assert!(
+        del.stderr.contains("pod shop/cart-1: capture removed"),
+        "{}",
+        del.stderr
+    );
     assert_no_capture(&topo.pod);
     assert!(
         !topo
@@ -182,7 +186,9 @@ fn pod_lifecycle(flavor: Flavor) {
     let again = call("DEL", topo.pod.path(), &stdin);
     again.ok();
     assert!(
-        again.stderr.contains("pod shop/cart-1: no capture there, nothing to remove"),
+        again
+            .stderr
+            .contains("pod shop/cart-1: no capture there, nothing to remove"),
         "{}",
         again.stderr
     );

@@ -113,7 +113,11 @@ fn unload(bpffs: &Path) -> Result<(), Failure> {
         pins.path().display()
     );
     if pods > 0 {
-        eprintln!("capture-init: warning: {pods} enrolled pod(s) are no longer captured");
+        let (pods, are) = (
+            capture_core::count(pods, "enrolled pod", "enrolled pods"),
+            if pods == 1 { "is" } else { "are" },
+        );
+        eprintln!("capture-init: warning: {pods} {are} no longer captured");
     }
     Ok(())
 }
@@ -135,8 +139,9 @@ fn gc(bpffs: &Path) -> Result<(), Failure> {
     } else {
         let cookies: Vec<String> = reclaimed.iter().map(|c| c.0.to_string()).collect();
         eprintln!(
-            "capture-init: reclaimed {} pod(s) whose network namespace is gone (netns cookies {})",
-            reclaimed.len(),
+            "capture-init: reclaimed {} whose network namespace is gone (netns {} {})",
+            capture_core::count(reclaimed.len(), "pod", "pods"),
+            if cookies.len() == 1 { "cookie" } else { "cookies" },
             cookies.join(", ")
         );
     }

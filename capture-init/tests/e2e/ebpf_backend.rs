@@ -386,7 +386,7 @@ fn ebpf_gc_reclaims_pods_whose_network_namespace_is_gone() {
             CaptureInit::new(&gone.pod, Backend::Ebpf, Family::V4).run().ok();
             assert_eq!(ebpf_pods().ok().stdout.matches("netns-cookie").count(), 2);
         }
-        gc_until_reclaimed().says("reclaimed 1 pod(s) whose network namespace is gone");
+        gc_until_reclaimed().says("reclaimed 1 pod whose network namespace is gone (netns cookie ");
         assert_eq!(ebpf_pods().ok().stdout.matches("netns-cookie").count(), 1);
         assert_lands(&live.pod, APP, live.peer_addr(Family::V4, 80), &outbound);
         node_command("gc").ok().says("nothing to reclaim");
