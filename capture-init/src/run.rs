@@ -163,7 +163,7 @@ fn backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
 
 #[cfg(feature = "ebpf")]
 fn ebpf_backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
-    Ok(Box::new(crate::ebpf::backend(args)))
+    Ok(Box::new(crate::ebpf::backend(args)?))
 }
 
 #[cfg(not(feature = "ebpf"))]

@@ -96,12 +96,13 @@ fn compare(expected: &[Compiled], present: &[Listing]) -> State {
             let found: Vec<_> = listing.rules_of(chain).collect();
             let wanted: Vec<_> = want.rules.iter().filter(|r| r.chain == chain.name).collect();
             if found.len() != wanted.len() || found.iter().zip(&wanted).any(|(f, w)| f != w) {
+                let at = found.iter().zip(&wanted).position(|(f, w)| f != w);
                 differences.push(rules_differ(
                     &table.name,
                     &chain.name,
                     found.len(),
                     wanted.len(),
-                    { found.iter().zip(&wanted).position(|(f, w)| f != w) },
+                    at,
                 ));
             }
         }

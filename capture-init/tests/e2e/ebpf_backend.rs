@@ -572,3 +572,44 @@ fn ebpf_pods_shows_the_netns_the_cni_attachment_and_the_inbound_listener() {
         .expect("unenroll the pod");
     });
 }
+
+/// A `--cgroup` that is no cgroup v2 directory (missing, its `cgroup.procs` file, a plain
+/// directory) is one line naming the flag, the path and what is wrong with it, for a pod run and
+/// for `ebpf load`/`upgrade`, before anything is loaded: nothing attached, nothing pinned.
+#[test]
+fn ebpf_cgroup_that_is_no_cgroup_directory_names_the_flag() {
+    if ebpf::in_cgroup_child().is_some() || !require_root() {
+        return;
+    }
+    let world = EbpfWorld::empty();
+    let pod = NetNs::new();
+    let plain = capture_e2e::TempDir::new("not-cgroup");
+    let missing = world.cgroup.path().join("missing");
+    let procs = world.cgroup.path().join("cgroup.procs");
+    let bpffs = world.bpffs.path().display().to_string();
+    for (path, problem) in [
+        (missing.as_path(), "no such directory"),
+        (procs.as_path(), "not a cgroup v2 directory"),
+        (plain.path(), "not a cgroup v2 directory"),
+    ] {
+        let cgroup = path.display().to_string();
+        let expected = format!("capture-init: --cgroup {cgroup}: {problem}");
+        let pod_run = CaptureInit::sidecar(&pod, Flavor::Nft, Family::V4)
+            .ebpf_at(path, world.bpffs.path())
+            .set("--ipv6", "off")
+            .run();
+        let load = ebpf_node(&["load", "--cgroup", &cgroup, "--bpffs", &bpffs]);
+        let upgrade = ebpf_node(&["upgrade", "--cgroup", &cgroup, "--bpffs", &bpffs]);
+        for run in [pod_run, load, upgrade] {
+            run.code(1);
+            assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+            assert!(
+                run.stderr.starts_with(&expected),
+                "{} lacks {expected:?}",
+                run.stderr
+            );
+        }
+    }
+    assert!(world.attached().is_empty());
+    assert!(world.bpffs.contents().is_empty());
+}
