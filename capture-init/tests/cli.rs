@@ -988,3 +988,19 @@ fn refused_values_name_the_flag_on_one_line_even_with_a_newline() {
         );
     }
 }
+
+/// `--network-namespace` naming a namespace of another kind (the process's own mount
+/// namespace) is refused as "not a network namespace" before any `setns`, one line.
+#[test]
+fn network_namespace_of_another_kind_is_refused() {
+    let out = capture_init(
+        &["--network-namespace", "/proc/self/ns/mnt", "--ipv6", "off"],
+        &[],
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "capture-init: cannot enter network namespace /proc/self/ns/mnt: not a network namespace\n"
+    );
+}
