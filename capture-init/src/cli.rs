@@ -33,7 +33,7 @@ proxy's own user and group (-u, -g; 1337) is never redirected, so the proxy's up
 connections do not loop back into it.
 
 With --dry-run the IPv4 iptables-restore payload is printed, followed by the IPv6 payload when \
-IPv6 is on, and nothing on the host is changed. A dry run reads nothing from the host when it \
+IPv6 is on, and nothing on the host is changed (with --cleanup-only: what cleanup would remove). A dry run reads nothing from the host when it \
 is given --ipv6 on|off, and --resolv-conf when --redirect-dns is used, except the user and \
 group databases: owner names (-u, -g, ISTIO_OUTBOUND_OWNER_GROUPS) must exist there, as \
 iptables resolves them when the rules load.
@@ -476,7 +476,10 @@ pub struct Args {
     )]
     pub dry_run: bool,
     /// Remove everything capture wrote in the namespace (rules of either iptables flavour, TPROXY
-    /// routing, ::6), whatever flags wrote it, and nothing else.
+    /// routing, ::6), whatever flags wrote it, and nothing else. With --dry-run, print what it
+    /// would remove, read from the namespace, and change nothing: the iptables-restore payloads
+    /// it would run (native nftables: the tables it would delete; eBPF: the pod's map entries),
+    /// with `#` lines for the routing and ::6.
     #[arg(long, env = "CLEANUP_ONLY", go_bool = true, help_heading = "Operation")]
     pub cleanup_only: bool,
     /// Replace existing capture rules that differ from this configuration.

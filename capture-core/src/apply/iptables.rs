@@ -357,6 +357,33 @@ pub(super) fn shadowing_in(
 }
 
 impl<E: Exec + Clone> Iptables<E> {
+    /// What [`Iptables::cleanup`] would run, of this flavor and the other, changing nothing: a
+    /// `# <program> --noflush` line and the restore payload per flavor and family that holds
+    /// rules of capture's (empty when none does), and the TPROXY marks those rules use.
+    ///
+    /// # Errors
+    /// When this flavor's IPv4 rules cannot be read (no privilege, no iptables); the other
+    /// flavor and IPv6 count as empty when they cannot be.
+    pub fn cleanup_preview(&self, spec: &CaptureSpec) -> Result<(String, BTreeSet<u32>), ApplyError> {
+        let mut out = String::new();
+        let mut marks = BTreeSet::new();
+        for backend in [self.clone(), self.other_flavor()] {
+            for family in [Family::V4, Family::V6] {
+                let saved = match backend.save(family) {
+                    Ok(saved) => saved,
+                    Err(e) if backend.flavor == self.flavor && family == Family::V4 => return Err(e),
+                    Err(_) => continue,
+                };
+                marks.extend(ours::tproxy_marks(&saved));
+                if let Some(payload) = cleanup_payload(&expected(&plan(spec, family)), &saved) {
+                    let program = backend.flavor.restore(family);
+                    out.push_str(&format!("# {program} --noflush\n{payload}"));
+                }
+            }
+        }
+        Ok((out, marks))
+    }
+
     /// The same backend on the other iptables flavor.
     pub(super) fn other_flavor(&self) -> Self {
         Self::new(self.exec.clone(), self.flavor.other())

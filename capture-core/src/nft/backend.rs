@@ -341,6 +341,27 @@ impl Backend for Nftables {
     fn uninstall(&self, spec: &CaptureSpec) -> Result<Outcome, BackendError> {
         Ok(uninstall(spec)?)
     }
+
+    fn cleanup_dry_run(&self, spec: &CaptureSpec) -> String {
+        match current() {
+            Ok((present, _)) => {
+                let mut out: String = existing(&present)
+                    .map(|table| format!("delete table inet {}\n", table.name))
+                    .collect();
+                if out.is_empty() {
+                    out.push_str("# no native nftables tables of capture's (inet istio-proxy-*)\n");
+                }
+                out.push_str(&crate::backend::host_state_preview(spec, &marks(&present)));
+                out
+            }
+            Err(e) => format!(
+                "# cannot read the current nftables tables ({}); cleanup deletes the tables inet \
+                 istio-proxy-nat, istio-proxy-mangle and istio-proxy-raw, the TPROXY policy routing \
+                 of their marks, and ::6/128 on lo\n",
+                crate::chain(&e)
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -209,3 +209,64 @@ fn a_second_cleanup_says_nothing_to_remove(backend: Backend) {
     assert!(!first.stderr.contains("nothing to remove"), "{}", first.stderr);
     nothing(&cleanup.run());
 }
+
+test_matrix!(backend: cleanup_dry_run_prints_what_cleanup_would_remove);
+
+/// `--cleanup-only --dry-run` prints what cleanup would remove, read from the pod (not the
+/// payload a run would apply), and changes nothing: for iptables the restore payloads cleanup
+/// would run, for native nftables the tables it would delete, for eBPF the pod's map entries.
+fn cleanup_dry_run_prints_what_cleanup_would_remove(backend: Backend) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let init = CaptureInit::new(&topo.pod, backend, Family::V6);
+    let preview = || {
+        let run = init.clone().switch("--cleanup-only").switch("--dry-run").run();
+        run.ok();
+        run.stdout.clone()
+    };
+    let empty = preview();
+    assert!(
+        empty.starts_with("# ") && empty.lines().all(|l| l.starts_with('#')),
+        "nothing there yet:\n{empty}"
+    );
+    init.run().ok();
+    let full = preview();
+    let (must, must_not): (&[&str], &[&str]) = match backend {
+        Backend::Iptables(flavor) => (
+            &[
+                &format!("# iptables-{}-restore --noflush\n*nat\n", flavor.as_str()),
+                &format!("# ip6tables-{}-restore --noflush\n", flavor.as_str()),
+                "-D OUTPUT -j ISTIO_OUTPUT\n",
+                "-X ISTIO_OUTPUT\n",
+                "# then: remove ::6/128 from lo\n",
+            ],
+            &["-A ISTIO_OUTPUT"],
+        ),
+        Backend::Nftables => (
+            &[
+                "delete table inet istio-proxy-nat\n",
+                "# then: remove ::6/128 from lo\n",
+            ],
+            &["add table", "add rule"],
+        ),
+        #[cfg(feature = "ebpf")]
+        Backend::Ebpf => (
+            &[
+                "# unenroll netns cookie ",
+                "\nPOD_CONFIG outbound=15001 inbound=15006",
+                "# then: remove ::6/128 from lo\n",
+            ],
+            &[],
+        ),
+    };
+    for text in must {
+        assert!(full.contains(text), "lacks {text:?}:\n{full}");
+    }
+    for text in must_not {
+        assert!(!full.contains(text), "has {text:?}:\n{full}");
+    }
+    assert!(has_ipv6_passthrough(&topo.pod), "a dry run removes nothing");
+    init.run().ok().says("already in place, nothing changed");
+}
