@@ -352,9 +352,11 @@ impl Ebpf {
         Ok(match node.enrollment(&pod, plan)? {
             Enrollment::Equal => Vec::new(),
             Enrollment::Absent => vec![format!("eBPF capture is not enrolled (netns cookie {cookie})")],
-            Enrollment::Differs => vec![format!(
+            Enrollment::Differs => std::iter::once(format!(
                 "eBPF capture is enrolled with another configuration (netns cookie {cookie})"
-            )],
+            ))
+            .chain(node.entry_differences(&pod, plan)?)
+            .collect(),
         })
     }
 }

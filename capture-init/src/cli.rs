@@ -59,6 +59,8 @@ BACKENDS:
   the same flags changes nothing; with other flags it replaces the pod's configuration
   atomically; --cleanup-only unenrolls the pod; --dry-run prints the map entries it would
   write. Flags the eBPF backend cannot honour yet (-c, -k, INVALID_DROP) are refused.
+  Status (which backend holds capture here, drift from the flags given; see capture-init status --help):
+    capture-init status [--network-namespace PATH] [--output text|json] [RUN FLAGS]
   Node commands:
     capture-init ebpf load   [--cgroup PATH] [--bpffs PATH]   load, attach and pin the programs
     capture-init ebpf unload [--bpffs PATH]                   detach and unpin them (no pod is captured)
@@ -227,7 +229,7 @@ fn go_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The command line, flag for flag with istio-iptables.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "capture-init", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
 #[command(max_term_width = 100, args_override_self = true)]
 pub struct Args {
@@ -694,6 +696,18 @@ pub enum CliError {
     /// Requested behaviour that this build does not have.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A `capture-init status` flag without its value.
+    #[error("{flag} needs a value")]
+    StatusValue {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// `capture-init status --output` other than text or json.
+    #[error("invalid value {value:?} for --output: not one of text, json")]
+    StatusOutput {
+        /// The value given.
+        value: String,
+    },
 }
 
 /// The detection's message is part of the line (with the flag that decides instead), not a
@@ -722,6 +736,8 @@ pub enum Parsed {
     Run(Box<Args>),
     /// `capture-init ebpf …`.
     Node(NodeArgs),
+    /// `capture-init status …`.
+    Status(Box<crate::status::StatusArgs>),
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
 }
@@ -739,6 +755,11 @@ where
     // pilot-agent runs it as a subcommand: `pilot-agent istio-iptables …`.
     if argv.get(1).is_some_and(|a| a == "istio-iptables") {
         argv.remove(1);
+    }
+    // `capture-init status …`: its own flags, and a run's for the configuration to compare.
+    if argv.get(1).is_some_and(|a| a == "status") {
+        argv.remove(1);
+        return crate::status::parse(argv);
     }
     // The node commands: `capture-init ebpf load|unload|pods`. istio-iptables takes no
     // positional arguments, so the word cannot be anything else.

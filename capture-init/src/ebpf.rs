@@ -83,6 +83,14 @@ fn check_cgroup(path: &Path) -> Result<(), CgroupFlag> {
     })
 }
 
+/// The backend under `bpffs` for reading only (`capture-init status`): it never loads.
+pub fn reader(bpffs: &Path) -> Ebpf {
+    Ebpf {
+        load_if_absent: false,
+        ..ebpf(Some(bpffs), None, false)
+    }
+}
+
 fn ebpf(bpffs: Option<&Path>, cgroup: Option<&Path>, mount_bpffs: bool) -> Ebpf {
     Ebpf {
         pins: PinDir::new(bpffs.unwrap_or(Path::new(DEFAULT_BPFFS))),

@@ -1004,3 +1004,52 @@ fn network_namespace_of_another_kind_is_refused() {
         "capture-init: cannot enter network namespace /proc/self/ns/mnt: not a network namespace\n"
     );
 }
+
+/// `capture-init status`: its own flags are checked like a run's (one line naming the flag and
+/// the value, exit 1), a run's flags are accepted as the configuration (and refused the same
+/// way), and `--help` documents the exit statuses.
+#[test]
+fn status_flags_and_errors() {
+    let help = capture_init(&["status", "--help"], &[]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8(help.stdout).unwrap();
+    for needle in [
+        "capture-init status",
+        "--output text|json",
+        "EXIT STATUS",
+        "3  absent",
+        "4  drifted",
+    ] {
+        assert!(text.contains(needle), "help lacks {needle:?}:\n{text}");
+    }
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["status", "--output", "yaml"],
+            "capture-init: invalid value \"yaml\" for --output: not one of text, json\n",
+        ),
+        (&["status", "--output"], "capture-init: --output needs a value\n"),
+        (
+            &["status", "-u", "1337", "-b", "70000"],
+            "capture-init: invalid value \"70000\" for -b/--istio-inbound-ports: not a port number (1-65535)\n",
+        ),
+        (
+            &["status", "--network-namespace", "/nonexistent/netns"],
+            "capture-init: cannot enter network namespace /nonexistent/netns: no such file or directory\n",
+        ),
+        (
+            &[
+                "status",
+                "--network-namespace",
+                "/proc/self/ns/mnt",
+                "--output=json",
+            ],
+            "capture-init: cannot enter network namespace /proc/self/ns/mnt: not a network namespace\n",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = capture_init(args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: no report");
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), expected, "{args:?}");
+    }
+}

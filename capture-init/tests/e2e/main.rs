@@ -44,6 +44,7 @@
 //! | `native_nftables` | 11. the native nftables backend's life cycle, next to other rules        |
 //! | `dns`             | 12. DNS capture to 15053 (every backend) and `--drop-invalid` (netfilter) |
 //! | `ebpf_upgrade`    | 13. replacing the eBPF programs under traffic (feature `ebpf`)           |
+//! | `status`          | 14. `capture-init status`: the backend found, drift, counters, exit codes |
 
 mod capture_init;
 mod support;
@@ -62,6 +63,7 @@ mod never_fail_open;
 mod outbound;
 mod rollback;
 mod state;
+mod status;
 mod validation;
 
 /// Without the feature `ebpf` the table has no eBPF rows; CI must not pass without them.
