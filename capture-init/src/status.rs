@@ -577,9 +577,13 @@ fn compare(args: &Args, holders: &[Holder]) -> Result<Comparison, String> {
         Holder::Nftables { .. } => Box::new(Nftables),
         Holder::Ebpf { .. } => ebpf_backend(args)?,
     };
-    let mut differences = backend
-        .check(&invocation.spec)
-        .map_err(|e| format!("cannot compare with the configuration: {}", chain(&*e)))?;
+    let mut differences = match backend.check(&invocation.spec) {
+        Ok(differences) => differences,
+        // Programs acting on another cgroup than the configuration's: a difference, not a
+        // failure to read.
+        Err(e) if is_other_cgroup(&*e) => vec![chain(&*e)],
+        Err(e) => return Err(format!("cannot compare with the configuration: {}", chain(&*e))),
+    };
     if let (Holder::Iptables { flavor, .. }, Some(forced)) = (holder, args.forced_flavor())
         && *flavor != forced
     {
@@ -593,6 +597,22 @@ fn compare(args: &Args, holders: &[Holder]) -> Result<Comparison, String> {
         );
     }
     Ok(Comparison { differences })
+}
+
+#[cfg(feature = "ebpf")]
+fn is_other_cgroup(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    matches!(
+        e.downcast_ref(),
+        Some(
+            capture_ebpf::Failure::OtherCgroup { .. }
+                | capture_ebpf::Failure::Ebpf(capture_ebpf::Error::AttachedElsewhere { .. })
+        )
+    )
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn is_other_cgroup(_: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    false
 }
 
 #[cfg(feature = "ebpf")]
