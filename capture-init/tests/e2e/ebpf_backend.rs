@@ -177,7 +177,7 @@ fn ebpf_load_and_unload() {
         ebpf_node(&["unload", "--bpffs", &bpffs])
             .ok()
             .says("detached and unpinned")
-            .says("1 enrolled pod(s) are no longer captured");
+            .says("1 enrolled pod is no longer captured");
         let attached = ebpf::attached_to(&world.cgroup);
         assert!(attached.is_empty(), "{attached:#?}");
         let pins = ebpf::pinned_in(&world.bpffs);
