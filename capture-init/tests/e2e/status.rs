@@ -5,7 +5,7 @@
 use capture_e2e::{Family, Flavor, Topology, require_root, test_matrix};
 use serde_json::Value;
 
-use crate::capture_init::{Backend, CaptureInit, Run};
+use crate::capture_init::{Backend, CaptureInit, Run, Via};
 #[cfg(feature = "ebpf")]
 use crate::support::ebpf_row;
 use crate::support::{APP, assert_lands, outbound_proxy, peer_app};
@@ -59,13 +59,21 @@ fn status_names_the_backend_and_the_drift(backend: Backend) {
         present.stdout
     );
     assert!(!present.stdout.contains("configuration:"), "{}", present.stdout);
-    let equal = init.status(true, &[]);
-    equal.ok();
-    assert!(
-        equal.stdout.contains("\nconfiguration: equal\n"),
-        "{}",
-        equal.stdout
-    );
+    // Both ways into the pod: --network-namespace, and run inside it (as a probe would be).
+    for via in [Via::Flag, Via::Enter] {
+        let equal = init.clone().via(via).status(true, &[]);
+        equal.ok();
+        assert!(
+            equal.stdout.starts_with(&holder_line(backend)),
+            "{via:?}: {}",
+            equal.stdout
+        );
+        assert!(
+            equal.stdout.contains("\nconfiguration: equal\n"),
+            "{via:?}: {}",
+            equal.stdout
+        );
+    }
 
     let other = init.clone().set("-p", "15002");
     let drifted = other.status(true, &[]);
