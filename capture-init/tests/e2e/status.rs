@@ -185,3 +185,33 @@ fn status_of_two_backends_at_once_is_a_conflict() {
         run.stdout
     );
 }
+
+/// eBPF programs attached to a cgroup below the configuration's (D under the row's C) do not
+/// capture C's processes: with that configuration, status reports a drift naming both cgroups
+/// (exit 4), not a failure to read; with D as `--cgroup` it is equal.
+#[cfg(feature = "ebpf")]
+#[test]
+fn status_of_ebpf_programs_on_another_cgroup_is_a_drift() {
+    ebpf_row(|| {
+        let world = capture_e2e::ebpf::child_world().expect("inside ebpf_row");
+        let sub = capture_e2e::ebpf::TestCgroup::under(&world.cgroup);
+        let topo = Topology::new();
+        let on_d = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4).ebpf_at(sub.path(), &world.bpffs);
+        on_d.run().ok();
+        on_d.status(true, &[]).ok();
+        let on_c = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4);
+        let drifted = on_c.status(true, &[]);
+        drifted.code(DRIFTED);
+        assert!(
+            drifted
+                .stdout
+                .contains(&format!("are attached to cgroup {}", sub.path().display()))
+                && drifted
+                    .stdout
+                    .contains(&format!("{} (id ", world.cgroup.display())),
+            "{}",
+            drifted.stdout
+        );
+        on_d.clone().switch("--cleanup-only").run().ok();
+    });
+}
