@@ -724,7 +724,7 @@ fn agent_upgrades_the_programs_of_an_older_capture_in_place() {
         second.wait_ready();
         let log = second.log();
         assert!(
-            log.contains("eBPF programs upgraded: programs replaced on 11 cgroup hooks and for 1 pods"),
+            log.contains("eBPF programs upgraded: programs replaced on 11 cgroup hooks and for 1 pod"),
             "{log}"
         );
         assert!(

@@ -210,11 +210,11 @@ pub fn ebpf_gc(conf: &NetConf, valid: Option<&[conf::Attachment]>) -> Result<Str
         })
         .collect();
     Ok(format!(
-        "eBPF: unenrolled {} attachment(s) not in the valid list{}{}; reclaimed {} pod(s) whose network namespace is gone",
-        unattached.len(),
+        "eBPF: unenrolled {} not in the valid list{}{}; reclaimed {} whose network namespace is gone",
+        capture_core::count(unattached.len(), "attachment", "attachments"),
         if unattached.is_empty() { "" } else { ": " },
         unattached.join(", "),
-        collected.gone.len()
+        capture_core::count(collected.gone.len(), "pod", "pods")
     ))
 }
 
@@ -271,12 +271,12 @@ pub fn add(ns: &NetNs, conf: &NetConf, capture: &PodCapture, who: &Attachment<'_
 }
 
 /// `DEL`: removes the pod's capture (rules in both families, TPROXY routing, `::6`) and the
-/// namespace's lock file. Succeeds when nothing is there.
+/// namespace's lock file. Succeeds when nothing is there; returns whether capture was there.
 ///
 /// # Errors
 /// Entering the namespace or removing the rules.
-pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error> {
-    ns.run(|| {
+pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<bool, Error> {
+    let removed = ns.run(|| {
         // The pod's addresses decide only whether ::6 is removed; without them, leave it.
         let detected = Detected {
             ipv6: ipv6(conf).unwrap_or(false),
@@ -285,13 +285,13 @@ pub fn del(ns: &NetNs, conf: &NetConf, capture: &PodCapture) -> Result<(), Error
         let (spec, _) = capture.to_spec(&detected)?;
         let backend = pod_backend(conf, ns.id())?;
         let outcome = backend.uninstall(&spec).map_err(Error::Apply)?;
-        for warning in outcome.warnings {
+        for warning in &outcome.warnings {
             tracing::warn!("{warning}");
         }
-        Ok::<(), Error>(())
+        Ok::<bool, Error>(!outcome.unchanged())
     })?;
     remove_lock_file(&lock_file(&conf.run_dir, ns.id()));
-    Ok(())
+    Ok(removed)
 }
 
 fn remove_lock_file(path: &Path) {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
@@ -85,7 +86,9 @@ struct Install {
     location: Location,
     /// A JSON object of plugin settings merged into the entry (exclude_namespaces,
     /// pod_selection, plugin_log_level, log_file, capture).
-    #[arg(long, value_name = "FILE")]
+    // An empty value is taken, and refused as an install error (exit 1) like any other bad
+    // file, rather than by clap as a usage error (exit 2).
+    #[arg(long, value_name = "FILE", value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     plugin_config: Option<PathBuf>,
     /// Remove an istio-cni entry (when migrating from Istio's plugin); without this or
     /// --allow-istio-cni a configuration with one is refused.
@@ -241,6 +244,9 @@ impl Install {
     fn options(&self) -> Result<InstallOptions, String> {
         let plugin_config = match &self.plugin_config {
             None => Map::new(),
+            Some(path) if path.as_os_str().is_empty() => {
+                return Err("--plugin-config \"\": no file named (an empty path)".to_owned());
+            }
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read --plugin-config {}: {e}", path.display()))?;

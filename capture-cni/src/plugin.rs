@@ -519,8 +519,11 @@ fn del(env: &Env, input: &[u8]) -> Result<(), Failure> {
             usable(&CaptureConf::default(), &no_annotations)
         })
         .map_err(fail)?;
-    capture::del(&ns, conf, &capture).map_err(fail)?;
-    tracing::info!("pod {}: capture removed", pod.display_name());
+    if capture::del(&ns, conf, &capture).map_err(fail)? {
+        tracing::info!("pod {}: capture removed", pod.display_name());
+    } else {
+        tracing::info!("pod {}: no capture there, nothing to remove", pod.display_name());
+    }
     Ok(())
 }
 

@@ -455,6 +455,21 @@ fn plugin_config_that_add_would_refuse_is_refused_before_anything_is_written() {
         Some(1),
         "an unreadable file is exit 1 too"
     );
+    // An empty value (a ConfigMap key left empty) and a directory are install errors like the
+    // others: exit 1, one line naming the flag, nothing written (not clap's usage exit 2).
+    for value in ["", tmp.path().to_str().unwrap()] {
+        let mut args = install_args(&conf, &bin);
+        args.extend(["--plugin-config", value]);
+        let out = output(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{value:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{value:?}: one line: {stderr}");
+        assert!(
+            stderr.starts_with("capture-cni: install failed: ") && stderr.contains("--plugin-config"),
+            "{value:?}: {stderr}"
+        );
+        assert!(!bin.join(PLUGIN_TYPE).exists(), "{value:?}: binary not copied");
+    }
 }
 
 /// The library refuses them too (capture-agent calls it with its own flag's settings).

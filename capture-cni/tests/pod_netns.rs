@@ -168,7 +168,13 @@ fn pod_lifecycle(flavor: Flavor) {
     let msg = failure["msg"].as_str().unwrap();
     assert!(msg.contains("ISTIO_INBOUND") && msg.contains("15021"), "{msg}");
 
-    call("DEL", topo.pod.path(), &stdin).ok();
+    let del = call("DEL", topo.pod.path(), &stdin);
+    del.ok();
+    assert!(
+        del.stderr.contains("pod shop/cart-1: capture removed"),
+        "{}",
+        del.stderr
+    );
     assert_no_capture(&topo.pod);
     assert!(
         !topo
@@ -176,7 +182,16 @@ fn pod_lifecycle(flavor: Flavor) {
             .ip(&["-6", "addr", "show", "dev", "lo"])
             .contains("::6/128")
     );
-    call("DEL", topo.pod.path(), &stdin).ok();
+    // A second DEL finds nothing and says so, as capture-init's second cleanup does.
+    let again = call("DEL", topo.pod.path(), &stdin);
+    again.ok();
+    assert!(
+        again
+            .stderr
+            .contains("pod shop/cart-1: no capture there, nothing to remove"),
+        "{}",
+        again.stderr
+    );
     let missing = call("CHECK", topo.pod.path(), &stdin).error(101);
     assert!(missing["msg"].as_str().unwrap().contains("missing"), "{missing}");
     // Uncaptured again: the app reaches the peer directly.

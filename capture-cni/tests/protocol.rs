@@ -329,6 +329,33 @@ fn add_for_a_missing_namespace_fails_with_our_code() {
     );
 }
 
+/// `CNI_NETNS` naming another kind of namespace (a mount namespace, a user namespace) is "not a
+/// network namespace", code 102, for ADD and CHECK; no `setns` is attempted (which would say
+/// EINVAL, needs CAP_SYS_ADMIN). DEL takes it as it takes a namespace that is gone: there is
+/// no pod network namespace there to clean up, and a DEL that fails blocks the pod's removal.
+#[test]
+fn a_namespace_of_another_kind_is_not_a_network_namespace() {
+    let stdin = conf(
+        "1.0.0",
+        json!({"pod_selection": "all", "run_dir": TempDir::new("proto").path()}),
+    );
+    for (command, netns) in [
+        ("ADD", "/proc/self/ns/mnt"),
+        ("ADD", "/proc/self/ns/user"),
+        ("CHECK", "/proc/self/ns/mnt"),
+    ] {
+        let reply = invoke(&cni_env(command, netns, POD_ARGS), &stdin).error(102);
+        let msg = reply["msg"].as_str().unwrap();
+        assert_eq!(
+            msg,
+            format!("{netns} is not a network namespace"),
+            "{command} {netns}: {reply}"
+        );
+    }
+    let del = invoke(&cni_env("DEL", "/proc/self/ns/mnt", POD_ARGS), &stdin);
+    assert_eq!((del.code, del.stdout.as_str()), (0, ""), "{}", del.stderr);
+}
+
 #[test]
 fn del_succeeds_without_or_with_a_gone_namespace() {
     let stdin = conf(

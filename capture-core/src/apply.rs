@@ -35,7 +35,7 @@ mod tests;
 pub use compare::{Difference, State};
 pub use error::{ApplyError, Unusable};
 pub use exec::{Exec, Flavor, Output, SystemExec};
-pub use iptables::Iptables;
+pub use iptables::{Cleaned, Iptables};
 pub use saved::{SavedState, SavedTable};
 
 use compare::{compare, expected};
@@ -151,14 +151,17 @@ pub fn check<E: Exec + Clone>(backend: &Iptables<E>, spec: &CaptureSpec) -> Resu
 /// Removes everything capture owns in the calling thread's namespace, whatever flags `spec` was
 /// made from: capture's rules in both families of the backend's flavor and of the other flavor
 /// (when it works here), the TPROXY policy routing of every mark those rules used (and of
-/// `spec`'s), and `::6`. Succeeds when nothing is there.
+/// `spec`'s), and `::6`. Succeeds when nothing is there; returns whether any rule of capture's
+/// was there (and is gone now).
 ///
 /// # Errors
 /// As [`Iptables::cleanup`] (the rules are then as they were), [`ApplyError::Lock`], or
 /// [`ApplyError::PartlyRemoved`] naming what is left when a later step fails.
-pub fn uninstall<E: Exec + Clone>(backend: &Iptables<E>, spec: &CaptureSpec) -> Result<(), ApplyError> {
+pub fn uninstall<E: Exec + Clone>(backend: &Iptables<E>, spec: &CaptureSpec) -> Result<bool, ApplyError> {
     let _lock = NetnsLock::current()?;
-    let mut marks = backend.cleanup(spec)?;
+    let cleaned = backend.cleanup(spec)?;
+    let mut removed = !cleaned.families.is_empty();
+    let mut marks = cleaned.marks;
     let other = backend.other_flavor();
     let removed_so_far = format!("rules removed from iptables-{}", backend.flavor().as_str());
     let partly = |left: String, source: ApplyError| ApplyError::PartlyRemoved {
@@ -169,7 +172,10 @@ pub fn uninstall<E: Exec + Clone>(backend: &Iptables<E>, spec: &CaptureSpec) -> 
     // The other flavor only counts when it can list its rules at all.
     if other.save(Family::V4).is_ok() {
         match other.cleanup(spec) {
-            Ok(more) => marks.extend(more),
+            Ok(more) => {
+                removed |= !more.families.is_empty();
+                marks.extend(more.marks);
+            }
             Err(e) => {
                 return Err(partly(
                     format!("rules in iptables-{}", other.flavor().as_str()),
@@ -178,5 +184,6 @@ pub fn uninstall<E: Exec + Clone>(backend: &Iptables<E>, spec: &CaptureSpec) -> 
             }
         }
     }
-    host_state::remove(spec, &marks, &removed_so_far)
+    host_state::remove(spec, &marks, &removed_so_far)?;
+    Ok(removed)
 }

@@ -131,6 +131,39 @@ pub trait Backend {
     /// # Errors
     /// The broken step, naming what is left.
     fn uninstall(&self, spec: &CaptureSpec) -> Result<Outcome, BackendError>;
+
+    /// What [`uninstall`](Backend::uninstall) would remove from the calling thread's
+    /// namespace, changing nothing (`--cleanup-only --dry-run`): read from the current state
+    /// where it can be (for iptables, the restore payloads cleanup would run), else, after a
+    /// `#` line saying why, what cleanup removes in general. `#` starts every line that is not
+    /// the backend's own input.
+    fn cleanup_dry_run(&self, spec: &CaptureSpec) -> String;
+}
+
+/// The host state every netfilter cleanup also removes, as `#` lines: the TPROXY policy
+/// routing of `marks` (and `spec`'s) and `::6`, as far as it can be read.
+pub(crate) fn host_state_preview(spec: &CaptureSpec, marks: &std::collections::BTreeSet<u32>) -> String {
+    use crate::netlink;
+    use crate::types::Family;
+    let mut out = String::new();
+    for family in [Family::V4, Family::V6] {
+        let Ok(rules) = netlink::tproxy_rules(family) else {
+            continue;
+        };
+        for routes in rules {
+            let ours = marks.contains(&routes.mark.get())
+                || spec.tproxy().is_some_and(|(mark, _)| mark == routes.mark);
+            if ours {
+                out.push_str(&format!(
+                    "# then: remove the {family} TPROXY policy routing ({routes})\n"
+                ));
+            }
+        }
+    }
+    if netlink::ipv6_passthrough_address_present().unwrap_or(false) {
+        out.push_str("# then: remove ::6/128 from lo\n");
+    }
+    out
 }
 
 impl<E: Exec + Clone> Backend for Iptables<E> {
@@ -162,8 +195,27 @@ impl<E: Exec + Clone> Backend for Iptables<E> {
         Ok(apply::check(self, spec)?)
     }
 
+    fn cleanup_dry_run(&self, spec: &CaptureSpec) -> String {
+        match self.cleanup_preview(spec) {
+            Ok((payloads, marks)) => {
+                let mut out = payloads;
+                if out.is_empty() {
+                    out.push_str("# no rules of capture's in either family or iptables flavour\n");
+                }
+                out.push_str(&host_state_preview(spec, &marks));
+                out
+            }
+            Err(e) => format!(
+                "# cannot read the current rules ({}); cleanup removes, in both families and both \
+                 iptables flavours, capture's chains (ISTIO_*), the jumps to them, capture's rules \
+                 in built-in chains, the TPROXY policy routing of their marks, and ::6/128 on lo\n",
+                crate::chain(&e)
+            ),
+        }
+    }
+
     fn uninstall(&self, spec: &CaptureSpec) -> Result<Outcome, BackendError> {
-        apply::uninstall(self, spec)?;
+        let removed = apply::uninstall(self, spec)?;
         let mut warnings = Vec::new();
         // The pod-private xtables lock file goes with the capture, so cleanup leaves nothing.
         if let Some(lock) = self.exec().lock_file()
@@ -171,11 +223,20 @@ impl<E: Exec + Clone> Backend for Iptables<E> {
         {
             warnings.push(format!("cannot remove {}: {e}", lock.display()));
         }
-        Ok(Outcome {
-            steps: vec![Step {
+        let flavor = self.flavor().as_str();
+        let step = if removed {
+            Step {
                 change: Change::Removed,
-                message: format!("capture removed ({})", self.flavor().as_str()),
-            }],
+                message: format!("capture removed ({flavor})"),
+            }
+        } else {
+            Step {
+                change: Change::NothingToRemove,
+                message: format!("capture not there ({flavor}), nothing to remove"),
+            }
+        };
+        Ok(Outcome {
+            steps: vec![step],
             warnings,
         })
     }

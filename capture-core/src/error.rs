@@ -199,6 +199,24 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// `n` things in words that agree with the number: `count(1, "pod", "pods")` is `1 pod`,
+/// `count(0, …)` is `no pods`; how every message counts.
+///
+/// # Examples
+/// ```
+/// assert_eq!(capture_core::count(1, "rule", "rules"), "1 rule");
+/// assert_eq!(capture_core::count(3, "entry", "entries"), "3 entries");
+/// assert_eq!(capture_core::count(0, "pod", "pods"), "no pods");
+/// ```
+#[must_use]
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    match n {
+        0 => format!("no {many}"),
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::chain;

@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -108,6 +108,13 @@ impl NetNs {
         })?;
         let fs = fstatfs(&file).map_err(|e| OpenError::Io(e.into()))?;
         if fs.filesystem_type() != NSFS_MAGIC {
+            return Err(OpenError::NotNetns);
+        }
+        // A namespace of another kind (`/proc/<pid>/ns/mnt`) is nsfs too; setns would only say
+        // EINVAL. NS_GET_NSTYPE (Linux 4.11) needs no privilege.
+        // SAFETY: an ioctl without argument on a descriptor this function owns.
+        let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+        if kind != libc::CLONE_NEWNET {
             return Err(OpenError::NotNetns);
         }
         let meta = file.metadata().map_err(OpenError::Io)?;
@@ -280,6 +287,13 @@ mod tests {
         let not_ns = NetNs::open(Path::new("/proc/self/status"));
         assert!(matches!(not_ns, Err(OpenError::NotNetns)), "{not_ns:?}");
         assert!(not_ns.unwrap_err().is_gone());
+        for other_kind in ["/proc/self/ns/mnt", "/proc/self/ns/user", "/proc/self/ns/uts"] {
+            let opened = NetNs::open(Path::new(other_kind));
+            assert!(
+                matches!(opened, Err(OpenError::NotNetns)),
+                "{other_kind}: {opened:?}"
+            );
+        }
     }
 
     #[test]

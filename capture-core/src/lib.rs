@@ -48,7 +48,7 @@ pub use apply::{
 };
 pub use backend::{Backend, BackendError, Outcome, Step};
 pub use choice::{FlavorChoice, Ipv6Mode};
-pub use error::{Field, SpecError, ValueError, chain};
+pub use error::{Field, SpecError, ValueError, chain, count};
 pub use istio::{Detected, IstioConfig, NoUsableAddress, Warning, detect_ipv6, parse_resolv_conf};
 pub use lock::{LockError, NetnsLock};
 pub use plan::plan;

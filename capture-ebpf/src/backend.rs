@@ -310,13 +310,32 @@ impl Ebpf {
                 ),
             }
         };
-        if spec.ipv6 {
-            capture_core::netlink::remove_ipv6_passthrough_address()?;
+        // `::6` goes whatever the flags say (cleanup removes what any configuration added),
+        // as with the netfilter backends; a namespace without IPv6 has none.
+        match capture_core::netlink::remove_ipv6_passthrough_address() {
+            Err(e) if spec.ipv6 || !matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::ENODEV)) => {
+                return Err(e.into());
+            }
+            _ => {}
         }
         Ok(Outcome {
             steps: vec![step],
             warnings: Vec::new(),
         })
+    }
+
+    /// The calling thread's network namespace's cookie and map entries, when it is enrolled
+    /// (`None` also when the programs are not loaded). Reads only; takes no lock.
+    ///
+    /// # Errors
+    /// When the pinned maps or the namespace's cookie cannot be read.
+    pub fn enrolled_entries(&self) -> Result<Option<(NetnsCookie, crate::MapEntries)>, Failure> {
+        if !self.pins.is_loaded() {
+            return Ok(None);
+        }
+        let node = Node::open(&self.pins)?;
+        let cookie = NetnsCookie::current()?;
+        Ok(node.enrolled(cookie)?.map(|entries| (cookie, entries)))
     }
 
     /// Whether the node's programs are loaded and act on the target cgroup: what a front end
@@ -349,9 +368,11 @@ impl Ebpf {
         Ok(match node.enrollment(&pod, plan)? {
             Enrollment::Equal => Vec::new(),
             Enrollment::Absent => vec![format!("eBPF capture is not enrolled (netns cookie {cookie})")],
-            Enrollment::Differs => vec![format!(
+            Enrollment::Differs => std::iter::once(format!(
                 "eBPF capture is enrolled with another configuration (netns cookie {cookie})"
-            )],
+            ))
+            .chain(node.entry_differences(&pod, plan)?)
+            .collect(),
         })
     }
 }
@@ -376,5 +397,29 @@ impl Backend for Ebpf {
 
     fn uninstall(&self, spec: &CaptureSpec) -> Result<Outcome, BackendError> {
         Ok(self.unenroll(spec)?)
+    }
+
+    /// The pod's map entries cleanup would delete (as `--dry-run` prints a plan), after a
+    /// `# unenroll netns cookie N` line; `::6` when it is on `lo`.
+    fn cleanup_dry_run(&self, _spec: &CaptureSpec) -> String {
+        let mut out = match self.enrolled_entries() {
+            Ok(Some((cookie, entries))) => {
+                format!(
+                    "# unenroll netns cookie {}\n{}",
+                    cookie.0,
+                    MapPlan::from_entries(&entries)
+                )
+            }
+            Ok(None) => "# this network namespace is not enrolled, nothing to unenroll\n".to_owned(),
+            Err(e) => format!(
+                "# cannot read the pod's enrollment ({}); cleanup deletes this network namespace's \
+                 entries from the node's maps (capture-init ebpf pods lists them) and its sk_lookup link\n",
+                capture_core::chain(&e)
+            ),
+        };
+        if capture_core::netlink::ipv6_passthrough_address_present().unwrap_or(false) {
+            out.push_str("# then: remove ::6/128 from lo\n");
+        }
+        out
     }
 }

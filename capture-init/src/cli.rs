@@ -33,7 +33,7 @@ proxy's own user and group (-u, -g; 1337) is never redirected, so the proxy's up
 connections do not loop back into it.
 
 With --dry-run the IPv4 iptables-restore payload is printed, followed by the IPv6 payload when \
-IPv6 is on, and nothing on the host is changed. A dry run reads nothing from the host when it \
+IPv6 is on, and nothing on the host is changed (with --cleanup-only: what cleanup would remove). A dry run reads nothing from the host when it \
 is given --ipv6 on|off, and --resolv-conf when --redirect-dns is used, except the user and \
 group databases: owner names (-u, -g, ISTIO_OUTBOUND_OWNER_GROUPS) must exist there, as \
 iptables resolves them when the rules load.
@@ -59,6 +59,8 @@ BACKENDS:
   the same flags changes nothing; with other flags it replaces the pod's configuration
   atomically; --cleanup-only unenrolls the pod; --dry-run prints the map entries it would
   write. Flags the eBPF backend cannot honour yet (-c, -k, INVALID_DROP) are refused.
+  Status (which backend holds capture here, drift from the flags given; see capture-init status --help):
+    capture-init status [--network-namespace PATH] [--output text|json] [RUN FLAGS]
   Node commands:
     capture-init ebpf load   [--cgroup PATH] [--bpffs PATH]   load, attach and pin the programs
     capture-init ebpf unload [--bpffs PATH]                   detach and unpin them (no pod is captured)
@@ -227,7 +229,7 @@ fn go_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The command line, flag for flag with istio-iptables.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "capture-init", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
 #[command(max_term_width = 100, args_override_self = true)]
 pub struct Args {
@@ -476,7 +478,10 @@ pub struct Args {
     )]
     pub dry_run: bool,
     /// Remove everything capture wrote in the namespace (rules of either iptables flavour, TPROXY
-    /// routing, ::6), whatever flags wrote it, and nothing else.
+    /// routing, ::6), whatever flags wrote it, and nothing else. With --dry-run, print what it
+    /// would remove, read from the namespace, and change nothing: the iptables-restore payloads
+    /// it would run (native nftables: the tables it would delete; eBPF: the pod's map entries),
+    /// with `#` lines for the routing and ::6.
     #[arg(long, env = "CLEANUP_ONLY", go_bool = true, help_heading = "Operation")]
     pub cleanup_only: bool,
     /// Replace existing capture rules that differ from this configuration.
@@ -827,6 +832,18 @@ pub enum CliError {
     /// Requested behaviour that this build does not have.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A `capture-init status` flag without its value.
+    #[error("{flag} needs a value")]
+    StatusValue {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// `capture-init status --output` other than text or json.
+    #[error("invalid value {value:?} for --output: not one of text, json")]
+    StatusOutput {
+        /// The value given.
+        value: String,
+    },
 }
 
 /// The detection's message is part of the line (with the flag that decides instead), not a
@@ -855,6 +872,8 @@ pub enum Parsed {
     Run(Box<Args>),
     /// `capture-init ebpf …`.
     Node(NodeArgs),
+    /// `capture-init status …`.
+    Status(Box<crate::status::StatusArgs>),
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
 }
@@ -872,6 +891,11 @@ where
     // pilot-agent runs it as a subcommand: `pilot-agent istio-iptables …`.
     if argv.get(1).is_some_and(|a| a == "istio-iptables") {
         argv.remove(1);
+    }
+    // `capture-init status …`: its own flags, and a run's for the configuration to compare.
+    if argv.get(1).is_some_and(|a| a == "status") {
+        argv.remove(1);
+        return crate::status::parse(argv);
     }
     // The node commands: `capture-init ebpf load|unload|pods`. istio-iptables takes no
     // positional arguments, so the word cannot be anything else.
@@ -977,8 +1001,24 @@ fn clap_matches(command: clap::Command, argv: Vec<OsString>) -> Result<Result<Ar
     }
 }
 
-/// The first line of clap's message, without its `error: `.
+/// clap's message as one line, without its `error: `. A refused value is said as the run's
+/// own checks say it (`invalid value "on\nfoo" for --ipv6: not one of auto, on, off`): the
+/// value escaped, so a newline in it cannot cut the line, and the flag without its placeholder.
 fn first_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation)
+        && let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg)
+        && let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue)
+    {
+        // `--ipv6 <IPV6>`, `--run-validation[=<BOOL>]`: the flag is the first word.
+        let flag = arg.split([' ', '[', '=']).next().unwrap_or(arg);
+        let reason = match (e.get(ContextKind::ValidValue), std::error::Error::source(e)) {
+            (Some(ContextValue::Strings(valid)), _) => format!("not one of {}", valid.join(", ")),
+            (_, Some(cause)) => cause.to_string(),
+            _ => "not accepted".to_owned(),
+        };
+        return format!("invalid value {value:?} for {flag}: {reason}");
+    }
     let text = e.render().to_string();
     let first = text.lines().next().unwrap_or_default();
     first.trim_start_matches("error: ").to_owned()
@@ -1084,6 +1124,10 @@ fn detect(args: &Args) -> Result<(Detected, Vec<Warning>), CliError> {
             tracing::info!("IPv6 {word} (--ipv6 {word})");
             on
         }
+        // Cleanup removes both families whatever the flags say, so it has nothing to decide
+        // (and a namespace without a usable address must not stop it); off is the value that
+        // tolerates a namespace without IPv6.
+        Ipv6Mode::Auto | Ipv6Mode::FirstAddress if args.cleanup_only => false,
         mode @ (Ipv6Mode::Auto | Ipv6Mode::FirstAddress) => {
             let addrs = capture_core::host::addresses().map_err(CliError::Addresses)?;
             let ipv6 = mode.decide(&addrs, args.dual_stack)?;

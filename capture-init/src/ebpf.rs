@@ -5,7 +5,7 @@
 //! programs that do not act on `--cgroup`, the rerun comparison, the messages); this module
 //! only picks the directories from the flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use capture_ebpf::{Ebpf, Failure, MapPlan, NetnsLink, Node, PinDir};
@@ -21,8 +21,74 @@ fn fail(e: &Failure) -> ExitCode {
 }
 
 /// The backend `--bpffs` and `--cgroup` describe.
-pub fn backend(args: &Args) -> Ebpf {
-    ebpf(args.bpffs.as_deref(), args.cgroup.as_deref(), args.mount_bpffs)
+///
+/// # Errors
+/// A `--cgroup` that is no cgroup v2 directory, when the run would attach to it (not for a dry
+/// run, which reads nothing of the host, nor a cleanup, which attaches nothing).
+pub fn backend(args: &Args) -> Result<Ebpf, CgroupFlag> {
+    if let Some(cgroup) = &args.cgroup
+        && !args.dry_run
+        && !args.cleanup_only
+    {
+        check_cgroup(cgroup)?;
+    }
+    Ok(ebpf(
+        args.bpffs.as_deref(),
+        args.cgroup.as_deref(),
+        args.mount_bpffs,
+    ))
+}
+
+/// A `--cgroup` the programs cannot be attached to, said as the flag and the path rather than as
+/// the syscall that would fail on it (`statfs`, `BPF_LINK_CREATE`).
+#[derive(Debug, thiserror::Error)]
+#[error("--cgroup {}: {problem}", path.display())]
+pub struct CgroupFlag {
+    /// The path given.
+    path: PathBuf,
+    /// What is wrong with it.
+    problem: CgroupProblem,
+}
+
+/// What is wrong with a `--cgroup` path.
+#[derive(Debug, thiserror::Error)]
+enum CgroupProblem {
+    /// Nothing is there.
+    #[error("no such directory")]
+    Missing,
+    /// A file (such as `cgroup.procs`), or a directory on another file system.
+    #[error("not a cgroup v2 directory")]
+    NotCgroup2,
+    /// It could not be looked at.
+    #[error("cannot read it: {0}")]
+    Unreadable(std::io::Error),
+}
+
+/// Whether `path` is a cgroup v2 directory the programs can be attached to.
+fn check_cgroup(path: &Path) -> Result<(), CgroupFlag> {
+    let problem = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => CgroupProblem::Missing,
+        Err(e) => CgroupProblem::Unreadable(e),
+        Ok(meta) if !meta.is_dir() => CgroupProblem::NotCgroup2,
+        Ok(_) => match capture_ebpf::CgroupId::of(path) {
+            Ok(_) => return Ok(()),
+            Err(capture_ebpf::Error::NotCgroup2 { .. }) => CgroupProblem::NotCgroup2,
+            Err(capture_ebpf::Error::Io { source, .. }) => CgroupProblem::Unreadable(source),
+            Err(_) => CgroupProblem::NotCgroup2,
+        },
+    };
+    Err(CgroupFlag {
+        path: path.to_owned(),
+        problem,
+    })
+}
+
+/// The backend under `bpffs` for reading only (`capture-init status`): it never loads.
+pub fn reader(bpffs: &Path) -> Ebpf {
+    Ebpf {
+        load_if_absent: false,
+        ..ebpf(Some(bpffs), None, false)
+    }
 }
 
 fn ebpf(bpffs: Option<&Path>, cgroup: Option<&Path>, mount_bpffs: bool) -> Ebpf {
@@ -37,6 +103,17 @@ fn ebpf(bpffs: Option<&Path>, cgroup: Option<&Path>, mount_bpffs: bool) -> Ebpf 
 
 /// `capture-init ebpf load|upgrade|unload|gc|stats|pods`.
 pub fn node(args: NodeArgs) -> ExitCode {
+    if let NodeCommand::Load {
+        cgroup: Some(cgroup), ..
+    }
+    | NodeCommand::Upgrade {
+        cgroup: Some(cgroup), ..
+    } = &args.command
+        && let Err(e) = check_cgroup(cgroup)
+    {
+        tracing::error!("{e}");
+        return ExitCode::from(1);
+    }
     let result = match args.command {
         NodeCommand::Load {
             cgroup,
@@ -113,7 +190,11 @@ fn unload(bpffs: &Path) -> Result<(), Failure> {
         pins.path().display()
     );
     if pods > 0 {
-        tracing::warn!("{pods} enrolled pod(s) are no longer captured");
+        let (pods, are) = (
+            capture_core::count(pods, "enrolled pod", "enrolled pods"),
+            if pods == 1 { "is" } else { "are" },
+        );
+        tracing::warn!("{pods} {are} no longer captured");
     }
     Ok(())
 }
@@ -135,8 +216,9 @@ fn gc(bpffs: &Path) -> Result<(), Failure> {
     } else {
         let cookies: Vec<String> = reclaimed.iter().map(|c| c.0.to_string()).collect();
         tracing::info!(
-            "reclaimed {} pod(s) whose network namespace is gone (netns cookies {})",
-            reclaimed.len(),
+            "reclaimed {} whose network namespace is gone (netns {} {})",
+            capture_core::count(reclaimed.len(), "pod", "pods"),
+            if cookies.len() == 1 { "cookie" } else { "cookies" },
             cookies.join(", ")
         );
     }

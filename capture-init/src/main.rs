@@ -9,6 +9,7 @@ mod cli;
 #[cfg(feature = "ebpf")]
 mod ebpf;
 mod run;
+mod status;
 mod validate;
 
 /// See [`arena`]: a one-shot command's allocations as pointer bumps.

@@ -101,6 +101,10 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
             capture_log::init(early);
             return node_command(node);
         }
+        Ok(Parsed::Status(status)) => {
+            capture_log::init(early);
+            return crate::status::main(*status);
+        }
         Ok(Parsed::Run(args)) => args,
         Err(e) => {
             capture_log::init(early);
@@ -117,7 +121,8 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
     match args.network_namespace.clone() {
         // The work runs on a thread that enters the namespace (the host layer's NetNs::run),
         // so the process itself never leaves its own.
-        Some(path) if !args.dry_run => {
+        // A dry run reads nothing of the pod, except a cleanup's, which shows what is there.
+        Some(path) if !args.dry_run || args.cleanup_only => {
             let entered = NetNs::open(&path).map_err(|e| e.to_string()).and_then(|ns| {
                 ns.run(|| Ok::<_, RunError>(resolve_and_run(args)))
                     .map_err(|e| error_chain(&e))
@@ -179,7 +184,7 @@ fn backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
 
 #[cfg(feature = "ebpf")]
 fn ebpf_backend(args: &Args) -> Result<Box<dyn Backend>, BackendError> {
-    Ok(Box::new(crate::ebpf::backend(args)))
+    Ok(Box::new(crate::ebpf::backend(args)?))
 }
 
 #[cfg(not(feature = "ebpf"))]
@@ -285,6 +290,16 @@ fn run(backend: &dyn Backend, invocation: &Invocation) -> ExitCode {
         warnings: _,
     } = invocation;
     // A dry run changes nothing, whatever else is asked (it runs outside the pod's namespace).
+    // --cleanup-only --dry-run: what cleanup would remove, read from the namespace.
+    if args.dry_run && args.cleanup_only {
+        return match std::io::stdout()
+            .lock()
+            .write_all(backend.cleanup_dry_run(spec).as_bytes())
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        };
+    }
     if args.dry_run {
         return match backend.dry_run(spec) {
             Ok(text) => match std::io::stdout().lock().write_all(text.as_bytes()) {

@@ -868,7 +868,7 @@ fn ebpf_usage_errors() {
         ),
         (
             &["--backend", "nat", "--dry-run"],
-            "error\tinvalid value 'nat' for '--backend <BACKEND>'\n",
+            "error\tinvalid value \"nat\" for --backend: not one of iptables, ebpf\n",
         ),
     ];
     for (args, expected) in cases {
@@ -1022,6 +1022,28 @@ fn every_json_log_line_parses() {
         assert!(
             levels.iter().any(|l| l == level),
             "{args:?}: a {level} line in {stderr}"
+
+/// A value clap refuses (a choice, a boolean, a duration) is one line naming the flag and the
+/// value, escaped: a newline inside the value never cuts the line short.
+#[test]
+fn refused_values_name_the_flag_on_one_line_even_with_a_newline() {
+    let cases: [(&[&str], &str, &str); 5] = [
+        (&["--ipv6", "on\nfoo"], "--ipv6", r#""on\nfoo""#),
+        (&["--ipv6", "bogus"], "--ipv6", r#""bogus""#),
+        (&["--backend", "x\ny"], "--backend", r#""x\ny""#),
+        (&["--probe-timeout", "1\ns"], "--probe-timeout", r#""1\ns""#),
+        (&["--run-validation=x\ny"], "--run-validation", r#""x\ny""#),
+    ];
+    for (extra, flag, value) in cases {
+        let args: Vec<&str> = ["--dry-run", "-u", "1337"].iter().chain(extra).copied().collect();
+        let out = capture_init(&args, &[]);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: no payload");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr:?}");
+        assert!(
+            stderr.starts_with(&format!("error\tinvalid value {value} for {flag}: ")),
+            "{args:?}: {stderr:?} names {flag} and {value}"
         );
     }
 }
@@ -1102,4 +1124,68 @@ fn log_levels_are_istios() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+
+/// `--network-namespace` naming a namespace of another kind (the process's own mount
+/// namespace) is refused as "not a network namespace" before any `setns`, one line.
+#[test]
+fn network_namespace_of_another_kind_is_refused() {
+    let out = capture_init(
+        &["--network-namespace", "/proc/self/ns/mnt", "--ipv6", "off"],
+        &[],
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error\tcannot enter network namespace /proc/self/ns/mnt: not a network namespace\n"
+    );
+}
+
+/// `capture-init status`: its own flags are checked like a run's (one line naming the flag and
+/// the value, exit 1), a run's flags are accepted as the configuration (and refused the same
+/// way), and `--help` documents the exit statuses.
+#[test]
+fn status_flags_and_errors() {
+    let help = capture_init(&["status", "--help"], &[]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8(help.stdout).unwrap();
+    for needle in [
+        "capture-init status",
+        "--output text|json",
+        "EXIT STATUS",
+        "3  absent",
+        "4  drifted",
+    ] {
+        assert!(text.contains(needle), "help lacks {needle:?}:\n{text}");
+    }
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["status", "--output", "yaml"],
+            "error\tinvalid value \"yaml\" for --output: not one of text, json\n",
+        ),
+        (&["status", "--output"], "error\t--output needs a value\n"),
+        (
+            &["status", "-u", "1337", "-b", "70000"],
+            "error\tinvalid value \"70000\" for -b/--istio-inbound-ports: not a port number (1-65535)\n",
+        ),
+        (
+            &["status", "--network-namespace", "/nonexistent/netns"],
+            "error\tcannot enter network namespace /nonexistent/netns: no such file or directory\n",
+        ),
+        (
+            &[
+                "status",
+                "--network-namespace",
+                "/proc/self/ns/mnt",
+                "--output=json",
+            ],
+            "error\tcannot enter network namespace /proc/self/ns/mnt: not a network namespace\n",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = capture_init(args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: no report");
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), expected, "{args:?}");
+    }
 }

@@ -137,10 +137,6 @@ pub enum Difference {
 
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let show = |rule: &Option<String>| {
-            rule.as_ref()
-                .map_or_else(|| "nothing".to_owned(), |r| format!("'{r}'"))
-        };
         match self {
             Self::MissingChain { table, chain } => write!(f, "{} chain {chain} is missing", table.as_str()),
             Self::ChainRules {
@@ -151,14 +147,29 @@ impl fmt::Display for Difference {
                 at,
                 found_rule,
                 expected_rule,
-            } => write!(
-                f,
-                "{} {chain} has {found} rules where {expected} are expected; rule {} is {} instead of {}",
-                table.as_str(),
-                at + 1,
-                show(found_rule),
-                show(expected_rule)
-            ),
+            } => {
+                write!(f, "{} {chain}", table.as_str())?;
+                // The counts only when they differ: "has 5 rules where 5 are expected" said
+                // nothing but that one rule differs.
+                if found == expected {
+                    f.write_str(":")?;
+                } else {
+                    write!(
+                        f,
+                        " has {}, {expected} expected;",
+                        crate::count(*found, "rule", "rules")
+                    )?;
+                }
+                let n = at + 1;
+                match (found_rule, expected_rule) {
+                    (Some(found), Some(expected)) => {
+                        write!(f, " rule {n} is '{found}' instead of '{expected}'")
+                    }
+                    (None, Some(expected)) => write!(f, " rule {n} '{expected}' is missing"),
+                    (Some(found), None) => write!(f, " rule {n} '{found}' is not part of this configuration"),
+                    (None, None) => write!(f, " rule {n} differs"),
+                }
+            }
             Self::StaleChain { table, chain } => write!(
                 f,
                 "{} chain {chain} is present but not part of this configuration",

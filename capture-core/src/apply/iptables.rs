@@ -25,6 +25,15 @@ pub struct Iptables<E: Exec> {
     flavor: Flavor,
 }
 
+/// What [`Iptables::cleanup`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// The TPROXY marks the removed rules used.
+    pub marks: BTreeSet<u32>,
+    /// The families that had rules of capture's, which are gone now.
+    pub families: Vec<Family>,
+}
+
 impl<E: Exec> Iptables<E> {
     /// A backend driving `flavor` through `exec`.
     pub fn new(exec: E, flavor: Flavor) -> Self {
@@ -299,12 +308,12 @@ impl<E: Exec> Iptables<E> {
     /// back, so a failure leaves the rules as they were.
     ///
     /// Returns the TPROXY marks the removed rules used (for the policy routing that goes with
-    /// them).
+    /// them) and the families it removed rules from.
     ///
     /// # Errors
     /// When the rules cannot be read or the removal fails. IPv6 is skipped when the kernel
     /// has no IPv6 iptables and `spec` does not use IPv6.
-    pub fn cleanup(&self, spec: &CaptureSpec) -> Result<BTreeSet<u32>, ApplyError> {
+    pub fn cleanup(&self, spec: &CaptureSpec) -> Result<Cleaned, ApplyError> {
         let mut work = Vec::new();
         let mut marks = BTreeSet::new();
         for family in [Family::V4, Family::V6] {
@@ -335,7 +344,10 @@ impl<E: Exec> Iptables<E> {
                 return Err(self.put_back(error, &done));
             }
         }
-        Ok(marks)
+        Ok(Cleaned {
+            marks,
+            families: work.iter().map(|(family, ..)| *family).collect(),
+        })
     }
 
     /// Undoes a cleanup that failed part-way: capture's part of each family is restored from
@@ -390,6 +402,33 @@ pub(super) fn shadowing_in(
 }
 
 impl<E: Exec + Clone> Iptables<E> {
+    /// What [`Iptables::cleanup`] would run, of this flavor and the other, changing nothing: a
+    /// `# <program> --noflush` line and the restore payload per flavor and family that holds
+    /// rules of capture's (empty when none does), and the TPROXY marks those rules use.
+    ///
+    /// # Errors
+    /// When this flavor's IPv4 rules cannot be read (no privilege, no iptables); the other
+    /// flavor and IPv6 count as empty when they cannot be.
+    pub fn cleanup_preview(&self, spec: &CaptureSpec) -> Result<(String, BTreeSet<u32>), ApplyError> {
+        let mut out = String::new();
+        let mut marks = BTreeSet::new();
+        for backend in [self.clone(), self.other_flavor()] {
+            for family in [Family::V4, Family::V6] {
+                let saved = match backend.save(family) {
+                    Ok(saved) => saved,
+                    Err(e) if backend.flavor == self.flavor && family == Family::V4 => return Err(e),
+                    Err(_) => continue,
+                };
+                marks.extend(ours::tproxy_marks(&saved));
+                if let Some(payload) = cleanup_payload(&expected(&plan(spec, family)), &saved) {
+                    let program = backend.flavor.restore(family);
+                    out.push_str(&format!("# {program} --noflush\n{payload}"));
+                }
+            }
+        }
+        Ok((out, marks))
+    }
+
     /// The same backend on the other iptables flavor.
     pub(super) fn other_flavor(&self) -> Self {
         Self::new(self.exec.clone(), self.flavor.other())

@@ -48,7 +48,18 @@ fn drift_is_described() {
     assert_eq!(
         details,
         [
-            "nat ISTIO_INBOUND has 5 rules where 5 are expected; rule 3 is '-p tcp -m tcp --dport 15022 -j RETURN' \
+            "nat ISTIO_INBOUND: rule 3 is '-p tcp -m tcp --dport 15022 -j RETURN' \
+          instead of '-p tcp -m tcp --dport 15021 -j RETURN'"
+        ]
+    );
+    let fewer = SAVED_SIDECAR.replace("-A ISTIO_INBOUND -p tcp -m tcp --dport 15021 -j RETURN\n", "");
+    let State::Differs(details) = compare(&sidecar_expected(), &SavedState::parse(&fewer)) else {
+        panic!("a missing rule must show")
+    };
+    assert_eq!(
+        details,
+        [
+            "nat ISTIO_INBOUND has 4 rules, 5 expected; rule 3 is '-p tcp -m tcp --dport 15020 -j RETURN' \
           instead of '-p tcp -m tcp --dport 15021 -j RETURN'"
         ]
     );
@@ -57,6 +68,40 @@ fn drift_is_described() {
         panic!("a missing jump must show")
     };
     assert_eq!(details, ["nat OUTPUT lacks '-j ISTIO_OUTPUT'"]);
+}
+
+/// The counts are said only when they differ, in words that agree with the number, and the
+/// first rule that differs is named whichever list is longer.
+#[test]
+fn chain_rule_differences_read_right() {
+    let differs = |found, expected, at, found_rule: Option<&str>, expected_rule: Option<&str>| {
+        Difference::ChainRules {
+            table: TableName::Nat,
+            chain: "ISTIO_OUTPUT".into(),
+            found,
+            expected,
+            at,
+            found_rule: found_rule.map(str::to_owned),
+            expected_rule: expected_rule.map(str::to_owned),
+        }
+        .to_string()
+    };
+    assert_eq!(
+        differs(1, 1, 0, Some("-j RETURN"), Some("-j ISTIO_REDIRECT")),
+        "nat ISTIO_OUTPUT: rule 1 is '-j RETURN' instead of '-j ISTIO_REDIRECT'"
+    );
+    assert_eq!(
+        differs(1, 2, 1, None, Some("-j ISTIO_REDIRECT")),
+        "nat ISTIO_OUTPUT has 1 rule, 2 expected; rule 2 '-j ISTIO_REDIRECT' is missing"
+    );
+    assert_eq!(
+        differs(2, 1, 1, Some("-j RETURN"), None),
+        "nat ISTIO_OUTPUT has 2 rules, 1 expected; rule 2 '-j RETURN' is not part of this configuration"
+    );
+    assert_eq!(
+        differs(0, 1, 0, None, Some("-j RETURN")),
+        "nat ISTIO_OUTPUT has no rules, 1 expected; rule 1 '-j RETURN' is missing"
+    );
 }
 
 #[test]

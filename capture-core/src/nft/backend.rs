@@ -90,19 +90,7 @@ fn compare(expected: &[Compiled], present: &[Listing]) -> State {
             continue;
         };
         if listing.chains != want.chains {
-            let names = |chains: &[nfnetlink::Chain]| {
-                chains
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            differences.push(format!(
-                "table inet {} has chains {} where {} are expected",
-                table.name,
-                names(&listing.chains),
-                names(&want.chains)
-            ));
+            differences.push(chains_differ(&table.name, &listing.chains, &want.chains));
             continue;
         }
         for chain in &want.chains {
@@ -110,14 +98,12 @@ fn compare(expected: &[Compiled], present: &[Listing]) -> State {
             let wanted: Vec<_> = want.rules.iter().filter(|r| r.chain == chain.name).collect();
             if found.len() != wanted.len() || found.iter().zip(&wanted).any(|(f, w)| f != w) {
                 let at = found.iter().zip(&wanted).position(|(f, w)| f != w);
-                differences.push(format!(
-                    "inet {} chain {} has {} rules where {} are expected{}",
-                    table.name,
-                    chain.name,
+                differences.push(rules_differ(
+                    &table.name,
+                    &chain.name,
                     found.len(),
                     wanted.len(),
-                    at.map(|i| format!("; rule {} differs", i + 1))
-                        .unwrap_or_default()
+                    at,
                 ));
             }
         }
@@ -301,6 +287,66 @@ fn uninstall(spec: &CaptureSpec) -> Result<Outcome, NftError> {
     })
 }
 
+/// A chain's rules that differ from the configuration's: the counts only when they differ (in
+/// words that agree with them), then the first rule that differs, is missing or is extra.
+fn rules_differ(table: &str, chain: &str, found: usize, expected: usize, at: Option<usize>) -> String {
+    let counts = if found == expected {
+        ":".to_owned()
+    } else {
+        format!(
+            " has {}, {expected} expected;",
+            crate::count(found, "rule", "rules")
+        )
+    };
+    let which = match at {
+        Some(i) => format!("rule {} differs", i + 1),
+        None if found > expected => format!("rule {} is not part of this configuration", expected + 1),
+        None => format!("rule {} is missing", found + 1),
+    };
+    format!("inet {table} chain {chain}{counts} {which}")
+}
+
+/// A table's chains that differ from the configuration's: by name when the names differ, else
+/// the first chain whose hook, type, priority or policy does.
+fn chains_differ(table: &str, found: &[nfnetlink::Chain], expected: &[nfnetlink::Chain]) -> String {
+    let names = |chains: &[nfnetlink::Chain]| {
+        chains
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (found_names, expected_names) = (names(found), names(expected));
+    if found_names != expected_names {
+        return format!(
+            "table inet {table} has chains {found_names}; this configuration has {expected_names}"
+        );
+    }
+    let base = |chain: &nfnetlink::Chain| match &chain.base {
+        Some(b) => format!(
+            "type {} hook {} priority {} policy {}",
+            b.kind.as_str(),
+            format!("{:?}", b.hook).to_lowercase(),
+            b.priority,
+            format!("{:?}", b.policy).to_lowercase()
+        ),
+        None => "a regular chain".to_owned(),
+    };
+    found
+        .iter()
+        .zip(expected)
+        .find(|(f, e)| f != e)
+        .map(|(f, e)| {
+            format!(
+                "inet {table} chain {} is {} instead of {}",
+                f.name,
+                base(f),
+                base(e)
+            )
+        })
+        .unwrap_or_else(|| format!("table inet {table}'s chains differ"))
+}
+
 impl Backend for Nftables {
     fn dry_run(&self, spec: &CaptureSpec) -> Result<String, BackendError> {
         Ok(Transaction(&plan(spec)).to_string())
@@ -316,5 +362,49 @@ impl Backend for Nftables {
 
     fn uninstall(&self, spec: &CaptureSpec) -> Result<Outcome, BackendError> {
         Ok(uninstall(spec)?)
+    }
+
+    fn cleanup_dry_run(&self, spec: &CaptureSpec) -> String {
+        match current() {
+            Ok((present, _)) => {
+                let mut out: String = existing(&present)
+                    .map(|table| format!("delete table inet {}\n", table.name))
+                    .collect();
+                if out.is_empty() {
+                    out.push_str("# no native nftables tables of capture's (inet istio-proxy-*)\n");
+                }
+                out.push_str(&crate::backend::host_state_preview(spec, &marks(&present)));
+                out
+            }
+            Err(e) => format!(
+                "# cannot read the current nftables tables ({}); cleanup deletes the tables inet \
+                 istio-proxy-nat, istio-proxy-mangle and istio-proxy-raw, the TPROXY policy routing \
+                 of their marks, and ::6/128 on lo\n",
+                crate::chain(&e)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counts only when they differ, in words that agree with them; the rule named.
+    #[test]
+    fn rule_differences_read_right() {
+        let t = "istio-proxy-nat";
+        assert_eq!(
+            rules_differ(t, "output", 5, 5, Some(1)),
+            "inet istio-proxy-nat chain output: rule 2 differs"
+        );
+        assert_eq!(
+            rules_differ(t, "output", 6, 5, None),
+            "inet istio-proxy-nat chain output has 6 rules, 5 expected; rule 6 is not part of this configuration"
+        );
+        assert_eq!(
+            rules_differ(t, "output", 1, 2, None),
+            "inet istio-proxy-nat chain output has 1 rule, 2 expected; rule 2 is missing"
+        );
     }
 }

@@ -107,6 +107,32 @@ impl Node {
         })
     }
 
+    /// How `pod`'s entries in force differ from what enrolling `plan` would write, one line
+    /// per map entry (as `--dry-run` prints them) that only one side has; empty when equal or
+    /// not enrolled.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the maps cannot be read.
+    pub fn entry_differences(&self, pod: &PodNetns, plan: &MapPlan) -> Result<Vec<String>, Error> {
+        let Some(current) = self.enrolled(pod.cookie)? else {
+            return Ok(Vec::new());
+        };
+        let wanted = planned(plan, pod, current.config.generation);
+        let here = MapPlan::from_entries(&current).to_string();
+        let want = MapPlan::from_entries(&wanted).to_string();
+        let mut differences: Vec<String> = here
+            .lines()
+            .filter(|l| !want.lines().any(|w| w == *l))
+            .map(|l| format!("enrolled {l} is not in the configuration"))
+            .collect();
+        differences.extend(
+            want.lines()
+                .filter(|w| !here.lines().any(|l| l == *w))
+                .map(|w| format!("the configuration's {w} is not enrolled")),
+        );
+        Ok(differences)
+    }
+
     /// Enrolls a pod, or replaces its configuration: its connections are captured as `plan`
     /// says from the moment this returns. Call it in the pod's network namespace (the calling
     /// thread's); [`Node::enroll_netns`] takes the namespace as a descriptor instead.

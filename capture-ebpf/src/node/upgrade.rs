@@ -69,8 +69,9 @@ impl std::fmt::Display for Upgrade {
         }
         write!(
             f,
-            "programs replaced on {} cgroup hooks and for {} pods, every pod captured throughout",
-            self.hooks, self.pods
+            "programs replaced on {} and for {}, every pod captured throughout",
+            capture_core::count(self.hooks, "cgroup hook", "cgroup hooks"),
+            capture_core::count(self.pods, "pod", "pods")
         )?;
         if !self.added_hooks.is_empty() {
             write!(
@@ -83,7 +84,11 @@ impl std::fmt::Display for Upgrade {
             write!(f, "; maps created: {}", self.created.join(", "))?;
         }
         for (map, entries) in &self.migrated {
-            write!(f, "; map {map} resized, {entries} entries carried over")?;
+            write!(
+                f,
+                "; map {map} resized, {} carried over",
+                capture_core::count(*entries, "entry", "entries")
+            )?;
         }
         if self.from_layout != LAYOUT_VERSION {
             write!(f, "; map layout v{} -> v{LAYOUT_VERSION}", self.from_layout)?;

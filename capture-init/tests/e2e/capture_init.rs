@@ -147,6 +147,35 @@ impl<'a> CaptureInit<'a> {
         run_clean(self.command(), self.path_first.as_deref())
     }
 
+    /// `capture-init status --network-namespace <pod>` (or `capture-init status` in the pod, with
+    /// [`Via::Enter`]) with `extra` (such as `--output json`):
+    /// with `configuration`, this invocation's flags too (the capture to compare with), else only
+    /// where the eBPF programs are pinned (`--bpffs`, for an eBPF row).
+    pub(crate) fn status(&self, configuration: bool, extra: &[&str]) -> Run {
+        let mut cmd = match self.via {
+            Via::Flag => {
+                let mut cmd = Command::new(CAPTURE_INIT);
+                cmd.arg("status").arg("--network-namespace").arg(self.pod.path());
+                cmd
+            }
+            Via::Enter => {
+                let mut cmd = self.pod.command(CAPTURE_INIT);
+                cmd.arg("status");
+                cmd
+            }
+        };
+        cmd.args(extra);
+        for (flag, value) in &self.args {
+            if configuration || flag == "--bpffs" {
+                cmd.arg(flag);
+                if let Some(value) = value {
+                    cmd.arg(value);
+                }
+            }
+        }
+        run_clean(cmd, self.path_first.as_deref())
+    }
+
     /// The command [`CaptureInit::run`] runs, environment cleaned, to start it some other way.
     pub(crate) fn command(&self) -> Command {
         let cmd = match self.via {

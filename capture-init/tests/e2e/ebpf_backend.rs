@@ -177,7 +177,7 @@ fn ebpf_load_and_unload() {
         ebpf_node(&["unload", "--bpffs", &bpffs])
             .ok()
             .says("detached and unpinned")
-            .says("1 enrolled pod(s) are no longer captured");
+            .says("1 enrolled pod is no longer captured");
         let attached = ebpf::attached_to(&world.cgroup);
         assert!(attached.is_empty(), "{attached:#?}");
         let pins = ebpf::pinned_in(&world.bpffs);
@@ -386,7 +386,7 @@ fn ebpf_gc_reclaims_pods_whose_network_namespace_is_gone() {
             CaptureInit::new(&gone.pod, Backend::Ebpf, Family::V4).run().ok();
             assert_eq!(ebpf_pods().ok().stdout.matches("netns-cookie").count(), 2);
         }
-        gc_until_reclaimed().says("reclaimed 1 pod(s) whose network namespace is gone");
+        gc_until_reclaimed().says("reclaimed 1 pod whose network namespace is gone (netns cookie ");
         assert_eq!(ebpf_pods().ok().stdout.matches("netns-cookie").count(), 1);
         assert_lands(&live.pod, APP, live.peer_addr(Family::V4, 80), &outbound);
         node_command("gc").ok().says("nothing to reclaim");
@@ -571,4 +571,40 @@ fn ebpf_pods_shows_the_netns_the_cni_attachment_and_the_inbound_listener() {
         .expect("enter the pod")
         .expect("unenroll the pod");
     });
+}
+
+/// A `--cgroup` that is no cgroup v2 directory (missing, its `cgroup.procs` file, a plain
+/// directory) is one line naming the flag, the path and what is wrong with it, for a pod run and
+/// for `ebpf load`/`upgrade`, before anything is loaded: nothing attached, nothing pinned.
+#[test]
+fn ebpf_cgroup_that_is_no_cgroup_directory_names_the_flag() {
+    if ebpf::in_cgroup_child().is_some() || !require_root() {
+        return;
+    }
+    let world = EbpfWorld::empty();
+    let pod = NetNs::new();
+    let plain = capture_e2e::TempDir::new("not-cgroup");
+    let missing = world.cgroup.path().join("missing");
+    let procs = world.cgroup.path().join("cgroup.procs");
+    let bpffs = world.bpffs.path().display().to_string();
+    for (path, problem) in [
+        (missing.as_path(), "no such directory"),
+        (procs.as_path(), "not a cgroup v2 directory"),
+        (plain.path(), "not a cgroup v2 directory"),
+    ] {
+        let cgroup = path.display().to_string();
+        let expected = format!("\terror\t--cgroup {cgroup}: {problem}");
+        let pod_run = CaptureInit::sidecar(&pod, Flavor::Nft, Family::V4)
+            .ebpf_at(path, world.bpffs.path())
+            .set("--ipv6", "off")
+            .run();
+        let load = ebpf_node(&["load", "--cgroup", &cgroup, "--bpffs", &bpffs]);
+        let upgrade = ebpf_node(&["upgrade", "--cgroup", &cgroup, "--bpffs", &bpffs]);
+        for run in [pod_run, load, upgrade] {
+            run.code(1);
+            run.one_error_line().says(&expected);
+        }
+    }
+    assert!(world.attached().is_empty());
+    assert!(world.bpffs.contents().is_empty());
 }

@@ -100,7 +100,7 @@ fn ebpf_upgrade_under_traffic_keeps_every_connection_captured() {
             wait_for_more();
             for _ in 0..3 {
                 upgrade(&["--always"]).ok().says(
-                    "programs replaced on 11 cgroup hooks and for 1 pods, every pod captured throughout",
+                    "programs replaced on 11 cgroup hooks and for 1 pod, every pod captured throughout",
                 );
                 wait_for_more();
             }
@@ -242,7 +242,7 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_the_current_layout() {
 
         upgrade(&[])
             .ok()
-            .says("programs replaced on 6 cgroup hooks and for 1 pods")
+            .says("programs replaced on 6 cgroup hooks and for 1 pod")
             .says("programs attached to new hooks: capture_sendmsg4, capture_sendmsg6, capture_recvmsg4, capture_recvmsg6, capture_sock_release")
             .says("maps created: POD_STATS, POD_META, AYA_LOGS")
             .says("map STATS resized, 8 entries carried over")
@@ -399,10 +399,10 @@ fn ebpf_upgrade_carries_a_layout_v2_node_keeping_its_pods_counters() {
 
         upgrade(&[])
             .ok()
-            .says("programs replaced on 11 cgroup hooks and for 1 pods")
+            .says("programs replaced on 11 cgroup hooks and for 1 pod")
             .says("maps created: AYA_LOGS")
             .says("map STATS resized, 10 entries carried over")
-            .says("map POD_STATS resized, 1 entries carried over")
+            .says("map POD_STATS resized, 1 entry carried over")
             .says(&format!("map layout v2 -> v{LAYOUT_VERSION}"));
         upgrade(&[]).ok().says("nothing changed");
 

@@ -46,6 +46,7 @@
 //! | `ebpf_upgrade`    | 13. replacing the eBPF programs under traffic (feature `ebpf`)           |
 //! | `logging`         | 14. the log of a run: JSON lines, configuration, decisions, payload       |
 //! | `real_proxy`      | 15. the example transparent proxy as the sidecar, every backend          |
+//! | `status`          | 16. `capture-init status`: the backend found, drift, counters, exit codes |
 
 mod capture_init;
 mod support;
@@ -66,6 +67,7 @@ mod outbound;
 mod real_proxy;
 mod rollback;
 mod state;
+mod status;
 mod validation;
 
 /// Without the feature `ebpf` the table has no eBPF rows; CI must not pass without them.

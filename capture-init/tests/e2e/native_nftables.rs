@@ -83,7 +83,7 @@ fn rerun_is_a_no_op_drift_fails_and_reconcile_restores() {
     init.run()
         .code(1)
         .says("native nftables capture already present differs from this configuration")
-        .says("inet istio-proxy-nat chain istio-inbound has 6 rules where 5 are expected")
+        .says("inet istio-proxy-nat chain istio-inbound has 6 rules, 5 expected; rule 6 is not part of this configuration")
         .says("--reconcile");
     assert_eq!(nft_ruleset(&topo.pod), tampered, "a refused run changes nothing");
 

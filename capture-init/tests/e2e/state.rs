@@ -1,11 +1,11 @@
 //! State: idempotence, drift, `--reconcile`, `--cleanup-only`.
 
-use capture_e2e::{Family, Flavor, Topology, require_root, run_ok, test_matrix};
+use capture_e2e::{Family, Flavor, NetNs, Topology, require_root, run_ok, test_matrix};
 
 use crate::capture_init::{Backend, CaptureInit, Via};
 use crate::support::{
-    APP, assert_lands, assert_no_istio, has_ipv6_passthrough, iptables, nft_ruleset, outbound_proxy,
-    peer_app, saves, sidecar_captured,
+    APP, assert_lands, assert_no_capture, assert_no_istio, has_ipv6_passthrough, iptables, nft_ruleset,
+    outbound_proxy, peer_app, saves, sidecar_captured,
 };
 #[cfg(feature = "ebpf")]
 use crate::support::{ebpf_pods, ebpf_row};
@@ -112,7 +112,7 @@ fn drift_fails_and_reconcile_restores(flavor: Flavor) {
     assert_ne!(tampered, fresh);
 
     init.run().code(1).says(
-        "nat ISTIO_INBOUND has 5 rules where 5 are expected; rule 2 is '-p tcp -m tcp --dport 15091 -j RETURN' \
+        "nat ISTIO_INBOUND: rule 2 is '-p tcp -m tcp --dport 15091 -j RETURN' \
          instead of '-p tcp -m tcp --dport 15090 -j RETURN'",
     );
     assert_eq!(
@@ -154,4 +154,119 @@ fn cleanup_removes_everything(flavor: Flavor) {
 
     cleanup.via(Via::Enter).run().ok();
     assert_no_istio(&topo.pod, flavor);
+}
+
+test_matrix!(backend: cleanup_needs_no_address);
+
+/// `--cleanup-only` removes both families whatever it is told, so it does not decide IPv6: in a
+/// namespace with no address but loopback (where a run without `--ipv6` cannot tell), it
+/// removes an IPv4 capture, then a dual-stack one with its `::6`.
+fn cleanup_needs_no_address(backend: Backend) {
+    if !require_root() {
+        return;
+    }
+    let ns = NetNs::new();
+    let init = CaptureInit::new(&ns, backend, Family::V4);
+    let cleanup = init.clone().switch("--cleanup-only");
+    for ipv6 in ["off", "on"] {
+        init.clone().set("--ipv6", ipv6).run().ok();
+        assert_eq!(has_ipv6_passthrough(&ns), ipv6 == "on", "--ipv6 {ipv6}: ::6");
+        cleanup.run().ok().says("removed");
+        assert!(!has_ipv6_passthrough(&ns), "--ipv6 {ipv6}: ::6 removed");
+        match backend {
+            Backend::Iptables(_) | Backend::Nftables => assert_no_capture(&ns, backend),
+            #[cfg(feature = "ebpf")]
+            Backend::Ebpf => {
+                let pods = ebpf_pods().ok().stdout.clone();
+                assert!(
+                    !pods.contains("netns-cookie"),
+                    "--ipv6 {ipv6}: still enrolled:\n{pods}"
+                );
+            }
+        }
+    }
+}
+
+test_matrix!(backend: a_second_cleanup_says_nothing_to_remove);
+
+/// Every backend says the same of a cleanup: "removed" when capture was there, "nothing to
+/// remove" when it was not (a fresh namespace, or a second cleanup), exit 0 both times.
+fn a_second_cleanup_says_nothing_to_remove(backend: Backend) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let init = CaptureInit::new(&topo.pod, backend, Family::V4);
+    let cleanup = init.clone().switch("--cleanup-only");
+    let nothing = |run: &crate::capture_init::Run| {
+        run.ok().says("nothing to remove");
+        assert!(!run.stderr.contains("removed"), "{}", run.stderr);
+    };
+    nothing(&cleanup.run());
+    init.run().ok();
+    let first = cleanup.run();
+    first.ok().says("removed");
+    assert!(!first.stderr.contains("nothing to remove"), "{}", first.stderr);
+    nothing(&cleanup.run());
+}
+
+test_matrix!(backend: cleanup_dry_run_prints_what_cleanup_would_remove);
+
+/// `--cleanup-only --dry-run` prints what cleanup would remove, read from the pod (not the
+/// payload a run would apply), and changes nothing: for iptables the restore payloads cleanup
+/// would run, for native nftables the tables it would delete, for eBPF the pod's map entries.
+fn cleanup_dry_run_prints_what_cleanup_would_remove(backend: Backend) {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let init = CaptureInit::new(&topo.pod, backend, Family::V6);
+    let preview = || {
+        let run = init.clone().switch("--cleanup-only").switch("--dry-run").run();
+        run.ok();
+        run.stdout.clone()
+    };
+    let empty = preview();
+    assert!(
+        empty.starts_with("# ") && empty.lines().all(|l| l.starts_with('#')),
+        "nothing there yet:\n{empty}"
+    );
+    init.run().ok();
+    let full = preview();
+    let (must, must_not): (&[&str], &[&str]) = match backend {
+        Backend::Iptables(flavor) => (
+            &[
+                &format!("# iptables-{}-restore --noflush\n*nat\n", flavor.as_str()),
+                &format!("# ip6tables-{}-restore --noflush\n", flavor.as_str()),
+                "-D OUTPUT -j ISTIO_OUTPUT\n",
+                "-X ISTIO_OUTPUT\n",
+                "# then: remove ::6/128 from lo\n",
+            ],
+            &["-A ISTIO_OUTPUT"],
+        ),
+        Backend::Nftables => (
+            &[
+                "delete table inet istio-proxy-nat\n",
+                "# then: remove ::6/128 from lo\n",
+            ],
+            &["add table", "add rule"],
+        ),
+        #[cfg(feature = "ebpf")]
+        Backend::Ebpf => (
+            &[
+                "# unenroll netns cookie ",
+                "\nPOD_CONFIG outbound=15001 inbound=15006",
+                "# then: remove ::6/128 from lo\n",
+            ],
+            &[],
+        ),
+    };
+    for text in must {
+        assert!(full.contains(text), "lacks {text:?}:\n{full}");
+    }
+    for text in must_not {
+        assert!(!full.contains(text), "has {text:?}:\n{full}");
+    }
+    assert!(has_ipv6_passthrough(&topo.pod), "a dry run removes nothing");
+    init.run().ok().says("already in place, nothing changed");
 }
