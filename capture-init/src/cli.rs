@@ -685,11 +685,19 @@ pub fn early_log_config(argv: &[OsString]) -> capture_log::Config {
                 Some(rest) => rest.strip_prefix('=').map(str::to_owned),
                 None => None,
             });
+    // `status` answers on stdout: unless asked, its log says only what is wrong.
+    let quiet = argv.get(1).is_some_and(|a| a == "status");
     let levels = given
         .or_else(|| std::env::var("LOG_OUTPUT_LEVEL").ok())
         .and_then(|text| capture_log::Levels::parse(&text).ok())
         .map(|(levels, _)| levels)
-        .unwrap_or_default();
+        .unwrap_or_else(|| {
+            if quiet {
+                capture_log::Levels::all(capture_log::LevelFilter::WARN)
+            } else {
+                capture_log::Levels::default()
+            }
+        });
     capture_log::Config {
         format: capture_log::Format::json(json),
         levels,
