@@ -236,6 +236,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A pod's `sk_lookup` instance could not be loaded.
+    #[error("loading the pod's sk_lookup program: {step} failed")]
+    Instance {
+        /// The step.
+        step: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// A system call failed.
     #[error("{call} failed")]
     Syscall {

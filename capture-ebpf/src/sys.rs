@@ -15,6 +15,7 @@
 //! | [`effective_programs`] | `BPF_PROG_QUERY` with `BPF_F_QUERY_EFFECTIVE` (4.15) |
 //! | [`link_update`] | `BPF_LINK_UPDATE` with `BPF_F_REPLACE` (5.7; netns links 5.8) |
 //! | [`prog_by_id`], [`prog_tag`] | `BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD` on a program |
+//! | [`data_map_create`], [`prog_load`] | `BPF_MAP_CREATE` + `_UPDATE_ELEM` + `BPF_MAP_FREEZE` of a global-data map; `BPF_PROG_LOAD` (a pod's `sk_lookup` instance) |
 //! | [`map_shape`], [`map_copy`] | `BPF_OBJ_GET_INFO_BY_FD` on a map; `BPF_MAP_GET_NEXT_KEY`, `_LOOKUP_ELEM`, `_UPDATE_ELEM` |
 
 use std::ffi::CString;
@@ -25,8 +26,8 @@ use std::path::Path;
 
 pub(crate) use aya_obj::generated::bpf_attach_type as AttachType;
 use aya_obj::generated::{
-    BPF_F_QUERY_EFFECTIVE, BPF_F_REPLACE, bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type, bpf_map_info,
-    bpf_map_type, bpf_prog_info,
+    BPF_F_QUERY_EFFECTIVE, BPF_F_REPLACE, bpf_attr, bpf_cmd, bpf_insn, bpf_link_info, bpf_link_type,
+    bpf_map_info, bpf_map_type, bpf_prog_info, bpf_prog_type,
 };
 
 use crate::CgroupId;
@@ -193,6 +194,92 @@ pub(crate) fn version_map_create(value: u32) -> io::Result<OwnedFd> {
     attr.__bindgen_anon_2.__bindgen_anon_1.value = (&raw const value) as u64;
     bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr)?;
     Ok(map)
+}
+
+/// A new one-entry `BPF_MAP_TYPE_ARRAY` holding `data` (an object's `.rodata`, `.data` or
+/// `.bss`), frozen when `flags` make it read-only to programs.
+pub(crate) fn data_map_create(name: &str, data: &[u8], flags: u32) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_1.map_type = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+    attr.__bindgen_anon_1.key_size = 4;
+    attr.__bindgen_anon_1.value_size =
+        u32::try_from(data.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    attr.__bindgen_anon_1.max_entries = 1;
+    attr.__bindgen_anon_1.map_flags = flags;
+    let mut map_name = [0 as libc::c_char; 16];
+    // The kernel takes letters, digits, '_' and '.' in a map's name.
+    for (slot, byte) in map_name.iter_mut().take(15).zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    attr.__bindgen_anon_1.map_name = map_name;
+    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a new file descriptor that nothing else owns.
+    let map = unsafe { OwnedFd::from_raw_fd(fd) };
+    let key = 0u32;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = fd_u32(map.as_fd());
+    attr.__bindgen_anon_2.key = (&raw const key) as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = data.as_ptr() as u64;
+    bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr)?;
+    if flags & aya_obj::generated::BPF_F_RDONLY_PROG != 0 {
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_2.map_fd = fd_u32(map.as_fd());
+        bpf(bpf_cmd::BPF_MAP_FREEZE, &mut attr)?;
+    }
+    Ok(map)
+}
+
+/// `bpf(BPF_PROG_LOAD)` of an `sk_lookup` program: its descriptor, or the verifier's log as
+/// the error when it refuses the program.
+pub(crate) fn prog_load_sk_lookup(
+    insns: &[bpf_insn],
+    license: &std::ffi::CStr,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let load = |log: &mut [u8]| {
+        let mut attr = zeroed_attr();
+        let insn_cnt =
+            u32::try_from(insns.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut prog_name = [0 as libc::c_char; 16];
+        for (slot, byte) in prog_name.iter_mut().take(15).zip(name.bytes()) {
+            *slot = byte as libc::c_char;
+        }
+        attr.__bindgen_anon_3.prog_type = bpf_prog_type::BPF_PROG_TYPE_SK_LOOKUP as u32;
+        attr.__bindgen_anon_3.expected_attach_type = AttachType::BPF_SK_LOOKUP as u32;
+        attr.__bindgen_anon_3.insns = insns.as_ptr() as u64;
+        attr.__bindgen_anon_3.insn_cnt = insn_cnt;
+        attr.__bindgen_anon_3.license = license.as_ptr() as u64;
+        attr.__bindgen_anon_3.prog_name = prog_name;
+        if !log.is_empty() {
+            attr.__bindgen_anon_3.log_level = 1;
+            attr.__bindgen_anon_3.log_buf = log.as_mut_ptr() as u64;
+            attr.__bindgen_anon_3.log_size = u32::try_from(log.len()).expect("the log buffer is small");
+        }
+        bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
+    };
+    match load(&mut []) {
+        // SAFETY: BPF_PROG_LOAD returned a new file descriptor that nothing else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EINVAL) => {
+            // Again with the verifier's log, to say why.
+            let mut log = vec![0u8; 1 << 20];
+            match load(&mut log) {
+                // SAFETY: as above.
+                Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+                Err(again) => {
+                    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                    let text = String::from_utf8_lossy(&log[..end]);
+                    let last = text
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or_default();
+                    Err(io::Error::new(again.kind(), format!("{again}: verifier: {last}")))
+                }
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The `u32` in entry 0 of a map made by [`version_map_create`].

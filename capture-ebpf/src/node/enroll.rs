@@ -10,10 +10,10 @@ use aya::EbpfLoader;
 use aya::maps::lpm_trie::Key;
 use capture_ebpf_common::{
     AF_INET, AF_INET6, CIDRS, INBOUND_LISTENERS, ListenerKey, MAP_NAMES, NETNS_COOKIE_GLOBAL, OWNERS,
-    POD_CONFIG, POD_STATS, PORTS, STAT_SLOTS, programs,
+    POD_CONFIG, POD_STATS, PORTS, STAT_SLOTS,
 };
 
-use super::{Node, ignore_missing, is_missing, keys_of, load_sk_lookup, map_error};
+use super::{Node, ignore_missing, is_missing, keys_of, map_error};
 use crate::netns::in_netns;
 use crate::pin_dir::{create_dir, detach_pinned};
 use crate::sys::{AttachType, link_create, obj_pin};
@@ -272,13 +272,7 @@ impl Node {
                 });
             }
         }
-        let mut ebpf = sk_lookup_instance(cookie, |name| self.pins.map(name))?;
-        let program = load_sk_lookup(&mut ebpf)?;
-        let fd = program.fd().map_err(|source| Error::Program {
-            program: programs::SK_LOOKUP,
-            op: "get fd",
-            source,
-        })?;
+        let fd = super::instance::load(cookie, |name| self.pins.map(name))?;
         let link =
             link_create(fd.as_fd(), netns, AttachType::BPF_SK_LOOKUP).map_err(|source| Error::Syscall {
                 call: "bpf(BPF_LINK_CREATE)",

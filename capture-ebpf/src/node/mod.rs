@@ -29,6 +29,7 @@
 //! | `meta` | who enrolled a pod ([`PodMetadata`](crate::PodMetadata)), CNI GC, entry counts |
 
 mod enroll;
+mod instance;
 mod meta;
 mod state;
 mod upgrade;
