@@ -4,13 +4,12 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use aya::EbpfLoader;
 use aya::maps::lpm_trie::Key;
 use capture_ebpf_common::{
-    AF_INET, AF_INET6, CIDRS, INBOUND_LISTENERS, ListenerKey, MAP_NAMES, NETNS_COOKIE_GLOBAL, OWNERS,
-    POD_CONFIG, POD_STATS, PORTS, STAT_SLOTS,
+    AF_INET, AF_INET6, CIDRS, INBOUND_LISTENERS, ListenerKey, MAP_NAMES, OWNERS, POD_CONFIG, POD_STATS,
+    PORTS, STAT_SLOTS,
 };
 
 use super::{Node, ignore_missing, is_missing, keys_of, map_error};
@@ -536,24 +535,6 @@ fn check_netns(pod: &PodNetns, found: NetnsCookie) -> Result<(), Error> {
             found,
         })
     }
-}
-
-/// The object loaded again for one pod's `sk_lookup` instance: its maps are the node's (the pins
-/// `map_pin` names; a missing pin would be created), the pod's netns cookie is in its
-/// [`NETNS_COOKIE_GLOBAL`]. Nothing is verified yet ([`load_sk_lookup`] does).
-pub(super) fn sk_lookup_instance(
-    cookie: NetnsCookie,
-    map_pin: impl Fn(&str) -> PathBuf,
-) -> Result<aya::Ebpf, Error> {
-    let mut loader = EbpfLoader::new();
-    let paths: Vec<_> = MAP_NAMES.iter().map(|name| (*name, map_pin(name))).collect();
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    loader
-        .override_global(NETNS_COOKIE_GLOBAL, &cookie.0, true)
-        .load(OBJECT)
-        .map_err(|e| Error::Load(Box::new(e)))
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use aya::EbpfLoader;
 use capture_ebpf_common::{LAYOUT, LAYOUT_VERSION, MAP_NAMES, UPGRADES_FROM, programs};
 
-use super::enroll::sk_lookup_instance;
 use super::{PROGRAMS, check_acts_on, layout_of, load_cgroup_programs, load_sk_lookup, pinned_link_info};
 use crate::pin_dir::{NodeLock, PinDir, clear_staging, create_dir, detach_pinned, remove_pin};
 use crate::sys::{
@@ -318,8 +317,7 @@ impl Upgrader<'_> {
             }
             let pod_count = pods.len();
             for (cookie, link, old) in pods {
-                let mut instance = sk_lookup_instance(cookie, map_pin)?;
-                let new = program_fd(load_sk_lookup(&mut instance)?.fd(), programs::SK_LOOKUP)?;
+                let new = super::instance::load(cookie, map_pin)?;
                 switched
                     .switch(link, new, old)
                     .map_err(syscall("bpf(BPF_LINK_UPDATE)"))?;
