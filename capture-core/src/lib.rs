@@ -13,6 +13,7 @@ pub mod apply;
 pub mod backend;
 mod choice;
 mod error;
+pub mod explain;
 pub mod host;
 pub mod istio;
 pub mod lock;
