@@ -688,6 +688,14 @@ pub enum CliError {
     /// The pod's addresses could not be listed.
     #[error("cannot list the pod's addresses: {0}")]
     Addresses(nix::Error),
+    /// A flag that must be given.
+    #[error("{flag} is required: {what}")]
+    Missing {
+        /// The flag.
+        flag: &'static str,
+        /// What it gives.
+        what: &'static str,
+    },
     /// Requested behaviour that this build does not have.
     #[error("{0}")]
     Unsupported(&'static str),
@@ -719,6 +727,8 @@ pub enum Parsed {
     Run(Box<Args>),
     /// `capture-init ebpf …`.
     Node(NodeArgs),
+    /// `capture-init explain …`.
+    Explain(Box<crate::explain::ExplainArgs>),
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
 }
@@ -752,19 +762,41 @@ where
         require_ebpf_build()?;
         return Ok(Parsed::Node(node));
     }
+    // `capture-init explain <a run's flags> <a connection>`: the word cannot be anything else
+    // either.
+    if argv.get(1).is_some_and(|a| a == "explain") {
+        argv.remove(1);
+        if let Some(name) = argv.first_mut() {
+            *name = "capture-init explain".into();
+        }
+        let mut matches = match clap_matches(crate::explain::ExplainArgs::command(), argv)? {
+            Ok(m) => m,
+            Err(info) => return Ok(Parsed::Info(info)),
+        };
+        let given = overridable_given(&matches);
+        let mut explain = crate::explain::ExplainArgs::from_arg_matches_mut(&mut matches)
+            .map_err(|e| CliError::Usage(Box::new(e)))?;
+        apply_overrides(given, &mut explain.run)?;
+        if explain.dst.is_none() {
+            return Err(CliError::Missing {
+                flag: "--dst",
+                what: "the connection's destination ADDR:PORT",
+            });
+        }
+        if explain.run.backend == Backend::Ebpf {
+            require_ebpf_build()?;
+        }
+        return Ok(Parsed::Explain(Box::new(explain)));
+    }
     let mut matches = match clap_matches(Args::command(), argv)? {
         Ok(m) => m,
         Err(info) => return Ok(Parsed::Info(info)),
     };
     // Where the overridable flags came from, read before their values are moved out (`_mut`
     // spares a copy of every match).
-    let given = |id| matches.value_source(id) == Some(ValueSource::CommandLine);
-    let (dns_given, invalid_given, dual_given) =
-        (given("redirect_dns"), given("drop_invalid"), given("dual_stack"));
+    let given = overridable_given(&matches);
     let mut args = Args::from_arg_matches_mut(&mut matches).map_err(|e| CliError::Usage(Box::new(e)))?;
-    apply_override(dns_given, "ISTIO_META_DNS_CAPTURE", &mut args.redirect_dns)?;
-    apply_override(invalid_given, "INVALID_DROP", &mut args.drop_invalid)?;
-    apply_override(dual_given, "ISTIO_DUAL_STACK", &mut args.dual_stack)?;
+    apply_overrides(given, &mut args)?;
     match args.backend {
         Backend::Ebpf => require_ebpf_build()?,
         Backend::Iptables => {
@@ -784,6 +816,20 @@ where
         .parse::<capture_core::Port>()
         .map_err(|reason| SpecError::new(Field::ProbePort, probe_port, reason))?;
     Ok(Parsed::Run(Box::new(args)))
+}
+
+/// Whether `--redirect-dns`, `--drop-invalid` and `--dual-stack` were on the command line,
+/// where Istio's override variables do not apply.
+fn overridable_given(matches: &ArgMatches) -> [bool; 3] {
+    ["redirect_dns", "drop_invalid", "dual_stack"]
+        .map(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+}
+
+/// Istio's override variables (`ISTIO_META_DNS_CAPTURE`, `INVALID_DROP`, `ISTIO_DUAL_STACK`).
+fn apply_overrides([dns, invalid, dual]: [bool; 3], args: &mut Args) -> Result<(), CliError> {
+    apply_override(dns, "ISTIO_META_DNS_CAPTURE", &mut args.redirect_dns)?;
+    apply_override(invalid, "INVALID_DROP", &mut args.drop_invalid)?;
+    apply_override(dual, "ISTIO_DUAL_STACK", &mut args.dual_stack)
 }
 
 /// Runs clap: the matches, or the help or version text to print (`Ok(Err(text))`).

@@ -96,6 +96,7 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Parsed::Node(node)) => return node_command(node),
+        Ok(Parsed::Explain(explain)) => return crate::explain::main(*explain),
         Ok(Parsed::Run(args)) => args,
         Err(e) => return fail(chain(&e)),
     };

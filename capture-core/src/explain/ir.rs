@@ -434,14 +434,7 @@ impl Walk {
                 first = second;
             }
         }
-        let mut notes = self.notes.clone();
-        if conn.iface.is_none() && outbound && !dst.is_loopback() {
-            notes.push(
-                "assumed the connection leaves by an interface other than lo (pass --interface lo for \
-                 the pod's own addresses)"
-                    .to_owned(),
-            );
-        }
+        let notes = self.notes.clone();
         let original_dst = conn.dst_unmapped();
         let (verdict, reason, rule) = match first.capture {
             Some((Act::Redirect(port), step)) => {
