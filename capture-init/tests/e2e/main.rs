@@ -44,6 +44,7 @@
 //! | `native_nftables` | 11. the native nftables backend's life cycle, next to other rules        |
 //! | `dns`             | 12. DNS capture to 15053 (every backend) and `--drop-invalid` (netfilter) |
 //! | `ebpf_upgrade`    | 13. replacing the eBPF programs under traffic (feature `ebpf`)           |
+//! | `explain`         | 14. `capture-init explain` predicts every `assert_lands`; drift           |
 
 mod capture_init;
 mod support;
@@ -53,6 +54,7 @@ mod dns;
 mod ebpf_backend;
 #[cfg(feature = "ebpf")]
 mod ebpf_upgrade;
+mod explain;
 mod inbound;
 mod ipv6_tproxy;
 mod loopback;
