@@ -227,8 +227,8 @@ impl Reason {
     /// The reason in words.
     pub fn describe(self) -> &'static str {
         match self {
-            Self::Outbound => "outbound capture",
-            Self::Inbound => "inbound capture",
+            Self::Outbound => "an outbound destination the rules capture (-i, -q)",
+            Self::Inbound => "an inbound port the rules capture (-b)",
             Self::Hairpin => "the proxy calling its own pod goes back to its inbound port",
             Self::Dns => "DNS capture to the agent's resolver",
             Self::ProxyUid => "the socket belongs to the proxy's uid (-u)",
