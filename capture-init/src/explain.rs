@@ -316,8 +316,19 @@ fn iptables_kernel(args: &Args, spec: &CaptureSpec, conn: &Connection) -> Result
         .map_err(|e| format!("cannot read the {family} rules: {}", chain(&e)))?;
     let walk = Walk::from_saves(saved.tables.iter().map(|(name, t)| (*name, &t.chains)), family);
     let mut explanation = walk.explain("iptables", Some(spec), conn);
-    explanation.backend = "iptables";
     let drift = backend.check(spec).map_err(|e| chain(&*e))?;
+    let installs = if spec.families().contains(&family) {
+        Walk::from_rules(&capture_core::plan(spec, family))
+    } else {
+        Walk::default()
+    };
+    if let Some(step) = &explanation.rule
+        && !installs.has_rule(&step.rule)
+    {
+        explanation
+            .notes
+            .push("the deciding rule is not one these flags install".to_owned());
+    }
     Ok(Report {
         explanation,
         source: "kernel",

@@ -391,6 +391,14 @@ impl Walk {
         }
     }
 
+    /// Whether a rule with this text (as the rules print it) is among these rules.
+    pub fn has_rule(&self, text: &str) -> bool {
+        self.tables
+            .iter()
+            .flat_map(|t| t.chains.values().flatten())
+            .any(|r| r.text == text)
+    }
+
     /// Whether there are no rules at all.
     pub fn is_empty(&self) -> bool {
         self.tables.iter().all(|t| t.chains.values().all(Vec::is_empty))

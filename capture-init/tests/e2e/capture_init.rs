@@ -328,7 +328,17 @@ pub(crate) fn finished(cmd: &Command, out: std::io::Result<std::process::Output>
 pub(crate) fn ebpf_node(args: &[&str]) -> Run {
     let mut cmd = Command::new(CAPTURE_INIT);
     cmd.arg("ebpf").args(args);
-    run_clean(cmd, None)
+    let run = run_clean(cmd, None);
+    if args.first() == Some(&"unload") && run.status.success() {
+        // No pod of the node is captured any more.
+        let mut map = INSTALLED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for installed in map.values_mut() {
+            if installed.args.iter().any(|(f, v)| f == "--backend" && v.as_deref() == Some("ebpf")) {
+                installed.present = false;
+            }
+        }
+    }
+    run
 }
 
 /// How a `capture-init` run ended.

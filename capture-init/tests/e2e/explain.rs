@@ -160,7 +160,15 @@ pub(crate) fn assert_explained(ns: &NetNs, who: Identity, src: Option<IpAddr>, d
         .arg(&netns_path)
         .arg("--from-kernel")
         .args(&conn);
-    let json = explain_json(kernel);
+    let run = run_clean_keep(&mut kernel);
+    if run.status.code() == Some(1) && run.stderr.contains(" have map layout v") {
+        // eBPF pins of an older map layout (the upgrade tests make one): this capture-init
+        // refuses to read them, as it refuses to enroll into them, naming the upgrade.
+        assert!(run.stderr.contains("capture-init ebpf upgrade"), "{}", run.stderr);
+        return;
+    }
+    run.ok();
+    let json = run.stdout.trim().to_owned();
     assert_predicts(&json, dst, seen, &format!("{what} (--from-kernel)"));
     if installed.present {
         assert_eq!(
