@@ -590,8 +590,16 @@ impl DnsPod {
     #[track_caller]
     fn query(&self, who: Identity, dst: SocketAddr) -> Answer {
         let (uid, gid) = who;
-        udp::exchange_as(&self.topo.pod, uid, gid, dst, b"dns query")
-            .unwrap_or_else(|e| panic!("{uid}:{gid} → {dst} over UDP: {e}"))
+        let answer = udp::exchange_as(&self.topo.pod, uid, gid, dst, b"dns query")
+            .unwrap_or_else(|e| panic!("{uid}:{gid} → {dst} over UDP: {e}"));
+        // `capture-init explain` must predict who answered: the agent, or the server asked.
+        let landed = if answer.reply == self.agent_udp.token() {
+            crate::explain::Landed::Redirected(self.agent_udp.local_addr().port())
+        } else {
+            crate::explain::Landed::Direct
+        };
+        crate::explain::assert_explained_udp(&self.topo.pod, who, dst, landed);
+        answer
     }
 
     /// The pod's UDP conntrack entries whose original direction is pod:`port` → `dst`.

@@ -132,6 +132,24 @@ fn assert_predicts(json: &str, dst: SocketAddr, seen: Landed, what: &str) {
 /// asserts it says `seen`; does nothing when no run of capture-init is recorded for the pod.
 #[track_caller]
 pub(crate) fn assert_explained(ns: &NetNs, who: Identity, src: Option<IpAddr>, dst: SocketAddr, seen: Landed) {
+    assert_explained_proto(ns, who, "tcp", src, dst, seen);
+}
+
+/// [`assert_explained`] for a UDP datagram (`--protocol udp`).
+#[track_caller]
+pub(crate) fn assert_explained_udp(ns: &NetNs, who: Identity, dst: SocketAddr, seen: Landed) {
+    assert_explained_proto(ns, who, "udp", None, dst, seen);
+}
+
+#[track_caller]
+fn assert_explained_proto(
+    ns: &NetNs,
+    who: Identity,
+    protocol: &str,
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    seen: Landed,
+) {
     let dst_ip = dst.ip().to_canonical();
     let (pod, installed, outbound) = match installed(ns.name()) {
         Some(i) => (ns.name().to_owned(), i, true),
@@ -141,8 +159,9 @@ pub(crate) fn assert_explained(ns: &NetNs, who: Identity, src: Option<IpAddr>, d
         },
     };
     let lo = outbound && (dst_ip.is_loopback() || installed.addrs.contains(&dst_ip));
-    let conn = connection_flags(outbound, who, src, dst, lo);
-    let what = format!("explain {} {}:{} → {dst} in {pod}", if outbound { "outbound" } else { "inbound" }, who.0, who.1);
+    let mut conn = connection_flags(outbound, who, src, dst, lo);
+    conn.extend(["--protocol".to_owned(), protocol.to_owned()]);
+    let what = format!("explain {} {protocol} {}:{} → {dst} in {pod}", if outbound { "outbound" } else { "inbound" }, who.0, who.1);
     let netns_path = std::path::Path::new("/run/netns").join(&pod);
     if installed.present {
         // Pure: in the pod's namespace only so that `--ipv6 auto` decides as the run did.
