@@ -146,7 +146,9 @@ fn outbound<'a>(plan: &'a MapPlan, conn: &Connection) -> (Verdict, Reason, Walk<
             return pass(w, reason);
         }
         return if dns_server(&w, &dst) {
-            w.step(format!("{dst} is a DNS server: to the DNS proxy on :{DNS_PROXY_PORT}"));
+            w.step(format!(
+                "{dst} is a DNS server: to the DNS proxy on :{DNS_PROXY_PORT}"
+            ));
             (dns_verdict, Reason::Dns, w)
         } else {
             w.step(format!("{dst} is not one of the pod's nameservers"));
@@ -154,8 +156,9 @@ fn outbound<'a>(plan: &'a MapPlan, conn: &Connection) -> (Verdict, Reason, Walk<
         };
     }
     let in_loopback_range = match dst {
-        IpAddr::V4(_) => Cidr::new(IpAddr::V4(cfg.loopback4.into()), cfg.loopback4_prefix)
-            .is_ok_and(|c| c.contains(&dst)),
+        IpAddr::V4(_) => {
+            Cidr::new(IpAddr::V4(cfg.loopback4.into()), cfg.loopback4_prefix).is_ok_and(|c| c.contains(&dst))
+        }
         IpAddr::V6(v6) => v6.is_loopback(),
     };
     let hairpin = Verdict::Captured {
@@ -166,7 +169,9 @@ fn outbound<'a>(plan: &'a MapPlan, conn: &Connection) -> (Verdict, Reason, Walk<
         let can_hairpin = !in_loopback_range && dport != cfg.tunnel_port;
         let to_hairpin = |mut w: Walk<'a>, who: &str| {
             if can_hairpin {
-                w.step(format!("{who} calling its own pod ({dst}, CIDRS_LOCAL): to the inbound port"));
+                w.step(format!(
+                    "{who} calling its own pod ({dst}, CIDRS_LOCAL): to the inbound port"
+                ));
                 (hairpin, Reason::Hairpin, w)
             } else {
                 w.step(format!(
@@ -206,7 +211,9 @@ fn outbound<'a>(plan: &'a MapPlan, conn: &Connection) -> (Verdict, Reason, Walk<
         return pass(w, reason);
     }
     if dns && dns_server(&w, &dst) {
-        w.step(format!("{dst} is a DNS server: to the DNS proxy on :{DNS_PROXY_PORT}"));
+        w.step(format!(
+            "{dst} is a DNS server: to the DNS proxy on :{DNS_PROXY_PORT}"
+        ));
         return (dns_verdict, Reason::Dns, w);
     }
     if in_loopback_range {
@@ -218,9 +225,13 @@ fn outbound<'a>(plan: &'a MapPlan, conn: &Connection) -> (Verdict, Reason, Walk<
         return pass(w, Reason::ExcludedCidr);
     }
     if w.in_ports(PORTS_OUT_INCLUDE, dport) {
-        w.step(format!("port {dport} is in PORTS_OUT_INCLUDE (-q): to the outbound port"));
+        w.step(format!(
+            "port {dport} is in PORTS_OUT_INCLUDE (-q): to the outbound port"
+        ));
     } else if w.in_cidrs(CIDRS_OUT_INCLUDE, &dst) {
-        w.step(format!("{dst} is in CIDRS_OUT_INCLUDE (-i): to the outbound port"));
+        w.step(format!(
+            "{dst} is in CIDRS_OUT_INCLUDE (-i): to the outbound port"
+        ));
     } else {
         w.step(format!("{dst}:{dport} is in no included CIDR or port"));
         return pass(w, Reason::NotIncluded);
@@ -247,7 +258,10 @@ fn owner_passes(w: &mut Walk<'_>, conn: &Connection, is_uid: bool, is_gid: bool)
         w.is_owner(OWNER_EXCLUDED_GROUP, conn.gid)
     };
     if passes {
-        w.step(format!("gid {} is left alone by the owner-group filter", conn.gid));
+        w.step(format!(
+            "gid {} is left alone by the owner-group filter",
+            conn.gid
+        ));
         return Some(Reason::OwnerGroup);
     }
     None
@@ -295,13 +309,17 @@ fn inbound<'a>(plan: &'a MapPlan, conn: &Connection) -> (Verdict, Reason, Walk<'
             w.step(format!("port {port_n} is not in PORTS_IN_INCLUDE (-b)"));
             return pass(w, Reason::NotIncluded);
         }
-        w.step(format!("port {port_n} is in PORTS_IN_INCLUDE (-b): to the inbound listener"));
+        w.step(format!(
+            "port {port_n} is in PORTS_IN_INCLUDE (-b): to the inbound listener"
+        ));
     } else {
         if w.in_ports(PORTS_IN_EXCLUDE, port_n) {
             w.step(format!("port {port_n} is in PORTS_IN_EXCLUDE (-d)"));
             return pass(w, Reason::ExcludedInboundPort);
         }
-        w.step(format!("port {port_n} is captured (-b '*'): to the inbound listener"));
+        w.step(format!(
+            "port {port_n} is captured (-b '*'): to the inbound listener"
+        ));
     }
     let captured = Verdict::Captured {
         port: port(cfg.inbound_port),

@@ -238,8 +238,8 @@ fn explain_all(args: ExplainArgs) -> Result<Vec<Report>, String> {
     let spec = &invocation.spec;
     if from_kernel && conn.iface.is_none() && conn.direction == Direction::Outbound {
         // In the pod's namespace its own addresses are known: connections to them use lo.
-        let local = capture_core::host::addresses()
-            .map_err(|e| format!("cannot list the pod's addresses: {e}"))?;
+        let local =
+            capture_core::host::addresses().map_err(|e| format!("cannot list the pod's addresses: {e}"))?;
         if local.contains(&explain::unmap(conn.dst.ip())) {
             conn.iface = Some("lo".parse().expect("valid interface name"));
         }
@@ -296,7 +296,12 @@ fn ebpf_pure(_: &CaptureSpec, _: &Connection) -> Result<Explanation, String> {
     Err(cli::NO_EBPF.to_owned())
 }
 
-fn from_kernel_report(which: Which, args: &Args, spec: &CaptureSpec, conn: &Connection) -> Result<Report, String> {
+fn from_kernel_report(
+    which: Which,
+    args: &Args,
+    spec: &CaptureSpec,
+    conn: &Connection,
+) -> Result<Report, String> {
     match which {
         Which::Iptables => iptables_kernel(args, spec, conn),
         Which::Nftables => nftables_kernel(spec, conn),
@@ -308,7 +313,8 @@ fn iptables_kernel(args: &Args, spec: &CaptureSpec, conn: &Connection) -> Result
     let exec = SystemExec { lock_file: None };
     let backend = match args.forced_flavor() {
         Some(flavor) => Iptables::new(exec, flavor),
-        None => Iptables::detect(exec).unwrap_or_else(|_| Iptables::new(SystemExec { lock_file: None }, Flavor::Nft)),
+        None => Iptables::detect(exec)
+            .unwrap_or_else(|_| Iptables::new(SystemExec { lock_file: None }, Flavor::Nft)),
     };
     let family = conn.family();
     let saved = backend
@@ -337,8 +343,8 @@ fn iptables_kernel(args: &Args, spec: &CaptureSpec, conn: &Connection) -> Result
 }
 
 fn nftables_kernel(spec: &CaptureSpec, conn: &Connection) -> Result<Report, String> {
-    let (present, _) =
-        capture_core::nft::current().map_err(|e| format!("cannot list the nftables tables: {}", chain(&e)))?;
+    let (present, _) = capture_core::nft::current()
+        .map_err(|e| format!("cannot list the nftables tables: {}", chain(&e)))?;
     let names = capture_core::nft::model::TABLES.map(capture_core::nft::model::table_name);
     let ours = present
         .iter()
@@ -352,12 +358,17 @@ fn nftables_kernel(spec: &CaptureSpec, conn: &Connection) -> Result<Report, Stri
     };
     if ours && !drift.is_empty() {
         explanation.notes.push(
-            "the installed tables differ from the flags' (drift); explained against the flags' rules".to_owned(),
+            "the installed tables differ from the flags' (drift); explained against the flags' rules"
+                .to_owned(),
         );
     }
     Ok(Report {
         explanation,
-        source: if ours && drift.is_empty() { "kernel" } else { "model" },
+        source: if ours && drift.is_empty() {
+            "kernel"
+        } else {
+            "model"
+        },
         drift: Some(drift),
     })
 }
@@ -370,7 +381,9 @@ fn ebpf_kernel(args: &Args, spec: &CaptureSpec, conn: &Connection) -> Result<Rep
         let node = capture_ebpf::Node::open(&backend.pins).map_err(|e| chain(&e))?;
         let cookie = capture_ebpf::NetnsCookie::current().map_err(|e| chain(&e))?;
         match node.enrolled(cookie).map_err(|e| chain(&e))? {
-            Some(entries) => capture_ebpf::explain::explain(&capture_ebpf::MapPlan::from_entries(&entries), conn),
+            Some(entries) => {
+                capture_ebpf::explain::explain(&capture_ebpf::MapPlan::from_entries(&entries), conn)
+            }
             None => not_captured("ebpf", conn, "this network namespace is not enrolled"),
         }
     } else {
@@ -431,7 +444,11 @@ fn readable(report: &Report) -> String {
         explain::Verdict::Bypassed => "not captured: it goes where it was going".to_owned(),
         explain::Verdict::Dropped => "dropped".to_owned(),
     };
-    let from = if report.source == "kernel" { ", as installed" } else { "" };
+    let from = if report.source == "kernel" {
+        ", as installed"
+    } else {
+        ""
+    };
     let _ = writeln!(out, "{}{from}: {lands}", e.backend);
     let _ = writeln!(out, "  why:   {} ({})", e.reason, e.reason.code());
     match &e.rule {
@@ -525,9 +542,14 @@ fn json(conn: &Connection, report: &Report) -> String {
         ("verdict", string(e.verdict.as_str())),
         (
             "port",
-            e.verdict.port().map_or_else(|| "null".to_owned(), |p| p.to_string()),
+            e.verdict
+                .port()
+                .map_or_else(|| "null".to_owned(), |p| p.to_string()),
         ),
-        ("original_dst", opt_string(e.verdict.original_dst().map(|a| a.to_string()))),
+        (
+            "original_dst",
+            opt_string(e.verdict.original_dst().map(|a| a.to_string())),
+        ),
         ("reason", string(e.reason.code())),
         ("reason_text", string(e.reason.describe())),
         ("rule", opt_string(e.rule.as_ref().map(|s| s.rule.clone()))),
@@ -537,15 +559,12 @@ fn json(conn: &Connection, report: &Report) -> String {
         ("notes", list(e.notes.iter().map(|n| string(n)).collect())),
         (
             "drift",
-            report
-                .drift
-                .as_ref()
-                .map_or_else(|| "null".to_owned(), |d| list(d.iter().map(|l| string(l)).collect())),
+            report.drift.as_ref().map_or_else(
+                || "null".to_owned(),
+                |d| list(d.iter().map(|l| string(l)).collect()),
+            ),
         ),
     ];
-    let body: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| format!("{}:{v}", string(k)))
-        .collect();
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{v}", string(k))).collect();
     format!("{{{}}}", body.join(","))
 }

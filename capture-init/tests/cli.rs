@@ -1059,7 +1059,10 @@ fn explain_json_is_one_object_per_backend_with_stable_keys() {
 #[test]
 fn explain_refuses_bad_connections_naming_the_flag() {
     for (rest, message) in [
-        (&[][..], "capture-init: --dst is required: the connection's destination ADDR:PORT\n"),
+        (
+            &[][..],
+            "capture-init: --dst is required: the connection's destination ADDR:PORT\n",
+        ),
         (
             &["--dst", "10.0.0.1"][..],
             "capture-init: invalid value '10.0.0.1' for '--dst <ADDR:PORT>': not an ADDR:PORT such as \
@@ -1091,6 +1094,9 @@ fn explain_refuses_bad_connections_naming_the_flag() {
     let help = capture_init(&["explain", "--help"], &[]);
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    assert!(text.starts_with("Explain which rule decides one connection"), "{text}");
+    assert!(
+        text.starts_with("Explain which rule decides one connection"),
+        "{text}"
+    );
     assert!(text.contains("--from-kernel"), "{text}");
 }

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use super::{Connection, Direction, Explanation, Reason, Step, Verdict};
 use crate::nft::model as nft;
 use crate::render::Saved;
-use crate::rules::{ChainName, CtState, Hook, Match, Neg, OwnChain, OwnerMatch, Proto, RuleSet, TableName, Target};
+use crate::rules::{
+    ChainName, CtState, Hook, Match, Neg, OwnChain, OwnerMatch, Proto, RuleSet, TableName, Target,
+};
 use crate::spec::{CaptureSpec, DNS_PROXY_PORT};
 use crate::types::{Cidr, Family, Iface, Owner, Port, PortRange, lookup_id, passthrough_source};
 
@@ -406,7 +408,12 @@ impl Walk {
 
     /// Walks `conn` through the rules. `spec`, when given, names the reasons more precisely
     /// (which gids are the proxy's, which port is the tunnel).
-    pub fn explain(&self, backend: &'static str, spec: Option<&CaptureSpec>, conn: &Connection) -> Explanation {
+    pub fn explain(
+        &self,
+        backend: &'static str,
+        spec: Option<&CaptureSpec>,
+        conn: &Connection,
+    ) -> Explanation {
         let family = conn.family();
         let dst = conn.dst_ip();
         let outbound = conn.direction == Direction::Outbound;
@@ -464,9 +471,11 @@ impl Walk {
                 };
                 (verdict, reason, Some(step))
             }
-            Some((Act::Tproxy(port), step)) => {
-                (Verdict::Captured { port, original_dst }, Reason::Inbound, Some(step))
-            }
+            Some((Act::Tproxy(port), step)) => (
+                Verdict::Captured { port, original_dst },
+                Reason::Inbound,
+                Some(step),
+            ),
             Some((_, step)) => (Verdict::Dropped, Reason::Invalid, Some(step)),
             None => match first.bypass {
                 Some((step, rule)) => {
@@ -563,7 +572,9 @@ impl Walk {
                         if is_own(to) {
                             walk.entered_own = true;
                         }
-                        if let Flow::Terminal(act, step) = self.run_chain(table, to, pkt, path, walk, depth + 1) {
+                        if let Flow::Terminal(act, step) =
+                            self.run_chain(table, to, pkt, path, walk, depth + 1)
+                        {
                             return Flow::Terminal(act, step);
                         }
                         // Back from the chain: on with the next rule.
@@ -688,7 +699,9 @@ fn classify(rule: &IrRule, chain: &str, spec: Option<&CaptureSpec>, pkt: &Packet
     {
         return Reason::LocalToSelf;
     }
-    if has(&|c| matches!(c, Cond::InIface(n) if lo(&n.value))) && has(&|c| matches!(c, Cond::Mark(n) if n.negated)) {
+    if has(&|c| matches!(c, Cond::InIface(n) if lo(&n.value)))
+        && has(&|c| matches!(c, Cond::Mark(n) if n.negated))
+    {
         return Reason::LocalToSelf;
     }
     if has(&|c| matches!(c, Cond::Mark(n) if !n.negated)) {
@@ -699,8 +712,13 @@ fn classify(rule: &IrRule, chain: &str, spec: Option<&CaptureSpec>, pkt: &Packet
             return match (&n.value, n.negated) {
                 (OwnerMatch::Uid(_), false) => Reason::ProxyUid,
                 (OwnerMatch::Gid(o), false) => {
-                    let proxy = spec.is_none_or(|s| s.owner.gids.iter().any(|g| named(g, false) == named(o, false)));
-                    if proxy { Reason::ProxyGid } else { Reason::OwnerGroup }
+                    let proxy =
+                        spec.is_none_or(|s| s.owner.gids.iter().any(|g| named(g, false) == named(o, false)));
+                    if proxy {
+                        Reason::ProxyGid
+                    } else {
+                        Reason::OwnerGroup
+                    }
                 }
                 (_, true) => Reason::OwnerGroup,
             };

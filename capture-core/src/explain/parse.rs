@@ -81,7 +81,10 @@ pub(crate) fn parse_rule_spec(spec: &str, family: Family) -> Result<(Vec<Cond>, 
             "-s" | "-d" => {
                 let v = take(&mut i)?;
                 let c = cidr(v, family).ok_or_else(|| bad(v))?;
-                let n = Neg { negated: neg, value: c };
+                let n = Neg {
+                    negated: neg,
+                    value: c,
+                };
                 conds.push(if word == "-s" { Cond::Src(n) } else { Cond::Dst(n) });
             }
             "-i" | "-o" => {
@@ -91,7 +94,11 @@ pub(crate) fn parse_rule_spec(spec: &str, family: Family) -> Result<(Vec<Cond>, 
                     negated: neg,
                     value: iface,
                 };
-                conds.push(if word == "-i" { Cond::InIface(n) } else { Cond::OutIface(n) });
+                conds.push(if word == "-i" {
+                    Cond::InIface(n)
+                } else {
+                    Cond::OutIface(n)
+                });
             }
             "-p" => {
                 let v = take(&mut i)?;
@@ -150,7 +157,10 @@ pub(crate) fn parse_rule_spec(spec: &str, family: Family) -> Result<(Vec<Cond>, 
                 if module == "connmark" {
                     conds.push(Cond::Connmark(m));
                 } else {
-                    conds.push(Cond::Mark(Neg { negated: neg, value: m }));
+                    conds.push(Cond::Mark(Neg {
+                        negated: neg,
+                        value: m,
+                    }));
                 }
             }
             "--ctstate" => {
@@ -195,7 +205,10 @@ pub(crate) fn parse_rule_spec(spec: &str, family: Family) -> Result<(Vec<Cond>, 
                     "CONNMARK" if rest.iter().any(|w| w == "--save-mark") => Act::SaveMark,
                     "CONNMARK" if rest.iter().any(|w| w == "--restore-mark") => Act::RestoreMark,
                     "CT" => Act::Nothing,
-                    t if t.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || c == '-') => {
+                    t if t
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || c == '-') =>
+                    {
                         if !rest.is_empty() {
                             return Err(bad(&rest[0]));
                         }

@@ -47,8 +47,16 @@ fn both(spec: &CaptureSpec, conn: &Connection, verdict: Verdict, reason: Reason)
 #[test]
 fn sidecar_outbound() {
     let spec = CaptureSpec::sidecar();
-    let e = both(&spec, &out("10.1.0.2:80", 1000), captured(15001, "10.1.0.2:80"), Reason::Outbound);
-    assert_eq!(e.rule.unwrap().rule, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001");
+    let e = both(
+        &spec,
+        &out("10.1.0.2:80", 1000),
+        captured(15001, "10.1.0.2:80"),
+        Reason::Outbound,
+    );
+    assert_eq!(
+        e.rule.unwrap().rule,
+        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001"
+    );
     assert_eq!(
         e.path.iter().map(|s| s.rule.as_str()).collect::<Vec<_>>(),
         [
@@ -57,12 +65,25 @@ fn sidecar_outbound() {
             "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001"
         ]
     );
-    let e = both(&spec, &out("10.1.0.2:80", 1337), Verdict::Bypassed, Reason::ProxyUid);
-    assert_eq!(e.rule.unwrap().rule, "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN");
+    let e = both(
+        &spec,
+        &out("10.1.0.2:80", 1337),
+        Verdict::Bypassed,
+        Reason::ProxyUid,
+    );
+    assert_eq!(
+        e.rule.unwrap().rule,
+        "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"
+    );
     let mut odd = out("10.1.0.2:80", 1000);
     odd.gid = 1337;
     both(&spec, &odd, Verdict::Bypassed, Reason::ProxyGid);
-    both(&spec, &out("127.0.0.1:8080", 1000), Verdict::Bypassed, Reason::LocalToSelf);
+    both(
+        &spec,
+        &out("127.0.0.1:8080", 1000),
+        Verdict::Bypassed,
+        Reason::LocalToSelf,
+    );
     let mut udp = out("10.1.0.2:9999", 1000);
     udp.proto = Proto::Udp;
     both(&spec, &udp, Verdict::Bypassed, Reason::NotIncluded);
@@ -81,23 +102,69 @@ fn excluded_ports_cidrs_and_includes() {
     let mut spec = CaptureSpec::sidecar();
     spec.outbound.exclude_ports = vec![PortRange::single(Port::new(81))];
     spec.outbound.exclude_cidrs = vec!["10.2.0.0/16".parse().unwrap()];
-    let e = both(&spec, &out("10.1.0.2:81", 1000), Verdict::Bypassed, Reason::ExcludedPort);
-    assert_eq!(e.rule.unwrap().rule, "-A ISTIO_OUTPUT -p tcp -m tcp --dport 81 -j RETURN");
-    both(&spec, &out("10.2.3.4:80", 1000), Verdict::Bypassed, Reason::ExcludedCidr);
+    let e = both(
+        &spec,
+        &out("10.1.0.2:81", 1000),
+        Verdict::Bypassed,
+        Reason::ExcludedPort,
+    );
+    assert_eq!(
+        e.rule.unwrap().rule,
+        "-A ISTIO_OUTPUT -p tcp -m tcp --dport 81 -j RETURN"
+    );
+    both(
+        &spec,
+        &out("10.2.3.4:80", 1000),
+        Verdict::Bypassed,
+        Reason::ExcludedCidr,
+    );
     spec.outbound.include = OutboundCidrs::Only(vec!["10.3.0.0/16".parse().unwrap()]);
     spec.outbound.include_ports = vec![PortRange::single(Port::new(82))];
-    both(&spec, &out("10.1.0.2:80", 1000), Verdict::Bypassed, Reason::NotIncluded);
-    both(&spec, &out("10.3.0.1:80", 1000), captured(15001, "10.3.0.1:80"), Reason::Outbound);
-    both(&spec, &out("10.1.0.2:82", 1000), captured(15001, "10.1.0.2:82"), Reason::Outbound);
+    both(
+        &spec,
+        &out("10.1.0.2:80", 1000),
+        Verdict::Bypassed,
+        Reason::NotIncluded,
+    );
+    both(
+        &spec,
+        &out("10.3.0.1:80", 1000),
+        captured(15001, "10.3.0.1:80"),
+        Reason::Outbound,
+    );
+    both(
+        &spec,
+        &out("10.1.0.2:82", 1000),
+        captured(15001, "10.1.0.2:82"),
+        Reason::Outbound,
+    );
 }
 
 #[test]
 fn inbound_redirect_and_tproxy() {
     let spec = CaptureSpec::sidecar();
-    let e = both(&spec, &inb("10.1.0.1:8080"), captured(15006, "10.1.0.1:8080"), Reason::Inbound);
-    assert_eq!(e.rule.unwrap().rule, "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006");
-    both(&spec, &inb("10.1.0.1:15021"), Verdict::Bypassed, Reason::ExcludedInboundPort);
-    both(&spec, &inb("10.1.0.1:15008"), Verdict::Bypassed, Reason::TunnelPort);
+    let e = both(
+        &spec,
+        &inb("10.1.0.1:8080"),
+        captured(15006, "10.1.0.1:8080"),
+        Reason::Inbound,
+    );
+    assert_eq!(
+        e.rule.unwrap().rule,
+        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006"
+    );
+    both(
+        &spec,
+        &inb("10.1.0.1:15021"),
+        Verdict::Bypassed,
+        Reason::ExcludedInboundPort,
+    );
+    both(
+        &spec,
+        &inb("10.1.0.1:15008"),
+        Verdict::Bypassed,
+        Reason::TunnelPort,
+    );
     let mut off = spec.clone();
     off.inbound.ports = crate::InboundPorts::Off;
     both(&off, &inb("10.1.0.1:8080"), Verdict::Bypassed, Reason::NoCapture);
@@ -107,7 +174,12 @@ fn inbound_redirect_and_tproxy() {
         mark: Mark::new(1337),
         route_table: RouteTable::new(133),
     };
-    let e = both(&tproxy, &inb("10.1.0.1:8080"), captured(15006, "10.1.0.1:8080"), Reason::Inbound);
+    let e = both(
+        &tproxy,
+        &inb("10.1.0.1:8080"),
+        captured(15006, "10.1.0.1:8080"),
+        Reason::Inbound,
+    );
     assert!(e.rule.unwrap().rule.contains("-j TPROXY --on-port 15006"));
     // The app calling its own pod over lo is not diverted on the way back in.
     let mut own = out("10.1.0.1:8080", 1000);
@@ -158,10 +230,8 @@ fn saved_rules_read_back_walk_the_same() {
     };
     let rules = crate::plan(&spec, Family::V4);
     let pure = Walk::from_rules(&rules);
-    let saves: Vec<(crate::TableName, std::collections::BTreeMap<String, Vec<String>>)> = pure
-        .tables_for_test()
-        .into_iter()
-        .collect();
+    let saves: Vec<(crate::TableName, std::collections::BTreeMap<String, Vec<String>>)> =
+        pure.tables_for_test().into_iter().collect();
     let read = Walk::from_saves(saves.iter().map(|(t, c)| (*t, c)), Family::V4);
     assert!(read.notes_for_test().is_empty(), "{:?}", read.notes_for_test());
     for conn in [
@@ -179,9 +249,16 @@ fn saved_rules_read_back_walk_the_same() {
     }
     // A rule with an option the walk does not know is reported and never matches.
     let mut chains = std::collections::BTreeMap::new();
-    chains.insert("OUTPUT".to_owned(), vec!["-m statistic --mode random -j ISTIO_OUTPUT".to_owned()]);
+    chains.insert(
+        "OUTPUT".to_owned(),
+        vec!["-m statistic --mode random -j ISTIO_OUTPUT".to_owned()],
+    );
     let odd = Walk::from_saves([(crate::TableName::Nat, &chains)], Family::V4);
     let e = odd.explain("iptables", None, &out("10.1.0.2:80", 1000));
     assert_eq!(e.reason, Reason::NoCapture);
-    assert!(e.notes[0].contains("not understood (\"statistic\")"), "{:?}", e.notes);
+    assert!(
+        e.notes[0].contains("not understood (\"statistic\")"),
+        "{:?}",
+        e.notes
+    );
 }

@@ -220,13 +220,17 @@ static INSTALLED: std::sync::Mutex<std::collections::BTreeMap<String, Installed>
 
 /// What capture-init last installed in the namespace named `pod`.
 pub(crate) fn installed(pod: &str) -> Option<Installed> {
-    let map = INSTALLED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let map = INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     map.get(pod).cloned()
 }
 
 /// The pod (by namespace name) that holds `addr`, with what was installed there.
 pub(crate) fn installed_holding(addr: std::net::IpAddr) -> Option<(String, Installed)> {
-    let map = INSTALLED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let map = INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     map.iter()
         .find(|(_, i)| i.addrs.contains(&addr))
         .map(|(name, i)| (name.clone(), i.clone()))
@@ -331,9 +335,15 @@ pub(crate) fn ebpf_node(args: &[&str]) -> Run {
     let run = run_clean(cmd, None);
     if args.first() == Some(&"unload") && run.status.success() {
         // No pod of the node is captured any more.
-        let mut map = INSTALLED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = INSTALLED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for installed in map.values_mut() {
-            if installed.args.iter().any(|(f, v)| f == "--backend" && v.as_deref() == Some("ebpf")) {
+            if installed
+                .args
+                .iter()
+                .any(|(f, v)| f == "--backend" && v.as_deref() == Some("ebpf"))
+            {
                 installed.present = false;
             }
         }

@@ -17,7 +17,9 @@ use std::process::Command;
 
 use capture_e2e::{Family, Listener, NetNs, Topology, require_root, test_matrix};
 
-use crate::capture_init::{Backend, CAPTURE_INIT, CaptureInit, Installed, installed, installed_holding, run_clean};
+use crate::capture_init::{
+    Backend, CAPTURE_INIT, CaptureInit, Installed, installed, installed_holding, run_clean,
+};
 #[cfg(feature = "ebpf")]
 use crate::support::ebpf_row;
 use crate::support::{APP, Identity, assert_lands, iptables, outbound_proxy, peer_app};
@@ -35,7 +37,9 @@ pub(crate) enum Landed {
 pub(crate) fn landed(dst: SocketAddr, on: &Listener) -> Landed {
     let local = on.local_addr();
     let unmapped = |a: IpAddr| a.to_canonical();
-    if local.port() == dst.port() && (unmapped(local.ip()) == unmapped(dst.ip()) || local.ip().is_unspecified()) {
+    if local.port() == dst.port()
+        && (unmapped(local.ip()) == unmapped(dst.ip()) || local.ip().is_unspecified())
+    {
         Landed::Direct
     } else {
         Landed::Redirected(local.port())
@@ -54,7 +58,13 @@ fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// The connection's flags for `explain`.
-fn connection_flags(outbound: bool, who: Identity, src: Option<IpAddr>, dst: SocketAddr, lo: bool) -> Vec<String> {
+fn connection_flags(
+    outbound: bool,
+    who: Identity,
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    lo: bool,
+) -> Vec<String> {
     let mut flags = vec![
         "--direction".to_owned(),
         if outbound { "outbound" } else { "inbound" }.to_owned(),
@@ -118,7 +128,10 @@ fn assert_predicts(json: &str, dst: SocketAddr, seen: Landed, what: &str) {
         ),
         other => panic!("{what}: verdict {other:?} in {json}"),
     };
-    assert_eq!(said, seen, "{what} predicts {said:?}, the traffic went {seen:?}:\n{json}");
+    assert_eq!(
+        said, seen,
+        "{what} predicts {said:?}, the traffic went {seen:?}:\n{json}"
+    );
     if let Landed::Redirected(_) = seen {
         let original: SocketAddr = field(json, "original_dst")
             .and_then(|a| a.parse().ok())
@@ -131,7 +144,13 @@ fn assert_predicts(json: &str, dst: SocketAddr, seen: Landed, what: &str) {
 /// Asks `explain` (pure and `--from-kernel`) where `who`'s connection from `ns` to `dst` lands and
 /// asserts it says `seen`; does nothing when no run of capture-init is recorded for the pod.
 #[track_caller]
-pub(crate) fn assert_explained(ns: &NetNs, who: Identity, src: Option<IpAddr>, dst: SocketAddr, seen: Landed) {
+pub(crate) fn assert_explained(
+    ns: &NetNs,
+    who: Identity,
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    seen: Landed,
+) {
     assert_explained_proto(ns, who, "tcp", src, dst, seen);
 }
 
@@ -161,7 +180,12 @@ fn assert_explained_proto(
     let lo = outbound && (dst_ip.is_loopback() || installed.addrs.contains(&dst_ip));
     let mut conn = connection_flags(outbound, who, src, dst, lo);
     conn.extend(["--protocol".to_owned(), protocol.to_owned()]);
-    let what = format!("explain {} {protocol} {}:{} → {dst} in {pod}", if outbound { "outbound" } else { "inbound" }, who.0, who.1);
+    let what = format!(
+        "explain {} {protocol} {}:{} → {dst} in {pod}",
+        if outbound { "outbound" } else { "inbound" },
+        who.0,
+        who.1
+    );
     let netns_path = std::path::Path::new("/run/netns").join(&pod);
     if installed.present {
         // Pure: in the pod's namespace only so that `--ipv6 auto` decides as the run did.
@@ -238,7 +262,17 @@ fn from_kernel_reports_drift_and_explains_what_is_installed() {
     init.run().ok();
     // Someone lets every connection of uid 1000 pass, ahead of capture's redirect.
     capture_e2e::run_ok(topo.pod.command(iptables(flavor, Family::V4)).args([
-        "-t", "nat", "-I", "ISTIO_OUTPUT", "1", "-m", "owner", "--uid-owner", "1000", "-j", "RETURN",
+        "-t",
+        "nat",
+        "-I",
+        "ISTIO_OUTPUT",
+        "1",
+        "-m",
+        "owner",
+        "--uid-owner",
+        "1000",
+        "-j",
+        "RETURN",
     ]));
     let dst = topo.peer_addr(Family::V4, 80);
     let (reply, _) = capture_e2e::connect_as(&topo.pod, APP.0, APP.1, dst).expect("connect");
@@ -273,7 +307,11 @@ fn from_kernel_reports_drift_and_explains_what_is_installed() {
         .args(["--dst", &dst.to_string(), "--uid", "1000"]);
     let run = run_clean(text, None);
     run.ok();
-    assert!(run.stdout.contains("iptables, as installed: not captured"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("iptables, as installed: not captured"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("  drift: IPv4: "), "{}", run.stdout);
 
     let mut pure = Command::new("ip");
