@@ -345,30 +345,15 @@ fn iptables_kernel(args: &Args, spec: &CaptureSpec, conn: &Connection) -> Result
 fn nftables_kernel(spec: &CaptureSpec, conn: &Connection) -> Result<Report, String> {
     let (present, _) = capture_core::nft::current()
         .map_err(|e| format!("cannot list the nftables tables: {}", chain(&e)))?;
-    let names = capture_core::nft::model::TABLES.map(capture_core::nft::model::table_name);
-    let ours = present
-        .iter()
-        .flat_map(|l| &l.tables)
-        .any(|t| names.contains(&t.name.as_str()));
+    let model = capture_core::nft::plan(spec);
+    let compiled =
+        capture_core::nft::compile(&model, &capture_core::SystemAccounts).map_err(|e| chain(&e))?;
+    let walk = Walk::from_nft_listing(&model, &compiled, &present);
+    let explanation = walk.explain("nftables", Some(spec), conn);
     let drift = capture_core::nft::Nftables.check(spec).map_err(|e| chain(&*e))?;
-    let mut explanation = if ours {
-        explain::nftables(spec, conn)
-    } else {
-        Walk::default().explain("nftables", Some(spec), conn)
-    };
-    if ours && !drift.is_empty() {
-        explanation.notes.push(
-            "the installed tables differ from the flags' (drift); explained against the flags' rules"
-                .to_owned(),
-        );
-    }
     Ok(Report {
         explanation,
-        source: if ours && drift.is_empty() {
-            "kernel"
-        } else {
-            "model"
-        },
+        source: "kernel",
         drift: Some(drift),
     })
 }

@@ -393,6 +393,81 @@ impl Walk {
         }
     }
 
+    /// Our native nftables tables as listed from the kernel (`present`), read through the rules
+    /// a configuration installs (`model`, compiled as `compiled`): a listed rule that is one of
+    /// them walks as that rule (printed as `nft` prints it); any other is reported and never
+    /// matches. Tables that are not ours are left out.
+    pub fn from_nft_listing(
+        model: &nft::Ruleset,
+        compiled: &[crate::nft::Compiled],
+        present: &[crate::nfnetlink::Listing],
+    ) -> Self {
+        let planned = Self::from_nft(model);
+        // Each compiled rule with the walkable rule it was compiled from.
+        let mut known: Vec<(&crate::nfnetlink::Rule, &IrRule)> = Vec::new();
+        for c in compiled {
+            let Some(table) = planned.tables.iter().find(|t| t.label == c.table.name) else {
+                continue;
+            };
+            for chain in &c.chains {
+                let rules = c.rules.iter().filter(|r| r.chain == chain.name);
+                if let Some(walkable) = table.chains.get(&chain.name) {
+                    known.extend(rules.zip(walkable));
+                }
+            }
+        }
+        let mut notes = Vec::new();
+        let mut tables = Vec::new();
+        for listing in present {
+            let Some(table) = listing.tables.first() else {
+                continue;
+            };
+            let Some(name) = nft::TABLES
+                .into_iter()
+                .find(|t| nft::table_name(*t) == table.name)
+            else {
+                continue;
+            };
+            let mut rules = TableRules {
+                name: Some(name),
+                label: table.name.clone(),
+                ..TableRules::default()
+            };
+            for chain in &listing.chains {
+                if let Some(base) = &chain.base {
+                    match base.hook {
+                        crate::nfnetlink::Hook::Prerouting => rules.prerouting = Some(chain.name.clone()),
+                        crate::nfnetlink::Hook::Output => rules.output = Some(chain.name.clone()),
+                        _ => {}
+                    }
+                }
+                let walkable = listing
+                    .rules_of(chain)
+                    .enumerate()
+                    .map(|(i, listed)| match known.iter().find(|(c, _)| *c == listed) {
+                        Some((_, rule)) => (*rule).clone(),
+                        None => {
+                            let text = format!("rule {} of {chain}", i + 1);
+                            notes.push(format!(
+                                "{text} is not one these flags install: not understood, assumed not to match"
+                            ));
+                            IrRule {
+                                text,
+                                conds: Vec::new(),
+                                acts: Vec::new(),
+                                unknown: Some("not one these flags install".to_owned()),
+                            }
+                        }
+                    })
+                    .collect();
+                rules.chains.insert(chain.name.clone(), walkable);
+            }
+            tables.push(rules);
+        }
+        tables.sort_by_key(|t| t.name.map(priority));
+        Self { tables, notes }
+    }
+
     /// Whether a rule with this text (as the rules print it) is among these rules.
     pub fn has_rule(&self, text: &str) -> bool {
         self.tables

@@ -262,3 +262,52 @@ fn saved_rules_read_back_walk_the_same() {
         e.notes
     );
 }
+
+#[test]
+fn listed_nftables_rules_walk_as_the_rules_they_were_compiled_from() {
+    let spec = CaptureSpec::sidecar();
+    let model = crate::nft::plan(&spec);
+    let compiled = crate::nft::compile(&model, &crate::SystemAccounts).unwrap();
+    let listing = |c: &crate::nft::Compiled, drop_last_of: Option<&str>| {
+        let mut rules = c.rules.clone();
+        if let Some(chain) = drop_last_of {
+            let last = rules.iter().rposition(|r| r.chain == chain).unwrap();
+            rules.remove(last);
+        }
+        crate::nfnetlink::Listing {
+            generation: 1,
+            tables: vec![c.table.clone()],
+            chains: c.chains.clone(),
+            rules,
+        }
+    };
+    let app = out("10.1.0.2:80", 1000);
+    let as_installed: Vec<_> = compiled.iter().map(|c| listing(c, None)).collect();
+    let read = Walk::from_nft_listing(&model, &compiled, &as_installed);
+    assert_eq!(read, Walk::from_nft(&model));
+    assert_eq!(read.explain("nftables", Some(&spec), &app), nftables(&spec, &app));
+
+    // Without the last rule of istio-output (its jump to istio-redirect) nothing captures it.
+    let drifted: Vec<_> = compiled
+        .iter()
+        .map(|c| listing(c, Some("istio-output")))
+        .collect();
+    let e = Walk::from_nft_listing(&model, &compiled, &drifted).explain("nftables", Some(&spec), &app);
+    assert_eq!((e.verdict, e.reason), (Verdict::Bypassed, Reason::NotIncluded));
+
+    // A rule the flags do not install is reported and never matches.
+    let mut foreign = compiled.clone();
+    let nat = &mut foreign[0];
+    let extra = nat.rules.iter().position(|r| r.chain == "istio-output").unwrap();
+    let mut rule = nat.rules[extra].clone();
+    rule.exprs.pop();
+    nat.rules.insert(extra, rule);
+    let listed: Vec<_> = foreign.iter().map(|c| listing(c, None)).collect();
+    let walk = Walk::from_nft_listing(&model, &compiled, &listed);
+    assert_eq!(
+        walk.notes_for_test(),
+        [
+            "rule 1 of chain inet istio-proxy-nat istio-output is not one these flags install: not understood, assumed not to match"
+        ]
+    );
+}

@@ -320,3 +320,73 @@ fn from_kernel_reports_drift_and_explains_what_is_installed() {
         .args(connection_flags(true, APP, None, dst, false));
     assert_eq!(field(&explain_json(pure), "verdict"), Some("captured"));
 }
+
+/// Native nftables: a rule of capture's deleted behind its back. `--from-kernel` walks the
+/// tables as listed (the app's connection is no longer captured, as the traffic shows) and
+/// reports the drift; pure explain still says what the flags install.
+#[test]
+fn from_kernel_walks_the_listed_nftables_rules() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let _outbound = outbound_proxy(&topo, Family::V4);
+    let app = peer_app(&topo, Family::V4, 80);
+    let init = CaptureInit::new(&topo.pod, Backend::Nftables, Family::V4).set("--ipv6", "off");
+    init.run().ok();
+    let listed = capture_e2e::run_ok(topo.pod.command("nft").args([
+        "-a",
+        "list",
+        "chain",
+        "inet",
+        "istio-proxy-nat",
+        "istio-output",
+    ]));
+    let handle = listed
+        .lines()
+        .filter(|l| l.contains("jump istio-redirect"))
+        .filter_map(|l| l.rsplit_once("# handle ").map(|(_, h)| h.trim().to_owned()))
+        .next_back()
+        .unwrap_or_else(|| panic!("no redirect jump in:\n{listed}"));
+    capture_e2e::run_ok(topo.pod.command("nft").args([
+        "delete",
+        "rule",
+        "inet",
+        "istio-proxy-nat",
+        "istio-output",
+        "handle",
+        &handle,
+    ]));
+    let dst = topo.peer_addr(Family::V4, 80);
+    let (reply, _) = capture_e2e::connect_as(&topo.pod, APP.0, APP.1, dst).expect("connect");
+    assert_eq!(
+        reply,
+        app.token(),
+        "without its redirect jump the app goes direct"
+    );
+    let _ = app.take_one();
+
+    let installed = installed(topo.pod.name()).expect("the run is recorded");
+    let mut kernel = Command::new(CAPTURE_INIT);
+    kernel
+        .arg("explain")
+        .args(run_flags(&installed))
+        .arg("--network-namespace")
+        .arg(topo.pod.path())
+        .arg("--from-kernel")
+        .args(connection_flags(true, APP, None, dst, false));
+    let json = explain_json(kernel);
+    assert_eq!(field(&json, "source"), Some("kernel"), "{json}");
+    assert_eq!(field(&json, "verdict"), Some("bypassed"), "{json}");
+    assert_eq!(field(&json, "reason"), Some("not-included"), "{json}");
+    assert!(
+        json.contains("\"drift\":[\"inet istio-proxy-nat chain istio-output has "),
+        "{json}"
+    );
+
+    let mut pure = Command::new("ip");
+    pure.args(["netns", "exec", topo.pod.name(), CAPTURE_INIT, "explain"])
+        .args(run_flags(&installed))
+        .args(connection_flags(true, APP, None, dst, false));
+    assert_eq!(field(&explain_json(pure), "verdict"), Some("captured"));
+}
