@@ -172,6 +172,19 @@ impl ExplainArgs {
     }
 }
 
+/// One backend's report, or why it has none (`--all-backends` only: alone, that fails the command).
+type Answer = Result<Report, (&'static str, String)>;
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Iptables => "iptables",
+            Self::Nftables => "nftables",
+            Self::Ebpf => "ebpf",
+        }
+    }
+}
+
 /// What one backend says, and where it read the rules from.
 struct Report {
     explanation: Explanation,
@@ -207,16 +220,31 @@ pub fn main(args: ExplainArgs) -> ExitCode {
     let mut text = String::new();
     match output {
         OutputArg::Json => {
-            for report in &reports {
-                text.push_str(&json(&conn, report));
+            for answer in &reports {
+                match answer {
+                    Ok(report) => text.push_str(&json(&conn, report)),
+                    Err((backend, e)) => {
+                        let _ = write!(
+                            text,
+                            "{{\"backend\":{},\"error\":{}}}",
+                            string(backend),
+                            string(e)
+                        );
+                    }
+                }
                 text.push('\n');
             }
         }
         OutputArg::Text => {
             text.push_str(&header(&conn));
-            for report in &reports {
+            for answer in &reports {
                 text.push('\n');
-                text.push_str(&readable(report));
+                match answer {
+                    Ok(report) => text.push_str(&readable(report)),
+                    Err((backend, e)) => {
+                        let _ = writeln!(text, "{backend}: cannot explain: {e}");
+                    }
+                }
             }
         }
     }
@@ -227,7 +255,7 @@ pub fn main(args: ExplainArgs) -> ExitCode {
 }
 
 /// Resolves the flags (in the namespace this runs in) and explains for each backend.
-fn explain_all(args: ExplainArgs) -> Result<Vec<Report>, String> {
+fn explain_all(args: ExplainArgs) -> Result<Vec<Answer>, String> {
     let backends = args.backends();
     let from_kernel = args.from_kernel;
     let mut conn = args.connection();
@@ -244,13 +272,20 @@ fn explain_all(args: ExplainArgs) -> Result<Vec<Report>, String> {
             conn.iface = Some("lo".parse().expect("valid interface name"));
         }
     }
+    let single = backends.len() == 1;
     backends
         .into_iter()
         .map(|which| {
-            if from_kernel {
+            let report = if from_kernel {
                 from_kernel_report(which, &invocation.args, spec, &conn)
             } else {
                 pure(which, spec, &conn)
+            };
+            match report {
+                Ok(report) => Ok(Ok(report)),
+                // Side by side, one backend that cannot explain leaves the others.
+                Err(e) if !single => Ok(Err((which.name(), e))),
+                Err(e) => Err(e),
             }
         })
         .collect()
@@ -287,7 +322,7 @@ fn pure(which: Which, spec: &CaptureSpec, conn: &Connection) -> Result<Report, S
 
 #[cfg(feature = "ebpf")]
 fn ebpf_pure(spec: &CaptureSpec, conn: &Connection) -> Result<Explanation, String> {
-    let plan = capture_ebpf::Ebpf::plan(spec).map_err(|e| format!("ebpf: {}", chain(&e)))?;
+    let plan = capture_ebpf::Ebpf::plan(spec).map_err(|e| chain(&e))?;
     Ok(capture_ebpf::explain::explain(&plan, conn))
 }
 

@@ -1100,3 +1100,42 @@ fn explain_refuses_bad_connections_naming_the_flag() {
     );
     assert!(text.contains("--from-kernel"), "{text}");
 }
+
+/// Side by side, a backend that cannot capture the configuration says why and the others
+/// still answer; alone, that is the command's error.
+#[cfg(feature = "ebpf")]
+#[test]
+fn explain_all_backends_keeps_going_past_one_that_cannot() {
+    let out = explain(&[
+        "-c",
+        "eth1",
+        "--dst",
+        "10.0.0.2:80",
+        "--all-backends",
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].contains("\"verdict\":\"captured\""), "{text}");
+    assert!(lines[1].contains("\"verdict\":\"captured\""), "{text}");
+    assert_eq!(
+        lines[2],
+        "{\"backend\":\"ebpf\",\"error\":\"excluded interfaces (-c) is not supported by the eBPF backend yet; \
+         use the iptables backend\"}"
+    );
+    let out = explain(&["-c", "eth1", "--dst", "10.0.0.2:80", "--backend", "ebpf"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "capture-init: excluded interfaces (-c) is not supported by the eBPF backend yet; use the iptables backend\n"
+    );
+    // An excluded interface, named as the connection's: the rule that lets it pass.
+    let out = explain(&["-c", "eth1", "--dst", "10.0.0.2:80", "--interface", "eth1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("  why:   the interface is excluded (-c) (excluded-interface)\n  rule:  nat  -A OUTPUT -o eth1 -j RETURN\n"),
+        "{text}"
+    );
+}
