@@ -64,6 +64,10 @@ BACKENDS:
     capture-init ebpf unload [--bpffs PATH]                   detach and unpin them (no pod is captured)
     capture-init ebpf pods   [--bpffs PATH]                   list enrolled pods and their configuration
 
+EXPLAIN:
+  capture-init explain <these flags> --dst ADDR:PORT [--direction inbound] [--uid N] ...
+  says which rule decides one connection and where it lands (see capture-init explain --help).
+
 EXIT STATUS:
   0    success
   1    invalid input, or the rules could not be applied (nothing is left half-applied)
