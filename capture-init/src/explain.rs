@@ -344,6 +344,12 @@ fn from_kernel_report(
     }
 }
 
+/// The drift a backend's comparison found; a comparison that cannot be made is itself a
+/// difference to report, not a reason to explain nothing.
+fn compared(check: Result<Vec<String>, capture_core::BackendError>) -> Vec<String> {
+    check.unwrap_or_else(|e| vec![format!("cannot compare with these flags: {}", chain(&*e))])
+}
+
 fn iptables_kernel(args: &Args, spec: &CaptureSpec, conn: &Connection) -> Result<Report, String> {
     let exec = SystemExec { lock_file: None };
     let backend = match args.forced_flavor() {
@@ -357,7 +363,7 @@ fn iptables_kernel(args: &Args, spec: &CaptureSpec, conn: &Connection) -> Result
         .map_err(|e| format!("cannot read the {family} rules: {}", chain(&e)))?;
     let walk = Walk::from_saves(saved.tables.iter().map(|(name, t)| (*name, &t.chains)), family);
     let mut explanation = walk.explain("iptables", Some(spec), conn);
-    let drift = backend.check(spec).map_err(|e| chain(&*e))?;
+    let drift = compared(backend.check(spec));
     let installs = if spec.families().contains(&family) {
         Walk::from_rules(&capture_core::plan(spec, family))
     } else {
@@ -385,7 +391,7 @@ fn nftables_kernel(spec: &CaptureSpec, conn: &Connection) -> Result<Report, Stri
         capture_core::nft::compile(&model, &capture_core::SystemAccounts).map_err(|e| chain(&e))?;
     let walk = Walk::from_nft_listing(&model, &compiled, &present);
     let explanation = walk.explain("nftables", Some(spec), conn);
-    let drift = capture_core::nft::Nftables.check(spec).map_err(|e| chain(&*e))?;
+    let drift = compared(capture_core::nft::Nftables.check(spec));
     Ok(Report {
         explanation,
         source: "kernel",
@@ -396,7 +402,7 @@ fn nftables_kernel(spec: &CaptureSpec, conn: &Connection) -> Result<Report, Stri
 #[cfg(feature = "ebpf")]
 fn ebpf_kernel(args: &Args, spec: &CaptureSpec, conn: &Connection) -> Result<Report, String> {
     let backend = crate::ebpf::backend(args);
-    let drift = backend.check(spec).map_err(|e| chain(&*e))?;
+    let drift = compared(backend.check(spec));
     let explanation = if backend.pins.is_loaded() {
         let node = capture_ebpf::Node::open(&backend.pins).map_err(|e| chain(&e))?;
         let cookie = capture_ebpf::NetnsCookie::current().map_err(|e| chain(&e))?;

@@ -150,17 +150,25 @@ impl<'a> CaptureInit<'a> {
         run
     }
 
-    /// Records what a successful run left in the pod: its flags, and whether capture is there.
+    /// Records what a run left in the pod: its flags, and whether capture is there.
     fn record(&self, run: &Run) {
         let has = |flag: &str| {
             self.args
                 .iter()
                 .any(|(f, v)| f == flag && v.as_deref().is_none_or(|v| v != "false"))
         };
-        if !run.status.success() || has("--dry-run") || has("-n") || has("--skip-rule-apply") {
+        if has("--dry-run") || has("-n") || has("--skip-rule-apply") {
             return;
         }
-        let present = !has("--cleanup-only");
+        let mut map = INSTALLED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A failed run leaves things as they were: nothing, when no run succeeded before.
+        let present = match (run.status.success(), map.contains_key(self.pod.name())) {
+            (true, _) => !has("--cleanup-only"),
+            (false, false) => false,
+            (false, true) => return,
+        };
         let args = self
             .args
             .iter()
@@ -174,10 +182,7 @@ impl<'a> CaptureInit<'a> {
             .filter_map(|w| w.split_once('/').and_then(|(a, _)| a.parse().ok()))
             .collect();
         let installed = Installed { args, present, addrs };
-        INSTALLED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(self.pod.name().to_owned(), installed);
+        map.insert(self.pod.name().to_owned(), installed);
     }
 
     /// The command [`CaptureInit::run`] runs, environment cleaned, to start it some other way.
