@@ -208,7 +208,12 @@ pub fn main(args: ExplainArgs) -> ExitCode {
             .map_err(|e| format!("cannot enter network namespace {}: {e}", path.display()))
             .and_then(|ns| {
                 ns.run(|| Ok::<_, RunError>(explain_all(args)))
-                    .map_err(|e| format!("cannot enter network namespace {}: {e}", path.display()))
+                    .map_err(|e| match e {
+                        RunError::Setns { path, source } => {
+                            format!("cannot enter network namespace {}: {source}", path.display())
+                        }
+                        other => chain(&other),
+                    })
             })
             .and_then(|r| r),
         _ => explain_all(args),

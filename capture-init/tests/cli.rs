@@ -1082,6 +1082,16 @@ fn explain_refuses_bad_connections_naming_the_flag() {
             "capture-init: invalid value 'sctp' for '--protocol <PROTOCOL>'\n",
         ),
         (
+            &[
+                "--dst",
+                "10.0.0.1:80",
+                "--from-kernel",
+                "--network-namespace",
+                "/nonexistent",
+            ][..],
+            "capture-init: cannot enter network namespace /nonexistent: no such file or directory\n",
+        ),
+        (
             &["--dst", "10.0.0.1:80", "-p", "0"][..],
             "capture-init: invalid value \"0\" for -p/--envoy-port: not a port number (1-65535)\n",
         ),
