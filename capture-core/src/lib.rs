@@ -30,6 +30,7 @@ pub mod apply;
 pub mod backend;
 mod choice;
 mod error;
+pub mod explain;
 pub mod host;
 pub mod istio;
 pub mod lock;

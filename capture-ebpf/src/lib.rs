@@ -45,6 +45,7 @@
 //! |---|---|
 //! | `backend` | [`Ebpf`]: capture-core's `Backend` seam (install, check, uninstall) |
 //! | `maps` | [`MapPlan`]: the spec as map contents (pure) |
+//! | `explain` | [`explain::explain`]: the programs' decision for one connection, over a map plan (pure) |
 //! | `meta` | [`PodMetadata`]: who enrolled a pod (CNI container id, interface, pod name) |
 //! | `owners` | [`resolve_owners`]: names to ids before planning |
 //! | `node` | [`Node`]: load, open, enroll, read back, unload |
@@ -60,6 +61,7 @@ mod backend;
 mod bpffs;
 mod cgroup;
 mod error;
+pub mod explain;
 mod maps;
 mod meta;
 mod netns;

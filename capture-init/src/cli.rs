@@ -66,6 +66,10 @@ BACKENDS:
     capture-init ebpf unload [--bpffs PATH]                   detach and unpin them (no pod is captured)
     capture-init ebpf pods   [--bpffs PATH]                   list enrolled pods and their configuration
 
+EXPLAIN:
+  capture-init explain <these flags> --dst ADDR:PORT [--direction inbound] [--uid N] ...
+  says which rule decides one connection and where it lands (see capture-init explain --help).
+
 EXIT STATUS:
   0    success
   1    invalid input, or the rules could not be applied (nothing is left half-applied)
@@ -685,8 +689,8 @@ pub fn early_log_config(argv: &[OsString]) -> capture_log::Config {
                 Some(rest) => rest.strip_prefix('=').map(str::to_owned),
                 None => None,
             });
-    // `status` answers on stdout: unless asked, its log says only what is wrong.
-    let quiet = argv.get(1).is_some_and(|a| a == "status");
+    // `status` and `explain` answer on stdout: unless asked, their log says only what is wrong.
+    let quiet = argv.get(1).is_some_and(|a| a == "status" || a == "explain");
     let levels = given
         .or_else(|| std::env::var("LOG_OUTPUT_LEVEL").ok())
         .and_then(|text| capture_log::Levels::parse(&text).ok())
@@ -837,6 +841,14 @@ pub enum CliError {
     /// The pod's addresses could not be listed.
     #[error("cannot list the pod's addresses: {0}")]
     Addresses(nix::Error),
+    /// A flag that must be given.
+    #[error("{flag} is required: {what}")]
+    Missing {
+        /// The flag.
+        flag: &'static str,
+        /// What it gives.
+        what: &'static str,
+    },
     /// Requested behaviour that this build does not have.
     #[error("{0}")]
     Unsupported(&'static str),
@@ -882,6 +894,8 @@ pub enum Parsed {
     Node(NodeArgs),
     /// `capture-init status …`.
     Status(Box<crate::status::StatusArgs>),
+    /// `capture-init explain …`.
+    Explain(Box<crate::explain::ExplainArgs>),
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
 }
@@ -920,46 +934,44 @@ where
         require_ebpf_build()?;
         return Ok(Parsed::Node(node));
     }
+    // `capture-init explain <a run's flags> <a connection>`: the word cannot be anything else
+    // either.
+    if argv.get(1).is_some_and(|a| a == "explain") {
+        argv.remove(1);
+        if let Some(name) = argv.first_mut() {
+            *name = "capture-init explain".into();
+        }
+        let mut matches = match clap_matches(crate::explain::ExplainArgs::command(), argv)? {
+            Ok(m) => m,
+            Err(info) => return Ok(Parsed::Info(info)),
+        };
+        let given = overridable_given(&matches);
+        let mut explain = crate::explain::ExplainArgs::from_arg_matches_mut(&mut matches)
+            .map_err(|e| CliError::Usage(Box::new(e)))?;
+        apply_overrides(given, &mut explain.run)?;
+        if explain.dst.is_none() {
+            return Err(CliError::Missing {
+                flag: "--dst",
+                what: "the connection's destination ADDR:PORT",
+            });
+        }
+        if explain.run.backend == Backend::Ebpf {
+            require_ebpf_build()?;
+        }
+        return Ok(Parsed::Explain(Box::new(explain)));
+    }
     let mut matches = match clap_matches(Args::command(), argv)? {
         Ok(m) => m,
         Err(info) => return Ok(Parsed::Info(info)),
     };
     // Where the overridable flags came from, read before their values are moved out (`_mut`
     // spares a copy of every match).
-    let given = |id| matches.value_source(id) == Some(ValueSource::CommandLine);
-    let (dns_given, invalid_given, dual_given) =
-        (given("redirect_dns"), given("drop_invalid"), given("dual_stack"));
-    let mut settings = settings(&Args::command(), &matches);
+    let given = overridable_given(&matches);
+    let settings = settings(&Args::command(), &matches);
     let mut args = Args::from_arg_matches_mut(&mut matches).map_err(|e| CliError::Usage(Box::new(e)))?;
-    for (given, var, flag, value) in [
-        (
-            dns_given,
-            "ISTIO_META_DNS_CAPTURE",
-            "--redirect-dns",
-            &mut args.redirect_dns,
-        ),
-        (
-            invalid_given,
-            "INVALID_DROP",
-            "--drop-invalid",
-            &mut args.drop_invalid,
-        ),
-        (
-            dual_given,
-            "ISTIO_DUAL_STACK",
-            "--dual-stack",
-            &mut args.dual_stack,
-        ),
-    ] {
-        if apply_override(given, var, value)?
-            && let Some(setting) = settings.iter_mut().find(|s| s.name == flag)
-        {
-            setting.value = value.to_string();
-            setting.source = Source::Env(var.to_owned());
-        }
-    }
-    settings.extend(env_only_settings());
     args.settings = settings;
+    apply_overrides(given, &mut args)?;
+    args.settings.extend(env_only_settings());
     match args.backend {
         Backend::Ebpf => require_ebpf_build()?,
         Backend::Iptables => {
@@ -979,6 +991,45 @@ where
         .parse::<capture_core::Port>()
         .map_err(|reason| SpecError::new(Field::ProbePort, probe_port, reason))?;
     Ok(Parsed::Run(Box::new(args)))
+}
+
+/// Whether `--redirect-dns`, `--drop-invalid` and `--dual-stack` were on the command line,
+/// where Istio's override variables do not apply.
+fn overridable_given(matches: &ArgMatches) -> [bool; 3] {
+    ["redirect_dns", "drop_invalid", "dual_stack"]
+        .map(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+}
+
+/// Istio's override variables (`ISTIO_META_DNS_CAPTURE`, `INVALID_DROP`, `ISTIO_DUAL_STACK`);
+/// a setting a variable decided is marked as coming from it.
+fn apply_overrides([dns, invalid, dual]: [bool; 3], args: &mut Args) -> Result<(), CliError> {
+    let decided = [
+        (
+            apply_override(dns, "ISTIO_META_DNS_CAPTURE", &mut args.redirect_dns)?,
+            "ISTIO_META_DNS_CAPTURE",
+            "--redirect-dns",
+            args.redirect_dns,
+        ),
+        (
+            apply_override(invalid, "INVALID_DROP", &mut args.drop_invalid)?,
+            "INVALID_DROP",
+            "--drop-invalid",
+            args.drop_invalid,
+        ),
+        (
+            apply_override(dual, "ISTIO_DUAL_STACK", &mut args.dual_stack)?,
+            "ISTIO_DUAL_STACK",
+            "--dual-stack",
+            args.dual_stack,
+        ),
+    ];
+    for (by_var, var, flag, value) in decided {
+        if by_var && let Some(setting) = args.settings.iter_mut().find(|s| s.name == flag) {
+            setting.value = value.to_string();
+            setting.source = Source::Env(var.to_owned());
+        }
+    }
+    Ok(())
 }
 
 /// Runs clap: the matches, or the help or version text to print (`Ok(Err(text))`).

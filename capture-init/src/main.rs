@@ -8,6 +8,7 @@ mod arena;
 mod cli;
 #[cfg(feature = "ebpf")]
 mod ebpf;
+mod explain;
 mod run;
 mod status;
 mod validate;

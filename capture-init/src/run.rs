@@ -105,6 +105,10 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
             capture_log::init(early);
             return crate::status::main(*status);
         }
+        Ok(Parsed::Explain(explain)) => {
+            capture_log::init(early);
+            return crate::explain::main(*explain);
+        }
         Ok(Parsed::Run(args)) => args,
         Err(e) => {
             capture_log::init(early);

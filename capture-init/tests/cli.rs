@@ -1204,3 +1204,189 @@ fn status_flags_and_errors() {
         assert_eq!(untimed(&out.stderr), expected, "{args:?}");
     }
 }
+
+/// `capture-init explain` with the sidecar's flags, `--ipv6 off` and `rest`: reads nothing of the
+/// host (no privilege needed).
+fn explain(rest: &[&str]) -> Output {
+    let mut args = vec!["explain"];
+    args.extend(SIDECAR_ARGS);
+    args.extend(["--ipv6", "off"]);
+    args.extend(rest);
+    capture_init(&args, &[])
+}
+
+#[test]
+fn explain_names_the_rule_that_decides_in_words() {
+    let out = explain(&["--dst", "10.96.0.1:443", "--uid", "1000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "outbound TCP connection to 10.96.0.1:443 by uid 1000 gid 1000\n\
+         \n\
+         iptables: captured to port 15001, original destination 10.96.0.1:443\n\
+         \x20 why:   an outbound destination the rules capture (-i, -q) (outbound)\n\
+         \x20 rule:  nat  -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n\
+         \x20 path:  nat  -A OUTPUT -j ISTIO_OUTPUT\n\
+         \x20        nat  -A ISTIO_OUTPUT -j ISTIO_REDIRECT\n\
+         \x20        nat  -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n\
+         \x20 note:  if 10.96.0.1 is one of the pod's own addresses (over lo): bypassed (local-to-self); \
+         pass --interface lo\n"
+    );
+    let out = explain(&["--dst", "10.96.0.1:443", "--uid", "1337"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "iptables: not captured: it goes where it was going\n\
+             \x20 why:   the socket belongs to the proxy's uid (-u) (proxy-uid)\n\
+             \x20 rule:  nat  -A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN\n"
+        ),
+        "{text}"
+    );
+    // Native nftables prints the nft rule; inbound to an excluded port names it.
+    let out = explain(&[
+        "--native-nftables",
+        "--direction",
+        "inbound",
+        "--dst",
+        "10.0.0.5:15021",
+        "--src",
+        "10.0.0.9",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "nftables: not captured: it goes where it was going\n\
+             \x20 why:   the destination port is excluded from inbound capture (-d) (excluded-inbound-port)\n\
+             \x20 rule:  istio-proxy-nat istio-inbound  meta l4proto tcp tcp dport 15021 counter return\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_json_is_one_object_per_backend_with_stable_keys() {
+    let out = explain(&[
+        "--dst",
+        "10.0.0.5:8080",
+        "--uid",
+        "1337",
+        "--interface",
+        "lo",
+        "--output",
+        "json",
+        "--all-backends",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let backends = if cfg!(feature = "ebpf") { 3 } else { 2 };
+    assert_eq!(lines.len(), backends, "{text}");
+    for (line, backend) in lines.iter().zip(["iptables", "nftables", "ebpf"]) {
+        assert!(
+            line.starts_with(&format!(
+                "{{\"backend\":\"{backend}\",\"source\":\"model\",\"direction\":\"outbound\",\"family\":\"ipv4\",\
+                 \"dst\":\"10.0.0.5:8080\",\"verdict\":\"captured\",\"port\":15006,\"original_dst\":\"10.0.0.5:8080\",\
+                 \"reason\":\"hairpin\","
+            )),
+            "{line}"
+        );
+        assert!(line.ends_with(",\"drift\":null}"), "{line}");
+    }
+    assert!(lines[0].contains(
+        "\"rule\":\"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\",\"table\":\"nat\",\"chain\":\"ISTIO_IN_REDIRECT\""
+    ));
+}
+
+#[test]
+fn explain_refuses_bad_connections_naming_the_flag() {
+    for (rest, message) in [
+        (
+            &[][..],
+            "error\t--dst is required: the connection's destination ADDR:PORT\n",
+        ),
+        (
+            &["--dst", "10.0.0.1"][..],
+            "error\tinvalid value \"10.0.0.1\" for --dst: not an ADDR:PORT such as \
+             10.96.0.1:443 or [fd00::1]:80\n",
+        ),
+        (
+            &["--dst", "10.0.0.1:80", "--src", "nope"][..],
+            "error\tinvalid value \"nope\" for --src: not an ADDR or ADDR:PORT such as \
+             10.0.0.2, 127.0.0.6 or [fd00::2]:4000\n",
+        ),
+        (
+            &["--dst", "10.0.0.1:80", "--direction", "sideways"][..],
+            "error\tinvalid value \"sideways\" for --direction: not one of outbound, inbound\n",
+        ),
+        (
+            &["--dst", "10.0.0.1:80", "--protocol", "sctp"][..],
+            "error\tinvalid value \"sctp\" for --protocol: not one of tcp, udp\n",
+        ),
+        (
+            &[
+                "--dst",
+                "10.0.0.1:80",
+                "--from-kernel",
+                "--network-namespace",
+                "/nonexistent",
+            ][..],
+            "error\tcannot enter network namespace /nonexistent: no such file or directory\n",
+        ),
+        (
+            &["--dst", "10.0.0.1:80", "-p", "0"][..],
+            "error\tinvalid value \"0\" for -p/--envoy-port: not a port number (1-65535)\n",
+        ),
+    ] {
+        let out = explain(rest);
+        assert_eq!(out.status.code(), Some(1), "{rest:?}");
+        assert_eq!(untimed(&out.stderr), message, "{rest:?}");
+        assert!(out.stdout.is_empty(), "{rest:?}");
+    }
+    let help = capture_init(&["explain", "--help"], &[]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.starts_with("Explain which rule decides one connection"),
+        "{text}"
+    );
+    assert!(text.contains("--from-kernel"), "{text}");
+}
+
+/// Side by side, a backend that cannot capture the configuration says why and the others
+/// still answer; alone, that is the command's error.
+#[cfg(feature = "ebpf")]
+#[test]
+fn explain_all_backends_keeps_going_past_one_that_cannot() {
+    let out = explain(&[
+        "-c",
+        "eth1",
+        "--dst",
+        "10.0.0.2:80",
+        "--all-backends",
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].contains("\"verdict\":\"captured\""), "{text}");
+    assert!(lines[1].contains("\"verdict\":\"captured\""), "{text}");
+    assert_eq!(
+        lines[2],
+        "{\"backend\":\"ebpf\",\"error\":\"excluded interfaces (-c) is not supported by the eBPF backend yet; \
+         use the iptables backend\"}"
+    );
+    let out = explain(&["-c", "eth1", "--dst", "10.0.0.2:80", "--backend", "ebpf"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        untimed(&out.stderr),
+        "error\texcluded interfaces (-c) is not supported by the eBPF backend yet; use the iptables backend\n"
+    );
+    // An excluded interface, named as the connection's: the rule that lets it pass.
+    let out = explain(&["-c", "eth1", "--dst", "10.0.0.2:80", "--interface", "eth1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("  why:   the interface is excluded (-c) (excluded-interface)\n  rule:  nat  -A OUTPUT -o eth1 -j RETURN\n"),
+        "{text}"
+    );
+}

@@ -142,9 +142,47 @@ impl<'a> CaptureInit<'a> {
     }
 
     /// Runs the binary with a clean environment (only `PATH`), so nothing on the machine changes the
-    /// result.
+    /// result. A run that changed the pod's capture is recorded for `explain`'s checks
+    /// ([`installed`]).
     pub(crate) fn run(&self) -> Run {
-        run_clean(self.command(), self.path_first.as_deref())
+        let run = run_clean(self.command(), self.path_first.as_deref());
+        self.record(&run);
+        run
+    }
+
+    /// Records what a run left in the pod: its flags, and whether capture is there.
+    fn record(&self, run: &Run) {
+        let has = |flag: &str| {
+            self.args
+                .iter()
+                .any(|(f, v)| f == flag && v.as_deref().is_none_or(|v| v != "false"))
+        };
+        if has("--dry-run") || has("-n") || has("--skip-rule-apply") {
+            return;
+        }
+        let mut map = INSTALLED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A failed run leaves things as they were: nothing, when no run succeeded before.
+        let present = match (run.status.success(), map.contains_key(self.pod.name())) {
+            (true, _) => !has("--cleanup-only"),
+            (false, false) => false,
+            (false, true) => return,
+        };
+        let args = self
+            .args
+            .iter()
+            .filter(|(f, _)| f != "--cleanup-only" && f != "--reconcile" && f != "--force-apply")
+            .cloned()
+            .collect();
+        let addrs = self
+            .pod
+            .ip(&["-o", "addr", "show"])
+            .split_whitespace()
+            .filter_map(|w| w.split_once('/').and_then(|(a, _)| a.parse().ok()))
+            .collect();
+        let installed = Installed { args, present, addrs };
+        map.insert(self.pod.name().to_owned(), installed);
     }
 
     /// `capture-init status --network-namespace <pod>` (or `capture-init status` in the pod, with
@@ -196,6 +234,40 @@ impl<'a> CaptureInit<'a> {
         clean_env(&mut cmd, self.path_first.as_deref());
         cmd
     }
+}
+
+/// What the last successful run for a pod's namespace left there: the flags `explain` is given
+/// to predict where that pod's connections land.
+#[derive(Debug, Clone)]
+pub(crate) struct Installed {
+    /// The run's flags (without `--cleanup-only`, `--reconcile`, `--force-apply`).
+    pub(crate) args: Vec<(String, Option<String>)>,
+    /// Whether capture is there (false after `--cleanup-only`).
+    pub(crate) present: bool,
+    /// The pod's addresses when it ran.
+    pub(crate) addrs: Vec<std::net::IpAddr>,
+}
+
+/// [`Installed`] by pod namespace name, for this test process.
+static INSTALLED: std::sync::Mutex<std::collections::BTreeMap<String, Installed>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// What capture-init last installed in the namespace named `pod`.
+pub(crate) fn installed(pod: &str) -> Option<Installed> {
+    let map = INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.get(pod).cloned()
+}
+
+/// The pod (by namespace name) that holds `addr`, with what was installed there.
+pub(crate) fn installed_holding(addr: std::net::IpAddr) -> Option<(String, Installed)> {
+    let map = INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.iter()
+        .find(|(_, i)| i.addrs.contains(&addr))
+        .map(|(name, i)| (name.clone(), i.clone()))
 }
 
 /// Gives `cmd` a clean environment: only `PATH`, with `path_first` first.
@@ -294,7 +366,23 @@ pub(crate) fn finished(cmd: &Command, out: std::io::Result<std::process::Output>
 pub(crate) fn ebpf_node(args: &[&str]) -> Run {
     let mut cmd = Command::new(CAPTURE_INIT);
     cmd.arg("ebpf").args(args);
-    run_clean(cmd, None)
+    let run = run_clean(cmd, None);
+    if args.first() == Some(&"unload") && run.status.success() {
+        // No pod of the node is captured any more.
+        let mut map = INSTALLED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for installed in map.values_mut() {
+            if installed
+                .args
+                .iter()
+                .any(|(f, v)| f == "--backend" && v.as_deref() == Some("ebpf"))
+            {
+                installed.present = false;
+            }
+        }
+    }
+    run
 }
 
 /// How a `capture-init` run ended.

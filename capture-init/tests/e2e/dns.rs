@@ -131,6 +131,7 @@ fn dns_udp_from_a_connected_socket_reaches_the_agent(backend: Backend, family: F
     let ns = pod.nameserver();
     let (answer, peer) = udp::exchange_connected_as(&pod.topo.pod, APP_UID, APP_UID, ns, b"dns query")
         .unwrap_or_else(|e| panic!("app → {ns} over connected UDP: {e}"));
+    pod.explained(APP, ns, &answer);
     assert_eq!(
         answer.reply,
         pod.agent_udp.token(),
@@ -150,6 +151,7 @@ fn dns_udp_from_a_connected_socket_reaches_the_agent(backend: Backend, family: F
     // The proxy's connected socket reaches the nameserver itself.
     let (answer, peer) = udp::exchange_connected_as(&pod.topo.pod, PROXY_UID, PROXY_UID, ns, b"upstream")
         .unwrap_or_else(|e| panic!("proxy → {ns} over connected UDP: {e}"));
+    pod.explained(PROXY, ns, &answer);
     assert_eq!(answer.reply, pod.server_udp.token());
     assert_eq!((answer.from, peer), (ns, ns));
     assert!(pod.agent_udp.take_received().is_empty());
@@ -177,6 +179,7 @@ fn dns_udp_from_dual_stack_sockets_to_an_ipv4_nameserver(backend: Backend) {
 
     let (answer, peer) = udp::exchange_connected_as(&pod.topo.pod, APP_UID, APP_UID, mapped, b"dns query")
         .unwrap_or_else(|e| panic!("app → {mapped} over connected UDP: {e}"));
+    pod.explained(APP, mapped, &answer);
     assert_eq!(
         answer.reply,
         pod.agent_udp.token(),
@@ -244,6 +247,7 @@ fn dns_to_an_excluded_port_53_is_not_redirected(backend: Backend, family: Family
             .0,
         pod.server_tcp.token()
     );
+    crate::explain::assert_explained(&pod.topo.pod, APP, None, ns, crate::explain::Landed::Direct);
     assert!(pod.agent_udp.take_received().is_empty());
     assert!(pod.agent_tcp.take_accepted().is_empty());
 }
@@ -590,8 +594,22 @@ impl DnsPod {
     #[track_caller]
     fn query(&self, who: Identity, dst: SocketAddr) -> Answer {
         let (uid, gid) = who;
-        udp::exchange_as(&self.topo.pod, uid, gid, dst, b"dns query")
-            .unwrap_or_else(|e| panic!("{uid}:{gid} → {dst} over UDP: {e}"))
+        let answer = udp::exchange_as(&self.topo.pod, uid, gid, dst, b"dns query")
+            .unwrap_or_else(|e| panic!("{uid}:{gid} → {dst} over UDP: {e}"));
+        self.explained(who, dst, &answer);
+        answer
+    }
+
+    /// `capture-init explain` must predict who answered `who`'s UDP query to `dst`: the agent,
+    /// or the server asked.
+    #[track_caller]
+    fn explained(&self, who: Identity, dst: SocketAddr, answer: &Answer) {
+        let landed = if answer.reply == self.agent_udp.token() {
+            crate::explain::Landed::Redirected(self.agent_udp.local_addr().port())
+        } else {
+            crate::explain::Landed::Direct
+        };
+        crate::explain::assert_explained_udp(&self.topo.pod, who, dst, landed);
     }
 
     /// The pod's UDP conntrack entries whose original direction is pod:`port` → `dst`.

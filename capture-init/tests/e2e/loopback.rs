@@ -49,6 +49,13 @@ fn loopback(backend: Backend, family: Family) {
     assert_eq!(reply, app.token());
     assert_eq!(app.take_one().peer, client);
     assert_eq!(client.ip(), passthrough(family));
+    crate::explain::assert_explained(
+        &topo.pod,
+        PROXY,
+        Some(passthrough(family)),
+        pod8080,
+        crate::explain::Landed::Direct,
+    );
 
     assert_lands(&topo.pod, PROXY, pod8080, &inbound);
     assert!(outbound.take_accepted().is_empty());

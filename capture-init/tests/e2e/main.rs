@@ -47,6 +47,7 @@
 //! | `logging`         | 14. the log of a run: JSON lines, configuration, decisions, payload       |
 //! | `real_proxy`      | 15. the example transparent proxy as the sidecar, every backend          |
 //! | `status`          | 16. `capture-init status`: the backend found, drift, counters, exit codes |
+//! | `explain`         | 17. `capture-init explain` predicts every `assert_lands`; drift           |
 
 mod capture_init;
 mod support;
@@ -56,6 +57,7 @@ mod dns;
 mod ebpf_backend;
 #[cfg(feature = "ebpf")]
 mod ebpf_upgrade;
+mod explain;
 mod inbound;
 mod ipv6_tproxy;
 mod logging;

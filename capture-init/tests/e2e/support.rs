@@ -192,6 +192,12 @@ pub(crate) fn assert_lands(ns: &NetNs, who: Identity, dst: SocketAddr, on: &List
         seen.peer, client,
         "{uid}:{gid} → {dst}: the listener sees the client"
     );
+    // `capture-init explain` must predict it (for an inbound connection, from the client's
+    // address; an outbound socket's source is not known before it connects).
+    let inbound_src = crate::capture_init::installed(ns.name())
+        .is_none()
+        .then_some(client.ip());
+    crate::explain::assert_explained(ns, who, inbound_src, dst, crate::explain::landed(dst, on));
     seen
 }
 
