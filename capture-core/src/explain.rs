@@ -3,7 +3,7 @@
 //! A [`Connection`] (direction, addresses, protocol, the socket's owner, the interface) is
 //! walked through rules the way netfilter walks a new connection's first packet: the tables of
 //! a hook in priority order (raw, mangle, nat), each from its built-in chain through our jumps,
-//! `RETURN`s and targets. The rules walked are the very rules capture installs ([`plan`] for
+//! `RETURN`s and targets. The rules walked are the very rules capture installs ([`plan`](crate::plan()) for
 //! iptables, [`nft::plan`](crate::nft::plan) for native nftables), or the ones read back from
 //! `iptables-save` ([`Walk::from_saves`]), so the rule named as the one that decides is printed as
 //! `iptables-save` (or `nft`) shows it. Only the matches and targets capture's renderers emit are

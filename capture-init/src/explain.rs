@@ -1,7 +1,7 @@
 //! `capture-init explain`: which rule decides one connection, and where it lands.
 //!
 //! It takes a run's flags (so the same configuration is explained as is installed) and a
-//! connection, and walks capture-core's [`explain`](capture_core::explain) over the rules the
+//! connection, and walks [`capture_core::explain`] over the rules the
 //! flags install: pure, with no host access beyond what a dry run reads (IPv6 detection under
 //! `--ipv6 auto`, resolv.conf for `--redirect-dns`, owner names). `--from-kernel` reads what is
 //! installed in the pod's network namespace instead and says when it differs from the flags

@@ -430,6 +430,7 @@ impl Run {
 
     /// Asserts that the run failed with one clear line: exactly one error, the last line, and
     /// no warning (the lines before it are the log of the configuration).
+    #[cfg(feature = "ebpf")]
     #[track_caller]
     pub(crate) fn one_error_line(&self) -> &Self {
         let lines: Vec<&str> = self.stderr.lines().collect();
