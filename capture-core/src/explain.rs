@@ -68,6 +68,23 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A TCP connection out of the pod to `dst` by a socket of `uid` (and a gid of the same
+    /// number), from no particular address, by an interface no rule names.
+    pub fn outbound_tcp(dst: SocketAddr, uid: u32) -> Self {
+        Self {
+            direction: Direction::Outbound,
+            proto: Proto::Tcp,
+            src: None,
+            src_port: None,
+            dst,
+            uid,
+            gid: uid,
+            iface: None,
+        }
+    }
+}
+
+impl Connection {
     /// The connection's address family (an IPv4-mapped IPv6 destination is IPv4, as the
     /// kernel sends it).
     pub fn family(&self) -> Family {

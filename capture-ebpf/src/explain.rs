@@ -330,22 +330,12 @@ fn inbound<'a>(plan: &'a MapPlan, conn: &Connection) -> (Verdict, Reason, Walk<'
 
 #[cfg(test)]
 mod tests {
-    use capture_core::rules::Proto;
     use capture_core::{CaptureSpec, explain};
 
     use super::*;
 
     fn out(dst: &str, uid: u32) -> Connection {
-        Connection {
-            direction: Direction::Outbound,
-            proto: Proto::Tcp,
-            src: None,
-            src_port: None,
-            dst: dst.parse().unwrap(),
-            uid,
-            gid: uid,
-            iface: None,
-        }
+        Connection::outbound_tcp(dst.parse().unwrap(), uid)
     }
 
     /// The eBPF walk agrees with the iptables walk wherever the backends behave alike.

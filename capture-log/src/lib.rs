@@ -23,7 +23,7 @@ use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::SystemTime;
 
 pub use levels::{LevelError, Levels, OutputLevel, SCOPES, scope_of};
-pub use line::Format;
+pub use line::{Format, json_string};
 use tracing::{Event, Subscriber};
 pub use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::filter::Targets;

@@ -105,8 +105,8 @@ fn level_name(level: &tracing::Level) -> &'static str {
     }
 }
 
-/// `text` as a JSON string, quotes included.
-fn json_string(out: &mut String, text: &str) {
+/// Appends `text` to `out` as a JSON string, quotes included.
+pub fn json_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {

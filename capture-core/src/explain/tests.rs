@@ -5,16 +5,7 @@ use crate::spec::{DnsCapture, InterceptMode, OutboundCidrs};
 use crate::types::{Mark, PortRange, RouteTable};
 
 fn out(dst: &str, uid: u32) -> Connection {
-    Connection {
-        direction: Direction::Outbound,
-        proto: Proto::Tcp,
-        src: None,
-        src_port: None,
-        dst: dst.parse().unwrap(),
-        uid,
-        gid: uid,
-        iface: None,
-    }
+    Connection::outbound_tcp(dst.parse().unwrap(), uid)
 }
 
 fn inb(dst: &str) -> Connection {
