@@ -465,7 +465,7 @@ fn plugin_config_that_add_would_refuse_is_refused_before_anything_is_written() {
         assert_eq!(out.status.code(), Some(1), "{value:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{value:?}: one line: {stderr}");
         assert!(
-            stderr.starts_with("capture-cni: install failed: ") && stderr.contains("--plugin-config"),
+            stderr.contains("\terror\tcni\tinstall failed: ") && stderr.contains("--plugin-config"),
             "{value:?}: {stderr}"
         );
         assert!(!bin.join(PLUGIN_TYPE).exists(), "{value:?}: binary not copied");
