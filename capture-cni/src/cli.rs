@@ -130,10 +130,8 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
         let _ = out.flush();
         return ExitCode::from(outcome.exit);
     }
-    let json = argv
-        .iter()
-        .any(|a| a == "--log_as_json" || a == "--log_as_json=true")
-        || std::env::var("LOG_AS_JSON").is_ok_and(|v| v == "true");
+    // A command line the parser refuses still logs its error as the logging flags ask.
+    let early = capture_log::Config::from_argv(&argv, capture_log::Levels::default());
     let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         // `--help`, `--version` and `help` print to stdout and exit 0.
@@ -142,10 +140,7 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            capture_log::init(capture_log::Config {
-                format: capture_log::Format::json(json),
-                ..capture_log::Config::default()
-            });
+            capture_log::init(early);
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or_default();
             tracing::error!("{}", first.trim_start_matches("error: "));

@@ -358,6 +358,39 @@ fn each_command_prints_its_help_and_refuses_unknown_options() {
     }
 }
 
+/// A refused command line still logs as its logging flags (or their variables) ask: any Go
+/// boolean spelling of `--log_as_json`, and `--log_output_level`'s levels (`all:none` silences
+/// even the error line; the exit status still says it).
+#[test]
+fn a_usage_error_logs_as_the_logging_flags_ask() {
+    for (args, env) in [
+        (&["install", "--bogus", "--log_as_json=T"][..], None),
+        (&["install", "--bogus"][..], Some(("LOG_AS_JSON", "1"))),
+    ] {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env_remove("LOG_AS_JSON")
+            .env_remove("LOG_OUTPUT_LEVEL");
+        if let Some((k, v)) = env {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "capture-cni {args:?}: {stderr}");
+        let line: Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        assert_eq!(line["level"], "error", "{stderr}");
+        assert!(line["msg"].as_str().unwrap().contains("--bogus"), "{stderr}");
+    }
+    let out = Command::new(BIN)
+        .args(["install", "--bogus", "--log_output_level", "all:none"])
+        .env_remove("LOG_OUTPUT_LEVEL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
 /// The DaemonSet's ConfigMap holds settings the plugin accepts.
 #[test]
 fn deploy_plugin_config_is_valid() {

@@ -167,11 +167,7 @@ impl Args {
 
 /// Parses Go's strconv.ParseBool spellings.
 fn go_bool(s: &str) -> Result<bool, String> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err("not a boolean (true or false)".into()),
-    }
+    capture_log::parse_go_bool(s)
 }
 
 /// `#[arg(go_bool = true)]`: a boolean flag as Go's flag package has it (and so istio-iptables):
@@ -667,45 +663,19 @@ fn env_only_settings() -> impl Iterator<Item = Setting> {
 /// `LOG_AS_JSON`) asks for it, and at the levels of a readable `--log_output_level` (or
 /// `LOG_OUTPUT_LEVEL`), whatever else is wrong with the command line.
 pub fn early_log_config(argv: &[OsString]) -> capture_log::Config {
-    let flag = argv.iter().skip(1).rev().find_map(|a| {
-        let a = a.to_str()?;
-        match a.strip_prefix("--log_as_json") {
-            Some("") => Some(true),
-            Some(rest) => rest.strip_prefix('=').map(|v| go_bool(v).unwrap_or(false)),
-            None => None,
-        }
-    });
-    let json = flag.unwrap_or_else(|| {
-        std::env::var("LOG_AS_JSON")
-            .ok()
-            .and_then(|v| go_bool(&v).ok())
-            .unwrap_or(false)
-    });
-    let given =
-        (1..argv.len())
-            .rev()
-            .find_map(|i| match argv[i].to_str()?.strip_prefix("--log_output_level") {
-                Some("") => argv.get(i + 1).and_then(|n| n.to_str()).map(str::to_owned),
-                Some(rest) => rest.strip_prefix('=').map(str::to_owned),
-                None => None,
-            });
-    // `status` and `explain` answer on stdout: unless asked, their log says only what is wrong.
-    let quiet = argv.get(1).is_some_and(|a| a == "status" || a == "explain");
-    let levels = given
-        .or_else(|| std::env::var("LOG_OUTPUT_LEVEL").ok())
-        .and_then(|text| capture_log::Levels::parse(&text).ok())
-        .map(|(levels, _)| levels)
-        .unwrap_or_else(|| {
-            if quiet {
-                capture_log::Levels::all(capture_log::LevelFilter::WARN)
-            } else {
-                capture_log::Levels::default()
-            }
-        });
-    capture_log::Config {
-        format: capture_log::Format::json(json),
-        levels,
-        file: None,
+    capture_log::Config::from_argv(
+        argv,
+        quiet_unless_asked(argv.get(1).is_some_and(|a| a == "status" || a == "explain")),
+    )
+}
+
+/// The levels of a run whose output is its answer (a dry run's payload, `status`, `explain`):
+/// unless asked, its log says only what is wrong.
+fn quiet_unless_asked(quiet: bool) -> capture_log::Levels {
+    if quiet {
+        capture_log::Levels::all(capture_log::LevelFilter::WARN)
+    } else {
+        capture_log::Levels::default()
     }
 }
 
@@ -714,11 +684,9 @@ impl Args {
     pub fn log_config(&self) -> capture_log::Config {
         capture_log::Config {
             format: capture_log::Format::json(self.log_as_json),
-            // A dry run's output is its payload: unless asked, its log says only what is wrong.
             levels: match &self.log_output_level {
                 Some(l) => l.levels.clone(),
-                None if self.dry_run => capture_log::Levels::all(capture_log::LevelFilter::WARN),
-                None => capture_log::Levels::default(),
+                None => quiet_unless_asked(self.dry_run),
             },
             file: None,
         }

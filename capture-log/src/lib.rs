@@ -12,6 +12,7 @@
 //! - **Context**: fields every line carries from the moment they are known ([`set_context`]:
 //!   the CNI plugin's container id, netns and pod).
 
+mod argv;
 mod levels;
 mod line;
 
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::SystemTime;
 
+pub use argv::parse_go_bool;
 pub use levels::{LevelError, Levels, OutputLevel, SCOPES, scope_of};
 pub use line::{Format, json_string};
 use tracing::{Event, Subscriber};
