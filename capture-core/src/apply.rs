@@ -28,6 +28,7 @@ pub(crate) mod host_state;
 mod iptables;
 mod ours;
 mod payload;
+mod pristine;
 mod saved;
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,7 @@ pub use compare::{Difference, State};
 pub use error::{ApplyError, Unusable};
 pub use exec::{Exec, Flavor, Output, SystemExec};
 pub use iptables::{Cleaned, Iptables};
+pub use pristine::Pristine;
 pub use saved::{SavedState, SavedTable};
 
 use compare::{compare, expected};

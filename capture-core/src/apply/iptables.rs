@@ -8,6 +8,7 @@ use super::error::Unusable;
 use super::exec::{Exec, Flavor};
 use super::ours;
 use super::payload::{cleanup_payload, reconcile_payload, restore_ours_payload};
+use super::pristine::Pristine;
 use super::saved::SavedState;
 use super::{Applied, ApplyError, ApplyOptions};
 use crate::backend::Change;
@@ -54,9 +55,16 @@ impl<E: Exec> Iptables<E> {
     /// rules (ours first, then anyone's) wins, so rules never end up split across both;
     /// otherwise the system's `iptables` alternative; otherwise nft.
     ///
+    /// When neither flavor holds anything in IPv4 (what this compares) and the namespace says
+    /// so without a program ([`Exec::pristine`]), no `*-save` runs: the system's alternative
+    /// is read from where its `iptables` link points.
+    ///
     /// # Errors
     /// [`ApplyError::NoIptables`] when neither flavor can list its rules.
     pub fn detect(exec: E) -> Result<Self, ApplyError> {
+        if let Some(flavor) = pristine_pick(&exec) {
+            return Ok(Self::new(exec, flavor));
+        }
         let mut counts = Vec::new();
         let mut problems = Vec::new();
         for flavor in [Flavor::Nft, Flavor::Legacy] {
@@ -182,13 +190,34 @@ impl<E: Exec> Iptables<E> {
     /// `options.reconcile` is off; [`ApplyError::Shadowed`] (nothing changed) with
     /// `options.strict`; any failure after a change comes back with the change undone.
     pub fn apply(&self, spec: &CaptureSpec, options: ApplyOptions) -> Result<Applied, ApplyError> {
-        // Read and judge every family before touching any.
+        // Read and judge every family before touching any. A namespace that holds nothing to
+        // compare reads as the empty dump its `*-save` would print (and rolls back to it).
+        let pristine = self.exec.pristine(self.flavor, spec.families());
+        if let Some(found) = pristine {
+            tracing::debug!(
+                "{}: {}: nothing to compare, so {} does not run",
+                spec.families()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                describe_pristine(found, self.flavor),
+                spec.families()
+                    .iter()
+                    .map(|f| self.flavor.save(*f))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            );
+        }
         let mut work = Vec::new();
         let mut warnings = Vec::new();
         for &family in spec.families() {
             let rules = plan(spec, family);
             let exp = expected(&rules);
-            let saved = self.save(family)?;
+            let saved = match pristine {
+                Some(_) => SavedState::default(),
+                None => self.save(family)?,
+            };
             let state = compare(&exp, &saved);
             log_state(family, self.flavor, &state);
             let payload = match (&state, options) {
@@ -447,6 +476,67 @@ impl<E: Exec + Clone> Iptables<E> {
             }
         }
         found
+    }
+}
+
+/// [`Iptables::detect`]'s pick when neither flavor holds anything in IPv4 (so neither holds
+/// rules, nor chains of ours) and `exec` can tell without a program: the system's `iptables`
+/// alternative, if its programs are there. `None`: detect by reading the rules.
+fn pristine_pick<E: Exec>(exec: &E) -> Option<Flavor> {
+    let nft = exec.pristine(Flavor::Nft, &[Family::V4])?;
+    let legacy = exec.pristine(Flavor::Legacy, &[Family::V4])?;
+    let (system, how) = system_flavor(exec);
+    on_path(system.save(Family::V4))?;
+    tracing::debug!(
+        "iptables flavour {}: no rules in either ({}; {}), and the system's iptables is {} ({how})",
+        system.as_str(),
+        describe_pristine(nft, Flavor::Nft),
+        describe_pristine(legacy, Flavor::Legacy),
+        system.as_str()
+    );
+    Some(system)
+}
+
+/// The flavor of the system's `iptables` (its alternative) and how that was found: from where
+/// the `iptables` on `PATH` finally points (`xtables-nft-multi` or `xtables-legacy-multi`),
+/// else from what `iptables --version` says, else nft.
+fn system_flavor<E: Exec>(exec: &E) -> (Flavor, String) {
+    if let Some(link) = on_path("iptables")
+        && let Ok(target) = std::fs::canonicalize(&link)
+    {
+        let flavor = match target.file_name().and_then(|n| n.to_str()) {
+            Some("xtables-nft-multi") => Some(Flavor::Nft),
+            Some("xtables-legacy-multi") => Some(Flavor::Legacy),
+            _ => None,
+        };
+        if let Some(flavor) = flavor {
+            return (flavor, format!("{} is {}", link.display(), target.display()));
+        }
+    }
+    match exec.run("iptables", &["--version"], None) {
+        Ok(out) if out.success && out.stdout.contains("legacy") => (Flavor::Legacy, out.stdout.trim().to_owned()),
+        Ok(out) if out.success => (Flavor::Nft, out.stdout.trim().to_owned()),
+        _ => (Flavor::Nft, "iptables --version did not run".to_owned()),
+    }
+}
+
+/// Where `program` is on `PATH`, as running it would find it.
+fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// What [`Exec::pristine`] found, in words.
+fn describe_pristine(found: Pristine, flavor: Flavor) -> &'static str {
+    match (flavor, found) {
+        (Flavor::Nft, Pristine::NoTables) => "no nftables tables (ip, ip6, inet) in the namespace",
+        (Flavor::Nft, Pristine::EmptyBuiltins) => "only nftables tables with empty built-in chains",
+        (Flavor::Legacy, Pristine::NoTables) => "no legacy iptables tables in the namespace",
+        (Flavor::Legacy, Pristine::EmptyBuiltins) => "only legacy iptables tables with empty built-in chains",
     }
 }
 

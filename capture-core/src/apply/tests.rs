@@ -245,10 +245,13 @@ fn chains(text: &str) -> BTreeMap<TableName, BTreeMap<String, Vec<String>>> {
 /// of Istio's payload (it creates chains with `-N`) installs `SAVED_SIDECAR`, as the kernel
 /// would print it; any other restore is carried out by [`simulate`]; `failing` fails without
 /// changing anything. Every call is logged.
+/// With `probes`, it answers [`Exec::pristine`] as the system does: no tables when it holds
+/// no rules.
 struct FakeKernel {
     rules: std::cell::RefCell<BTreeMap<bool, String>>,
     failing: &'static str,
     calls: std::cell::RefCell<Vec<String>>,
+    probes: bool,
 }
 
 impl FakeKernel {
@@ -257,7 +260,12 @@ impl FakeKernel {
             rules: std::cell::RefCell::default(),
             failing: program,
             calls: std::cell::RefCell::default(),
+            probes: false,
         }
+    }
+
+    fn probing(self) -> Self {
+        Self { probes: true, ..self }
     }
 
     fn with(self, v4: &str, v6: &str) -> Self {
@@ -268,6 +276,14 @@ impl FakeKernel {
 }
 
 impl Exec for &FakeKernel {
+    fn pristine(&self, _: Flavor, families: &[Family]) -> Option<Pristine> {
+        let rules = self.rules.borrow();
+        let empty = families
+            .iter()
+            .all(|f| rules.get(&(*f == Family::V6)).is_none_or(String::is_empty));
+        (self.probes && empty).then_some(Pristine::NoTables)
+    }
+
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
         self.calls
             .borrow_mut()
@@ -341,6 +357,51 @@ fn failure_in_ipv6_rolls_back_ipv4_only() {
     // (The fake's apply replaces the whole table, so only capture's absence can be checked.)
     let after = chains(&kernel.rules.borrow()[&false]);
     for (chain, rules) in &after[&TableName::Nat] {
+        assert!(
+            !chain.starts_with("ISTIO_") && rules.is_empty(),
+            "{chain}: {rules:?}"
+        );
+    }
+}
+
+/// Nothing to compare: the two restores alone; a failing IPv6 one after them puts IPv4 back
+/// to the nothing that was there (read back with `*-save`, as any rollback).
+#[test]
+fn a_pristine_namespace_is_applied_without_reading_and_rolled_back_to_nothing() {
+    let mut spec = CaptureSpec::sidecar();
+    spec.ipv6 = true;
+    let kernel = FakeKernel::failing("none").probing();
+    let applied = Iptables::new(&kernel, Flavor::Nft)
+        .apply(&spec, ApplyOptions::default())
+        .unwrap();
+    assert_eq!(
+        applied.changes,
+        [(Family::V4, Change::Applied), (Family::V6, Change::Applied)]
+    );
+    assert_eq!(
+        *kernel.calls.borrow(),
+        ["iptables-nft-restore --noflush", "ip6tables-nft-restore --noflush"]
+    );
+
+    let kernel = FakeKernel::failing("ip6tables-legacy-restore").probing();
+    let err = Iptables::new(&kernel, Flavor::Legacy)
+        .apply(&spec, ApplyOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::RolledBack { rolled_back, .. } if rolled_back == &[Family::V4]),
+        "{err:?}"
+    );
+    assert_eq!(
+        *kernel.calls.borrow(),
+        [
+            "iptables-legacy-restore --noflush --wait 30",
+            "ip6tables-legacy-restore --noflush --wait 30",
+            "iptables-legacy-save",
+            "iptables-legacy-restore --noflush --wait 30",
+            "ip6tables-legacy-save",
+        ]
+    );
+    for (chain, rules) in &chains(&kernel.rules.borrow()[&false])[&TableName::Nat] {
         assert!(
             !chain.starts_with("ISTIO_") && rules.is_empty(),
             "{chain}: {rules:?}"
