@@ -7,7 +7,10 @@
 //! (`capture_core::host::run_in_scratch_netns`), which die with it. Needs root (skipped
 //! otherwise, failing when `CI` is set) and both iptables flavours.
 
-#[expect(dead_code, reason = "the nftables helpers of the shared module are not needed here")]
+#[expect(
+    dead_code,
+    reason = "the nftables helpers of the shared module are not needed here"
+)]
 mod scratch;
 
 use std::io;

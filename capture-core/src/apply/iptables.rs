@@ -194,19 +194,17 @@ impl<E: Exec> Iptables<E> {
         // compare reads as the empty dump its `*-save` would print (and rolls back to it).
         let pristine = self.exec.pristine(self.flavor, spec.families());
         if let Some(found) = pristine {
+            let saves = match spec.families() {
+                [one] => format!("{} does not run", self.flavor.save(*one)),
+                _ => format!(
+                    "neither {} nor {} runs",
+                    self.flavor.save(Family::V4),
+                    self.flavor.save(Family::V6)
+                ),
+            };
             tracing::debug!(
-                "{}: {}: nothing to compare, so {} does not run",
-                spec.families()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" and "),
-                describe_pristine(found, self.flavor),
-                spec.families()
-                    .iter()
-                    .map(|f| self.flavor.save(*f))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
+                "{}: nothing to compare, so {saves}",
+                describe_pristine(found, self.flavor)
             );
         }
         let mut work = Vec::new();
