@@ -94,6 +94,14 @@ pub trait Exec {
         let _ = (flavor, families);
         None
     }
+
+    /// Why `flavor`'s IPv4 save program would fail in the calling thread's namespace, when that
+    /// is certain without running it; `None` when it may work. Fakes say `None` unless they
+    /// model it.
+    fn unusable(&self, flavor: Flavor) -> Option<String> {
+        let _ = flavor;
+        None
+    }
 }
 
 /// Runs programs on this machine, in the calling thread's network namespace.
@@ -111,6 +119,10 @@ impl Exec for SystemExec {
 
     fn pristine(&self, flavor: Flavor, families: &[Family]) -> Option<Pristine> {
         super::pristine::probe(flavor, families)
+    }
+
+    fn unusable(&self, flavor: Flavor) -> Option<String> {
+        super::pristine::unusable(flavor)
     }
 
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {

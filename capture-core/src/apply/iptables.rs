@@ -479,29 +479,43 @@ impl<E: Exec + Clone> Iptables<E> {
 
 /// [`Iptables::detect`]'s pick when neither flavor holds anything in IPv4 (so neither holds
 /// rules, nor chains of ours) and `exec` can tell without a program: the system's `iptables`
-/// alternative, if its programs are there. `None`: detect by reading the rules.
+/// alternative; nft when legacy iptables is certain to fail (as reading the rules would find);
+/// each only when its programs are there. `None`: detect by reading the rules.
 fn pristine_pick<E: Exec>(exec: &E) -> Option<Flavor> {
     let nft = exec.pristine(Flavor::Nft, &[Family::V4])?;
-    let legacy = exec.pristine(Flavor::Legacy, &[Family::V4])?;
-    let (system, how) = system_flavor(exec);
-    on_path(system.save(Family::V4))?;
-    tracing::debug!(
-        "iptables flavour {}: no rules in either ({}; {}), and the system's iptables is {} ({how})",
-        system.as_str(),
-        describe_pristine(nft, Flavor::Nft),
-        describe_pristine(legacy, Flavor::Legacy),
-        system.as_str()
-    );
-    Some(system)
+    let nft_found = describe_pristine(nft, Flavor::Nft);
+    let (pick, why) = match exec.pristine(Flavor::Legacy, &[Family::V4]) {
+        Some(legacy) => {
+            let (system, how) = system_flavor(exec);
+            let why = format!(
+                "no rules in either ({nft_found}; {}), and the system's iptables is {} ({how})",
+                describe_pristine(legacy, Flavor::Legacy),
+                system.as_str()
+            );
+            (system, why)
+        }
+        None => {
+            let reason = exec.unusable(Flavor::Legacy)?;
+            (
+                Flavor::Nft,
+                format!("{nft_found}, and legacy iptables is not usable: {reason}"),
+            )
+        }
+    };
+    on_path(pick.save(Family::V4))?;
+    tracing::debug!("iptables flavour {}: {why}", pick.as_str());
+    Some(pick)
 }
 
 /// The flavor of the system's `iptables` (its alternative) and how that was found: from where
 /// the `iptables` on `PATH` finally points (`xtables-nft-multi` or `xtables-legacy-multi`),
 /// else from what `iptables --version` says, else nft.
 fn system_flavor<E: Exec>(exec: &E) -> (Flavor, String) {
-    if let Some(link) = on_path("iptables")
-        && let Ok(target) = std::fs::canonicalize(&link)
-    {
+    let Some(link) = on_path("iptables") else {
+        // As running it would fail.
+        return (Flavor::Nft, "no iptables on PATH".to_owned());
+    };
+    if let Ok(target) = std::fs::canonicalize(&link) {
         let flavor = match target.file_name().and_then(|n| n.to_str()) {
             Some("xtables-nft-multi") => Some(Flavor::Nft),
             Some("xtables-legacy-multi") => Some(Flavor::Legacy),
@@ -518,11 +532,11 @@ fn system_flavor<E: Exec>(exec: &E) -> (Flavor, String) {
     }
 }
 
-/// Where `program` is on `PATH`, as running it would find it.
+/// Where `program` is on `PATH` (`/bin:/usr/bin` without one), as running it would find it.
 fn on_path(program: &str) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
 
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))

@@ -80,16 +80,35 @@ pub(super) fn probe(flavor: Flavor, families: &[Family]) -> Option<Pristine> {
         Flavor::Nft => nft(families),
     };
     found.unwrap_or_else(|e| {
-        tracing::debug!("{}; reading the rules with iptables-{}-save", crate::chain(&e), flavor.as_str());
+        tracing::debug!(
+            "{}: only iptables-{}-save can tell what is there",
+            crate::chain(&e),
+            flavor.as_str()
+        );
         None
     })
 }
+
+/// Why `flavor`'s IPv4 save program is certain to fail here: `iptables-legacy-save` cannot list
+/// the tables without reading `ip_tables_names` (0440, root), which a run as another user with
+/// only `CAP_NET_ADMIN` and `CAP_NET_RAW` (the image's) cannot, any more than this process.
+pub(super) fn unusable(flavor: Flavor) -> Option<String> {
+    if flavor != Flavor::Legacy {
+        return None;
+    }
+    match std::fs::File::open(V4_NAMES) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Some(format!("cannot read {V4_NAMES}: {e}")),
+        _ => None,
+    }
+}
+
+const V4_NAMES: &str = "/proc/thread-self/net/ip_tables_names";
 
 fn legacy(families: &[Family]) -> Result<Option<Pristine>, ProbeError> {
     let mut found = Pristine::NoTables;
     for &family in families {
         let path = match family {
-            Family::V4 => "/proc/thread-self/net/ip_tables_names",
+            Family::V4 => V4_NAMES,
             Family::V6 => "/proc/thread-self/net/ip6_tables_names",
         };
         let names = match std::fs::read_to_string(path) {

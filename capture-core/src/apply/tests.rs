@@ -252,6 +252,7 @@ struct FakeKernel {
     failing: &'static str,
     calls: std::cell::RefCell<Vec<String>>,
     probes: bool,
+    legacy_unreadable: bool,
 }
 
 impl FakeKernel {
@@ -261,6 +262,7 @@ impl FakeKernel {
             failing: program,
             calls: std::cell::RefCell::default(),
             probes: false,
+            legacy_unreadable: false,
         }
     }
 
@@ -276,7 +278,10 @@ impl FakeKernel {
 }
 
 impl Exec for &FakeKernel {
-    fn pristine(&self, _: Flavor, families: &[Family]) -> Option<Pristine> {
+    fn pristine(&self, flavor: Flavor, families: &[Family]) -> Option<Pristine> {
+        if self.legacy_unreadable && flavor == Flavor::Legacy {
+            return None;
+        }
         let rules = self.rules.borrow();
         let empty = families
             .iter()
@@ -284,7 +289,20 @@ impl Exec for &FakeKernel {
         (self.probes && empty).then_some(Pristine::NoTables)
     }
 
+    fn unusable(&self, flavor: Flavor) -> Option<String> {
+        (self.legacy_unreadable && flavor == Flavor::Legacy).then(|| "permission denied".to_owned())
+    }
+
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
+        if self.legacy_unreadable && program.contains("legacy") {
+            self.calls.borrow_mut().push(program.to_owned());
+            return Ok(Output {
+                success: false,
+                code: Some(1),
+                stdout: String::new(),
+                stderr: "permission denied".to_owned(),
+            });
+        }
         self.calls
             .borrow_mut()
             .push(format!("{program} {}", args.join(" ")).trim_end().to_owned());
@@ -300,6 +318,9 @@ impl Exec for &FakeKernel {
         };
         if program == self.failing {
             return Ok(output(false, String::new()));
+        }
+        if program == "iptables" {
+            return Ok(output(true, "iptables v1.8.9 (nf_tables)\n".to_owned()));
         }
         let mut rules = self.rules.borrow_mut();
         let current = rules.entry(program.starts_with("ip6")).or_default();
@@ -407,6 +428,21 @@ fn a_pristine_namespace_is_applied_without_reading_and_rolled_back_to_nothing() 
             "{chain}: {rules:?}"
         );
     }
+}
+
+/// A non-root run with capabilities cannot read legacy iptables' table list (nor can
+/// `iptables-legacy-save`): with nothing in nft, detection picks nft without a program.
+#[test]
+fn detection_without_legacy_access_runs_nothing() {
+    let mut kernel = FakeKernel::failing("none").probing();
+    kernel.legacy_unreadable = true;
+    let backend = Iptables::detect(&kernel).unwrap();
+    assert_eq!(backend.flavor(), Flavor::Nft);
+    assert_eq!(*kernel.calls.borrow(), Vec::<String>::new());
+    // What reading the rules would have decided.
+    kernel.probes = false;
+    assert_eq!(Iptables::detect(&kernel).unwrap().flavor(), Flavor::Nft);
+    assert!(kernel.calls.borrow().contains(&"iptables-legacy-save".to_owned()));
 }
 
 #[test]
