@@ -299,6 +299,13 @@ fn detection_in_a_fresh_namespace_runs_nothing() {
         assert_eq!(exec.take(), Vec::<String>::new());
         install(&backend, &dual_stack(), ApplyOptions::default()).unwrap();
         assert_eq!(exec.take(), restores(system_flavor()));
+        // With capture in place it reads both flavours; after a cleanup, again nothing.
+        assert_eq!(Iptables::detect(exec.clone()).unwrap().flavor(), system_flavor());
+        assert!(!exec.take().is_empty());
+        uninstall(&backend, &dual_stack()).unwrap();
+        exec.take();
+        assert_eq!(Iptables::detect(exec.clone()).unwrap().flavor(), system_flavor());
+        assert_eq!(exec.take(), Vec::<String>::new());
     });
 }
 
