@@ -4,6 +4,9 @@
 //! - Before changing anything, the current state is read with `*-save` for every family and
 //!   compared with what the spec needs: [`State::Equal`] does nothing, [`State::Absent`] applies
 //!   istio-iptables' exact payload, [`State::Differs`] fails unless reconciling.
+//! - Unless the namespace holds nothing to compare (a fresh pod's: no tables; a cleaned one's:
+//!   only empty built-in chains), which [`Exec::pristine`] finds in-process: then the state is
+//!   the empty dump `*-save` would print, and the apply costs exactly the two restores.
 //! - Reconciling is one restore per family in which each table flushes and refills our chains
 //!   inside a single `COMMIT`, so traffic is never uncaptured in between (Istio instead inserts
 //!   DROP guardrails, removes and re-adds).
@@ -14,6 +17,7 @@
 //! |---|---|
 //! | `exec` | the programs (`Flavor`), the `Exec` seam, sealed restore input |
 //! | `saved` | parsing `iptables-save` |
+//! | `pristine` | whether there is anything to compare, read without a program |
 //! | `compare` | the expected state in `iptables-save`'s words; `State` |
 //! | `payload` | reconcile and restore-ours payloads |
 //! | `ours` | what in a table is capture's (shapes), shadowing rules |
@@ -28,6 +32,7 @@ pub(crate) mod host_state;
 mod iptables;
 mod ours;
 mod payload;
+mod pristine;
 mod saved;
 #[cfg(test)]
 mod tests;
@@ -36,6 +41,7 @@ pub use compare::{Difference, State};
 pub use error::{ApplyError, Unusable};
 pub use exec::{Exec, Flavor, Output, SystemExec};
 pub use iptables::{Cleaned, Iptables};
+pub use pristine::Pristine;
 pub use saved::{SavedState, SavedTable};
 
 use compare::{compare, expected};

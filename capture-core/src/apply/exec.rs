@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
+use super::pristine::Pristine;
 use crate::types::Family;
 
 /// Which iptables implementation holds the rules.
@@ -84,6 +85,23 @@ pub trait Exec {
     fn lock_file(&self) -> Option<&Path> {
         None
     }
+
+    /// Whether `flavor`'s save programs would list nothing for `families` in the calling
+    /// thread's namespace but empty built-in chains (so there is nothing to compare), found
+    /// without running a program; `None` when there is more, or it cannot tell: the caller then
+    /// runs the save programs. Fakes say `None` unless they model it.
+    fn pristine(&self, flavor: Flavor, families: &[Family]) -> Option<Pristine> {
+        let _ = (flavor, families);
+        None
+    }
+
+    /// Why `flavor`'s IPv4 save program would fail in the calling thread's namespace, when that
+    /// is certain without running it; `None` when it may work. Fakes say `None` unless they
+    /// model it.
+    fn unusable(&self, flavor: Flavor) -> Option<String> {
+        let _ = flavor;
+        None
+    }
 }
 
 /// Runs programs on this machine, in the calling thread's network namespace.
@@ -97,6 +115,14 @@ pub struct SystemExec {
 impl Exec for SystemExec {
     fn lock_file(&self) -> Option<&Path> {
         self.lock_file.as_deref()
+    }
+
+    fn pristine(&self, flavor: Flavor, families: &[Family]) -> Option<Pristine> {
+        super::pristine::probe(flavor, families)
+    }
+
+    fn unusable(&self, flavor: Flavor) -> Option<String> {
+        super::pristine::unusable(flavor)
     }
 
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {

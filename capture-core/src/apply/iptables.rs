@@ -8,6 +8,7 @@ use super::error::Unusable;
 use super::exec::{Exec, Flavor};
 use super::ours;
 use super::payload::{cleanup_payload, reconcile_payload, restore_ours_payload};
+use super::pristine::Pristine;
 use super::saved::SavedState;
 use super::{Applied, ApplyError, ApplyOptions};
 use crate::backend::Change;
@@ -54,9 +55,16 @@ impl<E: Exec> Iptables<E> {
     /// rules (ours first, then anyone's) wins, so rules never end up split across both;
     /// otherwise the system's `iptables` alternative; otherwise nft.
     ///
+    /// When neither flavor holds anything in IPv4 (what this compares) and the namespace says
+    /// so without a program ([`Exec::pristine`]), no `*-save` runs: the system's alternative
+    /// is read from where its `iptables` link points.
+    ///
     /// # Errors
     /// [`ApplyError::NoIptables`] when neither flavor can list its rules.
     pub fn detect(exec: E) -> Result<Self, ApplyError> {
+        if let Some(flavor) = pristine_pick(&exec) {
+            return Ok(Self::new(exec, flavor));
+        }
         let mut counts = Vec::new();
         let mut problems = Vec::new();
         for flavor in [Flavor::Nft, Flavor::Legacy] {
@@ -182,13 +190,32 @@ impl<E: Exec> Iptables<E> {
     /// `options.reconcile` is off; [`ApplyError::Shadowed`] (nothing changed) with
     /// `options.strict`; any failure after a change comes back with the change undone.
     pub fn apply(&self, spec: &CaptureSpec, options: ApplyOptions) -> Result<Applied, ApplyError> {
-        // Read and judge every family before touching any.
+        // Read and judge every family before touching any. A namespace that holds nothing to
+        // compare reads as the empty dump its `*-save` would print (and rolls back to it).
+        let pristine = self.exec.pristine(self.flavor, spec.families());
+        if let Some(found) = pristine {
+            let saves = match spec.families() {
+                [one] => format!("{} does not run", self.flavor.save(*one)),
+                _ => format!(
+                    "neither {} nor {} runs",
+                    self.flavor.save(Family::V4),
+                    self.flavor.save(Family::V6)
+                ),
+            };
+            tracing::debug!(
+                "{}: nothing to compare, so {saves}",
+                describe_pristine(found, self.flavor)
+            );
+        }
         let mut work = Vec::new();
         let mut warnings = Vec::new();
         for &family in spec.families() {
             let rules = plan(spec, family);
             let exp = expected(&rules);
-            let saved = self.save(family)?;
+            let saved = match pristine {
+                Some(_) => SavedState::default(),
+                None => self.save(family)?,
+            };
             let state = compare(&exp, &saved);
             log_state(family, self.flavor, &state);
             let payload = match (&state, options) {
@@ -447,6 +474,81 @@ impl<E: Exec + Clone> Iptables<E> {
             }
         }
         found
+    }
+}
+
+/// [`Iptables::detect`]'s pick when neither flavor holds anything in IPv4 (so neither holds
+/// rules, nor chains of ours) and `exec` can tell without a program: the system's `iptables`
+/// alternative; nft when legacy iptables is certain to fail (as reading the rules would find);
+/// each only when its programs are there. `None`: detect by reading the rules.
+fn pristine_pick<E: Exec>(exec: &E) -> Option<Flavor> {
+    let nft = exec.pristine(Flavor::Nft, &[Family::V4])?;
+    let nft_found = describe_pristine(nft, Flavor::Nft);
+    let (pick, why) = match exec.pristine(Flavor::Legacy, &[Family::V4]) {
+        Some(legacy) => {
+            let (system, how) = system_flavor(exec);
+            let why = format!(
+                "no rules in either ({nft_found}; {}), and the system's iptables is {} ({how})",
+                describe_pristine(legacy, Flavor::Legacy),
+                system.as_str()
+            );
+            (system, why)
+        }
+        None => {
+            let reason = exec.unusable(Flavor::Legacy)?;
+            (
+                Flavor::Nft,
+                format!("{nft_found}, and legacy iptables is not usable: {reason}"),
+            )
+        }
+    };
+    on_path(pick.save(Family::V4))?;
+    tracing::debug!("iptables flavour {}: {why}", pick.as_str());
+    Some(pick)
+}
+
+/// The flavor of the system's `iptables` (its alternative) and how that was found: from where
+/// the `iptables` on `PATH` finally points (`xtables-nft-multi` or `xtables-legacy-multi`),
+/// else from what `iptables --version` says, else nft.
+fn system_flavor<E: Exec>(exec: &E) -> (Flavor, String) {
+    let Some(link) = on_path("iptables") else {
+        // As running it would fail.
+        return (Flavor::Nft, "no iptables on PATH".to_owned());
+    };
+    if let Ok(target) = std::fs::canonicalize(&link) {
+        let flavor = match target.file_name().and_then(|n| n.to_str()) {
+            Some("xtables-nft-multi") => Some(Flavor::Nft),
+            Some("xtables-legacy-multi") => Some(Flavor::Legacy),
+            _ => None,
+        };
+        if let Some(flavor) = flavor {
+            return (flavor, format!("{} is {}", link.display(), target.display()));
+        }
+    }
+    match exec.run("iptables", &["--version"], None) {
+        Ok(out) if out.success && out.stdout.contains("legacy") => (Flavor::Legacy, out.stdout.trim().to_owned()),
+        Ok(out) if out.success => (Flavor::Nft, out.stdout.trim().to_owned()),
+        _ => (Flavor::Nft, "iptables --version did not run".to_owned()),
+    }
+}
+
+/// Where `program` is on `PATH` (`/bin:/usr/bin` without one), as running it would find it.
+fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// What [`Exec::pristine`] found, in words.
+fn describe_pristine(found: Pristine, flavor: Flavor) -> &'static str {
+    match (flavor, found) {
+        (Flavor::Nft, Pristine::NoTables) => "no nftables tables (ip, ip6, inet) in the namespace",
+        (Flavor::Nft, Pristine::EmptyBuiltins) => "only nftables tables with empty built-in chains",
+        (Flavor::Legacy, Pristine::NoTables) => "no legacy iptables tables in the namespace",
+        (Flavor::Legacy, Pristine::EmptyBuiltins) => "only legacy iptables tables with empty built-in chains",
     }
 }
 

@@ -245,10 +245,14 @@ fn chains(text: &str) -> BTreeMap<TableName, BTreeMap<String, Vec<String>>> {
 /// of Istio's payload (it creates chains with `-N`) installs `SAVED_SIDECAR`, as the kernel
 /// would print it; any other restore is carried out by [`simulate`]; `failing` fails without
 /// changing anything. Every call is logged.
+/// With `probes`, it answers [`Exec::pristine`] as the system does: no tables when it holds
+/// no rules.
 struct FakeKernel {
     rules: std::cell::RefCell<BTreeMap<bool, String>>,
     failing: &'static str,
     calls: std::cell::RefCell<Vec<String>>,
+    probes: bool,
+    legacy_unreadable: bool,
 }
 
 impl FakeKernel {
@@ -257,7 +261,13 @@ impl FakeKernel {
             rules: std::cell::RefCell::default(),
             failing: program,
             calls: std::cell::RefCell::default(),
+            probes: false,
+            legacy_unreadable: false,
         }
+    }
+
+    fn probing(self) -> Self {
+        Self { probes: true, ..self }
     }
 
     fn with(self, v4: &str, v6: &str) -> Self {
@@ -268,7 +278,31 @@ impl FakeKernel {
 }
 
 impl Exec for &FakeKernel {
+    fn pristine(&self, flavor: Flavor, families: &[Family]) -> Option<Pristine> {
+        if self.legacy_unreadable && flavor == Flavor::Legacy {
+            return None;
+        }
+        let rules = self.rules.borrow();
+        let empty = families
+            .iter()
+            .all(|f| rules.get(&(*f == Family::V6)).is_none_or(String::is_empty));
+        (self.probes && empty).then_some(Pristine::NoTables)
+    }
+
+    fn unusable(&self, flavor: Flavor) -> Option<String> {
+        (self.legacy_unreadable && flavor == Flavor::Legacy).then(|| "permission denied".to_owned())
+    }
+
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
+        if self.legacy_unreadable && program.contains("legacy") {
+            self.calls.borrow_mut().push(program.to_owned());
+            return Ok(Output {
+                success: false,
+                code: Some(1),
+                stdout: String::new(),
+                stderr: "permission denied".to_owned(),
+            });
+        }
         self.calls
             .borrow_mut()
             .push(format!("{program} {}", args.join(" ")).trim_end().to_owned());
@@ -284,6 +318,9 @@ impl Exec for &FakeKernel {
         };
         if program == self.failing {
             return Ok(output(false, String::new()));
+        }
+        if program == "iptables" {
+            return Ok(output(true, "iptables v1.8.9 (nf_tables)\n".to_owned()));
         }
         let mut rules = self.rules.borrow_mut();
         let current = rules.entry(program.starts_with("ip6")).or_default();
@@ -346,6 +383,66 @@ fn failure_in_ipv6_rolls_back_ipv4_only() {
             "{chain}: {rules:?}"
         );
     }
+}
+
+/// Nothing to compare: the two restores alone; a failing IPv6 one after them puts IPv4 back
+/// to the nothing that was there (read back with `*-save`, as any rollback).
+#[test]
+fn a_pristine_namespace_is_applied_without_reading_and_rolled_back_to_nothing() {
+    let mut spec = CaptureSpec::sidecar();
+    spec.ipv6 = true;
+    let kernel = FakeKernel::failing("none").probing();
+    let applied = Iptables::new(&kernel, Flavor::Nft)
+        .apply(&spec, ApplyOptions::default())
+        .unwrap();
+    assert_eq!(
+        applied.changes,
+        [(Family::V4, Change::Applied), (Family::V6, Change::Applied)]
+    );
+    assert_eq!(
+        *kernel.calls.borrow(),
+        ["iptables-nft-restore --noflush", "ip6tables-nft-restore --noflush"]
+    );
+
+    let kernel = FakeKernel::failing("ip6tables-legacy-restore").probing();
+    let err = Iptables::new(&kernel, Flavor::Legacy)
+        .apply(&spec, ApplyOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::RolledBack { rolled_back, .. } if rolled_back == &[Family::V4]),
+        "{err:?}"
+    );
+    assert_eq!(
+        *kernel.calls.borrow(),
+        [
+            "iptables-legacy-restore --noflush --wait 30",
+            "ip6tables-legacy-restore --noflush --wait 30",
+            "iptables-legacy-save",
+            "iptables-legacy-restore --noflush --wait 30",
+            "ip6tables-legacy-save",
+        ]
+    );
+    for (chain, rules) in &chains(&kernel.rules.borrow()[&false])[&TableName::Nat] {
+        assert!(
+            !chain.starts_with("ISTIO_") && rules.is_empty(),
+            "{chain}: {rules:?}"
+        );
+    }
+}
+
+/// A non-root run with capabilities cannot read legacy iptables' table list (nor can
+/// `iptables-legacy-save`): with nothing in nft, detection picks nft without a program.
+#[test]
+fn detection_without_legacy_access_runs_nothing() {
+    let mut kernel = FakeKernel::failing("none").probing();
+    kernel.legacy_unreadable = true;
+    let backend = Iptables::detect(&kernel).unwrap();
+    assert_eq!(backend.flavor(), Flavor::Nft);
+    assert_eq!(*kernel.calls.borrow(), Vec::<String>::new());
+    // What reading the rules would have decided.
+    kernel.probes = false;
+    assert_eq!(Iptables::detect(&kernel).unwrap().flavor(), Flavor::Nft);
+    assert!(kernel.calls.borrow().contains(&"iptables-legacy-save".to_owned()));
 }
 
 #[test]

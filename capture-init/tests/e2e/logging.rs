@@ -3,7 +3,7 @@
 //! came from), each decision (IPv6, the iptables flavour, the state found) and the payload
 //! written; a rerun says that it found everything in place and writes nothing.
 
-use capture_e2e::{Family, Topology, require_root, test_matrix};
+use capture_e2e::{Family, Flavor, Topology, require_root, test_matrix};
 use serde_json::Value;
 
 use crate::capture_init::{Backend, CaptureInit};
@@ -64,6 +64,12 @@ fn a_json_debug_run_says_its_configuration_decisions_and_payload(backend: Backen
     let (scope, state, payload, step) = match backend {
         Backend::Iptables(flavor) => {
             find(&log, "debug", &format!("iptables flavour {}", flavor.as_str()));
+            // A fresh pod's namespace holds no tables: nothing to compare, no *-save run.
+            let nothing = match flavor {
+                Flavor::Nft => "no nftables tables (ip, ip6, inet) in the namespace: nothing to compare",
+                Flavor::Legacy => "no legacy iptables tables in the namespace: nothing to compare",
+            };
+            assert_eq!(find(&log, "debug", nothing)["scope"], "iptables");
             let restore = format!("iptables-{}-restore input (IPv4, applied):\n* nat\n", flavor.as_str());
             ("iptables", "IPv4: no rules of capture's are there", restore, "IPv4 capture applied")
         }
