@@ -75,7 +75,14 @@ fn bench(args: &[&str]) -> Output {
         })
         .unwrap_or_default();
     assert!(netns.is_empty(), "namespaces left behind: {netns:?}");
-    let cgroup = Path::new("/sys/fs/cgroup").join(format!("capture-bench-{pid}"));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    let cgroups = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .map(|f| PathBuf::from(f[1]))
+        .expect("a cgroup2 mount");
+    let cgroup = cgroups.join(format!("capture-bench-{pid}"));
     assert!(!cgroup.exists(), "{} left behind", cgroup.display());
     let bpffs = std::env::temp_dir().join(format!("capture-bench-bpffs-{pid}"));
     assert!(!bpffs.exists(), "{} left behind", bpffs.display());
