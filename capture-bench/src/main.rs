@@ -20,6 +20,14 @@
 //! connection that capture should have sent to the proxy and did not (or the reverse), or a
 //! failed connection fails the run. The result is JSON on stdout; progress goes to stderr.
 //!
+//! Each pod namespace lets TIME_WAIT sockets be reused (`net.ipv4.tcp_tw_reuse=1`), uses the
+//! ports 1024–65000 and, where capture made it use conntrack, forgets closed connections after
+//! 2 s (`nf_conntrack_tcp_timeout_time_wait`): thousands of short connections a second would
+//! otherwise run out of ports, and fill the node's conntrack table. The eBPF mode's programs
+//! are loaded into `<cgroup2 root>/capture-bench-<pid>` and a bpffs on
+//! `$TMPDIR/capture-bench-bpffs-<pid>`; everything is removed at the end, also on failure and
+//! on SIGINT, SIGTERM or SIGHUP (after the current measurement).
+//!
 //! ```text
 //! capture-bench datapath --capture-init PATH [--modes direct,explicit,legacy,nft,native,ebpf]
 //!     [--metrics cps1,cps4,latency,stream] [--runs 5] [--duration 1] [--count N] [--cpu N]
