@@ -57,7 +57,7 @@ pub const POD_META: &str = "POD_META";
 
 /// The ring buffer of aya-log's records (aya-log-ebpf names it): written by the programs on
 /// rare events only (a full map, an inbound connection refused), read by the node agent. Pinned
-/// like the others, so every per-pod `sk_lookup` instance writes into the one the agent reads.
+/// like the others, so programs loaded later (by an upgrade) write into the one the agent reads.
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// The node's one `sk_lookup` program, in slot 0 of a one-slot program array. Each enrolled
