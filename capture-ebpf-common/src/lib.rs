@@ -118,8 +118,14 @@ pub const UPGRADES_FROM: &[u32] = &[1, 2, 3];
 
 /// How many pods (network namespaces) can be enrolled at once.
 pub const MAX_PODS: u32 = 4096;
-/// Capacity of [`OWNERS`]: owner entries of all pods, both generations during an update.
-pub const MAX_OWNER_ENTRIES: u32 = 65536;
+/// Capacity of [`OWNERS`]: owner entries of all pods. Four a pod at [`MAX_PODS`] (1.5 MiB
+/// preallocated, at 96 bytes an entry, instead of 6 MiB for 65,536): Istio's sidecar writes two
+/// (`-u 1337`, `-g 1337`), and enrollments run one at a time under the node lock, so only one pod
+/// holds two generations' entries at once; the room left is for owner-group lists
+/// (`ISTIO_OUTBOUND_OWNER_GROUPS*`), which few pods set. A full map fails the enrollment naming
+/// it (the pod keeps its previous entries), and `Node::upgrade` carries a node's entries into
+/// another capacity.
+pub const MAX_OWNER_ENTRIES: u32 = 4 * MAX_PODS;
 /// Capacity of [`PORTS`]: port prefixes of all pods.
 pub const MAX_PORT_ENTRIES: u32 = 65536;
 /// Capacity of [`CIDRS`]: CIDR entries of all pods.
