@@ -2,8 +2,8 @@
 //! map, an inbound connection refused for lack of a listener — written as tracing events of
 //! target `capture_ebpf`.
 //!
-//! The ring buffer is pinned with the other maps, so the node's programs and every pod's own
-//! `sk_lookup` instance write into it; it is found through the program on the pinned
+//! The ring buffer is pinned with the other maps, so the node's programs (its one `sk_lookup`
+//! program among them) write into it; it is found through the program on the pinned
 //! `connect4` link (aya-log's `init_from_id`). aya-log hands each record to a `log::Log`;
 //! [`Tracing`] forwards it to tracing directly, so no global `log` logger (and no tracing-log
 //! bridge) is needed.

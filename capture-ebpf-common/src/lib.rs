@@ -20,6 +20,8 @@
 //! | [`POD_STATS`] | per-CPU hash | netns cookie (`u64`) | [`PodStats`] | all programs (existing entries only) | loader (creates at enroll, deletes at unenroll), node agent |
 //! | [`POD_META`] | hash | netns cookie (`u64`) | [`PodMeta`] | loader (enroll by capture-cni) | loader only (CNI GC, `ebpf pods`) |
 //! | [`AYA_LOGS`] | ring buffer | | aya-log records | programs (rare events) | node agent |
+//! | [`SK_LOOKUP_PROGS`] | prog array (1) | `u32` 0 | the node's `sk_lookup` program | loader (load, upgrade) | each pod's stub (tail call) |
+//! | [`LOOKUP_NETNS`] | per-CPU array (1) | `u32` 0 | `u64` netns cookie | each pod's stub | sk_lookup |
 //!
 //! Per-pod entries are keyed by the pod's network namespace cookie and a generation, so a
 //! pod's configuration can be replaced by writing the next generation's entries and then
@@ -55,11 +57,24 @@ pub const POD_META: &str = "POD_META";
 
 /// The ring buffer of aya-log's records (aya-log-ebpf names it): written by the programs on
 /// rare events only (a full map, an inbound connection refused), read by the node agent. Pinned
-/// like the others, so every per-pod `sk_lookup` instance writes into the one the agent reads.
+/// like the others, so programs loaded later (by an upgrade) write into the one the agent reads.
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
+/// The node's one `sk_lookup` program, in slot 0 of a one-slot program array. Each enrolled
+/// pod's network namespace gets a stub of a few instructions (assembled by the loader, not in
+/// the object) that writes the pod's cookie into [`LOOKUP_NETNS`] and tail calls into slot 0:
+/// `sk_lookup` programs cannot call `bpf_get_netns_cookie`, and netns links carry no attach
+/// cookie, so this is how the one program learns whose lookup it runs for. Replacing the slot
+/// replaces the program of every pod at once (`Node::upgrade`). The kernel empties a program
+/// array when its last user reference (descriptor or pin) goes, so it lives pinned.
+pub const SK_LOOKUP_PROGS: &str = "SK_LOOKUP_PROGS";
+/// The network namespace cookie of the socket lookup in progress on this CPU: a per-CPU array
+/// of one `u64`, written by a pod's stub right before its tail call into [`SK_LOOKUP_PROGS`],
+/// read by the `sk_lookup` program (0 or no slot: not enrolled, the connection passes).
+pub const LOOKUP_NETNS: &str = "LOOKUP_NETNS";
+
 /// Every map, in the order the loader pins them.
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 13] = [
     POD_CONFIG,
     OWNERS,
     PORTS,
@@ -71,6 +86,8 @@ pub const MAP_NAMES: [&str; 11] = [
     POD_STATS,
     POD_META,
     AYA_LOGS,
+    SK_LOOKUP_PROGS,
+    LOOKUP_NETNS,
 ];
 
 /// The pin of the one-entry array userspace writes [`LAYOUT_VERSION`] into when it loads the
@@ -80,7 +97,7 @@ pub const LAYOUT: &str = "LAYOUT";
 /// The version of the maps' keys and values and of their meaning. Bump it with any change to
 /// them: pins of another version are refused, never read with the wrong meaning (the kernel
 /// only checks key and value sizes).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Older layout versions whose maps mean the same in this one (maps were only added, or
 /// resized): pins of these are upgraded in place (`Node::upgrade`), keeping every entry. A
@@ -92,12 +109,23 @@ pub const LAYOUT_VERSION: u32 = 3;
 /// v2 -> v3 added `AYA_LOGS`, gave `STATS` and each `POD_STATS` value room for
 /// [`STAT_SLOTS`] counters (the `STAT_BYPASS_*` ones added); a v2 `POD_STATS` value is copied into the first slots of the
 /// wider one (`Node::upgrade`'s one value-size migration), every other entry means the same.
-pub const UPGRADES_FROM: &[u32] = &[1, 2];
+///
+/// v3 -> v4 added [`SK_LOOKUP_PROGS`] and [`LOOKUP_NETNS`]: the node's one `sk_lookup` program
+/// and a stub per pod replace v3's instance of the whole program per pod (its cookie in a
+/// global). `Node::upgrade` puts the program in the new array and each pod's link on its stub;
+/// every entry means the same.
+pub const UPGRADES_FROM: &[u32] = &[1, 2, 3];
 
 /// How many pods (network namespaces) can be enrolled at once.
 pub const MAX_PODS: u32 = 4096;
-/// Capacity of [`OWNERS`]: owner entries of all pods, both generations during an update.
-pub const MAX_OWNER_ENTRIES: u32 = 65536;
+/// Capacity of [`OWNERS`]: owner entries of all pods. Four a pod at [`MAX_PODS`] (1.5 MiB
+/// preallocated, at 96 bytes an entry, instead of 6 MiB for 65,536): Istio's sidecar writes two
+/// (`-u 1337`, `-g 1337`), and enrollments run one at a time under the node lock, so only one pod
+/// holds two generations' entries at once; the room left is for owner-group lists
+/// (`ISTIO_OUTBOUND_OWNER_GROUPS*`), which few pods set. A full map fails the enrollment naming
+/// it (the pod keeps its previous entries), and `Node::upgrade` carries a node's entries into
+/// another capacity.
+pub const MAX_OWNER_ENTRIES: u32 = 4 * MAX_PODS;
 /// Capacity of [`PORTS`]: port prefixes of all pods.
 pub const MAX_PORT_ENTRIES: u32 = 65536;
 /// Capacity of [`CIDRS`]: CIDR entries of all pods.
@@ -106,11 +134,6 @@ pub const MAX_CIDR_ENTRIES: u32 = 65536;
 pub const MAX_CONNECTIONS: u32 = 65536;
 /// Capacity of [`INBOUND_LISTENERS`]: one IPv4 and one IPv6 listener per pod.
 pub const MAX_LISTENERS: u32 = 2 * MAX_PODS;
-
-/// The global of the `sk_lookup` program that holds the network namespace cookie of the pod it
-/// is attached to: that program type has no `bpf_get_netns_cookie`, so each pod gets its own
-/// instance of it with the cookie set at load time.
-pub const NETNS_COOKIE_GLOBAL: &str = "NETNS_COOKIE";
 
 /// Names of the programs in the object, as the loader finds them.
 pub mod programs {
@@ -127,7 +150,8 @@ pub mod programs {
     /// `cgroup/getpeername6`: the app sees its original IPv6 (or IPv4-mapped) peer.
     pub const GETPEERNAME6: &str = "capture_getpeername6";
     /// `sk_lookup`: hands connections arriving at an enrolled pod to the proxy's inbound
-    /// listener; attached to each enrolled pod's network namespace, one instance per pod.
+    /// listener; loaded once per node into [`SK_LOOKUP_PROGS`](crate::SK_LOOKUP_PROGS), reached
+    /// from each enrolled pod's network namespace through its stub.
     pub const SK_LOOKUP: &str = "capture_sk_lookup";
     /// `cgroup/sendmsg4`: an unconnected UDP DNS query goes to the DNS proxy.
     pub const SENDMSG4: &str = "capture_sendmsg4";

@@ -5,7 +5,7 @@ use core::ptr::read_volatile;
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, SockHash};
+use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, SockHash};
 
 use crate::net::Ip;
 use capture_ebpf_common::{
@@ -49,6 +49,16 @@ pub static POD_META: HashMap<u64, PodMeta> =
 #[map]
 pub static POD_STATS: PerCpuHashMap<u64, PodStats> =
     PerCpuHashMap::with_max_entries(MAX_POD_STATS, BPF_F_NO_PREALLOC);
+
+/// The node's `sk_lookup` program, in slot 0; no program here reads it: each pod's stub,
+/// assembled by the loader, tail calls into it (`capture_ebpf_common::SK_LOOKUP_PROGS`).
+#[map]
+pub static SK_LOOKUP_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The network namespace cookie of the socket lookup in progress on this CPU, written by the
+/// pod's stub right before its tail call (`capture_ebpf_common::LOOKUP_NETNS`).
+#[map]
+pub static LOOKUP_NETNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one to a `STAT_*` counter of this CPU, node-wide only; events of a pod use
 /// [`count_pod`].

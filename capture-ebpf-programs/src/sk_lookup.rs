@@ -21,12 +21,14 @@
 //! Envoy's `original_dst` filter keeps it. A pod whose proxy has no inbound listener refuses the
 //! connection (a reset), as `REDIRECT` to a port nobody listens on does.
 //!
-//! `sk_lookup` programs cannot call `bpf_get_netns_cookie`, so each pod gets its own instance
-//! of this program with its cookie in [`NETNS_COOKIE`], set by the loader at load time.
+//! `sk_lookup` programs cannot call `bpf_get_netns_cookie`, and a netns link has no attach
+//! cookie, so the program is loaded once per node into `SK_LOOKUP_PROGS` and each enrolled
+//! pod's namespace runs a stub the loader assembles (`capture-ebpf/src/node/stub.rs`): it
+//! writes the pod's cookie into `LOOKUP_NETNS` and tail calls into this program, which reads
+//! it back ([`lookup_netns`]).
 
 use core::ptr::read_volatile;
 
-use aya_ebpf::Global;
 use aya_ebpf::bindings::sk_action::{SK_DROP, SK_PASS};
 use aya_ebpf::macros::sk_lookup;
 use aya_ebpf::programs::SkLookupContext;
@@ -35,13 +37,8 @@ use capture_ebpf_common::{
     PORTS_IN_EXCLUDE, PORTS_IN_INCLUDE, PodConfig, STAT_INBOUND, STAT_INBOUND_REFUSED,
 };
 
-use crate::maps::{INBOUND_LISTENERS, count_pod, in_cidrs, in_ports, pod_config};
+use crate::maps::{INBOUND_LISTENERS, LOOKUP_NETNS, count_pod, in_cidrs, in_ports, pod_config};
 use crate::net::{AF_INET_U32, AF_INET6_U32, IPPROTO_TCP, Ip, read_ip6};
-
-/// The network namespace cookie of the pod this instance is attached to
-/// (`capture_ebpf_common::NETNS_COOKIE_GLOBAL`).
-#[unsafe(no_mangle)]
-static NETNS_COOKIE: Global<u64> = Global::new(0);
 
 #[sk_lookup]
 pub fn capture_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -78,7 +75,7 @@ fn lookup(ctx: &SkLookupContext) -> Verdict {
     if protocol != IPPROTO_TCP {
         return Verdict::Pass;
     }
-    let netns = NETNS_COOKIE.load();
+    let netns = lookup_netns();
     let Some(cfg) = pod_config(netns) else {
         return Verdict::Pass;
     };
@@ -126,6 +123,26 @@ fn lookup(ctx: &SkLookupContext) -> Verdict {
             netns
         );
         Verdict::Refuse
+    }
+}
+
+/// The network namespace cookie of the pod whose lookup this is, as its stub wrote it into
+/// `LOOKUP_NETNS` right before the tail call into this program; 0 (no pod has it: the
+/// connection passes) if the slot cannot be read.
+///
+/// One slot per CPU is enough: the stub and this program run back to back on one CPU (the
+/// kernel runs `sk_lookup` programs with migration disabled, and a tail call is a jump, not a
+/// reschedule point), and the lookups of arriving packets run in softirq context (TCP and UDP
+/// receive), where softirqs do not nest on a CPU, so no other lookup's stub writes the slot in
+/// between. (A lookup made in process context, such as netfilter's socket match in an
+/// `OUTPUT` rule, could in principle be interrupted between stub and program by a softirq's
+/// lookup on the same CPU; capture installs no such rule.)
+#[inline(always)]
+fn lookup_netns() -> u64 {
+    match LOOKUP_NETNS.get_ptr(0) {
+        // SAFETY: a pointer to this CPU's slot of a live per-CPU array element.
+        Some(slot) => unsafe { read_volatile(slot) },
+        None => 0,
     }
 }
 

@@ -236,7 +236,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A pod's `sk_lookup` instance could not be loaded.
+    /// A pod's `sk_lookup` stub could not be loaded.
     #[error("loading the pod's sk_lookup program: {step} failed")]
     Instance {
         /// The step.

@@ -34,7 +34,7 @@
 //! | `cgroup/recvmsg4`, `recvmsg6` | DNS capture: the DNS proxy's UDP answer comes from the resolver the app asked |
 //! | `cgroup/sock_release` | removes a released UDP socket's record |
 //! | `sockops` at `listen()` | records the proxy's listener on the inbound port of an enrolled pod |
-//! | `sk_lookup` (one instance per enrolled pod, linked to its network namespace) | hands connections from outside the pod to that listener unless Istio's inbound rules exempt them; the proxy's socket keeps the dialled address, so [`capture_core::original_dst()`] returns it |
+//! | `sk_lookup` (once per node, reached from each enrolled pod's network namespace through its stub) | hands connections from outside the pod to that listener unless Istio's inbound rules exempt them; the proxy's socket keeps the dialled address, so [`capture_core::original_dst()`] returns it |
 //!
 //! # Minimum kernel version
 //! 5.15 (`bpf_get_netns_cookie` in sock_ops programs; `sk_lookup` needs 5.9); [`probe`] checks

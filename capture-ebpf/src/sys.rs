@@ -15,7 +15,8 @@
 //! | [`effective_programs`] | `BPF_PROG_QUERY` with `BPF_F_QUERY_EFFECTIVE` (4.15) |
 //! | [`link_update`] | `BPF_LINK_UPDATE` with `BPF_F_REPLACE` (5.7; netns links 5.8) |
 //! | [`prog_by_id`], [`prog_tag`] | `BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD` on a program |
-//! | [`data_map_create`], [`prog_load`] | `BPF_MAP_CREATE` + `_UPDATE_ELEM` + `BPF_MAP_FREEZE` of a global-data map; `BPF_PROG_LOAD` (a pod's `sk_lookup` instance) |
+//! | [`prog_load_sk_lookup`] | `BPF_PROG_LOAD` (a pod's `sk_lookup` stub) |
+//! | [`prog_array_set`], [`prog_array_get`] | `BPF_MAP_UPDATE_ELEM`, `_LOOKUP_ELEM`, `_DELETE_ELEM` on slot 0 of a program array |
 //! | [`map_shape`], [`map_copy`] | `BPF_OBJ_GET_INFO_BY_FD` on a map; `BPF_MAP_GET_NEXT_KEY`, `_LOOKUP_ELEM`, `_UPDATE_ELEM` |
 
 use std::ffi::CString;
@@ -196,39 +197,6 @@ pub(crate) fn version_map_create(value: u32) -> io::Result<OwnedFd> {
     Ok(map)
 }
 
-/// A new one-entry `BPF_MAP_TYPE_ARRAY` holding `data` (an object's `.rodata`, `.data` or
-/// `.bss`), frozen when `flags` make it read-only to programs.
-pub(crate) fn data_map_create(name: &str, data: &[u8], flags: u32) -> io::Result<OwnedFd> {
-    let mut attr = zeroed_attr();
-    attr.__bindgen_anon_1.map_type = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
-    attr.__bindgen_anon_1.key_size = 4;
-    attr.__bindgen_anon_1.value_size =
-        u32::try_from(data.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    attr.__bindgen_anon_1.max_entries = 1;
-    attr.__bindgen_anon_1.map_flags = flags;
-    let mut map_name = [0 as libc::c_char; 16];
-    // The kernel takes letters, digits, '_' and '.' in a map's name.
-    for (slot, byte) in map_name.iter_mut().take(15).zip(name.bytes()) {
-        *slot = byte as libc::c_char;
-    }
-    attr.__bindgen_anon_1.map_name = map_name;
-    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
-    // SAFETY: BPF_MAP_CREATE returned a new file descriptor that nothing else owns.
-    let map = unsafe { OwnedFd::from_raw_fd(fd) };
-    let key = 0u32;
-    let mut attr = zeroed_attr();
-    attr.__bindgen_anon_2.map_fd = fd_u32(map.as_fd());
-    attr.__bindgen_anon_2.key = (&raw const key) as u64;
-    attr.__bindgen_anon_2.__bindgen_anon_1.value = data.as_ptr() as u64;
-    bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr)?;
-    if flags & aya_obj::generated::BPF_F_RDONLY_PROG != 0 {
-        let mut attr = zeroed_attr();
-        attr.__bindgen_anon_2.map_fd = fd_u32(map.as_fd());
-        bpf(bpf_cmd::BPF_MAP_FREEZE, &mut attr)?;
-    }
-    Ok(map)
-}
-
 /// `bpf(BPF_PROG_LOAD)` of an `sk_lookup` program: its descriptor, or the verifier's log as
 /// the error when it refuses the program.
 pub(crate) fn prog_load_sk_lookup(
@@ -278,6 +246,41 @@ pub(crate) fn prog_load_sk_lookup(
                 }
             }
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// Puts the program `prog` into slot 0 of the program array `map`, or empties the slot
+/// (`None`): every tail call into the slot runs the new program from now on.
+pub(crate) fn prog_array_set(map: BorrowedFd<'_>, prog: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let key = 0u32;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = fd_u32(map);
+    attr.__bindgen_anon_2.key = (&raw const key) as u64;
+    match prog {
+        Some(prog) => {
+            // A program array's values are program descriptors going in, ids coming out.
+            let value = fd_u32(prog);
+            attr.__bindgen_anon_2.__bindgen_anon_1.value = (&raw const value) as u64;
+            bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+        }
+        None => match bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.map(|_| ()),
+        },
+    }
+}
+
+/// The id of the program in slot 0 of the program array `map`; `None` when the slot is empty.
+pub(crate) fn prog_array_get(map: BorrowedFd<'_>) -> io::Result<Option<u32>> {
+    let (key, mut id) = (0u32, 0u32);
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = fd_u32(map);
+    attr.__bindgen_anon_2.key = (&raw const key) as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = (&raw mut id) as u64;
+    match bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(Some(id)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -359,6 +359,81 @@ impl EbpfWorld {
     }
 }
 
+/// What `bpftool prog show` says of a loaded program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgInfo {
+    /// The program's id.
+    pub id: u64,
+    /// Its type as bpftool names it (`sk_lookup`, `cgroup_sock_addr`, …).
+    pub prog_type: String,
+    /// How many instructions it has once verified (`bytes_xlated` / 8).
+    pub insns: u64,
+    /// The ids of the maps it references.
+    pub map_ids: Vec<u64>,
+}
+
+impl ProgInfo {
+    fn from_json(p: &serde_json::Value) -> ProgInfo {
+        ProgInfo {
+            id: p["id"].as_u64().expect("a program id"),
+            prog_type: p["type"].as_str().unwrap_or_default().to_owned(),
+            insns: p["bytes_xlated"].as_u64().unwrap_or_default() / 8,
+            map_ids: p["map_ids"]
+                .as_array()
+                .map(|ids| ids.iter().filter_map(serde_json::Value::as_u64).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `bpftool -j <args>`, parsed.
+fn bpftool_json(args: &[&str]) -> serde_json::Value {
+    let out = run_ok(Command::new("bpftool").arg("-j").args(args));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool {args:?} printed no JSON: {e}: {out}"))
+}
+
+/// Every loaded program (`bpftool prog show`).
+///
+/// # Panics
+///
+/// When bpftool fails.
+#[must_use]
+pub fn programs() -> Vec<ProgInfo> {
+    bpftool_json(&["prog", "show"])
+        .as_array()
+        .expect("a list of programs")
+        .iter()
+        .map(ProgInfo::from_json)
+        .collect()
+}
+
+/// The program on the link pinned at `pin`.
+///
+/// # Panics
+///
+/// When bpftool fails.
+#[must_use]
+pub fn linked_program(pin: &Path) -> ProgInfo {
+    let link = bpftool_json(&["link", "show", "pinned", &pin.display().to_string()]);
+    let id = link["prog_id"]
+        .as_u64()
+        .expect("the link's program id")
+        .to_string();
+    ProgInfo::from_json(&bpftool_json(&["prog", "show", "id", &id]))
+}
+
+/// The id of the map pinned at `pin`.
+///
+/// # Panics
+///
+/// When bpftool fails.
+#[must_use]
+pub fn map_id(pin: &Path) -> u64 {
+    bpftool_json(&["map", "show", "pinned", &pin.display().to_string()])["id"]
+        .as_u64()
+        .expect("a map id")
+}
+
 /// `bpftool cgroup tree <cgroup>`: the programs attached to the cgroup, one per line.
 ///
 /// # Panics

@@ -224,7 +224,8 @@ fn not_enrolled_netns_inbound_is_untouched() {
 }
 
 /// Two enrolled pods with identical addresses: each peer's connection reaches its own pod's
-/// proxy (each pod has its own `sk_lookup` instance and its own recorded listener).
+/// proxy (each pod's own `sk_lookup` stub hands the node's program its cookie, which keys its
+/// own recorded listener).
 #[test]
 fn identical_pods_keep_their_own_inbound_listeners() {
     ebpf_test(|node| {

@@ -8,15 +8,15 @@ use std::path::Path;
 
 use aya::maps::lpm_trie::Key;
 use capture_ebpf_common::{
-    AF_INET, AF_INET6, CIDRS, INBOUND_LISTENERS, ListenerKey, MAP_NAMES, OWNERS, POD_CONFIG, POD_STATS,
-    PORTS, STAT_SLOTS,
+    AF_INET, AF_INET6, CIDRS, INBOUND_LISTENERS, LOOKUP_NETNS, ListenerKey, OWNERS, POD_CONFIG, POD_STATS,
+    PORTS, SK_LOOKUP_PROGS, STAT_SLOTS,
 };
 
 use super::{Node, ignore_missing, is_missing, keys_of, map_error};
 use crate::netns::in_netns;
 use crate::pin_dir::{create_dir, detach_pinned};
-use crate::sys::{AttachType, link_create, obj_pin};
-use crate::{Change, Error, MapEntries, MapPlan, NetnsCookie, OBJECT, PodNetns};
+use crate::sys::{AttachType, link_create, obj_get, obj_pin};
+use crate::{Change, Error, MapEntries, MapPlan, NetnsCookie, PodNetns};
 
 /// Whether a pod is enrolled, and as what ([`Node::enrollment`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +136,9 @@ impl Node {
     /// says from the moment this returns. Call it in the pod's network namespace (the calling
     /// thread's); [`Node::enroll_netns`] takes the namespace as a descriptor instead.
     ///
-    /// The first enrollment attaches the pod's own instance of the `sk_lookup` program to the
-    /// namespace (inbound capture). Then the new entries are written under the next
+    /// The first enrollment attaches the pod's `sk_lookup` stub to the namespace (inbound
+    /// capture): a few instructions that hand the pod's cookie to the node's `sk_lookup`
+    /// program, loaded once with the others. Then the new entries are written under the next
     /// generation, the pod's [`PodConfig`](capture_ebpf_common::PodConfig) is switched to it in one map update, and the
     /// previous generation's entries are removed: a connection sees either the old or the new
     /// configuration, never a mix. Last, if no inbound listener of the pod is recorded yet, a
@@ -253,25 +254,29 @@ impl Node {
         }
     }
 
-    /// Attaches the pod's own `sk_lookup` instance to `netns` and pins its link, unless it is
-    /// there already. Returns whether it attached one.
+    /// Attaches the pod's `sk_lookup` stub (its cookie, then a tail call into the node's
+    /// program: `stub`) to `netns` and pins its link, unless it is there already. Returns
+    /// whether it attached one.
     fn attach_inbound(&self, netns: BorrowedFd<'_>, cookie: NetnsCookie) -> Result<bool, Error> {
         let path = self.pins.inbound_link(cookie);
         if path.exists() {
             return Ok(false);
         }
-        if OBJECT.is_empty() {
-            return Err(Error::ObjectMissing);
-        }
-        // The loader below would create and pin any map whose pin is missing.
-        for name in MAP_NAMES {
-            if !self.pins.map(name).exists() {
-                return Err(Error::NotLoaded {
+        let open = |name| {
+            let pin = self.pins.map(name);
+            obj_get(&pin).map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => Error::NotLoaded {
                     path: self.pins.path().to_owned(),
-                });
-            }
-        }
-        let fd = super::instance::load(cookie, |name| self.pins.map(name))?;
+                },
+                _ => Error::Io {
+                    op: "open pinned map",
+                    path: pin,
+                    source,
+                },
+            })
+        };
+        let (lookup_netns, programs) = (open(LOOKUP_NETNS)?, open(SK_LOOKUP_PROGS)?);
+        let fd = super::stub::load(cookie, lookup_netns.as_fd(), programs.as_fd())?;
         let link =
             link_create(fd.as_fd(), netns, AttachType::BPF_SK_LOOKUP).map_err(|source| Error::Syscall {
                 call: "bpf(BPF_LINK_CREATE)",
@@ -281,7 +286,7 @@ impl Node {
         // If pinning fails, dropping `link` (the only reference) detaches the program.
         match obj_pin(link.as_fd(), &path) {
             Ok(()) => Ok(true),
-            // Another enrollment of the same pod attached and pinned its instance first.
+            // Another enrollment of the same pod attached and pinned its stub first.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(source) => Err(Error::Io {
                 op: "pin link",
@@ -291,7 +296,7 @@ impl Node {
         }
     }
 
-    /// Whether the pod's `sk_lookup` instance is attached (its link is pinned).
+    /// Whether the pod's `sk_lookup` stub is attached (its link is pinned).
     pub fn inbound_attached(&self, cookie: NetnsCookie) -> bool {
         self.pins.inbound_link(cookie).exists()
     }
@@ -442,7 +447,7 @@ impl Node {
     /// the link pin is missing, `Some(None)` when the link is attached to no namespace (gone).
     pub(super) fn netns_of(&self, cookie: NetnsCookie) -> Result<Option<Option<u32>>, Error> {
         let path = self.pins.inbound_link(cookie);
-        let link = match crate::sys::obj_get(&path) {
+        let link = match obj_get(&path) {
             Ok(link) => link,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {

@@ -1,13 +1,14 @@
 //! A node's programs: loaded once, attached to a cgroup, pinned; and the pods enrolled in them.
 //!
 //! ```text
-//! Node::load(cgroup, &pins)          probe ─> load + verify all ─> pin maps ─> link + pin each program
+//! Node::load(cgroup, &pins)          probe ─> load + verify all ─> pin maps ─> sk_lookup into SK_LOOKUP_PROGS
+//!                                    ─> link + pin each cgroup program
 //! Node::open(&pins)                  maps from their pins (any process, any time later)
 //! Node::open_for(cgroup, &pins)      the same, once every pinned link's program is known to act
 //!                                    on `cgroup` (link info ─> its program among cgroup's effective ones)
 //! Node::open_or_load(cgroup, &pins)  node lock ─> open_for if loaded, else load; the node keeps the lock
 //! node.apply(&pod, &plan)            enrolled == planned? Unchanged : enroll ─> Applied | Updated
-//! node.enroll(&pod, &plan)           sk_lookup instance attached to the pod's netns (first time)
+//! node.enroll(&pod, &plan)           the pod's sk_lookup stub (its cookie, a tail call) attached to its netns (first time)
 //!                                    ─> next generation's entries ─> POD_CONFIG switch ─> old entries removed
 //! node.unenroll(cookie)              POD_CONFIG entry removed first ─> sk_lookup link detached
 //!                                    ─> the pod's entries and inbound listeners removed
@@ -29,9 +30,9 @@
 //! | `meta` | who enrolled a pod ([`PodMetadata`](crate::PodMetadata)), CNI GC, entry counts |
 
 mod enroll;
-mod instance;
 mod meta;
 mod state;
+mod stub;
 mod upgrade;
 
 use std::fs::File;
@@ -46,7 +47,7 @@ pub use capture_core::Change;
 use capture_ebpf_common::{
     CIDRS, CidrKey, INBOUND_LISTENERS, LAYOUT, LAYOUT_VERSION, ListenerKey, MAP_NAMES, ORIG_BY_COOKIE,
     ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, POD_META, POD_STATS, PORTS, PairKey, PodConfig,
-    PodMeta, PodStats, PortKey, STATS, programs,
+    PodMeta, PodStats, PortKey, SK_LOOKUP_PROGS, STATS, programs,
 };
 pub use enroll::Enrollment;
 pub use meta::NetnsLink;
@@ -57,8 +58,8 @@ use crate::bpffs::is_bpffs;
 use crate::cgroup::is_cgroup2;
 use crate::pin_dir::{NodeLock, PinDir, Pins};
 use crate::sys::{
-    AttachType, LinkInfo, effective_programs, link_create, link_info, obj_get, obj_pin, version_map_create,
-    version_map_read,
+    AttachType, LinkInfo, effective_programs, link_create, link_info, obj_get, obj_pin, prog_array_set,
+    version_map_create, version_map_read,
 };
 use crate::{AttachedCgroup, Attachment, CgroupId, Error, OBJECT, probe};
 
@@ -201,9 +202,17 @@ impl Node {
             .load(OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
         load_cgroup_programs(&mut ebpf)?;
-        // Verified here once, so that enrolling cannot meet a verifier error; each pod gets its
-        // own instance (see `attach_inbound`), this one is dropped unattached.
-        load_sk_lookup(&mut ebpf)?;
+        // Loaded and verified once for the node; each pod's stub tail calls into it.
+        let sk_lookup = load_sk_lookup(&mut ebpf)?
+            .fd()
+            .map_err(|source| Error::Program {
+                program: programs::SK_LOOKUP,
+                op: "get fd",
+                source,
+            })?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::Syscall { call: "dup", source })?;
 
         let mut made = Pins::new(pins)?;
         let layout = pins.map(LAYOUT);
@@ -230,6 +239,19 @@ impl Node {
             })?;
             made.push(path);
         }
+        // The array is pinned now, so its slot outlives this process (the kernel empties a
+        // program array whose last descriptor and pin are gone).
+        let progs_pin = pins.map(SK_LOOKUP_PROGS);
+        let progs = obj_get(&progs_pin).map_err(|source| Error::Io {
+            op: "open pinned map",
+            path: progs_pin.clone(),
+            source,
+        })?;
+        prog_array_set(progs.as_fd(), Some(sk_lookup.as_fd())).map_err(|source| Error::Io {
+            op: "put the sk_lookup program into",
+            path: progs_pin,
+            source,
+        })?;
         for (name, hook) in PROGRAMS {
             let program = ebpf.program(name).expect("loaded above");
             let fd = program.fd().map_err(|source| Error::Program {

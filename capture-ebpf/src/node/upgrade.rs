@@ -6,7 +6,10 @@
 //!      | POD_STATS of narrower values (layout v2): migrated, each value into the first slots | not pinned: created
 //!   ─> the object loaded and verified (new and migrated maps pinned in <pin_dir>/upgrade/), entries copied
 //!   ─> same programs, same maps: nothing to do
-//!   ─> BPF_LINK_UPDATE of each cgroup link, then of each pod's sk_lookup link (its own new instance)
+//!   ─> BPF_LINK_UPDATE of each cgroup link
+//!   ─> the new sk_lookup program into SK_LOOKUP_PROGS: one map update for every pod
+//!      | SK_LOOKUP_PROGS and LOOKUP_NETNS new (layout v3: a whole program per pod): the program
+//!        into the new array, then BPF_LINK_UPDATE of each pod's sk_lookup link to its new stub
 //!   ─> new maps renamed into maps/, the layout version last; entries written meanwhile copied again
 //! any failure ─> every link back on its old program, the old pins back: the node as it was
 //! ```
@@ -22,13 +25,15 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::EbpfLoader;
-use capture_ebpf_common::{LAYOUT, LAYOUT_VERSION, MAP_NAMES, UPGRADES_FROM, programs};
+use capture_ebpf_common::{
+    LAYOUT, LAYOUT_VERSION, LOOKUP_NETNS, MAP_NAMES, SK_LOOKUP_PROGS, UPGRADES_FROM, programs,
+};
 
 use super::{PROGRAMS, check_acts_on, layout_of, load_cgroup_programs, load_sk_lookup, pinned_link_info};
 use crate::pin_dir::{NodeLock, PinDir, clear_staging, create_dir, detach_pinned, remove_pin};
 use crate::sys::{
-    MapShape, link_create, link_info, link_update, map_copy, map_shape, obj_get, obj_pin, prog_by_id,
-    prog_tag, version_map_create,
+    MapShape, link_create, link_info, link_update, map_copy, map_shape, obj_get, obj_pin, prog_array_get,
+    prog_array_set, prog_by_id, prog_tag, version_map_create,
 };
 use crate::{AttachedCgroup, Error, NetnsCookie, Node, OBJECT, probe};
 
@@ -41,7 +46,8 @@ pub struct Upgrade {
     pub hooks: usize,
     /// Hooks this capture has and the pins had not, attached now.
     pub added_hooks: Vec<&'static str>,
-    /// Pods whose `sk_lookup` instance was replaced.
+    /// Pods whose `sk_lookup` program was replaced (through `SK_LOOKUP_PROGS`, or their link
+    /// switched to a new stub).
     pub pods: usize,
     /// Maps this layout has and the pins had not, created empty.
     pub created: Vec<&'static str>,
@@ -109,7 +115,15 @@ enum Step {
     },
     /// A new, empty map.
     Create,
+    /// A new, empty map in place of the pinned one (`old`), whose entries are not carried over:
+    /// `SK_LOOKUP_PROGS` (filled by the upgrade) and `LOOKUP_NETNS` (scratch), made anew as a
+    /// pair when either is missing or of another shape.
+    Fresh { old: OwnedFd },
 }
+
+/// The maps each pod's stub refers to: both reused, or both made anew (then every pod gets a
+/// new stub).
+const STUB_MAPS: [&str; 2] = [SK_LOOKUP_PROGS, LOOKUP_NETNS];
 
 /// Links switched so far, each with its previous program, put back on failure; and the pins
 /// of links created, detached and removed on failure.
@@ -117,6 +131,8 @@ enum Step {
 struct Switched {
     links: Vec<(OwnedFd, OwnedFd, OwnedFd)>,
     created: Vec<PathBuf>,
+    /// The pinned `SK_LOOKUP_PROGS` whose slot was replaced, with the program it held.
+    slot: Option<(OwnedFd, Option<OwnedFd>)>,
 }
 
 impl Switched {
@@ -128,6 +144,9 @@ impl Switched {
 
     /// Puts every link back on its old program, last switched first.
     fn undo(self) {
+        if let Some((map, old)) = &self.slot {
+            let _ = prog_array_set(map.as_fd(), old.as_ref().map(AsFd::as_fd));
+        }
         for pin in self.created.iter().rev() {
             let _ = detach_pinned(pin);
         }
@@ -203,6 +222,7 @@ impl Upgrader<'_> {
         let map_pin = |name: &str| -> PathBuf {
             match steps.iter().find(|(n, _)| *n == name) {
                 Some((_, Step::Reuse)) | None => self.pins.map(name),
+                // Create, Migrate, Fresh: the new map, made by the loader below.
                 Some(_) => self.staging.join(name),
             }
         };
@@ -214,9 +234,20 @@ impl Upgrader<'_> {
         }
         let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
         load_cgroup_programs(&mut ebpf)?;
-        let sk_lookup_tag =
-            prog_tag(program_fd(load_sk_lookup(&mut ebpf)?.fd(), programs::SK_LOOKUP)?.as_fd())
-                .map_err(syscall("bpf(BPF_OBJ_GET_INFO_BY_FD)"))?;
+        let sk_lookup = program_fd(load_sk_lookup(&mut ebpf)?.fd(), programs::SK_LOOKUP)?;
+        // With both maps reused, the pods' stubs stay and the program is swapped in the array.
+        let new_stubs = steps
+            .iter()
+            .any(|(name, step)| STUB_MAPS.contains(name) && !matches!(step, Step::Reuse));
+        let progs = open_pin(&map_pin(SK_LOOKUP_PROGS), "open pinned map")?;
+        let in_slot = if new_stubs {
+            None
+        } else {
+            prog_array_get(progs.as_fd())
+                .map_err(syscall("bpf(BPF_MAP_LOOKUP_ELEM)"))?
+                .map(|id| prog_by_id(id).map_err(syscall("bpf(BPF_PROG_GET_FD_BY_ID)")))
+                .transpose()?
+        };
 
         let mut migrated = Vec::new();
         for (name, step) in &steps {
@@ -267,9 +298,7 @@ impl Upgrader<'_> {
         }
         let pods = self.pods()?;
         let same_programs = hooks.iter().all(|(_, new, old)| same_tag(new, old))
-            && pods
-                .iter()
-                .all(|(_, _, old)| prog_tag(old.as_fd()).ok() == Some(sk_lookup_tag));
+            && in_slot.as_ref().is_some_and(|old| same_tag(&sk_lookup, old));
         let same_maps = steps.iter().all(|(_, step)| matches!(step, Step::Reuse));
         if same_programs
             && added.is_empty()
@@ -316,11 +345,28 @@ impl Upgrader<'_> {
                 switched.created.push(pin);
             }
             let pod_count = pods.len();
-            for (cookie, link, old) in pods {
-                let new = super::instance::load(cookie, map_pin)?;
-                switched
-                    .switch(link, new, old)
-                    .map_err(syscall("bpf(BPF_LINK_UPDATE)"))?;
+            let put = |what| {
+                prog_array_set(progs.as_fd(), Some(sk_lookup.as_fd())).map_err(|source| Error::Io {
+                    op: what,
+                    path: map_pin(SK_LOOKUP_PROGS),
+                    source,
+                })
+            };
+            if new_stubs {
+                // The new array is filled before any stub that tail calls into it runs.
+                put("put the sk_lookup program into")?;
+                let netns = open_pin(&map_pin(LOOKUP_NETNS), "open pinned map")?;
+                for (cookie, link, old) in pods {
+                    let new = super::stub::load(cookie, netns.as_fd(), progs.as_fd())?;
+                    switched
+                        .switch(link, new, old)
+                        .map_err(syscall("bpf(BPF_LINK_UPDATE)"))?;
+                }
+            } else {
+                // One update: every pod's stub tail calls into the new program from here on.
+                let map = progs.try_clone().map_err(syscall("dup"))?;
+                put("replace the sk_lookup program in")?;
+                switched.slot = Some((map, in_slot));
             }
             Ok::<_, Error>((hook_count, pod_count))
         })();
@@ -364,7 +410,7 @@ impl Upgrader<'_> {
             pods,
             created: steps
                 .iter()
-                .filter(|(_, s)| matches!(s, Step::Create))
+                .filter(|(_, s)| matches!(s, Step::Create | Step::Fresh { .. }))
                 .map(|(n, _)| *n)
                 .collect(),
             migrated,
@@ -405,6 +451,9 @@ impl Upgrader<'_> {
             let shape = map_shape(old.as_fd()).map_err(syscall("bpf(BPF_OBJ_GET_INFO_BY_FD)"))?;
             let step = if shape == want {
                 Step::Reuse
+            } else if STUB_MAPS.contains(&name) {
+                // Nothing in them to carry over.
+                Step::Fresh { old }
             } else if name == capture_ebpf_common::POD_STATS
                 && (shape.map_type, shape.key_size, shape.map_flags)
                     == (want.map_type, want.key_size, want.map_flags)
@@ -454,6 +503,22 @@ impl Upgrader<'_> {
             };
             steps.push((name, step));
         }
+        // The stubs refer to both maps: either both stay, or both are made anew.
+        if steps
+            .iter()
+            .any(|(name, step)| STUB_MAPS.contains(name) && !matches!(step, Step::Reuse))
+        {
+            for (name, step) in &mut steps {
+                if STUB_MAPS.contains(name) {
+                    *step = match std::mem::replace(step, Step::Create) {
+                        Step::Reuse => Step::Fresh {
+                            old: open_pin(&self.pins.map(name), "open pinned map")?,
+                        },
+                        other => other,
+                    };
+                }
+            }
+        }
         Ok(steps)
     }
 
@@ -501,7 +566,7 @@ impl Upgrader<'_> {
         for (name, step) in steps {
             let old = match step {
                 Step::Reuse => continue,
-                Step::Migrate { old, .. } => Some(old),
+                Step::Migrate { old, .. } | Step::Fresh { old } => Some(old),
                 Step::Create => None,
             };
             let (from, to) = (self.staging.join(name), self.pins.map(name));

@@ -2,15 +2,18 @@
 //! programs attached elsewhere, refused flags, pods in parallel.
 
 use std::fs;
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::thread;
 
 use capture_e2e::ebpf::{self, EbpfWorld};
-use capture_e2e::{APP_UID, Family, Flavor, NetNs, Topology, connect_as, require_root, run_ok};
+use capture_e2e::{APP_UID, Family, Flavor, Listener, NetNs, Topology, connect_as, require_root, run_ok};
 
 use crate::capture_init::{Backend, CaptureInit, Run, Via, ebpf_node};
-use crate::support::{APP, assert_lands, has_ipv6_passthrough, outbound_proxy, peer_app};
+use crate::support::{
+    APP, ROOT, assert_lands, has_ipv6_passthrough, inbound_proxy, outbound_proxy, peer_app, pod_app,
+};
 use crate::support::{StopOnDrop, ebpf_pods, ebpf_row};
 
 /// The cgroup programs a load attaches: connect4/6, sockops, getsockopt, getpeername4/6,
@@ -544,7 +547,7 @@ fn ebpf_pods_shows_the_netns_the_cni_attachment_and_the_inbound_listener() {
         })
         .expect("enter the pod")
         .expect("enroll the pod as capture-cni does");
-        let _inbound = crate::support::inbound_proxy(&by_cni, Family::V4);
+        let _inbound = inbound_proxy(&by_cni, Family::V4);
 
         let pods = ebpf_pods().ok().stdout.clone();
         let inode = |ns: &NetNs| fs::metadata(ns.path()).expect("stat the netns").ino();
@@ -607,4 +610,64 @@ fn ebpf_cgroup_that_is_no_cgroup_directory_names_the_flag() {
     }
     assert!(world.attached().is_empty());
     assert!(world.bpffs.contents().is_empty());
+}
+
+/// Every pod's `sk_lookup` link runs a stub of a few instructions (its netns cookie and a tail
+/// call) and the node's `sk_lookup` program is loaded once whatever the pod count: of the
+/// loaded `sk_lookup` programs, one reads the node's `POD_CONFIG`, the one in
+/// `SK_LOOKUP_PROGS`. Each pod's inbound connections still follow its own configuration: its
+/// own inbound port, its own excluded ports.
+#[test]
+fn ebpf_pods_share_one_sk_lookup_program_each_with_its_own_config() {
+    ebpf_row(|| {
+        let (a, b, c) = (Topology::new(), Topology::new(), Topology::new());
+        let a_proxy = inbound_proxy(&a, Family::V4);
+        let b_proxy = Listener::spawn_proxy(
+            &b.pod,
+            SocketAddr::new(Family::V4.unspecified(), 15016),
+            "b-inbound-proxy",
+        );
+        let a_app = pod_app(&a, Family::V4, 8080);
+        let b_app = pod_app(&b, Family::V4, 8080);
+        CaptureInit::new(&a.pod, Backend::Ebpf, Family::V4).run().ok();
+        CaptureInit::new(&b.pod, Backend::Ebpf, Family::V4)
+            .set("-z", "15016")
+            .set("-d", "15090,15021,15020,8080")
+            .run()
+            .ok();
+        assert_lands(&a.peer, ROOT, a.pod_addr(Family::V4, 8080), &a_proxy);
+        assert_lands(&b.peer, ROOT, b.pod_addr(Family::V4, 8080), &b_app);
+        assert_lands(&b.peer, ROOT, b.pod_addr(Family::V4, 9090), &b_proxy);
+        assert!(a_app.take_accepted().is_empty(), "a's 8080 is captured");
+        assert!(a_proxy.take_accepted().is_empty() && b_proxy.take_accepted().is_empty());
+
+        let pin_dir = ebpf::child_world().expect("inside ebpf_row").pin_dir;
+        let full_programs = || {
+            let pod_config = ebpf::map_id(&pin_dir.join("maps/POD_CONFIG"));
+            ebpf::programs()
+                .into_iter()
+                .filter(|p| p.prog_type == "sk_lookup" && p.map_ids.contains(&pod_config))
+                .collect::<Vec<_>>()
+        };
+        let before = full_programs();
+        assert_eq!(before.len(), 1, "one sk_lookup program for two pods: {before:?}");
+        CaptureInit::new(&c.pod, Backend::Ebpf, Family::V4).run().ok();
+        assert_eq!(full_programs(), before, "a third pod loads no sk_lookup program");
+        assert!(before[0].insns > 500, "the node's program: {:?}", before[0]);
+
+        let progs = ebpf::map_id(&pin_dir.join("maps/SK_LOOKUP_PROGS"));
+        let stubs: Vec<ebpf::ProgInfo> = fs::read_dir(pin_dir.join("inbound"))
+            .expect("the pods' link pins")
+            .map(|e| ebpf::linked_program(&e.expect("a link pin").path()))
+            .collect();
+        assert_eq!(stubs.len(), 3, "{stubs:?}");
+        for stub in &stubs {
+            assert_eq!(stub.prog_type, "sk_lookup", "{stub:?}");
+            assert!(stub.insns < 32, "a pod's program is the stub: {stub:?}");
+            assert!(stub.map_ids.contains(&progs), "{stub:?}");
+        }
+        for sk_lookup in [&a.pod, &b.pod, &c.pod].map(ebpf::sk_lookup_programs) {
+            assert_eq!(sk_lookup, 1);
+        }
+    });
 }

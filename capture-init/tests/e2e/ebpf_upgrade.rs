@@ -144,6 +144,144 @@ fn ebpf_upgrade_under_traffic_keeps_every_connection_captured() {
     });
 }
 
+/// Takes the maps layout v4 added (the pods' stubs' `SK_LOOKUP_PROGS` and `LOOKUP_NETNS`) out
+/// of the row's pins, as a node of an older layout has none. Their pins move to the bpffs'
+/// root rather than going, so that the stubs of pods enrolled already keep working until the
+/// upgrade switches them (a program array whose last pin goes is emptied), as an older node's
+/// pods are captured by their own programs. Returns the moved pins, for [`remove_pins`].
+fn take_away_stub_maps() -> Vec<std::path::PathBuf> {
+    let world = ebpf::child_world().expect("inside ebpf_row");
+    ["SK_LOOKUP_PROGS", "LOOKUP_NETNS"]
+        .map(|name| {
+            let kept = world.bpffs.join(format!("kept-{name}"));
+            std::fs::rename(world.pin_dir.join("maps").join(name), &kept).expect("move a v4 map's pin aside");
+            kept
+        })
+        .into()
+}
+
+fn remove_pins(pins: &[std::path::PathBuf]) {
+    for pin in pins {
+        std::fs::remove_file(pin).expect("remove a moved pin");
+    }
+}
+
+/// The `sk_lookup` programs loaded that read the row's `POD_CONFIG`: the node's.
+fn node_sk_lookup_programs() -> Vec<ebpf::ProgInfo> {
+    let pin_dir = ebpf::child_world().expect("inside ebpf_row").pin_dir;
+    let pod_config = ebpf::map_id(&pin_dir.join("maps/POD_CONFIG"));
+    ebpf::programs()
+        .into_iter()
+        .filter(|p| p.prog_type == "sk_lookup" && p.map_ids.contains(&pod_config))
+        .collect()
+}
+
+/// The program on each pod's `sk_lookup` link, by link pin name (the pod's cookie).
+fn pod_programs() -> Vec<(String, ebpf::ProgInfo)> {
+    let pin_dir = ebpf::child_world().expect("inside ebpf_row").pin_dir;
+    let mut pods: Vec<_> = std::fs::read_dir(pin_dir.join("inbound"))
+        .expect("the pods' link pins")
+        .map(|e| {
+            let e = e.expect("a link pin");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                ebpf::linked_program(&e.path()),
+            )
+        })
+        .collect();
+    pods.sort_by(|x, y| x.0.cmp(&y.0));
+    pods
+}
+
+/// A node loaded by a layout v3 capture (each pod its own instance of the whole `sk_lookup`
+/// program; no `SK_LOOKUP_PROGS`, no `LOOKUP_NETNS`) is upgraded in place while a peer keeps
+/// connecting into one of its two pods: the two maps are created, the node's program goes into
+/// the array, each pod's link is switched to its stub, and no connection goes uncaptured. Then
+/// an upgrade of the programs (`--always`) is one update of the array: every pod's link keeps
+/// its stub, the array holds a new program, and the pods stay captured. The v3 node is made
+/// from a current one by taking the two maps' pins away (the pods' programs, which refer to
+/// them, keep running as a v3 pod's own program does).
+#[test]
+fn ebpf_upgrade_carries_a_layout_v3_node_to_one_sk_lookup_program() {
+    ebpf_row(|| {
+        let (a, b) = (Topology::new(), Topology::new());
+        let a_in = inbound_proxy(&a, Family::V4);
+        let b_in = inbound_proxy(&b, Family::V4);
+        let b_out = outbound_proxy(&b, Family::V4);
+        CaptureInit::new(&a.pod, Backend::Ebpf, Family::V4).run().ok();
+        CaptureInit::new(&b.pod, Backend::Ebpf, Family::V4).run().ok();
+        let world = ebpf::child_world().expect("inside ebpf_row");
+        let kept = take_away_stub_maps();
+        let layout = world.pin_dir.join("maps/LAYOUT").display().to_string();
+        capture_e2e::run_ok(std::process::Command::new("bpftool").args([
+            "map", "update", "pinned", &layout, "key", "0", "0", "0", "0", "value", "3", "0", "0", "0",
+        ]));
+        let a_dst = a.pod_addr(Family::V4, 8080);
+        assert_lands(&a.peer, ROOT, a_dst, &a_in);
+        let before = pod_programs();
+
+        let stop = AtomicBool::new(false);
+        let made = AtomicUsize::new(0);
+        thread::scope(|scope| {
+            let traffic = scope.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let (reply, _) = connect_as(&a.peer, 0, 0, a_dst)
+                        .unwrap_or_else(|e| panic!("a connection to {a_dst} during the upgrade failed: {e}"));
+                    assert_eq!(
+                        reply,
+                        a_in.token(),
+                        "a connection during the upgrade was not captured"
+                    );
+                    made.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            let _stop = StopOnDrop(&stop);
+            upgrade(&[])
+                .ok()
+                .says("programs replaced on 11 cgroup hooks and for 2 pods, every pod captured throughout")
+                .says("maps created: SK_LOOKUP_PROGS, LOOKUP_NETNS")
+                .says(&format!("map layout v3 -> v{LAYOUT_VERSION}"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let after = made.load(Ordering::SeqCst) + 5;
+            while made.load(Ordering::SeqCst) < after && !traffic.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            stop.store(true, Ordering::SeqCst);
+            traffic.join().expect("the traffic thread");
+        });
+        assert!(
+            made.load(Ordering::SeqCst) >= 5,
+            "connections made during the upgrade"
+        );
+        assert_eq!(a_in.take_accepted().len(), made.load(Ordering::SeqCst));
+        // The old maps go: only the new ones can be what the pods use now.
+        remove_pins(&kept);
+        let switched = pod_programs();
+        let progs = ebpf::map_id(&world.pin_dir.join("maps/SK_LOOKUP_PROGS"));
+        assert_eq!(switched.len(), 2);
+        for ((pod, old), (_, new)) in before.iter().zip(&switched) {
+            assert_ne!(old.id, new.id, "pod {pod}'s link has a new program");
+            assert!(new.insns < 32 && new.map_ids.contains(&progs), "{new:?}");
+        }
+        assert_eq!(node_sk_lookup_programs().len(), 1);
+        assert_lands(&a.peer, ROOT, a_dst, &a_in);
+        assert_lands(&b.peer, ROOT, b.pod_addr(Family::V4, 8080), &b_in);
+        assert_lands(&b.pod, APP, b.peer_addr(Family::V4, 80), &b_out);
+        upgrade(&[]).ok().says("nothing changed");
+
+        let program = node_sk_lookup_programs();
+        upgrade(&["--always"])
+            .ok()
+            .says("programs replaced on 11 cgroup hooks and for 2 pods");
+        assert_eq!(pod_programs(), switched, "every pod keeps its stub");
+        let replaced = node_sk_lookup_programs();
+        assert_eq!(replaced.len(), 1, "{replaced:?}");
+        assert_ne!(replaced[0].id, program[0].id, "the array holds a new program");
+        assert_lands(&a.peer, ROOT, a_dst, &a_in);
+        assert_lands(&b.peer, ROOT, b.pod_addr(Family::V4, 8080), &b_in);
+    });
+}
+
 /// A pinned map whose entries cannot be carried over (here: OWNERS replaced by a map with
 /// other key and value sizes) stops the upgrade before anything is switched: it names the map
 /// and what differs, and every attachment keeps its program.
@@ -207,6 +345,7 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_the_current_layout() {
         for map in ["POD_STATS", "POD_META", "AYA_LOGS"] {
             std::fs::remove_file(pin_dir.join("maps").join(map)).expect("remove a map v1 had not");
         }
+        let kept = take_away_stub_maps();
         let stats = pin_dir.join("maps/STATS").display().to_string();
         std::fs::remove_file(&stats).expect("remove STATS");
         bpftool(&[
@@ -244,9 +383,10 @@ fn ebpf_upgrade_carries_a_layout_v1_node_to_the_current_layout() {
             .ok()
             .says("programs replaced on 6 cgroup hooks and for 1 pod")
             .says("programs attached to new hooks: capture_sendmsg4, capture_sendmsg6, capture_recvmsg4, capture_recvmsg6, capture_sock_release")
-            .says("maps created: POD_STATS, POD_META, AYA_LOGS")
+            .says("maps created: POD_STATS, POD_META, AYA_LOGS, SK_LOOKUP_PROGS, LOOKUP_NETNS")
             .says("map STATS resized, 8 entries carried over")
             .says(&format!("map layout v1 -> v{LAYOUT_VERSION}"));
+        remove_pins(&kept);
         assert_eq!(attached_ids().len(), 11);
         upgrade(&[]).ok().says("nothing changed");
         assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
@@ -304,8 +444,9 @@ fn ebpf_upgrade_carries_a_layout_v2_node_keeping_its_pods_counters() {
         };
         let pin = |name: &str| pin_dir.join("maps").join(name).display().to_string();
 
-        // v2 had no log ring buffer.
+        // v2 had no log ring buffer, and a program per pod.
         std::fs::remove_file(pin("AYA_LOGS")).expect("remove AYA_LOGS");
+        let kept = take_away_stub_maps();
         // v2's STATS: 10 slots, 3 connections passed on each CPU.
         std::fs::remove_file(pin("STATS")).expect("remove STATS");
         bpftool(&[
@@ -400,10 +541,11 @@ fn ebpf_upgrade_carries_a_layout_v2_node_keeping_its_pods_counters() {
         upgrade(&[])
             .ok()
             .says("programs replaced on 11 cgroup hooks and for 1 pod")
-            .says("maps created: AYA_LOGS")
+            .says("maps created: AYA_LOGS, SK_LOOKUP_PROGS, LOOKUP_NETNS")
             .says("map STATS resized, 10 entries carried over")
             .says("map POD_STATS resized, 1 entry carried over")
             .says(&format!("map layout v2 -> v{LAYOUT_VERSION}"));
+        remove_pins(&kept);
         upgrade(&[]).ok().says("nothing changed");
 
         let cpus = possible_cpus();
