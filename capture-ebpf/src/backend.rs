@@ -368,6 +368,10 @@ impl Ebpf {
         Ok(match node.enrollment(&pod, plan)? {
             Enrollment::Equal => Vec::new(),
             Enrollment::Absent => vec![format!("eBPF capture is not enrolled (netns cookie {cookie})")],
+            Enrollment::Unattached => vec![format!(
+                "the pod's sk_lookup program is not attached (no link pinned at {}), so its inbound connections are not captured (netns cookie {cookie})",
+                self.pins.inbound_link(pod.cookie).display()
+            )],
             Enrollment::Differs => std::iter::once(format!(
                 "eBPF capture is enrolled with another configuration (netns cookie {cookie})"
             ))

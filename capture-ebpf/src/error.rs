@@ -194,6 +194,15 @@ pub enum Error {
         /// The program.
         program: &'static str,
     },
+    /// The node's `sk_lookup` program is not in its program array, so no pod's stub reaches it.
+    #[error(
+        "capture's sk_lookup program is missing from {}, so no pod's inbound connections are captured; replace the programs in place (capture-init ebpf upgrade --always) or install them again",
+        pin_dir.join("maps").join(capture_ebpf_common::SK_LOOKUP_PROGS).display()
+    )]
+    NoSkLookup {
+        /// The pin directory.
+        pin_dir: PathBuf,
+    },
     /// No programs are pinned under this directory.
     #[error("capture's programs are not installed under {path}")]
     NotLoaded {

@@ -27,6 +27,9 @@ pub enum Enrollment {
     Equal,
     /// The pod is enrolled with other entries (other flags, or its addresses changed).
     Differs,
+    /// The pod's entries are the plan's, but its `sk_lookup` stub is not attached (its link
+    /// pin is gone, and the link with it): its inbound connections are not captured.
+    Unattached,
 }
 
 impl Node {
@@ -85,7 +88,7 @@ impl Node {
     ) -> Result<Change, Error> {
         let change = match self.enrollment(pod, plan)? {
             Enrollment::Equal => return Ok(Change::Unchanged),
-            Enrollment::Differs => Change::Updated,
+            Enrollment::Differs | Enrollment::Unattached => Change::Updated,
             Enrollment::Absent => Change::Applied,
         };
         enroll(self)?;
@@ -94,13 +97,19 @@ impl Node {
 
     /// Whether `pod` is enrolled exactly as `plan` says: the entries in force
     /// ([`Node::enrolled`]) compared with what enrolling would write at their generation, the
-    /// pod's current addresses included.
+    /// pod's current addresses included, and its `sk_lookup` stub attached.
     ///
     /// # Errors
     /// [`Error::Map`] when the maps cannot be read.
     pub fn enrollment(&self, pod: &PodNetns, plan: &MapPlan) -> Result<Enrollment, Error> {
         Ok(match self.enrolled(pod.cookie)? {
-            Some(current) if current == planned(plan, pod, current.config.generation) => Enrollment::Equal,
+            Some(current) if current == planned(plan, pod, current.config.generation) => {
+                if self.inbound_attached(pod.cookie) {
+                    Enrollment::Equal
+                } else {
+                    Enrollment::Unattached
+                }
+            }
             Some(_) => Enrollment::Differs,
             None => Enrollment::Absent,
         })

@@ -58,8 +58,8 @@ use crate::bpffs::is_bpffs;
 use crate::cgroup::is_cgroup2;
 use crate::pin_dir::{NodeLock, PinDir, Pins};
 use crate::sys::{
-    AttachType, LinkInfo, effective_programs, link_create, link_info, obj_get, obj_pin, prog_array_set,
-    version_map_create, version_map_read,
+    AttachType, LinkInfo, effective_programs, link_create, link_info, obj_get, obj_pin, prog_array_get,
+    prog_array_set, version_map_create, version_map_read,
 };
 use crate::{AttachedCgroup, Attachment, CgroupId, Error, OBJECT, probe};
 
@@ -332,7 +332,8 @@ impl Node {
     ///
     /// # Errors
     /// [`Error::AttachedElsewhere`] naming both cgroups, [`Error::Detached`] when a link is
-    /// attached to no cgroup, [`Error::NotCgroup2`] when `cgroup` is not a cgroup v2
+    /// attached to no cgroup, [`Error::NoSkLookup`] when the `sk_lookup` program is not where
+    /// the pods' stubs call it, [`Error::NotCgroup2`] when `cgroup` is not a cgroup v2
     /// directory, and the errors of [`Node::open`] and of reading the links.
     ///
     /// # Examples
@@ -347,7 +348,29 @@ impl Node {
     pub fn open_for(cgroup: &Path, pins: &PinDir) -> Result<Node, Error> {
         let node = Node::open(pins)?;
         check_acts_on(cgroup, pins, false)?;
+        node.check_sk_lookup()?;
         Ok(node)
+    }
+
+    /// Checks that the node's `sk_lookup` program is in `SK_LOOKUP_PROGS`, where every pod's
+    /// stub tail-calls it: with the slot empty each stub lets every connection pass.
+    ///
+    /// # Errors
+    /// [`Error::NoSkLookup`] when the slot is empty; [`Error::Io`] when the array cannot be
+    /// opened or read.
+    pub fn check_sk_lookup(&self) -> Result<(), Error> {
+        let pin = self.pins.map(SK_LOOKUP_PROGS);
+        let io = |op| {
+            let path = pin.clone();
+            move |source| Error::Io { op, path, source }
+        };
+        let programs = obj_get(&pin).map_err(io("open pinned map"))?;
+        match prog_array_get(programs.as_fd()).map_err(io("read program array"))? {
+            Some(_) => Ok(()),
+            None => Err(Error::NoSkLookup {
+                pin_dir: self.pins.path().to_owned(),
+            }),
+        }
     }
 
     /// The cgroup the programs are attached to, read from their pinned links; its directory is

@@ -576,3 +576,75 @@ fn ebpf_upgrade_carries_a_layout_v2_node_keeping_its_pods_counters() {
         );
     });
 }
+
+/// Capture that lost its inbound half is not "unchanged". A pod whose `sk_lookup` link is gone
+/// (its pin removed, the link with it): `status` with the run's flags says it is drifted and
+/// why, and a rerun attaches the stub again. The node's `sk_lookup` program missing from
+/// `SK_LOOKUP_PROGS` (every stub would let every connection pass): every enrollment, a rerun
+/// included, fails naming the array and the fix, and `ebpf upgrade --always` puts it back.
+#[test]
+fn ebpf_lost_inbound_capture_is_found_and_put_back() {
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let proxy = inbound_proxy(&topo, Family::V4);
+        let app = crate::support::pod_app(&topo, Family::V4, 8080);
+        let init = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4);
+        init.run().ok();
+        assert_lands(&topo.peer, ROOT, topo.pod_addr(Family::V4, 8080), &proxy);
+
+        let world = ebpf::child_world().expect("inside ebpf_row");
+        let links: Vec<_> = std::fs::read_dir(world.pin_dir.join("inbound"))
+            .expect("the pods' link pins")
+            .map(|e| e.expect("a link pin").path())
+            .collect();
+        assert_eq!(links.len(), 1, "{links:?}");
+        std::fs::remove_file(&links[0]).expect("remove the link pin");
+        // The kernel frees the unpinned link after an RCU grace period.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sk_lookup_programs(&topo.pod) != 0 {
+            assert!(Instant::now() < deadline, "the link outlived its pin");
+            thread::sleep(Duration::from_millis(20));
+        }
+        // Uncaptured now (explain's model, which assert_lands also asks, still says captured).
+        let (uid, gid) = ROOT;
+        let (reply, _) = connect_as(&topo.peer, uid, gid, topo.pod_addr(Family::V4, 8080)).expect("connect");
+        assert_eq!(reply, app.token(), "the app answers, not the proxy");
+        let _accepted = app.take_one();
+        let drifted = init.status(true, &[]);
+        drifted.code(4);
+        assert!(
+            drifted.stdout.contains("sk_lookup program is not attached"),
+            "{}",
+            drifted.stdout
+        );
+        init.run().ok().says("eBPF capture updated");
+        assert_eq!(sk_lookup_programs(&topo.pod), 1);
+        init.status(true, &[]).ok();
+        assert_lands(&topo.peer, ROOT, topo.pod_addr(Family::V4, 8080), &proxy);
+
+        let array = world.pin_dir.join("maps/SK_LOOKUP_PROGS");
+        let emptied = std::process::Command::new("bpftool")
+            .args(["map", "delete", "pinned"])
+            .arg(&array)
+            .args(["key", "0", "0", "0", "0"])
+            .output()
+            .expect("run bpftool");
+        assert!(emptied.status.success(), "{emptied:?}");
+        let refused = init.run();
+        // (The run's own IPv6 warning comes before; the error is its one error line, last.)
+        assert_eq!(
+            refused.stderr.matches("\terror\t").count(),
+            1,
+            "{}",
+            refused.stderr
+        );
+        refused
+            .code(1)
+            .says("sk_lookup program is missing from")
+            .says("SK_LOOKUP_PROGS")
+            .says("ebpf upgrade --always");
+        upgrade(&["--always"]).ok();
+        init.run().ok();
+        assert_lands(&topo.peer, ROOT, topo.pod_addr(Family::V4, 8080), &proxy);
+    });
+}
