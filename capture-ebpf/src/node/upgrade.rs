@@ -125,6 +125,14 @@ enum Step {
 /// new stub).
 const STUB_MAPS: [&str; 2] = [SK_LOOKUP_PROGS, LOOKUP_NETNS];
 
+/// Whether either map the stubs refer to is not reused (so both are made anew, and every pod
+/// gets a new stub).
+fn stub_maps_renewed(steps: &[(&'static str, Step)]) -> bool {
+    steps
+        .iter()
+        .any(|(name, step)| STUB_MAPS.contains(name) && !matches!(step, Step::Reuse))
+}
+
 /// Links switched so far, each with its previous program, put back on failure; and the pins
 /// of links created, detached and removed on failure.
 #[derive(Default)]
@@ -236,9 +244,7 @@ impl Upgrader<'_> {
         load_cgroup_programs(&mut ebpf)?;
         let sk_lookup = program_fd(load_sk_lookup(&mut ebpf)?.fd(), programs::SK_LOOKUP)?;
         // With both maps reused, the pods' stubs stay and the program is swapped in the array.
-        let new_stubs = steps
-            .iter()
-            .any(|(name, step)| STUB_MAPS.contains(name) && !matches!(step, Step::Reuse));
+        let new_stubs = stub_maps_renewed(&steps);
         let progs = open_pin(&map_pin(SK_LOOKUP_PROGS), "open pinned map")?;
         let in_slot = if new_stubs {
             None
@@ -504,10 +510,7 @@ impl Upgrader<'_> {
             steps.push((name, step));
         }
         // The stubs refer to both maps: either both stay, or both are made anew.
-        if steps
-            .iter()
-            .any(|(name, step)| STUB_MAPS.contains(name) && !matches!(step, Step::Reuse))
-        {
+        if stub_maps_renewed(&steps) {
             for (name, step) in &mut steps {
                 if STUB_MAPS.contains(name) {
                     *step = match std::mem::replace(step, Step::Create) {
