@@ -12,6 +12,7 @@
 //! | `legacy`, `nft` | connects to the server; iptables-legacy / iptables-nft `REDIRECT` sends it to the proxy |
 //! | `native`   | the same, with capture-init's native nftables backend                         |
 //! | `ebpf`     | the same, with the eBPF backend (node programs in a cgroup and bpffs of the bench's own; the clients and proxy run in that cgroup) |
+//! | `explicit-ebpf` | as `explicit`, from a pod enrolled in the eBPF backend: the programs run on every connection, none is captured |
 //!
 //! Capture is applied by the real `capture-init` binary (`--capture-init`) with Istio's default
 //! sidecar flags. Every process is pinned to one CPU (`--cpu`, default the last). Measurements
@@ -29,7 +30,7 @@
 //! on SIGINT, SIGTERM or SIGHUP (after the current measurement).
 //!
 //! ```text
-//! capture-bench datapath --capture-init PATH [--modes direct,explicit,legacy,nft,native,ebpf]
+//! capture-bench datapath --capture-init PATH [--modes direct,explicit,legacy,nft,native,ebpf,explicit-ebpf]
 //!     [--metrics cps1,cps4,latency,stream] [--runs 5] [--duration 1] [--count N] [--cpu N]
 //! capture-bench scale --capture-init PATH [--modes legacy,nft,native,ebpf]
 //!     [--excluded 1,100,1000,5000] [--runs 5] [--duration 1] [--count N] [--cpu N]
@@ -105,7 +106,7 @@ struct DatapathArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,explicit,legacy,nft,native,ebpf"
+        default_value = "direct,explicit,legacy,nft,native,ebpf,explicit-ebpf"
     )]
     modes: Vec<Mode>,
     /// The metrics.
@@ -147,6 +148,10 @@ enum Mode {
     Nft,
     Native,
     Ebpf,
+    /// The proxy addressed explicitly from a pod enrolled in the eBPF backend: every program
+    /// runs on the connections, none is captured. Against `explicit`, what the programs' hooks
+    /// cost; against `ebpf`, what capturing costs on top.
+    ExplicitEbpf,
 }
 
 impl Mode {
@@ -158,11 +163,24 @@ impl Mode {
             Mode::Nft => "nft",
             Mode::Native => "native",
             Mode::Ebpf => "ebpf",
+            Mode::ExplicitEbpf => "explicit-ebpf",
         }
     }
 
+    /// Whether the proxy should see the clients' connections as captured.
     fn captured(self) -> bool {
-        !matches!(self, Mode::Direct | Mode::Explicit)
+        !matches!(self, Mode::Direct | Mode::Explicit | Mode::ExplicitEbpf)
+    }
+
+    /// Whether the clients address the proxy's plain listener.
+    fn explicit(self) -> bool {
+        matches!(self, Mode::Explicit | Mode::ExplicitEbpf)
+    }
+
+    /// Whether the pod is enrolled in the node's eBPF programs (and the workers join their
+    /// cgroup).
+    fn ebpf(self) -> bool {
+        matches!(self, Mode::Ebpf | Mode::ExplicitEbpf)
     }
 }
 
@@ -372,13 +390,8 @@ impl World {
         // reused, and there are ports enough (both per namespace).
         set_sysctl(pod, "net/ipv4/tcp_tw_reuse", "1")?;
         set_sysctl(pod, "net/ipv4/ip_local_port_range", "1024 65000")?;
-        let cgroup = if mode.captured() {
-            apply(common, pod, mode, excluded, ebpf)?;
-            ebpf.filter(|_| mode == Mode::Ebpf)
-                .map(|node| node.cgroup.clone())
-        } else {
-            None
-        };
+        apply(common, pod, mode, excluded, ebpf)?;
+        let cgroup = ebpf.filter(|_| mode.ebpf()).map(|node| node.cgroup.clone());
         // Conntrack keeps a closed connection for 120 s by default; at thousands of connections
         // a second that fills the (node-wide) table. Where capture made the pod use conntrack,
         // closed connections are forgotten after 2 s.
@@ -428,7 +441,7 @@ impl World {
             .arg(target.to_string())
             .arg("--expect")
             .arg(expect.to_string());
-        if self.mode == Mode::Explicit {
+        if self.mode.explicit() {
             cmd.arg("--explicit");
         }
         if let Some(count) = common.count {
@@ -491,7 +504,7 @@ impl World {
         } else {
             let (captured, explicit) = match self.mode {
                 Mode::Direct => (0, 0),
-                Mode::Explicit => (0, n("connections")),
+                m if m.explicit() => (0, n("connections")),
                 _ => (n("connections"), 0),
             };
             (n("captured") != captured || n("explicit") != explicit).then(|| {
@@ -538,7 +551,9 @@ fn apply(
     match mode {
         Mode::Legacy | Mode::Nft => args.extend(["--force-iptables-version".into(), mode.name().into()]),
         Mode::Native => args.push("--native-nftables".into()),
-        Mode::Ebpf => args.extend(ebpf.expect("the eBPF node is loaded for the eBPF mode").args()),
+        Mode::Ebpf | Mode::ExplicitEbpf => {
+            args.extend(ebpf.expect("the eBPF node is loaded for the eBPF modes").args());
+        }
         Mode::Direct | Mode::Explicit => return Ok(()),
     }
     args.push("--log_output_level=all:warn".into());
@@ -579,7 +594,7 @@ fn enter_on_exec(cmd: &mut Command, cgroup: &Path) -> Result<(), Error> {
 
 /// The node's eBPF programs, when a mode needs them.
 fn ebpf_node(common: &Common, modes: &[Mode]) -> Result<Option<EbpfNode>, Error> {
-    if modes.contains(&Mode::Ebpf) {
+    if modes.iter().any(|m| m.ebpf()) {
         EbpfNode::load(&common.capture_init).map(Some)
     } else {
         Ok(None)

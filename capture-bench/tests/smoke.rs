@@ -1,7 +1,7 @@
 //! The bench's correctness check, checked: a few hundred connections per mode through the real
 //! `capture-init` (the workspace's `target/<profile>/capture-init`, or `CAPTURE_INIT`), every
 //! captured one with the server's address as its original destination, none captured in the
-//! direct and explicit modes; and a wrong expectation fails the run. Needs root.
+//! direct and explicit modes (also from a pod enrolled in eBPF); and a wrong expectation fails the run. Needs root.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -91,7 +91,7 @@ fn bench(args: &[&str]) -> Output {
 
 fn modes(capture_init: &Path) -> &'static str {
     if has_ebpf(capture_init) {
-        "direct,explicit,legacy,nft,native,ebpf"
+        "direct,explicit,legacy,nft,native,ebpf,explicit-ebpf"
     } else {
         "direct,explicit,legacy,nft,native"
     }
@@ -126,7 +126,7 @@ fn captured_connections_arrive_with_the_servers_address_in_every_mode() {
         assert_eq!(n("mismatches"), 0, "{what}");
         let (captured, explicit) = match result["mode"].as_str().expect("a mode") {
             "direct" => (0, 0),
-            "explicit" => (0, connections),
+            "explicit" | "explicit-ebpf" => (0, connections),
             _ => (connections, 0),
         };
         assert_eq!((n("captured"), n("explicit")), (captured, explicit), "{what}");
@@ -142,7 +142,7 @@ fn an_unexpected_original_destination_fails_the_run() {
     let capture_init = capture_init();
     let modes: Vec<_> = modes(&capture_init)
         .split(',')
-        .filter(|m| !["direct", "explicit"].contains(m))
+        .filter(|m| !["direct", "explicit", "explicit-ebpf"].contains(m))
         .collect();
     for mode in modes {
         let out = bench(&[
