@@ -1,7 +1,8 @@
 //! The bench's correctness check, checked: a few hundred connections per mode through the real
 //! `capture-init` (the workspace's `target/<profile>/capture-init`, or `CAPTURE_INIT`), every
 //! captured one with the server's address as its original destination, none captured in the
-//! direct and explicit modes (also from a pod enrolled in eBPF); and a wrong expectation fails the run. Needs root.
+//! direct and explicit modes (also from a pod enrolled in eBPF); and a wrong expectation fails
+//! the run. Needs root.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
