@@ -117,6 +117,12 @@ struct DatapathArgs {
         default_value = "cps1,cps4,latency,stream"
     )]
     metrics: Vec<Metric>,
+    /// After the repetitions, one more 1-client connection measurement in each eBPF mode with
+    /// the kernel counting the programs' runs and run time (`BPF_ENABLE_STATS`, which costs
+    /// two clock reads a run, hence not during the others): the runs and nanoseconds of each
+    /// program per connection.
+    #[arg(long)]
+    program_costs: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -305,6 +311,39 @@ impl EbpfNode {
             .arg(&node.bpffs);
         run_capture_init(&mut load, "ebpf load")?;
         Ok(node)
+    }
+
+    /// Each program's runs and run time so far, from `capture-init ebpf stats`.
+    fn costs(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>, Error> {
+        let mut stats = Command::new(&self.capture_init);
+        stats.args(["ebpf", "stats", "--bpffs"]).arg(&self.bpffs);
+        let out = stats.output().map_err(io_step("run capture-init ebpf stats"))?;
+        if !out.status.success() {
+            return Err(Error::Apply {
+                mode: "ebpf stats",
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        let mut costs = std::collections::BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let [
+                "program",
+                name,
+                "instances",
+                _,
+                "runs",
+                runs,
+                "run_time_ns",
+                time,
+                ..,
+            ] = line.split_whitespace().collect::<Vec<_>>().as_slice()
+                && let (Ok(runs), Ok(time)) = (runs.parse(), time.parse())
+            {
+                costs.insert((*name).to_owned(), (runs, time));
+            }
+        }
+        Ok(costs)
     }
 
     /// `--backend ebpf` and where the programs are.
@@ -661,7 +700,62 @@ fn datapath(args: &DatapathArgs) -> Result<Value, Error> {
         .map(|&mode| World::new(common, mode, 0, ebpf.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     let results = round_robin(common, &worlds, &args.metrics)?;
-    Ok(json!({"section": "datapath", "results": results}))
+    let mut out = json!({"section": "datapath", "results": results});
+    if let (true, Some(node)) = (args.program_costs, &ebpf) {
+        out["program_costs"] = json!(program_costs(common, &worlds, node)?);
+    }
+    Ok(out)
+}
+
+/// One 1-client connection measurement in each eBPF world with the kernel counting, and what
+/// each program cost per connection in it (`--program-costs`).
+fn program_costs(common: &Common, worlds: &[World], node: &EbpfNode) -> Result<Vec<Value>, Error> {
+    let mut rows = Vec::new();
+    for world in worlds.iter().filter(|w| w.mode.ebpf()) {
+        eprintln!("capture-bench: program costs in {}", world.label);
+        let _counting = enable_run_time_stats()?;
+        let before = node.costs()?;
+        let seen = world.measure(common, Metric::Cps1)?;
+        let after = node.costs()?;
+        #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let connections = seen["connections"].as_u64().unwrap_or(0).max(1) as f64;
+        for (program, (runs, time)) in after {
+            let (runs_before, time_before) = before.get(&program).copied().unwrap_or((0, 0));
+            let (runs, time) = (runs.saturating_sub(runs_before), time.saturating_sub(time_before));
+            if runs == 0 {
+                continue;
+            }
+            #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+            let (runs, time) = (runs as f64, time as f64);
+            rows.push(json!({
+                "mode": world.mode.name(),
+                "program": program,
+                "runs_per_connection": runs / connections,
+                "ns_per_run": time / runs,
+                "ns_per_connection": time / connections,
+            }));
+        }
+    }
+    Ok(rows)
+}
+
+/// Makes the kernel count every program's run time until the descriptor is dropped
+/// (`bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME)`, kernel 5.8); the node-wide sysctl is left as
+/// it is.
+fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, Error> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    // union bpf_attr's enable_stats: { __u32 type }, BPF_STATS_RUN_TIME = 0; the rest zero.
+    let attr = [0u8; 16];
+    // SAFETY: bpf(2) reads `attr.len()` bytes from a live buffer.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), attr.len()) };
+    if fd < 0 {
+        return Err(io_step("bpf(BPF_ENABLE_STATS)")(io::Error::last_os_error()));
+    }
+    let fd =
+        i32::try_from(fd).map_err(|_| io_step("bpf(BPF_ENABLE_STATS)")(io::ErrorKind::InvalidData.into()))?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 fn scale(args: &ScaleArgs) -> Result<Value, Error> {

@@ -170,3 +170,45 @@ fn an_unexpected_original_destination_fails_the_run() {
         );
     }
 }
+
+/// `--program-costs` accounts each program per connection: the app's connect and the proxy's
+/// are the two connect4 runs of a captured connection, its SYN to the proxy the one run of
+/// the pod's `sk_lookup` stub.
+#[test]
+fn program_costs_count_each_programs_runs_per_connection() {
+    if !require_root() || !has_ebpf(&capture_init()) {
+        return;
+    }
+    let out = bench(&[
+        "--runs",
+        "1",
+        "--count",
+        "50",
+        "--metrics",
+        "cps1",
+        "--modes",
+        "ebpf",
+        "--program-costs",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "capture-bench failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let costs = report["program_costs"].as_array().expect("program_costs");
+    let per_connection = |program: &str| {
+        let row = costs
+            .iter()
+            .find(|r| r["program"] == program)
+            .unwrap_or_else(|| panic!("{program} in {costs:#?}"));
+        assert!(row["ns_per_run"].as_f64().is_some_and(|ns| ns > 0.0), "{row}");
+        row["runs_per_connection"].as_f64().expect("runs per connection")
+    };
+    assert!(
+        (per_connection("capture_connect4") - 2.0).abs() < 1e-9,
+        "{costs:#?}"
+    );
+    assert!(
+        (per_connection("capture_sk_lookup") - 1.0).abs() < 1e-9,
+        "{costs:#?}"
+    );
+    assert!(per_connection("capture_sockops") > 2.0, "{costs:#?}");
+}

@@ -14,7 +14,7 @@
 //! | [`link_info`] | `BPF_OBJ_GET_INFO_BY_FD` on a link |
 //! | [`effective_programs`] | `BPF_PROG_QUERY` with `BPF_F_QUERY_EFFECTIVE` (4.15) |
 //! | [`link_update`] | `BPF_LINK_UPDATE` with `BPF_F_REPLACE` (5.7; netns links 5.8) |
-//! | [`prog_by_id`], [`prog_tag`] | `BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD` on a program |
+//! | [`prog_by_id`], [`prog_tag`], [`prog_runs`] | `BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD` on a program |
 //! | [`prog_load_sk_lookup`] | `BPF_PROG_LOAD` (a pod's `sk_lookup` stub) |
 //! | [`prog_array_set`], [`prog_array_get`] | `BPF_MAP_UPDATE_ELEM`, `_LOOKUP_ELEM`, `_DELETE_ELEM` on slot 0 of a program array |
 //! | [`map_shape`], [`map_copy`] | `BPF_OBJ_GET_INFO_BY_FD` on a map; `BPF_MAP_GET_NEXT_KEY`, `_LOOKUP_ELEM`, `_UPDATE_ELEM` |
@@ -319,6 +319,18 @@ pub(crate) fn prog_by_id(id: u32) -> io::Result<OwnedFd> {
 /// A program's tag: the hash of its instructions with map references left out, so two loads
 /// of the same code have the same tag.
 pub(crate) fn prog_tag(prog: BorrowedFd<'_>) -> io::Result<[u8; 8]> {
+    prog_info(prog).map(|info| info.tag)
+}
+
+/// How often a program ran and for how long in all (`run_cnt`, `run_time_ns`): the kernel
+/// counts both only while `kernel.bpf_stats_enabled` is 1 (or someone holds
+/// `BPF_ENABLE_STATS`), so they cover those times alone.
+pub(crate) fn prog_runs(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    prog_info(prog).map(|info| (info.run_cnt, info.run_time_ns))
+}
+
+/// `bpf(BPF_OBJ_GET_INFO_BY_FD)` on a program, without the arrays it can point to.
+fn prog_info(prog: BorrowedFd<'_>) -> io::Result<bpf_prog_info> {
     // SAFETY: bpf_prog_info is a C struct of integers; all-zero bytes are valid.
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
     let mut attr = zeroed_attr();
@@ -326,7 +338,7 @@ pub(crate) fn prog_tag(prog: BorrowedFd<'_>) -> io::Result<[u8; 8]> {
     attr.info.info_len = u32::try_from(size_of::<bpf_prog_info>()).expect("the struct is small");
     attr.info.info = (&raw mut info) as u64;
     bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info.tag)
+    Ok(info)
 }
 
 /// What decides whether a map's entries fit another map: its type, key and value sizes,

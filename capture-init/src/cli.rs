@@ -750,7 +750,8 @@ pub enum NodeCommand {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
-    /// Print the programs' counters (connections captured, passed, refused; map use).
+    /// Print the programs' counters (connections captured, passed, refused; map use) and each
+    /// program's runs and run time (counted while kernel.bpf_stats_enabled is 1).
     Stats {
         /// The bpf filesystem the programs are pinned in.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]

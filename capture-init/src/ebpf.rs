@@ -238,6 +238,18 @@ fn stats(bpffs: &Path) -> Result<(), Failure> {
     println!("{stats}");
     println!("pods enrolled: {}", node.pods()?.len());
     println!("connections tracked: {connections} by cookie, {pairs} by address pair");
+    // What each program has cost: the kernel counts only while kernel.bpf_stats_enabled is 1
+    // or someone holds BPF_ENABLE_STATS (which the sysctl does not show), so runs may stay 0.
+    for cost in node.program_costs()? {
+        println!(
+            "program {} instances {} runs {} run_time_ns {} mean_ns {}",
+            cost.program,
+            cost.instances,
+            cost.runs,
+            cost.run_time_ns,
+            cost.mean_ns()
+        );
+    }
     Ok(())
 }
 

@@ -27,8 +27,10 @@
 //! | `enroll` | [`Node::apply`], [`Node::enroll`], [`Node::unenroll`], inbound listeners |
 //! | `state` | reading the maps back: enrolled pods, their entries, counters |
 //! | `upgrade` | [`Node::upgrade`]: new programs on the existing links, maps kept or migrated |
+//! | `costs` | [`Node::program_costs`]: the kernel's run counts and times of each program |
 //! | `meta` | who enrolled a pod ([`PodMetadata`](crate::PodMetadata)), CNI GC, entry counts |
 
+mod costs;
 mod enroll;
 mod meta;
 mod state;
@@ -49,6 +51,7 @@ use capture_ebpf_common::{
     ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, POD_META, POD_STATS, PORTS, PairKey, PodConfig,
     PodMeta, PodStats, PortKey, SK_LOOKUP_PROGS, STATS, programs,
 };
+pub use costs::ProgramCost;
 pub use enroll::Enrollment;
 pub use meta::NetnsLink;
 pub use state::{Bypassed, MapUsage, Stats};

@@ -671,3 +671,86 @@ fn ebpf_pods_share_one_sk_lookup_program_each_with_its_own_config() {
         }
     });
 }
+
+/// `ebpf stats` gives each program's runs and run time while the kernel counts them (held on
+/// here with `BPF_ENABLE_STATS`, which ends with its descriptor, rather than by flipping the
+/// node-wide sysctl): a captured outbound connection runs connect4 and sockops, a captured
+/// inbound one the pod's `sk_lookup` stub, and the proxy's `SO_ORIGINAL_DST` getsockopt.
+#[test]
+fn ebpf_stats_gives_each_programs_runs_and_time_while_the_kernel_counts() {
+    ebpf_row(|| {
+        let topo = Topology::new();
+        let outbound = outbound_proxy(&topo, Family::V4);
+        let inbound = inbound_proxy(&topo, Family::V4);
+        let _app = pod_app(&topo, Family::V4, 8080);
+        let _peer = peer_app(&topo, Family::V4, 80);
+        CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4).run().ok();
+        let _counting = enable_run_time_stats();
+        let before = program_costs();
+        assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
+        assert_lands(&topo.peer, ROOT, topo.pod_addr(Family::V4, 8080), &inbound);
+        let after = program_costs();
+        for program in [
+            "capture_connect4",
+            "capture_sockops",
+            "capture_getsockopt",
+            "capture_sk_lookup",
+        ] {
+            let ((instances, runs, time), (_, runs_before, time_before)) = (after[program], before[program]);
+            assert_eq!(instances, 1, "{program}: {after:?}");
+            assert!(
+                runs > runs_before && time > time_before,
+                "{program} ran, in {after:?}"
+            );
+        }
+        assert_eq!(
+            after.len(),
+            EBPF_PROGRAMS + 1,
+            "every program and the stubs: {after:?}"
+        );
+    });
+}
+
+/// Makes the kernel count programs' run time until the descriptor is dropped
+/// (`bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME)`, kernel 5.8).
+fn enable_run_time_stats() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    // union bpf_attr's enable_stats: { __u32 type }, BPF_STATS_RUN_TIME = 0; the rest zero.
+    let attr = [0u8; 16];
+    // SAFETY: bpf(2) reads `attr.len()` bytes from a live buffer.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), attr.len()) };
+    assert!(fd >= 0, "BPF_ENABLE_STATS: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).expect("a descriptor")) }
+}
+
+/// `ebpf stats`' program lines as name → (instances, runs, run time).
+fn program_costs() -> std::collections::BTreeMap<String, (u64, u64, u64)> {
+    let stats = node_command("stats").ok().stdout.clone();
+    let mut costs = std::collections::BTreeMap::new();
+    for line in stats.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let number = |i: usize| {
+            words[i]
+                .parse::<u64>()
+                .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+        };
+        if let [
+            "program",
+            name,
+            "instances",
+            _,
+            "runs",
+            _,
+            "run_time_ns",
+            _,
+            "mean_ns",
+            _,
+        ] = words.as_slice()
+        {
+            costs.insert((*name).to_owned(), (number(3), number(5), number(7)));
+        }
+    }
+    costs
+}
