@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use capture_ebpf::{MapUsage, NetnsCookie, Node, PodMetadata};
+use capture_ebpf::{MapUsage, NetnsCookie, Node, PodMetadata, ProgramCost};
 use capture_ebpf_common::{
     PodStats, STAT_BYPASS_CIDR, STAT_BYPASS_GID, STAT_BYPASS_GROUP, STAT_BYPASS_IPV6, STAT_BYPASS_LOOPBACK,
     STAT_BYPASS_NOT_INCLUDED, STAT_BYPASS_PASSTHROUGH, STAT_BYPASS_PORT, STAT_BYPASS_UID, STAT_DNS,
@@ -152,7 +152,7 @@ pub const COUNTERS: &[Counter] = &[
 ];
 
 /// What the maps say, read in one go ([`Snapshot::read`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     /// Node-wide counters by `STAT_*`.
     pub counters: PodStats,
@@ -164,6 +164,10 @@ pub struct Snapshot {
     pub maps: Vec<MapUsage>,
     /// Who the pods enrolled by capture-cni are (`POD_META`).
     pub metadata: Vec<(NetnsCookie, PodMetadata)>,
+    /// Each program's runs and run time (counted by the kernel only while
+    /// `kernel.bpf_stats_enabled` is 1), or why they could not be read: the maps' metrics are
+    /// served either way.
+    pub programs: Result<Vec<ProgramCost>, String>,
 }
 
 impl Snapshot {
@@ -178,6 +182,7 @@ impl Snapshot {
             enrolled: node.pods()?.len(),
             maps: node.occupancy()?,
             metadata: node.all_metadata()?,
+            programs: node.program_costs().map_err(|e| e.to_string()),
         })
     }
 
@@ -315,6 +320,52 @@ fn node_metrics(out: &mut String, s: &Snapshot, labels: &dyn Fn(NetnsCookie) -> 
             u64::from(m.capacity),
         );
     }
+    program_metrics(out, &s.programs);
+}
+
+/// Each program's runs and run time, as the kernel counts them (while
+/// `kernel.bpf_stats_enabled` is 1; the series stay flat otherwise).
+fn program_metrics(out: &mut String, programs: &Result<Vec<ProgramCost>, String>) {
+    let programs = match programs {
+        Ok(programs) => programs,
+        Err(reason) => {
+            let _ = writeln!(
+                out,
+                "# program statistics unreadable: {}",
+                reason.replace('\n', " ")
+            );
+            return;
+        }
+    };
+    family(
+        out,
+        "capture_program_runs_total",
+        "counter",
+        "Runs of each eBPF program (the pods' sk_lookup stubs together), counted while kernel.bpf_stats_enabled is 1.",
+    );
+    for p in programs {
+        series(
+            out,
+            "capture_program_runs_total",
+            &[("program", p.program.to_owned())],
+            p.runs,
+        );
+    }
+    family(
+        out,
+        "capture_program_run_seconds_total",
+        "counter",
+        "Time spent in each eBPF program's runs, counted while kernel.bpf_stats_enabled is 1.",
+    );
+    for p in programs {
+        #[expect(clippy::cast_precision_loss, reason = "nanoseconds as seconds, for a metric")]
+        let seconds = p.run_time_ns as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "capture_program_run_seconds_total{{program=\"{}\"}} {seconds}",
+            p.program
+        );
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -411,6 +462,12 @@ mod tests {
                     netns_path: None,
                 },
             )],
+            programs: Ok(vec![ProgramCost {
+                program: "capture_connect4",
+                instances: 1,
+                runs: 4,
+                run_time_ns: 2_500_000_000,
+            }]),
         };
         assert_eq!(
             snapshot.pod_labels(NetnsCookie(4097)),
@@ -438,6 +495,9 @@ mod tests {
             "capture_map_capacity{map=\"POD_CONFIG\"} 4096",
             "capture_gc_reclaimed_pods_total 5",
             "capture_maps_readable 1",
+            "# TYPE capture_program_runs_total counter",
+            "capture_program_runs_total{program=\"capture_connect4\"} 4",
+            "capture_program_run_seconds_total{program=\"capture_connect4\"} 2.5",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

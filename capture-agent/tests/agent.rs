@@ -317,6 +317,9 @@ fn agent_loads_the_programs_and_serves_health_readiness_and_metrics() {
             "capture_map_entries{map=\"POD_CONFIG\"}",
             "capture_map_capacity{map=\"POD_STATS\"}",
             "capture_gc_reclaimed_pods_total",
+            "capture_program_runs_total{program=\"capture_connect4\"}",
+            "capture_program_run_seconds_total{program=\"capture_sockops\"}",
+            "capture_program_runs_total{program=\"capture_sk_lookup\"}",
         ] {
             assert!(metrics.contains_key(key), "no {key} in {metrics:?}");
         }
