@@ -245,9 +245,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A pod's `sk_lookup` stub could not be loaded.
-    #[error("loading the pod's sk_lookup program: {step} failed")]
-    Instance {
+    /// A pod's `sk_lookup` stub (its netns cookie and a tail call into the node's program)
+    /// could not be loaded.
+    #[error("loading the pod's sk_lookup stub: {step} failed")]
+    Stub {
         /// The step.
         step: &'static str,
         /// Why.

@@ -39,7 +39,7 @@ pub(crate) const LEN: usize = 18;
 /// own references to both maps.
 ///
 /// # Errors
-/// [`Error::Instance`] when the kernel refuses the program (with the verifier's last line).
+/// [`Error::Stub`] when the kernel refuses the program (with the verifier's last line).
 ///
 /// [`SK_LOOKUP_PROGS`]: capture_ebpf_common::SK_LOOKUP_PROGS
 /// [`LOOKUP_NETNS`]: capture_ebpf_common::LOOKUP_NETNS
@@ -49,7 +49,7 @@ pub(crate) fn load(
     programs: BorrowedFd<'_>,
 ) -> Result<OwnedFd, Error> {
     let insns = instructions(cookie.0, netns.as_raw_fd(), programs.as_raw_fd());
-    prog_load_sk_lookup(&insns, c"Apache-2.0", NAME).map_err(|source| Error::Instance {
+    prog_load_sk_lookup(&insns, c"Apache-2.0", NAME).map_err(|source| Error::Stub {
         step: "BPF_PROG_LOAD (verify the stub)",
         source,
     })
