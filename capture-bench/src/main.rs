@@ -498,7 +498,13 @@ impl World {
                 Ok(())
             });
         }
+        // The server's threads are this process's, idle between measurements: its CPU time
+        // over the worker's run is the server's share of the connections' cost.
+        let server_before = worker::cpu_time_us();
         let out = cmd.output().map_err(io_step("run the worker"))?;
+        let server_cpu_us = worker::cpu_time_us()
+            .zip(server_before)
+            .map(|(after, before)| after.saturating_sub(before));
         let fail = |detail: String| Error::Worker {
             mode: self.label.clone(),
             metric: metric.name(),
@@ -515,6 +521,8 @@ impl World {
             ))
         })?;
         self.check(metric, expect, &seen)?;
+        let mut seen = seen;
+        seen["server_cpu_us"] = json!(server_cpu_us);
         Ok(seen)
     }
 
@@ -671,6 +679,16 @@ fn round_robin(common: &Common, worlds: &[World], metrics: &[Metric]) -> Result<
                 .map(|s| s["value"].as_f64().unwrap_or(f64::NAN))
                 .collect();
             let p99: Vec<f64> = seen.iter().filter_map(|s| s["p99"].as_f64()).collect();
+            // The CPU time per connection of the worker (clients, proxy) and the server
+            // (connection metrics only): robust where a rate is not, on a machine with other load.
+            let cpu: Vec<f64> = seen
+                .iter()
+                .filter(|_| matches!(metric, Metric::Cps1 | Metric::Cps4))
+                .filter_map(|s| {
+                    let cpu = s["cpu_us"].as_f64()? + s["server_cpu_us"].as_f64()?;
+                    Some(cpu / s["connections"].as_f64().filter(|&n| n > 0.0)?)
+                })
+                .collect();
             let sum = |key: &str| seen.iter().map(|s| s[key].as_u64().unwrap_or(0)).sum::<u64>();
             results.push(json!({
                 "mode": world.mode.name(),
@@ -680,6 +698,7 @@ fn round_robin(common: &Common, worlds: &[World], metrics: &[Metric]) -> Result<
                 "median": median(values.clone()),
                 "samples": values,
                 "p99_median": if p99.is_empty() { Value::Null } else { json!(median(p99)) },
+                "cpu_us_per_connection": if cpu.is_empty() { Value::Null } else { json!(median(cpu)) },
                 "connections": sum("connections"),
                 "captured": sum("captured"),
                 "explicit": sum("explicit"),

@@ -125,6 +125,7 @@ pub fn run(args: &WorkerArgs) -> io::Result<()> {
     };
     let line = serde_json::json!({
         "value": outcome.value,
+        "cpu_us": cpu_time_us(),
         "p99": outcome.p99,
         "connections": outcome.connections,
         "errors": outcome.errors,
@@ -137,6 +138,22 @@ pub fn run(args: &WorkerArgs) -> io::Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// The CPU time this process's threads (the clients, the proxy, and the kernel's work done in
+/// their context: loopback and veth receive included) have used so far, in µs, from the
+/// scheduler's own clock (`CLOCK_PROCESS_CPUTIME_ID`, threads that ended included): unlike a
+/// rate, the machine's other load changes it little.
+pub fn cpu_time_us() -> Option<u64> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &raw mut t) } != 0 {
+        return None;
+    }
+    Some(u64::try_from(t.tv_sec).ok()? * 1_000_000 + u64::try_from(t.tv_nsec).ok()? / 1_000)
 }
 
 fn start_proxy(expect: SocketAddr, upstream: SocketAddr, counters: &Arc<Counters>) -> io::Result<()> {
