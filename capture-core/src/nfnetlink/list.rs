@@ -93,6 +93,78 @@ fn consistent(family: NfProto, only: Option<&[&str]>) -> Result<Listing, Error> 
     Err(Error::Interrupted { attempts: ATTEMPTS })
 }
 
+/// What [`outline`] read: the tables and chains of some families, and how many rules those
+/// chains hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outline {
+    /// The tables, in the kernel's order.
+    pub tables: Vec<Table>,
+    /// Their chains.
+    pub chains: Vec<Chain>,
+    /// How many rules the chains hold (the rules themselves are not decoded).
+    pub rules: usize,
+}
+
+/// The tables and chains of `families`, and how many rules they hold, in the calling thread's
+/// network namespace: what telling "is anything there" needs, without the sets and rules a
+/// [`list`] decodes. One socket and one snapshot for all the families: every family's objects
+/// are dumped at once (`NFPROTO_UNSPEC`) and those of other families skipped undecoded (a
+/// `netdev` chain's devices, say). Without a table of those families the table dump is the
+/// whole answer: chains and rules are not asked for.
+///
+/// # Errors
+/// As [`list`].
+pub fn outline(families: &[NfProto]) -> Result<Outline, Error> {
+    let mut socket = NfSocket::open()?;
+    for _ in 0..ATTEMPTS {
+        let before = socket.generation()?;
+        let outline = match outline_snapshot(&mut socket, families) {
+            Ok(outline) => outline,
+            Err(DumpError::Interrupted) => continue,
+            Err(DumpError::Failed(e)) => return Err(e),
+        };
+        // One dump is a snapshot by itself (a commit while it runs marks it interrupted).
+        if outline.tables.is_empty() || socket.generation()? == before {
+            return Ok(outline);
+        }
+    }
+    Err(Error::Interrupted { attempts: ATTEMPTS })
+}
+
+fn outline_snapshot(socket: &mut NfSocket, families: &[NfProto]) -> Result<Outline, DumpError> {
+    let wanted = |message: &Owned| families.iter().any(|f| f.number() == message.family);
+    let decoding = |what| {
+        move |source| {
+            DumpError::Failed(Error::Malformed {
+                subject: Box::new(Subject::List {
+                    what,
+                    family: NfProto::Unspec,
+                }),
+                source,
+            })
+        }
+    };
+    let dump = |socket: &mut NfSocket, kind, what| {
+        let subject = Subject::List {
+            what,
+            family: NfProto::Unspec,
+        };
+        socket.dump(kind, &subject, NfProto::Unspec, &[])
+    };
+    let mut outline = Outline::default();
+    for message in dump(socket, msg::GETTABLE, "tables")?.iter().filter(|m| wanted(m)) {
+        outline.tables.push(decode::table(message).map_err(decoding("tables"))?);
+    }
+    if outline.tables.is_empty() {
+        return Ok(outline);
+    }
+    for message in dump(socket, msg::GETCHAIN, "chains")?.iter().filter(|m| wanted(m)) {
+        outline.chains.push(decode::chain(message).map_err(decoding("chains"))?);
+    }
+    outline.rules = dump(socket, msg::GETRULE, "rules")?.iter().filter(|m| wanted(m)).count();
+    Ok(outline)
+}
+
 /// [`list`] of each table named in `tables` (absent ones list as nothing), read over one
 /// socket as one snapshot: all at the same ruleset generation.
 ///
