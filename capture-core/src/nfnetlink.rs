@@ -75,7 +75,7 @@ pub use expr::{
     Bytes, CmpOp, CtKey, CtState, Expr, L4Proto, MetaKey, PayloadBase, PortField, Register, Set, Verdict,
     ifname,
 };
-pub use list::{Listing, Outline, list, list_tables, outline};
+pub use list::{Listing, Outline, Session, list, list_tables, outline};
 #[cfg(test)]
 pub(crate) use socket::counted;
 use nix::errno::Errno;

@@ -69,16 +69,15 @@ impl Listing {
 /// ```
 pub fn list(family: NfProto, table: Option<&str>) -> Result<Listing, Error> {
     let only = table.map(|t| [t]);
-    consistent(family, only.as_ref().map(|t| &t[..]))
+    consistent(&mut NfSocket::open()?, family, only.as_ref().map(|t| &t[..]))
 }
 
 /// One [`snapshot`] that no commit interrupted: listed again while the ruleset generation moves
 /// during the listing, at most [`ATTEMPTS`] times.
-fn consistent(family: NfProto, only: Option<&[&str]>) -> Result<Listing, Error> {
-    let mut socket = NfSocket::open()?;
+fn consistent(socket: &mut NfSocket, family: NfProto, only: Option<&[&str]>) -> Result<Listing, Error> {
     for _ in 0..ATTEMPTS {
         let before = socket.generation()?;
-        let listing = match snapshot(&mut socket, family, only) {
+        let listing = match snapshot(socket, family, only) {
             Ok(listing) => listing,
             Err(DumpError::Interrupted) => continue,
             Err(DumpError::Failed(e)) => return Err(e),
@@ -171,31 +170,62 @@ fn outline_snapshot(socket: &mut NfSocket, families: &[NfProto]) -> Result<Outli
 /// # Errors
 /// As [`list`].
 pub fn list_tables(family: NfProto, tables: &[&str]) -> Result<Vec<Listing>, Error> {
-    let listing = consistent(family, Some(tables))?;
-    Ok(tables
-        .iter()
-        .map(|name| Listing {
-            generation: listing.generation,
-            tables: listing
-                .tables
-                .iter()
-                .filter(|t| t.name == *name)
-                .cloned()
-                .collect(),
-            chains: listing
-                .chains
-                .iter()
-                .filter(|c| c.table == *name)
-                .cloned()
-                .collect(),
-            rules: listing
-                .rules
-                .iter()
-                .filter(|r| r.table == *name)
-                .cloned()
-                .collect(),
-        })
-        .collect())
+    Session::open()?.list_tables(family, tables)
+}
+
+/// One `NETLINK_NETFILTER` socket in the calling thread's network namespace for a listing and
+/// the batch planned from it ([`Batch::commit_on`](super::Batch::commit_on)): a read-then-write
+/// costs one socket, not two.
+pub struct Session {
+    pub(super) socket: NfSocket,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A socket in the calling thread's network namespace.
+    ///
+    /// # Errors
+    /// When the socket cannot be opened.
+    pub fn open() -> Result<Self, Error> {
+        NfSocket::open().map(|socket| Self { socket })
+    }
+
+    /// [`list_tables`] over this session's socket.
+    ///
+    /// # Errors
+    /// As [`list`].
+    pub fn list_tables(&mut self, family: NfProto, tables: &[&str]) -> Result<Vec<Listing>, Error> {
+        let listing = consistent(&mut self.socket, family, Some(tables))?;
+        Ok(tables
+            .iter()
+            .map(|name| Listing {
+                generation: listing.generation,
+                tables: listing
+                    .tables
+                    .iter()
+                    .filter(|t| t.name == *name)
+                    .cloned()
+                    .collect(),
+                chains: listing
+                    .chains
+                    .iter()
+                    .filter(|c| c.table == *name)
+                    .cloned()
+                    .collect(),
+                rules: listing
+                    .rules
+                    .iter()
+                    .filter(|r| r.table == *name)
+                    .cloned()
+                    .collect(),
+            })
+            .collect())
+    }
 }
 
 fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&[&str]>) -> Result<Listing, DumpError> {
