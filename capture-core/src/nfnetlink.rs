@@ -75,7 +75,9 @@ pub use expr::{
     Bytes, CmpOp, CtKey, CtState, Expr, L4Proto, MetaKey, PayloadBase, PortField, Register, Set, Verdict,
     ifname,
 };
-pub use list::{Listing, list, list_tables};
+pub use list::{Listing, Outline, Session, list, list_tables, outline};
+#[cfg(test)]
+pub(crate) use socket::counted;
 use nix::errno::Errno;
 pub use object::{BaseChain, Chain, ChainType, Hook, NfProto, Policy, Position, Rule, Table};
 

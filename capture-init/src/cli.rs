@@ -895,7 +895,7 @@ where
         if let Some(name) = argv.first_mut() {
             *name = "capture-init ebpf".into();
         }
-        let matches = match clap_matches(NodeArgs::command(), argv)? {
+        let matches = match clap_matches(&mut NodeArgs::command(), argv)? {
             Ok(m) => m,
             Err(info) => return Ok(Parsed::Info(info)),
         };
@@ -910,7 +910,7 @@ where
         if let Some(name) = argv.first_mut() {
             *name = "capture-init explain".into();
         }
-        let mut matches = match clap_matches(crate::explain::ExplainArgs::command(), argv)? {
+        let mut matches = match clap_matches(&mut crate::explain::ExplainArgs::command(), argv)? {
             Ok(m) => m,
             Err(info) => return Ok(Parsed::Info(info)),
         };
@@ -929,14 +929,16 @@ where
         }
         return Ok(Parsed::Explain(Box::new(explain)));
     }
-    let mut matches = match clap_matches(Args::command(), argv)? {
+    // One command for the parse and the settings: building it is most of the parse.
+    let mut command = Args::command();
+    let mut matches = match clap_matches(&mut command, argv)? {
         Ok(m) => m,
         Err(info) => return Ok(Parsed::Info(info)),
     };
     // Where the overridable flags came from, read before their values are moved out (`_mut`
     // spares a copy of every match).
     let given = overridable_given(&matches);
-    let settings = settings(&Args::command(), &matches);
+    let settings = settings(&command, &matches);
     let mut args = Args::from_arg_matches_mut(&mut matches).map_err(|e| CliError::Usage(Box::new(e)))?;
     args.settings = settings;
     apply_overrides(given, &mut args)?;
@@ -1002,14 +1004,17 @@ fn apply_overrides([dns, invalid, dual]: [bool; 3], args: &mut Args) -> Result<(
 }
 
 /// Runs clap: the matches, or the help or version text to print (`Ok(Err(text))`).
-fn clap_matches(command: clap::Command, argv: Vec<OsString>) -> Result<Result<ArgMatches, String>, CliError> {
+fn clap_matches(
+    command: &mut clap::Command,
+    argv: Vec<OsString>,
+) -> Result<Result<ArgMatches, String>, CliError> {
     let name = command.get_name().to_owned();
     let commands: Vec<String> = command
         .get_subcommands()
         .map(|c| c.get_name().to_owned())
         .filter(|c| c != "help")
         .collect();
-    match command.try_get_matches_from(argv) {
+    match command.try_get_matches_from_mut(argv) {
         Ok(m) => Ok(Ok(m)),
         Err(e)
             if matches!(

@@ -239,33 +239,67 @@ fn print_outcome(outcome: &Outcome) {
 
 /// Logs the effective configuration, every setting with where it came from (the command line,
 /// a variable, the default), so a pod's log explains its capture. Long lists are summarised.
+/// Each line is put together only when it is written (not when the level filters it out).
 fn log_settings(settings: &[cli::Setting]) {
-    let line = |wanted: fn(&cli::Source) -> bool, with_var: bool| {
-        settings
-            .iter()
-            .filter(|s| wanted(&s.source))
-            .map(|s| {
-                let value = summarise(&s.value);
-                match &s.source {
-                    cli::Source::Env(var) if with_var && *var != s.name => {
-                        format!("{var}={value} ({})", s.name)
-                    }
-                    _ => format!("{}={value}", s.name),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let flags = line(|s| *s == cli::Source::CommandLine, false);
-    let env = line(|s| matches!(s, cli::Source::Env(_)), true);
-    let defaults = line(|s| *s == cli::Source::Default, false);
-    tracing::info!("settings from the command line: {}", or_none(&flags));
-    tracing::info!("settings from the environment: {}", or_none(&env));
-    tracing::info!("settings left at their defaults: {}", or_none(&defaults));
+    tracing::info!(
+        "settings from the command line: {}",
+        SettingsLine {
+            settings,
+            wanted: |s| *s == cli::Source::CommandLine,
+            with_var: false,
+        }
+    );
+    tracing::info!(
+        "settings from the environment: {}",
+        SettingsLine {
+            settings,
+            wanted: |s| matches!(s, cli::Source::Env(_)),
+            with_var: true,
+        }
+    );
+    tracing::info!(
+        "settings left at their defaults: {}",
+        SettingsLine {
+            settings,
+            wanted: |s| *s == cli::Source::Default,
+            with_var: false,
+        }
+    );
 }
 
-fn or_none(text: &str) -> &str {
-    if text.is_empty() { "none" } else { text }
+/// The settings of one source as one log line's text, `none` when there are none: written
+/// out only when formatted.
+struct SettingsLine<'a> {
+    settings: &'a [cli::Setting],
+    wanted: fn(&cli::Source) -> bool,
+    /// Name the variable too, when it is not the setting's own name.
+    with_var: bool,
+}
+
+impl std::fmt::Display for SettingsLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self
+            .settings
+            .iter()
+            .filter(|s| (self.wanted)(&s.source))
+            .peekable();
+        if shown.peek().is_none() {
+            return f.write_str("none");
+        }
+        for (i, s) in shown.enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            let value = summarise(&s.value);
+            match &s.source {
+                cli::Source::Env(var) if self.with_var && *var != s.name => {
+                    write!(f, "{var}={value} ({})", s.name)?;
+                }
+                _ => write!(f, "{}={value}", s.name)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A value as logged: an empty one quoted, a list of more than eight items as its first four

@@ -10,9 +10,10 @@
 //!   when the file is absent (no x_tables in the kernel yet); a table's `IPT_SO_GET_INFO` says
 //!   how many entries it has, and one policy per built-in chain plus the closing error entry is
 //!   a table without rules or chains of its own;
-//! - nft: a listing (over capture-core's own nf_tables netlink) of the families `ip`, `ip6` (as
-//!   `iptables-nft-save` reads them) and `inet` (the native nftables backend's): no table, or
-//!   tables whose every chain is a base chain named as a built-in one, without rules.
+//! - nft: an outline (over capture-core's own nf_tables netlink, one socket, the tables and
+//!   chains without sets or decoded rules) of the families `ip`, `ip6` (as `iptables-nft-save`
+//!   reads them) and `inet` (the native nftables backend's): no table, or tables whose every
+//!   chain is a base chain named as a built-in one, without rules.
 //!
 //! Anything else (a rule, a chain of anyone's, a table the listing cannot decode, a failed read)
 //! is "not pristine", and the caller reads the rules with `*-save` as before.
@@ -22,7 +23,7 @@ use std::os::fd::AsRawFd as _;
 
 use super::compare::BUILTINS;
 use super::exec::Flavor;
-use crate::nfnetlink::{self, Listing, NfProto};
+use crate::nfnetlink::{self, NfProto, Outline};
 use crate::types::Family;
 
 /// What [`Exec::pristine`](super::Exec::pristine) found: nothing to compare, in one of two
@@ -33,16 +34,6 @@ pub enum Pristine {
     NoTables,
     /// Tables whose only chains are built-in ones without rules (what a cleanup leaves).
     EmptyBuiltins,
-}
-
-impl Pristine {
-    /// Both together: no tables only when neither has any.
-    fn and(self, other: Self) -> Self {
-        match (self, other) {
-            (Self::NoTables, Self::NoTables) => Self::NoTables,
-            _ => Self::EmptyBuiltins,
-        }
-    }
 }
 
 /// Why the namespace could not be read (the caller then reads it with `*-save`).
@@ -64,9 +55,9 @@ pub(super) enum ProbeError {
         source: io::Error,
     },
     /// The nf_tables listing failed.
-    #[error("cannot list the {family} nftables tables")]
+    #[error("cannot list the {families} nftables tables")]
     Nft {
-        family: NfProto,
+        families: String,
         #[source]
         source: nfnetlink::Error,
     },
@@ -133,34 +124,31 @@ fn legacy(families: &[Family]) -> Result<Option<Pristine>, ProbeError> {
 }
 
 fn nft(families: &[Family]) -> Result<Option<Pristine>, ProbeError> {
-    let mut found = Pristine::NoTables;
-    let protos = families
+    let protos: Vec<NfProto> = families
         .iter()
         .map(|family| match family {
             Family::V4 => NfProto::Ipv4,
             Family::V6 => NfProto::Ipv6,
         })
-        .chain([NfProto::Inet]);
-    for family in protos {
-        let listing = nfnetlink::list(family, None).map_err(|source| ProbeError::Nft { family, source })?;
-        match nft_listing(&listing) {
-            Some(this) => found = found.and(this),
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(found))
+        .chain([NfProto::Inet])
+        .collect();
+    let outline = nfnetlink::outline(&protos).map_err(|source| ProbeError::Nft {
+        families: protos.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        source,
+    })?;
+    Ok(nft_outline(&outline))
 }
 
-/// What a listing holds, if it is pristine.
-pub(super) fn nft_listing(listing: &Listing) -> Option<Pristine> {
-    if listing.tables.is_empty() {
+/// What an outline holds, if it is pristine.
+pub(super) fn nft_outline(outline: &Outline) -> Option<Pristine> {
+    if outline.tables.is_empty() {
         return Some(Pristine::NoTables);
     }
-    let only_builtins = listing
+    let only_builtins = outline
         .chains
         .iter()
         .all(|c| c.base.is_some() && BUILTINS.contains(&c.name.as_str()));
-    (only_builtins && listing.rules.is_empty()).then_some(Pristine::EmptyBuiltins)
+    (only_builtins && outline.rules == 0).then_some(Pristine::EmptyBuiltins)
 }
 
 /// `struct ipt_getinfo` (and `ip6t_getinfo`, the same), from `linux/netfilter_ipv4/ip_tables.h`.
@@ -235,7 +223,74 @@ fn get_info(family: Family, table: &str) -> io::Result<GetInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nfnetlink::{BaseChain, Chain, ChainType, Hook, Policy, Rule, Table};
+    use crate::host::RunError;
+    use crate::nfnetlink::{BaseChain, Chain, ChainType, Hook, Policy, Table};
+
+    /// Runs `body` in a fresh network namespace private to a new thread; `None` (after saying
+    /// so) when not root, unless `CI` is set.
+    fn in_scratch_netns<T: Send>(test: &str, body: impl FnOnce() -> T + Send) -> Option<T> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "{test}: needs root, and CI is set");
+            eprintln!("skipping {test}: needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN)");
+            return None;
+        }
+        let result = crate::host::run_in_scratch_netns(|| Ok::<_, RunError>(body()));
+        Some(result.unwrap_or_else(|e| match e {
+            RunError::Panicked(message) => std::panic::resume_unwind(Box::new(message)),
+            e => panic!("{}", crate::chain(&e)),
+        }))
+    }
+
+    fn nft(script: &str) {
+        let out = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child.stdin.take().expect("piped").write_all(script.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("run nft");
+        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The probe's sockets and requests, and its answer.
+    fn counted_probe(families: &[Family]) -> (Option<Pristine>, (u32, u32)) {
+        let (sockets, requests) = nfnetlink::counted();
+        let found = probe(Flavor::Nft, families);
+        let (s, r) = nfnetlink::counted();
+        (found, (s - sockets, r - requests))
+    }
+
+    #[test]
+    fn the_nft_probe_is_one_socket_and_a_fresh_namespace_two_requests() {
+        in_scratch_netns("the_nft_probe_is_one_socket_and_a_fresh_namespace_two_requests", || {
+            let both = [Family::V4, Family::V6];
+            // The generation and the tables of every family at once: nothing more to ask.
+            assert_eq!(counted_probe(&both), (Some(Pristine::NoTables), (1, 2)));
+            // What a cleanup leaves (and a netdev table, whose device-bound chain is not
+            // decoded): the chains and the rules too, then the generation again.
+            nft("add table ip nat
+                 add chain ip nat OUTPUT { type nat hook output priority -100; }
+                 add table ip6 nat
+                 add chain ip6 nat OUTPUT { type nat hook output priority -100; }
+                 add table netdev other
+                 add chain netdev other ingress { type filter hook ingress device lo priority 0; }
+                 add rule netdev other ingress counter");
+            assert_eq!(counted_probe(&both), (Some(Pristine::EmptyBuiltins), (1, 5)));
+            // A rule, a chain of anyone's: there is something to compare.
+            nft("add rule ip6 nat OUTPUT counter");
+            assert_eq!(counted_probe(&both).0, None);
+            assert_eq!(counted_probe(&[Family::V4]).0, Some(Pristine::EmptyBuiltins));
+            nft("add table inet mine
+                 add chain inet mine c");
+            assert_eq!(counted_probe(&[Family::V4]).0, None);
+        });
+    }
 
     fn chain(name: &str, base: bool) -> Chain {
         Chain {
@@ -253,31 +308,31 @@ mod tests {
 
     #[test]
     fn only_empty_builtin_base_chains_are_pristine() {
-        let empty = Listing::default();
-        assert_eq!(nft_listing(&empty), Some(Pristine::NoTables));
-        let cleaned = Listing {
+        let empty = Outline::default();
+        assert_eq!(nft_outline(&empty), Some(Pristine::NoTables));
+        let cleaned = Outline {
             tables: vec![Table::new(NfProto::Ipv4, "nat")],
             chains: vec![chain("PREROUTING", true), chain("OUTPUT", true)],
-            ..Listing::default()
+            ..Outline::default()
         };
-        assert_eq!(nft_listing(&cleaned), Some(Pristine::EmptyBuiltins));
-        let bare_table = Listing {
+        assert_eq!(nft_outline(&cleaned), Some(Pristine::EmptyBuiltins));
+        let bare_table = Outline {
             tables: vec![Table::new(NfProto::Ipv4, "nat")],
-            ..Listing::default()
+            ..Outline::default()
         };
-        assert_eq!(nft_listing(&bare_table), Some(Pristine::EmptyBuiltins));
+        assert_eq!(nft_outline(&bare_table), Some(Pristine::EmptyBuiltins));
         for odd in [chain("FOREIGN", false), chain("OUTPUT", false), chain("ISTIO_OUTPUT", true)] {
-            let listing = Listing {
+            let outline = Outline {
                 chains: vec![chain("OUTPUT", true), odd.clone()],
                 ..cleaned.clone()
             };
-            assert_eq!(nft_listing(&listing), None, "{odd:?}");
+            assert_eq!(nft_outline(&outline), None, "{odd:?}");
         }
-        let with_rule = Listing {
-            rules: vec![Rule::new(&chain("OUTPUT", true), Vec::new())],
+        let with_rule = Outline {
+            rules: 1,
             ..cleaned.clone()
         };
-        assert_eq!(nft_listing(&with_rule), None);
+        assert_eq!(nft_outline(&with_rule), None);
     }
 
     #[test]

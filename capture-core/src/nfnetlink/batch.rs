@@ -4,6 +4,7 @@
 use super::encode::{self, Encoded};
 use super::object::{Chain, NfProto, Rule, Table};
 use super::socket::NfSocket;
+use super::list::Session;
 use super::{Error, Listing};
 
 /// One change in a [`Batch`].
@@ -167,7 +168,21 @@ impl Batch {
         if self.ops.is_empty() {
             return Ok(());
         }
-        let mut socket = NfSocket::open()?;
+        self.send(&mut NfSocket::open()?)
+    }
+
+    /// [`Batch::commit`] over `session`'s socket (the one the state was listed on).
+    ///
+    /// # Errors
+    /// As [`Batch::commit`].
+    pub fn commit_on(&self, session: &mut Session) -> Result<(), Error> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        self.send(&mut session.socket)
+    }
+
+    fn send(&self, socket: &mut NfSocket) -> Result<(), Error> {
         let encoded: Encoded = encode::encode(self, 1)?;
         socket.commit(&encoded, self.generation)
     }

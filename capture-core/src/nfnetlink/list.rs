@@ -69,16 +69,15 @@ impl Listing {
 /// ```
 pub fn list(family: NfProto, table: Option<&str>) -> Result<Listing, Error> {
     let only = table.map(|t| [t]);
-    consistent(family, only.as_ref().map(|t| &t[..]))
+    consistent(&mut NfSocket::open()?, family, only.as_ref().map(|t| &t[..]))
 }
 
 /// One [`snapshot`] that no commit interrupted: listed again while the ruleset generation moves
 /// during the listing, at most [`ATTEMPTS`] times.
-fn consistent(family: NfProto, only: Option<&[&str]>) -> Result<Listing, Error> {
-    let mut socket = NfSocket::open()?;
+fn consistent(socket: &mut NfSocket, family: NfProto, only: Option<&[&str]>) -> Result<Listing, Error> {
     for _ in 0..ATTEMPTS {
         let before = socket.generation()?;
-        let listing = match snapshot(&mut socket, family, only) {
+        let listing = match snapshot(socket, family, only) {
             Ok(listing) => listing,
             Err(DumpError::Interrupted) => continue,
             Err(DumpError::Failed(e)) => return Err(e),
@@ -93,37 +92,140 @@ fn consistent(family: NfProto, only: Option<&[&str]>) -> Result<Listing, Error> 
     Err(Error::Interrupted { attempts: ATTEMPTS })
 }
 
+/// What [`outline`] read: the tables and chains of some families, and how many rules those
+/// chains hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outline {
+    /// The tables, in the kernel's order.
+    pub tables: Vec<Table>,
+    /// Their chains.
+    pub chains: Vec<Chain>,
+    /// How many rules the chains hold (the rules themselves are not decoded).
+    pub rules: usize,
+}
+
+/// The tables and chains of `families`, and how many rules they hold, in the calling thread's
+/// network namespace: what telling "is anything there" needs, without the sets and rules a
+/// [`list`] decodes. One socket and one snapshot for all the families: every family's objects
+/// are dumped at once (`NFPROTO_UNSPEC`) and those of other families skipped undecoded (a
+/// `netdev` chain's devices, say). Without a table of those families the table dump is the
+/// whole answer: chains and rules are not asked for.
+///
+/// # Errors
+/// As [`list`].
+pub fn outline(families: &[NfProto]) -> Result<Outline, Error> {
+    let mut socket = NfSocket::open()?;
+    for _ in 0..ATTEMPTS {
+        let before = socket.generation()?;
+        let outline = match outline_snapshot(&mut socket, families) {
+            Ok(outline) => outline,
+            Err(DumpError::Interrupted) => continue,
+            Err(DumpError::Failed(e)) => return Err(e),
+        };
+        // One dump is a snapshot by itself (a commit while it runs marks it interrupted).
+        if outline.tables.is_empty() || socket.generation()? == before {
+            return Ok(outline);
+        }
+    }
+    Err(Error::Interrupted { attempts: ATTEMPTS })
+}
+
+fn outline_snapshot(socket: &mut NfSocket, families: &[NfProto]) -> Result<Outline, DumpError> {
+    let wanted = |message: &Owned| families.iter().any(|f| f.number() == message.family);
+    let decoding = |what| {
+        move |source| {
+            DumpError::Failed(Error::Malformed {
+                subject: Box::new(Subject::List {
+                    what,
+                    family: NfProto::Unspec,
+                }),
+                source,
+            })
+        }
+    };
+    let dump = |socket: &mut NfSocket, kind, what| {
+        let subject = Subject::List {
+            what,
+            family: NfProto::Unspec,
+        };
+        socket.dump(kind, &subject, NfProto::Unspec, &[])
+    };
+    let mut outline = Outline::default();
+    for message in dump(socket, msg::GETTABLE, "tables")?.iter().filter(|m| wanted(m)) {
+        outline.tables.push(decode::table(message).map_err(decoding("tables"))?);
+    }
+    if outline.tables.is_empty() {
+        return Ok(outline);
+    }
+    for message in dump(socket, msg::GETCHAIN, "chains")?.iter().filter(|m| wanted(m)) {
+        outline.chains.push(decode::chain(message).map_err(decoding("chains"))?);
+    }
+    outline.rules = dump(socket, msg::GETRULE, "rules")?.iter().filter(|m| wanted(m)).count();
+    Ok(outline)
+}
+
 /// [`list`] of each table named in `tables` (absent ones list as nothing), read over one
 /// socket as one snapshot: all at the same ruleset generation.
 ///
 /// # Errors
 /// As [`list`].
 pub fn list_tables(family: NfProto, tables: &[&str]) -> Result<Vec<Listing>, Error> {
-    let listing = consistent(family, Some(tables))?;
-    Ok(tables
-        .iter()
-        .map(|name| Listing {
-            generation: listing.generation,
-            tables: listing
-                .tables
-                .iter()
-                .filter(|t| t.name == *name)
-                .cloned()
-                .collect(),
-            chains: listing
-                .chains
-                .iter()
-                .filter(|c| c.table == *name)
-                .cloned()
-                .collect(),
-            rules: listing
-                .rules
-                .iter()
-                .filter(|r| r.table == *name)
-                .cloned()
-                .collect(),
-        })
-        .collect())
+    Session::open()?.list_tables(family, tables)
+}
+
+/// One `NETLINK_NETFILTER` socket in the calling thread's network namespace for a listing and
+/// the batch planned from it ([`Batch::commit_on`](super::Batch::commit_on)): a read-then-write
+/// costs one socket, not two.
+pub struct Session {
+    pub(super) socket: NfSocket,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A socket in the calling thread's network namespace.
+    ///
+    /// # Errors
+    /// When the socket cannot be opened.
+    pub fn open() -> Result<Self, Error> {
+        NfSocket::open().map(|socket| Self { socket })
+    }
+
+    /// [`list_tables`] over this session's socket.
+    ///
+    /// # Errors
+    /// As [`list`].
+    pub fn list_tables(&mut self, family: NfProto, tables: &[&str]) -> Result<Vec<Listing>, Error> {
+        let listing = consistent(&mut self.socket, family, Some(tables))?;
+        Ok(tables
+            .iter()
+            .map(|name| Listing {
+                generation: listing.generation,
+                tables: listing
+                    .tables
+                    .iter()
+                    .filter(|t| t.name == *name)
+                    .cloned()
+                    .collect(),
+                chains: listing
+                    .chains
+                    .iter()
+                    .filter(|c| c.table == *name)
+                    .cloned()
+                    .collect(),
+                rules: listing
+                    .rules
+                    .iter()
+                    .filter(|r| r.table == *name)
+                    .cloned()
+                    .collect(),
+            })
+            .collect())
+    }
 }
 
 fn snapshot(socket: &mut NfSocket, family: NfProto, only: Option<&[&str]>) -> Result<Listing, DumpError> {

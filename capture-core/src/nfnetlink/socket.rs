@@ -63,6 +63,19 @@ impl From<Error> for DumpError {
 /// datagram, and no single nf_tables message is larger than 64 KiB (nft receives into as much).
 const RECEIVE_BUFFER: usize = 65536 + 4096;
 
+#[cfg(test)]
+thread_local! {
+    /// The sockets opened and the requests sent on this thread, for tests that count round
+    /// trips.
+    static COUNTED: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// The sockets opened and the requests sent on this thread so far.
+#[cfg(test)]
+pub(crate) fn counted() -> (u32, u32) {
+    COUNTED.with(std::cell::Cell::get)
+}
+
 /// A `NETLINK_NETFILTER` socket in the calling thread's network namespace.
 pub(super) struct NfSocket {
     socket: Socket,
@@ -73,6 +86,8 @@ pub(super) struct NfSocket {
 
 impl NfSocket {
     pub(super) fn open() -> Result<Self, Error> {
+        #[cfg(test)]
+        COUNTED.with(|c| c.set((c.get().0 + 1, c.get().1)));
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(Error::syscall("socket"))?;
         socket.bind_auto().map_err(Error::syscall("bind"))?;
         // Errors with the kernel's text and the blamed attribute's offset, without our whole
@@ -87,6 +102,8 @@ impl NfSocket {
     }
 
     fn send(&self, bytes: &[u8]) -> Result<(), Error> {
+        #[cfg(test)]
+        COUNTED.with(|c| c.set((c.get().0, c.get().1 + 1)));
         let kernel = SocketAddr::new(0, 0);
         self.socket
             .send_to(bytes, &kernel, 0)

@@ -27,7 +27,7 @@ use crate::backend::{Backend, BackendError, Change, Outcome, Step};
 use crate::lock::{LockError, NetnsLock};
 use crate::logged::Bounded;
 use crate::netlink::NetlinkError;
-use crate::nfnetlink::{self, Batch, Expr, Listing, MetaKey, NfProto, list_tables};
+use crate::nfnetlink::{self, Batch, Expr, Listing, MetaKey, NfProto, Session};
 use crate::{ApplyOptions, CaptureSpec, SystemAccounts};
 
 /// The native nftables backend (`--native-nftables`).
@@ -178,8 +178,13 @@ pub fn replacement(present: &[Listing], compiled: &[Compiled], generation: u32) 
 /// # Errors
 /// When the tables cannot be listed.
 pub fn current() -> Result<(Vec<Listing>, u32), nfnetlink::Error> {
+    current_on(&mut Session::open()?)
+}
+
+/// [`current`] over `session`, which the batch that follows is then committed on.
+fn current_on(session: &mut Session) -> Result<(Vec<Listing>, u32), nfnetlink::Error> {
     let names = TABLES.map(table_name);
-    let listings = list_tables(NfProto::Inet, &names)?;
+    let listings = session.list_tables(NfProto::Inet, &names)?;
     let generation = listings.first().map_or(0, |l| l.generation);
     Ok((listings, generation))
 }
@@ -187,7 +192,8 @@ pub fn current() -> Result<(Vec<Listing>, u32), nfnetlink::Error> {
 fn install(spec: &CaptureSpec, options: ApplyOptions) -> Result<Outcome, NftError> {
     let _lock = NetnsLock::current()?;
     let compiled = compile(&plan(spec), &SystemAccounts)?;
-    let (present, generation) = current()?;
+    let mut session = Session::open()?;
+    let (present, generation) = current_on(&mut session)?;
     let state = compare(&compiled, &present);
     match &state {
         State::Equal => tracing::debug!("capture's nftables tables are there as configured"),
@@ -210,7 +216,7 @@ fn install(spec: &CaptureSpec, options: ApplyOptions) -> Result<Outcome, NftErro
             Bounded(&Transaction(&plan(spec)).to_string())
         );
         let added = host_state::Added::ensure(spec)?;
-        if let Err(e) = batch.commit() {
+        if let Err(e) = batch.commit_on(&mut session) {
             added.undo();
             return Err(e.into());
         }
@@ -246,7 +252,8 @@ fn check(spec: &CaptureSpec) -> Result<Vec<String>, NftError> {
 
 fn uninstall(spec: &CaptureSpec) -> Result<Outcome, NftError> {
     let _lock = NetnsLock::current()?;
-    let (present, generation) = current()?;
+    let mut session = Session::open()?;
+    let (present, generation) = current_on(&mut session)?;
     let names: Vec<&str> = existing(&present).map(|t| t.name.as_str()).collect();
     tracing::debug!(
         "capture's nftables tables found: {}",
@@ -262,7 +269,7 @@ fn uninstall(spec: &CaptureSpec) -> Result<Outcome, NftError> {
         for table in existing(&present) {
             batch.delete_table(table);
         }
-        batch.commit()?;
+        batch.commit_on(&mut session)?;
     }
     let removed = if names.is_empty() {
         "no native nftables tables were there".to_owned()
@@ -389,6 +396,37 @@ impl Backend for Nftables {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::RunError;
+
+    /// An install and an uninstall of a fresh namespace, each with the nf_tables sockets it
+    /// opened: in a new network namespace private to a thread (`None` when not root, unless
+    /// `CI` is set).
+    #[test]
+    fn an_install_lists_and_commits_on_one_socket() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "needs root, and CI is set");
+            eprintln!("skipping an_install_lists_and_commits_on_one_socket: needs root");
+            return;
+        }
+        let sockets = |f: &dyn Fn() -> Change| {
+            let (before, _) = nfnetlink::counted();
+            let change = f();
+            (change, nfnetlink::counted().0 - before)
+        };
+        let found = crate::host::run_in_scratch_netns(|| {
+            let spec = CaptureSpec::sidecar();
+            let installed = sockets(&|| install(&spec, ApplyOptions::default()).unwrap().steps[0].change);
+            let removed = sockets(&|| uninstall(&spec).unwrap().steps[0].change);
+            Ok::<_, RunError>((installed, removed))
+        });
+        let (installed, removed) = found.unwrap_or_else(|e| match e {
+            RunError::Panicked(message) => std::panic::resume_unwind(Box::new(message)),
+            e => panic!("{}", crate::chain(&e)),
+        });
+        assert_eq!(installed, (Change::Applied, 1));
+        assert_eq!(removed, (Change::Removed, 1));
+    }
 
     /// The counts only when they differ, in words that agree with them; the rule named.
     #[test]
