@@ -78,7 +78,7 @@ pub use error::Error;
 pub use maps::{MapEntries, MapPlan, PortPrefix};
 pub use meta::PodMetadata;
 pub use netns::{NetnsCookie, PodNetns};
-pub use node::{Bypassed, Change, Enrollment, MapUsage, NetnsLink, Node, Stats, Upgrade};
+pub use node::{Bypassed, Change, Enrollment, MapUsage, NetnsLink, Node, SkMsgState, Stats, Upgrade};
 pub use owners::resolve_owners;
 pub use pin_dir::{NodeLock, PinDir, unload};
 pub use probe::probe;
