@@ -786,18 +786,6 @@ pub struct SkMsgFlags {
     pub no_sk_msg: bool,
 }
 
-impl SkMsgFlags {
-    /// The setting asked for; `None` to keep the node's.
-    #[must_use]
-    pub fn setting(self) -> Option<bool> {
-        match (self.sk_msg, self.no_sk_msg) {
-            (true, _) => Some(true),
-            (_, true) => Some(false),
-            _ => None,
-        }
-    }
-}
-
 /// A command-line problem, printed as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

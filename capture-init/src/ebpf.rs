@@ -167,16 +167,25 @@ fn upgrade(cgroup: Option<&Path>, bpffs: &Path, always: bool, sk_msg: SkMsgFlags
     let pins = PinDir::new(bpffs);
     let upgrade = Node::upgrade(&cgroup, &pins, always)?;
     tracing::info!("{upgrade}");
-    if sk_msg.setting().is_some() {
+    if sk_msg_setting(sk_msg).is_some() {
         let _lock = pins.lock()?;
         set_sk_msg(&mut Node::open(&pins)?, sk_msg)?;
     }
     Ok(())
 }
 
+/// The setting `--sk-msg` / `--no-sk-msg` ask for; `None` to keep the node's.
+fn sk_msg_setting(flags: SkMsgFlags) -> Option<bool> {
+    match (flags.sk_msg, flags.no_sk_msg) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}
+
 /// Applies `--sk-msg` / `--no-sk-msg` to the node and says what changed; whether it changed.
 fn set_sk_msg(node: &mut Node, flags: SkMsgFlags) -> Result<bool, Failure> {
-    let Some(on) = flags.setting() else {
+    let Some(on) = sk_msg_setting(flags) else {
         return Ok(false);
     };
     let changed = node.set_sk_msg(on)?;
