@@ -433,3 +433,75 @@ fn ebpf_upgrade_carries_a_layout_v4_node_to_sk_msg() {
         assert!(more > messages + 200, "{more} after {messages}");
     });
 }
+
+/// IPv6 and dual-stack: with IPv6 capture, the app's `AF_INET6` connection (redirected to
+/// `[::1]:15001`) and its `AF_INET` one (to `127.0.0.1:15001`, accepted by the proxy's
+/// dual-stack listener as `::ffff:127.0.0.1`) are both spliced, every byte intact with EOF, and
+/// the proxy reads each original destination.
+#[test]
+fn ebpf_sk_msg_splices_ipv6_and_dual_stack_connections() {
+    ebpf_row(|| {
+        load(&["--sk-msg"])
+            .ok()
+            .says("eBPF programs loaded")
+            .says("turned on");
+        let topo = Topology::new();
+        CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V6)
+            .run()
+            .ok()
+            .says("eBPF capture applied");
+        let pod = the_pod();
+        let proxy = topo
+            .pod
+            .run_as(PROXY_UID, PROXY_UID, || {
+                TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, OUTBOUND_PORT))
+            })
+            .expect("the proxy listens");
+        for (spliced_before, family) in [(0, Family::V6), (2, Family::V4)] {
+            let dst = topo.peer_addr(family, 80);
+            let (client, server) = outbound_pair(&topo, &proxy, dst);
+            exchange(client, server);
+            let [(sockets, messages), (pod_sockets, _)] = spliced(pod);
+            assert_eq!(sockets, spliced_before + 2, "{family:?}: both ends spliced");
+            assert_eq!(pod_sockets, sockets);
+            assert!(messages > 200, "{family:?}: {messages}");
+        }
+        wait_unspliced();
+    });
+}
+
+/// The proxy's hairpin (uid 1337 calling its own pod's address, redirected to the inbound port
+/// as Istio's `-o lo ! -d 127.0.0.1/32 --uid-owner 1337` rule does): the connection lands on
+/// the inbound listener with its original destination and is spliced, bytes and EOF intact.
+/// The inbound listener is itself in `INBOUND_LISTENERS` (a socket map), so the socket it
+/// accepts starts life as the child of a socket-map listener.
+#[test]
+fn ebpf_sk_msg_splices_the_proxys_hairpin() {
+    ebpf_row(|| {
+        load(&["--sk-msg"]).ok().says("turned on");
+        let topo = Topology::new();
+        CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4)
+            .run()
+            .ok()
+            .says("eBPF capture applied");
+        let pod = the_pod();
+        let inbound = topo
+            .pod
+            .run_as(PROXY_UID, PROXY_UID, || {
+                TcpListener::bind((Ipv4Addr::UNSPECIFIED, capture_e2e::INBOUND_PORT))
+            })
+            .expect("the proxy listens on its inbound port");
+        let dst = topo.pod_addr(Family::V4, 8080);
+        let client = topo
+            .pod
+            .run_as(PROXY_UID, PROXY_UID, || TcpStream::connect(dst))
+            .expect("the proxy calls its own pod");
+        let (server, _) = inbound.accept().expect("the inbound listener accepts");
+        assert_eq!(capture_core::original_dst(&server).expect("SO_ORIGINAL_DST"), dst);
+        exchange(client, server);
+        let [(sockets, messages), _] = spliced(pod);
+        assert_eq!(sockets, 2, "both ends of the hairpin spliced");
+        assert!(messages > 200, "{messages}");
+        wait_unspliced();
+    });
+}
