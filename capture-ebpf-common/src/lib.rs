@@ -24,6 +24,7 @@
 //! | [`LOOKUP_NETNS`] | per-CPU array (1) | `u32` 0 | `u64` netns cookie | each pod's stub | sk_lookup |
 //! | [`NODE_CONFIG`] | array (1) | `u32` 0 | [`NodeConfig`] | loader (`ebpf load --sk-msg`, `ebpf upgrade`) | sockops |
 //! | [`SPLICE`] | sockhash | [`SpliceKey`] | socket | sockops (established, with [`NODE_SK_MSG`]) | sk_msg |
+//! | [`SPLICE_PASSED`] | LRU hash | [`SpliceKey`] | `u8` (1) | sk_msg (a message found no peer) | sk_msg |
 //!
 //! Per-pod entries are keyed by the pod's network namespace cookie and a generation, so a
 //! pod's configuration can be replaced by writing the next generation's entries and then
@@ -84,8 +85,14 @@ pub const NODE_CONFIG: &str = "NODE_CONFIG";
 /// while [`NODE_SK_MSG`] is set; the kernel removes a socket when it closes.
 pub const SPLICE: &str = "SPLICE";
 
+/// Spliced sockets one of whose messages found no peer in [`SPLICE`] and took the ordinary
+/// path, by their own [`SpliceKey`]: their later messages take it too, so that no connection's
+/// bytes in one direction ever take both paths (the receiver could read a spliced message
+/// before an earlier one still in its TCP queue). An LRU map: entries of closed sockets age out.
+pub const SPLICE_PASSED: &str = "SPLICE_PASSED";
+
 /// Every map, in the order the loader pins them.
-pub const MAP_NAMES: [&str; 15] = [
+pub const MAP_NAMES: [&str; 16] = [
     POD_CONFIG,
     OWNERS,
     PORTS,
@@ -101,6 +108,7 @@ pub const MAP_NAMES: [&str; 15] = [
     LOOKUP_NETNS,
     NODE_CONFIG,
     SPLICE,
+    SPLICE_PASSED,
 ];
 
 /// The pin of the one-entry array userspace writes [`LAYOUT_VERSION`] into when it loads the
@@ -129,7 +137,8 @@ pub const LAYOUT_VERSION: u32 = 5;
 /// every entry means the same.
 ///
 /// v4 -> v5 added [`NODE_CONFIG`] (created with every setting off, so a v4 node keeps
-/// behaving as it did) and [`SPLICE`] with the `sk_msg` program attached to it, and the
+/// behaving as it did), [`SPLICE`] with the `sk_msg` program attached to it, [`SPLICE_PASSED`],
+/// and the
 /// `STAT_SPLICED_*` counters (in slots v3 already had room for); every entry means the same.
 pub const UPGRADES_FROM: &[u32] = &[1, 2, 3, 4];
 
@@ -154,6 +163,10 @@ pub const MAX_LISTENERS: u32 = 2 * MAX_PODS;
 /// Capacity of [`SPLICE`]: two sockets per spliced connection, node-wide. A full map only
 /// leaves further connections on the ordinary loopback path.
 pub const MAX_SPLICED: u32 = 2 * MAX_CONNECTIONS;
+/// Capacity of [`SPLICE_PASSED`] (preallocated, as LRU maps are: about 0.5 MiB). Only sockets
+/// whose peer was not spliced in time land there (a first write racing the handshake's last ACK,
+/// a full [`SPLICE`]), which are few.
+pub const MAX_SPLICE_PASSED: u32 = 4096;
 
 /// Names of the programs in the object, as the loader finds them.
 pub mod programs {

@@ -3,7 +3,7 @@
 //! | where | what |
 //! |---|---|
 //! | sockops, `ACTIVE_ESTABLISHED_CB` / `PASSIVE_ESTABLISHED_CB` | with the setting on, a socket of an enrolled pod whose peer is in the same pod and one of whose ends is the proxy's goes into `SPLICE` under its own [`SpliceKey`] |
-//! | `capture_sk_msg` (attached to `SPLICE`) | each message sent on such a socket goes straight to the receive queue of the socket under the swapped key (`BPF_F_INGRESS`); no peer there: the message takes the ordinary path |
+//! | `capture_sk_msg` (attached to `SPLICE`) | each message sent on such a socket goes straight to the receive queue of the socket under the swapped key (`BPF_F_INGRESS`); no peer there: the message takes the ordinary path, and so does every later one of the socket (`SPLICE_PASSED`) |
 //!
 //! "The proxy's end" is the outbound or inbound port (the app's redirected connection, the
 //! proxy's hairpin, and the sockets the proxy accepts for them) or the inbound passthrough
@@ -30,7 +30,7 @@ use capture_ebpf_common::{
     CIDRS_LOCAL, PodConfig, STAT_SPLICED_MESSAGES, STAT_SPLICED_SOCKETS, STAT_STATE_FULL, SpliceKey,
 };
 
-use crate::maps::{SPLICE, count_pod, in_cidrs, pod_config, sk_msg_on};
+use crate::maps::{SPLICE, SPLICE_PASSED, count_pod, in_cidrs, pod_config, sk_msg_on};
 use crate::net::{AF_INET_U32, AF_INET6_U32, Ip, LOCALHOST6, eq16, read_ip6};
 
 #[sk_msg]
@@ -67,18 +67,36 @@ fn redirect(ctx: &SkMsgContext) {
     };
     // SAFETY: the helper takes the program's context (sk_msg may call it from 5.15).
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    // The peer's key: this socket's ends swapped. local_port is in host byte order;
-    // remote_port holds the network-order port in its upper 16 bits.
+    // local_port is in host byte order; remote_port holds the network-order port in its upper
+    // 16 bits.
+    let (local_port, remote_port) = (local_port as u16, u16::from_be((remote_port >> 16) as u16));
+    let own = SpliceKey {
+        netns,
+        local_addr: local.mapped(),
+        remote_addr: remote.mapped(),
+        local_port,
+        remote_port,
+        _pad: 0,
+    };
+    // A socket that sent the ordinary way once keeps doing so: its peer may hold those bytes
+    // unread in its TCP queue, and would read a spliced message first.
+    if SPLICE_PASSED.get_ptr(own).is_some() {
+        return;
+    }
+    // The peer's key: this socket's ends swapped.
     let mut peer = SpliceKey {
         netns,
-        local_addr: remote.mapped(),
-        remote_addr: local.mapped(),
-        local_port: u16::from_be((remote_port >> 16) as u16),
-        remote_port: local_port as u16,
+        local_addr: own.remote_addr,
+        remote_addr: own.local_addr,
+        local_port: remote_port,
+        remote_port: local_port,
         _pad: 0,
     };
     if SPLICE.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS) {
         count_pod(netns, STAT_SPLICED_MESSAGES);
+    } else {
+        // No peer (not spliced yet, or never): this and every later message the ordinary way.
+        let _ = SPLICE_PASSED.insert(own, 1, 0);
     }
 }
 

@@ -318,13 +318,13 @@ fn ebpf_sk_msg_splices_app_and_proxy_with_every_byte_and_eof() {
     });
 }
 
-/// A node loaded by a layout v4 capture (no `NODE_CONFIG`, no `SPLICE`, no `sk_msg` program) is
-/// upgraded in place while its pod's app keeps connecting out: the two maps are created, the
+/// A node loaded by a layout v4 capture (no `NODE_CONFIG`, `SPLICE`, `SPLICE_PASSED`, no `sk_msg` program) is
+/// upgraded in place while its pod's app keeps connecting out: the maps are created, the
 /// layout becomes this capture's, every connection made meanwhile lands on the proxy with its
 /// original destination, and `--sk-msg` on the upgrade turns splicing on. Then an upgrade of the
 /// programs (`--always`, which attaches a new `sk_msg` program to the same `SPLICE`) keeps the
 /// setting, and the next connection is spliced by the new program. The v4 node is made from a
-/// current one by moving the two maps' pins aside and writing 4 into its layout version.
+/// current one by moving the three maps' pins aside and writing 4 into its layout version.
 #[test]
 fn ebpf_upgrade_carries_a_layout_v4_node_to_sk_msg() {
     ebpf_row(|| {
@@ -337,7 +337,7 @@ fn ebpf_upgrade_carries_a_layout_v4_node_to_sk_msg() {
             .says("eBPF capture applied");
         let pod = the_pod();
         let world = ebpf::child_world().expect("inside ebpf_row");
-        let kept: Vec<_> = ["NODE_CONFIG", "SPLICE"]
+        let kept: Vec<_> = ["NODE_CONFIG", "SPLICE", "SPLICE_PASSED"]
             .iter()
             .map(|name| {
                 let kept = world.bpffs.join(format!("kept-{name}"));
@@ -376,7 +376,7 @@ fn ebpf_upgrade_carries_a_layout_v4_node_to_sk_msg() {
             node_command("upgrade", &["--sk-msg"])
                 .ok()
                 .says("programs replaced on 11 cgroup hooks and for 1 pod, every pod captured throughout")
-                .says("maps created: NODE_CONFIG, SPLICE")
+                .says("maps created: NODE_CONFIG, SPLICE, SPLICE_PASSED")
                 .says(&format!("map layout v4 -> v{LAYOUT_VERSION}"))
                 .says("sk_msg splicing of app-proxy connections turned on");
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -503,5 +503,106 @@ fn ebpf_sk_msg_splices_the_proxys_hairpin() {
         assert_eq!(sockets, 2, "both ends of the hairpin spliced");
         assert!(messages > 200, "{messages}");
         wait_unspliced();
+    });
+}
+
+/// `bpf(2)` on a pinned map, for [`ebpf_sk_msg_a_socket_that_sent_unspliced_never_splices`]: the
+/// test plays the kernel's timing (a peer spliced only after a first message) with the map
+/// itself. `value` is a socket's descriptor for a sockhash update; `None` deletes `key`.
+fn sockhash_op(pin: &std::path::Path, key: &capture_ebpf_common::SpliceKey, value: Option<&TcpStream>) {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: the attribute buffers are zeroed and sized beyond what the commands read; the
+    // pointers in them outlive the calls.
+    unsafe {
+        let path = std::ffi::CString::new(pin.as_os_str().as_bytes()).expect("a path");
+        let mut attr = [0u64; 16];
+        attr[0] = path.as_ptr() as u64;
+        let map = libc::syscall(libc::SYS_bpf, 7, attr.as_mut_ptr(), 128); // BPF_OBJ_GET
+        assert!(map >= 0, "open {}: {}", pin.display(), io::Error::last_os_error());
+        let fd = value.map(|s| u32::try_from(s.as_raw_fd()).expect("a descriptor"));
+        let mut attr = [0u64; 16];
+        attr[0] = map as u64; // map_fd (and padding)
+        attr[1] = std::ptr::from_ref(key) as u64;
+        if let Some(fd) = &fd {
+            attr[2] = std::ptr::from_ref(fd) as u64;
+        }
+        let cmd = if fd.is_some() { 2 } else { 3 }; // BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM
+        let done = libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128);
+        let error = io::Error::last_os_error();
+        libc::close(map as i32);
+        assert_eq!(done, 0, "bpf command {cmd} on {}: {error}", pin.display());
+    }
+}
+
+/// The `SpliceKey` of a socket as its `sk_msg` and sockops see it.
+fn splice_key(netns: NetnsCookie, socket: &TcpStream) -> capture_ebpf_common::SpliceKey {
+    let mapped = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let (local, remote) = (
+        socket.local_addr().expect("local address"),
+        socket.peer_addr().expect("peer address"),
+    );
+    capture_ebpf_common::SpliceKey {
+        netns: netns.0,
+        local_addr: mapped(local),
+        remote_addr: mapped(remote),
+        local_port: local.port(),
+        remote_port: remote.port(),
+        _pad: 0,
+    }
+}
+
+/// A spliced socket that sent a message the ordinary way (its peer not in `SPLICE` yet, as when
+/// the app writes before the handshake's last ACK made the proxy's socket) keeps sending that
+/// way once the peer is there: the proxy reads both messages in order, and neither is counted
+/// as spliced. (Spliced, the second would sit in the proxy's sockmap queue, which the kernel
+/// reads before its TCP queue: the proxy would read it first.) Replies the other way, to a
+/// socket in the map all along, are spliced.
+#[test]
+fn ebpf_sk_msg_a_socket_that_sent_unspliced_never_splices() {
+    ebpf_row(|| {
+        load(&["--sk-msg"]).ok().says("turned on");
+        let topo = Topology::new();
+        CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4)
+            .run()
+            .ok()
+            .says("eBPF capture applied");
+        let pod = the_pod();
+        let proxy = topo
+            .pod
+            .run_as(PROXY_UID, PROXY_UID, || {
+                TcpListener::bind((Ipv4Addr::UNSPECIFIED, OUTBOUND_PORT))
+            })
+            .expect("the proxy listens");
+        let (mut client, mut server) = outbound_pair(&topo, &proxy, topo.peer_addr(Family::V4, 80));
+        let splice = ebpf::child_world()
+            .expect("inside ebpf_row")
+            .pin_dir
+            .join("maps/SPLICE");
+        let server_key = splice_key(pod, &server);
+        sockhash_op(&splice, &server_key, None);
+        client.write_all(b"first,").expect("the app writes");
+        sockhash_op(&splice, &server_key, Some(&server));
+        client.write_all(b"second").expect("the app writes again");
+        let mut got = [0u8; 12];
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("a timeout");
+        let mut read_so_far = 0;
+        while read_so_far < got.len() {
+            match read(&server, &mut got[read_so_far..]).expect("the proxy reads") {
+                0 => break,
+                n => read_so_far += n,
+            }
+        }
+        assert_eq!(&got[..read_so_far], b"first,second", "in order");
+        assert_eq!(spliced(pod)[0].1, 0, "neither message spliced");
+        server.write_all(b"reply").expect("the proxy replies");
+        let mut reply = [0u8; 5];
+        client.read_exact(&mut reply).expect("the app reads the reply");
+        assert_eq!(&reply, b"reply");
+        assert_eq!(spliced(pod)[0].1, 1, "the reply spliced");
     });
 }
