@@ -311,6 +311,11 @@ fn ebpf_sk_msg_splices_app_and_proxy_with_every_byte_and_eof() {
             assert!(stats.stdout.contains(line), "{line:?} in {}", stats.stdout);
         }
 
+        // `capture-init status` shows the pod's count with its other counters.
+        let status = CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4).status(false, &[]);
+        let counted = format!("spliced_messages {after}");
+        assert!(status.stdout.contains(&counted), "{counted} in {}", status.stdout);
+
         load(&["--no-sk-msg"]).ok().says("turned off");
         let (client, server) = outbound_pair(&topo, &proxy, out_dst);
         exchange(client, server);
