@@ -160,13 +160,16 @@ pub const MAX_CIDR_ENTRIES: u32 = 65536;
 pub const MAX_CONNECTIONS: u32 = 65536;
 /// Capacity of [`INBOUND_LISTENERS`]: one IPv4 and one IPv6 listener per pod.
 pub const MAX_LISTENERS: u32 = 2 * MAX_PODS;
-/// Capacity of [`SPLICE`]: two sockets per spliced connection, node-wide. A full map only
-/// leaves further connections on the ordinary loopback path.
-pub const MAX_SPLICED: u32 = 2 * MAX_CONNECTIONS;
-/// Capacity of [`SPLICE_PASSED`] (preallocated, as LRU maps are: about 0.5 MiB). Only sockets
+/// Capacity of [`SPLICE`]: two sockets per spliced connection, node-wide: 16,384 connections
+/// spliced at once. A full map only leaves further connections on the ordinary loopback path
+/// (counted as [`STAT_STATE_FULL`]). The map exists whether or not the setting is on, and its
+/// bucket array costs 16 bytes an entry: 512 KiB here, not the 2 MiB of
+/// [`MAX_CONNECTIONS`] connections.
+pub const MAX_SPLICED: u32 = 2 * 16384;
+/// Capacity of [`SPLICE_PASSED`] (preallocated, as LRU maps are: about 130 KiB). Only sockets
 /// whose peer was not spliced in time land there (a first write racing the handshake's last ACK,
 /// a full [`SPLICE`]), which are few.
-pub const MAX_SPLICE_PASSED: u32 = 4096;
+pub const MAX_SPLICE_PASSED: u32 = 1024;
 
 /// Names of the programs in the object, as the loader finds them.
 pub mod programs {
@@ -440,7 +443,8 @@ pub const STAT_PASSED: u32 = 2;
 pub const STAT_ORIG_DST: u32 = 3;
 /// [`STATS`] slot: `getpeername` answered with the original destination.
 pub const STAT_PEERNAME: u32 = 4;
-/// [`STATS`] slot: a connection left alone because a per-connection map was full.
+/// [`STATS`] slot: a connection left alone because a per-connection map was full (for
+/// [`SPLICE`]: a socket left unspliced, its connection captured all the same).
 pub const STAT_STATE_FULL: u32 = 5;
 /// [`STATS`] slot: inbound connections handed to the proxy's inbound listener.
 pub const STAT_INBOUND: u32 = 6;
