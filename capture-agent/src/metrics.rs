@@ -12,7 +12,7 @@ use capture_ebpf_common::{
     PodStats, STAT_BYPASS_CIDR, STAT_BYPASS_GID, STAT_BYPASS_GROUP, STAT_BYPASS_IPV6, STAT_BYPASS_LOOPBACK,
     STAT_BYPASS_NOT_INCLUDED, STAT_BYPASS_PASSTHROUGH, STAT_BYPASS_PORT, STAT_BYPASS_UID, STAT_DNS,
     STAT_DNS_ANSWER, STAT_HAIRPIN, STAT_INBOUND, STAT_INBOUND_REFUSED, STAT_ORIG_DST, STAT_OUTBOUND,
-    STAT_PASSED, STAT_PEERNAME, STAT_STATE_FULL,
+    STAT_PASSED, STAT_PEERNAME, STAT_SPLICED_MESSAGES, STAT_SPLICED_SOCKETS, STAT_STATE_FULL,
 };
 
 /// One `STAT_*` slot as a counter: `capture_<name>_total{<label>}` node-wide and
@@ -148,6 +148,18 @@ pub const COUNTERS: &[Counter] = &[
         name: "dns_answers",
         label: None,
         help: "DNS proxy answers given to apps as coming from the resolver they asked.",
+    },
+    Counter {
+        stat: STAT_SPLICED_SOCKETS,
+        name: "spliced_sockets",
+        label: None,
+        help: "Sockets of app-proxy connections spliced with sk_msg (two per connection; --sk-msg).",
+    },
+    Counter {
+        stat: STAT_SPLICED_MESSAGES,
+        name: "spliced_messages",
+        label: None,
+        help: "Messages the sk_msg program handed straight to the peer socket.",
     },
 ];
 

@@ -13,6 +13,7 @@
 //! | `native`   | the same, with capture-init's native nftables backend                         |
 //! | `ebpf`     | the same, with the eBPF backend (node programs in a cgroup and bpffs of the bench's own; the clients and proxy run in that cgroup) |
 //! | `explicit-ebpf` | as `explicit`, from a pod enrolled in the eBPF backend: the programs run on every connection, none is captured |
+//! | `ebpf-skmsg` | the same, on a second eBPF node (cgroup and bpffs of its own) loaded with `--sk-msg`: the app's and the proxy's sockets are spliced |
 //!
 //! Capture is applied by the real `capture-init` binary (`--capture-init`) with Istio's default
 //! sidecar flags. Every process is pinned to one CPU (`--cpu`, default the last). Measurements
@@ -26,11 +27,12 @@
 //! 2 s (`nf_conntrack_tcp_timeout_time_wait`): thousands of short connections a second would
 //! otherwise run out of ports, and fill the node's conntrack table. The eBPF mode's programs
 //! are loaded into `<cgroup2 root>/capture-bench-<pid>` and a bpffs on
-//! `$TMPDIR/capture-bench-bpffs-<pid>`; everything is removed at the end, also on failure and
+//! `$TMPDIR/capture-bench-bpffs-<pid>` (the `ebpf-skmsg` mode's into the same names ending in
+//! `-skmsg`: the setting is node-wide); everything is removed at the end, also on failure and
 //! on SIGINT, SIGTERM or SIGHUP (after the current measurement).
 //!
 //! ```text
-//! capture-bench datapath --capture-init PATH [--modes direct,explicit,legacy,nft,native,ebpf,explicit-ebpf]
+//! capture-bench datapath --capture-init PATH [--modes direct,explicit,legacy,nft,native,ebpf,ebpf-skmsg,explicit-ebpf]
 //!     [--metrics cps1,cps4,latency,stream] [--runs 5] [--duration 1] [--count N] [--cpu N]
 //! capture-bench scale --capture-init PATH [--modes legacy,nft,native,ebpf]
 //!     [--excluded 1,100,1000,5000] [--runs 5] [--duration 1] [--count N] [--cpu N]
@@ -106,7 +108,7 @@ struct DatapathArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,explicit,legacy,nft,native,ebpf,explicit-ebpf"
+        default_value = "direct,explicit,legacy,nft,native,ebpf,ebpf-skmsg,explicit-ebpf"
     )]
     modes: Vec<Mode>,
     /// The metrics.
@@ -154,6 +156,8 @@ enum Mode {
     Nft,
     Native,
     Ebpf,
+    /// The eBPF mode on a second node (cgroup and bpffs of its own) loaded with `--sk-msg`.
+    EbpfSkmsg,
     /// The proxy addressed explicitly from a pod enrolled in the eBPF backend: every program
     /// runs on the connections, none is captured. Against `explicit`, what the programs' hooks
     /// cost; against `ebpf`, what capturing costs on top.
@@ -169,6 +173,7 @@ impl Mode {
             Mode::Nft => "nft",
             Mode::Native => "native",
             Mode::Ebpf => "ebpf",
+            Mode::EbpfSkmsg => "ebpf-skmsg",
             Mode::ExplicitEbpf => "explicit-ebpf",
         }
     }
@@ -186,7 +191,7 @@ impl Mode {
     /// Whether the pod is enrolled in the node's eBPF programs (and the workers join their
     /// cgroup).
     fn ebpf(self) -> bool {
-        matches!(self, Mode::Ebpf | Mode::ExplicitEbpf)
+        matches!(self, Mode::Ebpf | Mode::EbpfSkmsg | Mode::ExplicitEbpf)
     }
 }
 
@@ -276,7 +281,9 @@ struct EbpfNode {
 }
 
 impl EbpfNode {
-    fn load(capture_init: &Path) -> Result<EbpfNode, Error> {
+    /// Loads a node; with `sk_msg`, with `--sk-msg` (its cgroup and bpffs names end in
+    /// `-skmsg`).
+    fn load(capture_init: &Path, sk_msg: bool) -> Result<EbpfNode, Error> {
         let mounts = fs::read_to_string("/proc/self/mounts").map_err(io_step("read /proc/self/mounts"))?;
         let root = mounts
             .lines()
@@ -285,8 +292,9 @@ impl EbpfNode {
             .and_then(|f| f.get(1).map(PathBuf::from))
             .ok_or_else(|| io_step("find the cgroup2 mount")(io::ErrorKind::NotFound.into()))?;
         let pid = std::process::id();
-        let cgroup = root.join(format!("capture-bench-{pid}"));
-        let bpffs = std::env::temp_dir().join(format!("capture-bench-bpffs-{pid}"));
+        let tag = if sk_msg { "-skmsg" } else { "" };
+        let cgroup = root.join(format!("capture-bench-{pid}{tag}"));
+        let bpffs = std::env::temp_dir().join(format!("capture-bench-bpffs-{pid}{tag}"));
         fs::create_dir(&cgroup).map_err(io_step(format!("create cgroup {}", cgroup.display())))?;
         let mut node = EbpfNode {
             capture_init: capture_init.to_owned(),
@@ -309,6 +317,9 @@ impl EbpfNode {
             .arg(&node.cgroup)
             .arg("--bpffs")
             .arg(&node.bpffs);
+        if sk_msg {
+            load.arg("--sk-msg");
+        }
         run_capture_init(&mut load, "ebpf load")?;
         Ok(node)
     }
@@ -344,6 +355,25 @@ impl EbpfNode {
             }
         }
         Ok(costs)
+    }
+
+    /// The node's `spliced_sockets` counter (`capture-init ebpf stats`).
+    fn spliced_sockets(&self) -> Result<u64, Error> {
+        let out = Command::new(&self.capture_init)
+            .args(["ebpf", "stats", "--bpffs"])
+            .arg(&self.bpffs)
+            .output()
+            .map_err(io_step("run capture-init ebpf stats"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("spliced_sockets "))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| Error::Check {
+                mode: Mode::EbpfSkmsg.name().to_owned(),
+                metric: "stats",
+                detail: format!("no spliced_sockets in capture-init ebpf stats: {stdout}"),
+            })
     }
 
     /// `--backend ebpf` and where the programs are.
@@ -598,7 +628,7 @@ fn apply(
     match mode {
         Mode::Legacy | Mode::Nft => args.extend(["--force-iptables-version".into(), mode.name().into()]),
         Mode::Native => args.push("--native-nftables".into()),
-        Mode::Ebpf | Mode::ExplicitEbpf => {
+        Mode::Ebpf | Mode::EbpfSkmsg | Mode::ExplicitEbpf => {
             args.extend(ebpf.expect("the eBPF node is loaded for the eBPF modes").args());
         }
         Mode::Direct | Mode::Explicit => return Ok(()),
@@ -639,13 +669,35 @@ fn enter_on_exec(cmd: &mut Command, cgroup: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// The node's eBPF programs, when a mode needs them.
-fn ebpf_node(common: &Common, modes: &[Mode]) -> Result<Option<EbpfNode>, Error> {
-    if modes.iter().any(|m| m.ebpf()) {
-        EbpfNode::load(&common.capture_init).map(Some)
-    } else {
-        Ok(None)
+/// The eBPF nodes the modes need: the plain one (`ebpf`) and the one loaded with `--sk-msg`
+/// (`ebpf-skmsg`).
+#[derive(Debug, Default)]
+struct EbpfNodes {
+    plain: Option<EbpfNode>,
+    sk_msg: Option<EbpfNode>,
+}
+
+impl EbpfNodes {
+    /// The node of `mode`, if it is an eBPF mode.
+    fn of(&self, mode: Mode) -> Option<&EbpfNode> {
+        match mode {
+            Mode::Ebpf | Mode::ExplicitEbpf => self.plain.as_ref(),
+            Mode::EbpfSkmsg => self.sk_msg.as_ref(),
+            _ => None,
+        }
     }
+}
+
+/// The eBPF nodes, when a mode needs them.
+fn ebpf_node(common: &Common, modes: &[Mode]) -> Result<EbpfNodes, Error> {
+    let mut nodes = EbpfNodes::default();
+    if modes.contains(&Mode::Ebpf) || modes.contains(&Mode::ExplicitEbpf) {
+        nodes.plain = Some(EbpfNode::load(&common.capture_init, false)?);
+    }
+    if modes.contains(&Mode::EbpfSkmsg) {
+        nodes.sk_msg = Some(EbpfNode::load(&common.capture_init, true)?);
+    }
+    Ok(nodes)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -716,21 +768,36 @@ fn datapath(args: &DatapathArgs) -> Result<Value, Error> {
     let worlds = args
         .modes
         .iter()
-        .map(|&mode| World::new(common, mode, 0, ebpf.as_ref()))
+        .map(|&mode| World::new(common, mode, 0, ebpf.of(mode)))
         .collect::<Result<Vec<_>, _>>()?;
     let results = round_robin(common, &worlds, &args.metrics)?;
     let mut out = json!({"section": "datapath", "results": results});
-    if let (true, Some(node)) = (args.program_costs, &ebpf) {
-        out["program_costs"] = json!(program_costs(common, &worlds, node)?);
+    // The splice mode measures the splice only if the splice carried its connections.
+    if let Some(node) = &ebpf.sk_msg {
+        let spliced = node.spliced_sockets()?;
+        if spliced == 0 {
+            return Err(Error::Check {
+                mode: Mode::EbpfSkmsg.name().to_owned(),
+                metric: "all",
+                detail: "no socket was spliced: the mode measured the plain eBPF path".to_owned(),
+            });
+        }
+        out["ebpf_skmsg_spliced_sockets"] = json!(spliced);
+    }
+    if args.program_costs {
+        out["program_costs"] = json!(program_costs(common, &worlds, &ebpf)?);
     }
     Ok(out)
 }
 
 /// One 1-client connection measurement in each eBPF world with the kernel counting, and what
 /// each program cost per connection in it (`--program-costs`).
-fn program_costs(common: &Common, worlds: &[World], node: &EbpfNode) -> Result<Vec<Value>, Error> {
+fn program_costs(common: &Common, worlds: &[World], nodes: &EbpfNodes) -> Result<Vec<Value>, Error> {
     let mut rows = Vec::new();
-    for world in worlds.iter().filter(|w| w.mode.ebpf()) {
+    for world in worlds {
+        let Some(node) = nodes.of(world.mode) else {
+            continue;
+        };
         eprintln!("capture-bench: program costs in {}", world.label);
         let _counting = enable_run_time_stats()?;
         let before = node.costs()?;
@@ -784,7 +851,7 @@ fn scale(args: &ScaleArgs) -> Result<Value, Error> {
     for &excluded in &args.excluded {
         for &mode in args.modes.iter().filter(|m| m.captured()) {
             eprintln!("capture-bench: {} with {excluded} excluded CIDRs", mode.name());
-            let world = World::new(common, mode, excluded, ebpf.as_ref())?;
+            let world = World::new(common, mode, excluded, ebpf.of(mode))?;
             worlds.push((excluded, world));
         }
     }

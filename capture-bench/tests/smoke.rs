@@ -83,16 +83,18 @@ fn bench(args: &[&str]) -> Output {
         .find(|f| f.get(2) == Some(&"cgroup2"))
         .map(|f| PathBuf::from(f[1]))
         .expect("a cgroup2 mount");
-    let cgroup = cgroups.join(format!("capture-bench-{pid}"));
-    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
-    let bpffs = std::env::temp_dir().join(format!("capture-bench-bpffs-{pid}"));
-    assert!(!bpffs.exists(), "{} left behind", bpffs.display());
+    for tag in ["", "-skmsg"] {
+        let cgroup = cgroups.join(format!("capture-bench-{pid}{tag}"));
+        assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+        let bpffs = std::env::temp_dir().join(format!("capture-bench-bpffs-{pid}{tag}"));
+        assert!(!bpffs.exists(), "{} left behind", bpffs.display());
+    }
     out
 }
 
 fn modes(capture_init: &Path) -> &'static str {
     if has_ebpf(capture_init) {
-        "direct,explicit,legacy,nft,native,ebpf,explicit-ebpf"
+        "direct,explicit,legacy,nft,native,ebpf,ebpf-skmsg,explicit-ebpf"
     } else {
         "direct,explicit,legacy,nft,native"
     }

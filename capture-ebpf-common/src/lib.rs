@@ -22,6 +22,9 @@
 //! | [`AYA_LOGS`] | ring buffer | | aya-log records | programs (rare events) | node agent |
 //! | [`SK_LOOKUP_PROGS`] | prog array (1) | `u32` 0 | the node's `sk_lookup` program | loader (load, upgrade) | each pod's stub (tail call) |
 //! | [`LOOKUP_NETNS`] | per-CPU array (1) | `u32` 0 | `u64` netns cookie | each pod's stub | sk_lookup |
+//! | [`NODE_CONFIG`] | array (1) | `u32` 0 | [`NodeConfig`] | loader (`ebpf load --sk-msg`, `ebpf upgrade`) | sockops |
+//! | [`SPLICE`] | sockhash | [`SpliceKey`] | socket | sockops (established, with [`NODE_SK_MSG`]) | sk_msg |
+//! | [`SPLICE_PASSED`] | LRU hash | [`SpliceKey`] | `u8` (1) | sk_msg (a message found no peer) | sk_msg |
 //!
 //! Per-pod entries are keyed by the pod's network namespace cookie and a generation, so a
 //! pod's configuration can be replaced by writing the next generation's entries and then
@@ -73,8 +76,23 @@ pub const SK_LOOKUP_PROGS: &str = "SK_LOOKUP_PROGS";
 /// read by the `sk_lookup` program (0 or no slot: not enrolled, the connection passes).
 pub const LOOKUP_NETNS: &str = "LOOKUP_NETNS";
 
+/// Node-wide settings: a one-entry array of [`NodeConfig`], written by the loader, read by the
+/// programs.
+pub const NODE_CONFIG: &str = "NODE_CONFIG";
+/// The sockets of spliced connections (both ends in one pod, one of them the proxy's), by
+/// [`SpliceKey`]: the `sk_msg` program is attached to it and hands each message sent on one
+/// socket straight to its peer's receive queue. Sockops inserts the sockets on establishment
+/// while [`NODE_SK_MSG`] is set; the kernel removes a socket when it closes.
+pub const SPLICE: &str = "SPLICE";
+
+/// Spliced sockets one of whose messages found no peer in [`SPLICE`] and took the ordinary
+/// path, by their own [`SpliceKey`]: their later messages take it too, so that no connection's
+/// bytes in one direction ever take both paths (the receiver could read a spliced message
+/// before an earlier one still in its TCP queue). An LRU map: entries of closed sockets age out.
+pub const SPLICE_PASSED: &str = "SPLICE_PASSED";
+
 /// Every map, in the order the loader pins them.
-pub const MAP_NAMES: [&str; 13] = [
+pub const MAP_NAMES: [&str; 16] = [
     POD_CONFIG,
     OWNERS,
     PORTS,
@@ -88,6 +106,9 @@ pub const MAP_NAMES: [&str; 13] = [
     AYA_LOGS,
     SK_LOOKUP_PROGS,
     LOOKUP_NETNS,
+    NODE_CONFIG,
+    SPLICE,
+    SPLICE_PASSED,
 ];
 
 /// The pin of the one-entry array userspace writes [`LAYOUT_VERSION`] into when it loads the
@@ -97,7 +118,7 @@ pub const LAYOUT: &str = "LAYOUT";
 /// The version of the maps' keys and values and of their meaning. Bump it with any change to
 /// them: pins of another version are refused, never read with the wrong meaning (the kernel
 /// only checks key and value sizes).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Older layout versions whose maps mean the same in this one (maps were only added, or
 /// resized): pins of these are upgraded in place (`Node::upgrade`), keeping every entry. A
@@ -114,7 +135,12 @@ pub const LAYOUT_VERSION: u32 = 4;
 /// and a stub per pod replace v3's instance of the whole program per pod (its cookie in a
 /// global). `Node::upgrade` puts the program in the new array and each pod's link on its stub;
 /// every entry means the same.
-pub const UPGRADES_FROM: &[u32] = &[1, 2, 3];
+///
+/// v4 -> v5 added [`NODE_CONFIG`] (created with every setting off, so a v4 node keeps
+/// behaving as it did), [`SPLICE`] with the `sk_msg` program attached to it, [`SPLICE_PASSED`],
+/// and the
+/// `STAT_SPLICED_*` counters (in slots v3 already had room for); every entry means the same.
+pub const UPGRADES_FROM: &[u32] = &[1, 2, 3, 4];
 
 /// How many pods (network namespaces) can be enrolled at once.
 pub const MAX_PODS: u32 = 4096;
@@ -134,6 +160,16 @@ pub const MAX_CIDR_ENTRIES: u32 = 65536;
 pub const MAX_CONNECTIONS: u32 = 65536;
 /// Capacity of [`INBOUND_LISTENERS`]: one IPv4 and one IPv6 listener per pod.
 pub const MAX_LISTENERS: u32 = 2 * MAX_PODS;
+/// Capacity of [`SPLICE`]: two sockets per spliced connection, node-wide: 16,384 connections
+/// spliced at once. A full map only leaves further connections on the ordinary loopback path
+/// (counted as [`STAT_STATE_FULL`]). The map exists whether or not the setting is on, and its
+/// bucket array costs 16 bytes an entry: 512 KiB here, not the 2 MiB of
+/// [`MAX_CONNECTIONS`] connections.
+pub const MAX_SPLICED: u32 = 2 * 16384;
+/// Capacity of [`SPLICE_PASSED`] (preallocated, as LRU maps are: about 130 KiB). Only sockets
+/// whose peer was not spliced in time land there (a first write racing the handshake's last ACK,
+/// a full [`SPLICE`]), which are few.
+pub const MAX_SPLICE_PASSED: u32 = 1024;
 
 /// Names of the programs in the object, as the loader finds them.
 pub mod programs {
@@ -163,6 +199,46 @@ pub mod programs {
     pub const RECVMSG6: &str = "capture_recvmsg6";
     /// `cgroup/sock_release`: removes a released UDP socket's record.
     pub const SOCK_RELEASE: &str = "capture_sock_release";
+    /// `sk_msg`: hands a message sent on a spliced socket to its peer's receive queue; attached
+    /// to [`SPLICE`](crate::SPLICE), not to the cgroup.
+    pub const SK_MSG: &str = "capture_sk_msg";
+}
+
+/// [`NodeConfig::flags`]: splice connections between an enrolled pod's app and its proxy with
+/// the `sk_msg` program (`capture-init ebpf load --sk-msg`). Connections established while it
+/// is set stay spliced until they close; clearing it affects new connections only.
+pub const NODE_SK_MSG: u32 = 1 << 0;
+
+/// The value of [`NODE_CONFIG`]'s one entry: the node's settings. All zero (every setting
+/// off) when the map is created.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// `NODE_*` bits.
+    pub flags: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
+/// Key of [`SPLICE`]: one socket of a spliced connection, as that socket sees it. Its peer's key
+/// is the same with local and remote swapped. Addresses are 16 bytes, IPv4 written
+/// IPv4-mapped, so an `AF_INET` app and a dual-stack proxy socket pair up; the network
+/// namespace cookie keeps identical 4-tuples of two pods apart.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpliceKey {
+    /// The network namespace cookie of the socket (and of its peer).
+    pub netns: u64,
+    /// The socket's own address.
+    pub local_addr: [u8; 16],
+    /// Its peer's address.
+    pub remote_addr: [u8; 16],
+    /// The socket's own port, host byte order.
+    pub local_port: u16,
+    /// Its peer's port, host byte order.
+    pub remote_port: u16,
+    /// Zero.
+    pub _pad: u32,
 }
 
 /// [`PodConfig::flags`]: capture IPv6 connections too (istio-iptables `ISTIO_DUAL_STACK`,
@@ -367,7 +443,8 @@ pub const STAT_PASSED: u32 = 2;
 pub const STAT_ORIG_DST: u32 = 3;
 /// [`STATS`] slot: `getpeername` answered with the original destination.
 pub const STAT_PEERNAME: u32 = 4;
-/// [`STATS`] slot: a connection left alone because a per-connection map was full.
+/// [`STATS`] slot: a connection left alone because a per-connection map was full (for
+/// [`SPLICE`]: a socket left unspliced, its connection captured all the same).
 pub const STAT_STATE_FULL: u32 = 5;
 /// [`STATS`] slot: inbound connections handed to the proxy's inbound listener.
 pub const STAT_INBOUND: u32 = 6;
@@ -404,8 +481,13 @@ pub const STAT_BYPASS_CIDR: u32 = 16;
 pub const STAT_BYPASS_NOT_INCLUDED: u32 = 17;
 /// [`STATS`] slot: a TCP connection to an IPv6 destination of a pod without IPv6 capture.
 pub const STAT_BYPASS_IPV6: u32 = 18;
+/// [`STATS`] slot: sockets put into [`SPLICE`] (two per spliced connection).
+pub const STAT_SPLICED_SOCKETS: u32 = 19;
+/// [`STATS`] slot: messages (`sendmsg` calls, or the chunks of a large one) the `sk_msg`
+/// program handed straight to the peer socket.
+pub const STAT_SPLICED_MESSAGES: u32 = 20;
 /// Number of [`STATS`] slots the programs count.
-pub const STAT_COUNT: u32 = 19;
+pub const STAT_COUNT: u32 = 21;
 /// Number of slots [`STATS`] and each [`POD_STATS`] value have room for: more than
 /// [`STAT_COUNT`], so that a new counter needs no migration of either map.
 pub const STAT_SLOTS: u32 = 32;
@@ -479,7 +561,9 @@ pub struct PodMeta {
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{CidrKey, ListenerKey, OrigDst, OwnerKey, PairKey, PodConfig, PodMeta, PortKey};
+    use super::{
+        CidrKey, ListenerKey, NodeConfig, OrigDst, OwnerKey, PairKey, PodConfig, PodMeta, PortKey, SpliceKey,
+    };
 
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with explicit
     // padding fields so that no byte is uninitialised; every bit pattern is a valid value.
@@ -498,6 +582,10 @@ mod user {
     unsafe impl aya::Pod for ListenerKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PodMeta {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NodeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SpliceKey {}
 }
 
 // Layouts are part of the contract between the programs and the loader.
@@ -510,4 +598,6 @@ const _: () = {
     assert!(size_of::<PairKey>() == 48);
     assert!(size_of::<ListenerKey>() == 16);
     assert!(size_of::<PodMeta>() == 736);
+    assert!(size_of::<NodeConfig>() == 8);
+    assert!(size_of::<SpliceKey>() == 48);
 };

@@ -10,6 +10,7 @@
 //! | `capture_sendmsg4` / `capture_sendmsg6` | `cgroup/sendmsg4`, `cgroup/sendmsg6` | send an enrolled pod's unconnected UDP DNS queries to the DNS proxy, recording the resolver by socket cookie |
 //! | `capture_recvmsg4` / `capture_recvmsg6` | `cgroup/recvmsg4`, `cgroup/recvmsg6` | the DNS proxy's UDP answer comes from the resolver the app asked |
 //! | `capture_sock_release` | `cgroup/sock_release` | remove a released UDP socket's record |
+//! | `capture_sk_msg` | `sk_msg` (attached to the `SPLICE` sockhash) | with `--sk-msg`, hand each message between an enrolled pod's app and proxy straight to the peer socket |
 //! | `capture_sk_lookup` | `sk_lookup` | hand connections arriving at an enrolled pod to its proxy's inbound listener (loaded once per node; each pod netns runs a stub that tail calls into it) |
 //!
 //! Context fields are read and written with `read_volatile`/`write_volatile`: LLVM would
@@ -25,6 +26,7 @@ mod maps;
 mod net;
 mod sk_lookup;
 mod sockops;
+mod splice;
 
 #[cfg(not(test))]
 #[panic_handler]

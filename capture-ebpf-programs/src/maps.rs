@@ -5,13 +5,16 @@ use core::ptr::read_volatile;
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, SockHash};
+use aya_ebpf::maps::{
+    Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, SockHash,
+};
 
 use crate::net::Ip;
 use capture_ebpf_common::{
     CIDR_KEY_FIXED_BITS, CidrKey, FAMILY_V4, FAMILY_V6, ListenerKey, MAX_CIDR_ENTRIES, MAX_CONNECTIONS,
-    MAX_LISTENERS, MAX_OWNER_ENTRIES, MAX_POD_STATS, MAX_PODS, MAX_PORT_ENTRIES, OrigDst, OwnerKey,
-    PORT_KEY_FIXED_BITS, PairKey, PodConfig, PodMeta, PodStats, PortKey, STAT_COUNT, STAT_SLOTS,
+    MAX_LISTENERS, MAX_OWNER_ENTRIES, MAX_POD_STATS, MAX_PODS, MAX_PORT_ENTRIES, MAX_SPLICE_PASSED,
+    MAX_SPLICED, NODE_SK_MSG, NodeConfig, OrigDst, OwnerKey, PORT_KEY_FIXED_BITS, PairKey, PodConfig,
+    PodMeta, PodStats, PortKey, STAT_COUNT, STAT_SLOTS, SpliceKey,
 };
 
 #[map]
@@ -59,6 +62,28 @@ pub static SK_LOOKUP_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// pod's stub right before its tail call (`capture_ebpf_common::LOOKUP_NETNS`).
 #[map]
 pub static LOOKUP_NETNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The node's settings, in slot 0 (`capture_ebpf_common::NODE_CONFIG`).
+#[map]
+pub static NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+/// The sockets of spliced connections; the `sk_msg` program is attached to it
+/// (`capture_ebpf_common::SPLICE`).
+#[map]
+pub static SPLICE: SockHash<SpliceKey> = SockHash::with_max_entries(MAX_SPLICED, 0);
+
+/// Spliced sockets that sent a message the ordinary way (`capture_ebpf_common::SPLICE_PASSED`).
+#[map]
+pub static SPLICE_PASSED: LruHashMap<SpliceKey, u8> = LruHashMap::with_max_entries(MAX_SPLICE_PASSED, 0);
+
+/// Whether the node splices app-proxy connections (`NODE_SK_MSG`).
+#[inline(always)]
+pub fn sk_msg_on() -> bool {
+    NODE_CONFIG.get(0).is_some_and(|c| {
+        // SAFETY: a reference to a live map value.
+        unsafe { read_volatile(&raw const c.flags) & NODE_SK_MSG != 0 }
+    })
+}
 
 /// Adds one to a `STAT_*` counter of this CPU, node-wide only; events of a pod use
 /// [`count_pod`].

@@ -8,6 +8,10 @@
 //!
 //! So a closed connection leaves nothing behind, whether it was established or refused.
 //!
+//! On `ACTIVE_ESTABLISHED_CB` and `PASSIVE_ESTABLISHED_CB` of any socket it also hands over to
+//! [`crate::splice`], which puts the app's and the proxy's sockets into `SPLICE` when the node
+//! splices them (`NODE_SK_MSG`).
+//!
 //! It also records the proxy's inbound listener for the `sk_lookup` program: on
 //! `TCP_LISTEN_CB` (a socket starts listening) in an enrolled pod, a socket on the pod's
 //! inbound port that is not bound to a loopback address goes into `INBOUND_LISTENERS` under
@@ -20,8 +24,8 @@ use core::ptr::read_volatile;
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::{
-    BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-    BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
+    BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+    BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
 };
 use aya_ebpf::helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::macros::sock_ops;
@@ -65,7 +69,9 @@ fn sockops(ctx: &SockOpsContext) {
                     );
                 }
             }
+            crate::splice::established(ctx);
         }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => crate::splice::established(ctx),
         BPF_SOCK_OPS_STATE_CB => {
             // SAFETY: args[1] of a state callback is the new state; 4-byte reads are allowed.
             let new_state = unsafe { read_volatile(&raw const (*ops).__bindgen_anon_1.args[1]) };

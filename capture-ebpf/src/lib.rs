@@ -78,7 +78,9 @@ pub use error::Error;
 pub use maps::{MapEntries, MapPlan, PortPrefix};
 pub use meta::PodMetadata;
 pub use netns::{NetnsCookie, PodNetns};
-pub use node::{Bypassed, Change, Enrollment, MapUsage, NetnsLink, Node, ProgramCost, Stats, Upgrade};
+pub use node::{
+    Bypassed, Change, Enrollment, MapUsage, NetnsLink, Node, ProgramCost, SkMsgState, Stats, Upgrade,
+};
 pub use owners::resolve_owners;
 pub use pin_dir::{NodeLock, PinDir, unload};
 pub use probe::probe;

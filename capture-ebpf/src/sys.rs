@@ -17,6 +17,7 @@
 //! | [`prog_by_id`], [`prog_tag`], [`prog_runs`] | `BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD` on a program |
 //! | [`prog_load_sk_lookup`] | `BPF_PROG_LOAD` (a pod's `sk_lookup` stub) |
 //! | [`prog_array_set`], [`prog_array_get`] | `BPF_MAP_UPDATE_ELEM`, `_LOOKUP_ELEM`, `_DELETE_ELEM` on slot 0 of a program array |
+//! | [`sk_msg_attach`], [`sk_msg_detach`], [`sk_msg_attached`] | `BPF_PROG_ATTACH`, `BPF_PROG_DETACH`, `BPF_PROG_QUERY` of `BPF_SK_MSG_VERDICT` on a sockhash |
 //! | [`map_shape`], [`map_copy`] | `BPF_OBJ_GET_INFO_BY_FD` on a map; `BPF_MAP_GET_NEXT_KEY`, `_LOOKUP_ELEM`, `_UPDATE_ELEM` |
 
 use std::ffi::CString;
@@ -170,6 +171,41 @@ pub(crate) fn effective_programs(cgroup: BorrowedFd<'_>, attach_type: AttachType
             Err(e) => return Err(e),
         }
     }
+}
+
+/// `bpf(BPF_PROG_ATTACH)` of the `sk_msg` program `prog` to the socket map `map`
+/// (`BPF_SK_MSG_VERDICT`), replacing the one attached there, if any. The map holds the program
+/// as long as the map lives (no link); sockets inserted from now on run it.
+pub(crate) fn sk_msg_attach(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_5.__bindgen_anon_1.target_fd = fd_u32(map);
+    attr.__bindgen_anon_5.attach_bpf_fd = fd_u32(prog);
+    attr.__bindgen_anon_5.attach_type = AttachType::BPF_SK_MSG_VERDICT as u32;
+    bpf(bpf_cmd::BPF_PROG_ATTACH, &mut attr).map(|_| ())
+}
+
+/// `bpf(BPF_PROG_DETACH)` of the `sk_msg` program `prog` from the socket map `map`.
+pub(crate) fn sk_msg_detach(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_5.__bindgen_anon_1.target_fd = fd_u32(map);
+    attr.__bindgen_anon_5.attach_bpf_fd = fd_u32(prog);
+    attr.__bindgen_anon_5.attach_type = AttachType::BPF_SK_MSG_VERDICT as u32;
+    bpf(bpf_cmd::BPF_PROG_DETACH, &mut attr).map(|_| ())
+}
+
+/// The id of the `sk_msg` program attached to the socket map `map` (`BPF_PROG_QUERY`, Linux
+/// 5.19); `None` when there is none.
+pub(crate) fn sk_msg_attached(map: BorrowedFd<'_>) -> io::Result<Option<u32>> {
+    let mut ids = [0u32; 1];
+    let mut attr = zeroed_attr();
+    attr.query.__bindgen_anon_1.target_fd = fd_u32(map);
+    attr.query.attach_type = AttachType::BPF_SK_MSG_VERDICT as u32;
+    attr.query.prog_ids = ids.as_mut_ptr() as u64;
+    attr.query.__bindgen_anon_2.prog_cnt = 1;
+    bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr)?;
+    // SAFETY: the kernel wrote the count into the union member it was given in.
+    let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt };
+    Ok((count > 0).then_some(ids[0]))
 }
 
 /// A new one-entry `BPF_MAP_TYPE_ARRAY` of one `u32` holding `value` (the layout version a

@@ -62,7 +62,8 @@ BACKENDS:
   Status (which backend holds capture here, drift from the flags given; see capture-init status --help):
     capture-init status [--network-namespace PATH] [--output text|json] [RUN FLAGS]
   Node commands:
-    capture-init ebpf load   [--cgroup PATH] [--bpffs PATH]   load, attach and pin the programs
+    capture-init ebpf load   [--cgroup PATH] [--bpffs PATH] [--sk-msg]
+                                                            load, attach and pin the programs
     capture-init ebpf unload [--bpffs PATH]                   detach and unpin them (no pod is captured)
     capture-init ebpf pods   [--bpffs PATH]                   list enrolled pods and their configuration
 
@@ -722,6 +723,9 @@ pub enum NodeCommand {
         /// Mount a bpf filesystem on --bpffs when none is there (else such a path is refused).
         #[arg(long)]
         mount_bpffs: bool,
+        /// Splicing of connections between an enrolled pod's app and its proxy.
+        #[command(flatten)]
+        sk_msg: SkMsgFlags,
     },
     /// Replace the loaded programs with this capture-init's on their existing attachments
     /// (BPF_LINK_UPDATE), keeping every pod enrolled and captured; nothing changes when they
@@ -736,6 +740,10 @@ pub enum NodeCommand {
         /// Replace the programs even when they are this capture-init's (rehearses an upgrade).
         #[arg(long)]
         always: bool,
+        /// Splicing of connections between an enrolled pod's app and its proxy (kept as it is
+        /// unless given).
+        #[command(flatten)]
+        sk_msg: SkMsgFlags,
     },
     /// Detach and unpin the programs: no pod's connections are captured any more.
     Unload {
@@ -763,6 +771,20 @@ pub enum NodeCommand {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
+}
+
+/// `--sk-msg` / `--no-sk-msg` of `capture-init ebpf load|upgrade`: the node's setting, kept as
+/// it is when neither is given (off on a node loaded afresh).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct SkMsgFlags {
+    /// Splice connections between an enrolled pod's app and its proxy (and the proxy and its
+    /// app) with an sk_msg program: bytes go socket to socket, skipping the loopback TCP stack.
+    /// Applies to connections established from now on.
+    #[arg(long, overrides_with = "no_sk_msg")]
+    pub sk_msg: bool,
+    /// Stop splicing new connections (those spliced already stay so until they close).
+    #[arg(long, overrides_with = "sk_msg")]
+    pub no_sk_msg: bool,
 }
 
 /// A command-line problem, printed as one line.

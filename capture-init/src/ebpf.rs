@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use capture_ebpf::{Ebpf, Failure, MapPlan, NetnsLink, Node, PinDir};
 
-use crate::cli::{Args, DEFAULT_BPFFS, NodeArgs, NodeCommand};
+use crate::cli::{Args, DEFAULT_BPFFS, NodeArgs, NodeCommand, SkMsgFlags};
 
 /// How messages name the command that unloads the programs.
 const UNLOAD: &str = "capture-init ebpf unload";
@@ -119,12 +119,14 @@ pub fn node(args: NodeArgs) -> ExitCode {
             cgroup,
             bpffs,
             mount_bpffs,
-        } => load(cgroup.as_deref(), &bpffs, mount_bpffs),
+            sk_msg,
+        } => load(cgroup.as_deref(), &bpffs, mount_bpffs, sk_msg),
         NodeCommand::Upgrade {
             cgroup,
             bpffs,
             always,
-        } => upgrade(cgroup.as_deref(), &bpffs, always),
+            sk_msg,
+        } => upgrade(cgroup.as_deref(), &bpffs, always, sk_msg),
         NodeCommand::Unload { bpffs } => unload(&bpffs),
         NodeCommand::Pods { bpffs } => pods(&bpffs),
         NodeCommand::Gc { bpffs } => gc(&bpffs),
@@ -136,30 +138,66 @@ pub fn node(args: NodeArgs) -> ExitCode {
     }
 }
 
-fn load(cgroup: Option<&Path>, bpffs: &Path, mount_bpffs: bool) -> Result<(), Failure> {
+fn load(cgroup: Option<&Path>, bpffs: &Path, mount_bpffs: bool, sk_msg: SkMsgFlags) -> Result<(), Failure> {
     let backend = ebpf(Some(bpffs), cgroup, mount_bpffs);
     if mount_bpffs {
         backend.pins.mount()?;
     }
-    match backend.open_or_load()? {
-        (_, Some(loaded)) => tracing::info!("{loaded}"),
-        (node, None) => tracing::info!(
+    // The node keeps the node lock open_or_load took, for the setting too.
+    let (mut node, loaded) = backend.open_or_load()?;
+    if let Some(loaded) = &loaded {
+        tracing::info!("{loaded}");
+    }
+    let switched = set_sk_msg(&mut node, sk_msg)?;
+    if loaded.is_none() && !switched {
+        tracing::info!(
             "eBPF programs already loaded under {}, attached to {}, nothing changed",
             backend.pins.path().display(),
             node.attachment()?
-        ),
+        );
     }
     Ok(())
 }
 
-fn upgrade(cgroup: Option<&Path>, bpffs: &Path, always: bool) -> Result<(), Failure> {
+fn upgrade(cgroup: Option<&Path>, bpffs: &Path, always: bool, sk_msg: SkMsgFlags) -> Result<(), Failure> {
     let cgroup = match cgroup {
         Some(cgroup) => cgroup.to_owned(),
         None => capture_ebpf::cgroup2_root()?,
     };
-    let upgrade = Node::upgrade(&cgroup, &PinDir::new(bpffs), always)?;
+    let pins = PinDir::new(bpffs);
+    let upgrade = Node::upgrade(&cgroup, &pins, always)?;
     tracing::info!("{upgrade}");
+    if sk_msg_setting(sk_msg).is_some() {
+        let _lock = pins.lock()?;
+        set_sk_msg(&mut Node::open(&pins)?, sk_msg)?;
+    }
     Ok(())
+}
+
+/// The setting `--sk-msg` / `--no-sk-msg` ask for; `None` to keep the node's.
+fn sk_msg_setting(flags: SkMsgFlags) -> Option<bool> {
+    match (flags.sk_msg, flags.no_sk_msg) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}
+
+/// Applies `--sk-msg` / `--no-sk-msg` to the node and says what changed; whether it changed.
+fn set_sk_msg(node: &mut Node, flags: SkMsgFlags) -> Result<bool, Failure> {
+    let Some(on) = sk_msg_setting(flags) else {
+        return Ok(false);
+    };
+    let changed = node.set_sk_msg(on)?;
+    let state = if on { "on" } else { "off" };
+    if changed {
+        tracing::info!(
+            "sk_msg splicing of app-proxy connections turned {state} (for connections established from now on)"
+        );
+    } else {
+        tracing::info!("sk_msg splicing of app-proxy connections already {state}, nothing changed");
+    }
+    Ok(changed)
 }
 
 fn unload(bpffs: &Path) -> Result<(), Failure> {
@@ -238,6 +276,7 @@ fn stats(bpffs: &Path) -> Result<(), Failure> {
     println!("{stats}");
     println!("pods enrolled: {}", node.pods()?.len());
     println!("connections tracked: {connections} by cookie, {pairs} by address pair");
+    println!("sk_msg splicing: {}", node.sk_msg()?);
     // What each program has cost: the kernel counts only while kernel.bpf_stats_enabled is 1
     // or someone holds BPF_ENABLE_STATS (which the sysctl does not show), so runs may stay 0.
     for cost in node.program_costs()? {

@@ -718,7 +718,7 @@ fn parse_counters(family: &'static str, save: &str) -> Vec<Counter> {
 #[cfg(feature = "ebpf")]
 fn ebpf_counters(status: &StatusArgs, cookie: u64, report: &mut Report) {
     use capture_ebpf_common as common;
-    const NAMED: [(&str, u32); 9] = [
+    const NAMED: [(&str, u32); 10] = [
         ("outbound", common::STAT_OUTBOUND),
         ("hairpin", common::STAT_HAIRPIN),
         ("inbound", common::STAT_INBOUND),
@@ -728,6 +728,7 @@ fn ebpf_counters(status: &StatusArgs, cookie: u64, report: &mut Report) {
         ("dns_answers", common::STAT_DNS_ANSWER),
         ("original_dst", common::STAT_ORIG_DST),
         ("state_full", common::STAT_STATE_FULL),
+        ("spliced_messages", common::STAT_SPLICED_MESSAGES),
     ];
     let pins = capture_ebpf::PinDir::new(&status.bpffs);
     let counters = capture_ebpf::Node::open(&pins).and_then(|node| node.pod_counters());

@@ -1,6 +1,7 @@
 //! What the node's programs cost: the kernel's run counts and run times of each, read through
-//! the pinned links (the cgroup programs) and the pods' `sk_lookup` links (the stubs, whose
-//! runs include the shared program they tail-call).
+//! the pinned links (the cgroup programs), the `SPLICE` map (the `sk_msg` program attached to
+//! it) and the pods' `sk_lookup` links (the stubs, whose runs include the shared program they
+//! tail-call).
 
 use std::fs;
 use std::io;
@@ -10,7 +11,7 @@ use capture_ebpf_common::programs;
 
 use super::{Node, PROGRAMS, pinned_link_info};
 use crate::Error;
-use crate::sys::{link_info, obj_get, prog_by_id, prog_runs};
+use crate::sys::{link_info, obj_get, prog_by_id, prog_runs, sk_msg_attached};
 
 /// The kernel's account of one of the node's programs ([`Node::program_costs`]). The kernel
 /// counts only while `kernel.bpf_stats_enabled` is 1: with it off (the default, as counting
@@ -36,8 +37,9 @@ impl ProgramCost {
 }
 
 impl Node {
-    /// Every program's runs and run time, the cgroup programs in hook order, then the pods'
-    /// `sk_lookup` stubs together. A pod unenrolled while this reads is skipped.
+    /// Every program's runs and run time, the cgroup programs in hook order, the `sk_msg`
+    /// program (when attached), then the pods' `sk_lookup` stubs together. A pod unenrolled
+    /// while this reads is skipped.
     ///
     /// # Errors
     /// [`Error::Io`] when a link pin cannot be opened or the pods' links cannot be listed,
@@ -48,11 +50,20 @@ impl Node {
             let prog = prog_by_id(prog_id).map_err(syscall("bpf(BPF_PROG_GET_FD_BY_ID)"))?;
             prog_runs(prog.as_fd()).map_err(syscall("bpf(BPF_OBJ_GET_INFO_BY_FD)"))
         };
-        let mut costs = Vec::with_capacity(PROGRAMS.len() + 1);
+        let mut costs = Vec::with_capacity(PROGRAMS.len() + 2);
         for (program, _) in PROGRAMS {
             let (runs, run_time_ns) = runs_of(pinned_link_info(&self.pins, program)?.prog_id)?;
             costs.push(ProgramCost {
                 program,
+                instances: 1,
+                runs,
+                run_time_ns,
+            });
+        }
+        if let Some(id) = sk_msg_attached(self.splice.fd().as_fd()).map_err(syscall("bpf(BPF_PROG_QUERY)"))? {
+            let (runs, run_time_ns) = runs_of(id)?;
+            costs.push(ProgramCost {
+                program: programs::SK_MSG,
                 instances: 1,
                 runs,
                 run_time_ns,

@@ -43,13 +43,14 @@ use std::path::Path;
 
 use aya::EbpfLoader;
 use aya::maps::lpm_trie::LpmTrie;
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, SockHash};
-use aya::programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, SkLookup, SockOps};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, SockHash};
+use aya::programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, SkLookup, SkMsg, SockOps};
 pub use capture_core::Change;
 use capture_ebpf_common::{
-    CIDRS, CidrKey, INBOUND_LISTENERS, LAYOUT, LAYOUT_VERSION, ListenerKey, MAP_NAMES, ORIG_BY_COOKIE,
-    ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, POD_META, POD_STATS, PORTS, PairKey, PodConfig,
-    PodMeta, PodStats, PortKey, SK_LOOKUP_PROGS, STATS, programs,
+    CIDRS, CidrKey, INBOUND_LISTENERS, LAYOUT, LAYOUT_VERSION, ListenerKey, MAP_NAMES, NODE_CONFIG,
+    NODE_SK_MSG, NodeConfig, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OrigDst, OwnerKey, POD_CONFIG, POD_META,
+    POD_STATS, PORTS, PairKey, PodConfig, PodMeta, PodStats, PortKey, SK_LOOKUP_PROGS, SPLICE, STATS,
+    SpliceKey, programs,
 };
 pub use costs::ProgramCost;
 pub use enroll::Enrollment;
@@ -62,7 +63,7 @@ use crate::cgroup::is_cgroup2;
 use crate::pin_dir::{NodeLock, PinDir, Pins};
 use crate::sys::{
     AttachType, LinkInfo, effective_programs, link_create, link_info, obj_get, obj_pin, prog_array_get,
-    prog_array_set, version_map_create, version_map_read,
+    prog_array_set, sk_msg_attach, sk_msg_attached, version_map_create, version_map_read,
 };
 use crate::{AttachedCgroup, Attachment, CgroupId, Error, OBJECT, probe};
 
@@ -148,6 +149,8 @@ pub struct Node {
     inbound_listeners: SockHash<MapData, ListenerKey>,
     pod_stats: PerCpuHashMap<MapData, u64, PodStats>,
     pod_meta: HashMap<MapData, u64, PodMeta>,
+    node_config: Array<MapData, NodeConfig>,
+    splice: SockHash<MapData, SpliceKey>,
 }
 
 impl std::fmt::Debug for Node {
@@ -216,6 +219,16 @@ impl Node {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|source| Error::Syscall { call: "dup", source })?;
+        let sk_msg = load_sk_msg(&mut ebpf)?
+            .fd()
+            .map_err(|source| Error::Program {
+                program: programs::SK_MSG,
+                op: "get fd",
+                source,
+            })?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::Syscall { call: "dup", source })?;
 
         let mut made = Pins::new(pins)?;
         let layout = pins.map(LAYOUT);
@@ -253,6 +266,18 @@ impl Node {
         prog_array_set(progs.as_fd(), Some(sk_lookup.as_fd())).map_err(|source| Error::Io {
             op: "put the sk_lookup program into",
             path: progs_pin,
+            source,
+        })?;
+        // Held by the pinned map from now on, before sockops can put a socket into it.
+        let splice_pin = pins.map(SPLICE);
+        let splice = obj_get(&splice_pin).map_err(|source| Error::Io {
+            op: "open pinned map",
+            path: splice_pin.clone(),
+            source,
+        })?;
+        sk_msg_attach(sk_msg.as_fd(), splice.as_fd()).map_err(|source| Error::Io {
+            op: "attach the sk_msg program to",
+            path: splice_pin,
             source,
         })?;
         for (name, hook) in PROGRAMS {
@@ -323,6 +348,8 @@ impl Node {
                 .map_err(|e| typed(INBOUND_LISTENERS, e))?,
             pod_stats: PerCpuHashMap::try_from(open(POD_STATS)?).map_err(|e| typed(POD_STATS, e))?,
             pod_meta: HashMap::try_from(open(POD_META)?).map_err(|e| typed(POD_META, e))?,
+            node_config: Array::try_from(open(NODE_CONFIG)?).map_err(|e| typed(NODE_CONFIG, e))?,
+            splice: SockHash::try_from(open(SPLICE)?).map_err(|e| typed(SPLICE, e))?,
         })
     }
 
@@ -434,6 +461,79 @@ impl Node {
     }
 }
 
+/// Whether the node splices app-proxy connections with `sk_msg` ([`Node::sk_msg`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkMsgState {
+    /// The setting (`NODE_SK_MSG`): connections established while it is on are spliced.
+    pub enabled: bool,
+    /// Whether an `sk_msg` program is attached to `SPLICE`; `None` when the kernel cannot
+    /// tell (`BPF_PROG_QUERY` on socket maps needs Linux 5.19).
+    pub attached: Option<bool>,
+    /// Sockets in `SPLICE` now (two per spliced connection).
+    pub sockets: usize,
+}
+
+impl std::fmt::Display for SkMsgState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", if self.enabled { "on" } else { "off" })?;
+        if self.attached == Some(false) {
+            write!(f, " (no sk_msg program attached: nothing is spliced)")?;
+        }
+        write!(
+            f,
+            ", {} spliced now",
+            capture_core::count(self.sockets, "socket", "sockets")
+        )
+    }
+}
+
+impl Node {
+    /// The node's `sk_msg` setting, whether its program is in place, and how many sockets are
+    /// spliced.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when a map cannot be read.
+    pub fn sk_msg(&self) -> Result<SkMsgState, Error> {
+        let config = self
+            .node_config
+            .get(&0, 0)
+            .map_err(map_error(NODE_CONFIG, "get"))?;
+        let attached = sk_msg_attached(self.splice.fd().as_fd())
+            .ok()
+            .map(|id| id.is_some());
+        Ok(SkMsgState {
+            enabled: config.flags & NODE_SK_MSG != 0,
+            attached,
+            sockets: keys_of(self.splice.keys(), SPLICE)?.len(),
+        })
+    }
+
+    /// Turns the `sk_msg` splice of app-proxy connections on or off for the connections
+    /// established from now on (those spliced already stay so until they close). Returns
+    /// whether the setting changed.
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the map cannot be read or written.
+    pub fn set_sk_msg(&mut self, on: bool) -> Result<bool, Error> {
+        let mut config = self
+            .node_config
+            .get(&0, 0)
+            .map_err(map_error(NODE_CONFIG, "get"))?;
+        if (config.flags & NODE_SK_MSG != 0) == on {
+            return Ok(false);
+        }
+        config.flags = if on {
+            config.flags | NODE_SK_MSG
+        } else {
+            config.flags & !NODE_SK_MSG
+        };
+        self.node_config
+            .set(0, config, 0)
+            .map_err(map_error(NODE_CONFIG, "update"))?;
+        Ok(true)
+    }
+}
+
 /// Checks that every program pinned under `pins` acts on the cgroup `cgroup` (see
 /// [`Node::open_for`]); with `missing_ok`, a hook without a pinned link (one added since the
 /// programs were loaded, for an upgrade) is skipped.
@@ -522,6 +622,27 @@ fn load_cgroup_programs(ebpf: &mut aya::Ebpf) -> Result<(), Error> {
         .map_err(err)?;
     }
     Ok(())
+}
+
+/// Finds and loads (verifies) the `sk_msg` program of `ebpf`.
+fn load_sk_msg(ebpf: &mut aya::Ebpf) -> Result<&mut SkMsg, Error> {
+    let name = programs::SK_MSG;
+    let err = |source| Error::Program {
+        program: name,
+        op: "load",
+        source,
+    };
+    let program: &mut SkMsg = ebpf
+        .program_mut(name)
+        .ok_or(Error::Program {
+            program: name,
+            op: "find",
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(err)?;
+    program.load().map_err(err)?;
+    Ok(program)
 }
 
 /// Finds and loads (verifies) the `sk_lookup` program of `ebpf`.

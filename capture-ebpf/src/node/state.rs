@@ -4,11 +4,11 @@
 use aya::maps::{IterableMap, MapData, MapError};
 use capture_ebpf_common::{
     CIDRS, CidrKey, INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PAIR, OWNERS, OwnerKey, POD_CONFIG, POD_STATS,
-    PORTS, PodConfig, PodStats, PortKey, STAT_BYPASS_CIDR, STAT_BYPASS_GID, STAT_BYPASS_GROUP,
+    PORTS, PodConfig, PodStats, PortKey, SPLICE, STAT_BYPASS_CIDR, STAT_BYPASS_GID, STAT_BYPASS_GROUP,
     STAT_BYPASS_IPV6, STAT_BYPASS_LOOPBACK, STAT_BYPASS_NOT_INCLUDED, STAT_BYPASS_PASSTHROUGH,
     STAT_BYPASS_PORT, STAT_BYPASS_UID, STAT_COUNT, STAT_DNS, STAT_DNS_ANSWER, STAT_HAIRPIN, STAT_INBOUND,
     STAT_INBOUND_REFUSED, STAT_ORIG_DST, STAT_OUTBOUND, STAT_PASSED, STAT_PEERNAME, STAT_SLOTS,
-    STAT_STATE_FULL, STATS,
+    STAT_SPLICED_MESSAGES, STAT_SPLICED_SOCKETS, STAT_STATE_FULL, STATS,
 };
 
 use super::{Node, keys_of};
@@ -39,6 +39,10 @@ pub struct Stats {
     pub dns_answers: u64,
     /// Of [`Stats::passed`], why each was left alone.
     pub bypassed: Bypassed,
+    /// Sockets spliced with `sk_msg` (two per app-proxy connection; `--sk-msg`).
+    pub spliced_sockets: u64,
+    /// Messages the `sk_msg` program handed straight to the peer socket.
+    pub spliced_messages: u64,
 }
 
 /// Why TCP connections of enrolled pods were left alone (the `STAT_BYPASS_*` slots), summed
@@ -91,6 +95,8 @@ impl std::fmt::Display for Stats {
                     not_included,
                     ipv6,
                 },
+            spliced_sockets,
+            spliced_messages,
         } = self;
         writeln!(f, "outbound_redirected {outbound}")?;
         writeln!(f, "hairpin_redirected {hairpin}")?;
@@ -110,7 +116,9 @@ impl std::fmt::Display for Stats {
         writeln!(f, "passed_owner_group {group}")?;
         writeln!(f, "passed_excluded_cidr {cidr}")?;
         writeln!(f, "passed_not_included {not_included}")?;
-        write!(f, "passed_ipv6_not_captured {ipv6}")
+        writeln!(f, "passed_ipv6_not_captured {ipv6}")?;
+        writeln!(f, "spliced_sockets {spliced_sockets}")?;
+        write!(f, "spliced_messages {spliced_messages}")
     }
 }
 
@@ -261,6 +269,8 @@ impl Node {
                 not_included: sum(STAT_BYPASS_NOT_INCLUDED)?,
                 ipv6: sum(STAT_BYPASS_IPV6)?,
             },
+            spliced_sockets: sum(STAT_SPLICED_SOCKETS)?,
+            spliced_messages: sum(STAT_SPLICED_MESSAGES)?,
         })
     }
 }
@@ -360,6 +370,7 @@ impl Node {
                 self.inbound_listeners.keys(),
             )?,
             usage(POD_STATS, self.pod_stats.map(), self.pod_stats.keys())?,
+            usage(SPLICE, self.splice.map(), self.splice.keys())?,
         ])
     }
 }

@@ -6,6 +6,7 @@
 //!      | POD_STATS of narrower values (layout v2): migrated, each value into the first slots | not pinned: created
 //!   ─> the object loaded and verified (new and migrated maps pinned in <pin_dir>/upgrade/), entries copied
 //!   ─> same programs, same maps: nothing to do
+//!   ─> the new sk_msg program attached to SPLICE (replacing the old one: sockets spliced from then on run it)
 //!   ─> BPF_LINK_UPDATE of each cgroup link
 //!   ─> the new sk_lookup program into SK_LOOKUP_PROGS: one map update for every pod
 //!      | SK_LOOKUP_PROGS and LOOKUP_NETNS new (layout v3: a whole program per pod): the program
@@ -26,14 +27,17 @@ use std::path::{Path, PathBuf};
 
 use aya::EbpfLoader;
 use capture_ebpf_common::{
-    LAYOUT, LAYOUT_VERSION, LOOKUP_NETNS, MAP_NAMES, SK_LOOKUP_PROGS, UPGRADES_FROM, programs,
+    INBOUND_LISTENERS, LAYOUT, LAYOUT_VERSION, LOOKUP_NETNS, MAP_NAMES, SK_LOOKUP_PROGS, SPLICE,
+    UPGRADES_FROM, programs,
 };
 
-use super::{PROGRAMS, check_acts_on, layout_of, load_cgroup_programs, load_sk_lookup, pinned_link_info};
+use super::{
+    PROGRAMS, check_acts_on, layout_of, load_cgroup_programs, load_sk_lookup, load_sk_msg, pinned_link_info,
+};
 use crate::pin_dir::{NodeLock, PinDir, clear_staging, create_dir, detach_pinned, remove_pin};
 use crate::sys::{
     MapShape, link_create, link_info, link_update, map_copy, map_shape, obj_get, obj_pin, prog_array_get,
-    prog_array_set, prog_by_id, prog_tag, version_map_create,
+    prog_array_set, prog_by_id, prog_tag, sk_msg_attach, sk_msg_attached, sk_msg_detach, version_map_create,
 };
 use crate::{AttachedCgroup, Error, NetnsCookie, Node, OBJECT, probe};
 
@@ -141,6 +145,8 @@ struct Switched {
     created: Vec<PathBuf>,
     /// The pinned `SK_LOOKUP_PROGS` whose slot was replaced, with the program it held.
     slot: Option<(OwnedFd, Option<OwnedFd>)>,
+    /// `SPLICE`, the `sk_msg` program attached to it now and the one it had.
+    sk_msg: Option<(OwnedFd, OwnedFd, Option<OwnedFd>)>,
 }
 
 impl Switched {
@@ -152,6 +158,12 @@ impl Switched {
 
     /// Puts every link back on its old program, last switched first.
     fn undo(self) {
+        if let Some((map, new, old)) = &self.sk_msg {
+            let _ = match old {
+                Some(old) => sk_msg_attach(old.as_fd(), map.as_fd()),
+                None => sk_msg_detach(new.as_fd(), map.as_fd()),
+            };
+        }
         if let Some((map, old)) = &self.slot {
             let _ = prog_array_set(map.as_fd(), old.as_ref().map(AsFd::as_fd));
         }
@@ -243,6 +255,10 @@ impl Upgrader<'_> {
         let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
         load_cgroup_programs(&mut ebpf)?;
         let sk_lookup = program_fd(load_sk_lookup(&mut ebpf)?.fd(), programs::SK_LOOKUP)?;
+        let sk_msg = program_fd(load_sk_msg(&mut ebpf)?.fd(), programs::SK_MSG)?;
+        let splice = open_pin(&map_pin(SPLICE), "open pinned map")?;
+        // Err: the kernel cannot say (before 5.19); the program is then taken to be the same.
+        let sk_msg_before = sk_msg_attached(splice.as_fd()).map(|id| id.and_then(|id| prog_by_id(id).ok()));
         // With both maps reused, the pods' stubs stay and the program is swapped in the array.
         let new_stubs = stub_maps_renewed(&steps);
         let progs = open_pin(&map_pin(SK_LOOKUP_PROGS), "open pinned map")?;
@@ -304,7 +320,10 @@ impl Upgrader<'_> {
         }
         let pods = self.pods()?;
         let same_programs = hooks.iter().all(|(_, new, old)| same_tag(new, old))
-            && in_slot.as_ref().is_some_and(|old| same_tag(&sk_lookup, old));
+            && in_slot.as_ref().is_some_and(|old| same_tag(&sk_lookup, old))
+            && sk_msg_before
+                .as_ref()
+                .map_or(true, |old| old.as_ref().is_some_and(|old| same_tag(&sk_msg, old)));
         let same_maps = steps.iter().all(|(_, step)| matches!(step, Step::Reuse));
         if same_programs
             && added.is_empty()
@@ -324,6 +343,17 @@ impl Upgrader<'_> {
 
         let mut switched = Switched::default();
         let outcome = (|| {
+            // Attached before the new sockops can put a socket into a new SPLICE.
+            sk_msg_attach(sk_msg.as_fd(), splice.as_fd()).map_err(|source| Error::Io {
+                op: "attach the sk_msg program to",
+                path: map_pin(SPLICE),
+                source,
+            })?;
+            switched.sk_msg = Some((
+                splice.try_clone().map_err(syscall("dup"))?,
+                sk_msg.try_clone().map_err(syscall("dup"))?,
+                sk_msg_before.ok().flatten(),
+            ));
             let hook_count = hooks.len();
             for (link, new, old) in hooks {
                 switched
@@ -491,7 +521,7 @@ impl Upgrader<'_> {
                         want.map_flags
                     ),
                 });
-            } else if name == capture_ebpf_common::INBOUND_LISTENERS {
+            } else if name == INBOUND_LISTENERS || name == SPLICE {
                 return Err(Error::Migration {
                     pin_dir: self.pins.path().to_owned(),
                     map: name,

@@ -703,11 +703,14 @@ fn ebpf_stats_gives_each_programs_runs_and_time_while_the_kernel_counts() {
                 "{program} ran, in {after:?}"
             );
         }
+        // The cgroup programs, the sk_msg program on SPLICE (attached with the setting off too;
+        // it runs only for spliced sockets) and the stubs.
         assert_eq!(
             after.len(),
-            EBPF_PROGRAMS + 1,
+            EBPF_PROGRAMS + 2,
             "every program and the stubs: {after:?}"
         );
+        assert_eq!(after["capture_sk_msg"].1, 0, "nothing is spliced: {after:?}");
     });
 }
 

@@ -48,6 +48,7 @@
 //! | `real_proxy`      | 15. the example transparent proxy as the sidecar, every backend          |
 //! | `status`          | 16. `capture-init status`: the backend found, drift, counters, exit codes |
 //! | `explain`         | 17. `capture-init explain` predicts every `assert_lands`; drift           |
+//! | `ebpf_sk_msg`     | 18. `--sk-msg`: app-proxy splice, bytes and EOF intact (feature `ebpf`)   |
 
 mod capture_init;
 mod support;
@@ -55,6 +56,8 @@ mod support;
 mod dns;
 #[cfg(feature = "ebpf")]
 mod ebpf_backend;
+#[cfg(feature = "ebpf")]
+mod ebpf_sk_msg;
 #[cfg(feature = "ebpf")]
 mod ebpf_upgrade;
 mod explain;
