@@ -188,10 +188,19 @@ impl Snapshot {
     /// # Errors
     /// When a map cannot be read.
     pub fn read(node: &Node) -> Result<Snapshot, capture_ebpf::Error> {
+        // A pod's series are there while it is enrolled: its counters are read first and kept
+        // only for pods in POD_CONFIG read after them, so that a pod being unenrolled (POD_CONFIG
+        // first, then its counters) never shows as counters without an enrollment.
+        let counters = node.pod_counters()?;
+        let enrolled = node.pods()?;
+        let pods = counters
+            .into_iter()
+            .filter(|(cookie, _)| enrolled.iter().any(|(c, _)| c == cookie))
+            .collect();
         Ok(Snapshot {
             counters: node.counters()?,
-            pods: node.pod_counters()?,
-            enrolled: node.pods()?.len(),
+            pods,
+            enrolled: enrolled.len(),
             maps: node.occupancy()?,
             metadata: node.all_metadata()?,
             programs: node.program_costs().map_err(|e| e.to_string()),

@@ -595,10 +595,15 @@ fn agent_reclaims_a_pod_whose_namespace_is_deleted_without_a_manual_gc() {
         let deadline = Instant::now() + Duration::from_secs(15);
         let metrics = loop {
             let metrics = agent.metrics();
-            // The pod leaves POD_CONFIG first and is counted once the whole pass ends: wait
-            // for both, so the reading below is not taken in between.
+            // The pod leaves POD_CONFIG first, its counters after, and is counted once the whole
+            // pass ends; a scrape is not atomic with the pass: wait for all of it, so the
+            // reading below is not taken in between.
             let done = value(&metrics, "capture_pods_enrolled") == 1.0
-                && value(&metrics, "capture_gc_reclaimed_pods_total") == 1.0;
+                && value(&metrics, "capture_gc_reclaimed_pods_total") == 1.0
+                && value(&metrics, "capture_map_entries{map=\"POD_STATS\"}") == 1.0
+                && !metrics
+                    .keys()
+                    .any(|k| k.contains(&format!("netns_cookie=\"{gone_cookie}\"")));
             if done || Instant::now() > deadline {
                 break metrics;
             }
