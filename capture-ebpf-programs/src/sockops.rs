@@ -159,6 +159,23 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 /// The client socket's connection as [`PairKey`]: client = local end, proxy = remote end.
 #[inline(always)]
 fn pair_key(ctx: &SockOpsContext) -> Option<PairKey> {
+    let (local, remote, local_port, remote_port) = endpoints(ctx)?;
+    // SAFETY: the helper takes the program's context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    Some(PairKey {
+        netns,
+        client_addr: local.mapped(),
+        proxy_addr: remote.mapped(),
+        client_port: local_port,
+        proxy_port: remote_port,
+        _pad: 0,
+    })
+}
+
+/// The socket's local and remote address and port (ports in host byte order); `None` for a
+/// family other than IPv4 and IPv6.
+#[inline(always)]
+pub fn endpoints(ctx: &SockOpsContext) -> Option<(Ip, Ip, u16, u16)> {
     let ops = ctx.ops;
     // SAFETY: `ops` is the program's context; every field below allows 4-byte reads.
     let (family, local_port, remote_port) = unsafe {
@@ -182,16 +199,12 @@ fn pair_key(ctx: &SockOpsContext) -> Option<PairKey> {
             _ => return None,
         }
     };
-    // SAFETY: the helper takes the program's context.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    Some(PairKey {
-        netns,
-        client_addr: local.mapped(),
-        proxy_addr: remote.mapped(),
-        // local_port is in host byte order; remote_port holds the network-order port in its
-        // upper 16 bits.
-        client_port: local_port as u16,
-        proxy_port: u16::from_be((remote_port >> 16) as u16),
-        _pad: 0,
-    })
+    // local_port is in host byte order; remote_port holds the network-order port in its upper
+    // 16 bits.
+    Some((
+        local,
+        remote,
+        local_port as u16,
+        u16::from_be((remote_port >> 16) as u16),
+    ))
 }

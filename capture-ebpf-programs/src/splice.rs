@@ -112,30 +112,9 @@ pub fn established(ctx: &SockOpsContext) {
     let Some(cfg) = pod_config(netns) else {
         return;
     };
-    let ops = ctx.ops;
-    // SAFETY: `ops` is the program's context; every field below allows 4-byte reads.
-    let (family, local_port, remote_port) = unsafe {
-        (
-            read_volatile(&raw const (*ops).family),
-            read_volatile(&raw const (*ops).local_port),
-            read_volatile(&raw const (*ops).remote_port),
-        )
+    let Some((local, remote, local_port, remote_port)) = crate::sockops::endpoints(ctx) else {
+        return;
     };
-    // SAFETY: as above.
-    let (local, remote) = unsafe {
-        match family {
-            AF_INET_U32 => (
-                Ip::from_ip4(read_volatile(&raw const (*ops).local_ip4)),
-                Ip::from_ip4(read_volatile(&raw const (*ops).remote_ip4)),
-            ),
-            AF_INET6_U32 => (
-                read_ip6(&raw const (*ops).local_ip6),
-                read_ip6(&raw const (*ops).remote_ip6),
-            ),
-            _ => return,
-        }
-    };
-    let (local_port, remote_port) = (local_port as u16, u16::from_be((remote_port >> 16) as u16));
     let proxy_end = is_proxy_port(&cfg, local_port)
         || is_proxy_port(&cfg, remote_port)
         || local.is_passthrough()
@@ -152,7 +131,7 @@ pub fn established(ctx: &SockOpsContext) {
         _pad: 0,
     };
     // SAFETY: the context is a live bpf_sock_ops for the whole run.
-    match SPLICE.update(&mut key, unsafe { &mut *ops }, u64::from(BPF_ANY)) {
+    match SPLICE.update(&mut key, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY)) {
         Ok(()) => count_pod(netns, STAT_SPLICED_SOCKETS),
         // The connection keeps the ordinary path.
         Err(_) => count_pod(netns, STAT_STATE_FULL),
