@@ -324,11 +324,13 @@ impl EbpfNode {
         Ok(node)
     }
 
-    /// Each program's runs and run time so far, from `capture-init ebpf stats`.
-    fn costs(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>, Error> {
-        let mut stats = Command::new(&self.capture_init);
-        stats.args(["ebpf", "stats", "--bpffs"]).arg(&self.bpffs);
-        let out = stats.output().map_err(io_step("run capture-init ebpf stats"))?;
+    /// What `capture-init ebpf stats` prints for this node.
+    fn stats(&self) -> Result<String, Error> {
+        let out = Command::new(&self.capture_init)
+            .args(["ebpf", "stats", "--bpffs"])
+            .arg(&self.bpffs)
+            .output()
+            .map_err(io_step("run capture-init ebpf stats"))?;
         if !out.status.success() {
             return Err(Error::Apply {
                 mode: "ebpf stats",
@@ -336,8 +338,13 @@ impl EbpfNode {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Each program's runs and run time so far, from `capture-init ebpf stats`.
+    fn costs(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>, Error> {
         let mut costs = std::collections::BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for line in self.stats()?.lines() {
             if let [
                 "program",
                 name,
@@ -359,12 +366,7 @@ impl EbpfNode {
 
     /// The node's `spliced_sockets` counter (`capture-init ebpf stats`).
     fn spliced_sockets(&self) -> Result<u64, Error> {
-        let out = Command::new(&self.capture_init)
-            .args(["ebpf", "stats", "--bpffs"])
-            .arg(&self.bpffs)
-            .output()
-            .map_err(io_step("run capture-init ebpf stats"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stdout = self.stats()?;
         stdout
             .lines()
             .find_map(|l| l.strip_prefix("spliced_sockets "))
@@ -799,7 +801,7 @@ fn program_costs(common: &Common, worlds: &[World], nodes: &EbpfNodes) -> Result
             continue;
         };
         eprintln!("capture-bench: program costs in {}", world.label);
-        let _counting = enable_run_time_stats()?;
+        let _counting = capture_e2e::enable_bpf_run_time_stats().map_err(io_step("bpf(BPF_ENABLE_STATS)"))?;
         let before = node.costs()?;
         let seen = world.measure(common, Metric::Cps1)?;
         let after = node.costs()?;
@@ -823,25 +825,6 @@ fn program_costs(common: &Common, worlds: &[World], nodes: &EbpfNodes) -> Result
         }
     }
     Ok(rows)
-}
-
-/// Makes the kernel count every program's run time until the descriptor is dropped
-/// (`bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME)`, kernel 5.8); the node-wide sysctl is left as
-/// it is.
-fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, Error> {
-    use std::os::fd::FromRawFd as _;
-    const BPF_ENABLE_STATS: libc::c_long = 32;
-    // union bpf_attr's enable_stats: { __u32 type }, BPF_STATS_RUN_TIME = 0; the rest zero.
-    let attr = [0u8; 16];
-    // SAFETY: bpf(2) reads `attr.len()` bytes from a live buffer.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), attr.len()) };
-    if fd < 0 {
-        return Err(io_step("bpf(BPF_ENABLE_STATS)")(io::Error::last_os_error()));
-    }
-    let fd =
-        i32::try_from(fd).map_err(|_| io_step("bpf(BPF_ENABLE_STATS)")(io::ErrorKind::InvalidData.into()))?;
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 fn scale(args: &ScaleArgs) -> Result<Value, Error> {

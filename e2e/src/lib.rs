@@ -226,3 +226,24 @@ macro_rules! test_matrix {
         }
     };
 }
+
+/// Makes the kernel count every BPF program's runs and run time until the returned descriptor
+/// is dropped (`bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME)`, Linux 5.8), without touching the
+/// node-wide `kernel.bpf_stats_enabled` sysctl.
+///
+/// # Errors
+/// When the kernel refuses (no `CAP_SYS_ADMIN`, an older kernel).
+pub fn enable_bpf_run_time_stats() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    // union bpf_attr's enable_stats: { __u32 type }, BPF_STATS_RUN_TIME = 0; the rest zero.
+    let attr = [0u8; 16];
+    // SAFETY: bpf(2) reads `attr.len()` bytes from a live buffer.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), attr.len()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

@@ -626,34 +626,29 @@ fn load_cgroup_programs(ebpf: &mut aya::Ebpf) -> Result<(), Error> {
 
 /// Finds and loads (verifies) the `sk_msg` program of `ebpf`.
 fn load_sk_msg(ebpf: &mut aya::Ebpf) -> Result<&mut SkMsg, Error> {
-    let name = programs::SK_MSG;
-    let err = |source| Error::Program {
-        program: name,
-        op: "load",
-        source,
-    };
-    let program: &mut SkMsg = ebpf
-        .program_mut(name)
-        .ok_or(Error::Program {
-            program: name,
-            op: "find",
-            source: aya::programs::ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(err)?;
-    program.load().map_err(err)?;
-    Ok(program)
+    load_program(ebpf, programs::SK_MSG, SkMsg::load)
 }
 
 /// Finds and loads (verifies) the `sk_lookup` program of `ebpf`.
 fn load_sk_lookup(ebpf: &mut aya::Ebpf) -> Result<&mut SkLookup, Error> {
-    let name = programs::SK_LOOKUP;
+    load_program(ebpf, programs::SK_LOOKUP, SkLookup::load)
+}
+
+/// Finds the program `name` of `ebpf` as a `P` and loads (verifies) it with `load`.
+fn load_program<'a, P>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+    load: fn(&mut P) -> Result<(), aya::programs::ProgramError>,
+) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     let err = |source| Error::Program {
         program: name,
         op: "load",
         source,
     };
-    let program: &mut SkLookup = ebpf
+    let program: &mut P = ebpf
         .program_mut(name)
         .ok_or(Error::Program {
             program: name,
@@ -662,7 +657,7 @@ fn load_sk_lookup(ebpf: &mut aya::Ebpf) -> Result<&mut SkLookup, Error> {
         })?
         .try_into()
         .map_err(err)?;
-    program.load().map_err(err)?;
+    load(program).map_err(err)?;
     Ok(program)
 }
 

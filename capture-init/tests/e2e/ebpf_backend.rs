@@ -685,7 +685,7 @@ fn ebpf_stats_gives_each_programs_runs_and_time_while_the_kernel_counts() {
         let _app = pod_app(&topo, Family::V4, 8080);
         let _peer = peer_app(&topo, Family::V4, 80);
         CaptureInit::new(&topo.pod, Backend::Ebpf, Family::V4).run().ok();
-        let _counting = enable_run_time_stats();
+        let _counting = capture_e2e::enable_bpf_run_time_stats().expect("BPF_ENABLE_STATS");
         let before = program_costs();
         assert_lands(&topo.pod, APP, topo.peer_addr(Family::V4, 80), &outbound);
         assert_lands(&topo.peer, ROOT, topo.pod_addr(Family::V4, 8080), &inbound);
@@ -712,20 +712,6 @@ fn ebpf_stats_gives_each_programs_runs_and_time_while_the_kernel_counts() {
         );
         assert_eq!(after["capture_sk_msg"].1, 0, "nothing is spliced: {after:?}");
     });
-}
-
-/// Makes the kernel count programs' run time until the descriptor is dropped
-/// (`bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME)`, kernel 5.8).
-fn enable_run_time_stats() -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd as _;
-    const BPF_ENABLE_STATS: libc::c_long = 32;
-    // union bpf_attr's enable_stats: { __u32 type }, BPF_STATS_RUN_TIME = 0; the rest zero.
-    let attr = [0u8; 16];
-    // SAFETY: bpf(2) reads `attr.len()` bytes from a live buffer.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), attr.len()) };
-    assert!(fd >= 0, "BPF_ENABLE_STATS: {}", std::io::Error::last_os_error());
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).expect("a descriptor")) }
 }
 
 /// `ebpf stats`' program lines as name → (instances, runs, run time).
